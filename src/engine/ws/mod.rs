@@ -1,0 +1,4 @@
+//! RFC 6455: the upgrade handshake and the frame codec.
+
+pub mod frame;
+pub mod handshake;

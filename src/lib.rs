@@ -1,0 +1,21 @@
+//! wsedge: a thread-per-core io_uring WebSocket edge node.
+//!
+//! Layout:
+//! - [`engine`]: the protocol as no-I/O state machines.
+//! - [`shard`]: one monoio runtime per core that moves bytes and time in
+//!   and out of the engine.
+//! - [`bridge`]: cross-thread messages and bounded inboxes.
+//! - [`sidecar`]: threads for slow I/O (admin HTTP; brokers later).
+//! - [`config`], [`metrics`]: configuration and Prometheus metrics.
+//!
+//! See docs/ARCHITECTURE.md for the design and docs/PROTOCOL.md for the
+//! wire contract.
+
+#![warn(missing_docs)]
+
+pub mod bridge;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod shard;
+pub mod sidecar;

@@ -1,0 +1,190 @@
+//! The `wsedge` binary: command line, logging and process lifecycle only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use wsedge::bridge::ShardMsg;
+use wsedge::config::{Config, Driver, LogFormat, Overrides};
+use wsedge::metrics::Metrics;
+use wsedge::shard::{self, Shared};
+use wsedge::sidecar::admin;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// A thread-per-core io_uring WebSocket edge node.
+#[derive(Parser, Debug)]
+#[command(name = "wsedge", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// TOML configuration file.
+    #[arg(long, global = true, env = "WSEDGE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Client WebSocket listen address.
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin HTTP listen address (/healthz, /readyz, /metrics).
+    #[arg(long, global = true)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Number of shards (0 = one per core).
+    #[arg(long, global = true)]
+    shards: Option<usize>,
+    /// io driver.
+    #[arg(long, global = true, value_enum)]
+    driver: Option<Driver>,
+    /// Enable the echo endpoint at this path (conformance testing).
+    #[arg(long, global = true)]
+    echo_path: Option<String>,
+    /// Largest client message in bytes (1009 beyond it).
+    #[arg(long, global = true)]
+    max_message_size: Option<usize>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the edge node (the default).
+    Run,
+    /// Validate the configuration and print the effective values.
+    CheckConfig,
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen,
+        admin_listen: cli.admin_listen,
+        shards: cli.shards,
+        driver: cli.driver,
+        echo_path: cli.echo_path.clone(),
+        max_message_size: cli.max_message_size,
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsedge: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.cmd {
+        Some(Cmd::CheckConfig) => {
+            print!("{}", config.to_toml());
+            eprintln!("wsedge: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Run) | None => run(config),
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    init_logging(&config);
+    let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::new());
+    let shared = Arc::new(Shared::new(&config));
+    // Signals are blocked into the iterator before any thread starts.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match std::net::TcpListener::bind(config.admin_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(addr = %config.admin_listen, error = %e, "cannot bind the admin listener");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = match shard::start(config.clone(), shared.clone(), metrics.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(addr = %config.listen, error = %e, "cannot start the shards");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_addr = match admin::start(admin_listener, metrics.clone(), shared.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "cannot start the admin server");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        client = %shards.local_addr,
+        admin = %admin_addr,
+        shards = shards.threads.len(),
+        max_connections = shared.max_connections(),
+        "listening"
+    );
+
+    // Run until a signal, or until a shard dies (then exit non-zero so the
+    // supervisor restarts the node).
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            info!(signal = sig, "signal received: draining");
+            break;
+        }
+        if let Some(i) = shards.threads.iter().position(|t| t.is_finished()) {
+            error!(shard = i, "a shard stopped unexpectedly; exiting");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    shared.ready.store(false, Ordering::Relaxed);
+    for inbox in shards.inboxes.iter() {
+        // Drain must get through even if an inbox is momentarily full.
+        let mut msg = ShardMsg::Drain;
+        while let Err(back) = inbox.push(msg) {
+            msg = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    // A second signal exits at once.
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            warn!(signal = sig, "second signal: exiting now");
+            std::process::exit(1);
+        }
+    });
+    let grace = config.drain_timeout + Duration::from_secs(5);
+    let deadline = Instant::now() + grace;
+    for t in shards.threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            warn!("a shard did not finish draining in time");
+        }
+    }
+    info!("drained; exiting");
+    ExitCode::SUCCESS
+}

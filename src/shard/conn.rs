@@ -1,0 +1,123 @@
+//! One client connection as its shard holds it: the socket, where it is in
+//! its life, and the small engine state machines that drive it. Kept small
+//! on purpose (no read buffer, no task, no timer): an idle connection costs
+//! this struct plus its subscriptions.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::engine::heartbeat::Heartbeat;
+use crate::engine::outbox::Outbox;
+use crate::engine::subs::ConnRef;
+use crate::engine::ws::frame::FrameDecoder;
+use crate::engine::ws::handshake::{Endpoint, WireFormat};
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// Our close frame (or HTTP refusal) is queued or sent; waiting for the
+    /// peer's close and/or end of stream, until `deadline`.
+    Closing,
+}
+
+/// A connection slot.
+pub struct Conn {
+    pub(crate) fd: OwnedFd,
+    pub(crate) generation: u32,
+    pub(crate) phase: Phase,
+    pub(crate) endpoint: Endpoint,
+    pub(crate) format: WireFormat,
+    /// `connect` was accepted.
+    pub(crate) connected: bool,
+    /// Listed in the shard's dirty list for this turn.
+    pub(crate) dirty: bool,
+    /// Half-close (FIN) once the outbox is empty.
+    pub(crate) shutdown_after_flush: bool,
+    /// FIN sent.
+    pub(crate) write_shut: bool,
+    /// In Closing: still parse frames, looking for the peer's close.
+    pub(crate) awaiting_peer_close: bool,
+    /// Listed in the shard's read backlog (more input may be waiting).
+    pub(crate) in_backlog: bool,
+    /// Deadline (shard tick) for the handshake or the close.
+    pub(crate) deadline: u32,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) decoder: FrameDecoder,
+    /// Request bytes received so far while in `Handshake`. Boxed so an
+    /// open connection pays 8 bytes for it, not 24.
+    #[allow(clippy::box_collection)]
+    pub(crate) request: Option<Box<Vec<u8>>>,
+    pub(crate) outbox: Outbox,
+}
+
+impl Conn {
+    /// A freshly accepted connection.
+    pub(crate) fn new(fd: OwnedFd, generation: u32, deadline: u32, heartbeat: Heartbeat) -> Self {
+        Self {
+            fd,
+            generation,
+            phase: Phase::Handshake,
+            endpoint: Endpoint::Client,
+            format: WireFormat::Json,
+            connected: false,
+            dirty: false,
+            shutdown_after_flush: false,
+            write_shut: false,
+            awaiting_peer_close: false,
+            in_backlog: false,
+            deadline,
+            heartbeat,
+            decoder: FrameDecoder::new(),
+            request: None,
+            outbox: Outbox::default(),
+        }
+    }
+
+    /// The socket.
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// epoll token of the listener.
+pub(crate) const TOKEN_LISTENER: u64 = u64::MAX;
+/// epoll token of the inbox doorbell.
+pub(crate) const TOKEN_DOORBELL: u64 = u64::MAX - 1;
+
+/// The epoll token of a connection: generation and slot.
+pub(crate) fn token(c: ConnRef) -> u64 {
+    ((c.generation as u64) << 32) | c.idx as u64
+}
+
+/// The connection a token names.
+pub(crate) fn conn_ref(token: u64) -> ConnRef {
+    ConnRef {
+        idx: token as u32,
+        generation: (token >> 32) as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_never_collide_with_specials() {
+        let c = ConnRef {
+            idx: 7,
+            generation: 0xfffe_fffe,
+        };
+        assert_eq!(conn_ref(token(c)), c);
+        assert_ne!(token(c), TOKEN_LISTENER);
+        assert_ne!(token(c), TOKEN_DOORBELL);
+    }
+
+    #[test]
+    fn connection_state_stays_small() {
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 160, "Conn grew to {size} bytes");
+    }
+}

@@ -1,0 +1,941 @@
+//! The shard: one thread's connections, subscriptions and home channels,
+//! driven by one event loop. Everything here runs on the shard's thread
+//! and nothing is shared mutably with other threads; other shards are
+//! reached only through their inboxes.
+//!
+//! A loop turn: collect ready sockets from the shard's epoll set (without
+//! blocking), accept, read and decode, run commands, drain the inbox, then
+//! give every connection with pending output exactly one `writev`.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use tracing::{info, warn};
+
+use super::ShardContext;
+use super::conn::{Conn, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
+use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
+use crate::bridge::{Inbox, ShardMsg};
+use crate::engine::codes::CloseReason;
+use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
+use crate::engine::hub::Hub;
+use crate::engine::subs::{ConnRef, Subscriptions};
+use crate::engine::timer::TimerWheel;
+use crate::engine::wire::FrameWriter;
+use crate::engine::wire::publication::PubEncoder;
+use crate::engine::ws::frame::{DecoderLimits, Event, Fed, Flow, Opcode, close_frame, frame_bytes};
+use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject};
+use crate::metrics::{ShardMetrics, Stats};
+
+/// Bytes read per `read(2)`; the one read buffer of the shard.
+const SCRATCH: usize = 64 * 1024;
+/// Bytes read from one connection per turn before others get a go.
+const READ_BUDGET: usize = 256 * 1024;
+/// Connections accepted per turn.
+const ACCEPT_BATCH: usize = 512;
+/// Inbox messages handled per turn.
+const INBOX_BATCH: usize = 8192;
+/// epoll events collected per turn.
+const EVENTS: usize = 1024;
+/// Slices per `writev`.
+const IOV: usize = 64;
+/// Messages a shard may hold for a peer whose inbox is full.
+pub(crate) const OWED_MAX: usize = 65_536;
+
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// The connection `c` names in `conns`, if it still exists (a field-level
+/// borrow, so other shard fields stay usable).
+pub(crate) fn slot(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
+    conns
+        .get_mut(c.idx as usize)
+        .filter(|conn| conn.generation == c.generation)
+}
+
+/// Draining state.
+struct Drain {
+    started: Instant,
+    spread_until: Instant,
+    deadline: Instant,
+}
+
+/// One shard's whole state.
+pub struct Shard {
+    pub(crate) id: usize,
+    pub(crate) ctx: ShardContext,
+    epoll: Epoll,
+    listener: Option<OwnedFd>,
+    accept_paused: bool,
+    spare: Option<OwnedFd>,
+    pub(crate) conns: Slab<Conn>,
+    next_generation: u32,
+    pub(crate) subs: Subscriptions,
+    pub(crate) hub: Hub,
+    wheel: TimerWheel<ConnRef>,
+    started: Instant,
+    pub(crate) now_tick: u32,
+    next_tick: Instant,
+    scratch: Vec<u8>,
+    events: Vec<libc::epoll_event>,
+    pub(crate) dirty: Vec<ConnRef>,
+    read_backlog: Vec<ConnRef>,
+    inbox_pending: bool,
+    pub(crate) writer: FrameWriter,
+    pub(crate) push_writer: FrameWriter,
+    pub(crate) encoder: PubEncoder,
+    /// Messages owed to each peer shard whose inbox was full, in order.
+    pub(crate) owed: Vec<VecDeque<ShardMsg>>,
+    /// Channels whose deliveries to a peer were dropped (sent as `Lost`).
+    pub(crate) lost: Vec<Vec<Arc<str>>>,
+    /// The connection whose message is being handled (its replies are
+    /// batched into `writer`).
+    pub(crate) current: Option<ConnRef>,
+    /// Publication acceptance times sent this turn (latency histogram).
+    pub(crate) sent_stamps: Vec<Instant>,
+    pub(crate) stats: Stats,
+    pub(crate) metrics: ShardMetrics,
+    pub(crate) heartbeat: HeartbeatConfig,
+    limits: DecoderLimits,
+    handshake: HandshakeConfig,
+    drain: Option<Drain>,
+    stopped: bool,
+    last_limit_log: Option<Instant>,
+    node_nonce: u32,
+}
+
+impl Shard {
+    /// Builds shard `id` around its listener.
+    pub(crate) fn new(id: usize, ctx: ShardContext, listener: OwnedFd) -> std::io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.add(listener.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)?;
+        epoll.add(ctx.inboxes[id].doorbell_fd(), LEVEL_IN, TOKEN_DOORBELL)?;
+        let cfg = &ctx.config;
+        let heartbeat = HeartbeatConfig {
+            ping_interval: cfg.ping_interval.as_secs() as u32,
+            pong_timeout: cfg.pong_timeout.as_secs() as u32,
+        };
+        let peers = ctx.inboxes.len();
+        let metrics = ctx.metrics.shard(id);
+        let seed = rand::random::<u64>() ^ ((id as u64) << 56);
+        Ok(Self {
+            id,
+            limits: DecoderLimits {
+                max_message_size: cfg.max_message_size,
+            },
+            handshake: HandshakeConfig {
+                client_path: cfg.ws_path.clone(),
+                echo_path: cfg.echo_path.clone(),
+                max_head_bytes: cfg.max_handshake_bytes,
+            },
+            subs: Subscriptions::new(cfg.max_subscriptions),
+            heartbeat,
+            epoll,
+            listener: Some(listener),
+            accept_paused: false,
+            spare: sys::spare_fd(),
+            conns: Slab::new(),
+            next_generation: 1,
+            hub: Hub::new(seed),
+            wheel: TimerWheel::new(64, 0),
+            started: Instant::now(),
+            now_tick: 0,
+            next_tick: Instant::now() + Duration::from_secs(1),
+            scratch: vec![0; SCRATCH],
+            events: Vec::with_capacity(EVENTS),
+            dirty: Vec::new(),
+            read_backlog: Vec::new(),
+            inbox_pending: true,
+            writer: FrameWriter::new(),
+            push_writer: FrameWriter::new(),
+            encoder: PubEncoder::default(),
+            owed: (0..peers).map(|_| VecDeque::new()).collect(),
+            lost: vec![Vec::new(); peers],
+            current: None,
+            sent_stamps: Vec::new(),
+            stats: Stats::default(),
+            metrics,
+            drain: None,
+            stopped: false,
+            last_limit_log: None,
+            node_nonce: ctx.shared.node_nonce,
+            ctx,
+        })
+    }
+
+    /// The epoll descriptor the runtime waits on.
+    pub(crate) fn epoll_fd(&self) -> std::os::fd::RawFd {
+        self.epoll.raw_fd()
+    }
+
+    /// Whether the shard has finished (drained).
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// When the next tick is due.
+    pub(crate) fn next_tick(&self) -> Instant {
+        self.next_tick
+    }
+
+    pub(crate) fn inbox(&self) -> &Inbox {
+        &self.ctx.inboxes[self.id]
+    }
+
+    /// The connection `c` names, if it still exists.
+    pub(crate) fn conn_mut(&mut self, c: ConnRef) -> Option<&mut Conn> {
+        slot(&mut self.conns, c)
+    }
+
+    /// Lists `c` for this turn's write pass.
+    pub(crate) fn mark_dirty(&mut self, c: ConnRef) {
+        if let Some(conn) = self.conn_mut(c)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push(c);
+        }
+    }
+
+    /// One loop turn. Returns true if work is left over (do not sleep).
+    pub(crate) fn turn(&mut self) -> bool {
+        let mut events = std::mem::take(&mut self.events);
+        if let Err(e) = self.epoll.poll(&mut events) {
+            warn!(shard = self.id, error = %e, "epoll_wait failed");
+        }
+        let full = events.len() == events.capacity();
+        for ev in &events {
+            let (tok, bits) = (ev.u64, ev.events);
+            match tok {
+                TOKEN_LISTENER => self.accept_ready(),
+                TOKEN_DOORBELL => self.inbox_pending = true,
+                t => {
+                    let c = conn_ref(t);
+                    let readable =
+                        (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                    if bits & readable != 0 {
+                        self.read_conn(c);
+                    }
+                    if bits & libc::EPOLLOUT as u32 != 0 {
+                        self.mark_dirty(c);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        if self.inbox_pending {
+            self.drain_inbox();
+        }
+        if !self.read_backlog.is_empty() {
+            let backlog = std::mem::take(&mut self.read_backlog);
+            for c in backlog {
+                if let Some(conn) = self.conn_mut(c) {
+                    conn.in_backlog = false;
+                    self.read_conn(c);
+                }
+            }
+        }
+        self.flush();
+        self.retry_owed();
+        self.metrics.flush(&mut self.stats);
+        full || self.inbox_pending || !self.read_backlog.is_empty()
+    }
+
+    fn drain_inbox(&mut self) {
+        self.inbox().clear_doorbell();
+        self.inbox_pending = false;
+        for _ in 0..INBOX_BATCH {
+            let Some(msg) = self.inbox().pop() else {
+                return;
+            };
+            self.handle_msg(msg);
+        }
+        // More waiting: come back next turn without sleeping.
+        self.inbox_pending = true;
+    }
+
+    // ---- accepting --------------------------------------------------------
+
+    fn accept_ready(&mut self) {
+        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
+        for _ in 0..ACCEPT_BATCH {
+            match sys::accept(lfd) {
+                Ok(fd) => self.admit(fd),
+                Err(e) if sys::would_block(&e) => return,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => {
+                        self.out_of_fds();
+                        return;
+                    }
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
+                    Some(libc::ENOBUFS | libc::ENOMEM) => {
+                        self.limit_log("accept: out of kernel memory; pausing accepts");
+                        self.pause_accepts();
+                        return;
+                    }
+                    _ => {
+                        warn!(shard = self.id, error = %e, "accept failed");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn admit(&mut self, fd: OwnedFd) {
+        self.stats.accepted += 1;
+        let shared = &self.ctx.shared;
+        let refusal = if self.drain.is_some() {
+            Some("draining")
+        } else if shared.memory_exceeded.load(Ordering::Relaxed) {
+            Some("memory")
+        } else if !shared.try_admit() {
+            Some("max_connections")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.metrics.refused(reason);
+            self.metrics.handshake(Reject::Unavailable.label());
+            if reason != "draining" {
+                self.limit_log(&format!("refusing connections: {reason}"));
+            }
+            // Answer 503 and close. The socket is fresh, so the small
+            // response fits its send buffer.
+            let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
+            sys::shutdown_write(fd.as_raw_fd());
+            return;
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let deadline = self.now_tick + self.ctx.config.handshake_timeout.as_secs() as u32;
+        let hb = Heartbeat::start(self.now_tick, &self.heartbeat);
+        let raw = fd.as_raw_fd();
+        let idx = self.conns.insert(Conn::new(fd, generation, deadline, hb)) as u32;
+        let c = ConnRef { idx, generation };
+        if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
+            warn!(shard = self.id, error = %e, "epoll_ctl add failed");
+            self.conns.remove(idx as usize);
+            self.ctx.shared.release();
+            return;
+        }
+        self.metrics.connections.inc();
+        self.wheel.schedule(deadline, c);
+    }
+
+    /// accept(2) failed with EMFILE/ENFILE: use the spare descriptor to
+    /// accept one pending connection and refuse it with 503, so clients
+    /// get an answer instead of hanging in the backlog.
+    fn out_of_fds(&mut self) {
+        self.metrics.refused("fd_limit");
+        self.limit_log("out of file descriptors: refusing new connections with 503");
+        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return;
+        };
+        if let Some(spare) = self.spare.take() {
+            drop(spare);
+            if let Ok(fd) = sys::accept(lfd) {
+                let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
+                sys::shutdown_write(fd.as_raw_fd());
+                self.metrics.handshake(Reject::Unavailable.label());
+            }
+            self.spare = sys::spare_fd();
+        }
+        if self.spare.is_none() {
+            // Could not even get the spare back: stop polling the
+            // listener until the next tick instead of spinning on it.
+            self.pause_accepts();
+        }
+    }
+
+    fn pause_accepts(&mut self) {
+        if let Some(l) = &self.listener
+            && !self.accept_paused
+        {
+            let _ = self.epoll.delete(l.as_raw_fd());
+            self.accept_paused = true;
+        }
+    }
+
+    fn resume_accepts(&mut self) {
+        if self.spare.is_none() {
+            self.spare = sys::spare_fd();
+        }
+        if let Some(l) = &self.listener
+            && self.accept_paused
+            && self
+                .epoll
+                .add(l.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)
+                .is_ok()
+        {
+            self.accept_paused = false;
+        }
+    }
+
+    /// Logs a resource-limit warning at most once per 10 s per shard.
+    fn limit_log(&mut self, what: &str) {
+        let now = Instant::now();
+        if self
+            .last_limit_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+        {
+            self.last_limit_log = Some(now);
+            warn!(
+                shard = self.id,
+                open = self.ctx.shared.open_connections(),
+                "{what}"
+            );
+        }
+    }
+
+    // ---- reading ----------------------------------------------------------
+
+    fn read_conn(&mut self, c: ConnRef) {
+        let mut total = 0;
+        loop {
+            let Some(conn) = self.conn_mut(c) else {
+                return;
+            };
+            let fd = conn.raw_fd();
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let r = sys::read(fd, &mut scratch);
+            let n = match r {
+                Ok(0) => {
+                    self.scratch = scratch;
+                    self.free_conn(c);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if sys::would_block(&e) => {
+                    self.scratch = scratch;
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.scratch = scratch;
+                    continue;
+                }
+                Err(_) => {
+                    self.scratch = scratch;
+                    self.free_conn(c);
+                    return;
+                }
+            };
+            self.stats.bytes_in += n as u64;
+            self.on_bytes(c, &mut scratch[..n]);
+            self.scratch = scratch;
+            total += n;
+            if n < SCRATCH {
+                return; // a short read drained the socket
+            }
+            if total >= READ_BUDGET {
+                if let Some(conn) = self.conn_mut(c)
+                    && !conn.in_backlog
+                {
+                    conn.in_backlog = true;
+                    self.read_backlog.push(c);
+                }
+                return;
+            }
+        }
+    }
+
+    fn on_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Handshake => self.on_request_bytes(c, buf),
+            Phase::Open => self.feed_frames(c, buf),
+            Phase::Closing if conn.awaiting_peer_close => self.feed_frames(c, buf),
+            Phase::Closing => {} // discard until end of stream
+        }
+    }
+
+    fn on_request_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
+        let cfg = &self.handshake;
+        let conn = slot(&mut self.conns, c).expect("caller checked");
+        let parsed = match &mut conn.request {
+            None => match handshake::parse_request(buf, cfg) {
+                Parsed::Partial => {
+                    conn.request = Some(Box::new(buf.to_vec()));
+                    return;
+                }
+                done => done,
+            },
+            Some(req) => {
+                req.extend_from_slice(buf);
+                match handshake::parse_request(req, cfg) {
+                    Parsed::Partial => return,
+                    done => done,
+                }
+            }
+        };
+        match parsed {
+            Parsed::Partial => {}
+            Parsed::Reject(r) => {
+                self.metrics.handshake(r.label());
+                conn.request = None;
+                conn.outbox.push_urgent(Bytes::from(r.response()));
+                self.start_closing(c, false);
+            }
+            Parsed::Upgrade(up) => {
+                self.metrics.handshake("ok");
+                // Bytes after the request head are already WebSocket frames.
+                let mut rest: Vec<u8> = match conn.request.take() {
+                    Some(req) => req[up.head_len..].to_vec(),
+                    None => buf[up.head_len..].to_vec(),
+                };
+                conn.phase = Phase::Open;
+                conn.endpoint = up.endpoint;
+                conn.format = up.format;
+                conn.heartbeat = Heartbeat::start(self.now_tick, &self.heartbeat);
+                conn.outbox.push_urgent(Bytes::from(up.response));
+                let deadline = conn.heartbeat.deadline();
+                self.wheel.schedule(deadline, c);
+                self.mark_dirty(c);
+                if !rest.is_empty() {
+                    self.feed_frames(c, &mut rest);
+                }
+            }
+        }
+    }
+
+    fn feed_frames(&mut self, c: ConnRef, buf: &mut [u8]) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        let mut decoder = std::mem::take(&mut conn.decoder);
+        let limits = self.limits;
+        let result = decoder.feed(buf, &limits, |ev| self.on_event(c, ev));
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        match result {
+            Ok(Fed::All) => conn.decoder = decoder,
+            Ok(Fed::Stopped) => {} // closing: the decoder is no longer needed
+            Err(reason) => {
+                if conn.phase == Phase::Open {
+                    self.close_conn(c, reason);
+                } else {
+                    // Garbage while waiting for the peer's close: give up on it.
+                    conn.awaiting_peer_close = false;
+                    conn.shutdown_after_flush = true;
+                    self.mark_dirty(c);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, c: ConnRef, ev: Event<'_>) -> Flow {
+        let Some(conn) = slot(&mut self.conns, c) else {
+            return Flow::Stop;
+        };
+        if conn.phase == Phase::Closing {
+            // Waiting for the peer's close; everything else is ignored.
+            if let Event::Close { .. } = ev {
+                conn.awaiting_peer_close = false;
+                conn.shutdown_after_flush = true;
+                self.mark_dirty(c);
+                return Flow::Stop;
+            }
+            return Flow::Continue;
+        }
+        match ev {
+            Event::Message { text, payload } => {
+                self.stats.messages_in += 1;
+                match conn.endpoint {
+                    Endpoint::Echo => {
+                        let op = if text { Opcode::Text } else { Opcode::Binary };
+                        let frame = frame_bytes(op, payload);
+                        self.queue_data(c, frame);
+                    }
+                    Endpoint::Client => self.on_client_message(c, text, payload),
+                }
+            }
+            Event::Ping(p) => {
+                conn.outbox.push_urgent(frame_bytes(Opcode::Pong, p));
+                self.mark_dirty(c);
+            }
+            Event::Pong(_) => conn.heartbeat.on_pong(&self.heartbeat),
+            Event::Close { code, .. } => {
+                // Echo the peer's close, then half-close once it is out.
+                let echo = match code {
+                    Some(code) => close_frame(code, ""),
+                    None => frame_bytes(Opcode::Close, &[]),
+                };
+                conn.outbox.drop_data();
+                conn.outbox.push_urgent(echo);
+                self.metrics.close(code.unwrap_or(1005));
+                self.start_closing(c, false);
+                return Flow::Stop;
+            }
+        }
+        match self.conn_mut(c) {
+            Some(conn) if conn.phase == Phase::Open => Flow::Continue,
+            _ => Flow::Stop,
+        }
+    }
+
+    /// Queues a data frame for `c`, dropping the connection as a slow
+    /// consumer if that would exceed its budget.
+    pub(crate) fn queue_data(&mut self, c: ConnRef, frame: Bytes) {
+        let budget = self.ctx.config.outbound_budget;
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        if conn.outbox.push_data(frame, budget).is_err() {
+            self.metrics.slow_drop();
+            self.close_conn(c, CloseReason::SlowConsumer);
+            return;
+        }
+        self.mark_dirty(c);
+    }
+
+    // ---- closing ----------------------------------------------------------
+
+    /// Moves `c` to `Closing`: nothing more is read as commands; its
+    /// outbox (already holding the close frame or HTTP answer) is flushed,
+    /// then the write side is shut. With `await_peer`, frames are still
+    /// parsed until the peer's close arrives.
+    fn start_closing(&mut self, c: ConnRef, await_peer: bool) {
+        let close_after = self.ctx.config.close_timeout.as_secs() as u32;
+        let now = self.now_tick;
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        conn.phase = Phase::Closing;
+        conn.awaiting_peer_close = await_peer;
+        conn.shutdown_after_flush = !await_peer;
+        conn.deadline = now + close_after;
+        conn.request = None;
+        let deadline = conn.deadline;
+        self.wheel.schedule(deadline, c);
+        self.mark_dirty(c);
+    }
+
+    /// Server-initiated close: a `disconnect` push (for application
+    /// reasons), then a close frame. They follow the data already queued,
+    /// except for a slow consumer, whose queued data is dropped and whose
+    /// close goes out ahead of anything else.
+    pub(crate) fn close_conn(&mut self, c: ConnRef, reason: CloseReason) {
+        let Some(conn) = slot(&mut self.conns, c) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        let urgent = reason == CloseReason::SlowConsumer;
+        if urgent {
+            conn.outbox.drop_data();
+        }
+        let mut frames = Vec::with_capacity(2);
+        if reason.sends_push() && conn.endpoint == Endpoint::Client {
+            self.push_writer.begin(conn.format);
+            self.push_writer.disconnect(reason);
+            frames.extend(self.push_writer.finish());
+        }
+        frames.push(close_frame(reason.close_code(), reason.reason()));
+        for f in frames {
+            if urgent {
+                conn.outbox.push_urgent(f);
+            } else {
+                conn.outbox.push_final(f);
+            }
+        }
+        self.metrics.close(reason.close_code());
+        // After a protocol failure the stream cannot be trusted: do not
+        // wait for the peer's close.
+        let transport = matches!(
+            reason,
+            CloseReason::ProtocolError
+                | CloseReason::InvalidPayload
+                | CloseReason::MessageTooBig
+                | CloseReason::UnsupportedData
+        );
+        self.start_closing(c, !transport);
+    }
+
+    /// Releases a connection: closes the socket, drops its subscriptions
+    /// and tells homes of channels that lost their last local subscriber.
+    pub(crate) fn free_conn(&mut self, c: ConnRef) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        let phase = conn.phase;
+        let handshaking = phase == Phase::Handshake;
+        self.conns.remove(c.idx as usize);
+        if phase == Phase::Open {
+            self.metrics.close(1006); // gone without a close handshake
+        }
+        if handshaking {
+            self.metrics.handshake("aborted");
+        }
+        let mut released = Vec::new();
+        self.subs.remove_conn(c, &mut released);
+        for name in released {
+            self.request_interest(name, false);
+        }
+        self.ctx.shared.release();
+        self.metrics.connections.dec();
+    }
+
+    // ---- writing ----------------------------------------------------------
+
+    /// The write pass: one `writev` per connection with pending output.
+    pub(crate) fn flush(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut dead = Vec::new();
+        for &c in &dirty {
+            let Some(conn) = slot(&mut self.conns, c) else {
+                continue;
+            };
+            conn.dirty = false;
+            let fd = conn.raw_fd();
+            while !conn.outbox.is_empty() {
+                let mut iov = [IoSlice::new(&[]); IOV];
+                let k = conn.outbox.fill(&mut iov);
+                let want: usize = iov[..k].iter().map(|s| s.len()).sum();
+                match sys::writev(fd, &iov[..k]) {
+                    Ok(n) => {
+                        self.stats.writes += 1;
+                        self.stats.bytes_out += n as u64;
+                        self.stats.frames_out += conn.outbox.consume(n) as u64;
+                        if n < want {
+                            break; // socket full: EPOLLOUT will call us back
+                        }
+                    }
+                    Err(e) if sys::would_block(&e) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        dead.push(c);
+                        break;
+                    }
+                }
+            }
+            if conn.outbox.is_empty() && conn.shutdown_after_flush && !conn.write_shut {
+                sys::shutdown_write(fd);
+                conn.write_shut = true;
+            }
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+        for c in dead {
+            self.free_conn(c);
+        }
+        if !self.sent_stamps.is_empty() {
+            let now = Instant::now();
+            for t in self.sent_stamps.drain(..) {
+                self.metrics.latency(now.duration_since(t).as_secs_f64());
+            }
+        }
+    }
+
+    // ---- time -------------------------------------------------------------
+
+    /// Once per second (every 100 ms while draining): heartbeats,
+    /// handshake and close deadlines, drain progress, housekeeping.
+    pub(crate) fn tick(&mut self) {
+        let now = Instant::now();
+        let interval = if self.drain.is_some() {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
+        self.next_tick = now + interval;
+        self.now_tick = now.duration_since(self.started).as_secs() as u32;
+        let mut due = Vec::new();
+        self.wheel.advance(self.now_tick, &mut due);
+        for c in due {
+            self.on_deadline(c);
+        }
+        if self.accept_paused {
+            self.resume_accepts();
+        }
+        if self.now_tick.is_multiple_of(60) {
+            let ttl = self.ctx.config.channel_idle_ttl.as_secs() as u32;
+            self.hub.sweep(self.now_tick, ttl);
+        }
+        if self.id == 0 {
+            self.ctx.shared.check_memory();
+        }
+        if self.drain.is_some() {
+            self.drain_step(now);
+        }
+        self.metrics
+            .channels_local
+            .set(self.subs.channel_count() as i64);
+        self.metrics.channels_home.set(self.hub.len() as i64);
+        self.metrics.inbox_depth.set(self.inbox().len() as i64);
+        self.flush();
+        self.retry_owed();
+        self.metrics.flush(&mut self.stats);
+    }
+
+    fn on_deadline(&mut self, c: ConnRef) {
+        let now = self.now_tick;
+        let hb = self.heartbeat;
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        match conn.phase {
+            Phase::Handshake | Phase::Closing => {
+                if now >= conn.deadline {
+                    if conn.phase == Phase::Handshake {
+                        self.metrics.handshake("timeout");
+                    }
+                    self.free_conn(c);
+                } else {
+                    let d = conn.deadline;
+                    self.wheel.schedule(d, c);
+                }
+            }
+            Phase::Open => match conn.heartbeat.on_timer(now, &hb) {
+                HeartbeatAction::Wait(at) => self.wheel.schedule(at, c),
+                HeartbeatAction::Ping(at) => {
+                    conn.outbox.push_urgent(Bytes::from_static(PING_FRAME));
+                    self.wheel.schedule(at, c);
+                    self.mark_dirty(c);
+                }
+                HeartbeatAction::Timeout => self.close_conn(c, CloseReason::NoPong),
+            },
+        }
+    }
+
+    // ---- drain ------------------------------------------------------------
+
+    /// Stops accepting and starts telling clients to reconnect.
+    pub(crate) fn start_drain(&mut self) {
+        if self.drain.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let total = self.ctx.config.drain_timeout;
+        info!(shard = self.id, connections = self.conns.len(), "draining");
+        if let Some(l) = self.listener.take() {
+            let _ = self.epoll.delete(l.as_raw_fd());
+        }
+        self.drain = Some(Drain {
+            started: now,
+            // Spread disconnects over the first 80%, leaving time for the
+            // close handshakes to finish.
+            spread_until: now + total.mul_f64(0.8),
+            deadline: now + total,
+        });
+        self.next_tick = now;
+    }
+
+    fn drain_step(&mut self, now: Instant) {
+        let d = self.drain.as_ref().expect("draining");
+        let (started, spread_until, deadline) = (d.started, d.spread_until, d.deadline);
+        if self.conns.is_empty() || now >= deadline {
+            let left = self.conns.len();
+            let keys: Vec<ConnRef> = self
+                .conns
+                .iter()
+                .map(|(i, c)| ConnRef {
+                    idx: i as u32,
+                    generation: c.generation,
+                })
+                .collect();
+            for c in keys {
+                self.free_conn(c);
+            }
+            info!(
+                shard = self.id,
+                forced = left,
+                took_ms = now.duration_since(started).as_millis() as u64,
+                "drained"
+            );
+            self.stopped = true;
+            return;
+        }
+        let open: Vec<ConnRef> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.phase != Phase::Closing)
+            .map(|(i, c)| ConnRef {
+                idx: i as u32,
+                generation: c.generation,
+            })
+            .collect();
+        let steps_left = spread_until
+            .saturating_duration_since(now)
+            .as_millis()
+            .div_ceil(100)
+            .max(1) as usize;
+        let quota = open.len().div_ceil(steps_left);
+        for &c in open.iter().take(quota) {
+            match self.conn_mut(c).map(|conn| conn.phase) {
+                Some(Phase::Handshake) => self.free_conn(c),
+                Some(Phase::Open) => self.close_conn(c, CloseReason::Shutdown),
+                _ => {}
+            }
+        }
+    }
+
+    // ---- cross-shard sends -------------------------------------------------
+
+    /// Sends `msg` to shard `to`, keeping per-peer order: when earlier
+    /// messages are still owed to that peer, this one waits behind them.
+    /// Returns the message if it was refused (owed queue full and the kind
+    /// is one that may be refused).
+    pub(crate) fn send_to(&mut self, to: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
+        let msg = if self.owed[to].is_empty() {
+            match self.ctx.inboxes[to].push(msg) {
+                Ok(()) => return Ok(()),
+                Err(msg) => {
+                    self.metrics.queue_full(msg.kind());
+                    msg
+                }
+            }
+        } else {
+            msg
+        };
+        let refusable = matches!(
+            msg,
+            ShardMsg::Publish { .. } | ShardMsg::Deliver(_) | ShardMsg::Interest { on: true, .. }
+        );
+        if refusable && self.owed[to].len() >= OWED_MAX {
+            return Err(msg);
+        }
+        self.owed[to].push_back(msg);
+        Ok(())
+    }
+
+    /// Retries owed messages, oldest first, then `Lost` notices.
+    pub(crate) fn retry_owed(&mut self) {
+        for to in 0..self.owed.len() {
+            while let Some(msg) = self.owed[to].pop_front() {
+                if let Err(msg) = self.ctx.inboxes[to].push(msg) {
+                    self.owed[to].push_front(msg);
+                    break;
+                }
+            }
+            if self.owed[to].is_empty() {
+                while let Some(channel) = self.lost[to].pop() {
+                    if let Err(ShardMsg::Lost { channel }) =
+                        self.ctx.inboxes[to].push(ShardMsg::Lost { channel })
+                    {
+                        self.lost[to].push(channel);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The client id reported in the `connect` reply.
+    pub(crate) fn client_id(&self, c: ConnRef) -> String {
+        format!("{:08x}.{}.{}", self.node_nonce, self.id, c.generation)
+    }
+}

@@ -1,0 +1,285 @@
+//! The shards: one monoio runtime per core, each with its own
+//! SO_REUSEPORT listener, connections, subscriptions and home channels.
+//!
+//! Layout:
+//! - `mod.rs`: starting shards (threads, pinning, driver choice) and the
+//!   async loop that drives a [`core::Shard`].
+//! - `core.rs`: the shard state and its loop turn: accept, read, write,
+//!   ticks, drain.
+//! - `commands.rs`: the wire protocol and cross-shard messages.
+//! - `conn.rs`: per-connection state.
+//! - `sys.rs`: the Linux calls (epoll, accept4, read, writev).
+//!
+//! Why the socket path is ours: monoio 0.2.4 offers one-shot io_uring
+//! operations only (no multishot poll/recv, no provided buffers), so an
+//! idle connection awaiting a read costs an in-flight operation, a task
+//! and at least ~5 KB of memory. Instead each shard keeps its client
+//! sockets in its own epoll set; the monoio runtime waits on that one
+//! descriptor (an io_uring poll, or its own epoll on the fallback driver)
+//! together with its timer. Ready sockets are read into one per-shard
+//! buffer and fed to the no-I/O decoder. See docs/ARCHITECTURE.md.
+
+use std::future::Future;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tracing::{error, info};
+
+use crate::bridge::Inbox;
+use crate::config::{Config, Driver};
+use crate::metrics::Metrics;
+
+mod commands;
+mod conn;
+pub mod core;
+pub mod sys;
+
+/// State shared by every shard: admission control and readiness. The only
+/// mutable state shared between shards, all of it atomic.
+#[derive(Debug)]
+pub struct Shared {
+    open: AtomicUsize,
+    max_connections: usize,
+    max_memory: u64,
+    /// Set while the process RSS is above `max_memory`.
+    pub memory_exceeded: AtomicBool,
+    /// Cleared when draining starts (`/readyz` answers 503).
+    pub ready: AtomicBool,
+    /// Random per-process value that makes client ids unique across
+    /// restarts.
+    pub node_nonce: u32,
+}
+
+impl Shared {
+    /// Shared state for `max_connections` (0 = derived from the fd limit).
+    pub fn new(cfg: &Config) -> Self {
+        let max_connections = if cfg.max_connections > 0 {
+            cfg.max_connections
+        } else {
+            default_max_connections(sys::nofile_limit())
+        };
+        Self {
+            open: AtomicUsize::new(0),
+            max_connections,
+            max_memory: cfg.max_memory,
+            memory_exceeded: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            node_nonce: rand::random(),
+        }
+    }
+
+    /// Takes a connection slot, if one is free.
+    pub fn try_admit(&self) -> bool {
+        let prev = self.open.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives a connection slot back.
+    pub fn release(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Open connections, all shards.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// Samples the RSS against `max_memory`.
+    pub fn check_memory(&self) {
+        if self.max_memory == 0 {
+            return;
+        }
+        let over = sys::rss_bytes().is_some_and(|rss| rss > self.max_memory);
+        self.memory_exceeded.store(over, Ordering::Relaxed);
+    }
+}
+
+/// Descriptors kept free for the process itself (listeners, epoll,
+/// eventfds, admin, logs, the accept spare).
+pub const FD_RESERVE: u64 = 64;
+
+/// The connection cap implied by an open-file limit.
+pub fn default_max_connections(nofile: u64) -> usize {
+    nofile.saturating_sub(FD_RESERVE).max(1) as usize
+}
+
+/// What every shard is given.
+#[derive(Clone)]
+pub struct ShardContext {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Every shard's inbox, by shard index.
+    pub inboxes: Arc<[Arc<Inbox>]>,
+    /// Shared admission state.
+    pub shared: Arc<Shared>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Running shards.
+pub struct Shards {
+    /// Their threads.
+    pub threads: Vec<JoinHandle<()>>,
+    /// Their inboxes.
+    pub inboxes: Arc<[Arc<Inbox>]>,
+    /// The address clients connect to (resolved if port 0 was asked).
+    pub local_addr: std::net::SocketAddr,
+}
+
+/// Binds every shard's listener (so address errors surface before any
+/// thread starts) and starts the shard threads.
+pub fn start(
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<Shards> {
+    let n = config.shard_count();
+    let inboxes: Arc<[Arc<Inbox>]> = (0..n)
+        .map(|_| Inbox::new(config.inbox_capacity).map(Arc::new))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into();
+    let first = sys::listener(config.listen, config.backlog)?;
+    let local_addr = first
+        .local_addr()?
+        .as_socket()
+        .expect("TCP listener has an IP address");
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        // With port 0, the other shards join the port the first one got.
+        listeners.push(sys::listener(local_addr, config.backlog)?);
+    }
+    let ctx = ShardContext {
+        config: config.clone(),
+        inboxes: inboxes.clone(),
+        shared,
+        metrics,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut threads = Vec::with_capacity(n);
+    for (id, l) in listeners.into_iter().enumerate() {
+        let ctx = ctx.clone();
+        let listener: OwnedFd = l.into();
+        let t = std::thread::Builder::new()
+            .name(format!("wsedge-shard-{id}"))
+            .spawn(move || run_thread(id, id % cores, ctx, listener))?;
+        threads.push(t);
+    }
+    Ok(Shards {
+        threads,
+        inboxes,
+        local_addr,
+    })
+}
+
+fn run_thread(id: usize, core: usize, ctx: ShardContext, listener: OwnedFd) {
+    if let Err(e) = monoio::utils::bind_to_cpu_set([core]) {
+        info!(shard = id, core, error = ?e, "could not pin shard to its core");
+    }
+    let use_uring = match ctx.config.driver {
+        Driver::Epoll => false,
+        Driver::Uring => true,
+        Driver::Auto => monoio::utils::detect_uring(),
+    };
+    let result = if use_uring {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(shard_main(id, core, "io_uring", ctx.clone(), listener)))
+    } else {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(shard_main(id, core, "epoll", ctx.clone(), listener)))
+    };
+    if let Err(e) = result {
+        error!(shard = id, error = %e, "shard runtime failed to start");
+        std::process::exit(1);
+    }
+}
+
+/// Yields to the runtime once (lets it poll the driver and other tasks).
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, listener: OwnedFd) {
+    let shared = ctx.shared.clone();
+    let mut shard = match core::Shard::new(id, ctx, listener) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(shard = id, error = %e, "shard failed to start");
+            std::process::exit(1);
+        }
+    };
+    // The runtime waits for readiness of the shard's epoll set through its
+    // own driver. The wrapper only borrows the descriptor; the shard owns
+    // and closes it.
+    // SAFETY: the descriptor is valid for the shard's lifetime; the
+    // std UnixStream wrapper is never used for I/O and is turned into a
+    // monoio wrapper whose only use is `readable()`.
+    let std_wrapper =
+        unsafe { std::os::unix::net::UnixStream::from_raw_fd(libc::dup(shard.epoll_fd())) };
+    let ready = match monoio::net::UnixStream::from_std(std_wrapper) {
+        Ok(r) => r,
+        Err(e) => {
+            error!(shard = id, error = %e, "cannot watch the shard's epoll set");
+            std::process::exit(1);
+        }
+    };
+    info!(shard = id, core, driver, "shard started");
+    shared
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    loop {
+        let more = shard.turn();
+        if shard.stopped() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= shard.next_tick() {
+            shard.tick();
+            if shard.stopped() {
+                break;
+            }
+            continue;
+        }
+        if more {
+            YieldNow(false).await;
+            continue;
+        }
+        let wait = shard.next_tick() - now;
+        monoio::select! {
+            r = ready.readable(false) => {
+                if let Err(e) = r {
+                    error!(shard = id, error = %e, "waiting on the epoll set failed");
+                }
+            }
+            _ = monoio::time::sleep(wait) => {}
+        }
+    }
+    info!(shard = id, "shard stopped");
+}

@@ -1,0 +1,203 @@
+//! Thin, checked wrappers over the Linux calls the shard's socket path
+//! uses: the per-shard epoll readiness set, accept4, read, writev,
+//! shutdown. Each `unsafe` block states why it is sound; the end-to-end
+//! tests exercise every one of them.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn cvt_size(r: libc::ssize_t) -> io::Result<usize> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// An epoll instance holding every socket of one shard.
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+/// Readiness bits for client sockets: edge-triggered read, write and
+/// peer-hangup.
+pub const CONN_EVENTS: u32 =
+    (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+/// Readiness bits for the listener and the doorbell (level-triggered).
+pub const LEVEL_IN: u32 = libc::EPOLLIN as u32;
+
+impl Epoll {
+    /// A new epoll instance.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: no pointer arguments; the result is checked.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` is fresh and owned by nobody else.
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// The epoll descriptor (to wait on its readiness).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Gives up ownership of the descriptor (the runtime wrapper closes it).
+    pub fn into_raw_fd(self) -> RawFd {
+        std::os::fd::IntoRawFd::into_raw_fd(self.fd)
+    }
+
+    /// Watches `fd` for `events`, tagging its events with `token`.
+    pub fn add(&self, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Stops watching `fd` (closing a descriptor also does this).
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        // SAFETY: a null event pointer is allowed for EPOLL_CTL_DEL.
+        cvt(unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Collects ready events without blocking.
+    pub fn poll(&self, events: &mut Vec<libc::epoll_event>) -> io::Result<usize> {
+        events.clear();
+        let cap = events.capacity() as libc::c_int;
+        // SAFETY: the kernel writes at most `cap` events into the vector's
+        // spare capacity; `set_len` then exposes exactly those it wrote.
+        let n = cvt(unsafe { libc::epoll_wait(self.fd.as_raw_fd(), events.as_mut_ptr(), cap, 0) });
+        match n {
+            Ok(n) => {
+                // SAFETY: see above; 0 <= n <= cap.
+                unsafe { events.set_len(n as usize) };
+                Ok(n as usize)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A non-blocking SO_REUSEPORT listener (one per shard on the same
+/// address; the kernel spreads connections between them).
+pub fn listener(addr: SocketAddr, backlog: u32) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.set_cloexec(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s)
+}
+
+/// Accepts one connection as a non-blocking, close-on-exec socket with
+/// TCP_NODELAY set (frames are already batched per loop turn).
+pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; the result is checked.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    // SAFETY: passes a valid c_int of the right size. Failure is harmless
+    // (only latency), so it is ignored.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    Ok(fd)
+}
+
+/// Reads into `buf`; `Ok(0)` is end of stream.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+    cvt_size(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// Writes the slices in order (one `writev`).
+pub fn writev(fd: RawFd, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    // SAFETY: IoSlice is ABI-compatible with iovec (std guarantees it);
+    // the kernel only reads the slices, which outlive the call.
+    cvt_size(unsafe { libc::writev(fd, iov.as_ptr().cast(), iov.len() as libc::c_int) })
+}
+
+/// Plain write of one buffer (used for refusals outside the shard path).
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+    cvt_size(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// Half-closes the write side (sends FIN after queued data).
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: no pointers; an error (already closed) is irrelevant here.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+    }
+}
+
+/// Whether an I/O error means "try again later".
+pub fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// The process's resident set size in bytes (from /proc/self/statm).
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(4096) as u64)
+}
+
+/// The soft open-file limit of this process.
+pub fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid rlimit to write into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        r.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Opens /dev/null as a spare descriptor, kept to be able to accept (and
+/// refuse) a connection when the process is out of descriptors.
+pub fn spare_fd() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}

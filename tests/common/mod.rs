@@ -1,0 +1,517 @@
+//! Test harness: starts the real `wsedge` binary on ephemeral loopback
+//! ports and talks to it with an independent WebSocket client
+//! (tokio-tungstenite) or raw TCP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream as TokioTcp;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running server process.
+pub struct Server {
+    pub child: Child,
+    pub client: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+pub struct Opts {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE for the server process.
+    pub nofile: Option<u64>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            args: vec!["--shards".into(), "2".into()],
+            env: Vec::new(),
+            nofile: None,
+        }
+    }
+}
+
+impl Opts {
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(Opts::default())
+    }
+
+    pub fn start_with(opts: Opts) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsedge"));
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(&opts.args)
+            .env("WSEDGE_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the
+            // child's own limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let r = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn wsedge");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening") {
+                    let field = |name: &str| -> Option<SocketAddr> {
+                        let i = line.find(&format!("{name}="))? + name.len() + 1;
+                        line[i..].split_whitespace().next()?.parse().ok()
+                    };
+                    if let (Some(c), Some(a), Some(tx)) =
+                        (field("client"), field("admin"), tx.take())
+                    {
+                        let _ = tx.send((c, a));
+                    }
+                }
+                let mut l = log2.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let (client, admin) = match rx.recv_timeout(TIMEOUT) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            client,
+            admin,
+            log,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.client)
+    }
+
+    /// GET on the admin server: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    /// The value of one metric sample (summed over matching lines).
+    pub fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                let key = l.rsplit_once(' ').map(|(k, _)| k).unwrap_or("");
+                metric_matches(key, name_and_labels)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Waits until `f` holds (polling), or panics with the log.
+    pub fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < TIMEOUT {
+            if f() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "timed out waiting for {what}; log:\n{}",
+            self.log.lock().unwrap()
+        );
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+/// `name` matches `name{labels}` when every label given is present.
+fn metric_matches(key: &str, want: &str) -> bool {
+    let (wname, wlabels) = want.split_once('{').unwrap_or((want, ""));
+    let (kname, klabels) = key.split_once('{').unwrap_or((key, ""));
+    if kname != wname {
+        return false;
+    }
+    let wlabels = wlabels.trim_end_matches('}');
+    wlabels
+        .split(',')
+        .filter(|l| !l.is_empty())
+        .all(|l| klabels.contains(l))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect admin");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Raw HTTP exchange on the client port: returns the whole response head.
+pub fn raw_request(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TokioTcp>>;
+
+/// Opens a WebSocket offering `protocol` (if any).
+pub async fn connect(server: &Server, protocol: Option<&str>) -> Ws {
+    let mut req = server.ws_url().into_client_request().unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", HeaderValue::from_str(p).unwrap());
+    }
+    let (ws, resp) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")
+        .expect("connect");
+    if let Some(p) = protocol {
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap()),
+            Some(p)
+        );
+    }
+    ws
+}
+
+/// Next data or close message (pings are answered by the client library).
+pub async fn next(ws: &mut Ws) -> Message {
+    loop {
+        let m = tokio::time::timeout(TIMEOUT, ws.next())
+            .await
+            .expect("no message in time")
+            .expect("stream ended")
+            .expect("websocket error");
+        match m {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+/// Next JSON object (a frame may hold several, one per line).
+pub struct JsonClient {
+    pub ws: Ws,
+    pending: std::collections::VecDeque<Value>,
+    next_id: u32,
+}
+
+impl JsonClient {
+    pub async fn connect(server: &Server) -> JsonClient {
+        let ws = connect(server, Some("edu-matrix-v1.json")).await;
+        let mut c = JsonClient {
+            ws,
+            pending: Default::default(),
+            next_id: 1,
+        };
+        let r = c.call("connect", serde_json::json!({"name": "test"})).await;
+        assert!(r["connect"]["client"].is_string(), "{r}");
+        c
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    pub async fn send(&mut self, method: &str, params: Value) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut obj = serde_json::Map::new();
+        obj.insert("id".into(), id.into());
+        obj.insert(method.into(), params);
+        self.send_raw(&Value::Object(obj).to_string()).await;
+        id
+    }
+
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            if let Some(v) = self.pending.pop_front() {
+                return v;
+            }
+            match next(&mut self.ws).await {
+                Message::Text(t) => {
+                    for line in t.as_str().split('\n') {
+                        self.pending
+                            .push_back(serde_json::from_str(line).expect("valid JSON"));
+                    }
+                }
+                other => panic!("expected text, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply, queueing pushes that arrive
+    /// first into `pushes`.
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params).await;
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id {
+                for s in skipped.into_iter().rev() {
+                    self.pending.push_front(s);
+                }
+                return v;
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// True if nothing arrives within `d`.
+    pub async fn recv_nothing_for(&mut self, d: Duration) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        tokio::time::timeout(d, futures_util::StreamExt::next(&mut self.ws))
+            .await
+            .is_err()
+    }
+
+    /// Keeps reading (so the client library answers pings) for `d`;
+    /// data that arrives is kept for later.
+    pub async fn idle_for(&mut self, d: Duration) {
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(m) =
+            tokio::time::timeout_at(end, futures_util::StreamExt::next(&mut self.ws)).await
+        {
+            match m.expect("stream ended").expect("websocket error") {
+                Message::Text(t) => {
+                    for line in t.as_str().split('\n') {
+                        self.pending
+                            .push_back(serde_json::from_str(line).expect("valid JSON"));
+                    }
+                }
+                Message::Close(f) => panic!("closed while idle: {f:?}"),
+                _ => {}
+            }
+        }
+        futures_util::SinkExt::flush(&mut self.ws).await.unwrap();
+    }
+
+    /// Next push (replies are not expected meanwhile).
+    pub async fn push(&mut self) -> Value {
+        let v = self.recv().await;
+        assert!(v.get("push").is_some(), "expected a push, got {v}");
+        v
+    }
+
+    /// Reads until the close frame; returns its code.
+    pub async fn close_code(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut seen: Vec<Value> = self.pending.drain(..).collect();
+        loop {
+            match tokio::time::timeout(TIMEOUT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Text(t))) => {
+                    for line in t.as_str().split('\n') {
+                        seen.push(serde_json::from_str(line).unwrap());
+                    }
+                }
+                Some(Ok(Message::Close(f))) => return (seen, f.map(|f: CloseFrame| f.code.into())),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("error before close: {e}"),
+                None => return (seen, None),
+            }
+        }
+    }
+}
+
+/// A minimal raw WebSocket client for malformed input and for clients
+/// that do not read.
+pub struct RawWs {
+    pub s: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub struct RawFrame {
+    pub fin: bool,
+    pub opcode: u8,
+    pub payload: Vec<u8>,
+}
+
+impl RawWs {
+    pub fn connect(server: &Server, protocol: Option<&str>) -> RawWs {
+        let mut s = TcpStream::connect(server.client).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let proto = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        RawWs { s, buf: Vec::new() }
+    }
+
+    pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![(fin as u8) << 7 | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len < 65536 {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.s.write_all(&out).unwrap();
+    }
+
+    pub fn send_text(&mut self, text: &str) {
+        self.send_frame(true, 1, text.as_bytes());
+    }
+
+    /// Reads one server frame; None at end of stream.
+    pub fn read_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if self.buf.len() >= 2 {
+                let len7 = (self.buf[1] & 0x7f) as usize;
+                let (len, hl) = match len7 {
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n, 2),
+                };
+                if len != usize::MAX && self.buf.len() >= hl + len {
+                    assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
+                    let f = RawFrame {
+                        fin: self.buf[0] & 0x80 != 0,
+                        opcode: self.buf[0] & 0x0f,
+                        payload: self.buf[hl..hl + len].to_vec(),
+                    };
+                    self.buf.drain(..hl + len);
+                    return Some(f);
+                }
+            }
+            let mut tmp = [0u8; 65536];
+            match self.s.read(&mut tmp) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Reads frames until a close frame; returns the data frames seen and
+    /// the close code.
+    pub fn until_close(&mut self) -> (Vec<RawFrame>, Option<u16>) {
+        let mut seen = Vec::new();
+        while let Some(f) = self.read_frame() {
+            if f.opcode == 8 {
+                let code = (f.payload.len() >= 2)
+                    .then(|| u16::from_be_bytes([f.payload[0], f.payload[1]]));
+                return (seen, code);
+            }
+            seen.push(f);
+        }
+        (seen, None)
+    }
+}
