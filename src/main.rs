@@ -157,7 +157,7 @@ fn run(config: Config) -> ExitCode {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    shared.ready.store(false, Ordering::Relaxed);
+    shared.draining.store(true, Ordering::Relaxed);
     for inbox in shards.inboxes.iter() {
         // Drain must get through even if an inbox is momentarily full.
         let mut msg = ShardMsg::Drain;

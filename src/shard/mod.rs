@@ -48,8 +48,12 @@ pub struct Shared {
     max_memory: u64,
     /// Set while the process RSS is above `max_memory`.
     pub memory_exceeded: AtomicBool,
-    /// Cleared when draining starts (`/readyz` answers 503).
-    pub ready: AtomicBool,
+    /// Shards that have started their loop.
+    started: AtomicUsize,
+    /// Shards the node runs.
+    shards: usize,
+    /// Set when draining starts (`/readyz` answers 503).
+    pub draining: AtomicBool,
     /// Random per-process value that makes client ids unique across
     /// restarts.
     pub node_nonce: u32,
@@ -68,9 +72,16 @@ impl Shared {
             max_connections,
             max_memory: cfg.max_memory,
             memory_exceeded: AtomicBool::new(false),
-            ready: AtomicBool::new(false),
+            started: AtomicUsize::new(0),
+            shards: cfg.shard_count(),
+            draining: AtomicBool::new(false),
             node_nonce: rand::random(),
         }
+    }
+
+    /// Whether every shard runs and the node is not draining.
+    pub fn ready(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == self.shards && !self.draining.load(Ordering::Relaxed)
     }
 
     /// Takes a connection slot, if one is free.
@@ -251,9 +262,7 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
         }
     };
     info!(shard = id, core, driver, "shard started");
-    shared
-        .ready
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.started.fetch_add(1, Ordering::Relaxed);
     loop {
         let more = shard.turn();
         if shard.stopped() {
