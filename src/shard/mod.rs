@@ -81,7 +81,8 @@ impl Shared {
 
     /// Whether every shard runs and the node is not draining.
     pub fn ready(&self) -> bool {
-        self.started.load(Ordering::Relaxed) == self.shards && !self.draining.load(Ordering::Relaxed)
+        self.started.load(Ordering::Relaxed) == self.shards
+            && !self.draining.load(Ordering::Relaxed)
     }
 
     /// Takes a connection slot, if one is free.
