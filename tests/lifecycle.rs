@@ -74,8 +74,15 @@ async fn second_signal_exits_at_once() {
 #[tokio::test]
 async fn epoll_driver_serves_pubsub() {
     let server = Server::start_with(Opts::default().arg("--driver").arg("epoll"));
-    let log = server.log.lock().unwrap().clone();
-    assert!(log.contains("driver=\"epoll\""), "{log}");
+    server.wait_for("shards on epoll", || {
+        server
+            .log
+            .lock()
+            .unwrap()
+            .matches("driver=\"epoll\"")
+            .count()
+            == 2
+    });
     let mut a = JsonClient::connect(&server).await;
     let mut b = JsonClient::connect(&server).await;
     b.call("subscribe", json!({"channel": "e"})).await;

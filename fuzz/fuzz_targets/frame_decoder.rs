@@ -6,14 +6,14 @@ use libfuzzer_sys::fuzz_target;
 use wsedge::engine::ws::frame::{DecoderLimits, Event, FrameDecoder, Flow};
 
 fn run(data: &[u8], split: usize) -> (Vec<String>, Option<u16>) {
-    let limits = DecoderLimits { max_message_size: 4096 };
+    let limits = DecoderLimits { max_message_size: 4096, allow_compressed: true };
     let mut dec = FrameDecoder::new();
     let mut events = Vec::new();
     for chunk in [&data[..split], &data[split..]] {
         let mut buf = chunk.to_vec();
         let r = dec.feed(&mut buf, &limits, |e| {
             events.push(match e {
-                Event::Message { text, payload } => format!("m{text}{payload:?}"),
+                Event::Message { text, payload, compressed } => format!("m{text}{compressed}{payload:?}"),
                 Event::Ping(p) => format!("i{p:?}"),
                 Event::Pong(p) => format!("o{p:?}"),
                 Event::Close { code, reason } => format!("c{code:?}{reason}"),

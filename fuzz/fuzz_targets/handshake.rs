@@ -10,6 +10,7 @@ fuzz_target!(|data: &[u8]| {
         client_path: "/ws".into(),
         echo_path: Some("/echo".into()),
         max_head_bytes: 2048,
+        deflate: wsedge::engine::ws::deflate::DeflateConfig { enabled: true },
     };
     let _ = parse_request(data, &cfg);
 });

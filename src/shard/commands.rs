@@ -12,6 +12,7 @@ use crate::engine::hub::{Position, home_shard};
 use crate::engine::subs::{Acked, ConnRef, Delivery as Local, Subscribed};
 use crate::engine::wire::publication::PubData;
 use crate::engine::wire::{self, Command, Method, ReplyBody};
+use crate::engine::ws::deflate::frame_for;
 use crate::engine::ws::handshake::WireFormat;
 
 impl Shard {
@@ -25,13 +26,18 @@ impl Shard {
             self.close_conn(c, CloseReason::UnsupportedData);
             return;
         }
+        let deflate = conn.deflate;
         self.writer.begin(format);
         self.current = Some(c);
         let result = wire::decode_commands(format, text, payload, |cmd| self.exec(c, cmd));
         self.current = None;
         match result {
             Ok(()) => {
-                if let Some(frame) = self.writer.finish() {
+                let comp = &mut self.compressor;
+                if let Some(frame) = self
+                    .writer
+                    .finish_with(|text, p| frame_for(comp, deflate, text, p))
+                {
                     self.queue_data(c, frame);
                 }
             }
@@ -55,10 +61,14 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        let format = conn.format;
+        let (format, deflate) = (conn.format, conn.deflate);
         self.push_writer.begin(format);
         self.push_writer.reply(id, body);
-        if let Some(frame) = self.push_writer.finish() {
+        let comp = &mut self.compressor;
+        if let Some(frame) = self
+            .push_writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
             self.queue_data(c, frame);
         }
     }
@@ -202,9 +212,13 @@ impl Shard {
         if acc.interested == 0 {
             return offset; // nobody listens: not even encoded
         }
-        let frames = self.encoder.encode(&channel, offset, &data);
+        let frames = self
+            .encoder
+            .encode(&channel, offset, &data, self.compressor.as_mut());
         self.stats.encodes[0] += 1;
         self.stats.encodes[1] += 1;
+        self.stats.encodes[2] += u64::from(frames.json_deflate.is_some());
+        self.stats.encodes[3] += u64::from(frames.binary_deflate.is_some());
         let d = Arc::new(Delivery {
             channel,
             offset,
@@ -246,10 +260,10 @@ impl Shard {
                     else {
                         continue;
                     };
-                    let frame = match conn.format {
-                        WireFormat::Json => d.frames.json.clone(),
-                        WireFormat::Binary => d.frames.binary.clone(),
-                    };
+                    let frame = d
+                        .frames
+                        .for_conn(conn.format, conn.takes_shared_deflate())
+                        .clone();
                     if conn.outbox.push_data(frame, budget).is_err() {
                         slow.push(s.conn);
                         continue;

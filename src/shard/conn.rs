@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use crate::engine::heartbeat::Heartbeat;
 use crate::engine::outbox::Outbox;
 use crate::engine::subs::ConnRef;
+use crate::engine::ws::deflate::Deflate;
 use crate::engine::ws::frame::FrameDecoder;
 use crate::engine::ws::handshake::{Endpoint, WireFormat};
 
@@ -30,6 +31,8 @@ pub struct Conn {
     pub(crate) phase: Phase,
     pub(crate) endpoint: Endpoint,
     pub(crate) format: WireFormat,
+    /// permessage-deflate, if negotiated.
+    pub(crate) deflate: Option<Deflate>,
     /// `connect` was accepted.
     pub(crate) connected: bool,
     /// Listed in the shard's dirty list for this turn.
@@ -62,6 +65,7 @@ impl Conn {
             phase: Phase::Handshake,
             endpoint: Endpoint::Client,
             format: WireFormat::Json,
+            deflate: None,
             connected: false,
             dirty: false,
             shutdown_after_flush: false,
@@ -79,6 +83,12 @@ impl Conn {
     /// The socket.
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Whether the connection takes the shared compressed publications
+    /// (compressed once with a 15-bit window).
+    pub(crate) fn takes_shared_deflate(&self) -> bool {
+        self.deflate.is_some_and(|d| d.server_window_bits == 15)
     }
 }
 

@@ -29,6 +29,7 @@ use crate::engine::subs::{ConnRef, Subscriptions};
 use crate::engine::timer::TimerWheel;
 use crate::engine::wire::FrameWriter;
 use crate::engine::wire::publication::PubEncoder;
+use crate::engine::ws::deflate::{Compressor, DeflateConfig, Inflater, frame_for};
 use crate::engine::ws::frame::{DecoderLimits, Event, Fed, Flow, Opcode, close_frame, frame_bytes};
 use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject};
 use crate::metrics::{ShardMetrics, Stats};
@@ -89,6 +90,10 @@ pub struct Shard {
     pub(crate) writer: FrameWriter,
     pub(crate) push_writer: FrameWriter,
     pub(crate) encoder: PubEncoder,
+    /// Compresses outgoing frames (None when compression is off).
+    pub(crate) compressor: Option<Compressor>,
+    /// Inflates compressed client messages (taken while in use).
+    inflater: Option<Inflater>,
     /// Messages owed to each peer shard whose inbox was full, in order.
     pub(crate) owed: Vec<VecDeque<ShardMsg>>,
     /// Channels whose deliveries to a peer were dropped (sent as `Lost`).
@@ -101,7 +106,7 @@ pub struct Shard {
     pub(crate) stats: Stats,
     pub(crate) metrics: ShardMetrics,
     pub(crate) heartbeat: HeartbeatConfig,
-    limits: DecoderLimits,
+    max_message_size: usize,
     handshake: HandshakeConfig,
     drain: Option<Drain>,
     stopped: bool,
@@ -125,14 +130,19 @@ impl Shard {
         let seed = rand::random::<u64>() ^ ((id as u64) << 56);
         Ok(Self {
             id,
-            limits: DecoderLimits {
-                max_message_size: cfg.max_message_size,
-            },
+            max_message_size: cfg.max_message_size,
             handshake: HandshakeConfig {
                 client_path: cfg.ws_path.clone(),
                 echo_path: cfg.echo_path.clone(),
                 max_head_bytes: cfg.max_handshake_bytes,
+                deflate: DeflateConfig {
+                    enabled: cfg.compression,
+                },
             },
+            compressor: cfg
+                .compression
+                .then(|| Compressor::new(cfg.compression_level, cfg.compression_min_size)),
+            inflater: cfg.compression.then(Inflater::default),
             subs: Subscriptions::new(cfg.max_subscriptions),
             heartbeat,
             epoll,
@@ -495,6 +505,7 @@ impl Shard {
                 conn.phase = Phase::Open;
                 conn.endpoint = up.endpoint;
                 conn.format = up.format;
+                conn.deflate = up.deflate;
                 conn.heartbeat = Heartbeat::start(self.now_tick, &self.heartbeat);
                 conn.outbox.push_urgent(Bytes::from(up.response));
                 let deadline = conn.heartbeat.deadline();
@@ -508,11 +519,14 @@ impl Shard {
     }
 
     fn feed_frames(&mut self, c: ConnRef, buf: &mut [u8]) {
-        let Some(conn) = self.conn_mut(c) else {
+        let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
         let mut decoder = std::mem::take(&mut conn.decoder);
-        let limits = self.limits;
+        let limits = DecoderLimits {
+            max_message_size: self.max_message_size,
+            allow_compressed: conn.deflate.is_some(),
+        };
         let result = decoder.feed(buf, &limits, |ev| self.on_event(c, ev));
         let Some(conn) = self.conn_mut(c) else {
             return;
@@ -548,15 +562,16 @@ impl Shard {
             return Flow::Continue;
         }
         match ev {
-            Event::Message { text, payload } => {
+            Event::Message {
+                text,
+                payload,
+                compressed,
+            } => {
                 self.stats.messages_in += 1;
-                match conn.endpoint {
-                    Endpoint::Echo => {
-                        let op = if text { Opcode::Text } else { Opcode::Binary };
-                        let frame = frame_bytes(op, payload);
-                        self.queue_data(c, frame);
-                    }
-                    Endpoint::Client => self.on_client_message(c, text, payload),
+                if compressed {
+                    self.on_compressed_message(c, text, payload);
+                } else {
+                    self.on_message(c, text, payload);
                 }
             }
             Event::Ping(p) => {
@@ -581,6 +596,39 @@ impl Shard {
             Some(conn) if conn.phase == Phase::Open => Flow::Continue,
             _ => Flow::Stop,
         }
+    }
+
+    /// A complete (uncompressed) data message.
+    fn on_message(&mut self, c: ConnRef, text: bool, payload: &[u8]) {
+        let Some(conn) = slot(&mut self.conns, c) else {
+            return;
+        };
+        match conn.endpoint {
+            Endpoint::Echo => {
+                let deflate = conn.deflate;
+                let frame = frame_for(&mut self.compressor, deflate, text, payload);
+                self.queue_data(c, frame);
+            }
+            Endpoint::Client => self.on_client_message(c, text, payload),
+        }
+    }
+
+    /// A permessage-deflate message: inflate it (bounded by the message
+    /// size limit), check text is UTF-8, then handle it as usual.
+    fn on_compressed_message(&mut self, c: ConnRef, text: bool, payload: &[u8]) {
+        let Some(mut inflater) = self.inflater.take() else {
+            // Cannot happen: RSV1 is refused unless compression is on.
+            self.close_conn(c, CloseReason::ProtocolError);
+            return;
+        };
+        match inflater.inflate(payload, self.max_message_size) {
+            Ok(plain) if text && simdutf8::basic::from_utf8(plain).is_err() => {
+                self.close_conn(c, CloseReason::InvalidPayload);
+            }
+            Ok(plain) => self.on_message(c, text, plain),
+            Err(reason) => self.close_conn(c, reason),
+        }
+        self.inflater = Some(inflater);
     }
 
     /// Queues a data frame for `c`, dropping the connection as a slow

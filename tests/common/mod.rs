@@ -414,17 +414,29 @@ pub struct RawWs {
 
 pub struct RawFrame {
     pub fin: bool,
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
 
 impl RawWs {
     pub fn connect(server: &Server, protocol: Option<&str>) -> RawWs {
+        Self::connect_with(server, protocol, None)
+    }
+
+    pub fn connect_with(
+        server: &Server,
+        protocol: Option<&str>,
+        extensions: Option<&str>,
+    ) -> RawWs {
         let mut s = TcpStream::connect(server.client).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let proto = protocol
+        let mut proto = protocol
             .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
             .unwrap_or_default();
+        if let Some(e) = extensions {
+            proto.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
+        }
         write!(
             s,
             "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
@@ -483,6 +495,7 @@ impl RawWs {
                     assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
                     let f = RawFrame {
                         fin: self.buf[0] & 0x80 != 0,
+                        rsv1: self.buf[0] & 0x40 != 0,
                         opcode: self.buf[0] & 0x0f,
                         payload: self.buf[hl..hl + len].to_vec(),
                     };

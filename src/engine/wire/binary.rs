@@ -4,13 +4,11 @@
 
 use std::borrow::Cow;
 
-use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
 
 use super::proto;
 use super::{Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str};
 use crate::engine::codes::{CloseReason, ErrorCode};
-use crate::engine::ws::frame::{Opcode, encode_frame};
 
 /// Verifier limits: a client frame is at most the message size limit, and
 /// these bound the work the verifier may do on hostile input.
@@ -176,8 +174,8 @@ fn disconnect_offset<'b>(
     )
 }
 
-/// A `ServerFrame` with one `pub` push, as a complete binary frame.
-pub fn pub_frame(fbb: &mut Fbb, channel: &str, offset: u64, data: &[u8]) -> Bytes {
+/// A `ServerFrame` with one `pub` push (the frame's payload).
+pub fn pub_payload<'f>(fbb: &'f mut Fbb, channel: &str, offset: u64, data: &[u8]) -> &'f [u8] {
     fbb.reset();
     let data = fbb.create_vector(data);
     let publication = proto::Publication::create(
@@ -211,9 +209,7 @@ pub fn pub_frame(fbb: &mut Fbb, channel: &str, offset: u64, data: &[u8]) -> Byte
         },
     );
     fbb.finish_minimal(frame);
-    let mut out = Vec::with_capacity(fbb.finished_data().len() + 10);
-    encode_frame(Opcode::Binary, fbb.finished_data(), &mut out);
-    Bytes::from(out)
+    fbb.finished_data()
 }
 
 /// Accumulates server messages for one binary frame.
@@ -257,8 +253,9 @@ impl BinaryWriter {
         self.messages.push(msg);
     }
 
-    /// The complete binary frame.
-    pub fn finish(&mut self) -> Bytes {
+    /// Finishes the `ServerFrame` and returns its bytes (valid until the
+    /// next `begin`).
+    pub fn payload(&mut self) -> &[u8] {
         let messages = self.fbb.create_vector(&self.messages);
         let frame = proto::ServerFrame::create(
             &mut self.fbb,
@@ -267,10 +264,8 @@ impl BinaryWriter {
             },
         );
         self.fbb.finish_minimal(frame);
-        let mut out = Vec::with_capacity(self.fbb.finished_data().len() + 10);
-        encode_frame(Opcode::Binary, self.fbb.finished_data(), &mut out);
         self.messages.clear();
-        Bytes::from(out)
+        self.fbb.finished_data()
     }
 }
 
@@ -404,10 +399,7 @@ mod tests {
         w.reply(5, ReplyBody::Publish { offset: 42 });
         w.reply(6, ReplyBody::Error(ErrorCode::UnknownMethod));
         w.disconnect(CloseReason::Shutdown);
-        let frame = w.finish();
-        assert_eq!(frame[0], 0x82);
-        let hl = if frame[1] == 126 { 4 } else { 2 };
-        let payload = &frame[hl..];
+        let payload = w.payload();
         let sf = flatbuffers::root::<proto::ServerFrame>(payload).unwrap();
         let msgs = sf.messages().unwrap();
         assert_eq!(msgs.len(), 3);
@@ -421,9 +413,8 @@ mod tests {
         assert!(d.reconnect());
 
         let mut fbb = FlatBufferBuilder::new();
-        let pf = pub_frame(&mut fbb, "ch", 9, b"xyz");
-        let hl = if pf[1] == 126 { 4 } else { 2 };
-        let sf = flatbuffers::root::<proto::ServerFrame>(&pf[hl..]).unwrap();
+        let pf = pub_payload(&mut fbb, "ch", 9, b"xyz");
+        let sf = flatbuffers::root::<proto::ServerFrame>(pf).unwrap();
         let push = sf.messages().unwrap().get(0).push_().unwrap();
         assert_eq!(push.channel(), Some("ch"));
         let p = push.body_as_pub().unwrap();

@@ -8,14 +8,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::{Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str};
 use crate::engine::codes::{CloseReason, ErrorCode};
-use crate::engine::ws::frame::{Opcode, encode_frame};
 
 /// One command object before its parameters are interpreted.
 struct RawCommand<'a> {
@@ -270,12 +268,9 @@ impl JsonWriter {
         write_disconnect(&mut self.payload, reason);
     }
 
-    /// The complete text frame.
-    pub fn finish(&mut self) -> Bytes {
-        let mut out = Vec::with_capacity(self.payload.len() + 10);
-        encode_frame(Opcode::Text, &self.payload, &mut out);
-        self.payload.clear();
-        Bytes::from(out)
+    /// The frame's payload so far (cleared by the next `begin`).
+    pub fn payload(&self) -> &[u8] {
+        &self.payload
     }
 }
 

@@ -245,15 +245,21 @@ impl FrameWriter {
         self.count == 0
     }
 
-    /// Finishes the frame: a complete WebSocket frame, or `None` if empty.
+    /// Finishes the frame as a plain WebSocket frame, or `None` if empty.
     pub fn finish(&mut self) -> Option<Bytes> {
+        self.finish_with(crate::engine::ws::deflate::plain_frame)
+    }
+
+    /// Finishes the frame, letting `make(text, payload)` build the
+    /// WebSocket frame (e.g. compressed), or `None` if empty.
+    pub fn finish_with(&mut self, make: impl FnOnce(bool, &[u8]) -> Bytes) -> Option<Bytes> {
         if self.count == 0 {
             return None;
         }
         self.count = 0;
         Some(match self.format {
-            WireFormat::Json => self.json.finish(),
-            WireFormat::Binary => self.binary.finish(),
+            WireFormat::Json => make(true, self.json.payload()),
+            WireFormat::Binary => make(false, self.binary.payload()),
         })
     }
 }

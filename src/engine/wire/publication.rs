@@ -7,7 +7,9 @@ use flatbuffers::FlatBufferBuilder;
 use serde::de::IgnoredAny;
 
 use super::{Data, binary, json};
+use crate::engine::ws::deflate::Compressor;
 use crate::engine::ws::frame::{Opcode, encode_frame};
+use crate::engine::ws::handshake::WireFormat;
 
 /// A publication's payload, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,13 +37,31 @@ impl PubData {
     }
 }
 
-/// Both encodings of one publication, each a complete server frame.
+/// Every encoding of one publication, each a complete server frame.
 #[derive(Debug, Clone)]
 pub struct EncodedPub {
     /// Text frame for JSON connections.
     pub json: Bytes,
     /// Binary frame for FlatBuffers connections.
     pub binary: Bytes,
+    /// The JSON frame compressed once (permessage-deflate, 15-bit window,
+    /// no context), when compression is on and the payload is big enough.
+    pub json_deflate: Option<Bytes>,
+    /// The binary frame, compressed likewise.
+    pub binary_deflate: Option<Bytes>,
+}
+
+impl EncodedPub {
+    /// The frame for a connection of `format` that may (`deflate`) take the
+    /// shared compressed form.
+    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> &Bytes {
+        match (format, deflate) {
+            (WireFormat::Json, true) => self.json_deflate.as_ref().unwrap_or(&self.json),
+            (WireFormat::Json, false) => &self.json,
+            (WireFormat::Binary, true) => self.binary_deflate.as_ref().unwrap_or(&self.binary),
+            (WireFormat::Binary, false) => &self.binary,
+        }
+    }
 }
 
 /// Reusable encoder (one per shard).
@@ -60,15 +80,31 @@ impl Default for PubEncoder {
 }
 
 impl PubEncoder {
-    /// Encodes a publication in both forms.
-    pub fn encode(&mut self, channel: &str, offset: u64, data: &PubData) -> EncodedPub {
+    /// Encodes a publication in both forms, and compresses each once when
+    /// a compressor is given.
+    pub fn encode(
+        &mut self,
+        channel: &str,
+        offset: u64,
+        data: &PubData,
+        compressor: Option<&mut Compressor>,
+    ) -> EncodedPub {
         self.json.clear();
         json::write_pub(&mut self.json, channel, offset, &data.bytes, data.is_json);
         let mut frame = Vec::with_capacity(self.json.len() + 10);
         encode_frame(Opcode::Text, &self.json, &mut frame);
+        let bin_payload = binary::pub_payload(&mut self.fbb, channel, offset, &data.bytes);
+        let mut bin_frame = Vec::with_capacity(bin_payload.len() + 10);
+        encode_frame(Opcode::Binary, bin_payload, &mut bin_frame);
+        let (json_deflate, binary_deflate) = match compressor {
+            Some(c) => (c.shared(true, &self.json), c.shared(false, bin_payload)),
+            None => (None, None),
+        };
         EncodedPub {
             json: Bytes::from(frame),
-            binary: binary::pub_frame(&mut self.fbb, channel, offset, &data.bytes),
+            binary: Bytes::from(bin_frame),
+            json_deflate,
+            binary_deflate,
         }
     }
 }
@@ -87,10 +123,26 @@ mod tests {
     #[test]
     fn encodes_both_forms() {
         let mut enc = PubEncoder::default();
-        let e = enc.encode("room:1", 3, &PubData::from_data(Data::Json(b"\"hi\"")));
+        let e = enc.encode(
+            "room:1",
+            3,
+            &PubData::from_data(Data::Json(b"\"hi\"")),
+            None,
+        );
         assert_eq!(e.json[0], 0x81);
         let v: serde_json::Value = serde_json::from_slice(&e.json[2..]).unwrap();
         assert_eq!(v["push"]["pub"]["data"], "hi");
         assert_eq!(e.binary[0], 0x82);
+        assert!(e.json_deflate.is_none());
+        // With a compressor: compressed once per form above the size floor.
+        let mut c = Compressor::new(1, 64);
+        let big = PubData::from_data(Data::Json(format!("\"{}\"", "abc".repeat(100)).as_bytes()));
+        let e = enc.encode("room:1", 4, &big, Some(&mut c));
+        let jd = e.json_deflate.as_ref().unwrap();
+        assert_eq!(jd[0], 0xC1);
+        assert!(jd.len() < e.json.len());
+        assert_eq!(e.binary_deflate.as_ref().unwrap()[0], 0xC2);
+        assert_eq!(e.for_conn(WireFormat::Json, true), jd);
+        assert_eq!(e.for_conn(WireFormat::Json, false), &e.json);
     }
 }

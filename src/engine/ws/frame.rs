@@ -31,6 +31,8 @@ pub struct DecoderLimits {
     /// Largest message (sum of its frames' payloads) accepted; beyond it the
     /// connection fails with 1009.
     pub max_message_size: usize,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    pub allow_compressed: bool,
 }
 
 /// Something the decoder found in the stream.
@@ -42,6 +44,9 @@ pub enum Event<'a> {
         text: bool,
         /// The unmasked payload of the whole message.
         payload: &'a [u8],
+        /// The payload is deflate-compressed (RSV1, RFC 7692); it is not
+        /// UTF-8-checked until inflated.
+        compressed: bool,
     },
     /// A ping; the caller must answer with a pong carrying the same payload.
     Ping(&'a [u8]),
@@ -77,6 +82,7 @@ pub enum Fed {
 #[derive(Debug, Clone, Copy)]
 struct FrameHead {
     fin: bool,
+    rsv1: bool,
     opcode: u8,
     mask: [u8; 4],
     len: u64,
@@ -95,6 +101,8 @@ struct Partial {
     control: Vec<u8>,
     /// Opcode of the data message in progress (text/binary), if any.
     msg_opcode: Option<u8>,
+    /// The message in progress is compressed.
+    msg_compressed: bool,
     /// The data message in progress (all fragments so far, unmasked).
     msg: Vec<u8>,
     /// Prefix of `msg` known to be valid UTF-8.
@@ -137,9 +145,10 @@ fn head_len(b1: u8) -> usize {
 /// Parses and validates a complete header in `b` (exactly `head_len` bytes).
 fn parse_head(b: &[u8]) -> Result<FrameHead, CloseReason> {
     let fin = b[0] & 0x80 != 0;
-    if b[0] & 0x70 != 0 {
-        return Err(CloseReason::ProtocolError); // RSV bits without an extension
+    if b[0] & 0x30 != 0 {
+        return Err(CloseReason::ProtocolError); // RSV2/RSV3: no extension uses them
     }
+    let rsv1 = b[0] & 0x40 != 0;
     let opcode = b[0] & 0x0f;
     if !matches!(
         opcode,
@@ -170,6 +179,7 @@ fn parse_head(b: &[u8]) -> Result<FrameHead, CloseReason> {
     mask.copy_from_slice(&b[at..at + 4]);
     Ok(FrameHead {
         fin,
+        rsv1,
         opcode,
         mask,
         len,
@@ -285,6 +295,7 @@ impl FrameDecoder {
                         p.control.clear();
                     } else if head.opcode != OP_CONT {
                         p.msg_opcode = Some(head.opcode);
+                        p.msg_compressed = head.rsv1;
                         p.utf8_checked = 0;
                     }
                 }
@@ -314,7 +325,7 @@ impl FrameDecoder {
                     } else {
                         p.msg.extend_from_slice(chunk);
                         let done = remaining == 0 && head.fin;
-                        if p.msg_opcode == Some(OP_TEXT) {
+                        if p.msg_opcode == Some(OP_TEXT) && !p.msg_compressed {
                             check_utf8(&p.msg, &mut p.utf8_checked, done)?;
                         }
                         if remaining > 0 {
@@ -325,6 +336,7 @@ impl FrameDecoder {
                             let flow = on_event(Event::Message {
                                 text,
                                 payload: &p.msg,
+                                compressed: p.msg_compressed,
                             });
                             p.msg_opcode = None;
                             p.msg = Vec::new();
@@ -361,6 +373,7 @@ impl FrameDecoder {
                     p.control.clear();
                 } else if head.opcode != OP_CONT {
                     p.msg_opcode = Some(head.opcode);
+                    p.msg_compressed = head.rsv1;
                     p.utf8_checked = 0;
                     p.msg.reserve(head.len as usize);
                 }
@@ -378,21 +391,23 @@ impl FrameDecoder {
             } else if !in_msg && head.fin {
                 // The common case: a whole message in one frame, zero-copy.
                 let text = head.opcode == OP_TEXT;
-                if text && simdutf8::basic::from_utf8(payload).is_err() {
+                if text && !head.rsv1 && simdutf8::basic::from_utf8(payload).is_err() {
                     return Err(CloseReason::InvalidPayload);
                 }
                 on_event(Event::Message {
                     text,
                     payload: &*payload,
+                    compressed: head.rsv1,
                 })
             } else {
                 let p = self.partial.get_or_insert_with(Default::default);
                 if head.opcode != OP_CONT {
                     p.msg_opcode = Some(head.opcode);
+                    p.msg_compressed = head.rsv1;
                     p.utf8_checked = 0;
                 }
                 p.msg.extend_from_slice(payload);
-                if p.msg_opcode == Some(OP_TEXT) {
+                if p.msg_opcode == Some(OP_TEXT) && !p.msg_compressed {
                     check_utf8(&p.msg, &mut p.utf8_checked, head.fin)?;
                 }
                 if head.fin {
@@ -400,6 +415,7 @@ impl FrameDecoder {
                     let flow = on_event(Event::Message {
                         text,
                         payload: &p.msg,
+                        compressed: p.msg_compressed,
                     });
                     p.msg_opcode = None;
                     p.msg = Vec::new();
@@ -434,6 +450,15 @@ impl FrameDecoder {
         head: &FrameHead,
         limits: &DecoderLimits,
     ) -> Result<(), CloseReason> {
+        if head.rsv1
+            && (!limits.allow_compressed
+                || matches!(head.opcode, OP_CONT)
+                || is_control(head.opcode))
+        {
+            // RSV1 only on the first frame of a data message, and only
+            // when permessage-deflate was negotiated.
+            return Err(CloseReason::ProtocolError);
+        }
         if is_control(head.opcode) {
             return Ok(());
         }
@@ -538,7 +563,7 @@ mod tests {
 
     fn owned(e: Event<'_>) -> Owned {
         match e {
-            Event::Message { text, payload } => Owned::Msg(text, payload.to_vec()),
+            Event::Message { text, payload, .. } => Owned::Msg(text, payload.to_vec()),
             Event::Ping(p) => Owned::Ping(p.to_vec()),
             Event::Pong(p) => Owned::Pong(p.to_vec()),
             Event::Close { code, reason } => Owned::Close(code, reason.to_string()),
@@ -547,6 +572,7 @@ mod tests {
 
     const LIMITS: DecoderLimits = DecoderLimits {
         max_message_size: 1 << 20,
+        allow_compressed: false,
     };
 
     /// Feeds `input` in chunks split at the given points.
@@ -780,6 +806,7 @@ mod tests {
     fn message_size_limit() {
         let limits = DecoderLimits {
             max_message_size: 10,
+            allow_compressed: false,
         };
         let m = [1, 2, 3, 4];
         let mut dec = FrameDecoder::new();
@@ -802,6 +829,65 @@ mod tests {
         assert_eq!(
             dec.feed(&mut s, &limits, |_| Flow::Continue),
             Err(CloseReason::MessageTooBig)
+        );
+    }
+
+    #[test]
+    fn rsv1_marks_compressed_messages_only_when_negotiated() {
+        let m = [1, 2, 3, 4];
+        let deflate = DecoderLimits {
+            max_message_size: 1 << 20,
+            allow_compressed: true,
+        };
+        // Compressed bytes are not UTF-8-checked before inflating.
+        let mut f = client_frame(true, OP_TEXT, &[0xff, 0x00], m);
+        f[0] |= 0x40;
+        let mut seen = Vec::new();
+        FrameDecoder::new()
+            .feed(&mut f.clone(), &deflate, |e| {
+                if let Event::Message { compressed, .. } = e {
+                    seen.push(compressed);
+                }
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(seen, vec![true]);
+        assert_eq!(
+            FrameDecoder::new().feed(&mut f, &LIMITS, |_| Flow::Continue),
+            Err(CloseReason::ProtocolError)
+        );
+        // Fragmented: RSV1 on the first frame only.
+        let mut first = client_frame(false, OP_TEXT, &[0xff], m);
+        first[0] |= 0x40;
+        let last = client_frame(true, OP_CONT, &[0xfe], m);
+        let mut s = [first.clone(), last].concat();
+        let mut got = None;
+        FrameDecoder::new()
+            .feed(&mut s, &deflate, |e| {
+                if let Event::Message {
+                    payload,
+                    compressed,
+                    ..
+                } = e
+                {
+                    got = Some((payload.to_vec(), compressed));
+                }
+                Flow::Continue
+            })
+            .unwrap();
+        assert_eq!(got, Some((vec![0xff, 0xfe], true)));
+        let mut bad_cont = client_frame(true, OP_CONT, &[0xfe], m);
+        bad_cont[0] |= 0x40;
+        let mut s = [client_frame(false, OP_TEXT, b"a", m), bad_cont].concat();
+        assert_eq!(
+            FrameDecoder::new().feed(&mut s, &deflate, |_| Flow::Continue),
+            Err(CloseReason::ProtocolError)
+        );
+        let mut ping = client_frame(true, OP_PING, b"", m);
+        ping[0] |= 0x40;
+        assert_eq!(
+            FrameDecoder::new().feed(&mut ping, &deflate, |_| Flow::Continue),
+            Err(CloseReason::ProtocolError)
         );
     }
 

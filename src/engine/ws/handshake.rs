@@ -4,6 +4,8 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Deflate, DeflateConfig};
+
 /// Subprotocol for the binary (FlatBuffers) form of the wire protocol.
 pub const PROTOCOL_BINARY: &str = "edu-matrix-v1";
 /// Subprotocol for the JSON form of the wire protocol.
@@ -37,6 +39,8 @@ pub struct Upgrade {
     pub endpoint: Endpoint,
     /// Wire form negotiated through `Sec-WebSocket-Protocol`.
     pub format: WireFormat,
+    /// permessage-deflate, if negotiated.
+    pub deflate: Option<Deflate>,
     /// The complete `101 Switching Protocols` response.
     pub response: Vec<u8>,
     /// Bytes the client sent after the request head (already frames).
@@ -137,6 +141,8 @@ pub struct HandshakeConfig {
     pub echo_path: Option<String>,
     /// Largest request head accepted, in bytes.
     pub max_head_bytes: usize,
+    /// Whether permessage-deflate may be negotiated.
+    pub deflate: DeflateConfig,
 }
 
 /// Looks at the request bytes accumulated so far (`buf` holds everything
@@ -233,6 +239,7 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         Some(PROTOCOL_BINARY) => WireFormat::Binary,
         _ => WireFormat::Json,
     };
+    let deflate = deflate::negotiate(tokens(req, "sec-websocket-extensions"), &cfg.deflate);
     let mut response = Vec::with_capacity(160);
     response.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
@@ -244,10 +251,16 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         response.extend_from_slice(p.as_bytes());
         response.extend_from_slice(b"\r\n");
     }
+    if let Some((_, ext)) = &deflate {
+        response.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+        response.extend_from_slice(ext.as_bytes());
+        response.extend_from_slice(b"\r\n");
+    }
     response.extend_from_slice(b"\r\n");
     Ok(Upgrade {
         endpoint,
         format,
+        deflate: deflate.map(|(d, _)| d),
         response,
         head_len: 0,
     })
@@ -270,6 +283,7 @@ mod tests {
             client_path: "/ws".into(),
             echo_path: Some("/echo".into()),
             max_head_bytes: 1024,
+            deflate: DeflateConfig { enabled: true },
         }
     }
 
@@ -343,6 +357,33 @@ mod tests {
             panic!()
         };
         assert_eq!(up.endpoint, Endpoint::Echo);
+    }
+
+    #[test]
+    fn deflate_negotiation_in_the_response() {
+        let req = request(
+            "/ws",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+        let Parsed::Upgrade(up) = parse_request(&req, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.deflate.map(|d| d.server_window_bits), Some(15));
+        let text = String::from_utf8(up.response).unwrap();
+        assert!(text.contains(
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ));
+        let mut off = cfg();
+        off.deflate.enabled = false;
+        let Parsed::Upgrade(up) = parse_request(&req, &off) else {
+            panic!()
+        };
+        assert!(up.deflate.is_none());
+        assert!(
+            !String::from_utf8(up.response)
+                .unwrap()
+                .contains("Extensions")
+        );
     }
 
     #[test]

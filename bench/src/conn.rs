@@ -1,0 +1,310 @@
+//! One client connection: the upgrade, `connect` (+ `subscribe`), and a
+//! buffered frame reader/writer pair over the split TCP stream.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result, bail};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::scan::{ServerMsg, classify, for_each_object};
+use crate::wsclient::{
+    FrameHeader, MaskGen, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, check_response, encode_masked,
+    head_end, key_for, parse_header, upgrade_request,
+};
+
+/// Initial size of each connection's read buffer; it grows only for a frame
+/// larger than itself.
+pub const READ_BUF: usize = 8 * 1024;
+
+/// WebSocket path of the client endpoint (wsedge's default; the baseline
+/// accepts any path).
+pub const WS_PATH: &str = "/ws";
+
+/// Reads server frames into one reusable buffer.
+pub struct FrameReader<R> {
+    io: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader with a [`READ_BUF`]-byte buffer.
+    pub fn new(io: R) -> Self {
+        Self {
+            io,
+            buf: vec![0; READ_BUF],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    async fn read_more(&mut self, want_total: usize) -> Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if want_total > self.buf.len() {
+            self.buf.resize(want_total.next_power_of_two(), 0);
+        } else if self.end == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        let n = self
+            .io
+            .read(&mut self.buf[self.end..])
+            .await
+            .context("read")?;
+        if n == 0 {
+            bail!("connection closed by the server (EOF)");
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Waits until a complete frame is buffered and returns its header; the
+    /// frame stays buffered until [`consume`](Self::consume). Cancel-safe.
+    pub async fn next_frame(&mut self) -> Result<FrameHeader> {
+        loop {
+            let want = match parse_header(&self.buf[self.start..self.end])? {
+                Some(h) if self.end - self.start >= h.total_len() => return Ok(h),
+                Some(h) => h.total_len(),
+                None => 14,
+            };
+            self.read_more(want).await?;
+        }
+    }
+
+    /// The payload of the frame `h` returned by [`next_frame`](Self::next_frame).
+    pub fn payload(&self, h: &FrameHeader) -> &[u8] {
+        let p = self.start + h.header_len;
+        &self.buf[p..p + h.payload_len]
+    }
+
+    /// Whether a complete frame is already buffered (no read needed).
+    pub fn has_frame(&self) -> bool {
+        matches!(parse_header(&self.buf[self.start..self.end]),
+            Ok(Some(h)) if self.end - self.start >= h.total_len())
+    }
+
+    /// Drops the frame `h` from the buffer.
+    pub fn consume(&mut self, h: &FrameHeader) {
+        self.start += h.total_len();
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads an HTTP response head; returns it (the bytes after it stay
+    /// buffered as frames).
+    async fn read_head(&mut self) -> Result<Vec<u8>> {
+        loop {
+            if let Some(n) = head_end(&self.buf[self.start..self.end]) {
+                let head = self.buf[self.start..self.start + n].to_vec();
+                self.start += n;
+                return Ok(head);
+            }
+            if self.end - self.start > 16 * 1024 {
+                bail!("response head too large");
+            }
+            self.read_more(0).await?;
+        }
+    }
+}
+
+/// Writes masked client frames.
+pub struct FrameWriter<W> {
+    io: W,
+    masks: MaskGen,
+    wbuf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer whose masking keys derive from `seed`.
+    pub fn new(io: W, seed: u64) -> Self {
+        Self {
+            io,
+            masks: MaskGen::new(seed),
+            wbuf: Vec::new(),
+        }
+    }
+
+    /// Queues one frame; nothing is written until [`flush`](Self::flush).
+    pub fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = self.masks.next_key();
+        encode_masked(opcode, payload, mask, &mut self.wbuf);
+    }
+
+    /// Bytes queued and not yet flushed.
+    pub fn queued(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes everything queued in one `write_all`.
+    pub async fn flush(&mut self) -> Result<()> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await.context("write")?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Queues and flushes one frame.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<()> {
+        self.queue(opcode, payload);
+        self.flush().await
+    }
+
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.io.write_all(bytes).await.context("write")
+    }
+}
+
+/// An established, `connect`ed (and optionally subscribed) connection.
+pub struct Conn {
+    /// Reading side.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// Writing side.
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// The `offset` of the `subscribe` reply (the channel's position at
+    /// subscription; the next publication has `offset + 1`).
+    pub sub_offset: Option<u64>,
+}
+
+/// What a control frame asks of the caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Nothing more to do (the frame was a pong, or a ping we answered).
+    Handled,
+    /// The server closed the connection with this code (we answered).
+    Closed(u16),
+}
+
+/// Answers a ping with a pong or a close with a close; `Ok(None)` for a data frame.
+pub async fn handle_control(
+    reader: &mut FrameReader<OwnedReadHalf>,
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    h: &FrameHeader,
+) -> Result<Option<Control>> {
+    match h.opcode {
+        OP_PING => {
+            let p = reader.payload(h).to_vec();
+            reader.consume(h);
+            writer.send(OP_PONG, &p).await?;
+            Ok(Some(Control::Handled))
+        }
+        OP_PONG => {
+            reader.consume(h);
+            Ok(Some(Control::Handled))
+        }
+        OP_CLOSE => {
+            let p = reader.payload(h);
+            let code = if p.len() >= 2 {
+                u16::from_be_bytes([p[0], p[1]])
+            } else {
+                1005
+            };
+            reader.consume(h);
+            let echo = if code == 1005 {
+                Vec::new()
+            } else {
+                code.to_be_bytes().to_vec()
+            };
+            // Best effort: the server may already have closed its side.
+            let _ = writer.send(OP_CLOSE, &echo).await;
+            Ok(Some(Control::Closed(code)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Opens a connection to `addr` (from `src`, port chosen by the kernel),
+/// upgrades with the JSON subprotocol, sends `connect` and, if `channel` is
+/// given, `subscribe` in the same frame, and waits for their replies.
+pub async fn open(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    seed: u64,
+    channel: Option<&str>,
+) -> Result<Conn> {
+    let sock = TcpSocket::new_v4().context("socket")?;
+    if let Some(ip) = src {
+        // Let connect() pick the port (per 4-tuple) instead of bind()
+        // searching for a port free for every destination: that search
+        // gets slower with every socket already bound.
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::IpBindAddressNoPort, &true)
+            .context("IP_BIND_ADDRESS_NO_PORT")?;
+        sock.bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("bind {ip}:0"))?;
+    }
+    let stream = sock
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r);
+    let mut writer = FrameWriter::new(w, seed);
+
+    let key = key_for(seed);
+    writer
+        .write_raw(&upgrade_request(&addr.to_string(), WS_PATH, &key))
+        .await?;
+    let head = reader.read_head().await?;
+    check_response(&head, &key)?;
+
+    let hello = match channel {
+        Some(ch) => format!(
+            "{{\"id\":1,\"connect\":{{}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}}}}}",
+            serde_json::to_string(ch)?
+        ),
+        None => "{\"id\":1,\"connect\":{}}".to_string(),
+    };
+    writer.send(OP_TEXT, hello.as_bytes()).await?;
+
+    let mut connected = false;
+    let mut sub_offset = None;
+    while !(connected && (channel.is_none() || sub_offset.is_some())) {
+        let h = reader.next_frame().await?;
+        if let Some(c) = handle_control(&mut reader, &mut writer, &h).await? {
+            if let Control::Closed(code) = c {
+                bail!("closed by the server during setup (code {code})");
+            }
+            continue;
+        }
+        if h.opcode != OP_TEXT || !h.fin {
+            bail!(
+                "unexpected frame during setup: opcode {} fin {}",
+                h.opcode,
+                h.fin
+            );
+        }
+        let mut err = None;
+        for_each_object(reader.payload(&h), |o| match classify(o) {
+            ServerMsg::Reply { id: 1, .. } => connected = true,
+            ServerMsg::Reply { id: 2, offset } => sub_offset = offset.or(Some(0)),
+            ServerMsg::Error { id, .. } => {
+                err = Some(format!(
+                    "command {id} failed: {}",
+                    String::from_utf8_lossy(o)
+                ));
+            }
+            ServerMsg::Disconnect { code } => {
+                err = Some(format!("disconnect push {code} during setup"))
+            }
+            _ => {}
+        });
+        reader.consume(&h);
+        if let Some(e) = err {
+            bail!(e);
+        }
+    }
+    Ok(Conn {
+        reader,
+        writer,
+        sub_offset,
+    })
+}
