@@ -7,6 +7,7 @@
 //! - [`bridge`]: cross-thread messages and bounded inboxes.
 //! - [`sidecar`]: threads for slow I/O (admin HTTP; brokers later).
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
+//! - [`tune`]: the kernel preflight behind `wsedge tune --check`.
 //!
 //! See docs/ARCHITECTURE.md for the design and docs/PROTOCOL.md for the
 //! wire contract.
@@ -19,3 +20,4 @@ pub mod engine;
 pub mod metrics;
 pub mod shard;
 pub mod sidecar;
+pub mod tune;

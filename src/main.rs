@@ -58,6 +58,15 @@ enum Cmd {
     Run,
     /// Validate the configuration and print the effective values.
     CheckConfig,
+    /// Check this machine's kernel settings for a connection count.
+    Tune {
+        /// Report what falls short (the only mode).
+        #[arg(long)]
+        check: bool,
+        /// Connections the node should hold.
+        #[arg(long, default_value_t = 1_000_000)]
+        connections: u64,
+    },
 }
 
 fn init_logging(cfg: &Config) {
@@ -96,6 +105,20 @@ fn main() -> ExitCode {
             print!("{}", config.to_toml());
             eprintln!("wsedge: configuration is valid");
             ExitCode::SUCCESS
+        }
+        Some(Cmd::Tune { connections, .. }) => {
+            let findings = wsedge::tune::check(
+                &wsedge::tune::read_kernel(),
+                connections,
+                config.backlog as u64,
+            );
+            let (text, ok) = wsedge::tune::report(&findings, connections);
+            print!("{text}");
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Some(Cmd::Run) | None => run(config),
     }

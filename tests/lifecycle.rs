@@ -143,3 +143,32 @@ fn address_in_use_fails_clearly() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("cannot bind the admin listener"), "{err}");
 }
+
+#[test]
+fn tune_check_reports_each_setting() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["tune", "--check", "--connections", "1000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "RLIMIT_NOFILE (soft)",
+        "net.core.somaxconn",
+        "memory (MemTotal)",
+    ] {
+        assert!(text.contains(name), "{text}");
+    }
+    // The exit status says whether anything fell short.
+    assert_eq!(out.status.success(), !text.contains("[FAIL]"), "{text}");
+    // A million connections need more descriptors than this test process has.
+    let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["tune", "--check", "--connections", "100000000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("fix: LimitNOFILE=100000064")
+    );
+}

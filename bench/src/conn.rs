@@ -28,6 +28,7 @@ pub struct FrameReader<R> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    reads: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -38,6 +39,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: vec![0; READ_BUF],
             start: 0,
             end: 0,
+            reads: 0,
         }
     }
 
@@ -61,6 +63,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             bail!("connection closed by the server (EOF)");
         }
         self.end += n;
+        self.reads += 1;
         Ok(())
     }
 
@@ -75,6 +78,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             };
             self.read_more(want).await?;
         }
+    }
+
+    /// Successful reads so far: frames obtained without a read in between
+    /// arrived together, so they can share one receive timestamp.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// The payload of the frame `h` returned by [`next_frame`](Self::next_frame).

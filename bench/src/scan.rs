@@ -49,26 +49,53 @@ pub enum ServerMsg {
     Unknown,
 }
 
-/// Parses the unsigned decimal at the start of `s`.
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
+/// Parses the unsigned decimal at the start of `s` (at most 19 digits, so
+/// it cannot overflow); returns the value and the number of digits.
+pub fn parse_u64_len(s: &[u8]) -> Option<(u64, usize)> {
     let mut v: u64 = 0;
     let mut n = 0;
-    for &b in s {
-        if !b.is_ascii_digit() {
+    while n < s.len() && n < 19 {
+        let d = s[n].wrapping_sub(b'0');
+        if d > 9 {
             break;
         }
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        v = v * 10 + u64::from(d);
         n += 1;
     }
-    (n > 0).then_some(v)
+    (n > 0).then_some((v, n))
+}
+
+/// Parses the unsigned decimal at the start of `s` (at most 19 digits).
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    parse_u64_len(s).map(|(v, _)| v)
 }
 
 fn after<'a>(hay: &'a [u8], f: &Finder<'_>) -> Option<&'a [u8]> {
     f.find(hay).map(|i| &hay[i + f.needle().len()..])
 }
 
+/// The exact shape both targets emit for a `pub` push:
+/// `{"push":{"channel":"<name without escapes>","pub":{"offset":K,"data":{"t":T...`.
+/// `None` if `obj` does not have it (the caller then searches).
+fn pub_fast_path(obj: &[u8]) -> Option<ServerMsg> {
+    let rest = obj.strip_prefix(b"{\"push\":{\"channel\":\"")?;
+    let q = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[q] != b'"' {
+        return None;
+    }
+    let rest = rest[q + 1..].strip_prefix(b",\"pub\":{\"offset\":")?;
+    let (offset, digits) = parse_u64_len(rest)?;
+    let t = rest[digits..]
+        .strip_prefix(b",\"data\":{\"t\":")
+        .and_then(parse_u64);
+    Some(ServerMsg::Pub { offset, t })
+}
+
 /// Classifies one JSON object (one `\n`-separated line of a text frame).
 pub fn classify(obj: &[u8]) -> ServerMsg {
+    if let Some(m) = pub_fast_path(obj) {
+        return m;
+    }
     if let Some(rest) = obj.strip_prefix(b"{\"push\":") {
         if let Some(p) = after(rest, &PUB_OFFSET) {
             let Some(offset) = parse_u64(p) else {
@@ -84,10 +111,9 @@ pub fn classify(obj: &[u8]) -> ServerMsg {
         return ServerMsg::OtherPush;
     }
     if let Some(rest) = obj.strip_prefix(b"{\"id\":") {
-        let Some(id) = parse_u64(rest) else {
+        let Some((id, digits)) = parse_u64_len(rest) else {
             return ServerMsg::Unknown;
         };
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
         let rest = &rest[digits..];
         if rest.starts_with(b",\"error\":") {
             let code = after(rest, &CODE).and_then(parse_u64).unwrap_or(0);
@@ -101,10 +127,15 @@ pub fn classify(obj: &[u8]) -> ServerMsg {
 
 /// Calls `f` for each non-empty `\n`-separated object of a text payload.
 pub fn for_each_object(payload: &[u8], mut f: impl FnMut(&[u8])) {
-    for line in payload.split(|&b| b == b'\n') {
-        if !line.is_empty() {
-            f(line);
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', payload) {
+        if nl > start {
+            f(&payload[start..nl]);
         }
+        start = nl + 1;
+    }
+    if start < payload.len() {
+        f(&payload[start..]);
     }
 }
 
@@ -121,6 +152,21 @@ mod tests {
         assert_eq!(
             classify(br#"{"push":{"channel":"c","pub":{"offset":7,"data":{"x":1}}}}"#),
             ServerMsg::Pub { offset: 7, t: None }
+        );
+        // Escaped channel name and other key orders take the slow path.
+        assert_eq!(
+            classify(br#"{"push":{"channel":"a\"b","pub":{"offset":8,"data":{"t":5}}}}"#),
+            ServerMsg::Pub {
+                offset: 8,
+                t: Some(5)
+            }
+        );
+        assert_eq!(
+            classify(br#"{"push":{"pub":{"offset":9,"data":{"t":6}},"channel":"c"}}"#),
+            ServerMsg::Pub {
+                offset: 9,
+                t: Some(6)
+            }
         );
         assert_eq!(
             classify(br#"{"push":{"disconnect":{"code":3002,"reason":"slow","reconnect":true}}}"#),
@@ -156,6 +202,16 @@ mod tests {
                 br#"{"id":5,"error":{"code":110,"message":"connect first","temporary":false}}"#
             ),
             ServerMsg::Error { id: 5, code: 110 }
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64_len(b"12345,"), Some((12345, 5)));
+        assert_eq!(parse_u64_len(b"x"), None);
+        assert_eq!(
+            parse_u64(b"18446744073709551615"),
+            Some(1_844_674_407_370_955_161)
         );
     }
 

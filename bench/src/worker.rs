@@ -254,6 +254,10 @@ async fn conn_task(g: u64, channel: String, args: WorkerArgs, st: Rc<State>, sem
 /// Returns the close code when the server closes.
 async fn subscriber(mut c: Conn, st: &State) -> Result<u16> {
     let mut last = c.sub_offset.unwrap_or(0);
+    // Receive time, taken once per read: frames that came in one read
+    // arrived together (and clock_gettime per frame is measurable).
+    let mut now = 0;
+    let mut stamped_read = u64::MAX;
     loop {
         let h = c.reader.next_frame().await?;
         if let Some(ctl) = handle_control(&mut c.reader, &mut c.writer, &h).await? {
@@ -263,7 +267,10 @@ async fn subscriber(mut c: Conn, st: &State) -> Result<u16> {
             }
         }
         if h.opcode == OP_TEXT {
-            let now = mono_ns();
+            if c.reader.reads() != stamped_read {
+                stamped_read = c.reader.reads();
+                now = mono_ns();
+            }
             let (ws, we) = st.window.get();
             let now_in_window = now >= ws && now < we;
             for_each_object(c.reader.payload(&h), |o| match classify(o) {
