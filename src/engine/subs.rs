@@ -110,10 +110,15 @@ impl Subscriptions {
     /// An empty table; a connection may hold at most `max_per_conn`
     /// subscriptions.
     pub fn new(max_per_conn: usize) -> Self {
+        Self::with_capacity(max_per_conn, 0)
+    }
+
+    /// An empty table with room for `conns` connection slots.
+    pub fn with_capacity(max_per_conn: usize, conns: usize) -> Self {
         Self {
             names: HashMap::new(),
             chans: Slab::new(),
-            conns: Vec::new(),
+            conns: Vec::with_capacity(conns),
             max_per_conn,
         }
     }

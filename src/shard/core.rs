@@ -51,6 +51,10 @@ pub(crate) const OWED_MAX: usize = 65_536;
 
 const PING_FRAME: &[u8] = &[0x89, 0x00];
 
+fn conn_phase(conns: &mut Slab<Conn>, c: ConnRef) -> Option<Phase> {
+    slot(conns, c).map(|conn| conn.phase)
+}
+
 /// The connection `c` names in `conns`, if it still exists (a field-level
 /// borrow, so other shard fields stay usable).
 pub(crate) fn slot(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
@@ -127,6 +131,7 @@ impl Shard {
         };
         let peers = ctx.inboxes.len();
         let metrics = ctx.metrics.shard(id);
+        let per_shard = ctx.shared.max_connections().div_ceil(peers) + 64;
         let seed = rand::random::<u64>() ^ ((id as u64) << 56);
         Ok(Self {
             id,
@@ -143,13 +148,15 @@ impl Shard {
                 .compression
                 .then(|| Compressor::new(cfg.compression_level, cfg.compression_min_size)),
             inflater: cfg.compression.then(Inflater::default),
-            subs: Subscriptions::new(cfg.max_subscriptions),
+            subs: Subscriptions::with_capacity(cfg.max_subscriptions, per_shard),
             heartbeat,
             epoll,
             listener: Some(listener),
             accept_paused: false,
             spare: sys::spare_fd(),
-            conns: Slab::new(),
+            // Sized up front (address space only: pages are touched as
+            // slots are used), so growth never copies a million slots.
+            conns: Slab::with_capacity(per_shard),
             next_generation: 1,
             hub: Hub::new(seed),
             wheel: TimerWheel::new(64, 0),
@@ -419,6 +426,9 @@ impl Shard {
             let n = match r {
                 Ok(0) => {
                     self.scratch = scratch;
+                    if conn_phase(&mut self.conns, c) == Some(Phase::Handshake) {
+                        self.metrics.handshake("aborted");
+                    }
                     self.free_conn(c);
                     return;
                 }
@@ -720,13 +730,9 @@ impl Shard {
             return;
         };
         let phase = conn.phase;
-        let handshaking = phase == Phase::Handshake;
         self.conns.remove(c.idx as usize);
         if phase == Phase::Open {
             self.metrics.close(1006); // gone without a close handshake
-        }
-        if handshaking {
-            self.metrics.handshake("aborted");
         }
         let mut released = Vec::new();
         self.subs.remove_conn(c, &mut released);
