@@ -113,6 +113,35 @@ impl Partial {
     fn is_idle(&self) -> bool {
         self.head_len == 0 && self.frame.is_none() && self.msg_opcode.is_none()
     }
+
+    /// A data frame that opens a message (not a continuation).
+    fn start_message(&mut self, head: &FrameHead) {
+        self.msg_opcode = Some(head.opcode);
+        self.msg_compressed = head.rsv1;
+        self.utf8_checked = 0;
+    }
+
+    /// Appends payload of the message in progress; uncompressed text is
+    /// validated as it arrives (`complete`: the message ends here).
+    fn append(&mut self, bytes: &[u8], complete: bool) -> Result<(), CloseReason> {
+        self.msg.extend_from_slice(bytes);
+        if self.msg_opcode == Some(OP_TEXT) && !self.msg_compressed {
+            check_utf8(&self.msg, &mut self.utf8_checked, complete)?;
+        }
+        Ok(())
+    }
+
+    /// Reports the finished message and forgets it.
+    fn finish_message<F: FnMut(Event<'_>) -> Flow>(&mut self, on_event: &mut F) -> Flow {
+        let flow = on_event(Event::Message {
+            text: self.msg_opcode == Some(OP_TEXT),
+            payload: &self.msg,
+            compressed: self.msg_compressed,
+        });
+        self.msg_opcode = None;
+        self.msg = Vec::new();
+        flow
+    }
 }
 
 /// Incremental frame decoder; one per connection.
@@ -294,9 +323,7 @@ impl FrameDecoder {
                     if is_control(head.opcode) {
                         p.control.clear();
                     } else if head.opcode != OP_CONT {
-                        p.msg_opcode = Some(head.opcode);
-                        p.msg_compressed = head.rsv1;
-                        p.utf8_checked = 0;
+                        p.start_message(&head);
                     }
                 }
                 if let Some((head, remaining)) = p.frame {
@@ -323,23 +350,13 @@ impl FrameDecoder {
                             return Ok(Fed::Stopped);
                         }
                     } else {
-                        p.msg.extend_from_slice(chunk);
                         let done = remaining == 0 && head.fin;
-                        if p.msg_opcode == Some(OP_TEXT) && !p.msg_compressed {
-                            check_utf8(&p.msg, &mut p.utf8_checked, done)?;
-                        }
+                        p.append(chunk, done)?;
                         if remaining > 0 {
                             return Ok(Fed::All);
                         }
                         if done {
-                            let text = p.msg_opcode == Some(OP_TEXT);
-                            let flow = on_event(Event::Message {
-                                text,
-                                payload: &p.msg,
-                                compressed: p.msg_compressed,
-                            });
-                            p.msg_opcode = None;
-                            p.msg = Vec::new();
+                            let flow = p.finish_message(&mut on_event);
                             self.release_if_idle();
                             if flow == Flow::Stop {
                                 return Ok(Fed::Stopped);
@@ -372,9 +389,7 @@ impl FrameDecoder {
                 if is_control(head.opcode) {
                     p.control.clear();
                 } else if head.opcode != OP_CONT {
-                    p.msg_opcode = Some(head.opcode);
-                    p.msg_compressed = head.rsv1;
-                    p.utf8_checked = 0;
+                    p.start_message(&head);
                     p.msg.reserve(head.len as usize);
                 }
                 p.frame = Some((head, head.len));
@@ -402,23 +417,11 @@ impl FrameDecoder {
             } else {
                 let p = self.partial.get_or_insert_with(Default::default);
                 if head.opcode != OP_CONT {
-                    p.msg_opcode = Some(head.opcode);
-                    p.msg_compressed = head.rsv1;
-                    p.utf8_checked = 0;
+                    p.start_message(&head);
                 }
-                p.msg.extend_from_slice(payload);
-                if p.msg_opcode == Some(OP_TEXT) && !p.msg_compressed {
-                    check_utf8(&p.msg, &mut p.utf8_checked, head.fin)?;
-                }
+                p.append(payload, head.fin)?;
                 if head.fin {
-                    let text = p.msg_opcode == Some(OP_TEXT);
-                    let flow = on_event(Event::Message {
-                        text,
-                        payload: &p.msg,
-                        compressed: p.msg_compressed,
-                    });
-                    p.msg_opcode = None;
-                    p.msg = Vec::new();
+                    let flow = p.finish_message(&mut on_event);
                     self.release_if_idle();
                     flow
                 } else {
