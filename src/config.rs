@@ -92,6 +92,12 @@ pub struct Config {
     /// zlib level 1 (fastest) to 9 (smallest). Default 1: most of the gain
     /// for a fraction of the CPU, and CPU is what fan-out spends.
     pub compression_level: u32,
+    /// Commands one connection may send per second (0 = unlimited). Past
+    /// it commands get error 114; past twice it the client is disconnected
+    /// (3503). Default 200: interactive clients send a few per second;
+    /// trusted high-rate publishers should use a node or listener with the
+    /// limit off.
+    pub max_commands_per_second: u32,
     /// Subscriptions one connection may hold. Default 256.
     pub max_subscriptions: usize,
     /// Graceful drain: clients are told to reconnect spread over this
@@ -142,6 +148,7 @@ impl Default for Config {
             compression: true,
             compression_min_size: 256,
             compression_level: 1,
+            max_commands_per_second: 200,
             max_subscriptions: 256,
             drain_timeout: Duration::from_secs(10),
             max_connections: 0,

@@ -58,7 +58,11 @@ fn protocol_violation_closes_with_1002_and_client_close_is_echoed() {
 
 #[tokio::test]
 async fn slow_consumer_is_dropped_and_told_to_reconnect() {
-    let server = Server::start_with(Opts::default().env("WSEDGE_OUTBOUND_BUDGET", "65536"));
+    let server = Server::start_with(
+        Opts::default()
+            .env("WSEDGE_OUTBOUND_BUDGET", "65536")
+            .env("WSEDGE_MAX_COMMANDS_PER_SECOND", "0"),
+    );
     // A subscriber that stops reading.
     let mut slow = RawWs::connect(&server, Some("edu-matrix-v1.json"));
     slow.send_text(
@@ -230,4 +234,37 @@ async fn flood_beyond_the_fd_limit_keeps_existing_clients_served() {
         server.child.try_wait().unwrap().is_none(),
         "server still running"
     );
+}
+
+#[tokio::test]
+async fn command_flood_gets_errors_then_a_close() {
+    let server = Server::start_with(Opts::default().env("WSEDGE_MAX_COMMANDS_PER_SECOND", "20"));
+    let mut c = JsonClient::connect(&server).await;
+    // 100 pings in one frame: within the second, 19 more run (connect was
+    // the first), the next 20 are refused with 114, then the client is cut
+    // off with 3503.
+    let frame: Vec<String> = (100..200)
+        .map(|i| format!("{{\"id\":{i},\"ping\":{{}}}}"))
+        .collect();
+    c.send_raw(&frame.join("\n")).await;
+    let (seen, code) = c.close_code().await;
+    assert_eq!(code, Some(3503));
+    let ok = seen.iter().filter(|v| v["ping"].is_object()).count();
+    let refused = seen.iter().filter(|v| v["error"]["code"] == 114).count();
+    assert!(ok <= 20 && ok >= 18, "{ok} pings ran");
+    assert_eq!(refused, 20);
+    assert!(
+        seen.iter()
+            .all(|v| v["error"]["code"] != 114 || v["error"]["temporary"] == true)
+    );
+    let d = seen
+        .iter()
+        .find(|v| v["push"]["disconnect"].is_object())
+        .unwrap();
+    assert_eq!(d["push"]["disconnect"]["code"], 3503);
+    assert_eq!(d["push"]["disconnect"]["reconnect"], false);
+    server.wait_for("flood metrics", || {
+        server.metric("wsedge_error_replies_total{kind=\"114\"}") == 20.0
+            && server.metric("wsedge_closes_total{kind=\"3503\"}") == 1.0
+    });
 }

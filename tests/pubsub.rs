@@ -22,7 +22,8 @@ async fn clients_on_both_shards(server: &Server, per_shard: usize) -> Vec<JsonCl
 
 #[tokio::test]
 async fn ten_thousand_messages_in_order_on_every_shard() {
-    let server = Server::start();
+    // A high-rate publisher: the per-connection command limit is off.
+    let server = Server::start_with(Opts::default().env("WSEDGE_MAX_COMMANDS_PER_SECOND", "0"));
     let mut subs = clients_on_both_shards(&server, 2).await;
     let n_subs = subs.len();
     for c in subs.iter_mut() {

@@ -41,11 +41,13 @@ pub enum ErrorCode {
     Overloaded,
     /// 113: the server is shutting down; reconnect elsewhere.
     ShuttingDown,
+    /// 114: too many commands per second; slow down and retry.
+    TooManyRequests,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::PermissionDenied,
@@ -59,6 +61,7 @@ impl ErrorCode {
         ErrorCode::AlreadyConnected,
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
+        ErrorCode::TooManyRequests,
     ];
 
     /// The numeric code on the wire.
@@ -77,6 +80,7 @@ impl ErrorCode {
             ErrorCode::AlreadyConnected => 111,
             ErrorCode::Overloaded => 112,
             ErrorCode::ShuttingDown => 113,
+            ErrorCode::TooManyRequests => 114,
         }
     }
 
@@ -96,6 +100,7 @@ impl ErrorCode {
             ErrorCode::AlreadyConnected => "already connected",
             ErrorCode::Overloaded => "server overloaded, retry",
             ErrorCode::ShuttingDown => "server shutting down",
+            ErrorCode::TooManyRequests => "too many requests",
         }
     }
 
@@ -103,7 +108,10 @@ impl ErrorCode {
     pub const fn temporary(self) -> bool {
         matches!(
             self,
-            ErrorCode::Internal | ErrorCode::Overloaded | ErrorCode::ShuttingDown
+            ErrorCode::Internal
+                | ErrorCode::Overloaded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::TooManyRequests
         )
     }
 }
@@ -145,11 +153,14 @@ pub enum CloseReason {
     BadRequest,
     /// 3502: the client's credentials were rejected.
     InvalidToken,
+    /// 3503: the client flooded the server with commands (more than twice
+    /// the per-second limit).
+    Flood,
 }
 
 impl CloseReason {
     /// Every reason, for documentation tests.
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -165,6 +176,7 @@ impl CloseReason {
         CloseReason::ServerOverloaded,
         CloseReason::BadRequest,
         CloseReason::InvalidToken,
+        CloseReason::Flood,
     ];
 
     /// The code in the `disconnect` push (and, for application reasons, in
@@ -186,6 +198,7 @@ impl CloseReason {
             CloseReason::ServerOverloaded => 3005,
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
+            CloseReason::Flood => 3503,
         }
     }
 
@@ -216,6 +229,7 @@ impl CloseReason {
             CloseReason::ServerOverloaded => "server overloaded",
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
+            CloseReason::Flood => "too many requests",
         }
     }
 

@@ -11,12 +11,14 @@
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`subs`]: a shard's local subscription table.
 //! - [`outbox`]: per-connection output queue with budget.
+//! - [`limits`]: per-connection command rate limit.
 //! - [`timer`], [`heartbeat`]: the per-shard timer wheel and pings.
 
 pub mod channel;
 pub mod codes;
 pub mod heartbeat;
 pub mod hub;
+pub mod limits;
 pub mod outbox;
 pub mod subs;
 pub mod timer;

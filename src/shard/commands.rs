@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::conn::Phase;
 use super::core::Shard;
 use crate::bridge::{Delivery, ReplyTo, ShardMsg};
 use crate::engine::channel::is_valid_channel;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::hub::{Position, home_shard};
+use crate::engine::limits::Admit;
 use crate::engine::subs::{Acked, ConnRef, Delivery as Local, Subscribed};
 use crate::engine::wire::publication::PubData;
 use crate::engine::wire::{self, Command, Method, ReplyBody};
@@ -26,25 +28,32 @@ impl Shard {
             self.close_conn(c, CloseReason::UnsupportedData);
             return;
         }
-        let deflate = conn.deflate;
         self.writer.begin(format);
         self.current = Some(c);
         let result = wire::decode_commands(format, text, payload, |cmd| self.exec(c, cmd));
         self.current = None;
         match result {
-            Ok(()) => {
-                let comp = &mut self.compressor;
-                if let Some(frame) = self
-                    .writer
-                    .finish_with(|text, p| frame_for(comp, deflate, text, p))
-                {
-                    self.queue_data(c, frame);
-                }
-            }
+            Ok(()) => self.flush_replies(c),
             Err(_) => {
                 self.writer.begin(format);
                 self.close_conn(c, CloseReason::BadRequest);
             }
+        }
+    }
+
+    /// Queues the replies batched so far for `c` (the connection being
+    /// served) as one frame.
+    fn flush_replies(&mut self, c: ConnRef) {
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        let deflate = conn.deflate;
+        let comp = &mut self.compressor;
+        if let Some(frame) = self
+            .writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
+            self.queue_data(c, frame);
         }
     }
 
@@ -75,6 +84,25 @@ impl Shard {
 
     fn exec(&mut self, c: ConnRef, cmd: Command<'_>) {
         let id = cmd.id;
+        let (now, limit) = (self.now_tick, self.ctx.config.max_commands_per_second);
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        if conn.phase != Phase::Open {
+            return; // closed by an earlier command of the same frame
+        }
+        match conn.rate.admit(now, limit) {
+            Admit::Run => {}
+            Admit::Refuse => {
+                return self.reply(c, id, ReplyBody::Error(ErrorCode::TooManyRequests));
+            }
+            Admit::Disconnect => {
+                // Replies already batched for this frame go out first.
+                self.flush_replies(c);
+                return self.close_conn(c, CloseReason::Flood);
+            }
+        }
+        let connected = conn.connected;
         let method = match cmd.method {
             Ok(m) => m,
             Err(code) => return self.reply(c, id, ReplyBody::Error(code)),
@@ -82,7 +110,6 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        let connected = conn.connected;
         match method {
             Method::Connect(_) if connected => {
                 self.reply(c, id, ReplyBody::Error(ErrorCode::AlreadyConnected))

@@ -6,6 +6,7 @@
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::engine::heartbeat::Heartbeat;
+use crate::engine::limits::CommandRate;
 use crate::engine::outbox::Outbox;
 use crate::engine::subs::ConnRef;
 use crate::engine::ws::deflate::Deflate;
@@ -48,6 +49,7 @@ pub struct Conn {
     /// Deadline (shard tick) for the handshake or the close.
     pub(crate) deadline: u32,
     pub(crate) heartbeat: Heartbeat,
+    pub(crate) rate: CommandRate,
     pub(crate) decoder: FrameDecoder,
     /// Request bytes received so far while in `Handshake`. Boxed so an
     /// open connection pays 8 bytes for it, not 24.
@@ -74,6 +76,7 @@ impl Conn {
             in_backlog: false,
             deadline,
             heartbeat,
+            rate: CommandRate::default(),
             decoder: FrameDecoder::new(),
             request: None,
             outbox: Outbox::default(),
@@ -128,6 +131,6 @@ mod tests {
     #[test]
     fn connection_state_stays_small() {
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 160, "Conn grew to {size} bytes");
+        assert!(size <= 128, "Conn grew to {size} bytes");
     }
 }

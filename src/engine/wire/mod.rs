@@ -251,16 +251,18 @@ impl FrameWriter {
     }
 
     /// Finishes the frame, letting `make(text, payload)` build the
-    /// WebSocket frame (e.g. compressed), or `None` if empty.
+    /// WebSocket frame (e.g. compressed), or `None` if empty. The writer is
+    /// then empty again, in the same form.
     pub fn finish_with(&mut self, make: impl FnOnce(bool, &[u8]) -> Bytes) -> Option<Bytes> {
         if self.count == 0 {
             return None;
         }
-        self.count = 0;
-        Some(match self.format {
+        let frame = match self.format {
             WireFormat::Json => make(true, self.json.payload()),
             WireFormat::Binary => make(false, self.binary.payload()),
-        })
+        };
+        self.begin(self.format);
+        Some(frame)
     }
 }
 
