@@ -181,10 +181,16 @@ fn run(config: Config) -> ExitCode {
     }
 
     shared.draining.store(true, Ordering::Relaxed);
-    for inbox in shards.inboxes.iter() {
-        // Drain must get through even if an inbox is momentarily full.
+    for (i, inbox) in shards.inboxes.iter().enumerate() {
+        // Drain must get through even if an inbox is momentarily full; a
+        // shard that stays full for a second is beyond help.
+        let give_up = Instant::now() + Duration::from_secs(1);
         let mut msg = ShardMsg::Drain;
         while let Err(back) = inbox.push(msg) {
+            if Instant::now() > give_up {
+                warn!(shard = i, "inbox full: cannot ask the shard to drain");
+                break;
+            }
             msg = back;
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -501,7 +501,6 @@ async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
     let period_ns = cfg.rate.map(|r| 1e9 / r);
     let mut scheduled: u64 = 0;
     let stop = to_instant(cfg.end_ns);
-    let far = stop + Duration::from_secs(3600);
 
     let process =
         |c: &mut Conn, h: &crate::wsclient::FrameHeader, st: &mut PubStats, inflight: &mut u64| {
@@ -587,7 +586,6 @@ async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
-            _ = tokio::time::sleep_until(far) => {}
         }
     }
     // Drain the remaining acknowledgements.

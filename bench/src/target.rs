@@ -34,8 +34,9 @@ impl fmt::Display for Target {
 /// Where the server binaries are and how to run them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetOpts {
-    /// The wsedge binary (never rebuilt by wsbench).
-    #[arg(long, default_value = "/work/main/target/release/wsedge")]
+    /// The wsedge binary (never rebuilt by wsbench; default: the
+    /// repository's `target/release/wsedge`).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/wsedge"))]
     pub wsedge_bin: PathBuf,
     /// The baseline binary (default: `baseline_fastws` next to `wsbench`).
     #[arg(long)]
