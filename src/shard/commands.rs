@@ -301,7 +301,8 @@ impl Shard {
                     }
                 }
                 self.stats.deliveries += subs.len() as u64;
-                self.sent_stamps.push(d.accepted_at);
+                self.sent_stamps
+                    .push_back((d.accepted_at, self.dirty.pushed));
                 gap_conns = Vec::new();
             }
             Local::Gap(subs) => {
