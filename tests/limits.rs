@@ -178,10 +178,14 @@ async fn flood_beyond_the_fd_limit_keeps_existing_clients_served() {
         c.call("subscribe", json!({"channel": "survivors"})).await;
         clients.push(c);
     }
-    // Flood: far more sockets than the server has descriptors.
+    // Flood: far more sockets than the server has descriptors, each with
+    // the start of an upgrade (a silent socket stays in the kernel under
+    // TCP_DEFER_ACCEPT and never costs the server a descriptor).
     let mut flood = Vec::new();
     for _ in 0..600 {
-        if let Ok(s) = std::net::TcpStream::connect(server.client) {
+        if let Ok(mut s) = std::net::TcpStream::connect(server.client) {
+            use std::io::Write;
+            let _ = s.write_all(b"GET /ws HTTP/1.1\r\n");
             flood.push(s);
         }
     }

@@ -316,12 +316,15 @@ fn http_upgrade_answers() {
 }
 
 #[test]
-fn handshake_timeout_drops_silent_sockets() {
+fn handshake_timeout_drops_stalled_upgrades() {
     let server = Server::start_with(Opts::default().env("WSEDGE_HANDSHAKE_TIMEOUT", "1s"));
     let mut s = std::net::TcpStream::connect(server.client).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // Half a request, then nothing (a socket that sends nothing at all
+    // stays in the kernel under TCP_DEFER_ACCEPT).
+    use std::io::{Read, Write};
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").unwrap();
     let mut buf = [0u8; 16];
-    use std::io::Read;
     // The server closes the socket without a word once the timeout passes.
     assert_eq!(s.read(&mut buf).unwrap_or(0), 0);
     server.wait_for("timeout metric", || {

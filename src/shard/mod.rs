@@ -164,7 +164,15 @@ pub fn start(
         .map(|_| Inbox::new(config.inbox_capacity).map(Arc::new))
         .collect::<std::io::Result<Vec<_>>>()?
         .into();
-    let first = sys::listener(config.listen, config.backlog)?;
+    let opts = sys::ListenOpts {
+        backlog: config.backlog,
+        // The same bound the server puts on the upgrade itself.
+        defer_accept: config.handshake_timeout,
+        // A peer that acknowledges nothing for this long would also have
+        // missed a ping and its pong deadline.
+        user_timeout: config.ping_interval + config.pong_timeout,
+    };
+    let first = sys::listener(config.listen, opts)?;
     let local_addr = first
         .local_addr()?
         .as_socket()
@@ -172,7 +180,7 @@ pub fn start(
     let mut listeners = vec![first];
     for _ in 1..n {
         // With port 0, the other shards join the port the first one got.
-        listeners.push(sys::listener(local_addr, config.backlog)?);
+        listeners.push(sys::listener(local_addr, opts)?);
     }
     let ctx = ShardContext {
         config: config.clone(),
