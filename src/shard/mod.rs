@@ -188,14 +188,15 @@ pub fn start(
         shared,
         metrics,
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);
     for (id, l) in listeners.into_iter().enumerate() {
         let ctx = ctx.clone();
         let listener: OwnedFd = l.into();
+        let core = cpus[id % cpus.len()];
         let t = std::thread::Builder::new()
             .name(format!("wsedge-shard-{id}"))
-            .spawn(move || run_thread(id, id % cores, ctx, listener))?;
+            .spawn(move || run_thread(id, core, ctx, listener))?;
         threads.push(t);
     }
     Ok(Shards {
@@ -203,6 +204,30 @@ pub fn start(
         inboxes,
         local_addr,
     })
+}
+
+/// The CPUs this process may run on (its affinity mask, as set by
+/// `taskset`, a cpuset or systemd's `CPUAffinity=`), in ascending order.
+/// Shard i is pinned to the i-th of them, so a node confined to CPUs 4-7
+/// runs its shards there and not on CPUs 0-3.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 is this thread; the size matches the set.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = if r == 0 {
+        // SAFETY: CPU_ISSET reads the set within its size.
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..n).collect();
+    }
+    cpus
 }
 
 fn run_thread(id: usize, core: usize, ctx: ShardContext, listener: OwnedFd) {
@@ -300,4 +325,30 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
         }
     }
     info!(shard = id, "shard stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_are_placed_on_the_cpus_the_process_may_use() {
+        let all = allowed_cpus();
+        assert!(!all.is_empty());
+        let last = *all.last().unwrap();
+        // Confine a thread to its last allowed CPU, as `taskset -c N` would.
+        let seen = std::thread::spawn(move || {
+            // SAFETY: a zeroed set is empty; CPU_SET stays within it.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            unsafe { libc::CPU_SET(last, &mut set) };
+            // SAFETY: pid 0 is this thread; the size matches the set.
+            let r =
+                unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+            assert_eq!(r, 0);
+            allowed_cpus()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, vec![last]);
+    }
 }
