@@ -12,8 +12,51 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::ops::Deref;
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
+
+/// A data-lane frame.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// This connection's own frame (a reply, a push meant for it alone).
+    Owned(Bytes),
+    /// A publication's frame, shared by every subscriber on this shard.
+    /// Handing it to one more subscriber is a plain increment; a `Bytes`
+    /// clone is an atomic one, and measured at 10,000 subscribers the
+    /// atomic clone and drop were 16% of the shard's CPU.
+    Shared(Rc<Bytes>),
+}
+
+impl Frame {
+    /// A frame that can be advanced past written bytes.
+    fn owned(&mut self) -> &mut Bytes {
+        if let Frame::Shared(rc) = self {
+            *self = Frame::Owned(Bytes::clone(rc));
+        }
+        match self {
+            Frame::Owned(b) => b,
+            Frame::Shared(_) => unreachable!("made owned above"),
+        }
+    }
+}
+
+impl Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Frame::Owned(b) => b,
+            Frame::Shared(rc) => rc,
+        }
+    }
+}
+
+impl From<Bytes> for Frame {
+    fn from(b: Bytes) -> Self {
+        Frame::Owned(b)
+    }
+}
 
 /// Which lane the partly written frame is at the front of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +74,7 @@ pub struct OverBudget;
 #[derive(Debug)]
 pub struct Outbox {
     urgent: Vec<Bytes>,
-    data: VecDeque<Bytes>,
+    data: VecDeque<Frame>,
     in_flight: InFlight,
     queued: usize,
 }
@@ -66,7 +109,7 @@ impl Outbox {
     /// in the queue. An empty queue always takes one frame, however large,
     /// so a message bigger than the budget can still be sent to a client
     /// that keeps up.
-    pub fn push_data(&mut self, frame: Bytes, budget: usize) -> Result<(), OverBudget> {
+    pub fn push_data(&mut self, frame: Frame, budget: usize) -> Result<(), OverBudget> {
         if self.queued > 0 && self.queued + frame.len() > budget {
             return Err(OverBudget);
         }
@@ -106,14 +149,14 @@ impl Outbox {
     /// (data already queued still goes out first, in order).
     pub fn push_final(&mut self, frame: Bytes) {
         self.queued += frame.len();
-        self.data.push_back(frame);
+        self.data.push_back(Frame::Owned(frame));
     }
 
     /// Drops every queued data frame except one already partly written
     /// (which must finish to keep the stream valid). Returns bytes dropped.
     pub fn drop_data(&mut self) -> usize {
         let keep = usize::from(self.in_flight == InFlight::Data);
-        let dropped: usize = self.data.iter().skip(keep).map(Bytes::len).sum();
+        let dropped: usize = self.data.iter().skip(keep).map(|f| f.len()).sum();
         self.data.truncate(keep);
         self.queued -= dropped;
         dropped
@@ -123,7 +166,7 @@ impl Outbox {
     /// the number of slices used.
     pub fn fill<'a>(&'a self, iov: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        let mut push = |b: &'a Bytes| {
+        let mut push = |b: &'a [u8]| {
             if n < iov.len() {
                 iov[n] = IoSlice::new(b);
                 n += 1;
@@ -157,12 +200,7 @@ impl Outbox {
         self.queued -= n;
         let mut done = 0;
         if self.in_flight == InFlight::Data {
-            n = Self::eat(
-                self.data.front_mut(),
-                n,
-                &mut self.in_flight,
-                InFlight::Data,
-            );
+            n = Self::eat_data(self.data.front_mut(), n, &mut self.in_flight);
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
                 done += 1;
@@ -181,12 +219,7 @@ impl Outbox {
             }
         }
         while n > 0 && !self.data.is_empty() {
-            n = Self::eat(
-                self.data.front_mut(),
-                n,
-                &mut self.in_flight,
-                InFlight::Data,
-            );
+            n = Self::eat_data(self.data.front_mut(), n, &mut self.in_flight);
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
                 done += 1;
@@ -198,6 +231,20 @@ impl Outbox {
             self.data = VecDeque::new();
         }
         done
+    }
+
+    /// [`eat`](Self::eat) for the data lane: a shared frame becomes the
+    /// connection's own only if it is partly written.
+    fn eat_data(frame: Option<&mut Frame>, n: usize, in_flight: &mut InFlight) -> usize {
+        let f = frame.expect("consume() beyond queued bytes");
+        if n >= f.len() {
+            *in_flight = InFlight::None;
+            n - f.len()
+        } else {
+            f.owned().advance(n);
+            *in_flight = InFlight::Data;
+            0
+        }
     }
 
     /// Consumes up to `n` bytes of `frame`; sets `in_flight` to `lane` if
@@ -224,6 +271,11 @@ mod tests {
         Bytes::copy_from_slice(s)
     }
 
+    /// A publication frame as a shard shares it between subscribers.
+    fn sh(s: &[u8]) -> Frame {
+        Frame::Shared(Rc::new(b(s)))
+    }
+
     fn drain(o: &mut Outbox, chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while !o.is_empty() {
@@ -241,8 +293,8 @@ mod tests {
     #[test]
     fn urgent_goes_first_but_never_splits_a_frame() {
         let mut o = Outbox::default();
-        o.push_data(b(b"AAAA"), 100).unwrap();
-        o.push_data(b(b"BBBB"), 100).unwrap();
+        o.push_data(sh(b"AAAA"), 100).unwrap();
+        o.push_data(sh(b"BBBB"), 100).unwrap();
         // Write 2 bytes of AAAA, then a close arrives.
         let mut iov = [IoSlice::new(&[]); 8];
         o.fill(&mut iov);
@@ -257,15 +309,15 @@ mod tests {
     fn budget_and_drop() {
         let mut o = Outbox::default();
         // One frame larger than the budget is accepted on an empty queue.
-        o.push_data(b(&[1; 50]), 10).unwrap();
-        assert_eq!(o.push_data(b(&[2; 5]), 10), Err(OverBudget));
+        o.push_data(sh(&[1; 50]), 10).unwrap();
+        assert_eq!(o.push_data(sh(&[2; 5]), 10), Err(OverBudget));
         o.consume(0);
         let mut iov = [IoSlice::new(&[]); 8];
         o.fill(&mut iov);
         o.consume(20); // 30 bytes of the first frame still to go
         o.push_urgent(b(b"\x88\x02\x0b\xba"));
         // Slow consumer: drop data, keep the partly written frame.
-        o.push_data(b(&[3; 1]), 1000).unwrap();
+        o.push_data(sh(&[3; 1]), 1000).unwrap();
         assert_eq!(o.drop_data(), 1);
         assert_eq!(o.queued_bytes(), 30 + 4);
         let out = drain(&mut o, 7);
@@ -295,9 +347,35 @@ mod tests {
         let mut o = Outbox::default();
         let mut want = Vec::new();
         for i in 0..100u8 {
-            o.push_data(b(&[i; 3]), 1 << 20).unwrap();
+            o.push_data(sh(&[i; 3]), 1 << 20).unwrap();
             want.extend([i; 3]);
         }
         assert_eq!(drain(&mut o, 17), want);
+    }
+}
+
+#[cfg(test)]
+mod shared_frames {
+    use super::*;
+
+    #[test]
+    fn a_partly_written_shared_frame_leaves_the_other_copies_whole() {
+        let shared = Rc::new(Bytes::from_static(b"0123456789"));
+        let mut a = Outbox::default();
+        let mut b = Outbox::default();
+        a.push_data(Frame::Shared(shared.clone()), 100).unwrap();
+        b.push_data(Frame::Shared(shared.clone()), 100).unwrap();
+        assert_eq!(Rc::strong_count(&shared), 3);
+        // `a`'s socket takes 4 bytes: its copy becomes its own.
+        assert_eq!(a.consume(4), 0);
+        assert_eq!(Rc::strong_count(&shared), 2);
+        let mut iov = [IoSlice::new(&[]); 4];
+        let k = a.fill(&mut iov);
+        assert_eq!(&*iov[..k][0], b"456789");
+        let k = b.fill(&mut iov);
+        assert_eq!(&*iov[..k][0], b"0123456789");
+        assert_eq!(b.consume(10), 1);
+        assert_eq!(a.consume(6), 1);
+        assert_eq!(Rc::strong_count(&shared), 1, "every copy released");
     }
 }

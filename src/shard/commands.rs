@@ -12,7 +12,7 @@ use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::hub::{Position, home_shard};
 use crate::engine::limits::Admit;
 use crate::engine::subs::{Acked, ConnRef, Delivery as Local, Subscribed};
-use crate::engine::wire::publication::PubData;
+use crate::engine::wire::publication::{LocalPub, PubData};
 use crate::engine::wire::{self, Command, Method, ReplyBody};
 use crate::engine::ws::deflate::frame_for;
 use crate::engine::ws::handshake::WireFormat;
@@ -279,6 +279,7 @@ impl Shard {
         match self.subs.deliver(&d.channel, d.offset) {
             Local::Ignore => return,
             Local::Deliver(subs) => {
+                let frames = LocalPub::new(&d.frames);
                 for s in subs {
                     let Some(conn) = self
                         .conns
@@ -287,10 +288,7 @@ impl Shard {
                     else {
                         continue;
                     };
-                    let frame = d
-                        .frames
-                        .for_conn(conn.format, conn.takes_shared_deflate())
-                        .clone();
+                    let frame = frames.for_conn(conn.format, conn.takes_shared_deflate());
                     if conn.outbox.push_data(frame, budget).is_err() {
                         slow.push(s.conn);
                         continue;

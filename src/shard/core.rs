@@ -686,7 +686,7 @@ impl Shard {
         if conn.phase != Phase::Open {
             return;
         }
-        if conn.outbox.push_data(frame, budget).is_err() {
+        if conn.outbox.push_data(frame.into(), budget).is_err() {
             self.metrics.slow_drop();
             self.close_conn(c, CloseReason::SlowConsumer);
             return;

@@ -2,11 +2,14 @@
 //! frame per wire form, shared (as `Bytes`) by every subscriber on every
 //! shard.
 
+use std::rc::Rc;
+
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use serde::de::IgnoredAny;
 
 use super::{Data, binary, json};
+use crate::engine::outbox::Frame;
 use crate::engine::ws::deflate::Compressor;
 use crate::engine::ws::frame::{Opcode, encode_frame};
 use crate::engine::ws::handshake::WireFormat;
@@ -61,6 +64,39 @@ impl EncodedPub {
             (WireFormat::Binary, true) => self.binary_deflate.as_ref().unwrap_or(&self.binary),
             (WireFormat::Binary, false) => &self.binary,
         }
+    }
+}
+
+/// One shard's handle on an [`EncodedPub`] while it hands the frames to
+/// its subscribers: each encoding behind a non-atomic count, so a
+/// subscriber's copy is an increment (see [`Frame::Shared`]).
+pub struct LocalPub {
+    json: Rc<Bytes>,
+    binary: Rc<Bytes>,
+    json_deflate: Option<Rc<Bytes>>,
+    binary_deflate: Option<Rc<Bytes>>,
+}
+
+impl LocalPub {
+    /// Wraps every encoding of `p`.
+    pub fn new(p: &EncodedPub) -> Self {
+        Self {
+            json: Rc::new(p.json.clone()),
+            binary: Rc::new(p.binary.clone()),
+            json_deflate: p.json_deflate.clone().map(Rc::new),
+            binary_deflate: p.binary_deflate.clone().map(Rc::new),
+        }
+    }
+
+    /// The frame for a connection, as [`EncodedPub::for_conn`] picks it.
+    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> Frame {
+        let rc = match (format, deflate) {
+            (WireFormat::Json, true) => self.json_deflate.as_ref().unwrap_or(&self.json),
+            (WireFormat::Json, false) => &self.json,
+            (WireFormat::Binary, true) => self.binary_deflate.as_ref().unwrap_or(&self.binary),
+            (WireFormat::Binary, false) => &self.binary,
+        };
+        Frame::Shared(Rc::clone(rc))
     }
 }
 
