@@ -10,8 +10,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::wsclient::{
-    FrameHeader, MaskGen, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, check_response, encode_masked,
-    head_end, key_for, parse_header, upgrade_request,
+    Deflate, FrameHeader, MaskGen, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, check_response,
+    encode_masked, head_end, key_for, parse_header, upgrade_request,
 };
 
 /// Initial size of each connection's read buffer; it grows only for a frame
@@ -22,13 +22,77 @@ pub const READ_BUF: usize = 8 * 1024;
 /// accepts any path).
 pub const WS_PATH: &str = "/ws";
 
-/// Reads server frames into one reusable buffer.
+/// Inflates `permessage-deflate` messages (RSV1 frames).
+struct Inflater {
+    d: flate2::Decompress,
+    /// Reset before every message (the server uses no context takeover).
+    reset: bool,
+    /// Compressed payload plus the `00 00 ff ff` tail.
+    input: Vec<u8>,
+    /// The inflated payload of the current frame.
+    out: Vec<u8>,
+    /// `start` of the buffered frame that `out` belongs to.
+    at: Option<usize>,
+}
+
+impl Inflater {
+    fn new(deflate: Deflate) -> Self {
+        Self {
+            d: flate2::Decompress::new(false),
+            reset: deflate.server_no_context_takeover,
+            input: Vec::new(),
+            out: Vec::with_capacity(4096),
+            at: None,
+        }
+    }
+
+    /// Inflates one complete compressed message (RFC 7692 §7.2.2: append
+    /// `00 00 ff ff`, raw inflate with a sync flush).
+    fn inflate(&mut self, payload: &[u8]) -> Result<()> {
+        use flate2::{FlushDecompress, Status};
+        if self.reset {
+            self.d.reset(false);
+        }
+        self.input.clear();
+        self.input.extend_from_slice(payload);
+        self.input.extend_from_slice(&[0, 0, 0xff, 0xff]);
+        self.out.clear();
+        let mut pos = 0;
+        loop {
+            if self.out.capacity() - self.out.len() < 1024 {
+                self.out.reserve(self.out.capacity().max(4096));
+            }
+            let before = self.d.total_in();
+            let status = self
+                .d
+                .decompress_vec(&self.input[pos..], &mut self.out, FlushDecompress::Sync)
+                .context("inflating a permessage-deflate message")?;
+            let used = (self.d.total_in() - before) as usize;
+            pos += used;
+            let room_left = self.out.len() < self.out.capacity();
+            if status == Status::StreamEnd || (pos == self.input.len() && room_left) {
+                return Ok(());
+            }
+            if used == 0 && room_left {
+                bail!("inflate made no progress");
+            }
+        }
+    }
+}
+
+/// Reads server frames into one reusable buffer (and inflates compressed
+/// ones into a second).
 pub struct FrameReader<R> {
     io: R,
     buf: Vec<u8>,
     start: usize,
     end: usize,
     reads: u64,
+    bytes: u64,
+    inflater: Option<Inflater>,
+    /// Inflate compressed frames (false: leave them compressed).
+    verify: bool,
+    inflated: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -40,7 +104,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             start: 0,
             end: 0,
             reads: 0,
+            bytes: 0,
+            inflater: None,
+            verify: true,
+            inflated: 0,
         }
+    }
+
+    /// Enables inflating RSV1 (compressed) frames.
+    pub fn set_deflate(&mut self, deflate: Deflate) {
+        self.inflater = Some(Inflater::new(deflate));
+    }
+
+    /// Whether compressed frames are accepted.
+    pub fn deflate(&self) -> bool {
+        self.inflater.is_some()
+    }
+
+    /// Bytes read from the socket so far (what came over the wire).
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Stops inflating compressed frames: [`payload`](Self::payload) then
+    /// returns them as they came. A generator connection that only counts
+    /// what it receives uses this so the generator's inflate cost does not
+    /// bound a compression run.
+    pub fn skip_inflate(&mut self) {
+        self.verify = false;
+    }
+
+    /// Compressed messages inflated so far.
+    pub fn inflated(&self) -> u64 {
+        self.inflated
     }
 
     async fn read_more(&mut self, want_total: usize) -> Result<()> {
@@ -64,20 +160,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.end += n;
         self.reads += 1;
+        self.bytes += n as u64;
         Ok(())
     }
 
     /// Waits until a complete frame is buffered and returns its header; the
-    /// frame stays buffered until [`consume`](Self::consume). Cancel-safe.
+    /// frame stays buffered until [`consume`](Self::consume). A compressed
+    /// (RSV1) frame is inflated here, once. Cancel-safe.
     pub async fn next_frame(&mut self) -> Result<FrameHeader> {
         loop {
             let want = match parse_header(&self.buf[self.start..self.end])? {
-                Some(h) if self.end - self.start >= h.total_len() => return Ok(h),
+                Some(h) if self.end - self.start >= h.total_len() => {
+                    if h.rsv1 && self.verify {
+                        self.inflate_current(&h)?;
+                    }
+                    return Ok(h);
+                }
                 Some(h) => h.total_len(),
                 None => 14,
             };
             self.read_more(want).await?;
         }
+    }
+
+    fn inflate_current(&mut self, h: &FrameHeader) -> Result<()> {
+        let Some(inf) = self.inflater.as_mut() else {
+            bail!("compressed (RSV1) frame without permessage-deflate");
+        };
+        if h.opcode >= 0x8 || !h.fin {
+            bail!(
+                "RSV1 on a control or fragmented frame (opcode {}, fin {})",
+                h.opcode,
+                h.fin
+            );
+        }
+        if inf.at == Some(self.start) {
+            return Ok(());
+        }
+        let p = self.start + h.header_len;
+        inf.inflate(&self.buf[p..p + h.payload_len])?;
+        inf.at = Some(self.start);
+        self.inflated += 1;
+        Ok(())
     }
 
     /// Successful reads so far: frames obtained without a read in between
@@ -86,8 +210,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.reads
     }
 
-    /// The payload of the frame `h` returned by [`next_frame`](Self::next_frame).
+    /// The payload of the frame `h` returned by [`next_frame`](Self::next_frame)
+    /// (inflated if it was compressed).
     pub fn payload(&self, h: &FrameHeader) -> &[u8] {
+        if h.rsv1
+            && self.verify
+            && let Some(inf) = &self.inflater
+        {
+            return &inf.out;
+        }
         let p = self.start + h.header_len;
         &self.buf[p..p + h.payload_len]
     }
@@ -100,6 +231,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Drops the frame `h` from the buffer.
     pub fn consume(&mut self, h: &FrameHeader) {
+        if let Some(inf) = self.inflater.as_mut() {
+            inf.at = None;
+        }
         self.start += h.total_len();
         if self.start == self.end {
             self.start = 0;
@@ -183,6 +317,19 @@ pub struct Conn {
     pub sub_offset: Option<u64>,
 }
 
+impl Conn {
+    /// Makes the eventual close abortive (`SO_LINGER` 0: the kernel sends
+    /// RST instead of FIN, with no close handshake and no TIME_WAIT), as
+    /// after a network failure.
+    pub fn set_abortive_close(&self) -> Result<()> {
+        self.reader
+            .io
+            .as_ref()
+            .set_zero_linger()
+            .context("SO_LINGER 0")
+    }
+}
+
 /// What a control frame asks of the caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Control {
@@ -231,13 +378,15 @@ pub async fn handle_control(
 }
 
 /// Opens a connection to `addr` (from `src`, port chosen by the kernel),
-/// upgrades with the JSON subprotocol, sends `connect` and, if `channel` is
-/// given, `subscribe` in the same frame, and waits for their replies.
+/// upgrades with the JSON subprotocol (offering `permessage-deflate` if
+/// `deflate`), sends `connect` and, if `channel` is given, `subscribe` in
+/// the same frame, and waits for their replies.
 pub async fn open(
     addr: SocketAddr,
     src: Option<IpAddr>,
     seed: u64,
     channel: Option<&str>,
+    deflate: bool,
 ) -> Result<Conn> {
     let sock = TcpSocket::new_v4().context("socket")?;
     if let Some(ip) = src {
@@ -260,10 +409,12 @@ pub async fn open(
 
     let key = key_for(seed);
     writer
-        .write_raw(&upgrade_request(&addr.to_string(), WS_PATH, &key))
+        .write_raw(&upgrade_request(&addr.to_string(), WS_PATH, &key, deflate))
         .await?;
     let head = reader.read_head().await?;
-    check_response(&head, &key)?;
+    if let Some(d) = check_response(&head, &key, deflate)? {
+        reader.set_deflate(d);
+    }
 
     let hello = match channel {
         Some(ch) => format!(
@@ -316,4 +467,81 @@ pub async fn open(
         writer,
         sub_offset,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compresses like a `permessage-deflate` sender: raw deflate, sync
+    /// flush, trailing `00 00 ff ff` removed.
+    fn deflate(msg: &[u8], c: &mut flate2::Compress) -> Vec<u8> {
+        let mut out = Vec::with_capacity(msg.len() + 64);
+        c.compress_vec(msg, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[test]
+    fn inflate_no_context_takeover() {
+        let mut inf = Inflater::new(Deflate {
+            server_no_context_takeover: true,
+        });
+        for i in 0..3 {
+            let msg = format!("{{\"push\":{{\"n\":{i}}}}}").repeat(200);
+            let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+            inf.inflate(&deflate(msg.as_bytes(), &mut c)).unwrap();
+            assert_eq!(inf.out, msg.as_bytes());
+        }
+    }
+
+    #[test]
+    fn inflate_with_context_takeover() {
+        let mut inf = Inflater::new(Deflate {
+            server_no_context_takeover: false,
+        });
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        for i in 0..3 {
+            let msg = format!("same text again and again {i} ").repeat(50);
+            inf.inflate(&deflate(msg.as_bytes(), &mut c)).unwrap();
+            assert_eq!(inf.out, msg.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod inflate_speed {
+    use super::*;
+
+    /// `cargo test --release inflate_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn inflate_speed() {
+        let item = crate::payload::feed_item(1, 1500);
+        let msg = format!(
+            "{{\"push\":{{\"channel\":\"feed\",\"pub\":{{\"offset\":1,\"data\":{{\"t\":1,{item}}}}}}}"
+        );
+        let mut c = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut out = Vec::with_capacity(4096);
+        c.compress_vec(msg.as_bytes(), &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        let mut inf = Inflater::new(Deflate {
+            server_no_context_takeover: true,
+        });
+        let n = 20_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            inf.inflate(&out).unwrap();
+        }
+        let el = t.elapsed();
+        eprintln!(
+            "{} -> {} bytes: {:.2} us per inflate",
+            out.len(),
+            inf.out.len(),
+            el.as_secs_f64() * 1e6 / n as f64
+        );
+    }
 }

@@ -1,8 +1,12 @@
-//! The driver: runs the `idle` and `fanout` workloads end to end and prints
-//! one JSON line per run.
+//! The driver: runs the `idle`, `fanout` and `compression` workloads end
+//! to end and prints one JSON line per run, and the helpers the other
+//! workloads ([`crate::rooms`], [`crate::storm`]) share: worker spawning,
+//! the publisher, CPU sampling, noise check.
 
+use std::cell::Cell;
 use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -15,14 +19,19 @@ use tokio::task::LocalSet;
 use crate::clock::{mono_ns, to_instant};
 use crate::conn::{Conn, Control, handle_control, open};
 use crate::ipc::{Command, Event, Ready, Report, Stats};
+use crate::payload::{build_publish, build_publish_rest, feed_items};
 use crate::procfs::{CoreTimes, KernelMem, core_times, cpu_seconds, kernel_mem, rss_bytes};
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::target::{Server, Target, TargetOpts, metric_sum, scrape, tail};
-use crate::worker::new_histogram;
+use crate::worker::{Mode, new_histogram};
 use crate::wsclient::OP_TEXT;
 
-/// Connections per worker when `--workers` is not given.
-pub const DEFAULT_CONNS_PER_WORKER: u64 = 15_000;
+/// Connections per worker when `--workers` is not given. Kept below
+/// ~14,000: `connect()` picks ports of one parity first (half of the
+/// 28,232-port range for one source address and destination), and beyond
+/// that the kernel's port search makes connecting several times slower
+/// (15,000 connections from one worker connected at half the rate).
+pub const DEFAULT_CONNS_PER_WORKER: u64 = 10_000;
 /// Hard cap per worker: each worker must stay below 19,000 descriptors
 /// (the open-file limit is 20,000 and cannot be raised).
 pub const MAX_CONNS_PER_WORKER: u64 = 18_900;
@@ -33,7 +42,7 @@ pub struct CommonArgs {
     /// Server to benchmark.
     #[arg(long, value_enum)]
     pub target: Target,
-    /// Worker processes (default: ceil(connections / 15,000)).
+    /// Worker processes (default: ceil(connections / 10,000)).
     #[arg(long)]
     pub workers: Option<u64>,
     /// Server binaries and pinning.
@@ -99,6 +108,73 @@ pub struct FanoutArgs {
     pub channel: String,
 }
 
+/// `on` / `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// `wsbench compression`: fan-out of realistic JSON items with and without
+/// `permessage-deflate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompressionArgs {
+    /// Common options.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Offer `permessage-deflate` from the subscribers (for wsedge, `off`
+    /// also sets `WSEDGE_COMPRESSION=false`; node-ws gets `--compression
+    /// on|off`).
+    #[arg(long, value_enum)]
+    pub deflate: OnOff,
+    /// Subscribers of the channel.
+    #[arg(long, default_value_t = 1000)]
+    pub subs: u64,
+    /// Approximate size of each feed item (`data`), bytes.
+    #[arg(long, default_value_t = 1500)]
+    pub item_bytes: usize,
+    /// Different items cycled through (generated deterministically).
+    #[arg(long, default_value_t = 64)]
+    pub items: usize,
+    /// Recorded seconds (after the warm-up).
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Publications per second, evenly spaced; default: flat out.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Flat out: most publications sent and not yet acknowledged.
+    #[arg(long, default_value_t = 64)]
+    pub window: usize,
+    /// Warm-up seconds (published, not recorded).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds to wait for in-flight deliveries after the window.
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_s: f64,
+    /// Subscriber i inflates and verifies (offsets, latency, losses) only
+    /// if i % N == 0; the others count compressed pushes by arrival time.
+    /// Flat out, inflating every copy costs the generator more than the
+    /// server spends sending it.
+    #[arg(long, default_value_t = 1)]
+    pub inflate_every: u64,
+}
+
+/// What the workers' connections do and where they subscribe.
+pub(crate) struct WorkerSpec<'a> {
+    /// Channel, or prefix when `channels` > 0.
+    pub channel: &'a str,
+    /// 0: all on `channel`; K: connection i on `{channel}{i % K}`.
+    pub channels: u64,
+    /// Worker mode.
+    pub mode: Mode,
+    /// Offer `permessage-deflate`.
+    pub deflate: bool,
+    /// See [`CompressionArgs::inflate_every`] (1 elsewhere).
+    pub inflate_every: u64,
+}
+
 /// Pins the calling process (all its future threads) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
@@ -109,16 +185,18 @@ pub fn pin_self(cpu: usize) -> Result<()> {
 }
 
 /// One worker process and its pipes.
-struct Worker {
-    id: usize,
-    pid: u32,
+pub(crate) struct Worker {
+    /// Index (source address 127.0.0.(2+id)).
+    pub id: usize,
+    /// Process id.
+    pub pid: u32,
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Worker {
-    async fn send(&mut self, cmd: &Command) -> Result<()> {
+    pub(crate) async fn send(&mut self, cmd: &Command) -> Result<()> {
         let mut s = serde_json::to_string(cmd)?;
         s.push('\n');
         self.stdin.write_all(s.as_bytes()).await?;
@@ -126,7 +204,7 @@ impl Worker {
         Ok(())
     }
 
-    async fn recv(&mut self) -> Result<Event> {
+    pub(crate) async fn recv(&mut self) -> Result<Event> {
         let line = self
             .lines
             .next_line()
@@ -135,12 +213,12 @@ impl Worker {
         serde_json::from_str(&line).with_context(|| format!("worker {} sent {line:?}", self.id))
     }
 
-    async fn call(&mut self, cmd: &Command) -> Result<Event> {
+    pub(crate) async fn call(&mut self, cmd: &Command) -> Result<Event> {
         self.send(cmd).await?;
         self.recv().await
     }
 
-    async fn stats(&mut self) -> Result<Stats> {
+    pub(crate) async fn stats(&mut self) -> Result<Stats> {
         match self.call(&Command::Stats).await? {
             Event::Stats(s) => Ok(s),
             other => bail!("worker {}: expected stats, got {other:?}", self.id),
@@ -173,12 +251,11 @@ fn worker_count(total: u64, asked: Option<u64>) -> Result<u64> {
 
 /// Spawns the workers (pinned to `gen_cpu`), each opening its share of
 /// `total` connections from its own source address 127.0.0.(2+w).
-async fn spawn_workers(
+pub(crate) async fn spawn_workers(
     c: &CommonArgs,
     server: SocketAddr,
     total: u64,
-    channel: &str,
-    channels: u64,
+    spec: &WorkerSpec<'_>,
 ) -> Result<Vec<Worker>> {
     let n = worker_count(total, c.workers)?;
     let exe = std::env::current_exe()?;
@@ -195,11 +272,24 @@ async fn spawn_workers(
             .args(["--src", &src.to_string()])
             .args(["--conns", &count.to_string()])
             .args(["--base", &base.to_string()])
-            .args(["--channel", channel])
-            .args(["--channels", &channels.to_string()])
+            .args(["--total", &total.to_string()])
+            .args(["--channel", spec.channel])
+            .args(["--channels", &spec.channels.to_string()])
             .args(["--concurrency", &c.concurrency.to_string()])
             .args(["--timeout-s", &c.timeout_s.to_string()])
-            .stdin(std::process::Stdio::piped())
+            .args([
+                "--mode",
+                match spec.mode {
+                    Mode::Subscribe => "subscribe",
+                    Mode::Rooms => "rooms",
+                    Mode::Storm => "storm",
+                },
+            ]);
+        if spec.deflate {
+            cmd.arg("--deflate");
+            cmd.args(["--inflate-every", &spec.inflate_every.max(1).to_string()]);
+        }
+        cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().context("spawning a worker")?;
@@ -219,7 +309,7 @@ async fn spawn_workers(
 }
 
 /// Waits for every worker's [`Ready`] and merges them.
-async fn wait_ready(workers: &mut [Worker]) -> Result<Ready> {
+pub(crate) async fn wait_ready(workers: &mut [Worker]) -> Result<Ready> {
     let mut all = Ready {
         first_connect_ns: u64::MAX,
         ..Ready::default()
@@ -249,7 +339,8 @@ async fn wait_ready(workers: &mut [Worker]) -> Result<Ready> {
     Ok(all)
 }
 
-async fn stop_workers(workers: Vec<Worker>) {
+/// Tells every worker to exit (killing it after 10 s).
+pub(crate) async fn stop_workers(workers: Vec<Worker>) {
     for mut w in workers {
         let _ = w.send(&Command::Exit).await;
         drop(w.stdin);
@@ -262,7 +353,9 @@ async fn stop_workers(workers: Vec<Worker>) {
     }
 }
 
-async fn stop_server(server: Server) {
+/// SIGTERM to the server (SIGKILL after 15 s); prints its log tail if it
+/// did not exit cleanly.
+pub(crate) async fn stop_server(server: Server) {
     let log = server.log.clone();
     let target = server.target;
     match server.stop(Duration::from_secs(15)).await {
@@ -289,7 +382,8 @@ async fn stop_server(server: Server) {
     }
 }
 
-fn check_alive(server: &mut Server) -> Result<()> {
+/// Fails (with the log tail) if the server has exited.
+pub(crate) fn check_alive(server: &mut Server) -> Result<()> {
     if let Some(st) = server.exited() {
         bail!(
             "{} exited during the run ({st}); log {}:\n{}",
@@ -304,7 +398,7 @@ fn check_alive(server: &mut Server) -> Result<()> {
 /// Busy fraction of the server and generator CPUs over `secs` before the
 /// run starts: anything above a few percent is foreign load that will
 /// distort the results (a warning goes to stderr).
-async fn background_busy(c: &CommonArgs, secs: f64) -> Result<(f64, f64)> {
+pub(crate) async fn background_busy(c: &CommonArgs, secs: f64) -> Result<(f64, f64)> {
     let s0 = (core_times(c.server.server_cpu)?, core_times(c.gen_cpu)?);
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let s1 = (core_times(c.server.server_cpu)?, core_times(c.gen_cpu)?);
@@ -325,7 +419,8 @@ async fn background_busy(c: &CommonArgs, secs: f64) -> Result<(f64, f64)> {
     Ok(b)
 }
 
-fn print_line<T: Serialize>(v: &T) -> Result<()> {
+/// Prints one JSON result line on stdout.
+pub(crate) fn print_line<T: Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, v)?;
     out.write_all(b"\n")?;
@@ -333,12 +428,14 @@ fn print_line<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
-fn round(x: f64, digits: i32) -> f64 {
+/// Rounds to `digits` decimals.
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
     let m = 10f64.powi(digits);
     (x * m).round() / m
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+/// A current-thread tokio runtime.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -385,7 +482,7 @@ pub fn idle(args: IdleArgs) -> Result<()> {
 async fn idle_async(a: IdleArgs) -> Result<()> {
     let c = &a.common;
     let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server).await?;
+    let mut server = Server::start(c.target, &c.server, None).await?;
     eprintln!(
         "wsbench: {} pid {} on {} (log {})",
         c.target,
@@ -398,7 +495,14 @@ async fn idle_async(a: IdleArgs) -> Result<()> {
     let kernel_before = kernel_mem()?;
 
     let server_cpu0 = cpu_seconds(server.pid)?;
-    let mut workers = spawn_workers(c, server.client, a.conns, "idle:", a.channels.max(1)).await?;
+    let spec = WorkerSpec {
+        channel: "idle:",
+        channels: a.channels.max(1),
+        mode: Mode::Subscribe,
+        deflate: false,
+        inflate_every: 1,
+    };
+    let mut workers = spawn_workers(c, server.client, a.conns, &spec).await?;
     let ready = wait_ready(&mut workers).await?;
     check_alive(&mut server)?;
     let connect_server_cpu_s = cpu_seconds(server.pid)? - server_cpu0;
@@ -453,54 +557,59 @@ async fn idle_async(a: IdleArgs) -> Result<()> {
 
 /// What the publisher did.
 #[derive(Debug, Default)]
-struct PubStats {
-    sent: u64,
+pub(crate) struct PubStats {
+    /// Publications sent.
+    pub sent: u64,
+    /// Publish error replies.
+    pub errors: u64,
+    /// The first error reply.
+    pub first_error: Option<String>,
+    /// Unacknowledged after the drain.
+    pub unacked: u64,
     in_window: u64,
     first_win_id: Option<u64>,
     last_win_id: u64,
     lo: Option<u64>,
     hi: Option<u64>,
     acked: u64,
-    errors: u64,
-    first_error: Option<String>,
-    unacked: u64,
 }
 
-/// Appends the `publish` command for publication `id`: its `data` is
-/// `{"t":<t>,"p":"xx…"}`, padded to `payload` bytes (or the minimum).
-fn build_publish(out: &mut Vec<u8>, id: u64, channel_json: &str, t: u64, payload: usize) {
-    use std::io::Write as _;
-    let digits = t.checked_ilog10().unwrap_or(0) as usize + 1;
-    let pad = payload.saturating_sub(13 + digits);
-    write!(
-        out,
-        "{{\"id\":{id},\"publish\":{{\"channel\":{channel_json},\"data\":{{\"t\":{t},\"p\":\""
-    )
-    .expect("Vec write");
-    out.resize(out.len() + pad, b'x');
-    out.extend_from_slice(b"\"}}}");
+/// What each publication's `data` is.
+#[derive(Debug, Clone)]
+pub(crate) enum PubData {
+    /// `{"t":..,"p":"xx…"}` padded to this many bytes.
+    Padded(usize),
+    /// `{"t":..,<item>` cycling through these feed items.
+    Items(Rc<Vec<String>>),
 }
 
-struct PubCfg {
-    channel_json: String,
-    payload: usize,
-    rate: Option<f64>,
-    window: usize,
-    start_ns: u64,
-    end_ns: u64,
-    drain: Duration,
+/// Publisher settings.
+pub(crate) struct PubCfg {
+    /// The channel, JSON-quoted.
+    pub channel_json: String,
+    /// The `data` of each publication.
+    pub data: PubData,
+    /// Publications per second, or flat out.
+    pub rate: Option<f64>,
+    /// Flat out: unacknowledged publishes at most.
+    pub window: usize,
+    /// Window start (`CLOCK_MONOTONIC` ns).
+    pub start_ns: u64,
+    /// Publishing stops at this time; may be moved earlier while running.
+    pub end_ns: Rc<Cell<u64>>,
+    /// How long to wait for the last acknowledgements.
+    pub drain: Duration,
 }
 
 /// Publishes until `end_ns`, then waits (up to `drain`) for the last acks.
-async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
+pub(crate) async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
     let mut st = PubStats::default();
     let mut next_id: u64 = 2;
     let mut inflight: u64 = 0;
-    let mut msg = Vec::with_capacity(cfg.payload + 128);
+    let mut msg = Vec::with_capacity(4096);
     let t0 = mono_ns();
     let period_ns = cfg.rate.map(|r| 1e9 / r);
     let mut scheduled: u64 = 0;
-    let stop = to_instant(cfg.end_ns);
 
     let process =
         |c: &mut Conn, h: &crate::wsclient::FrameHeader, st: &mut PubStats, inflight: &mut u64| {
@@ -528,8 +637,10 @@ async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
         };
 
     loop {
+        let end_ns = cfg.end_ns.get();
+        let stop = to_instant(end_ns);
         let now = mono_ns();
-        if now >= cfg.end_ns {
+        if now >= end_ns {
             break;
         }
         // Send what is due.
@@ -542,11 +653,20 @@ async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
                 break;
             }
             let t = mono_ns();
-            if t >= cfg.end_ns {
+            if t >= end_ns {
                 break;
             }
             msg.clear();
-            build_publish(&mut msg, next_id, &cfg.channel_json, t, cfg.payload);
+            match &cfg.data {
+                PubData::Padded(n) => build_publish(&mut msg, next_id, &cfg.channel_json, t, *n),
+                PubData::Items(items) => build_publish_rest(
+                    &mut msg,
+                    next_id,
+                    &cfg.channel_json,
+                    t,
+                    &items[(next_id as usize) % items.len()],
+                ),
+            }
             c.writer.queue(OP_TEXT, &msg);
             if t >= cfg.start_ns {
                 st.first_win_id.get_or_insert(next_id);
@@ -611,17 +731,21 @@ async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
 }
 
 /// CPU and metrics at one instant.
-struct Sample {
+pub(crate) struct Sample {
     server_cpu: f64,
     gen_cpu: f64,
-    server_core: CoreTimes,
-    gen_core: CoreTimes,
-    metrics: Option<String>,
+    cores: Vec<CoreTimes>,
+    /// wsedge's `/metrics` text.
+    pub metrics: Option<String>,
 }
 
-async fn sample(server: &Server, worker_pids: &[u32], cpus: (usize, usize)) -> Result<Sample> {
-    let server_core = core_times(cpus.0)?;
-    let gen_core = core_times(cpus.1)?;
+/// Samples CPU times (server, generator = driver + workers, every core)
+/// and, for wsedge, `/metrics`.
+pub(crate) async fn sample(server: &Server, worker_pids: &[u32]) -> Result<Sample> {
+    let mut cores = Vec::new();
+    for cpu in 0..crate::procfs::cpus_online() {
+        cores.push(core_times(cpu)?);
+    }
     let server_cpu = cpu_seconds(server.pid)?;
     let mut gen_cpu = cpu_seconds(std::process::id())?;
     for &p in worker_pids {
@@ -634,141 +758,121 @@ async fn sample(server: &Server, worker_pids: &[u32], cpus: (usize, usize)) -> R
     Ok(Sample {
         server_cpu,
         gen_cpu,
-        server_core,
-        gen_core,
+        cores,
         metrics,
     })
 }
 
-/// The `fanout` result line.
-#[derive(Debug, Serialize)]
-struct FanoutResult {
-    workload: &'static str,
-    target: String,
-    subs: u64,
-    rate: serde_json::Value,
-    payload: usize,
-    duration_s: f64,
-    pubs: u64,
-    delivered: u64,
-    delivered_per_s: f64,
-    lat_p50_us: f64,
-    lat_p99_us: f64,
-    lat_p999_us: f64,
-    lat_max_us: f64,
-    losses: i64,
-    server_cpu_s: f64,
-    server_cpu_per_msg_ns: f64,
-    gen_cpu_s: f64,
-    generator_saturated: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    writes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    frames_per_write: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    slow_consumer_drops: Option<u64>,
-    recv_per_s: f64,
-    server_core_busy: f64,
-    server_core_per_msg_ns: f64,
-    gen_core_busy: f64,
-    subs_connected: u64,
-    subs_failed: u64,
-    subs_closed: u64,
-    gaps: u64,
-    out_of_order: u64,
-    pub_errors: u64,
-    pub_unacked: u64,
-    window_offsets: Option<(u64, u64)>,
-    workers: usize,
-    background_busy: (f64, f64),
+/// CPU use between two [`Sample`]s.
+#[derive(Debug, Clone)]
+pub(crate) struct CpuWindow {
+    /// Server utime + stime, s.
+    pub server_cpu_s: f64,
+    /// Driver + workers utime + stime, s.
+    pub gen_cpu_s: f64,
+    /// Busy fraction of every CPU (softirq included).
+    pub cores_busy: Vec<f64>,
+    /// Σ busy fraction over the server's CPUs.
+    pub server_core_busy: f64,
+    /// Busy fraction of the generator's CPU.
+    pub gen_core_busy: f64,
+    /// Busy seconds of the server's CPUs, minus the generator's CPU time
+    /// when it shares one of them (`--shards 2`).
+    pub server_core_s: f64,
+    /// Generator CPU time / all busy CPU time.
+    pub gen_share: f64,
+    /// The generator (not the server) limits the run.
+    pub generator_saturated: bool,
 }
 
-/// Runs the `fanout` workload and prints its JSON line.
-pub fn fanout(args: FanoutArgs) -> Result<()> {
-    pin_self(args.common.gen_cpu)?;
-    let rt = runtime()?;
-    LocalSet::new().block_on(&rt, fanout_async(args))
+/// CPU use between samples `s0` and `s1`, `secs` apart.
+pub(crate) fn cpu_window(s0: &Sample, s1: &Sample, c: &CommonArgs, secs: f64) -> CpuWindow {
+    let cores_busy: Vec<f64> = s1
+        .cores
+        .iter()
+        .zip(&s0.cores)
+        .map(|(b, a)| b.busy_since(a))
+        .collect();
+    let server_cpus = c.server.server_cpus();
+    let server_core_busy: f64 = server_cpus.iter().filter_map(|&i| cores_busy.get(i)).sum();
+    let gen_core_busy = cores_busy.get(c.gen_cpu).copied().unwrap_or(0.0);
+    let gen_cpu_s = s1.gen_cpu - s0.gen_cpu;
+    let shared = server_cpus.contains(&c.gen_cpu);
+    let server_core_s = (server_core_busy * secs - if shared { gen_cpu_s } else { 0.0 }).max(0.0);
+    let all_busy_s: f64 = cores_busy.iter().sum::<f64>() * secs;
+    CpuWindow {
+        server_cpu_s: s1.server_cpu - s0.server_cpu,
+        gen_cpu_s,
+        cores_busy: cores_busy.iter().map(|b| round(*b, 3)).collect(),
+        server_core_busy,
+        gen_core_busy,
+        server_core_s,
+        gen_share: if all_busy_s > 0.0 {
+            gen_cpu_s / all_busy_s
+        } else {
+            0.0
+        },
+        generator_saturated: gen_cpu_s >= 0.95 * secs || gen_core_busy >= 0.95,
+    }
 }
 
-async fn fanout_async(a: FanoutArgs) -> Result<()> {
-    let c = &a.common;
-    if a.duration <= 0.0 || a.warmup < 0.0 {
-        bail!("--duration must be positive and --warmup non-negative");
-    }
-    if let Some(r) = a.rate
-        && (r.is_nan() || r <= 0.0)
-    {
-        bail!("--rate must be positive");
-    }
-    let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server).await?;
-    eprintln!(
-        "wsbench: {} pid {} on {} (log {})",
-        c.target,
-        server.pid,
-        server.client,
-        server.log.display()
-    );
-    let mut workers = spawn_workers(c, server.client, a.subs, &a.channel, 0).await?;
-    let ready = wait_ready(&mut workers).await?;
-    check_alive(&mut server)?;
-    eprintln!(
-        "wsbench: {} subscribers ready ({} failed) in {:.2} s",
-        ready.ok,
-        ready.failed,
-        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
-    );
+/// Sums the lines of metric `name` whose labels contain `label`.
+fn metric_labeled(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with('{') && r.contains(label))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
 
-    let publ = open(
-        server.client,
-        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        u64::MAX / 3,
-        None,
-    )
-    .await
-    .context("opening the publisher connection")?;
-    let start_ns = mono_ns() + (a.warmup * 1e9) as u64 + 50_000_000;
-    let end_ns = start_ns + (a.duration * 1e9) as u64;
-    for w in workers.iter_mut() {
-        match w.call(&Command::Window { start_ns, end_ns }).await? {
-            Event::Ack => {}
-            other => bail!("worker {}: expected ack, got {other:?}", w.id),
+/// wsedge figures over a window, from `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct WsedgeDelta {
+    /// Δ`wsedge_socket_writes_total`.
+    pub writes: Option<u64>,
+    /// Δframes / Δwrites.
+    pub frames_per_write: Option<f64>,
+    /// `wsedge_slow_consumer_drops_total` at the end.
+    pub slow_consumer_drops: Option<u64>,
+    /// Δ`wsedge_publication_encodes_total{kind="json_deflate"}`.
+    pub json_deflate_encodes: Option<u64>,
+}
+
+/// wsedge's counters between two samples (all `None` for the baselines).
+pub(crate) fn wsedge_delta(s0: &Sample, s1: &Sample) -> WsedgeDelta {
+    match (&s0.metrics, &s1.metrics) {
+        (Some(m0), Some(m1)) => {
+            let d = |name: &str| metric_sum(m1, name) - metric_sum(m0, name);
+            let w = d("wsedge_socket_writes_total");
+            let f = d("wsedge_frames_sent_total");
+            let enc =
+                |m: &str| metric_labeled(m, "wsedge_publication_encodes_total", "json_deflate");
+            WsedgeDelta {
+                writes: Some(w as u64),
+                frames_per_write: Some(if w > 0.0 { round(f / w, 2) } else { 0.0 }),
+                slow_consumer_drops: Some(metric_sum(m1, "wsedge_slow_consumer_drops_total") as u64),
+                json_deflate_encodes: Some((enc(m1) - enc(m0)) as u64),
+            }
         }
+        _ => WsedgeDelta::default(),
     }
-    let cfg = PubCfg {
-        channel_json: serde_json::to_string(&a.channel)?,
-        payload: a.payload,
-        rate: a.rate,
-        window: a.window.max(1),
-        start_ns,
-        end_ns,
-        drain: Duration::from_secs_f64(a.drain_s),
-    };
-    let pub_task = tokio::task::spawn_local(publisher(publ, cfg));
-    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+}
 
-    tokio::time::sleep_until(to_instant(start_ns)).await;
-    let cpus = (c.server.server_cpu, c.gen_cpu);
-    let s0 = sample(&server, &pids, cpus).await?;
-    tokio::time::sleep_until(to_instant(end_ns)).await;
-    let s1 = sample(&server, &pids, cpus).await?;
-    let ps = pub_task.await.context("publisher task")??;
-    check_alive(&mut server)?;
+/// Merged worker reports.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    /// Summed counters (and concatenated per-room vectors summed).
+    pub tot: Report,
+    /// Merged latency histogram.
+    pub hist: Histogram<u64>,
+    /// Lowest / highest in-window offset seen.
+    pub offsets: (u64, u64),
+}
 
-    // Wait for in-flight deliveries of the window's publications.
-    let expected = ps.in_window * ready.ok;
-    let deadline = to_instant(end_ns) + Duration::from_secs_f64(a.drain_s);
-    loop {
-        let mut got = 0;
-        for w in workers.iter_mut() {
-            got += w.stats().await?.received_in_window;
-        }
-        if got >= expected || tokio::time::Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+/// Collects and merges every worker's [`Report`]; prints their errors.
+pub(crate) async fn collect_reports(workers: &mut [Worker]) -> Result<Merged> {
     let mut hist: Histogram<u64> = new_histogram();
     let mut tot = Report::default();
     let (mut min_off, mut max_off) = (u64::MAX, 0u64);
@@ -784,9 +888,28 @@ async fn fanout_async(a: FanoutArgs) -> Result<()> {
         tot.stats.received_in_window += r.stats.received_in_window;
         tot.stats.received_during_window += r.stats.received_during_window;
         tot.stats.closed += r.stats.closed;
+        tot.stats.bytes += r.stats.bytes;
+        tot.stats.bytes_during_window += r.stats.bytes_during_window;
         tot.gaps += r.gaps;
         tot.out_of_order += r.out_of_order;
         tot.no_t += r.no_t;
+        tot.deflate_conns += r.deflate_conns;
+        tot.compressed_msgs += r.compressed_msgs;
+        tot.pubs_sent += r.pubs_sent;
+        tot.pubs_sent_in_window += r.pubs_sent_in_window;
+        tot.pubs_acked += r.pubs_acked;
+        tot.pub_errors += r.pub_errors;
+        for (dst, src) in [
+            (&mut tot.room_pubs, &r.room_pubs),
+            (&mut tot.room_members, &r.room_members),
+        ] {
+            if dst.len() < src.len() {
+                dst.resize(src.len(), 0);
+            }
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += s;
+            }
+        }
         min_off = min_off.min(r.min_offset.unwrap_or(u64::MAX));
         max_off = max_off.max(r.max_offset.unwrap_or(0));
         for (k, v) in r.closes {
@@ -796,8 +919,236 @@ async fn fanout_async(a: FanoutArgs) -> Result<()> {
             eprintln!("wsbench: worker {}: error: {e}", w.id);
         }
     }
+    Ok(Merged {
+        tot,
+        hist,
+        offsets: (min_off, max_off),
+    })
+}
+
+/// `secs` per delivered message in ns, `None` when nothing was delivered.
+pub(crate) fn per_msg_ns(secs: f64, delivered: u64) -> Option<f64> {
+    (delivered > 0).then(|| round(secs * 1e9 / delivered as f64, 1))
+}
+
+/// Latency percentiles in µs: p50, p99, p99.9, max.
+pub(crate) fn percentiles_us(h: &Histogram<u64>) -> (f64, f64, f64, f64) {
+    let us = |q: f64| round(h.value_at_quantile(q) as f64 / 1000.0, 1);
+    (
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        round(h.max() as f64 / 1000.0, 1),
+    )
+}
+
+/// The `fanout` / `compression` result line.
+#[derive(Debug, Serialize)]
+struct FanoutResult {
+    workload: &'static str,
+    target: String,
+    subs: u64,
+    rate: serde_json::Value,
+    payload: usize,
+    duration_s: f64,
+    pubs: u64,
+    delivered: u64,
+    delivered_per_s: f64,
+    lat_p50_us: f64,
+    lat_p99_us: f64,
+    lat_p999_us: f64,
+    lat_max_us: f64,
+    /// Among the verifying subscribers.
+    losses: i64,
+    /// Subscribers that verified every push (see `--inflate-every`).
+    verifiers: u64,
+    server_cpu_s: f64,
+    server_cpu_per_msg_ns: Option<f64>,
+    server_cpu_per_recv_ns: Option<f64>,
+    gen_cpu_s: f64,
+    generator_saturated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frames_per_write: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    slow_consumer_drops: Option<u64>,
+    recv_per_s: f64,
+    server_core_busy: f64,
+    server_core_per_msg_ns: Option<f64>,
+    gen_core_busy: f64,
+    cores_busy: Vec<f64>,
+    gen_share: f64,
+    shards: usize,
+    /// CPUs the server was pinned to.
+    server_cores: usize,
+    wire_bytes: u64,
+    wire_bytes_per_msg: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deflate: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deflate_conns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compressed_msgs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    json_deflate_encodes: Option<u64>,
+    subs_connected: u64,
+    subs_failed: u64,
+    subs_closed: u64,
+    gaps: u64,
+    out_of_order: u64,
+    pub_errors: u64,
+    pub_unacked: u64,
+    window_offsets: Option<(u64, u64)>,
+    workers: usize,
+    background_busy: (f64, f64),
+}
+
+/// What distinguishes `compression` from plain `fanout`.
+struct FanoutExtra {
+    workload: &'static str,
+    data: PubData,
+    /// `None`: no offer, target defaults; `Some(on)`: see [`Server::start`].
+    deflate: Option<bool>,
+    /// See [`CompressionArgs::inflate_every`].
+    inflate_every: u64,
+}
+
+/// Runs the `fanout` workload and prints its JSON line.
+pub fn fanout(args: FanoutArgs) -> Result<()> {
+    pin_self(args.common.gen_cpu)?;
+    let rt = runtime()?;
+    let extra = FanoutExtra {
+        workload: "fanout",
+        data: PubData::Padded(args.payload),
+        deflate: None,
+        inflate_every: 1,
+    };
+    LocalSet::new().block_on(&rt, fanout_async(args, extra))
+}
+
+/// Runs the `compression` workload and prints its JSON line.
+pub fn compression(a: CompressionArgs) -> Result<()> {
+    pin_self(a.common.gen_cpu)?;
+    let rt = runtime()?;
+    let items = feed_items(a.items.max(1), a.item_bytes);
+    // `payload` reports the mean `data` size: `{"t":<16 digits>,` + item.
+    let mean = items.iter().map(|i| i.len()).sum::<usize>() / items.len() + 22;
+    let f = FanoutArgs {
+        common: a.common,
+        subs: a.subs,
+        payload: mean,
+        duration: a.duration,
+        rate: a.rate,
+        window: a.window,
+        warmup: a.warmup,
+        drain_s: a.drain_s,
+        channel: "feed".to_string(),
+    };
+    let extra = FanoutExtra {
+        workload: "compression",
+        data: PubData::Items(Rc::new(items)),
+        deflate: Some(a.deflate == OnOff::On),
+        inflate_every: a.inflate_every.max(1),
+    };
+    LocalSet::new().block_on(&rt, fanout_async(f, extra))
+}
+
+async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
+    let c = &a.common;
+    if a.duration <= 0.0 || a.warmup < 0.0 {
+        bail!("--duration must be positive and --warmup non-negative");
+    }
+    if let Some(r) = a.rate
+        && (r.is_nan() || r <= 0.0)
+    {
+        bail!("--rate must be positive");
+    }
+    let background = background_busy(c, 1.0).await?;
+    let mut server = Server::start(c.target, &c.server, x.deflate).await?;
+    eprintln!(
+        "wsbench: {} pid {} on {} (log {})",
+        c.target,
+        server.pid,
+        server.client,
+        server.log.display()
+    );
+    let spec = WorkerSpec {
+        channel: &a.channel,
+        channels: 0,
+        mode: Mode::Subscribe,
+        deflate: x.deflate == Some(true),
+        inflate_every: x.inflate_every,
+    };
+    let mut workers = spawn_workers(c, server.client, a.subs, &spec).await?;
+    let ready = wait_ready(&mut workers).await?;
+    check_alive(&mut server)?;
+    eprintln!(
+        "wsbench: {} subscribers ready ({} failed) in {:.2} s",
+        ready.ok,
+        ready.failed,
+        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
+    );
+
+    let publ = open(
+        server.client,
+        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        u64::MAX / 3,
+        None,
+        false,
+    )
+    .await
+    .context("opening the publisher connection")?;
+    let start_ns = mono_ns() + (a.warmup * 1e9) as u64 + 50_000_000;
+    let end_ns = start_ns + (a.duration * 1e9) as u64;
+    for w in workers.iter_mut() {
+        match w.call(&Command::Window { start_ns, end_ns }).await? {
+            Event::Ack => {}
+            other => bail!("worker {}: expected ack, got {other:?}", w.id),
+        }
+    }
+    let cfg = PubCfg {
+        channel_json: serde_json::to_string(&a.channel)?,
+        data: x.data.clone(),
+        rate: a.rate,
+        window: a.window.max(1),
+        start_ns,
+        end_ns: Rc::new(Cell::new(end_ns)),
+        drain: Duration::from_secs_f64(a.drain_s),
+    };
+    let pub_task = tokio::task::spawn_local(publisher(publ, cfg));
+    let pids: Vec<u32> = workers.iter().map(|w| w.pid).collect();
+
+    tokio::time::sleep_until(to_instant(start_ns)).await;
+    let s0 = sample(&server, &pids).await?;
+    tokio::time::sleep_until(to_instant(end_ns)).await;
+    let s1 = sample(&server, &pids).await?;
+    let ps = pub_task.await.context("publisher task")??;
+    check_alive(&mut server)?;
+
+    // Wait for in-flight deliveries of the window's publications (to the
+    // verifying subscribers: all of them unless `--inflate-every`).
+    let mut verifiers = 0;
+    for w in workers.iter_mut() {
+        verifiers += w.stats().await?.verifiers;
+    }
+    let expected = ps.in_window * verifiers;
+    let deadline = to_instant(end_ns) + Duration::from_secs_f64(a.drain_s);
+    loop {
+        let mut got = 0;
+        for w in workers.iter_mut() {
+            got += w.stats().await?.received_in_window;
+        }
+        if got >= expected || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let m = collect_reports(&mut workers).await?;
+    let (min_off, max_off) = m.offsets;
     if let (Some(lo), Some(hi)) = (ps.lo, ps.hi)
-        && tot.stats.received_in_window > 0
+        && m.tot.stats.received_in_window > 0
         && (min_off < lo || max_off > hi)
     {
         eprintln!(
@@ -808,28 +1159,22 @@ async fn fanout_async(a: FanoutArgs) -> Result<()> {
         eprintln!("wsbench: {} publish error(s), first: {e}", ps.errors);
     }
 
-    let delivered = tot.stats.received_in_window;
-    let server_core_busy = s1.server_core.busy_since(&s0.server_core);
-    let gen_core_busy = s1.gen_core.busy_since(&s0.gen_core);
-    let server_cpu_s = s1.server_cpu - s0.server_cpu;
-    let gen_cpu_s = s1.gen_cpu - s0.gen_cpu;
-    let us = |q: f64| round(hist.value_at_quantile(q) as f64 / 1000.0, 1);
-    let (writes, fpw, drops) = match (&s0.metrics, &s1.metrics) {
-        (Some(m0), Some(m1)) => {
-            let d = |name: &str| metric_sum(m1, name) - metric_sum(m0, name);
-            let w = d("wsedge_socket_writes_total");
-            let f = d("wsedge_frames_sent_total");
-            let drops = metric_sum(m1, "wsedge_slow_consumer_drops_total");
-            (
-                Some(w as u64),
-                Some(if w > 0.0 { round(f / w, 2) } else { 0.0 }),
-                Some(drops as u64),
-            )
-        }
-        _ => (None, None, None),
+    let tot = &m.tot;
+    // Sampled verification: only the verifiers count pushes by their
+    // publication time, so throughput and CPU per message use what every
+    // subscriber received while the window was open.
+    let sampled = verifiers < ready.ok;
+    let delivered = if sampled {
+        tot.stats.received_during_window
+    } else {
+        tot.stats.received_in_window
     };
+    let cpu = cpu_window(&s0, &s1, c, a.duration);
+    let (p50, p99, p999, max) = percentiles_us(&m.hist);
+    let wd = wsedge_delta(&s0, &s1);
+    let compression = x.deflate.is_some();
     let res = FanoutResult {
-        workload: "fanout",
+        workload: x.workload,
         target: c.target.to_string(),
         subs: a.subs,
         rate: match a.rate {
@@ -841,25 +1186,41 @@ async fn fanout_async(a: FanoutArgs) -> Result<()> {
         pubs: ps.in_window,
         delivered,
         delivered_per_s: round(delivered as f64 / a.duration, 1),
-        lat_p50_us: us(0.5),
-        lat_p99_us: us(0.99),
-        lat_p999_us: us(0.999),
-        lat_max_us: round(hist.max() as f64 / 1000.0, 1),
-        losses: (ps.in_window * ready.ok) as i64 - delivered as i64,
-        server_cpu_s: round(server_cpu_s, 2),
-        server_cpu_per_msg_ns: round(server_cpu_s * 1e9 / (delivered.max(1) as f64), 1),
-        gen_cpu_s: round(gen_cpu_s, 2),
-        generator_saturated: gen_cpu_s >= 0.95 * a.duration || gen_core_busy >= 0.95,
-        writes,
-        frames_per_write: fpw,
-        slow_consumer_drops: drops,
+        lat_p50_us: p50,
+        lat_p99_us: p99,
+        lat_p999_us: p999,
+        lat_max_us: max,
+        losses: expected as i64 - tot.stats.received_in_window as i64,
+        verifiers,
+        server_cpu_s: round(cpu.server_cpu_s, 2),
+        server_cpu_per_msg_ns: per_msg_ns(cpu.server_cpu_s, delivered),
+        server_cpu_per_recv_ns: per_msg_ns(cpu.server_cpu_s, tot.stats.received_during_window),
+        gen_cpu_s: round(cpu.gen_cpu_s, 2),
+        generator_saturated: cpu.generator_saturated,
+        writes: wd.writes,
+        frames_per_write: wd.frames_per_write,
+        slow_consumer_drops: wd.slow_consumer_drops,
         recv_per_s: round(tot.stats.received_during_window as f64 / a.duration, 1),
-        server_core_busy: round(server_core_busy, 3),
-        server_core_per_msg_ns: round(
-            server_core_busy * a.duration * 1e9 / (delivered.max(1) as f64),
+        server_core_busy: round(cpu.server_core_busy, 3),
+        server_core_per_msg_ns: per_msg_ns(cpu.server_core_s, delivered),
+        gen_core_busy: round(cpu.gen_core_busy, 3),
+        cores_busy: cpu.cores_busy.clone(),
+        gen_share: round(cpu.gen_share, 3),
+        shards: c.server.shards,
+        server_cores: c.server.server_cpus().len(),
+        wire_bytes: tot.stats.bytes_during_window,
+        wire_bytes_per_msg: round(
+            tot.stats.bytes_during_window as f64 / tot.stats.received_during_window.max(1) as f64,
             1,
         ),
-        gen_core_busy: round(gen_core_busy, 3),
+        deflate: x.deflate.map(|d| if d { "on" } else { "off" }),
+        deflate_conns: compression.then_some(tot.deflate_conns),
+        compressed_msgs: compression.then_some(tot.compressed_msgs),
+        json_deflate_encodes: if compression {
+            wd.json_deflate_encodes
+        } else {
+            None
+        },
         subs_connected: ready.ok,
         subs_failed: ready.failed,
         subs_closed: tot.stats.closed,
@@ -882,23 +1243,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn publish_payload_size() {
-        for payload in [40, 100, 1000] {
-            let mut out = Vec::new();
-            build_publish(&mut out, 7, "\"bench\"", 123_456_789_012, payload);
-            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-            let data = serde_json::to_string(&v["publish"]["data"]).unwrap();
-            assert_eq!(data.len(), payload, "{data}");
-            assert_eq!(v["publish"]["data"]["t"], 123_456_789_012u64);
-        }
-    }
-
-    #[test]
     fn plans() {
         assert_eq!(plan(19_000, 2), vec![9_500, 9_500]);
         assert_eq!(plan(5, 2), vec![3, 2]);
         assert_eq!(worker_count(2_000, None).unwrap(), 1);
         assert_eq!(worker_count(19_000, None).unwrap(), 2);
+        assert_eq!(worker_count(15_000, None).unwrap(), 2);
+        assert_eq!(worker_count(10_000, None).unwrap(), 1);
         assert!(worker_count(40_000, Some(2)).is_err());
+    }
+
+    #[test]
+    fn labeled_metric() {
+        let t = "wsedge_publication_encodes_total{kind=\"json\"} 5\nwsedge_publication_encodes_total{kind=\"json_deflate\"} 7\n";
+        assert_eq!(
+            metric_labeled(t, "wsedge_publication_encodes_total", "\"json_deflate\""),
+            7.0
+        );
     }
 }

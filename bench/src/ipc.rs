@@ -16,6 +16,25 @@ pub enum Command {
         /// Window end (exclusive), `CLOCK_MONOTONIC` ns.
         end_ns: u64,
     },
+    /// `rooms`: every connection starts publishing to its room at
+    /// `rate_per_conn`, connection g first at `start_ns + g/total × period`,
+    /// until `end_ns`. Answered with [`Event::Ack`].
+    Publish {
+        /// First publication slot, `CLOCK_MONOTONIC` ns.
+        start_ns: u64,
+        /// No publication at or after this, `CLOCK_MONOTONIC` ns.
+        end_ns: u64,
+        /// Publications per second per connection.
+        rate_per_conn: f64,
+        /// Size of each publication's `data`, bytes.
+        payload: usize,
+    },
+    /// `storm`: drop every established connection at once (abortive close,
+    /// no close handshake), then reconnect, `connect` and resubscribe each.
+    /// Answered with [`Event::Ack`] once the command is applied.
+    Drop,
+    /// `storm`: asks for [`Event::Storm`].
+    StormStatus,
     /// Asks for the running counters ([`Event::Stats`]).
     Stats,
     /// Asks for the final report ([`Event::Report`]).
@@ -36,6 +55,39 @@ pub enum Event {
     Stats(Stats),
     /// Final report.
     Report(Report),
+    /// Progress of a storm.
+    Storm(StormStatus),
+}
+
+/// Progress of a `storm` in one worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StormStatus {
+    /// `CLOCK_MONOTONIC` ns when the worker started dropping.
+    pub drop_ns: u64,
+    /// Established connections when the drop command arrived.
+    pub live_at_drop: u64,
+    /// Of those, closed so far.
+    pub dropped: u64,
+    /// `CLOCK_MONOTONIC` ns when the last of them was closed.
+    pub closed_all_ns: u64,
+    /// Reconnected and resubscribed.
+    pub resubscribed: u64,
+    /// Reconnections that failed (see `errors`).
+    pub failed: u64,
+    /// `CLOCK_MONOTONIC` ns of the last subscribe reply.
+    pub last_sub_ns: u64,
+    /// Resubscribed connections that have received a publication published
+    /// after their resubscription.
+    pub receiving: u64,
+    /// `CLOCK_MONOTONIC` ns of the last such first publication.
+    pub last_recv_ns: u64,
+    /// Per-connection time from the drop to the subscribe reply, ns
+    /// histogram as `(value, count)`.
+    pub sub_hist: Vec<(u64, u64)>,
+    /// Per-connection time from the drop to the first new publication.
+    pub recv_hist: Vec<(u64, u64)>,
+    /// The first few distinct error messages.
+    pub errors: Vec<String>,
 }
 
 /// The result of the connection phase.
@@ -65,6 +117,16 @@ pub struct Stats {
     pub received_during_window: u64,
     /// Connections that ended after being established (close, EOF, error).
     pub closed: u64,
+    /// Bytes read from the sockets (what came over the wire), all.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Bytes read while the window was open.
+    #[serde(default)]
+    pub bytes_during_window: u64,
+    /// Connections that verify (inflate, check offsets, time) every push;
+    /// the others only count them (`--inflate-every`).
+    #[serde(default)]
+    pub verifiers: u64,
 }
 
 /// Final report of one worker.
@@ -86,6 +148,31 @@ pub struct Report {
     pub hist: Vec<(u64, u64)>,
     /// Close codes / disconnect reasons of established connections, with counts.
     pub closes: Vec<(String, u64)>,
+    /// Connections that negotiated `permessage-deflate`.
+    #[serde(default)]
+    pub deflate_conns: u64,
+    /// Compressed (RSV1) messages received and inflated.
+    #[serde(default)]
+    pub compressed_msgs: u64,
+    /// `rooms`: per room, this worker's publications whose `t` is in the
+    /// window and that were acknowledged.
+    #[serde(default)]
+    pub room_pubs: Vec<u64>,
+    /// `rooms`: per room, this worker's subscribed members.
+    #[serde(default)]
+    pub room_members: Vec<u64>,
+    /// `rooms`: publications sent (all).
+    #[serde(default)]
+    pub pubs_sent: u64,
+    /// `rooms`: publications with `t` in the window that were sent.
+    #[serde(default)]
+    pub pubs_sent_in_window: u64,
+    /// `rooms`: publish replies (success).
+    #[serde(default)]
+    pub pubs_acked: u64,
+    /// `rooms`: publish error replies.
+    #[serde(default)]
+    pub pub_errors: u64,
     /// The first few distinct error messages.
     pub errors: Vec<String>,
 }

@@ -5,8 +5,9 @@
 //! run) and the *worker* (a hidden subcommand holding thousands of cheap
 //! WebSocket client connections on a single-threaded tokio runtime). A
 //! second binary, `baseline_fastws`, is an idiomatic tokio + fastwebsockets
-//! broadcast server speaking the same JSON wire subset, used as the
-//! comparison target.
+//! broadcast server speaking the same JSON wire subset; `baseline_tungstenite`
+//! (tokio + tokio-tungstenite) and `baselines/node-ws` (Node.js + `ws`) are
+//! further comparison targets.
 //!
 //! Module map:
 //! - [`clock`]: `CLOCK_MONOTONIC` nanoseconds, comparable across processes.
@@ -17,16 +18,25 @@
 //! - [`ipc`]: the newline-JSON messages between driver and workers.
 //! - [`worker`]: the worker process.
 //! - [`target`]: starting and stopping the server under test, `/metrics` scraping.
-//! - [`driver`]: the `idle` and `fanout` workloads.
+//! - [`payload`]: publication bodies (padded, realistic feed items).
+//! - [`driver`]: the `idle`, `fanout` and `compression` workloads and shared helpers.
+//! - [`rooms`]: the `rooms` workload.
+//! - [`storm`]: the `storm` workload (drop everything, reconnect).
+//! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
 
+pub mod baseline;
 pub mod clock;
 pub mod conn;
 pub mod driver;
+pub mod floor;
 pub mod ipc;
+pub mod payload;
 pub mod procfs;
+pub mod rooms;
 pub mod scan;
+pub mod storm;
 pub mod target;
 pub mod worker;
 pub mod wsclient;

@@ -52,6 +52,16 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((tick(11)? + tick(12)?) / clk_tck())
 }
 
+/// CPUs online (`_SC_NPROCESSORS_ONLN`): unlike
+/// `std::thread::available_parallelism`, not limited by this process's
+/// CPU affinity.
+pub fn cpus_online() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .map_or(2, |n| n.max(1) as usize)
+}
+
 /// Cumulative time of one CPU from `/proc/stat`, in clock ticks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CoreTimes {

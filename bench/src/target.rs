@@ -16,10 +16,24 @@ use tokio::process::{Child, Command};
 /// Which server to benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
-    /// The wsedge release binary (`--shards 1`).
+    /// The wsedge release binary (`--shards 1` unless `--shards` says otherwise).
     Wsedge,
     /// The `baseline_fastws` binary of this crate.
     TokioFastws,
+    /// The `baseline_tungstenite` binary of this crate.
+    TokioTungstenite,
+    /// `baselines/node-ws/server.js` (Node.js + the `ws` package).
+    NodeWs,
+}
+
+impl Target {
+    /// Every target, in reporting order.
+    pub const ALL: [Target; 4] = [
+        Target::Wsedge,
+        Target::TokioFastws,
+        Target::TokioTungstenite,
+        Target::NodeWs,
+    ];
 }
 
 impl fmt::Display for Target {
@@ -27,6 +41,8 @@ impl fmt::Display for Target {
         f.write_str(match self {
             Target::Wsedge => "wsedge",
             Target::TokioFastws => "tokio-fastws",
+            Target::TokioTungstenite => "tokio-tungstenite",
+            Target::NodeWs => "node-ws",
         })
     }
 }
@@ -38,12 +54,76 @@ pub struct TargetOpts {
     /// repository's `target/release/wsedge`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/wsedge"))]
     pub wsedge_bin: PathBuf,
-    /// The baseline binary (default: `baseline_fastws` next to `wsbench`).
+    /// The `tokio-fastws` binary (default: `baseline_fastws` next to `wsbench`).
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
-    /// CPU the server is pinned to (`taskset -c`).
+    /// The `tokio-tungstenite` binary (default: `baseline_tungstenite` next
+    /// to `wsbench`).
+    #[arg(long)]
+    pub tungstenite_bin: Option<PathBuf>,
+    /// The Node.js executable for `node-ws`.
+    #[arg(long, default_value = "node")]
+    pub node_bin: PathBuf,
+    /// CPU the server is pinned to (`taskset -c`); with `--shards N > 1`,
+    /// the first of N consecutive CPUs (modulo the CPU count).
     #[arg(long, default_value_t = 0)]
     pub server_cpu: usize,
+    /// wsedge only: shards (one thread each). With N > 1 the server is
+    /// pinned to N CPUs, so it shares the generator's CPU.
+    #[arg(long, default_value_t = 1)]
+    pub shards: usize,
+    /// CPUs the server is pinned to (default: one per shard). `--shards 2
+    /// --server-cores 1` puts both shards on `--server-cpu`, leaving the
+    /// generator its own CPU: what crossing shards costs, without two
+    /// shards' worth of cores.
+    #[arg(long)]
+    pub server_cores: Option<usize>,
+}
+
+impl TargetOpts {
+    /// The CPUs the server is pinned to.
+    pub fn server_cpus(&self) -> Vec<usize> {
+        let n = crate::procfs::cpus_online();
+        let k = self.server_cores.unwrap_or(self.shards).clamp(1, n);
+        let mut v: Vec<usize> = (0..k).map(|i| (self.server_cpu + i) % n).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Directory of the Node.js baseline (`server.js`, `package.json`, lockfile).
+pub const NODE_WS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines/node-ws");
+
+/// Runs `npm install` in [`NODE_WS_DIR`] if `node_modules` is missing.
+pub async fn ensure_node_modules() -> Result<()> {
+    let dir = Path::new(NODE_WS_DIR);
+    if dir.join("node_modules/ws/package.json").exists() {
+        return Ok(());
+    }
+    eprintln!(
+        "wsbench: node_modules missing: npm install in {}",
+        dir.display()
+    );
+    let st = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+        .await
+        .context("running npm (is Node.js + npm installed?)")?;
+    if !st.success() {
+        bail!("npm install in {} failed: {st}", dir.display());
+    }
+    Ok(())
+}
+
+fn sibling_bin(name: &str) -> Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .ok_or_else(|| anyhow!("no parent dir of current exe"))?
+        .join(name))
 }
 
 /// A running server.
@@ -76,32 +156,73 @@ pub fn tail(path: &Path, n: usize) -> String {
 
 impl Server {
     /// Starts `target` on ephemeral loopback ports, pinned to
-    /// `opts.server_cpu`, and waits for its `listening` line.
-    pub async fn start(target: Target, opts: &TargetOpts) -> Result<Server> {
+    /// `opts.server_cpus()`, and waits for its `listening` line.
+    ///
+    /// `compression`: `None` leaves the target's default (wsedge: on, but
+    /// only used when a client offers it; node-ws: off); `Some(false)` sets
+    /// `WSEDGE_COMPRESSION=false` for wsedge and `--compression off` for
+    /// node-ws; `Some(true)` leaves wsedge's default and passes
+    /// `--compression on` to node-ws. The Rust baselines have none.
+    pub async fn start(
+        target: Target,
+        opts: &TargetOpts,
+        compression: Option<bool>,
+    ) -> Result<Server> {
         let bin = match target {
             Target::Wsedge => opts.wsedge_bin.clone(),
             Target::TokioFastws => match &opts.baseline_bin {
                 Some(b) => b.clone(),
-                None => std::env::current_exe()?
-                    .parent()
-                    .ok_or_else(|| anyhow!("no parent dir of current exe"))?
-                    .join("baseline_fastws"),
+                None => sibling_bin("baseline_fastws")?,
             },
+            Target::TokioTungstenite => match &opts.tungstenite_bin {
+                Some(b) => b.clone(),
+                None => sibling_bin("baseline_tungstenite")?,
+            },
+            Target::NodeWs => {
+                ensure_node_modules().await?;
+                Path::new(NODE_WS_DIR).join("server.js")
+            }
         };
         if !bin.exists() {
             bail!("server binary {} does not exist", bin.display());
         }
+        if target != Target::Wsedge && opts.shards != 1 {
+            bail!("--shards applies to wsedge only");
+        }
         let log = std::env::temp_dir().join(format!("wsbench-{}-{target}.log", std::process::id()));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let cpus: Vec<String> = opts.server_cpus().iter().map(|c| c.to_string()).collect();
         let mut cmd = Command::new("taskset");
-        cmd.arg("-c").arg(opts.server_cpu.to_string()).arg(&bin);
+        cmd.arg("-c").arg(cpus.join(","));
+        if target == Target::NodeWs {
+            cmd.arg(&opts.node_bin);
+        }
+        cmd.arg(&bin);
         cmd.args(["--listen", "127.0.0.1:0"]);
-        if target == Target::Wsedge {
-            cmd.args(["--admin-listen", "127.0.0.1:0", "--shards", "1"]);
-            if std::env::var_os("WSEDGE_DRAIN_TIMEOUT").is_none() {
-                cmd.env("WSEDGE_DRAIN_TIMEOUT", "1s");
+        match target {
+            Target::Wsedge => {
+                cmd.args(["--admin-listen", "127.0.0.1:0", "--shards"]);
+                cmd.arg(opts.shards.max(1).to_string());
+                if std::env::var_os("WSEDGE_DRAIN_TIMEOUT").is_none() {
+                    cmd.env("WSEDGE_DRAIN_TIMEOUT", "1s");
+                }
+                if compression == Some(false) {
+                    cmd.env("WSEDGE_COMPRESSION", "false");
+                }
+                // The bench publishes flat out from one connection; the
+                // per-connection command rate limit (200/s by default)
+                // would otherwise be what it measures. The baselines have
+                // no such limit.
+                if std::env::var_os("WSEDGE_MAX_COMMANDS_PER_SECOND").is_none() {
+                    cmd.env("WSEDGE_MAX_COMMANDS_PER_SECOND", "0");
+                }
             }
+            Target::NodeWs => {
+                let on = compression == Some(true);
+                cmd.args(["--compression", if on { "on" } else { "off" }]);
+            }
+            Target::TokioFastws | Target::TokioTungstenite => {}
         }
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)

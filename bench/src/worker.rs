@@ -1,6 +1,11 @@
 //! The worker process: holds many client connections on one
 //! single-threaded tokio runtime, each connection a task, and answers the
 //! driver's commands on stdin/stdout.
+//!
+//! Modes ([`Mode`]): `subscribe` (idle, fanout, compression: subscribe and
+//! count pushes), `rooms` (subscribe to a room and publish to it at a fixed
+//! rate) and `storm` (subscribe; on [`Command::Drop`] drop every connection
+//! at once and reconnect).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -11,14 +16,27 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::LocalSet;
 
-use crate::clock::mono_ns;
+use crate::clock::{mono_ns, to_instant};
 use crate::conn::{Conn, Control, handle_control, open};
-use crate::ipc::{Command, Event, Ready, Report, Stats};
+use crate::ipc::{Command, Event, Ready, Report, Stats, StormStatus};
+use crate::payload::build_publish;
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::wsclient::OP_TEXT;
+
+/// What the connections of a worker do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Subscribe, then only receive (`idle`, `fanout`, `compression`).
+    Subscribe,
+    /// Subscribe to `{channel}{g % channels}` and publish to it when told
+    /// ([`Command::Publish`]).
+    Rooms,
+    /// Subscribe; on [`Command::Drop`] drop and re-establish everything.
+    Storm,
+}
 
 /// Worker settings (given by the driver on the command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -35,6 +53,9 @@ pub struct WorkerArgs {
     /// Global index of this worker's first connection.
     #[arg(long, default_value_t = 0)]
     pub base: u64,
+    /// Connections over all workers (spreads the `rooms` publish phases).
+    #[arg(long, default_value_t = 0)]
+    pub total: u64,
     /// Channel name, or prefix when `--channels` > 0.
     #[arg(long)]
     pub channel: String,
@@ -48,6 +69,18 @@ pub struct WorkerArgs {
     /// Seconds a connection may take from connect to subscribe reply.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
+    /// Offer `permessage-deflate` (and inflate compressed pushes).
+    #[arg(long)]
+    pub deflate: bool,
+    /// What the connections do.
+    #[arg(long, value_enum, default_value_t = Mode::Subscribe)]
+    pub mode: Mode,
+    /// With `--deflate`, subscriber i inflates and verifies pushes only if
+    /// i % N == 0; the others count them by arrival time without inflating
+    /// (so a flat-out compression run measures the server, not the
+    /// generator's inflate).
+    #[arg(long, default_value_t = 1)]
+    pub inflate_every: u64,
 }
 
 /// Largest latency the histogram records (1 hour in ns); larger values saturate.
@@ -58,18 +91,51 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIST_MAX_NS, 3).expect("valid histogram bounds")
 }
 
+/// A histogram as `(value, count)` pairs, for the driver.
+pub fn hist_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
 const MAX_ERRORS: usize = 5;
 
+/// The `rooms` publishing schedule.
+#[derive(Debug, Clone, Copy)]
+struct PubPlan {
+    start_ns: u64,
+    end_ns: u64,
+    period_ns: f64,
+    payload: usize,
+}
+
+/// Storm bookkeeping.
+struct Storm {
+    /// Drop generation: bumped by [`Command::Drop`].
+    drop_tx: watch::Sender<u64>,
+    /// Reconnect generation: bumped when every connection is closed.
+    reconnect_tx: watch::Sender<u64>,
+    status: RefCell<StormStatus>,
+    sub_hist: RefCell<Histogram<u64>>,
+    recv_hist: RefCell<Histogram<u64>>,
+}
+
 struct State {
-    total: u64,
+    args: WorkerArgs,
     window: Cell<(u64, u64)>,
     ok: Cell<u64>,
     failed: Cell<u64>,
     first_ns: Cell<u64>,
     last_ns: Cell<u64>,
+    live: Cell<u64>,
     received: Cell<u64>,
     in_window: Cell<u64>,
     during_window: Cell<u64>,
+    bytes: Cell<u64>,
+    bytes_during: Cell<u64>,
+    deflate_conns: Cell<u64>,
+    compressed: Cell<u64>,
+    verifiers: Cell<u64>,
     no_t: Cell<u64>,
     gaps: Cell<u64>,
     ooo: Cell<u64>,
@@ -80,6 +146,20 @@ struct State {
     errors: RefCell<Vec<String>>,
     closes: RefCell<BTreeMap<String, u64>>,
     setup_done: Notify,
+    // rooms
+    plan_tx: watch::Sender<Option<PubPlan>>,
+    room_pubs: RefCell<Vec<u64>>,
+    room_members: RefCell<Vec<u64>>,
+    pubs_sent: Cell<u64>,
+    pubs_sent_in_window: Cell<u64>,
+    pubs_acked: Cell<u64>,
+    pub_errors: Cell<u64>,
+    // storm
+    storm: Storm,
+}
+
+fn bump(c: &Cell<u64>, n: u64) {
+    c.set(c.get() + n);
 }
 
 impl State {
@@ -91,7 +171,7 @@ impl State {
     }
 
     fn setup_finished(&self) {
-        if self.ok.get() + self.failed.get() == self.total {
+        if self.ok.get() + self.failed.get() == self.args.conns {
             self.setup_done.notify_one();
         }
     }
@@ -102,11 +182,13 @@ impl State {
             received_in_window: self.in_window.get(),
             received_during_window: self.during_window.get(),
             closed: self.closed.get(),
+            bytes: self.bytes.get(),
+            bytes_during_window: self.bytes_during.get(),
+            verifiers: self.verifiers.get(),
         }
     }
 
     fn report(&self) -> Report {
-        let hist = self.hist.borrow();
         let any = self.in_window.get() > 0;
         Report {
             stats: self.stats(),
@@ -115,10 +197,7 @@ impl State {
             no_t: self.no_t.get(),
             min_offset: any.then(|| self.min_off.get()),
             max_offset: any.then(|| self.max_off.get()),
-            hist: hist
-                .iter_recorded()
-                .map(|v| (v.value_iterated_to(), v.count_at_value()))
-                .collect(),
+            hist: hist_pairs(&self.hist.borrow()),
             closes: self
                 .closes
                 .borrow()
@@ -126,7 +205,97 @@ impl State {
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
             errors: self.errors.borrow().clone(),
+            deflate_conns: self.deflate_conns.get(),
+            compressed_msgs: self.compressed.get(),
+            room_pubs: self.room_pubs.borrow().clone(),
+            room_members: self.room_members.borrow().clone(),
+            pubs_sent: self.pubs_sent.get(),
+            pubs_sent_in_window: self.pubs_sent_in_window.get(),
+            pubs_acked: self.pubs_acked.get(),
+            pub_errors: self.pub_errors.get(),
         }
+    }
+
+    fn storm_status(&self) -> StormStatus {
+        let mut s = self.storm.status.borrow().clone();
+        s.sub_hist = hist_pairs(&self.storm.sub_hist.borrow());
+        s.recv_hist = hist_pairs(&self.storm.recv_hist.borrow());
+        s.errors = self.errors.borrow().clone();
+        s
+    }
+
+    /// Counts one `pub` push received at `now` (a read's timestamp).
+    fn on_pub(&self, last: &mut u64, offset: u64, t: Option<u64>, now: u64) {
+        self.on_unverified_pub(now);
+        let (ws, we) = self.window.get();
+        if offset > *last + 1 {
+            bump(&self.gaps, offset - *last - 1);
+        } else if offset <= *last {
+            bump(&self.ooo, 1);
+        }
+        *last = (*last).max(offset);
+        match t {
+            Some(t) if t >= ws && t < we => {
+                bump(&self.in_window, 1);
+                self.hist
+                    .borrow_mut()
+                    .saturating_record(now.saturating_sub(t).max(1));
+                self.min_off.set(self.min_off.get().min(offset));
+                self.max_off.set(self.max_off.get().max(offset));
+            }
+            Some(_) => {}
+            None => bump(&self.no_t, 1),
+        }
+    }
+
+    /// Counts a push by its arrival time only (a non-verifying subscriber).
+    fn on_unverified_pub(&self, now: u64) {
+        bump(&self.received, 1);
+        let (ws, we) = self.window.get();
+        if now >= ws && now < we {
+            bump(&self.during_window, 1);
+        }
+    }
+}
+
+/// Per-connection read bookkeeping: one receive timestamp per socket read
+/// (frames that came in one read arrived together, and `clock_gettime`
+/// per frame is measurable), and the bytes each read brought.
+struct ReadStamp {
+    reads: u64,
+    bytes: u64,
+    inflated: u64,
+    now: u64,
+}
+
+impl ReadStamp {
+    fn new(c: &Conn) -> Self {
+        Self {
+            reads: c.reader.reads(),
+            bytes: c.reader.bytes(),
+            inflated: c.reader.inflated(),
+            now: mono_ns(),
+        }
+    }
+
+    /// Updates the timestamp and the byte counters if a read happened.
+    fn update(&mut self, c: &Conn, st: &State) {
+        if c.reader.reads() == self.reads {
+            return;
+        }
+        self.reads = c.reader.reads();
+        self.now = mono_ns();
+        let b = c.reader.bytes();
+        let delta = b - self.bytes;
+        self.bytes = b;
+        bump(&st.bytes, delta);
+        let (ws, we) = st.window.get();
+        if self.now >= ws && self.now < we {
+            bump(&st.bytes_during, delta);
+        }
+        let i = c.reader.inflated();
+        bump(&st.compressed, i - self.inflated);
+        self.inflated = i;
     }
 }
 
@@ -149,16 +318,27 @@ pub fn run(args: WorkerArgs) -> Result<()> {
 }
 
 async fn main_loop(args: WorkerArgs) -> Result<()> {
+    let rooms = if args.mode == Mode::Rooms {
+        args.channels.max(1) as usize
+    } else {
+        0
+    };
     let st = Rc::new(State {
-        total: args.conns,
+        args: args.clone(),
         window: Cell::new((u64::MAX, 0)),
         ok: Cell::new(0),
         failed: Cell::new(0),
         first_ns: Cell::new(u64::MAX),
         last_ns: Cell::new(0),
+        live: Cell::new(0),
         received: Cell::new(0),
         in_window: Cell::new(0),
         during_window: Cell::new(0),
+        bytes: Cell::new(0),
+        bytes_during: Cell::new(0),
+        deflate_conns: Cell::new(0),
+        compressed: Cell::new(0),
+        verifiers: Cell::new(0),
         no_t: Cell::new(0),
         gaps: Cell::new(0),
         ooo: Cell::new(0),
@@ -169,6 +349,20 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
         errors: RefCell::new(Vec::new()),
         closes: RefCell::new(BTreeMap::new()),
         setup_done: Notify::new(),
+        plan_tx: watch::Sender::new(None),
+        room_pubs: RefCell::new(vec![0; rooms]),
+        room_members: RefCell::new(vec![0; rooms]),
+        pubs_sent: Cell::new(0),
+        pubs_sent_in_window: Cell::new(0),
+        pubs_acked: Cell::new(0),
+        pub_errors: Cell::new(0),
+        storm: Storm {
+            drop_tx: watch::Sender::new(0),
+            reconnect_tx: watch::Sender::new(0),
+            status: RefCell::new(StormStatus::default()),
+            sub_hist: RefCell::new(new_histogram()),
+            recv_hist: RefCell::new(new_histogram()),
+        },
     });
     let sem = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.conns {
@@ -178,7 +372,7 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
         } else {
             args.channel.clone()
         };
-        tokio::task::spawn_local(conn_task(g, channel, args.clone(), st.clone(), sem.clone()));
+        tokio::task::spawn_local(conn_task(g, channel, st.clone(), sem.clone()));
     }
     if args.conns > 0 {
         st.setup_done.notified().await;
@@ -200,6 +394,36 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
                 st.window.set((start_ns, end_ns));
                 emit(&Event::Ack)?;
             }
+            Command::Publish {
+                start_ns,
+                end_ns,
+                rate_per_conn,
+                payload,
+            } => {
+                st.plan_tx.send_replace(Some(PubPlan {
+                    start_ns,
+                    end_ns,
+                    period_ns: 1e9 / rate_per_conn.max(1e-9),
+                    payload,
+                }));
+                emit(&Event::Ack)?;
+            }
+            Command::Drop => {
+                {
+                    let mut s = st.storm.status.borrow_mut();
+                    s.drop_ns = mono_ns();
+                    s.live_at_drop = st.live.get();
+                    if s.live_at_drop == 0 {
+                        s.closed_all_ns = s.drop_ns;
+                    }
+                }
+                st.storm.drop_tx.send_modify(|g| *g += 1);
+                if st.live.get() == 0 {
+                    st.storm.reconnect_tx.send_modify(|g| *g += 1);
+                }
+                emit(&Event::Ack)?;
+            }
+            Command::StormStatus => emit(&Event::Storm(st.storm_status()))?,
             Command::Stats => emit(&Event::Stats(st.stats()))?,
             Command::Report => emit(&Event::Report(st.report()))?,
             Command::Exit => break,
@@ -208,7 +432,9 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-async fn conn_task(g: u64, channel: String, args: WorkerArgs, st: Rc<State>, sem: Rc<Semaphore>) {
+/// Opens one connection (under the handshake semaphore and the timeout).
+async fn connect_one(seed: u64, channel: &str, st: &State, sem: &Semaphore) -> Result<Conn> {
+    let args = &st.args;
     let permit = sem.acquire().await.expect("semaphore never closed");
     let t0 = mono_ns();
     if t0 < st.first_ns.get() {
@@ -216,29 +442,58 @@ async fn conn_task(g: u64, channel: String, args: WorkerArgs, st: Rc<State>, sem
     }
     let res = tokio::time::timeout(
         Duration::from_secs(args.timeout_s),
-        open(args.server, Some(args.src), g + 1, Some(&channel)),
+        open(
+            args.server,
+            Some(args.src),
+            seed,
+            Some(channel),
+            args.deflate,
+        ),
     )
     .await;
     drop(permit);
-    let conn = match res {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            st.note_error(format!("{e:#}"));
-            st.failed.set(st.failed.get() + 1);
-            st.setup_finished();
-            return;
+    match res {
+        Ok(Ok(c)) => {
+            if c.reader.deflate() {
+                bump(&st.deflate_conns, 1);
+            }
+            Ok(c)
         }
-        Err(_) => {
-            st.note_error(format!("setup timed out after {} s", args.timeout_s));
-            st.failed.set(st.failed.get() + 1);
+        Ok(Err(e)) => Err(e),
+        Err(_) => anyhow::bail!("setup timed out after {} s", args.timeout_s),
+    }
+}
+
+async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
+    let conn = match connect_one(g + 1, &channel, &st, &sem).await {
+        Ok(c) => c,
+        Err(e) => {
+            st.note_error(format!("{e:#}"));
+            bump(&st.failed, 1);
             st.setup_finished();
             return;
         }
     };
     st.last_ns.set(st.last_ns.get().max(mono_ns()));
-    st.ok.set(st.ok.get() + 1);
+    bump(&st.ok, 1);
+    bump(&st.live, 1);
+    if st.args.mode == Mode::Rooms {
+        let room = (g % st.args.channels.max(1)) as usize;
+        st.room_members.borrow_mut()[room] += 1;
+    }
     st.setup_finished();
-    let how = match subscriber(conn, &st).await {
+    let res = match st.args.mode {
+        Mode::Subscribe => {
+            let verify = !st.args.deflate || g.is_multiple_of(st.args.inflate_every.max(1));
+            if verify {
+                bump(&st.verifiers, 1);
+            }
+            subscriber(conn, &st, verify).await
+        }
+        Mode::Rooms => member(conn, &st, g, &channel).await,
+        Mode::Storm => storm_member(conn, &st, g, &channel, &sem).await,
+    };
+    let how = match res {
         Ok(code) => format!("close {code}"),
         Err(e) => {
             let e = format!("{e:#}");
@@ -246,18 +501,46 @@ async fn conn_task(g: u64, channel: String, args: WorkerArgs, st: Rc<State>, sem
             e
         }
     };
-    st.closed.set(st.closed.get() + 1);
+    bump(&st.closed, 1);
+    st.live.set(st.live.get().saturating_sub(1));
     *st.closes.borrow_mut().entry(how).or_insert(0) += 1;
+}
+
+/// Scans one text payload for pushes; replies and errors go to `on_reply`.
+fn scan_text(
+    payload: &[u8],
+    st: &State,
+    last: &mut u64,
+    now: u64,
+    mut on_reply: impl FnMut(u64, bool),
+) {
+    for_each_object(payload, |o| match classify(o) {
+        ServerMsg::Pub { offset, t } => st.on_pub(last, offset, t, now),
+        ServerMsg::Disconnect { code } => {
+            *st.closes
+                .borrow_mut()
+                .entry(format!("disconnect push {code}"))
+                .or_insert(0) += 1;
+        }
+        ServerMsg::Error { id, code } => {
+            st.note_error(format!("error reply {code}"));
+            on_reply(id, false);
+        }
+        ServerMsg::Reply { id, .. } => on_reply(id, true),
+        _ => {}
+    });
 }
 
 /// The steady-state loop of one subscriber: answers pings, scans pushes.
 /// Returns the close code when the server closes.
-async fn subscriber(mut c: Conn, st: &State) -> Result<u16> {
+/// A non-verifying subscriber (`verify` false) counts compressed pushes
+/// without inflating them.
+async fn subscriber(mut c: Conn, st: &State, verify: bool) -> Result<u16> {
     let mut last = c.sub_offset.unwrap_or(0);
-    // Receive time, taken once per read: frames that came in one read
-    // arrived together (and clock_gettime per frame is measurable).
-    let mut now = 0;
-    let mut stamped_read = u64::MAX;
+    let mut rs = ReadStamp::new(&c);
+    if !verify {
+        c.reader.skip_inflate();
+    }
     loop {
         let h = c.reader.next_frame().await?;
         if let Some(ctl) = handle_control(&mut c.reader, &mut c.writer, &h).await? {
@@ -267,47 +550,212 @@ async fn subscriber(mut c: Conn, st: &State) -> Result<u16> {
             }
         }
         if h.opcode == OP_TEXT {
-            if c.reader.reads() != stamped_read {
-                stamped_read = c.reader.reads();
-                now = mono_ns();
+            rs.update(&c, st);
+            if h.rsv1 && !verify {
+                st.on_unverified_pub(rs.now);
+            } else {
+                scan_text(c.reader.payload(&h), st, &mut last, rs.now, |_, _| {});
             }
-            let (ws, we) = st.window.get();
-            let now_in_window = now >= ws && now < we;
-            for_each_object(c.reader.payload(&h), |o| match classify(o) {
-                ServerMsg::Pub { offset, t } => {
-                    st.received.set(st.received.get() + 1);
-                    if now_in_window {
-                        st.during_window.set(st.during_window.get() + 1);
-                    }
-                    if offset > last + 1 {
-                        st.gaps.set(st.gaps.get() + (offset - last - 1));
-                    } else if offset <= last {
-                        st.ooo.set(st.ooo.get() + 1);
-                    }
-                    last = last.max(offset);
-                    match t {
-                        Some(t) if t >= ws && t < we => {
-                            st.in_window.set(st.in_window.get() + 1);
-                            st.hist
-                                .borrow_mut()
-                                .saturating_record(now.saturating_sub(t).max(1));
-                            st.min_off.set(st.min_off.get().min(offset));
-                            st.max_off.set(st.max_off.get().max(offset));
-                        }
-                        Some(_) => {}
-                        None => st.no_t.set(st.no_t.get() + 1),
-                    }
-                }
-                ServerMsg::Disconnect { code } => {
-                    *st.closes
-                        .borrow_mut()
-                        .entry(format!("disconnect push {code}"))
-                        .or_insert(0) += 1;
-                }
-                ServerMsg::Error { code, .. } => st.note_error(format!("error reply {code}")),
-                _ => {}
-            });
         }
         c.reader.consume(&h);
+    }
+}
+
+/// A `rooms` member: receives like [`subscriber`] and, once the plan
+/// arrives, publishes to its own room at the planned rate (phase spread by
+/// its global index `g`).
+async fn member(mut c: Conn, st: &State, g: u64, channel: &str) -> Result<u16> {
+    let mut last = c.sub_offset.unwrap_or(0);
+    let mut rs = ReadStamp::new(&c);
+    let room = (g % st.args.channels.max(1)) as usize;
+    let channel_json = serde_json::to_string(channel)?;
+    let mut plan_rx = st.plan_tx.subscribe();
+    let mut waiting = true;
+    let mut plan: Option<PubPlan> = None;
+    let mut k: u64 = 0; // next slot
+    let mut next_id: u64 = 3; // 1 and 2 were connect and subscribe
+    let (mut first_win_id, mut last_win_id) = (u64::MAX, 0u64);
+    let mut msg = Vec::with_capacity(256);
+    let sleep = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(sleep);
+    let phase = |p: &PubPlan, k: u64| -> u64 {
+        let total = st.args.total.max(1) as f64;
+        p.start_ns + ((g as f64 / total + k as f64) * p.period_ns) as u64
+    };
+    loop {
+        tokio::select! {
+            biased;
+            h = c.reader.next_frame() => {
+                let h = h?;
+                if let Some(ctl) = handle_control(&mut c.reader, &mut c.writer, &h).await? {
+                    match ctl {
+                        Control::Closed(code) => return Ok(code),
+                        Control::Handled => continue,
+                    }
+                }
+                if h.opcode == OP_TEXT {
+                    rs.update(&c, st);
+                    scan_text(c.reader.payload(&h), st, &mut last, rs.now, |id, ok| {
+                        if id < 3 {
+                            return;
+                        }
+                        if ok {
+                            bump(&st.pubs_acked, 1);
+                            if id >= first_win_id && id <= last_win_id {
+                                st.room_pubs.borrow_mut()[room] += 1;
+                            }
+                        } else {
+                            bump(&st.pub_errors, 1);
+                        }
+                    });
+                }
+                c.reader.consume(&h);
+            }
+            r = plan_rx.changed(), if waiting => {
+                if r.is_err() {
+                    waiting = false;
+                    continue;
+                }
+                if let Some(p) = *plan_rx.borrow_and_update() {
+                    waiting = false;
+                    plan = Some(p);
+                    k = 0;
+                    sleep.as_mut().reset(to_instant(phase(&p, 0)));
+                }
+            }
+            () = &mut sleep, if plan.is_some() => {
+                let p = plan.expect("guarded");
+                let t = mono_ns();
+                if t >= p.end_ns {
+                    plan = None;
+                    continue;
+                }
+                msg.clear();
+                build_publish(&mut msg, next_id, &channel_json, t, p.payload);
+                c.writer.send(OP_TEXT, &msg).await?;
+                bump(&st.pubs_sent, 1);
+                let (ws, we) = st.window.get();
+                if t >= ws && t < we {
+                    first_win_id = first_win_id.min(next_id);
+                    last_win_id = next_id;
+                    bump(&st.pubs_sent_in_window, 1);
+                }
+                next_id += 1;
+                k += 1;
+                let next = phase(&p, k);
+                if next >= p.end_ns {
+                    plan = None;
+                } else {
+                    sleep.as_mut().reset(to_instant(next));
+                }
+            }
+        }
+    }
+}
+
+/// A `storm` member: receives until the drop command, then closes its
+/// socket abortively, waits until every connection of the worker is
+/// closed, reconnects, resubscribes and notes when the first publication
+/// newer than its resubscription arrives.
+async fn storm_member(
+    mut c: Conn,
+    st: &State,
+    g: u64,
+    channel: &str,
+    sem: &Semaphore,
+) -> Result<u16> {
+    let mut drop_rx = st.storm.drop_tx.subscribe();
+    let mut reconnect_rx = st.storm.reconnect_tx.subscribe();
+    let mut gen_seen = *drop_rx.borrow_and_update();
+    // After a reconnection: the subscribe offset still to be passed.
+    let mut pending: Option<u64> = None;
+    loop {
+        let mut last = c.sub_offset.unwrap_or(0);
+        let mut rs = ReadStamp::new(&c);
+        // Receive until the drop signal.
+        loop {
+            tokio::select! {
+                biased;
+                r = drop_rx.changed() => {
+                    if r.is_err() {
+                        // The state is going away: the worker is exiting.
+                        return Ok(1001);
+                    }
+                    break;
+                }
+                h = c.reader.next_frame() => {
+                    let h = h?;
+                    if let Some(ctl) = handle_control(&mut c.reader, &mut c.writer, &h).await? {
+                        match ctl {
+                            Control::Closed(code) => return Ok(code),
+                            Control::Handled => continue,
+                        }
+                    }
+                    if h.opcode == OP_TEXT {
+                        rs.update(&c, st);
+                        let now = rs.now;
+                        let before = st.received.get();
+                        scan_text(c.reader.payload(&h), st, &mut last, now, |_, _| {});
+                        if let Some(sub_off) = pending
+                            && st.received.get() > before
+                            && last > sub_off
+                        {
+                            pending = None;
+                            let mut s = st.storm.status.borrow_mut();
+                            s.receiving += 1;
+                            s.last_recv_ns = s.last_recv_ns.max(now);
+                            st.storm
+                                .recv_hist
+                                .borrow_mut()
+                                .saturating_record(now.saturating_sub(s.drop_ns).max(1));
+                        }
+                    }
+                    c.reader.consume(&h);
+                }
+            }
+        }
+        let gen_now = *drop_rx.borrow_and_update();
+        if gen_now == gen_seen {
+            continue;
+        }
+        gen_seen = gen_now;
+        // Drop: RST, no close handshake.
+        c.set_abortive_close()?;
+        drop(c);
+        st.live.set(st.live.get().saturating_sub(1));
+        {
+            let mut s = st.storm.status.borrow_mut();
+            s.dropped += 1;
+            if s.dropped >= s.live_at_drop {
+                s.closed_all_ns = mono_ns();
+                drop(s);
+                st.storm.reconnect_tx.send_modify(|g| *g += 1);
+            }
+        }
+        if reconnect_rx.wait_for(|&r| r >= gen_seen).await.is_err() {
+            return Ok(1001);
+        }
+        let seed = g + 1 + gen_seen * 1_000_000_000;
+        match connect_one(seed, channel, st, sem).await {
+            Ok(nc) => {
+                let now = mono_ns();
+                bump(&st.live, 1);
+                let mut s = st.storm.status.borrow_mut();
+                s.resubscribed += 1;
+                s.last_sub_ns = s.last_sub_ns.max(now);
+                st.storm
+                    .sub_hist
+                    .borrow_mut()
+                    .saturating_record(now.saturating_sub(s.drop_ns).max(1));
+                pending = Some(nc.sub_offset.unwrap_or(0));
+                c = nc;
+            }
+            Err(e) => {
+                st.storm.status.borrow_mut().failed += 1;
+                // Counted as a storm failure, not as a close.
+                st.live.set(st.live.get() + 1);
+                return Err(e.context("reconnecting after the drop"));
+            }
+        }
     }
 }

@@ -42,14 +42,62 @@ pub fn accept_for(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
-/// The HTTP/1.1 upgrade request asking for the JSON subprotocol.
-pub fn upgrade_request(host: &str, path: &str, key: &str) -> Vec<u8> {
+/// The `permessage-deflate` offer (RFC 7692) sent when compression is
+/// wanted: no context takeover in either direction, so every compressed
+/// message inflates on its own.
+pub const DEFLATE_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// The HTTP/1.1 upgrade request asking for the JSON subprotocol, and for
+/// `permessage-deflate` ([`DEFLATE_OFFER`]) when `deflate` is true.
+pub fn upgrade_request(host: &str, path: &str, key: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate {
+        format!("Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n")
+    } else {
+        String::new()
+    };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {PROTOCOL_JSON}\r\n\r\n"
+         Sec-WebSocket-Protocol: {PROTOCOL_JSON}\r\n{ext}\r\n"
     )
     .into_bytes()
+}
+
+/// `permessage-deflate` as accepted by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deflate {
+    /// The server resets its compressor after every message, so the
+    /// client's inflater must be reset too.
+    pub server_no_context_takeover: bool,
+}
+
+/// Parses a `Sec-WebSocket-Extensions` response value: `Some` if it
+/// accepts `permessage-deflate`.
+pub fn parse_extensions(value: &str) -> Result<Option<Deflate>> {
+    // A server accepts at most one permessage-deflate offer, and nothing
+    // else was offered.
+    if let Some(ext) = value.split(',').next() {
+        let mut params = ext.split(';').map(str::trim);
+        if params.next() != Some("permessage-deflate") {
+            bail!("server accepted an extension we did not offer: {ext:?}");
+        }
+        let mut d = Deflate {
+            server_no_context_takeover: false,
+        };
+        for p in params {
+            let name = p.split('=').next().unwrap_or("").trim();
+            match name {
+                "server_no_context_takeover" => d.server_no_context_takeover = true,
+                "client_no_context_takeover" | "client_max_window_bits" => {}
+                "server_max_window_bits" => {}
+                "" => {}
+                other => bail!("unknown permessage-deflate parameter {other:?}"),
+            }
+        }
+        return Ok(Some(d));
+    }
+    Ok(None)
 }
 
 /// Length of the HTTP response head (through the blank line), if complete.
@@ -58,8 +106,9 @@ pub fn head_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Checks a complete response head: `101`, the right `Sec-WebSocket-Accept`
-/// and the JSON subprotocol.
-pub fn check_response(head: &[u8], key: &str) -> Result<()> {
+/// and the JSON subprotocol. Returns the accepted `permessage-deflate`, if
+/// any (an error if it was not offered, `offered_deflate` false).
+pub fn check_response(head: &[u8], key: &str, offered_deflate: bool) -> Result<Option<Deflate>> {
     let text = std::str::from_utf8(head).map_err(|_| anyhow!("non-UTF-8 response head"))?;
     let mut lines = text.split("\r\n");
     let status = lines.next().unwrap_or("");
@@ -68,6 +117,7 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
     }
     let mut accept_ok = false;
     let mut proto_ok = false;
+    let mut deflate = None;
     let want = accept_for(key);
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
@@ -78,6 +128,11 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
             accept_ok = value == want;
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             proto_ok = value == PROTOCOL_JSON;
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            if !offered_deflate {
+                bail!("server accepted extensions that were not offered: {value:?}");
+            }
+            deflate = parse_extensions(value)?;
         }
     }
     if !accept_ok {
@@ -86,7 +141,7 @@ pub fn check_response(head: &[u8], key: &str) -> Result<()> {
     if !proto_ok {
         bail!("server did not select subprotocol {PROTOCOL_JSON}");
     }
-    Ok(())
+    Ok(deflate)
 }
 
 /// A cheap xorshift source of masking keys (masking exists against proxy
@@ -133,6 +188,8 @@ pub fn encode_masked(opcode: u8, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8
 pub struct FrameHeader {
     /// FIN bit.
     pub fin: bool,
+    /// RSV1 bit: the message is compressed (`permessage-deflate`).
+    pub rsv1: bool,
     /// Opcode (low 4 bits of the first byte).
     pub opcode: u8,
     /// Bytes of header before the payload.
@@ -150,15 +207,16 @@ impl FrameHeader {
 
 /// Parses the header of the server frame at the start of `buf`; `Ok(None)`
 /// when more bytes are needed for the header. Server frames must be
-/// unmasked and use no extensions (RSV bits clear).
+/// unmasked, with RSV2 and RSV3 clear (RSV1 is `permessage-deflate`, which
+/// the caller checks against the negotiation).
 pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
-        bail!("server frame with RSV bits set");
+    if b0 & 0x30 != 0 {
+        bail!("server frame with RSV2/RSV3 set");
     }
     if b1 & 0x80 != 0 {
         bail!("masked server frame");
@@ -186,6 +244,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<FrameHeader>> {
     };
     Ok(Some(FrameHeader {
         fin: b0 & 0x80 != 0,
+        rsv1: b0 & 0x40 != 0,
         opcode: b0 & 0x0F,
         header_len,
         payload_len,
@@ -210,6 +269,7 @@ mod tests {
             parse_header(&[0x81, 5]).unwrap(),
             Some(FrameHeader {
                 fin: true,
+                rsv1: false,
                 opcode: 1,
                 header_len: 2,
                 payload_len: 5
@@ -228,6 +288,30 @@ mod tests {
         let h = parse_header(&b).unwrap().unwrap();
         assert_eq!((h.header_len, h.payload_len, h.opcode), (10, 70_000, 2));
         assert!(parse_header(&[0x81, 0x85]).is_err());
+        assert!(parse_header(&[0xC1, 5]).unwrap().unwrap().rsv1);
+        assert!(parse_header(&[0xA1, 5]).is_err());
+    }
+
+    #[test]
+    fn extensions() {
+        let d = parse_extensions(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        )
+        .unwrap();
+        assert_eq!(
+            d,
+            Some(Deflate {
+                server_no_context_takeover: true
+            })
+        );
+        let d = parse_extensions("permessage-deflate; client_max_window_bits=15").unwrap();
+        assert_eq!(
+            d,
+            Some(Deflate {
+                server_no_context_takeover: false
+            })
+        );
+        assert!(parse_extensions("x-webkit-deflate-frame").is_err());
     }
 
     #[test]
