@@ -51,6 +51,12 @@ const IOV: usize = 64;
 /// a fan-out to 10,000 sockets never stops the shard reading for long, and
 /// publications that arrive during one share the writes still to come.
 const WRITE_BUDGET: usize = 256;
+/// Connection deadlines handled per loop turn. Connections that arrived
+/// together come due together (every handshake deadline of a connect
+/// burst in one tick, and their pings every `ping_interval` after); handled
+/// a slice per turn, they hold up reading and writing for at most a few
+/// hundred microseconds instead of for the whole burst at once.
+const DEADLINE_BUDGET: usize = 512;
 /// Messages a shard may hold for a peer whose inbox is full.
 pub(crate) const OWED_MAX: usize = 65_536;
 
@@ -123,6 +129,10 @@ pub struct Shard {
     scratch: Vec<u8>,
     events: Vec<libc::epoll_event>,
     pub(crate) dirty: WriteQueue,
+    /// Connections whose wheel slot came due, handled `DEADLINE_BUDGET`
+    /// per turn.
+    due: VecDeque<ConnRef>,
+    due_scratch: Vec<ConnRef>,
     read_backlog: Vec<ConnRef>,
     inbox_pending: bool,
     pub(crate) writer: FrameWriter,
@@ -201,6 +211,8 @@ impl Shard {
             scratch: vec![0; SCRATCH],
             events: Vec::with_capacity(EVENTS),
             dirty: WriteQueue::default(),
+            due: VecDeque::new(),
+            due_scratch: Vec::new(),
             read_backlog: Vec::new(),
             inbox_pending: true,
             writer: FrameWriter::new(),
@@ -292,10 +304,16 @@ impl Shard {
                 }
             }
         }
+        if !self.due.is_empty() {
+            self.run_deadlines();
+        }
         self.flush();
         self.retry_owed();
         self.metrics.flush(&mut self.stats);
-        full || self.inbox_pending || !self.read_backlog.is_empty() || !self.dirty.is_empty()
+        full || self.inbox_pending
+            || !self.read_backlog.is_empty()
+            || !self.dirty.is_empty()
+            || !self.due.is_empty()
     }
 
     fn drain_inbox(&mut self) {
@@ -865,11 +883,9 @@ impl Shard {
         };
         self.next_tick = now + interval;
         self.now_tick = now.duration_since(self.started).as_secs() as u32;
-        let mut due = Vec::new();
-        self.wheel.advance(self.now_tick, &mut due);
-        for c in due {
-            self.on_deadline(c);
-        }
+        self.wheel.advance(self.now_tick, &mut self.due_scratch);
+        self.due.extend(self.due_scratch.drain(..));
+        self.run_deadlines();
         if self.accept_paused {
             self.resume_accepts();
         }
@@ -891,6 +907,16 @@ impl Shard {
         self.flush();
         self.retry_owed();
         self.metrics.flush(&mut self.stats);
+    }
+
+    /// Handles up to `DEADLINE_BUDGET` due connections.
+    fn run_deadlines(&mut self) {
+        for _ in 0..DEADLINE_BUDGET {
+            let Some(c) = self.due.pop_front() else {
+                break;
+            };
+            self.on_deadline(c);
+        }
     }
 
     fn on_deadline(&mut self, c: ConnRef) {
