@@ -3,7 +3,7 @@
 
 Reads bench/results/*.jsonl (written by run.sh / run-all.sh) and writes SVGs
 into bench/plots/. Runs of the same configuration are averaged (median);
-lines with "error" or "noisy" are skipped.
+lines with "error", "noisy" or a server "env" are skipped.
 
     python3 bench/plot.py             # re-executes itself inside bench/.venv,
                                       # creating it (pip install matplotlib) if needed
@@ -28,6 +28,7 @@ TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws"]
 COLORS = {
     "wsedge": "#d62728",
     "wsedge --shards 2": "#ff9896",
+    "wsedge --shards 2 on 1 CPU": "#e377c2",
     "tokio-fastws": "#1f77b4",
     "tokio-tungstenite": "#2ca02c",
     "node-ws": "#9467bd",
@@ -69,7 +70,9 @@ def load():
                 d = json.loads(line)
             except ValueError:
                 continue
-            if "error" in d or d.get("noisy"):
+            # Runs with a non-default server environment (e.g.
+            # MIMALLOC_ALLOW_THP=0) are diagnostics: tables only.
+            if "error" in d or d.get("noisy") or d.get("env"):
                 continue
             out[d.get("workload", f.stem)].append(d)
     return out
@@ -104,6 +107,8 @@ def label(r):
     t = r["target"]
     if r.get("shards", 1) > 1:
         t += f" --shards {r['shards']}"
+        if r.get("server_cores", r["shards"]) < r["shards"]:
+            t += f" on {r['server_cores']} CPU"
     return t
 
 
@@ -139,7 +144,7 @@ def percentile_bars(plt, rows, title, fname, keyname="target"):
     if not rows:
         return
     g = group(rows, label)
-    names = [n for n in TARGETS + ["wsedge --shards 2"] if n in g]
+    names = [n for n in TARGETS + ["wsedge --shards 2", "wsedge --shards 2 on 1 CPU"] if n in g]
     pcts = [("lat_p50_us", "p50"), ("lat_p99_us", "p99"), ("lat_p999_us", "p99.9"), ("lat_max_us", "max")]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(names)
@@ -183,7 +188,7 @@ def plot_throughput(plt, data):
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     g = group(rows, label)
-    for n in [x for x in TARGETS + ["wsedge --shards 2"] if x in g]:
+    for n in [x for x in TARGETS + ["wsedge --shards 2", "wsedge --shards 2 on 1 CPU"] if x in g]:
         gs = group(g[n], lambda r: r["subs"])
         xs = sorted(gs)
         ys = [med(gs[x], "recv_per_s") for x in xs]
@@ -229,7 +234,7 @@ def plot_cpu(plt, data):
     configs = [(n, rows) for n, rows in configs if rows]
     if not configs:
         return
-    names = [n for n in TARGETS + ["wsedge --shards 2"] if any(label(r) == n for _, rows in configs for r in rows)]
+    names = [n for n in TARGETS + ["wsedge --shards 2", "wsedge --shards 2 on 1 CPU"] if any(label(r) == n for _, rows in configs for r in rows)]
     fig, ax = plt.subplots(figsize=(10, 4.8))
     width = 0.8 / len(names)
     for i, n in enumerate(names):

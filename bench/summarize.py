@@ -76,6 +76,11 @@ def grouped(rows, key):
     return g
 
 
+def label(r):
+    """Target plus any server environment the run had."""
+    return r["target"] + "".join(f" ({k}={v})" for k, v in sorted(r.get("env", {}).items()))
+
+
 def order(t):
     return TARGETS.index(t) if t in TARGETS else len(TARGETS)
 
@@ -111,8 +116,7 @@ def idle():
         rows,
         lambda r: (
             order(r["target"]),
-            r["target"]
-            + "".join(f" ({k}={v})" for k, v in sorted(r.get("env", {}).items())),
+            label(r),
             r["conns"],
         ),
     )
@@ -150,7 +154,7 @@ def fanout_rows(workload, rows):
             r.get("server_cores", r.get("shards", 1)),
             r.get("deflate", ""),
             order(r["target"]),
-            r["target"],
+            label(r),
         ),
     )
     lines = []
@@ -164,7 +168,7 @@ def fanout_rows(workload, rows):
                 fmt(subs),
                 rate,
                 *([deflate] if workload == "compression" else []),
-                cell(v, lambda r: r["delivered_per_s"]),
+                cell(v, lambda r: r.get("recv_per_s", r["delivered_per_s"])),
                 cell(v, cpu_per_delivery),
                 cell(v, lambda r: r.get("frames_per_write"), 1),
                 cell(v, lambda r: r["lat_p50_us"] / 1000, 1),
@@ -191,7 +195,7 @@ def fanout(workload="fanout"):
     if workload == "compression":
         header.append("deflate")
     header += [
-        "delivered / s",
+        "received / s",
         "server ns / delivery",
         "frames / write",
         "p50 ms",
@@ -211,7 +215,7 @@ def rooms():
     if not rows:
         return
     print("### rooms\n")
-    g = grouped(rows, lambda r: (order(r["target"]), r["target"]))
+    g = grouped(rows, lambda r: (order(r["target"]), label(r)))
     table(
         [
             "target",
@@ -245,7 +249,7 @@ def storm():
     if not rows:
         return
     print("### storm\n")
-    g = grouped(rows, lambda r: (r["interval_ms"], order(r["target"]), r["target"]))
+    g = grouped(rows, lambda r: (r["interval_ms"], order(r["target"]), label(r)))
     table(
         [
             "target",

@@ -30,3 +30,11 @@ cargo test --release
 
 step "Autobahn conformance (1-7, 9, 10, 12, 13)"
 scripts/conformance.sh
+
+# The benchmark crate is not part of the suite's figures (those come from
+# bench/run-all.sh), but it must keep building, linting and passing its
+# codec/parser unit tests.
+step "bench crate: format, lint, unit tests"
+cargo fmt --manifest-path bench/Cargo.toml -- --check
+cargo clippy --manifest-path bench/Cargo.toml --all-targets -- -D warnings
+cargo test --manifest-path bench/Cargo.toml --lib

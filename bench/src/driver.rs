@@ -838,7 +838,71 @@ pub(crate) struct WsedgeDelta {
     pub slow_consumer_drops: Option<u64>,
     /// Δ`wsedge_publication_encodes_total{kind="json_deflate"}`.
     pub json_deflate_encodes: Option<u64>,
+    /// The server's own publish-to-last-write latency over the window,
+    /// from `wsedge_publish_to_write_seconds`: the upper bound (ms) of the
+    /// bucket holding the 99th / 99.9th percentile (buckets double from
+    /// 50 µs). Tells server-side delay apart from the generator's.
+    pub server_write_p99_le_ms: Option<f64>,
+    pub server_write_p999_le_ms: Option<f64>,
 }
+
+/// Cumulative bucket counts of histogram `name`, summed over label sets
+/// (shards), by upper bound.
+fn histogram_buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let mut by_le: Vec<(f64, f64)> = Vec::new();
+    for l in text.lines().filter(|l| l.starts_with(&prefix)) {
+        let Some(le) = l
+            .split("le=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|v| {
+                if v == "+Inf" {
+                    Some(f64::INFINITY)
+                } else {
+                    v.parse().ok()
+                }
+            })
+        else {
+            continue;
+        };
+        let Some(n) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        match by_le.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += n,
+            None => by_le.push((le, n)),
+        }
+    }
+    by_le.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_le
+}
+
+/// Upper bound (ms) of the bucket holding quantile `q` of the
+/// observations made between `m0` and `m1`.
+fn histogram_quantile_le_ms(m0: &str, m1: &str, name: &str, q: f64) -> Option<f64> {
+    let (b0, b1) = (histogram_buckets(m0, name), histogram_buckets(m1, name));
+    let delta: Vec<(f64, f64)> = b1
+        .iter()
+        .map(|&(le, c1)| {
+            let c0 = b0.iter().find(|(b, _)| *b == le).map_or(0.0, |x| x.1);
+            (le, c1 - c0)
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    delta.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| {
+        if le.is_finite() {
+            round(le * 1000.0, 3)
+        } else {
+            f64::INFINITY
+        }
+    })
+}
+
+const LATENCY: &str = "wsedge_publish_to_write_seconds";
 
 /// wsedge's counters between two samples (all `None` for the baselines).
 pub(crate) fn wsedge_delta(s0: &Sample, s1: &Sample) -> WsedgeDelta {
@@ -854,6 +918,8 @@ pub(crate) fn wsedge_delta(s0: &Sample, s1: &Sample) -> WsedgeDelta {
                 frames_per_write: Some(if w > 0.0 { round(f / w, 2) } else { 0.0 }),
                 slow_consumer_drops: Some(metric_sum(m1, "wsedge_slow_consumer_drops_total") as u64),
                 json_deflate_encodes: Some((enc(m1) - enc(m0)) as u64),
+                server_write_p99_le_ms: histogram_quantile_le_ms(m0, m1, LATENCY, 0.99),
+                server_write_p999_le_ms: histogram_quantile_le_ms(m0, m1, LATENCY, 0.999),
             }
         }
         _ => WsedgeDelta::default(),
@@ -971,6 +1037,10 @@ struct FanoutResult {
     writes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     frames_per_write: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p99_le_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p999_le_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_consumer_drops: Option<u64>,
     recv_per_s: f64,
@@ -1199,6 +1269,8 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         generator_saturated: cpu.generator_saturated,
         writes: wd.writes,
         frames_per_write: wd.frames_per_write,
+        server_write_p99_le_ms: wd.server_write_p99_le_ms,
+        server_write_p999_le_ms: wd.server_write_p999_le_ms,
         slow_consumer_drops: wd.slow_consumer_drops,
         recv_per_s: round(tot.stats.received_during_window as f64 / a.duration, 1),
         server_core_busy: round(cpu.server_core_busy, 3),
@@ -1260,5 +1332,25 @@ mod tests {
             metric_labeled(t, "wsedge_publication_encodes_total", "\"json_deflate\""),
             7.0
         );
+    }
+
+    #[test]
+    fn histogram_quantile_over_a_window() {
+        let h = |a: u32, b: u32, c: u32| {
+            format!(
+                "# TYPE wsedge_publish_to_write_seconds histogram\n\
+                 wsedge_publish_to_write_seconds_bucket{{shard=\"0\",le=\"0.0001\"}} {a}\n\
+                 wsedge_publish_to_write_seconds_bucket{{shard=\"0\",le=\"0.0002\"}} {b}\n\
+                 wsedge_publish_to_write_seconds_bucket{{shard=\"0\",le=\"+Inf\"}} {c}\n\
+                 wsedge_publish_to_write_seconds_sum{{shard=\"0\"}} 1.0\n"
+            )
+        };
+        // Before: 10 fast. After: 10 + 980 fast, 10 + 20 slower, 10 + 1000 in all.
+        let (m0, m1) = (h(10, 10, 10), h(990, 1000, 1010));
+        let q = |q| histogram_quantile_le_ms(&m0, &m1, LATENCY, q);
+        assert_eq!(q(0.5), Some(0.1));
+        assert_eq!(q(0.99), Some(0.2));
+        assert_eq!(q(0.999), Some(f64::INFINITY));
+        assert_eq!(histogram_quantile_le_ms(&m0, &m0, LATENCY, 0.99), None);
     }
 }

@@ -79,6 +79,11 @@ struct RoomsResult {
     writes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     frames_per_write: Option<f64>,
+    /// wsedge's own publish-to-last-write p99 / p99.9 (bucket bound, ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p99_le_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p999_le_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_consumer_drops: Option<u64>,
     conns_connected: u64,
@@ -213,6 +218,8 @@ async fn rooms_async(a: RoomsArgs) -> Result<()> {
         generator_saturated: cpu.generator_saturated,
         writes: wd.writes,
         frames_per_write: wd.frames_per_write,
+        server_write_p99_le_ms: wd.server_write_p99_le_ms,
+        server_write_p999_le_ms: wd.server_write_p999_le_ms,
         slow_consumer_drops: wd.slow_consumer_drops,
         conns_connected: ready.ok,
         conns_failed: ready.failed,
