@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the full benchmark matrix (each configuration RUNS=2 times, through
-# run.sh) and appends to bench/results/*.jsonl. About 30 minutes on the
-# 2-core machine. Progress on stderr.
+# run.sh) and appends to bench/results/*.jsonl. About 20 minutes on the
+# 2-core machine. Installs what it needs (setup.sh) and builds wsedge and
+# the bench first. Progress on stderr.
 #
 #   bench/run-all.sh            # everything
 #   ONLY=fanout bench/run-all.sh  # one workload (idle|fanout|rooms|storm|compression|floor|shards)
@@ -11,6 +12,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export RUNS="${RUNS:-2}"
 only="${ONLY:-}"
 
+"$here/setup.sh" || exit 1
+# wsedge itself (the driver runs target/release/wsedge) and the bench.
+cargo build --release --quiet --manifest-path "$here/../Cargo.toml" || exit 1
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" || exit 1
 export SKIP_BUILD=1
 targets=(wsedge tokio-fastws tokio-tungstenite node-ws)

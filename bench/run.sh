@@ -30,6 +30,7 @@ retries="${RETRIES:-2}"
 
 bin="$here/target/release/wsbench"
 if [[ -z "${SKIP_BUILD:-}" ]]; then
+  cargo build --release --quiet --manifest-path "$here/../Cargo.toml" >&2 || exit 1
   cargo build --release --quiet --manifest-path "$here/Cargo.toml" >&2 || exit 1
 fi
 mkdir -p "$here/results/logs"
