@@ -29,15 +29,28 @@ pub enum Frame {
     Shared(Rc<Bytes>),
 }
 
-impl Frame {
-    /// A frame that can be advanced past written bytes.
-    fn owned(&mut self) -> &mut Bytes {
-        if let Frame::Shared(rc) = self {
-            *self = Frame::Owned(Bytes::clone(rc));
-        }
+/// A queued frame whose written prefix can be dropped.
+trait Advance: Deref<Target = [u8]> {
+    fn advance(&mut self, n: usize);
+}
+
+impl Advance for Bytes {
+    fn advance(&mut self, n: usize) {
+        Buf::advance(self, n);
+    }
+}
+
+impl Advance for Frame {
+    /// A shared frame becomes the connection's own only when it is partly
+    /// written; the other subscribers' copies stay whole.
+    fn advance(&mut self, n: usize) {
         match self {
-            Frame::Owned(b) => b,
-            Frame::Shared(_) => unreachable!("made owned above"),
+            Frame::Owned(b) => Buf::advance(b, n),
+            Frame::Shared(rc) => {
+                let mut b = Bytes::clone(rc);
+                Buf::advance(&mut b, n);
+                *self = Frame::Owned(b);
+            }
         }
     }
 }
@@ -200,7 +213,12 @@ impl Outbox {
         self.queued -= n;
         let mut done = 0;
         if self.in_flight == InFlight::Data {
-            n = Self::eat_data(self.data.front_mut(), n, &mut self.in_flight);
+            n = Self::eat(
+                self.data.front_mut(),
+                n,
+                &mut self.in_flight,
+                InFlight::Data,
+            );
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
                 done += 1;
@@ -219,7 +237,12 @@ impl Outbox {
             }
         }
         while n > 0 && !self.data.is_empty() {
-            n = Self::eat_data(self.data.front_mut(), n, &mut self.in_flight);
+            n = Self::eat(
+                self.data.front_mut(),
+                n,
+                &mut self.in_flight,
+                InFlight::Data,
+            );
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
                 done += 1;
@@ -233,24 +256,15 @@ impl Outbox {
         done
     }
 
-    /// [`eat`](Self::eat) for the data lane: a shared frame becomes the
-    /// connection's own only if it is partly written.
-    fn eat_data(frame: Option<&mut Frame>, n: usize, in_flight: &mut InFlight) -> usize {
-        let f = frame.expect("consume() beyond queued bytes");
-        if n >= f.len() {
-            *in_flight = InFlight::None;
-            n - f.len()
-        } else {
-            f.owned().advance(n);
-            *in_flight = InFlight::Data;
-            0
-        }
-    }
-
     /// Consumes up to `n` bytes of `frame`; sets `in_flight` to `lane` if
     /// the frame is only partly written, else to `None`. Returns what is
     /// left of `n`.
-    fn eat(frame: Option<&mut Bytes>, n: usize, in_flight: &mut InFlight, lane: InFlight) -> usize {
+    fn eat(
+        frame: Option<&mut impl Advance>,
+        n: usize,
+        in_flight: &mut InFlight,
+        lane: InFlight,
+    ) -> usize {
         let f = frame.expect("consume() beyond queued bytes");
         if n >= f.len() {
             *in_flight = InFlight::None;

@@ -42,12 +42,12 @@ impl<K: Copy> TimerWheel<K> {
 
     /// Processes every tick up to and including `now`, appending the keys
     /// found to `due`. The owner checks each key's real deadline.
-    pub fn advance(&mut self, now: u32, due: &mut Vec<K>) {
+    pub fn advance(&mut self, now: u32, due: &mut impl Extend<K>) {
         let n = self.slots.len() as u32;
         let steps = now.saturating_sub(self.now).min(n);
         for t in 1..=steps {
             let slot = ((self.now + t) % n) as usize;
-            due.append(&mut self.slots[slot]);
+            due.extend(self.slots[slot].drain(..));
         }
         self.now = self.now.max(now);
     }

@@ -1,6 +1,7 @@
 //! The wire protocol on a shard: client commands, and the cross-shard
 //! messages that complete them (interest, publish, delivery).
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use crate::engine::channel::is_valid_channel;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::hub::{Position, home_shard};
 use crate::engine::limits::Admit;
+use crate::engine::outbox::Frame;
 use crate::engine::subs::{Acked, ConnRef, Delivery as Local, Subscribed};
 use crate::engine::wire::publication::{LocalPub, PubData};
 use crate::engine::wire::{self, Command, Method, ReplyBody};
@@ -279,7 +281,7 @@ impl Shard {
         match self.subs.deliver(&d.channel, d.offset) {
             Local::Ignore => return,
             Local::Deliver(subs) => {
-                let frames = LocalPub::new(&d.frames);
+                let frames: LocalPub = d.frames.map(|b| Rc::new(b.clone()));
                 for s in subs {
                     let Some(conn) = self
                         .conns
@@ -288,7 +290,9 @@ impl Shard {
                     else {
                         continue;
                     };
-                    let frame = frames.for_conn(conn.format, conn.takes_shared_deflate());
+                    let frame = Frame::Shared(Rc::clone(
+                        frames.for_conn(conn.format, conn.takes_shared_deflate()),
+                    ));
                     if conn.outbox.push_data(frame, budget).is_err() {
                         slow.push(s.conn);
                         continue;

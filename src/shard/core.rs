@@ -132,7 +132,6 @@ pub struct Shard {
     /// Connections whose wheel slot came due, handled `DEADLINE_BUDGET`
     /// per turn.
     due: VecDeque<ConnRef>,
-    due_scratch: Vec<ConnRef>,
     read_backlog: Vec<ConnRef>,
     inbox_pending: bool,
     pub(crate) writer: FrameWriter,
@@ -212,7 +211,6 @@ impl Shard {
             events: Vec::with_capacity(EVENTS),
             dirty: WriteQueue::default(),
             due: VecDeque::new(),
-            due_scratch: Vec::new(),
             read_backlog: Vec::new(),
             inbox_pending: true,
             writer: FrameWriter::new(),
@@ -883,8 +881,7 @@ impl Shard {
         };
         self.next_tick = now + interval;
         self.now_tick = now.duration_since(self.started).as_secs() as u32;
-        self.wheel.advance(self.now_tick, &mut self.due_scratch);
-        self.due.extend(self.due_scratch.drain(..));
+        self.wheel.advance(self.now_tick, &mut self.due);
         self.run_deadlines();
         if self.accept_paused {
             self.resume_accepts();

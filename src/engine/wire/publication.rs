@@ -9,7 +9,6 @@ use flatbuffers::FlatBufferBuilder;
 use serde::de::IgnoredAny;
 
 use super::{Data, binary, json};
-use crate::engine::outbox::Frame;
 use crate::engine::ws::deflate::Compressor;
 use crate::engine::ws::frame::{Opcode, encode_frame};
 use crate::engine::ws::handshake::WireFormat;
@@ -42,22 +41,30 @@ impl PubData {
 
 /// Every encoding of one publication, each a complete server frame.
 #[derive(Debug, Clone)]
-pub struct EncodedPub {
+pub struct Encodings<T> {
     /// Text frame for JSON connections.
-    pub json: Bytes,
+    pub json: T,
     /// Binary frame for FlatBuffers connections.
-    pub binary: Bytes,
+    pub binary: T,
     /// The JSON frame compressed once (permessage-deflate, 15-bit window,
     /// no context), when compression is on and the payload is big enough.
-    pub json_deflate: Option<Bytes>,
+    pub json_deflate: Option<T>,
     /// The binary frame, compressed likewise.
-    pub binary_deflate: Option<Bytes>,
+    pub binary_deflate: Option<T>,
 }
 
-impl EncodedPub {
+/// A publication as the home shard encodes it and every shard receives it.
+pub type EncodedPub = Encodings<Bytes>;
+
+/// One shard's handle on an [`EncodedPub`] while it hands the frames to its
+/// subscribers: each encoding behind a non-atomic count, so a subscriber's
+/// copy is an increment (see [`Frame::Shared`](crate::engine::outbox::Frame)).
+pub type LocalPub = Encodings<Rc<Bytes>>;
+
+impl<T> Encodings<T> {
     /// The frame for a connection of `format` that may (`deflate`) take the
     /// shared compressed form.
-    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> &Bytes {
+    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> &T {
         match (format, deflate) {
             (WireFormat::Json, true) => self.json_deflate.as_ref().unwrap_or(&self.json),
             (WireFormat::Json, false) => &self.json,
@@ -65,38 +72,15 @@ impl EncodedPub {
             (WireFormat::Binary, false) => &self.binary,
         }
     }
-}
 
-/// One shard's handle on an [`EncodedPub`] while it hands the frames to
-/// its subscribers: each encoding behind a non-atomic count, so a
-/// subscriber's copy is an increment (see [`Frame::Shared`]).
-pub struct LocalPub {
-    json: Rc<Bytes>,
-    binary: Rc<Bytes>,
-    json_deflate: Option<Rc<Bytes>>,
-    binary_deflate: Option<Rc<Bytes>>,
-}
-
-impl LocalPub {
-    /// Wraps every encoding of `p`.
-    pub fn new(p: &EncodedPub) -> Self {
-        Self {
-            json: Rc::new(p.json.clone()),
-            binary: Rc::new(p.binary.clone()),
-            json_deflate: p.json_deflate.clone().map(Rc::new),
-            binary_deflate: p.binary_deflate.clone().map(Rc::new),
+    /// The same encodings, each passed through `f`.
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Encodings<U> {
+        Encodings {
+            json: f(&self.json),
+            binary: f(&self.binary),
+            json_deflate: self.json_deflate.as_ref().map(&mut f),
+            binary_deflate: self.binary_deflate.as_ref().map(&mut f),
         }
-    }
-
-    /// The frame for a connection, as [`EncodedPub::for_conn`] picks it.
-    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> Frame {
-        let rc = match (format, deflate) {
-            (WireFormat::Json, true) => self.json_deflate.as_ref().unwrap_or(&self.json),
-            (WireFormat::Json, false) => &self.json,
-            (WireFormat::Binary, true) => self.binary_deflate.as_ref().unwrap_or(&self.binary),
-            (WireFormat::Binary, false) => &self.binary,
-        };
-        Frame::Shared(Rc::clone(rc))
     }
 }
 
