@@ -12,12 +12,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
 /// The subprotocol the baselines speak.
@@ -26,6 +28,53 @@ pub const PROTOCOL: &str = "edu-matrix-v1.json";
 pub const QUEUE: usize = 1024;
 /// Ping interval advertised in the connect reply, seconds.
 const PING_INTERVAL: u32 = 25;
+
+/// The baselines' command line.
+#[derive(Debug, clap::Args)]
+pub struct ListenArgs {
+    /// Client listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Listen backlog. `TcpListener::bind` would give std's 128, which a
+    /// storm of 256 concurrent handshakes overflows (SYNs then retransmit
+    /// after 1 s); 4096 matches wsedge's default.
+    #[arg(long, default_value_t = 4096)]
+    pub backlog: u32,
+}
+
+impl ListenArgs {
+    /// Binds the listener and prints `listening client=ADDR` on stderr (the
+    /// line the driver waits for).
+    pub fn listen(&self) -> std::io::Result<TcpListener> {
+        let socket = if self.listen.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(self.listen)?;
+        let listener = socket.listen(self.backlog)?;
+        eprintln!("listening client={}", listener.local_addr()?);
+        Ok(listener)
+    }
+}
+
+/// The next client connection (TCP_NODELAY set). Accept errors (e.g.
+/// EMFILE) are logged and retried after 10 ms instead of spinning.
+pub async fn accept(listener: &TcpListener) -> TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) => {
+                eprintln!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
 
 /// A WebSocket library's outgoing message type.
 pub trait Outgoing: Send + 'static {

@@ -175,6 +175,19 @@ pub(crate) struct WorkerSpec<'a> {
     pub inflate_every: u64,
 }
 
+impl<'a> WorkerSpec<'a> {
+    /// Connections without permessage-deflate.
+    pub(crate) fn plain(channel: &'a str, channels: u64, mode: Mode) -> Self {
+        Self {
+            channel,
+            channels,
+            mode,
+            deflate: false,
+            inflate_every: 1,
+        }
+    }
+}
+
 /// Pins the calling process (all its future threads) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<()> {
     let mut set = nix::sched::CpuSet::new();
@@ -395,6 +408,54 @@ pub(crate) fn check_alive(server: &mut Server) -> Result<()> {
     Ok(())
 }
 
+/// Starts the server under test (see [`Server::start`]) and says where.
+pub(crate) async fn start_server(c: &CommonArgs, deflate: Option<bool>) -> Result<Server> {
+    let server = Server::start(c.target, &c.server, deflate).await?;
+    eprintln!(
+        "wsbench: {} pid {} on {} (log {})",
+        c.target,
+        server.pid,
+        server.client,
+        server.log.display()
+    );
+    Ok(server)
+}
+
+/// Spawns the workers for `n` connections as `spec` says, waits until all
+/// are set up, checks the server survived it and says how long it took.
+pub(crate) async fn connect_all(
+    c: &CommonArgs,
+    server: &mut Server,
+    n: u64,
+    spec: &WorkerSpec<'_>,
+    what: &str,
+) -> Result<(Vec<Worker>, Ready)> {
+    let mut workers = spawn_workers(c, server.client, n, spec).await?;
+    let ready = wait_ready(&mut workers).await?;
+    check_alive(server)?;
+    eprintln!(
+        "wsbench: {} {what} ready ({} failed) in {:.2} s",
+        ready.ok,
+        ready.failed,
+        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
+    );
+    Ok((workers, ready))
+}
+
+/// The publisher's own connection, from 127.0.0.1 (the workers use
+/// 127.0.0.2 and up), not subscribed to anything.
+pub(crate) async fn open_publisher(server: &Server) -> Result<Conn> {
+    open(
+        server.client,
+        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        u64::MAX / 3,
+        None,
+        false,
+    )
+    .await
+    .context("opening the publisher connection")
+}
+
 /// Busy fraction of the server and generator CPUs over `secs` before the
 /// run starts: anything above a few percent is foreign load that will
 /// distort the results (a warning goes to stderr).
@@ -482,29 +543,14 @@ pub fn idle(args: IdleArgs) -> Result<()> {
 async fn idle_async(a: IdleArgs) -> Result<()> {
     let c = &a.common;
     let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server, None).await?;
-    eprintln!(
-        "wsbench: {} pid {} on {} (log {})",
-        c.target,
-        server.pid,
-        server.client,
-        server.log.display()
-    );
+    let mut server = start_server(c, None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_bytes(server.pid)?;
     let kernel_before = kernel_mem()?;
 
     let server_cpu0 = cpu_seconds(server.pid)?;
-    let spec = WorkerSpec {
-        channel: "idle:",
-        channels: a.channels.max(1),
-        mode: Mode::Subscribe,
-        deflate: false,
-        inflate_every: 1,
-    };
-    let mut workers = spawn_workers(c, server.client, a.conns, &spec).await?;
-    let ready = wait_ready(&mut workers).await?;
-    check_alive(&mut server)?;
+    let spec = WorkerSpec::plain("idle:", a.channels.max(1), Mode::Subscribe);
+    let (mut workers, ready) = connect_all(c, &mut server, a.conns, &spec, "connections").await?;
     let connect_server_cpu_s = cpu_seconds(server.pid)? - server_cpu0;
     let mut connect_gen_cpu_s = 0.0;
     for w in &workers {
@@ -1135,14 +1181,7 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         bail!("--rate must be positive");
     }
     let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server, x.deflate).await?;
-    eprintln!(
-        "wsbench: {} pid {} on {} (log {})",
-        c.target,
-        server.pid,
-        server.client,
-        server.log.display()
-    );
+    let mut server = start_server(c, x.deflate).await?;
     let spec = WorkerSpec {
         channel: &a.channel,
         channels: 0,
@@ -1150,25 +1189,8 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         deflate: x.deflate == Some(true),
         inflate_every: x.inflate_every,
     };
-    let mut workers = spawn_workers(c, server.client, a.subs, &spec).await?;
-    let ready = wait_ready(&mut workers).await?;
-    check_alive(&mut server)?;
-    eprintln!(
-        "wsbench: {} subscribers ready ({} failed) in {:.2} s",
-        ready.ok,
-        ready.failed,
-        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
-    );
-
-    let publ = open(
-        server.client,
-        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        u64::MAX / 3,
-        None,
-        false,
-    )
-    .await
-    .context("opening the publisher connection")?;
+    let (mut workers, ready) = connect_all(c, &mut server, a.subs, &spec, "subscribers").await?;
+    let publ = open_publisher(&server).await?;
     let start_ns = mono_ns() + (a.warmup * 1e9) as u64 + 50_000_000;
     let end_ns = start_ns + (a.duration * 1e9) as u64;
     for w in workers.iter_mut() {

@@ -11,12 +11,11 @@ use tokio::task::LocalSet;
 
 use crate::clock::{mono_ns, to_instant};
 use crate::driver::{
-    CommonArgs, WorkerSpec, background_busy, check_alive, collect_reports, cpu_window, per_msg_ns,
-    percentiles_us, pin_self, print_line, round, runtime, sample, spawn_workers, stop_server,
-    stop_workers, wait_ready, wsedge_delta,
+    CommonArgs, WorkerSpec, background_busy, check_alive, collect_reports, connect_all, cpu_window,
+    per_msg_ns, percentiles_us, pin_self, print_line, round, runtime, sample, start_server,
+    stop_server, stop_workers, wsedge_delta,
 };
 use crate::ipc::{Command, Event};
-use crate::target::Server;
 use crate::worker::Mode;
 
 /// `wsbench rooms`.
@@ -111,30 +110,9 @@ async fn rooms_async(a: RoomsArgs) -> Result<()> {
     }
     let warmup = a.warmup.unwrap_or(1.0 / a.rate_per_conn);
     let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server, None).await?;
-    eprintln!(
-        "wsbench: {} pid {} on {} (log {})",
-        c.target,
-        server.pid,
-        server.client,
-        server.log.display()
-    );
-    let spec = WorkerSpec {
-        channel: "room:",
-        channels: a.rooms,
-        mode: Mode::Rooms,
-        deflate: false,
-        inflate_every: 1,
-    };
-    let mut workers = spawn_workers(c, server.client, a.conns, &spec).await?;
-    let ready = wait_ready(&mut workers).await?;
-    check_alive(&mut server)?;
-    eprintln!(
-        "wsbench: {} members ready ({} failed) in {:.2} s",
-        ready.ok,
-        ready.failed,
-        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
-    );
+    let mut server = start_server(c, None).await?;
+    let spec = WorkerSpec::plain("room:", a.rooms, Mode::Rooms);
+    let (mut workers, ready) = connect_all(c, &mut server, a.conns, &spec, "members").await?;
 
     let pub_start = mono_ns() + 100_000_000;
     let start_ns = pub_start + (warmup * 1e9) as u64;

@@ -5,7 +5,6 @@
 //! until every client is subscribed again and receiving new publications.
 
 use std::cell::Cell;
-use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,14 +14,12 @@ use serde::Serialize;
 use tokio::task::LocalSet;
 
 use crate::clock::mono_ns;
-use crate::conn::open;
 use crate::driver::{
-    CommonArgs, PubCfg, PubData, WorkerSpec, background_busy, check_alive, cpu_window, pin_self,
-    print_line, publisher, round, runtime, sample, spawn_workers, stop_server, stop_workers,
-    wait_ready,
+    CommonArgs, PubCfg, PubData, WorkerSpec, background_busy, check_alive, connect_all, cpu_window,
+    open_publisher, pin_self, print_line, publisher, round, runtime, sample, start_server,
+    stop_server, stop_workers,
 };
 use crate::ipc::{Command, Event, StormStatus};
-use crate::target::Server;
 use crate::worker::{Mode, new_histogram};
 
 /// `wsbench storm`.
@@ -104,40 +101,10 @@ fn ms(ns: u64) -> f64 {
 async fn storm_async(a: StormArgs) -> Result<()> {
     let c = &a.common;
     let background = background_busy(c, 1.0).await?;
-    let mut server = Server::start(c.target, &c.server, None).await?;
-    eprintln!(
-        "wsbench: {} pid {} on {} (log {})",
-        c.target,
-        server.pid,
-        server.client,
-        server.log.display()
-    );
-    let spec = WorkerSpec {
-        channel: "storm",
-        channels: 0,
-        mode: Mode::Storm,
-        deflate: false,
-        inflate_every: 1,
-    };
-    let mut workers = spawn_workers(c, server.client, a.conns, &spec).await?;
-    let ready = wait_ready(&mut workers).await?;
-    check_alive(&mut server)?;
-    eprintln!(
-        "wsbench: {} subscribers ready ({} failed) in {:.2} s",
-        ready.ok,
-        ready.failed,
-        ready.last_ready_ns.saturating_sub(ready.first_connect_ns) as f64 / 1e9
-    );
-
-    let publ = open(
-        server.client,
-        Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-        u64::MAX / 3,
-        None,
-        false,
-    )
-    .await
-    .context("opening the publisher connection")?;
+    let mut server = start_server(c, None).await?;
+    let spec = WorkerSpec::plain("storm", 0, Mode::Storm);
+    let (mut workers, ready) = connect_all(c, &mut server, a.conns, &spec, "subscribers").await?;
+    let publ = open_publisher(&server).await?;
     let end = Rc::new(Cell::new(u64::MAX));
     let cfg = PubCfg {
         channel_json: "\"storm\"".to_string(),

@@ -20,7 +20,6 @@
 //! baseline_fastws --listen 127.0.0.1:8080      # prints "listening client=ADDR" on stderr
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,9 +33,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
-use wsbench::baseline::{Outgoing, PROTOCOL, QUEUE, Session, State};
+use wsbench::baseline::{ListenArgs, Outgoing, PROTOCOL, QUEUE, Session, State, accept};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -45,14 +43,8 @@ use wsbench::baseline::{Outgoing, PROTOCOL, QUEUE, Session, State};
     about = "tokio + fastwebsockets broadcast baseline"
 )]
 struct Args {
-    /// Client listen address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Listen backlog. `TcpListener::bind` would give std's 128, which a
-    /// storm of 256 concurrent handshakes overflows (SYNs then retransmit
-    /// after 1 s); 4096 matches wsedge's default.
-    #[arg(long, default_value_t = 4096)]
-    backlog: u32,
+    #[command(flatten)]
+    listen: ListenArgs,
 }
 
 /// What a connection's writer task sends.
@@ -155,27 +147,10 @@ async fn handle(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let socket = if args.listen.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(args.listen)?;
-    let listener = socket.listen(args.backlog)?;
-    eprintln!("listening client={}", listener.local_addr()?);
+    let listener = args.listen.listen()?;
     let state = Arc::new(State::<Outbound>::new("baseline-fastws"));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // e.g. EMFILE: back off instead of spinning.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let state = state.clone();
         tokio::spawn(async move {
             let io = TokioIo::new(stream);

@@ -21,17 +21,16 @@
 //! baseline_tungstenite --listen 127.0.0.1:8080   # prints "listening client=ADDR" on stderr
 //! ```
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use wsbench::baseline::{PROTOCOL, QUEUE, Session, State};
+use wsbench::baseline::{ListenArgs, PROTOCOL, QUEUE, Session, State, accept};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -40,13 +39,8 @@ use wsbench::baseline::{PROTOCOL, QUEUE, Session, State};
     about = "tokio + tokio-tungstenite broadcast baseline"
 )]
 struct Args {
-    /// Client listen address.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Listen backlog (std's default of 128 overflows under 256
-    /// concurrent handshakes; 4096 matches wsedge's default).
-    #[arg(long, default_value_t = 4096)]
-    backlog: u32,
+    #[command(flatten)]
+    listen: ListenArgs,
 }
 
 async fn serve(
@@ -107,27 +101,10 @@ async fn serve(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let socket = if args.listen.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(args.listen)?;
-    let listener = socket.listen(args.backlog)?;
-    eprintln!("listening client={}", listener.local_addr()?);
+    let listener = args.listen.listen()?;
     let state = Arc::new(State::<Message>::new("baseline-tungstenite"));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // e.g. EMFILE: back off instead of spinning.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let state = state.clone();
         tokio::spawn(async move {
             use tokio_tungstenite::tungstenite::Error;
