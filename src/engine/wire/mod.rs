@@ -40,6 +40,28 @@ pub struct ConnectParams<'a> {
     pub version: Option<Cow<'a, str>>,
 }
 
+/// Who a connection is, as presence reports it and join/leave/state pushes
+/// carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Server-assigned client id (unique per connection).
+    pub client: std::sync::Arc<str>,
+    /// User id (empty for an anonymous connection).
+    pub user: std::sync::Arc<str>,
+    /// Optional application data about the connection: JSON text.
+    pub info: Option<Bytes>,
+}
+
+/// One member of a channel's presence: who it is and its current state
+/// (`viewing`, `typing`, `editing:<section>`…), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The connection.
+    pub info: ClientInfo,
+    /// Its state, if one is set and not expired.
+    pub state: Option<std::sync::Arc<str>>,
+}
+
 /// Publication payload as a client sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Data<'a> {

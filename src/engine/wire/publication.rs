@@ -39,6 +39,16 @@ impl PubData {
     }
 }
 
+/// A publication as history keeps it and recovery replays it: its offset
+/// in the channel's stream and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// Offset assigned by the channel's home.
+    pub offset: u64,
+    /// The payload.
+    pub data: PubData,
+}
+
 /// Every encoding of one publication, each a complete server frame.
 #[derive(Debug, Clone)]
 pub struct Encodings<T> {
