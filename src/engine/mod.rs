@@ -10,6 +10,8 @@
 //! - [`channel`]: channel name rules.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`subs`]: a shard's local subscription table.
+//! - [`router`]: a shard's channel router (home and local sides) as a
+//!   state machine, with the messages routers exchange.
 //! - [`outbox`]: per-connection output queue with budget.
 //! - [`limits`]: per-connection command rate limit.
 //! - [`timer`], [`heartbeat`]: the per-shard timer wheel and pings.
@@ -20,6 +22,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
+pub mod router;
 pub mod subs;
 pub mod timer;
 pub mod wire;

@@ -1,23 +1,185 @@
-//! The wire protocol on a shard: client commands, and the cross-shard
-//! messages that complete them (interest, publish, delivery).
+//! The wire protocol on a shard: connection-level commands (connect, ping,
+//! the rate limit), and the shell's side of the channel router — the
+//! [`Output`] that turns its decisions into queued frames, closes and
+//! inbox messages.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
-use super::conn::Phase;
-use super::core::Shard;
-use crate::bridge::{Delivery, ReplyTo, ShardMsg};
-use crate::engine::channel::is_valid_channel;
+use bytes::Bytes;
+use slab::Slab;
+
+use super::conn::{Conn, Phase};
+use super::core::{Shard, WriteQueue, slot};
+use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::codes::{CloseReason, ErrorCode};
-use crate::engine::hub::{Position, home_shard};
 use crate::engine::limits::Admit;
-use crate::engine::outbox::Frame;
-use crate::engine::subs::{Acked, ConnRef, Delivery as Local, Subscribed};
-use crate::engine::wire::publication::{LocalPub, PubData};
-use crate::engine::wire::{self, Command, Method, ReplyBody};
-use crate::engine::ws::deflate::frame_for;
+use crate::engine::outbox::{Frame, OverBudget};
+use crate::engine::router::{Msg, Output};
+use crate::engine::subs::{ConnRef, Subscriber};
+use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
+use crate::engine::wire::{self, Command, FrameWriter, Method, ReplyBody};
+use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::engine::ws::handshake::WireFormat;
+use crate::metrics::ShardMetrics;
+
+/// Messages a shard may hold for a peer whose inbox is full.
+pub(crate) const OWED_MAX: usize = 65_536;
+
+/// Queues a data frame for `c` and lists it for the write pass. `Err`: the
+/// frame would exceed the connection's budget (a slow consumer).
+pub(crate) fn queue_frame(
+    conns: &mut Slab<Conn>,
+    dirty: &mut WriteQueue,
+    c: ConnRef,
+    frame: Frame,
+    budget: usize,
+) -> Result<(), OverBudget> {
+    let Some(conn) = slot(conns, c) else {
+        return Ok(());
+    };
+    if conn.phase != Phase::Open {
+        return Ok(());
+    }
+    conn.outbox.push_data(frame, budget)?;
+    if !conn.dirty {
+        conn.dirty = true;
+        dirty.push(c);
+    }
+    Ok(())
+}
+
+/// The shard's half of everything the router decides: borrows every shard
+/// field except the router itself, so the router can run against it.
+/// Closes are collected and carried out by the shard afterwards.
+pub(crate) struct ShardOut<'a> {
+    pub(crate) conns: &'a mut Slab<Conn>,
+    pub(crate) dirty: &'a mut WriteQueue,
+    pub(crate) writer: &'a mut FrameWriter,
+    pub(crate) push_writer: &'a mut FrameWriter,
+    pub(crate) compressor: &'a mut Option<Compressor>,
+    /// The connection whose message is being handled: its replies are
+    /// batched into `writer`.
+    pub(crate) current: Option<ConnRef>,
+    pub(crate) budget: usize,
+    pub(crate) metrics: &'a ShardMetrics,
+    pub(crate) sent_stamps: &'a mut VecDeque<(Instant, u64)>,
+    pub(crate) inboxes: &'a [std::sync::Arc<Inbox>],
+    pub(crate) owed: &'a mut [VecDeque<ShardMsg>],
+    pub(crate) closes: &'a mut Vec<(ConnRef, CloseReason)>,
+}
+
+/// A [`ShardOut`] over `$s`'s fields (a macro, so the borrows stay
+/// field-by-field and `$s.router` remains free).
+macro_rules! shard_out {
+    ($s:ident) => {
+        $crate::shard::commands::ShardOut {
+            conns: &mut $s.conns,
+            dirty: &mut $s.dirty,
+            writer: &mut $s.writer,
+            push_writer: &mut $s.push_writer,
+            compressor: &mut $s.compressor,
+            current: $s.current,
+            budget: $s.ctx.config.outbound_budget,
+            metrics: &$s.metrics,
+            sent_stamps: &mut $s.sent_stamps,
+            inboxes: &$s.ctx.inboxes,
+            owed: &mut $s.owed,
+            closes: &mut $s.closes,
+        }
+    };
+}
+pub(crate) use shard_out;
+
+impl ShardOut<'_> {
+    /// Queues `frame` for `c`, or schedules the slow consumer's close.
+    fn queue(&mut self, c: ConnRef, frame: Frame) {
+        if queue_frame(self.conns, self.dirty, c, frame, self.budget).is_err() {
+            self.metrics.slow_drop();
+            self.closes.push((c, CloseReason::SlowConsumer));
+        }
+    }
+}
+
+impl Output for ShardOut<'_> {
+    fn reply(&mut self, c: ConnRef, id: u32, body: ReplyBody<'_>) {
+        if let ReplyBody::Error(code) = body {
+            self.metrics.error_reply(code.code());
+        }
+        if self.current == Some(c) {
+            self.writer.reply(id, body);
+            return;
+        }
+        let Some(conn) = slot(self.conns, c) else {
+            return;
+        };
+        let (format, deflate) = (conn.format, conn.deflate);
+        self.push_writer.begin(format);
+        self.push_writer.reply(id, body);
+        let comp = &mut *self.compressor;
+        if let Some(frame) = self
+            .push_writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
+            self.queue(c, frame.into());
+        }
+    }
+
+    fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, p: &SharedPub) {
+        for s in subs {
+            let Some(conn) = slot(self.conns, s.conn) else {
+                continue;
+            };
+            let frame = Frame::Shared(Rc::clone(
+                &frames.frame(conn.format, conn.takes_shared_deflate()),
+            ));
+            if conn.outbox.push_data(frame, self.budget).is_err() {
+                self.metrics.slow_drop();
+                self.closes.push((s.conn, CloseReason::SlowConsumer));
+                continue;
+            }
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(s.conn);
+            }
+        }
+        self.sent_stamps
+            .push_back((p.accepted_at, self.dirty.pushed));
+    }
+
+    fn close(&mut self, c: ConnRef, reason: CloseReason) {
+        if reason == CloseReason::InsufficientState {
+            self.metrics.gap();
+        }
+        self.closes.push((c, reason));
+    }
+
+    /// Keeps per-peer order: when earlier messages are still owed to that
+    /// peer, this one waits behind them.
+    fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg> {
+        let msg = ShardMsg::Router(msg);
+        let msg = if self.owed[to].is_empty() {
+            match self.inboxes[to].push(msg) {
+                Ok(()) => return Ok(()),
+                Err(msg) => {
+                    self.metrics.queue_full(msg.kind());
+                    msg
+                }
+            }
+        } else {
+            msg
+        };
+        let ShardMsg::Router(m) = msg else {
+            unreachable!("wrapped above")
+        };
+        if m.refusable() && self.owed[to].len() >= OWED_MAX {
+            return Err(m);
+        }
+        self.owed[to].push_back(ShardMsg::Router(m));
+        Ok(())
+    }
+}
 
 impl Shard {
     /// A complete data message from a client connection.
@@ -32,7 +194,8 @@ impl Shard {
         }
         self.writer.begin(format);
         self.current = Some(c);
-        let result = wire::decode_commands(format, text, payload, |cmd| self.exec(c, cmd));
+        let now = Instant::now();
+        let result = wire::decode_commands(format, text, payload, |cmd| self.exec(now, c, cmd));
         self.current = None;
         match result {
             Ok(()) => self.flush_replies(c),
@@ -41,6 +204,7 @@ impl Shard {
                 self.close_conn(c, CloseReason::BadRequest);
             }
         }
+        self.apply_closes();
     }
 
     /// Queues the replies batched so far for `c` (the connection being
@@ -62,38 +226,26 @@ impl Shard {
     /// Sends a reply to `c`: batched into the current frame when `c` is
     /// the connection being served, else as a frame of its own.
     pub(crate) fn reply(&mut self, c: ConnRef, id: u32, body: ReplyBody<'_>) {
-        if let ReplyBody::Error(code) = body {
-            self.metrics.error_reply(code.code());
-        }
-        if self.current == Some(c) {
-            self.writer.reply(id, body);
-            return;
-        }
-        let Some(conn) = self.conn_mut(c) else {
-            return;
-        };
-        let (format, deflate) = (conn.format, conn.deflate);
-        self.push_writer.begin(format);
-        self.push_writer.reply(id, body);
-        let comp = &mut self.compressor;
-        if let Some(frame) = self
-            .push_writer
-            .finish_with(|text, p| frame_for(comp, deflate, text, p))
-        {
-            self.queue_data(c, frame);
+        shard_out!(self).reply(c, id, body);
+    }
+
+    /// Carries out the closes the router (or a delivery) asked for.
+    pub(crate) fn apply_closes(&mut self) {
+        while let Some((c, reason)) = self.closes.pop() {
+            self.close_conn(c, reason);
         }
     }
 
-    fn exec(&mut self, c: ConnRef, cmd: Command<'_>) {
+    fn exec(&mut self, now: Instant, c: ConnRef, cmd: Command<'_>) {
         let id = cmd.id;
-        let (now, limit) = (self.now_tick, self.ctx.config.max_commands_per_second);
+        let (tick, limit) = (self.now_tick, self.ctx.config.max_commands_per_second);
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
         if conn.phase != Phase::Open {
             return; // closed by an earlier command of the same frame
         }
-        match conn.rate.admit(now, limit) {
+        match conn.rate.admit(tick, limit) {
             Admit::Run => {}
             Admit::Refuse => {
                 return self.reply(c, id, ReplyBody::Error(ErrorCode::TooManyRequests));
@@ -109,216 +261,42 @@ impl Shard {
             Ok(m) => m,
             Err(code) => return self.reply(c, id, ReplyBody::Error(code)),
         };
-        let Some(conn) = self.conn_mut(c) else {
-            return;
-        };
         match method {
             Method::Connect(_) if connected => {
                 self.reply(c, id, ReplyBody::Error(ErrorCode::AlreadyConnected))
             }
             Method::Connect(_) => {
-                conn.connected = true;
+                if let Some(conn) = self.conn_mut(c) {
+                    conn.connected = true;
+                }
                 let client = self.client_id(c);
-                let node = self.ctx.config.node_name.clone();
+                let config = self.ctx.config.clone();
                 let ping = self.heartbeat.ping_interval;
                 self.reply(
                     c,
                     id,
                     ReplyBody::Connect {
                         client: &client,
-                        node: &node,
+                        node: &config.node_name,
                         ping,
                     },
                 );
             }
             _ if !connected => self.reply(c, id, ReplyBody::Error(ErrorCode::NotConnected)),
             Method::Ping => self.reply(c, id, ReplyBody::Ping),
-            Method::Subscribe { channel } if !is_valid_channel(&channel) => {
-                self.reply(c, id, ReplyBody::Error(ErrorCode::InvalidChannel))
-            }
-            Method::Unsubscribe { channel } if !is_valid_channel(&channel) => {
-                self.reply(c, id, ReplyBody::Error(ErrorCode::InvalidChannel))
-            }
-            Method::Publish { channel, .. } if !is_valid_channel(&channel) => {
-                self.reply(c, id, ReplyBody::Error(ErrorCode::InvalidChannel))
-            }
-            Method::Subscribe { channel } => match self.subs.subscribe(c, &channel, id) {
-                Ok(Subscribed::Now(p)) => self.reply_position(c, id, p),
-                Ok(Subscribed::Waiting) => {}
-                Ok(Subscribed::NeedInterest(name)) => self.request_interest(name, true),
-                Err(code) => self.reply(c, id, ReplyBody::Error(code)),
-            },
-            Method::Unsubscribe { channel } => match self.subs.unsubscribe(c, &channel) {
-                Ok(released) => {
-                    self.reply(c, id, ReplyBody::Unsubscribe);
-                    if let Some(name) = released {
-                        self.request_interest(name, false);
+            channel_method => {
+                let mut out = shard_out!(self);
+                let r = &mut self.router;
+                match channel_method {
+                    Method::Subscribe { channel } => r.subscribe(now, c, id, &channel, &mut out),
+                    Method::Unsubscribe { channel } => {
+                        r.unsubscribe(now, c, id, &channel, &mut out)
                     }
-                }
-                Err(code) => self.reply(c, id, ReplyBody::Error(code)),
-            },
-            Method::Publish { channel, data } => {
-                let data = PubData::from_data(data);
-                let channel: Arc<str> = Arc::from(&*channel);
-                let home = home_shard(&channel, self.ctx.inboxes.len());
-                let reply_to = ReplyTo {
-                    conn: c,
-                    cmd_id: id,
-                };
-                if home == self.id {
-                    let offset = self.publish_home(channel, data);
-                    self.reply(c, id, ReplyBody::Publish { offset });
-                } else {
-                    let msg = ShardMsg::Publish {
-                        channel,
-                        data,
-                        from: self.id,
-                        reply_to,
-                    };
-                    if self.send_to(home, msg).is_err() {
-                        self.reply(c, id, ReplyBody::Error(ErrorCode::Overloaded));
+                    Method::Publish { channel, data } => {
+                        r.publish(now, c, id, &channel, PubData::from_data(data), &mut out)
                     }
+                    Method::Connect(_) | Method::Ping => unreachable!("handled above"),
                 }
-            }
-        }
-    }
-
-    fn reply_position(&mut self, c: ConnRef, id: u32, p: Position) {
-        self.reply(
-            c,
-            id,
-            ReplyBody::Subscribe {
-                epoch: p.epoch,
-                offset: p.offset,
-            },
-        );
-    }
-
-    /// Tells `name`'s home that this shard has (or no longer has)
-    /// subscribers.
-    pub(crate) fn request_interest(&mut self, name: Arc<str>, on: bool) {
-        let home = home_shard(&name, self.ctx.inboxes.len());
-        if home == self.id {
-            let p = self.hub.set_interest(&name, self.id, on, self.now_tick);
-            if on {
-                self.on_interest_ack(&name, p);
-            }
-            return;
-        }
-        let msg = ShardMsg::Interest {
-            channel: name.clone(),
-            from: self.id,
-            on,
-        };
-        if self.send_to(home, msg).is_err() {
-            let mut failed = Vec::new();
-            self.subs.on_interest_failed(&name, &mut failed);
-            for (c, id) in failed {
-                self.reply(c, id, ReplyBody::Error(ErrorCode::Overloaded));
-            }
-        }
-    }
-
-    fn on_interest_ack(&mut self, name: &str, p: Position) {
-        let mut replies = Vec::new();
-        match self.subs.on_interest_ack(name, p, &mut replies) {
-            Acked::Active => {
-                for (c, id) in replies {
-                    self.reply_position(c, id, p);
-                }
-            }
-            Acked::Release(name) => self.request_interest(name, false),
-            Acked::Unknown => {}
-        }
-    }
-
-    /// Home side of a publication: assign the offset, encode once, send to
-    /// every shard with subscribers (this one directly).
-    pub(crate) fn publish_home(&mut self, channel: Arc<str>, data: PubData) -> u64 {
-        let acc = self.hub.publish(&channel, self.now_tick);
-        self.stats.publications += 1;
-        let offset = acc.position.offset;
-        if acc.interested == 0 {
-            return offset; // nobody listens: not even encoded
-        }
-        let frames = self
-            .encoder
-            .encode(&channel, offset, &data, self.compressor.as_mut());
-        self.stats.encodes[0] += 1;
-        self.stats.encodes[1] += 1;
-        self.stats.encodes[2] += u64::from(frames.json_deflate.is_some());
-        self.stats.encodes[3] += u64::from(frames.binary_deflate.is_some());
-        let d = Arc::new(Delivery {
-            channel,
-            offset,
-            frames,
-            accepted_at: Instant::now(),
-        });
-        let mut mask = acc.interested;
-        while mask != 0 {
-            let shard = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if shard == self.id {
-                self.deliver_local(&d);
-            } else if shard < self.ctx.inboxes.len()
-                && self.send_to(shard, ShardMsg::Deliver(d.clone())).is_err()
-            {
-                // Dropped: that shard's subscribers must recover.
-                if !self.lost[shard].contains(&d.channel) {
-                    self.lost[shard].push(d.channel.clone());
-                }
-            }
-        }
-        offset
-    }
-
-    /// Queues a publication to every local subscriber: the same bytes for
-    /// all, no per-subscriber encoding.
-    pub(crate) fn deliver_local(&mut self, d: &Delivery) {
-        let budget = self.ctx.config.outbound_budget;
-        let mut slow = Vec::new();
-        let gap_conns: Vec<ConnRef>;
-        match self.subs.deliver(&d.channel, d.offset) {
-            Local::Ignore => return,
-            Local::Deliver(subs) => {
-                let frames: LocalPub = d.frames.map(|b| Rc::new(b.clone()));
-                for s in subs {
-                    let Some(conn) = self
-                        .conns
-                        .get_mut(s.conn.idx as usize)
-                        .filter(|x| x.generation == s.conn.generation)
-                    else {
-                        continue;
-                    };
-                    let frame = Frame::Shared(Rc::clone(
-                        frames.for_conn(conn.format, conn.takes_shared_deflate()),
-                    ));
-                    if conn.outbox.push_data(frame, budget).is_err() {
-                        slow.push(s.conn);
-                        continue;
-                    }
-                    if !conn.dirty {
-                        conn.dirty = true;
-                        self.dirty.push(s.conn);
-                    }
-                }
-                self.stats.deliveries += subs.len() as u64;
-                self.sent_stamps
-                    .push_back((d.accepted_at, self.dirty.pushed));
-                gap_conns = Vec::new();
-            }
-            Local::Gap(subs) => {
-                gap_conns = subs.iter().map(|s| s.conn).collect();
-            }
-        }
-        for c in slow {
-            self.metrics.slow_drop();
-            self.close_conn(c, CloseReason::SlowConsumer);
-        }
-        if !gap_conns.is_empty() {
-            self.metrics.gap();
-            for c in gap_conns {
-                self.close_conn(c, CloseReason::InsufficientState);
             }
         }
     }
@@ -326,55 +304,22 @@ impl Shard {
     /// A message from another thread.
     pub(crate) fn handle_msg(&mut self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Interest { channel, from, on } => {
-                let p = self.hub.set_interest(&channel, from, on, self.now_tick);
-                if on {
-                    let _ = self.send_to(
-                        from,
-                        ShardMsg::InterestAck {
-                            channel,
-                            position: p,
-                        },
-                    );
-                }
-            }
-            ShardMsg::InterestAck { channel, position } => self.on_interest_ack(&channel, position),
-            ShardMsg::Publish {
-                channel,
-                data,
-                from,
-                reply_to,
-            } => {
-                let offset = self.publish_home(channel, data);
-                let ack = ShardMsg::PublishAck {
-                    reply_to,
-                    result: Ok(offset),
-                };
-                let _ = self.send_to(from, ack);
-            }
-            ShardMsg::PublishAck { reply_to, result } => {
-                let body = match result {
-                    Ok(offset) => ReplyBody::Publish { offset },
-                    Err(code) => ReplyBody::Error(code),
-                };
-                self.reply(reply_to.conn, reply_to.cmd_id, body);
-            }
-            ShardMsg::Deliver(d) => self.deliver_local(&d),
-            ShardMsg::Lost { channel } => {
-                let conns: Vec<ConnRef> = self
-                    .subs
-                    .subscribers(&channel)
-                    .iter()
-                    .map(|s| s.conn)
-                    .collect();
-                if !conns.is_empty() {
-                    self.metrics.gap();
-                }
-                for c in conns {
-                    self.close_conn(c, CloseReason::InsufficientState);
-                }
+            ShardMsg::Router(m) => {
+                let mut out = shard_out!(self);
+                self.router.handle(Instant::now(), m, &mut out);
+                self.apply_closes();
             }
             ShardMsg::Drain => self.start_drain(),
+        }
+    }
+
+    /// Queues a data frame for `c`, dropping the connection as a slow
+    /// consumer if that would exceed its budget.
+    pub(crate) fn queue_data(&mut self, c: ConnRef, frame: Bytes) {
+        let budget = self.ctx.config.outbound_budget;
+        if queue_frame(&mut self.conns, &mut self.dirty, c, frame.into(), budget).is_err() {
+            self.metrics.slow_drop();
+            self.close_conn(c, CloseReason::SlowConsumer);
         }
     }
 }

@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,16 +18,16 @@ use slab::Slab;
 use tracing::{info, warn};
 
 use super::ShardContext;
+use super::commands::shard_out;
 use super::conn::{Conn, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
 use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
 use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::codes::CloseReason;
 use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
-use crate::engine::hub::Hub;
-use crate::engine::subs::{ConnRef, Subscriptions};
+use crate::engine::router::{Msg, Router, RouterConfig};
+use crate::engine::subs::ConnRef;
 use crate::engine::timer::TimerWheel;
 use crate::engine::wire::FrameWriter;
-use crate::engine::wire::publication::PubEncoder;
 use crate::engine::ws::deflate::{Compressor, DeflateConfig, Inflater, frame_for};
 use crate::engine::ws::frame::{DecoderLimits, Event, Fed, Flow, Opcode, close_frame, frame_bytes};
 use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject};
@@ -57,8 +56,6 @@ const WRITE_BUDGET: usize = 256;
 /// a slice per turn, they hold up reading and writing for at most a few
 /// hundred microseconds instead of for the whole burst at once.
 const DEADLINE_BUDGET: usize = 512;
-/// Messages a shard may hold for a peer whose inbox is full.
-pub(crate) const OWED_MAX: usize = 65_536;
 
 const PING_FRAME: &[u8] = &[0x89, 0x00];
 
@@ -120,8 +117,10 @@ pub struct Shard {
     spare: Option<OwnedFd>,
     pub(crate) conns: Slab<Conn>,
     next_generation: u32,
-    pub(crate) subs: Subscriptions,
-    pub(crate) hub: Hub,
+    /// Channels: the home side and the local subscriptions.
+    pub(crate) router: Router,
+    /// Closes decided while the router ran, carried out right after.
+    pub(crate) closes: Vec<(ConnRef, CloseReason)>,
     wheel: TimerWheel<ConnRef>,
     started: Instant,
     pub(crate) now_tick: u32,
@@ -136,15 +135,13 @@ pub struct Shard {
     inbox_pending: bool,
     pub(crate) writer: FrameWriter,
     pub(crate) push_writer: FrameWriter,
-    pub(crate) encoder: PubEncoder,
-    /// Compresses outgoing frames (None when compression is off).
+    /// Compresses replies and pushes (None when compression is off).
+    /// Publications are compressed once by the router.
     pub(crate) compressor: Option<Compressor>,
     /// Inflates compressed client messages (taken while in use).
     inflater: Option<Inflater>,
     /// Messages owed to each peer shard whose inbox was full, in order.
     pub(crate) owed: Vec<VecDeque<ShardMsg>>,
-    /// Channels whose deliveries to a peer were dropped (sent as `Lost`).
-    pub(crate) lost: Vec<Vec<Arc<str>>>,
     /// The connection whose message is being handled (its replies are
     /// batched into `writer`).
     pub(crate) current: Option<ConnRef>,
@@ -192,7 +189,21 @@ impl Shard {
                 .compression
                 .then(|| Compressor::new(cfg.compression_level, cfg.compression_min_size)),
             inflater: cfg.compression.then(Inflater::default),
-            subs: Subscriptions::with_capacity(cfg.max_subscriptions, per_shard),
+            router: Router::new(
+                &RouterConfig {
+                    shard: id,
+                    shards: peers,
+                    max_subscriptions: cfg.max_subscriptions,
+                    channel_idle_ttl: cfg.channel_idle_ttl,
+                    compression: cfg
+                        .compression
+                        .then_some((cfg.compression_level, cfg.compression_min_size)),
+                    expected_connections: per_shard,
+                },
+                seed,
+                Instant::now(),
+            ),
+            closes: Vec::new(),
             heartbeat,
             epoll,
             listener: Some(listener),
@@ -202,7 +213,6 @@ impl Shard {
             // slots are used), so growth never copies a million slots.
             conns: Slab::with_capacity(per_shard),
             next_generation: 1,
-            hub: Hub::new(seed),
             wheel: TimerWheel::new(64, 0),
             started: Instant::now(),
             now_tick: 0,
@@ -215,9 +225,7 @@ impl Shard {
             inbox_pending: true,
             writer: FrameWriter::new(),
             push_writer: FrameWriter::new(),
-            encoder: PubEncoder::default(),
             owed: (0..peers).map(|_| VecDeque::new()).collect(),
-            lost: vec![Vec::new(); peers],
             current: None,
             sent_stamps: VecDeque::new(),
             stats: Stats::default(),
@@ -307,7 +315,7 @@ impl Shard {
         }
         self.flush();
         self.retry_owed();
-        self.metrics.flush(&mut self.stats);
+        self.flush_metrics();
         full || self.inbox_pending
             || !self.read_backlog.is_empty()
             || !self.dirty.is_empty()
@@ -692,24 +700,6 @@ impl Shard {
         self.inflater = Some(inflater);
     }
 
-    /// Queues a data frame for `c`, dropping the connection as a slow
-    /// consumer if that would exceed its budget.
-    pub(crate) fn queue_data(&mut self, c: ConnRef, frame: Bytes) {
-        let budget = self.ctx.config.outbound_budget;
-        let Some(conn) = self.conn_mut(c) else {
-            return;
-        };
-        if conn.phase != Phase::Open {
-            return;
-        }
-        if conn.outbox.push_data(frame.into(), budget).is_err() {
-            self.metrics.slow_drop();
-            self.close_conn(c, CloseReason::SlowConsumer);
-            return;
-        }
-        self.mark_dirty(c);
-    }
-
     // ---- closing ----------------------------------------------------------
 
     /// Moves `c` to `Closing`: nothing more is read as commands; its
@@ -785,11 +775,9 @@ impl Shard {
         if phase == Phase::Open {
             self.metrics.close(1006); // gone without a close handshake
         }
-        let mut released = Vec::new();
-        self.subs.remove_conn(c, &mut released);
-        for name in released {
-            self.request_interest(name, false);
-        }
+        let mut out = shard_out!(self);
+        self.router.conn_closed(Instant::now(), c, &mut out);
+        self.apply_closes();
         self.ctx.shared.release();
         self.metrics.connections.dec();
     }
@@ -886,9 +874,8 @@ impl Shard {
         if self.accept_paused {
             self.resume_accepts();
         }
-        if self.now_tick.is_multiple_of(60) {
-            let ttl = self.ctx.config.channel_idle_ttl.as_secs() as u32;
-            self.hub.sweep(self.now_tick, ttl);
+        if now >= self.router.poll_timeout() {
+            self.router.handle_timeout(now);
         }
         if self.id == 0 {
             self.ctx.shared.check_memory();
@@ -898,11 +885,25 @@ impl Shard {
         }
         self.metrics
             .channels_local
-            .set(self.subs.channel_count() as i64);
-        self.metrics.channels_home.set(self.hub.len() as i64);
+            .set(self.router.local_channels() as i64);
+        self.metrics
+            .channels_home
+            .set(self.router.home_channels() as i64);
         self.metrics.inbox_depth.set(self.inbox().len() as i64);
         self.flush();
         self.retry_owed();
+        self.flush_metrics();
+    }
+
+    /// Moves the turn's counts (the shard's and the router's) to the
+    /// metrics.
+    pub(crate) fn flush_metrics(&mut self) {
+        let (r, encodes) = self.router.take_stats();
+        self.stats.publications += r.publications;
+        self.stats.deliveries += r.deliveries;
+        for (total, n) in self.stats.encodes.iter_mut().zip(encodes) {
+            *total += n;
+        }
         self.metrics.flush(&mut self.stats);
     }
 
@@ -1020,33 +1021,6 @@ impl Shard {
 
     // ---- cross-shard sends -------------------------------------------------
 
-    /// Sends `msg` to shard `to`, keeping per-peer order: when earlier
-    /// messages are still owed to that peer, this one waits behind them.
-    /// Returns the message if it was refused (owed queue full and the kind
-    /// is one that may be refused).
-    pub(crate) fn send_to(&mut self, to: usize, msg: ShardMsg) -> Result<(), ShardMsg> {
-        let msg = if self.owed[to].is_empty() {
-            match self.ctx.inboxes[to].push(msg) {
-                Ok(()) => return Ok(()),
-                Err(msg) => {
-                    self.metrics.queue_full(msg.kind());
-                    msg
-                }
-            }
-        } else {
-            msg
-        };
-        let refusable = matches!(
-            msg,
-            ShardMsg::Publish { .. } | ShardMsg::Deliver(_) | ShardMsg::Interest { on: true, .. }
-        );
-        if refusable && self.owed[to].len() >= OWED_MAX {
-            return Err(msg);
-        }
-        self.owed[to].push_back(msg);
-        Ok(())
-    }
-
     /// Retries owed messages, oldest first, then `Lost` notices.
     pub(crate) fn retry_owed(&mut self) {
         for to in 0..self.owed.len() {
@@ -1057,13 +1031,10 @@ impl Shard {
                 }
             }
             if self.owed[to].is_empty() {
-                while let Some(channel) = self.lost[to].pop() {
-                    if let Err(ShardMsg::Lost { channel }) =
-                        self.ctx.inboxes[to].push(ShardMsg::Lost { channel })
-                    {
-                        self.lost[to].push(channel);
-                        break;
-                    }
+                // Loss notices go after every delivery queued before them;
+                // they are never refused, so the owed queue carries them.
+                for channel in self.router.take_lost(to) {
+                    self.owed[to].push_back(ShardMsg::Router(Msg::Lost { channel }));
                 }
             }
         }

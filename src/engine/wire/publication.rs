@@ -3,6 +3,8 @@
 //! shard.
 
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
@@ -49,48 +51,120 @@ pub struct Publication {
     pub data: PubData,
 }
 
-/// Every encoding of one publication, each a complete server frame.
-#[derive(Debug, Clone)]
-pub struct Encodings<T> {
-    /// Text frame for JSON connections.
-    pub json: T,
-    /// Binary frame for FlatBuffers connections.
-    pub binary: T,
-    /// The JSON frame compressed once (permessage-deflate, 15-bit window,
-    /// no context), when compression is on and the payload is big enough.
-    pub json_deflate: Option<T>,
-    /// The binary frame, compressed likewise.
-    pub binary_deflate: Option<T>,
+/// The four forms a publication frame can take, in this order.
+pub const FORMS: [&str; 4] = ["json", "binary", "json_deflate", "binary_deflate"];
+
+fn form_index(format: WireFormat, deflate: bool) -> usize {
+    match (format, deflate) {
+        (WireFormat::Json, false) => 0,
+        (WireFormat::Binary, false) => 1,
+        (WireFormat::Json, true) => 2,
+        (WireFormat::Binary, true) => 3,
+    }
 }
 
-/// A publication as the home shard encodes it and every shard receives it.
-pub type EncodedPub = Encodings<Bytes>;
+/// A publication on its way from its channel's home to every shard with
+/// subscribers: the payload once, and each wire form encoded at most once,
+/// the first time some subscriber on some shard needs it (a channel whose
+/// subscribers all speak JSON never pays for the binary form, nor for
+/// compression when none of them negotiated it). Shared by every shard
+/// through an `Arc`.
+#[derive(Debug)]
+pub struct SharedPub {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// The publication (offset and payload).
+    pub publication: Publication,
+    /// Written before normal data already queued for a connection.
+    pub high_priority: bool,
+    /// When the home accepted it (publish-to-write latency).
+    pub accepted_at: Instant,
+    /// Encoded frames by [`FORMS`] index; a compressed form is `None` when
+    /// the payload is below the compression floor (the plain frame is used).
+    forms: [OnceLock<Option<Bytes>>; 4],
+}
 
-/// One shard's handle on an [`EncodedPub`] while it hands the frames to its
-/// subscribers: each encoding behind a non-atomic count, so a subscriber's
-/// copy is an increment (see [`Frame::Shared`](crate::engine::outbox::Frame)).
-pub type LocalPub = Encodings<Rc<Bytes>>;
-
-impl<T> Encodings<T> {
-    /// The frame for a connection of `format` that may (`deflate`) take the
-    /// shared compressed form.
-    pub fn for_conn(&self, format: WireFormat, deflate: bool) -> &T {
-        match (format, deflate) {
-            (WireFormat::Json, true) => self.json_deflate.as_ref().unwrap_or(&self.json),
-            (WireFormat::Json, false) => &self.json,
-            (WireFormat::Binary, true) => self.binary_deflate.as_ref().unwrap_or(&self.binary),
-            (WireFormat::Binary, false) => &self.binary,
+impl SharedPub {
+    /// A publication not yet encoded in any form.
+    pub fn new(
+        channel: Arc<str>,
+        publication: Publication,
+        high_priority: bool,
+        accepted_at: Instant,
+    ) -> Self {
+        Self {
+            channel,
+            publication,
+            high_priority,
+            accepted_at,
+            forms: Default::default(),
         }
     }
 
-    /// The same encodings, each passed through `f`.
-    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Encodings<U> {
-        Encodings {
-            json: f(&self.json),
-            binary: f(&self.binary),
-            json_deflate: self.json_deflate.as_ref().map(&mut f),
-            binary_deflate: self.binary_deflate.as_ref().map(&mut f),
+    /// The forms encoded so far, by [`FORMS`] index (tests and metrics).
+    pub fn encoded(&self) -> [bool; 4] {
+        std::array::from_fn(|i| self.forms[i].get().is_some())
+    }
+}
+
+/// One shard's view of a [`SharedPub`] while it hands frames to its local
+/// subscribers: each form behind a non-atomic count, so a subscriber's copy
+/// is an increment (see [`Frame::Shared`](crate::engine::outbox::Frame)),
+/// and each form looked up in the shared cells once per shard.
+pub struct LocalPub<'a> {
+    shared: &'a SharedPub,
+    encoder: &'a mut PubEncoder,
+    compressor: Option<&'a mut Compressor>,
+    local: [Option<Rc<Bytes>>; 4],
+}
+
+impl<'a> LocalPub<'a> {
+    /// Starts handing out `shared`'s frames, encoding with `encoder` (and
+    /// `compressor`, when compression is on) where no shard has yet.
+    pub fn new(
+        shared: &'a SharedPub,
+        encoder: &'a mut PubEncoder,
+        compressor: Option<&'a mut Compressor>,
+    ) -> Self {
+        Self {
+            shared,
+            encoder,
+            compressor,
+            local: Default::default(),
         }
+    }
+
+    /// The frame for a connection of `format` that may (`deflate`) take the
+    /// shared compressed form.
+    pub fn frame(&mut self, format: WireFormat, deflate: bool) -> Rc<Bytes> {
+        let deflate = deflate && self.compressor.is_some();
+        let i = form_index(format, deflate);
+        if let Some(f) = &self.local[i] {
+            return Rc::clone(f);
+        }
+        let shared = self.shared;
+        let cell = shared.forms[i].get_or_init(|| {
+            let p = &shared.publication;
+            let text = format == WireFormat::Json;
+            self.encoder.encodes[i] += 1;
+            let payload = self.encoder.payload(format, &shared.channel, p);
+            if deflate {
+                let c = self.compressor.as_mut().expect("checked above");
+                c.shared(text, payload)
+            } else {
+                let op = if text { Opcode::Text } else { Opcode::Binary };
+                let mut frame = Vec::with_capacity(payload.len() + 10);
+                encode_frame(op, payload, &mut frame);
+                Some(Bytes::from(frame))
+            }
+        });
+        let frame = match cell {
+            Some(b) => Rc::new(b.clone()),
+            // Below the compression floor: the plain form.
+            None => self.frame(format, false),
+        };
+        self.local[i] = Some(Rc::clone(&frame));
+        frame
     }
 }
 
@@ -98,6 +172,9 @@ impl<T> Encodings<T> {
 pub struct PubEncoder {
     fbb: FlatBufferBuilder<'static>,
     json: Vec<u8>,
+    /// Frames encoded, by form (see [`FORMS`]); the shard moves these
+    /// counts to its metrics.
+    pub encodes: [u64; 4],
 }
 
 impl Default for PubEncoder {
@@ -105,36 +182,29 @@ impl Default for PubEncoder {
         Self {
             fbb: FlatBufferBuilder::with_capacity(1024),
             json: Vec::with_capacity(1024),
+            encodes: [0; 4],
         }
     }
 }
 
 impl PubEncoder {
-    /// Encodes a publication in both forms, and compresses each once when
-    /// a compressor is given.
-    pub fn encode(
-        &mut self,
-        channel: &str,
-        offset: u64,
-        data: &PubData,
-        compressor: Option<&mut Compressor>,
-    ) -> EncodedPub {
-        self.json.clear();
-        json::write_pub(&mut self.json, channel, offset, &data.bytes, data.is_json);
-        let mut frame = Vec::with_capacity(self.json.len() + 10);
-        encode_frame(Opcode::Text, &self.json, &mut frame);
-        let bin_payload = binary::pub_payload(&mut self.fbb, channel, offset, &data.bytes);
-        let mut bin_frame = Vec::with_capacity(bin_payload.len() + 10);
-        encode_frame(Opcode::Binary, bin_payload, &mut bin_frame);
-        let (json_deflate, binary_deflate) = match compressor {
-            Some(c) => (c.shared(true, &self.json), c.shared(false, bin_payload)),
-            None => (None, None),
-        };
-        EncodedPub {
-            json: Bytes::from(frame),
-            binary: Bytes::from(bin_frame),
-            json_deflate,
-            binary_deflate,
+    /// The `pub` push payload of `p` in `format` (valid until the next call).
+    pub fn payload(&mut self, format: WireFormat, channel: &str, p: &Publication) -> &[u8] {
+        match format {
+            WireFormat::Json => {
+                self.json.clear();
+                json::write_pub(
+                    &mut self.json,
+                    channel,
+                    p.offset,
+                    &p.data.bytes,
+                    p.data.is_json,
+                );
+                &self.json
+            }
+            WireFormat::Binary => {
+                binary::pub_payload(&mut self.fbb, channel, p.offset, &p.data.bytes)
+            }
         }
     }
 }
@@ -150,29 +220,65 @@ mod tests {
         assert!(PubData::from_data(Data::Json(b"[1]")).is_json);
     }
 
+    fn publication(data: &[u8]) -> Publication {
+        Publication {
+            offset: 3,
+            data: PubData::from_data(Data::Json(data)),
+        }
+    }
+
     #[test]
-    fn encodes_both_forms() {
+    fn encodes_only_the_forms_asked_for_once() {
         let mut enc = PubEncoder::default();
-        let e = enc.encode(
-            "room:1",
-            3,
-            &PubData::from_data(Data::Json(b"\"hi\"")),
-            None,
+        let sp = SharedPub::new(
+            "room:1".into(),
+            publication(b"\"hi\""),
+            false,
+            Instant::now(),
         );
-        assert_eq!(e.json[0], 0x81);
-        let v: serde_json::Value = serde_json::from_slice(&e.json[2..]).unwrap();
+        let mut lp = LocalPub::new(&sp, &mut enc, None);
+        let a = lp.frame(WireFormat::Json, false);
+        let b = lp.frame(WireFormat::Json, true); // no compressor: plain
+        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(a[0], 0x81);
+        let v: serde_json::Value = serde_json::from_slice(&a[2..]).unwrap();
         assert_eq!(v["push"]["pub"]["data"], "hi");
-        assert_eq!(e.binary[0], 0x82);
-        assert!(e.json_deflate.is_none());
-        // With a compressor: compressed once per form above the size floor.
+        assert_eq!(v["push"]["pub"]["offset"], 3);
+        assert_eq!(sp.encoded(), [true, false, false, false]);
+        // Another shard reuses the encoded form without encoding again.
+        let mut enc2 = PubEncoder::default();
+        let mut lp2 = LocalPub::new(&sp, &mut enc2, None);
+        assert_eq!(&**lp2.frame(WireFormat::Json, false), &**a);
+        assert_eq!(lp2.frame(WireFormat::Binary, false)[0], 0x82);
+        assert_eq!(sp.encoded(), [true, true, false, false]);
+        assert_eq!(enc.encodes, [1, 0, 0, 0]);
+        assert_eq!(enc2.encodes, [0, 1, 0, 0], "JSON was not encoded again");
+    }
+
+    #[test]
+    fn compressed_once_above_the_floor() {
+        let mut enc = PubEncoder::default();
         let mut c = Compressor::new(1, 64);
-        let big = PubData::from_data(Data::Json(format!("\"{}\"", "abc".repeat(100)).as_bytes()));
-        let e = enc.encode("room:1", 4, &big, Some(&mut c));
-        let jd = e.json_deflate.as_ref().unwrap();
+        let big = format!("\"{}\"", "abc".repeat(100));
+        let sp = SharedPub::new(
+            "room:1".into(),
+            publication(big.as_bytes()),
+            false,
+            Instant::now(),
+        );
+        let mut lp = LocalPub::new(&sp, &mut enc, Some(&mut c));
+        let jd = lp.frame(WireFormat::Json, true);
         assert_eq!(jd[0], 0xC1);
-        assert!(jd.len() < e.json.len());
-        assert_eq!(e.binary_deflate.as_ref().unwrap()[0], 0xC2);
-        assert_eq!(e.for_conn(WireFormat::Json, true), jd);
-        assert_eq!(e.for_conn(WireFormat::Json, false), &e.json);
+        let plain = lp.frame(WireFormat::Json, false);
+        assert!(jd.len() < plain.len());
+        assert_eq!(sp.encoded(), [true, false, true, false]);
+        assert_eq!(enc.encodes, [1, 0, 1, 0]);
+        // Below the floor the compressed slot holds None and the plain
+        // frame is used.
+        let small = SharedPub::new("room:1".into(), publication(b"1"), false, Instant::now());
+        let mut c = Compressor::new(1, 200);
+        let mut lp = LocalPub::new(&small, &mut enc, Some(&mut c));
+        assert_eq!(lp.frame(WireFormat::Binary, true)[0], 0x82);
+        assert_eq!(small.encoded(), [false, true, false, true]);
     }
 }

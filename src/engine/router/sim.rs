@@ -1,0 +1,391 @@
+//! Deterministic tests of several shards' routers wired together by
+//! in-memory inboxes, with virtual time and no sockets (quinn-proto's
+//! model). The order in which shards take their turns is drawn from a
+//! seeded RNG, so each seed is one reproducible interleaving.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use super::*;
+use crate::engine::wire::json;
+use crate::engine::wire::publication::PubData;
+use crate::engine::ws::handshake::WireFormat;
+
+/// A connection in the simulation: its shard and its slot there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct SimConn {
+    pub shard: usize,
+    pub conn: ConnRef,
+}
+
+/// What a connection saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Seen {
+    /// A reply, as the JSON form encodes it.
+    Reply(Value),
+    /// A push, as the JSON form encodes it.
+    Push(Value),
+    /// The server closed the connection.
+    Closed(CloseReason),
+}
+
+/// One shard's side of the wiring.
+struct ShardOut<'a> {
+    shard: usize,
+    inboxes: &'a mut [VecDeque<(usize, Msg)>],
+    cap: usize,
+    seen: &'a mut HashMap<SimConn, Vec<Seen>>,
+}
+
+fn decode_one(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("server JSON is valid")
+}
+
+impl Output for ShardOut<'_> {
+    fn reply(&mut self, conn: ConnRef, id: u32, body: ReplyBody<'_>) {
+        let mut buf = Vec::new();
+        json::write_reply(&mut buf, id, body);
+        let c = SimConn {
+            shard: self.shard,
+            conn,
+        };
+        self.seen
+            .entry(c)
+            .or_default()
+            .push(Seen::Reply(decode_one(&buf)));
+    }
+
+    fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, _: &SharedPub) {
+        let frame = frames.frame(WireFormat::Json, false);
+        // A small unmasked text frame: 2-byte header, or 4 with a 16-bit
+        // length.
+        let payload = if frame[1] == 126 {
+            &frame[4..]
+        } else {
+            &frame[2..]
+        };
+        let v = decode_one(payload);
+        for s in subs {
+            let c = SimConn {
+                shard: self.shard,
+                conn: s.conn,
+            };
+            self.seen.entry(c).or_default().push(Seen::Push(v.clone()));
+        }
+    }
+
+    fn close(&mut self, conn: ConnRef, reason: CloseReason) {
+        let c = SimConn {
+            shard: self.shard,
+            conn,
+        };
+        self.seen.entry(c).or_default().push(Seen::Closed(reason));
+    }
+
+    fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg> {
+        let q = &mut self.inboxes[to];
+        if msg.refusable() && q.len() >= self.cap {
+            return Err(msg);
+        }
+        q.push_back((self.shard, msg));
+        Ok(())
+    }
+}
+
+/// Several routers, their inboxes, and a virtual clock.
+pub(super) struct Sim {
+    pub routers: Vec<Router>,
+    inboxes: Vec<VecDeque<(usize, Msg)>>,
+    /// Inbox bound for refusable messages.
+    pub cap: usize,
+    pub seen: HashMap<SimConn, Vec<Seen>>,
+    pub now: Instant,
+    next_idx: Vec<u32>,
+    rng: StdRng,
+    next_id: u32,
+}
+
+impl Sim {
+    pub fn new(shards: usize, seed: u64) -> Self {
+        let now = Instant::now();
+        let routers = (0..shards)
+            .map(|i| {
+                let cfg = RouterConfig {
+                    shard: i,
+                    shards,
+                    max_subscriptions: 64,
+                    channel_idle_ttl: Duration::from_secs(300),
+                    compression: None,
+                    expected_connections: 0,
+                };
+                Router::new(&cfg, seed ^ (i as u64) << 56, now)
+            })
+            .collect();
+        Self {
+            routers,
+            inboxes: (0..shards).map(|_| VecDeque::new()).collect(),
+            cap: usize::MAX,
+            seen: HashMap::new(),
+            now,
+            next_idx: vec![0; shards],
+            rng: StdRng::seed_from_u64(seed),
+            next_id: 1,
+        }
+    }
+
+    /// A new connection on `shard`.
+    pub fn connect(&mut self, shard: usize) -> SimConn {
+        let idx = self.next_idx[shard];
+        self.next_idx[shard] += 1;
+        SimConn {
+            shard,
+            conn: ConnRef { idx, generation: 1 },
+        }
+    }
+
+    /// Runs `f` on `shard`'s router with that shard's output.
+    fn on(&mut self, shard: usize, f: impl FnOnce(&mut Router, &mut ShardOut<'_>, Instant)) {
+        let mut out = ShardOut {
+            shard,
+            inboxes: &mut self.inboxes,
+            cap: self.cap,
+            seen: &mut self.seen,
+        };
+        f(&mut self.routers[shard], &mut out, self.now);
+    }
+
+    fn id(&mut self) -> u32 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn subscribe(&mut self, c: SimConn, channel: &str) -> u32 {
+        let id = self.id();
+        self.on(c.shard, |r, out, now| {
+            r.subscribe(now, c.conn, id, channel, out)
+        });
+        id
+    }
+
+    pub fn unsubscribe(&mut self, c: SimConn, channel: &str) -> u32 {
+        let id = self.id();
+        self.on(c.shard, |r, out, now| {
+            r.unsubscribe(now, c.conn, id, channel, out)
+        });
+        id
+    }
+
+    pub fn publish(&mut self, c: SimConn, channel: &str, json: &str) -> u32 {
+        let id = self.id();
+        let data = PubData {
+            bytes: bytes::Bytes::copy_from_slice(json.as_bytes()),
+            is_json: true,
+        };
+        self.on(c.shard, |r, out, now| {
+            r.publish(now, c.conn, id, channel, data, out)
+        });
+        id
+    }
+
+    pub fn close(&mut self, c: SimConn) {
+        self.on(c.shard, |r, out, now| r.conn_closed(now, c.conn, out));
+    }
+
+    /// Delivers one message to a randomly chosen shard with a non-empty
+    /// inbox. Returns false when every inbox is empty.
+    pub fn step(&mut self) -> bool {
+        let busy: Vec<usize> = (0..self.inboxes.len())
+            .filter(|&i| !self.inboxes[i].is_empty())
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let shard = busy[self.rng.random_range(0..busy.len())];
+        let (_, msg) = self.inboxes[shard].pop_front().expect("non-empty");
+        self.on(shard, |r, out, now| r.handle(now, msg, out));
+        true
+    }
+
+    /// Runs until every inbox is empty, then sends the loss notices owed.
+    pub fn run(&mut self) {
+        loop {
+            while self.step() {}
+            let mut any = false;
+            for from in 0..self.routers.len() {
+                for to in 0..self.routers.len() {
+                    for channel in self.routers[from].take_lost(to) {
+                        self.inboxes[to].push_back((from, Msg::Lost { channel }));
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    /// What `c` saw.
+    pub fn seen(&self, c: SimConn) -> &[Seen] {
+        self.seen.get(&c).map_or(&[], Vec::as_slice)
+    }
+
+    /// The reply to command `id` of `c`.
+    pub fn reply(&self, c: SimConn, id: u32) -> &Value {
+        self.seen(c)
+            .iter()
+            .find_map(|s| match s {
+                Seen::Reply(v) if v["id"] == id => Some(v),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no reply to {id} for {c:?}: {:?}", self.seen(c)))
+    }
+
+    /// The offsets of the publications `c` received on `channel`.
+    pub fn offsets(&self, c: SimConn, channel: &str) -> Vec<u64> {
+        self.seen(c)
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Push(v) if v["push"]["channel"] == channel => {
+                    v["push"]["pub"]["offset"].as_u64()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn every_subscriber_on_every_shard_sees_every_offset_once_in_order() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(3, seed);
+        let subs: Vec<SimConn> = (0..9).map(|i| sim.connect(i % 3)).collect();
+        let pubs: Vec<SimConn> = (0..3).map(|i| sim.connect(i)).collect();
+        let sub_ids: Vec<u32> = subs.iter().map(|&s| sim.subscribe(s, "room:1")).collect();
+        sim.run();
+        let mut ids = Vec::new();
+        for round in 0..10 {
+            for &p in &pubs {
+                ids.push((p, sim.publish(p, "room:1", &format!("{round}"))));
+                // Interleave: some messages move between publishes.
+                for _ in 0..(seed % 4) {
+                    sim.step();
+                }
+            }
+        }
+        sim.run();
+        // Offsets 1..=30 handed out once each.
+        let mut offsets: Vec<u64> = ids
+            .iter()
+            .map(|&(p, id)| sim.reply(p, id)["publish"]["offset"].as_u64().unwrap())
+            .collect();
+        offsets.sort();
+        assert_eq!(offsets, (1..=30).collect::<Vec<_>>(), "seed {seed}");
+        for (&s, &id) in subs.iter().zip(&sub_ids) {
+            assert_eq!(sim.reply(s, id)["subscribe"]["offset"], 0);
+            assert_eq!(
+                sim.offsets(s, "room:1"),
+                (1..=30).collect::<Vec<_>>(),
+                "seed {seed} {s:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn late_subscriber_gets_its_position_then_exactly_what_follows() {
+    for seed in 0..20 {
+        let mut sim = Sim::new(2, seed);
+        let early = sim.connect(0);
+        let publisher = sim.connect(1);
+        sim.subscribe(early, "feed");
+        sim.run();
+        for i in 0..5 {
+            sim.publish(publisher, "feed", &i.to_string());
+        }
+        let late = sim.connect(seed as usize % 2);
+        let id = sim.subscribe(late, "feed");
+        for i in 5..10 {
+            sim.publish(publisher, "feed", &i.to_string());
+            sim.step();
+        }
+        sim.run();
+        let at = sim.reply(late, id)["subscribe"]["offset"].as_u64().unwrap();
+        assert_eq!(
+            sim.offsets(late, "feed"),
+            ((at + 1)..=10).collect::<Vec<_>>(),
+            "seed {seed}"
+        );
+        assert_eq!(sim.offsets(early, "feed"), (1..=10).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn interest_follows_the_last_local_subscriber() {
+    let mut sim = Sim::new(2, 1);
+    // "a" lives on one shard; subscribe from the other.
+    let home = home_shard("a", 2);
+    let away = 1 - home;
+    let c1 = sim.connect(away);
+    let c2 = sim.connect(away);
+    let p = sim.connect(home);
+    sim.subscribe(c1, "a");
+    sim.subscribe(c2, "a");
+    sim.run();
+    sim.publish(p, "a", "1");
+    sim.run();
+    let id = sim.unsubscribe(c1, "a");
+    assert_eq!(sim.reply(c1, id)["unsubscribe"], serde_json::json!({}));
+    sim.close(c2);
+    sim.run();
+    sim.publish(p, "a", "2");
+    sim.run();
+    assert_eq!(sim.offsets(c2, "a"), vec![1]);
+    assert_eq!(
+        sim.routers[away].local_channels(),
+        0,
+        "no local channel left"
+    );
+    // Resubscribing asks the home again and resumes from its position.
+    let c3 = sim.connect(away);
+    let id = sim.subscribe(c3, "a");
+    sim.run();
+    assert_eq!(sim.reply(c3, id)["subscribe"]["offset"], 2);
+}
+
+#[test]
+fn refused_deliveries_make_subscribers_recover_with_3004() {
+    let mut sim = Sim::new(2, 7);
+    let home = home_shard("x", 2);
+    let away = 1 - home;
+    let s = sim.connect(away);
+    let p = sim.connect(home);
+    sim.subscribe(s, "x");
+    sim.run();
+    sim.cap = 2;
+    for i in 0..5 {
+        sim.publish(p, "x", &i.to_string());
+    }
+    sim.run();
+    assert_eq!(sim.offsets(s, "x"), vec![1, 2]);
+    assert_eq!(
+        sim.seen(s).last(),
+        Some(&Seen::Closed(CloseReason::InsufficientState))
+    );
+}
+
+#[test]
+fn invalid_channels_are_refused_with_109() {
+    let mut sim = Sim::new(1, 0);
+    let c = sim.connect(0);
+    for bad in ["", "a b", "ns:", ":x"] {
+        let id = sim.subscribe(c, bad);
+        assert_eq!(sim.reply(c, id)["error"]["code"], 109);
+        let id = sim.publish(c, bad, "1");
+        assert_eq!(sim.reply(c, id)["error"]["code"], 109);
+    }
+}
