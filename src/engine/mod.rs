@@ -9,6 +9,8 @@
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
+//! - [`presence`]: channel members, their states with TTL, and join/leave/
+//!   state events coalesced per tick.
 //! - [`subs`]: a shard's local subscription table.
 //! - [`outbox`]: per-connection output queue with budget.
 //! - [`limits`]: per-connection command rate limit.
@@ -20,6 +22,7 @@ pub mod heartbeat;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
+pub mod presence;
 pub mod subs;
 pub mod timer;
 pub mod wire;
