@@ -9,6 +9,8 @@
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
+//! - [`presence`]: channel members, their states with TTL, and join/leave/
+//!   state events coalesced per tick.
 //! - [`subs`]: a shard's local subscription table.
 //! - [`router`]: a shard's channel router (home and local sides) as a
 //!   state machine, with the messages routers exchange.
@@ -23,6 +25,7 @@ pub mod hub;
 pub mod limits;
 pub mod outbox;
 pub mod router;
+pub mod presence;
 pub mod subs;
 pub mod timer;
 pub mod wire;
