@@ -9,6 +9,8 @@
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
+//! - [`history`]: the history store seam, recovery arithmetic, and the
+//!   in-memory default.
 //! - [`subs`]: a shard's local subscription table.
 //! - [`outbox`]: per-connection output queue with budget.
 //! - [`limits`]: per-connection command rate limit.
@@ -17,6 +19,7 @@
 pub mod channel;
 pub mod codes;
 pub mod heartbeat;
+pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod outbox;
