@@ -11,6 +11,7 @@
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`history`]: the history store seam, recovery arithmetic, and the
 //!   in-memory default.
+//! - [`idempotency`]: the window of recent idempotent-publish keys.
 //! - [`subs`]: a shard's local subscription table.
 //! - [`outbox`]: per-connection output queue with budget.
 //! - [`limits`]: per-connection command rate limit.
@@ -21,6 +22,7 @@ pub mod codes;
 pub mod heartbeat;
 pub mod history;
 pub mod hub;
+pub mod idempotency;
 pub mod limits;
 pub mod outbox;
 pub mod subs;
