@@ -11,6 +11,9 @@
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`presence`]: channel members, their states with TTL, and join/leave/
 //!   state events coalesced per tick.
+//! - [`history`]: the history store seam, recovery arithmetic, and the
+//!   in-memory default.
+//! - [`idempotency`]: the window of recent idempotent-publish keys.
 //! - [`subs`]: a shard's local subscription table.
 //! - [`router`]: a shard's channel router (home and local sides) as a
 //!   state machine, with the messages routers exchange.
@@ -21,7 +24,9 @@
 pub mod channel;
 pub mod codes;
 pub mod heartbeat;
+pub mod history;
 pub mod hub;
+pub mod idempotency;
 pub mod limits;
 pub mod outbox;
 pub mod router;
