@@ -90,16 +90,61 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    /// Short name for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is, for metrics.
+    pub fn kind(&self) -> ShardMsgKind {
         match self {
-            ShardMsg::Interest { .. } => "interest",
-            ShardMsg::InterestAck { .. } => "interest_ack",
-            ShardMsg::Publish { .. } => "publish",
-            ShardMsg::PublishAck { .. } => "publish_ack",
-            ShardMsg::Deliver(_) => "deliver",
-            ShardMsg::Lost { .. } => "lost",
-            ShardMsg::Drain => "drain",
+            ShardMsg::Interest { .. } => ShardMsgKind::Interest,
+            ShardMsg::InterestAck { .. } => ShardMsgKind::InterestAck,
+            ShardMsg::Publish { .. } => ShardMsgKind::Publish,
+            ShardMsg::PublishAck { .. } => ShardMsgKind::PublishAck,
+            ShardMsg::Deliver(_) => ShardMsgKind::Deliver,
+            ShardMsg::Lost { .. } => ShardMsgKind::Lost,
+            ShardMsg::Drain => ShardMsgKind::Drain,
+        }
+    }
+}
+
+/// The kind of a [`ShardMsg`], without its data (`queue_full{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardMsgKind {
+    /// [`ShardMsg::Interest`].
+    Interest,
+    /// [`ShardMsg::InterestAck`].
+    InterestAck,
+    /// [`ShardMsg::Publish`].
+    Publish,
+    /// [`ShardMsg::PublishAck`].
+    PublishAck,
+    /// [`ShardMsg::Deliver`].
+    Deliver,
+    /// [`ShardMsg::Lost`].
+    Lost,
+    /// [`ShardMsg::Drain`].
+    Drain,
+}
+
+impl ShardMsgKind {
+    /// Every kind; each has a `queue_full` series from the start.
+    pub const ALL: [ShardMsgKind; 7] = [
+        ShardMsgKind::Interest,
+        ShardMsgKind::InterestAck,
+        ShardMsgKind::Publish,
+        ShardMsgKind::PublishAck,
+        ShardMsgKind::Deliver,
+        ShardMsgKind::Lost,
+        ShardMsgKind::Drain,
+    ];
+
+    /// Short name for metrics (the `kind` label).
+    pub const fn label(self) -> &'static str {
+        match self {
+            ShardMsgKind::Interest => "interest",
+            ShardMsgKind::InterestAck => "interest_ack",
+            ShardMsgKind::Publish => "publish",
+            ShardMsgKind::PublishAck => "publish_ack",
+            ShardMsgKind::Deliver => "deliver",
+            ShardMsgKind::Lost => "lost",
+            ShardMsgKind::Drain => "drain",
         }
     }
 }

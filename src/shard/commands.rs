@@ -63,7 +63,7 @@ impl Shard {
     /// the connection being served, else as a frame of its own.
     pub(crate) fn reply(&mut self, c: ConnRef, id: u32, body: ReplyBody<'_>) {
         if let ReplyBody::Error(code) = body {
-            self.metrics.error_reply(code.code());
+            self.metrics.error_reply(code);
         }
         if self.current == Some(c) {
             self.writer.reply(id, body);
