@@ -3,8 +3,14 @@
 //!
 //! Hot-path counts are plain integers in the shard ([`Stats`]) and are
 //! added to the shared atomics once per loop turn; rare events (closes,
-//! errors, refusals) go straight to their labelled family.
+//! errors, refusals) increment their own counter at once. Every labelled
+//! series a shard can produce is created when the shard's handles are made
+//! ([`Metrics::shard`]), keyed by typed values ([`Refusal`], [`HandshakeResult`],
+//! [`ErrorCode`], close codes, [`ShardMsgKind`]), so the shard thread never
+//! takes a family lock or allocates a label, a typo cannot invent a series,
+//! and every series is exported at 0 from the start.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -14,6 +20,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use crate::bridge::ShardMsgKind;
+use crate::engine::codes::{CloseReason, ErrorCode, is_valid_received_close_code};
+use crate::engine::ws::handshake::Reject;
 
 /// `{shard}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -172,7 +182,7 @@ impl Metrics {
             closes: reg!(
                 r,
                 "closes",
-                "Connections closed, by close code (1006 = without a close frame)",
+                "Connections closed, by close code (1006 = without a close frame; other peer codes in 3000-4999 as other_3000_4999)",
                 KindCounters::default()
             ),
             queue_full: reg!(
@@ -225,13 +235,40 @@ impl Metrics {
         out
     }
 
-    /// Handles for one shard.
+    /// Handles for one shard. Every `{shard, kind}` series the shard can
+    /// produce is created here, once, so the shard's per-event methods
+    /// touch only atomics (no family lock, no allocation) and every series
+    /// is exported at 0 from the start.
     pub fn shard(self: &Arc<Self>, shard: usize) -> ShardMetrics {
         let l = ShardLabel {
             shard: shard.to_string(),
         };
+        let s = l.shard.as_str();
+        let encodes = ENCODE_FORMS.map(|form| kind_counter(&self.encodes, s, form));
         ShardMetrics {
-            shard: l.shard.clone(),
+            refused: Series::new(&self.refused, s, Refusal::ALL.map(|r| (r, r.label()))),
+            handshakes: Series::new(
+                &self.handshakes,
+                s,
+                HandshakeResult::all().map(|h| (h, h.label())),
+            ),
+            error_replies: Series::new(
+                &self.error_replies,
+                s,
+                ErrorCode::ALL.map(|c| (c, c.code().to_string())),
+            ),
+            closes: Series::new(
+                &self.closes,
+                s,
+                known_close_codes().into_iter().map(|c| (c, c.to_string())),
+            ),
+            close_other: kind_counter(&self.closes, s, CLOSE_OTHER),
+            queue_full: Series::new(
+                &self.queue_full,
+                s,
+                ShardMsgKind::ALL.map(|k| (k, k.label())),
+            ),
+            encodes,
             connections: self.connections.get_or_create(&l).clone(),
             accepted: self.accepted.get_or_create(&l).clone(),
             messages_in: self.messages_in.get_or_create(&l).clone(),
@@ -247,8 +284,163 @@ impl Metrics {
             channels_home: self.channels_home.get_or_create(&l).clone(),
             inbox_depth: self.inbox_depth.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
-            all: self.clone(),
+            shard: l.shard,
         }
+    }
+}
+
+/// The `kind` labels of `publication_encodes`, in the order of
+/// [`Stats::encodes`].
+pub const ENCODE_FORMS: [&str; 4] = ["json", "binary", "json_deflate", "binary_deflate"];
+
+/// The `closes` kind that counts every close code a peer may legally send
+/// in the application range (3000–4999) but that is not in the catalogue,
+/// so a peer cannot create thousands of series.
+pub const CLOSE_OTHER: &str = "other_3000_4999";
+
+/// Every close code with a series of its own: the codes the server closes
+/// with or announces ([`CloseReason`]), 1005 (peer close without a code),
+/// 1006 (peer gone without a close) and every RFC 6455 code a peer may
+/// send (1000–1003, 1007–1011). Sorted, without duplicates.
+pub fn known_close_codes() -> Vec<u16> {
+    let mut codes: Vec<u16> = (1000..=1015)
+        .filter(|&c| is_valid_received_close_code(c))
+        .chain([1005, 1006])
+        .chain(
+            CloseReason::ALL
+                .iter()
+                .flat_map(|r| [r.code(), r.close_code()]),
+        )
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes
+}
+
+/// Why a connection was refused before its handshake
+/// (`connections_refused{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The process ran out of file descriptors.
+    FdLimit,
+    /// The node-wide connection cap was reached.
+    MaxConnections,
+    /// The memory cap was exceeded.
+    Memory,
+    /// The shard is draining.
+    Draining,
+}
+
+impl Refusal {
+    /// Every refusal; each has a series from the start.
+    pub const ALL: [Refusal; 4] = [
+        Refusal::FdLimit,
+        Refusal::MaxConnections,
+        Refusal::Memory,
+        Refusal::Draining,
+    ];
+
+    /// The `kind` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Refusal::FdLimit => "fd_limit",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::Memory => "memory",
+            Refusal::Draining => "draining",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// How a WebSocket handshake ended (`handshakes{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeResult {
+    /// The connection was upgraded.
+    Ok,
+    /// The request did not arrive within `handshake_timeout`.
+    Timeout,
+    /// The peer went away (or the socket failed) mid-handshake.
+    Aborted,
+    /// The request was answered with an HTTP error.
+    Rejected(Reject),
+}
+
+impl HandshakeResult {
+    /// Every result; each has a series from the start.
+    pub fn all() -> impl Iterator<Item = HandshakeResult> {
+        [
+            HandshakeResult::Ok,
+            HandshakeResult::Timeout,
+            HandshakeResult::Aborted,
+        ]
+        .into_iter()
+        .chain(Reject::ALL.map(HandshakeResult::Rejected))
+    }
+
+    /// The `kind` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeResult::Ok => "ok",
+            HandshakeResult::Timeout => "timeout",
+            HandshakeResult::Aborted => "aborted",
+            HandshakeResult::Rejected(r) => r.label(),
+        }
+    }
+}
+
+impl From<Reject> for HandshakeResult {
+    fn from(r: Reject) -> Self {
+        HandshakeResult::Rejected(r)
+    }
+}
+
+/// The counter of one `{shard, kind}` series, created if new.
+fn kind_counter(family: &KindCounters, shard: &str, kind: &str) -> Counter {
+    family
+        .get_or_create(&ShardKind {
+            shard: shard.to_owned(),
+            kind: kind.to_owned(),
+        })
+        .clone()
+}
+
+/// The pre-created counters of one `{shard, kind}` family, found by key.
+/// The family is kept for the fallback of a key that was not pre-created
+/// (a catalogue's `ALL` missing an entry): that key is still counted, with
+/// the family lock taken once per event.
+struct Series<K> {
+    family: KindCounters,
+    counters: Box<[(K, Counter)]>,
+}
+
+impl<K: Copy + PartialEq> Series<K> {
+    fn new<L: AsRef<str>>(
+        family: &KindCounters,
+        shard: &str,
+        keys: impl IntoIterator<Item = (K, L)>,
+    ) -> Self {
+        let counters = keys
+            .into_iter()
+            .map(|(k, label)| (k, kind_counter(family, shard, label.as_ref())))
+            .collect();
+        Self {
+            family: family.clone(),
+            counters,
+        }
+    }
+
+    /// The counter for `key`, if it was pre-created. A linear scan: the
+    /// longest series set (close codes) has about twenty entries.
+    fn get(&self, key: K) -> Option<&Counter> {
+        self.counters
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c)
     }
 }
 
@@ -271,11 +463,12 @@ pub struct Stats {
     pub deliveries: u64,
     /// Publications accepted at home.
     pub publications: u64,
-    /// Encodings per form: [json, binary, json_deflate, binary_deflate].
+    /// Encodings per form, in the order of [`ENCODE_FORMS`].
     pub encodes: [u64; 4],
 }
 
-/// One shard's metric handles.
+/// One shard's metric handles. Every method is a few atomic operations on
+/// handles resolved at construction: no lock, no allocation.
 pub struct ShardMetrics {
     shard: String,
     /// Open connections on the shard.
@@ -297,15 +490,44 @@ pub struct ShardMetrics {
     /// Inbox depth.
     pub inbox_depth: Gauge<i64, std::sync::atomic::AtomicI64>,
     latency: Histogram,
-    all: Arc<Metrics>,
+    encodes: [Counter; 4],
+    refused: Series<Refusal>,
+    handshakes: Series<HandshakeResult>,
+    error_replies: Series<ErrorCode>,
+    closes: Series<u16>,
+    close_other: Counter,
+    queue_full: Series<ShardMsgKind>,
 }
 
 impl ShardMetrics {
-    fn kind(&self, kind: impl Into<String>) -> ShardKind {
-        ShardKind {
-            shard: self.shard.clone(),
-            kind: kind.into(),
+    /// Increments `key`'s counter in `series`. A key missing from its
+    /// catalogue's `ALL` is a bug (debug builds stop on it); release builds
+    /// still count it, through the family lock.
+    fn count<K: Copy + PartialEq + fmt::Debug>(
+        &self,
+        series: &Series<K>,
+        key: K,
+        label: impl FnOnce() -> String,
+    ) {
+        match series.get(key) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                debug_assert!(false, "metrics: {key:?} has no pre-created series");
+                self.count_slow(series, label());
+            }
         }
+    }
+
+    fn count_slow<K>(&self, series: &Series<K>, kind: String) {
+        series
+            .family
+            .get_or_create(&ShardKind {
+                shard: self.shard.clone(),
+                kind,
+            })
+            .inc();
     }
 
     /// Adds a turn's counts and resets them.
@@ -323,49 +545,47 @@ impl ShardMetrics {
         add(&self.writes, s.writes);
         add(&self.deliveries, s.deliveries);
         add(&self.publications, s.publications);
-        for (i, name) in ["json", "binary", "json_deflate", "binary_deflate"]
-            .iter()
-            .enumerate()
-        {
-            if s.encodes[i] > 0 {
-                self.all
-                    .encodes
-                    .get_or_create(&self.kind(*name))
-                    .inc_by(s.encodes[i]);
-            }
+        for (c, &v) in self.encodes.iter().zip(&s.encodes) {
+            add(c, v);
         }
         *s = Stats::default();
     }
 
     /// A connection was refused.
-    pub fn refused(&self, reason: &str) {
-        self.all.refused.get_or_create(&self.kind(reason)).inc();
+    pub fn refused(&self, reason: Refusal) {
+        self.count(&self.refused, reason, || reason.label().to_owned());
     }
 
-    /// A handshake finished with `result`.
-    pub fn handshake(&self, result: &str) {
-        self.all.handshakes.get_or_create(&self.kind(result)).inc();
+    /// A handshake finished with `result` (a [`Reject`] converts).
+    pub fn handshake(&self, result: impl Into<HandshakeResult>) {
+        let result = result.into();
+        self.count(&self.handshakes, result, || result.label().to_owned());
     }
 
     /// An error reply was sent.
-    pub fn error_reply(&self, code: u32) {
-        self.all
-            .error_replies
-            .get_or_create(&self.kind(code.to_string()))
-            .inc();
+    pub fn error_reply(&self, code: ErrorCode) {
+        self.count(&self.error_replies, code, || code.code().to_string());
     }
 
-    /// A connection closed with `code`.
+    /// A connection closed with `code`. Codes outside the known set (see
+    /// [`known_close_codes`]) in 3000–4999 are counted as [`CLOSE_OTHER`].
     pub fn close(&self, code: u16) {
-        self.all
-            .closes
-            .get_or_create(&self.kind(code.to_string()))
-            .inc();
+        match self.closes.get(code) {
+            Some(c) => {
+                c.inc();
+            }
+            None if (3000..=4999).contains(&code) => {
+                self.close_other.inc();
+            }
+            // Not a code a peer may send nor one the server uses: cannot
+            // happen today; still counted under its own code.
+            None => self.count_slow(&self.closes, code.to_string()),
+        }
     }
 
-    /// A cross-shard message could not be queued.
-    pub fn queue_full(&self, what: &str) {
-        self.all.queue_full.get_or_create(&self.kind(what)).inc();
+    /// A cross-shard message of kind `what` could not be queued.
+    pub fn queue_full(&self, what: ShardMsgKind) {
+        self.count(&self.queue_full, what, || what.label().to_owned());
     }
 
     /// A slow consumer was dropped.
@@ -385,29 +605,4 @@ impl ShardMetrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exposition_has_families_and_labels() {
-        let m = Arc::new(Metrics::new());
-        let s = m.shard(1);
-        let mut st = Stats {
-            deliveries: 5,
-            encodes: [1, 1, 0, 0],
-            ..Default::default()
-        };
-        s.flush(&mut st);
-        s.close(1009);
-        s.latency(0.001);
-        let text = m.encode();
-        assert!(
-            text.contains("wsedge_deliveries_total{shard=\"1\"} 5"),
-            "{text}"
-        );
-        assert!(text.contains("wsedge_publication_encodes_total{shard=\"1\",kind=\"json\"} 1"));
-        assert!(text.contains("wsedge_closes_total{shard=\"1\",kind=\"1009\"} 1"));
-        assert!(text.contains("wsedge_publish_to_write_seconds_count{shard=\"1\"} 1"));
-        assert_eq!(st.deliveries, 0);
-    }
-}
+mod tests;

@@ -6,6 +6,7 @@
 //! bound and what a sender does when the inbox is full.
 
 use crate::engine::router::Msg;
+pub use crate::engine::router::MsgKind as ShardMsgKind;
 
 mod inbox;
 
@@ -21,11 +22,11 @@ pub enum ShardMsg {
 }
 
 impl ShardMsg {
-    /// Short name for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is, for metrics.
+    pub fn kind(&self) -> ShardMsgKind {
         match self {
             ShardMsg::Router(m) => m.kind(),
-            ShardMsg::Drain => "drain",
+            ShardMsg::Drain => ShardMsgKind::Drain,
         }
     }
 }

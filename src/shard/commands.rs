@@ -105,7 +105,7 @@ impl ShardOut<'_> {
 impl Output for ShardOut<'_> {
     fn reply(&mut self, c: ConnRef, id: u32, body: ReplyBody<'_>) {
         if let ReplyBody::Error(code) = body {
-            self.metrics.error_reply(code.code());
+            self.metrics.error_reply(code);
         }
         if self.current == Some(c) {
             self.writer.reply(id, body);

@@ -31,7 +31,7 @@ use crate::engine::wire::FrameWriter;
 use crate::engine::ws::deflate::{Compressor, DeflateConfig, Inflater, frame_for};
 use crate::engine::ws::frame::{DecoderLimits, Event, Fed, Flow, Opcode, close_frame, frame_bytes};
 use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject};
-use crate::metrics::{ShardMetrics, Stats};
+use crate::metrics::{HandshakeResult, Refusal, ShardMetrics, Stats};
 
 /// Bytes read per `read(2)`; the one read buffer of the shard.
 const SCRATCH: usize = 64 * 1024;
@@ -369,18 +369,18 @@ impl Shard {
         self.stats.accepted += 1;
         let shared = &self.ctx.shared;
         let refusal = if self.drain.is_some() {
-            Some("draining")
+            Some(Refusal::Draining)
         } else if shared.memory_exceeded.load(Ordering::Relaxed) {
-            Some("memory")
+            Some(Refusal::Memory)
         } else if !shared.try_admit() {
-            Some("max_connections")
+            Some(Refusal::MaxConnections)
         } else {
             None
         };
         if let Some(reason) = refusal {
             self.metrics.refused(reason);
-            self.metrics.handshake(Reject::Unavailable.label());
-            if reason != "draining" {
+            self.metrics.handshake(Reject::Unavailable);
+            if reason != Refusal::Draining {
                 self.limit_log(&format!("refusing connections: {reason}"));
             }
             // Answer 503 and close. The socket is fresh, so the small
@@ -410,7 +410,7 @@ impl Shard {
     /// accept one pending connection and refuse it with 503, so clients
     /// get an answer instead of hanging in the backlog.
     fn out_of_fds(&mut self) {
-        self.metrics.refused("fd_limit");
+        self.metrics.refused(Refusal::FdLimit);
         self.limit_log("out of file descriptors: refusing new connections with 503");
         let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
             return;
@@ -420,7 +420,7 @@ impl Shard {
             if let Ok(fd) = sys::accept(lfd) {
                 let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
                 sys::shutdown_write(fd.as_raw_fd());
-                self.metrics.handshake(Reject::Unavailable.label());
+                self.metrics.handshake(Reject::Unavailable);
             }
             self.spare = sys::spare_fd();
         }
@@ -486,7 +486,7 @@ impl Shard {
                 Ok(0) => {
                     self.scratch = scratch;
                     if conn_phase(&mut self.conns, c) == Some(Phase::Handshake) {
-                        self.metrics.handshake("aborted");
+                        self.metrics.handshake(HandshakeResult::Aborted);
                     }
                     self.free_conn(c);
                     return;
@@ -559,13 +559,13 @@ impl Shard {
         match parsed {
             Parsed::Partial => {}
             Parsed::Reject(r) => {
-                self.metrics.handshake(r.label());
+                self.metrics.handshake(r);
                 conn.request = None;
                 conn.outbox.push_urgent(Bytes::from(r.response()));
                 self.start_closing(c, false);
             }
             Parsed::Upgrade(up) => {
-                self.metrics.handshake("ok");
+                self.metrics.handshake(HandshakeResult::Ok);
                 // Bytes after the request head are already WebSocket frames.
                 let mut rest: Vec<u8> = match conn.request.take() {
                     Some(req) => req[up.head_len..].to_vec(),
@@ -927,7 +927,7 @@ impl Shard {
             Phase::Handshake | Phase::Closing => {
                 if now >= conn.deadline {
                     if conn.phase == Phase::Handshake {
-                        self.metrics.handshake("timeout");
+                        self.metrics.handshake(HandshakeResult::Timeout);
                     }
                     self.free_conn(c);
                 } else {

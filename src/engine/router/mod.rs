@@ -34,7 +34,7 @@ pub mod msg;
 #[cfg(test)]
 mod sim;
 
-pub use msg::{Msg, ReplyTo};
+pub use msg::{Msg, MsgKind, ReplyTo};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
 /// inboxes) and by the deterministic tests (in-memory queues).

@@ -68,15 +68,15 @@ pub enum Msg {
 }
 
 impl Msg {
-    /// Short name for metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of message this is, for metrics.
+    pub fn kind(&self) -> MsgKind {
         match self {
-            Msg::Interest { .. } => "interest",
-            Msg::InterestAck { .. } => "interest_ack",
-            Msg::Publish { .. } => "publish",
-            Msg::PublishAck { .. } => "publish_ack",
-            Msg::Deliver(_) => "deliver",
-            Msg::Lost { .. } => "lost",
+            Msg::Interest { .. } => MsgKind::Interest,
+            Msg::InterestAck { .. } => MsgKind::InterestAck,
+            Msg::Publish { .. } => MsgKind::Publish,
+            Msg::PublishAck { .. } => MsgKind::PublishAck,
+            Msg::Deliver(_) => MsgKind::Deliver,
+            Msg::Lost { .. } => MsgKind::Lost,
         }
     }
 
@@ -89,5 +89,51 @@ impl Msg {
             self,
             Msg::Publish { .. } | Msg::Deliver(_) | Msg::Interest { on: true, .. }
         )
+    }
+}
+
+/// The kind of a message between threads, without its data
+/// (`queue_full{kind}`): every [`Msg`] kind, and the shell's `Drain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgKind {
+    /// [`Msg::Interest`].
+    Interest,
+    /// [`Msg::InterestAck`].
+    InterestAck,
+    /// [`Msg::Publish`].
+    Publish,
+    /// [`Msg::PublishAck`].
+    PublishAck,
+    /// [`Msg::Deliver`].
+    Deliver,
+    /// [`Msg::Lost`].
+    Lost,
+    /// The shell's control message that starts a drain.
+    Drain,
+}
+
+impl MsgKind {
+    /// Every kind; each has a `queue_full` series from the start.
+    pub const ALL: [MsgKind; 7] = [
+        MsgKind::Interest,
+        MsgKind::InterestAck,
+        MsgKind::Publish,
+        MsgKind::PublishAck,
+        MsgKind::Deliver,
+        MsgKind::Lost,
+        MsgKind::Drain,
+    ];
+
+    /// Short name for metrics (the `kind` label).
+    pub const fn label(self) -> &'static str {
+        match self {
+            MsgKind::Interest => "interest",
+            MsgKind::InterestAck => "interest_ack",
+            MsgKind::Publish => "publish",
+            MsgKind::PublishAck => "publish_ack",
+            MsgKind::Deliver => "deliver",
+            MsgKind::Lost => "lost",
+            MsgKind::Drain => "drain",
+        }
     }
 }

@@ -66,6 +66,16 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every refusal, for metrics (each has a series from the start).
+    pub const ALL: [Reject; 6] = [
+        Reject::BadRequest,
+        Reject::NotFound,
+        Reject::MethodNotAllowed,
+        Reject::UpgradeRequired,
+        Reject::HeadersTooLarge,
+        Reject::Unavailable,
+    ];
+
     /// HTTP status code.
     pub fn status(self) -> u16 {
         match self {
