@@ -128,12 +128,19 @@ impl Shard {
                         client: &client,
                         node: &node,
                         ping,
+                        user: "",
                     },
                 );
             }
             _ if !connected => self.reply(c, id, ReplyBody::Error(ErrorCode::NotConnected)),
             Method::Ping => self.reply(c, id, ReplyBody::Ping),
-            Method::Subscribe { channel } if !is_valid_channel(&channel) => {
+            Method::History { .. }
+            | Method::Presence { .. }
+            | Method::PresenceStats { .. }
+            | Method::PresenceState { .. } => {
+                self.reply(c, id, ReplyBody::Error(ErrorCode::UnknownMethod))
+            }
+            Method::Subscribe { channel, .. } if !is_valid_channel(&channel) => {
                 self.reply(c, id, ReplyBody::Error(ErrorCode::InvalidChannel))
             }
             Method::Unsubscribe { channel } if !is_valid_channel(&channel) => {
@@ -142,7 +149,7 @@ impl Shard {
             Method::Publish { channel, .. } if !is_valid_channel(&channel) => {
                 self.reply(c, id, ReplyBody::Error(ErrorCode::InvalidChannel))
             }
-            Method::Subscribe { channel } => match self.subs.subscribe(c, &channel, id) {
+            Method::Subscribe { channel, .. } => match self.subs.subscribe(c, &channel, id) {
                 Ok(Subscribed::Now(p)) => self.reply_position(c, id, p),
                 Ok(Subscribed::Waiting) => {}
                 Ok(Subscribed::NeedInterest(name)) => self.request_interest(name, true),
@@ -157,7 +164,7 @@ impl Shard {
                 }
                 Err(code) => self.reply(c, id, ReplyBody::Error(code)),
             },
-            Method::Publish { channel, data } => {
+            Method::Publish { channel, data, .. } => {
                 let data = PubData::from_data(data);
                 let channel: Arc<str> = Arc::from(&*channel);
                 let home = home_shard(&channel, self.ctx.inboxes.len());
@@ -190,6 +197,9 @@ impl Shard {
             ReplyBody::Subscribe {
                 epoch: p.epoch,
                 offset: p.offset,
+                recoverable: false,
+                recovered: false,
+                publications: &[],
             },
         );
     }
