@@ -113,6 +113,8 @@ fn handshake_and_command_decoders_survive_random_input() {
         7,
         wsedge::engine::wire::Method::Subscribe {
             channel: "room:1".into(),
+            recover: false,
+            since: None,
         },
     )]);
     for _ in 0..5000 {

@@ -160,6 +160,8 @@ async fn binary_protocol_round_trip() {
             2,
             Method::Subscribe {
                 channel: "bin:1".into(),
+                recover: false,
+                since: None,
             },
         ),
     ]);
@@ -191,6 +193,7 @@ async fn binary_protocol_round_trip() {
         Method::Publish {
             channel: "bin:1".into(),
             data: Data::Bytes(&payload),
+            idempotency_key: None,
         },
     )]);
     ws.send(Message::binary(frame)).await.unwrap();
@@ -241,6 +244,8 @@ async fn json_and_binary_subscribers_see_the_same_publication() {
             2,
             Method::Subscribe {
                 channel: "mix".into(),
+                recover: false,
+                since: None,
             },
         ),
     ])))
@@ -257,6 +262,7 @@ async fn json_and_binary_subscribers_see_the_same_publication() {
         Method::Publish {
             channel: "mix".into(),
             data: Data::Bytes(&[0xff, 0x00]),
+            idempotency_key: None,
         },
     )])))
     .await

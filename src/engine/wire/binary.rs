@@ -4,11 +4,20 @@
 
 use std::borrow::Cow;
 
-use flatbuffers::{FlatBufferBuilder, VerifierOptions, WIPOffset};
+use flatbuffers::{
+    FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, VerifierOptions, WIPOffset,
+};
+use serde::de::IgnoredAny;
 
 use super::proto;
-use super::{Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str};
+use super::publication::Publication;
+use super::{
+    ClientInfo, Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str,
+};
 use crate::engine::codes::{CloseReason, ErrorCode};
+
+mod client;
+pub use client::client_frame;
 
 /// Verifier limits: a client frame is at most the message size limit, and
 /// these bound the work the verifier may do on hostile input.
@@ -27,27 +36,62 @@ fn channel<'a>(c: Option<&'a str>) -> Result<Cow<'a, str>, ErrorCode> {
 
 fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
     use proto::Method as M;
+    let bad = ErrorCode::BadRequest;
     Ok(match cmd.method_type() {
         M::Connect => {
-            let c = cmd.method_as_connect().ok_or(ErrorCode::BadRequest)?;
+            let c = cmd.method_as_connect().ok_or(bad)?;
+            let info = c.info().map(|i| i.bytes());
+            if let Some(i) = info
+                && serde_json::from_slice::<IgnoredAny>(i).is_err()
+            {
+                return Err(bad);
+            }
             Method::Connect(ConnectParams {
                 token: c.token().map(Cow::Borrowed),
                 name: c.name().map(Cow::Borrowed),
                 version: c.version().map(Cow::Borrowed),
+                user: c.user().map(Cow::Borrowed),
+                info,
             })
         }
-        M::Subscribe => Method::Subscribe {
-            channel: channel(cmd.method_as_subscribe().and_then(|s| s.channel()))?,
-        },
+        M::Subscribe => {
+            let s = cmd.method_as_subscribe().ok_or(bad)?;
+            super::subscribe(channel(s.channel())?, s.recover(), s.epoch(), s.offset())?
+        }
         M::Unsubscribe => Method::Unsubscribe {
             channel: channel(cmd.method_as_unsubscribe().and_then(|s| s.channel()))?,
         },
         M::Publish => {
-            let p = cmd.method_as_publish().ok_or(ErrorCode::BadRequest)?;
-            Method::Publish {
-                channel: channel(p.channel())?,
-                data: Data::Bytes(p.data().map(|d| d.bytes()).unwrap_or(&[])),
+            let p = cmd.method_as_publish().ok_or(bad)?;
+            let data = Data::Bytes(p.data().map(|d| d.bytes()).unwrap_or(&[]));
+            let key = p.idempotency_key().map(Cow::Borrowed);
+            super::publish(channel(p.channel())?, data, key)?
+        }
+        M::History => {
+            let h = cmd.method_as_history().ok_or(bad)?;
+            let since = match h.since() {
+                Some(s) => {
+                    super::position(Some(s.epoch().ok_or(bad)?), Some(s.offset().ok_or(bad)?))?
+                }
+                None => None,
+            };
+            Method::History {
+                channel: channel(h.channel())?,
+                limit: h.limit(),
+                since,
+                reverse: h.reverse(),
             }
+        }
+        M::Presence => Method::Presence {
+            channel: channel(cmd.method_as_presence().and_then(|s| s.channel()))?,
+        },
+        M::PresenceStats => Method::PresenceStats {
+            channel: channel(cmd.method_as_presence_stats().and_then(|s| s.channel()))?,
+        },
+        M::PresenceState => {
+            let s = cmd.method_as_presence_state().ok_or(bad)?;
+            let state = Cow::Borrowed(s.state().ok_or(bad)?);
+            super::presence_state(channel(s.channel())?, state, s.ttl())?
         }
         M::Ping => Method::Ping,
         _ => return Err(ErrorCode::UnknownMethod),
@@ -83,27 +127,43 @@ fn reply_offset<'b>(
 ) -> WIPOffset<proto::Reply<'b>> {
     use proto::ReplyResult as R;
     let (result_type, result, error) = match body {
-        ReplyBody::Connect { client, node, ping } => {
+        ReplyBody::Connect {
+            client,
+            node,
+            ping,
+            user,
+        } => {
             let client = fbb.create_string(client);
             let node = fbb.create_string(node);
+            let user = fbb.create_string(user);
             let r = proto::ConnectResult::create(
                 fbb,
                 &proto::ConnectResultArgs {
                     client: Some(client),
                     node: Some(node),
                     ping,
+                    user: Some(user),
                 },
             );
             (R::Connect, Some(r.as_union_value()), None)
         }
-        ReplyBody::Subscribe { epoch, offset } => {
-            let mut eb = [0u8; 16];
-            let epoch = fbb.create_string(epoch_str(epoch, &mut eb));
+        ReplyBody::Subscribe {
+            epoch,
+            offset,
+            recoverable,
+            recovered,
+            publications,
+        } => {
+            let epoch = epoch_offset(fbb, epoch);
+            let publications = publications_offset(fbb, publications);
             let r = proto::SubscribeResult::create(
                 fbb,
                 &proto::SubscribeResultArgs {
                     epoch: Some(epoch),
                     offset,
+                    recoverable,
+                    recovered,
+                    publications: Some(publications),
                 },
             );
             (R::Subscribe, Some(r.as_union_value()), None)
@@ -115,6 +175,69 @@ fn reply_offset<'b>(
         ReplyBody::Publish { offset } => {
             let r = proto::PublishResult::create(fbb, &proto::PublishResultArgs { offset });
             (R::Publish, Some(r.as_union_value()), None)
+        }
+        ReplyBody::History {
+            epoch,
+            offset,
+            publications,
+        } => {
+            let epoch = epoch_offset(fbb, epoch);
+            let publications = publications_offset(fbb, publications);
+            let r = proto::HistoryResult::create(
+                fbb,
+                &proto::HistoryResultArgs {
+                    epoch: Some(epoch),
+                    offset,
+                    publications: Some(publications),
+                },
+            );
+            (R::History, Some(r.as_union_value()), None)
+        }
+        ReplyBody::Presence { clients } => {
+            // Sorted by client id, so readers can use `lookup_by_key`.
+            let mut entries: Vec<(&str, WIPOffset<proto::PresenceEntry<'b>>)> =
+                Vec::with_capacity(clients.len());
+            for e in clients {
+                let client = fbb.create_string(&e.info.client);
+                let info = client_info_offset(fbb, client, &e.info);
+                let state = e.state.as_deref().map(|s| fbb.create_string(s));
+                let entry = proto::PresenceEntry::create(
+                    fbb,
+                    &proto::PresenceEntryArgs {
+                        client: Some(client),
+                        info: Some(info),
+                        state,
+                    },
+                );
+                entries.push((&e.info.client, entry));
+            }
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let sorted: Vec<_> = entries.into_iter().map(|(_, e)| e).collect();
+            let clients = fbb.create_vector(&sorted);
+            let r = proto::PresenceResult::create(
+                fbb,
+                &proto::PresenceResultArgs {
+                    clients: Some(clients),
+                },
+            );
+            (R::Presence, Some(r.as_union_value()), None)
+        }
+        ReplyBody::PresenceStats {
+            num_clients,
+            num_users,
+        } => {
+            let r = proto::PresenceStatsResult::create(
+                fbb,
+                &proto::PresenceStatsResultArgs {
+                    num_clients,
+                    num_users,
+                },
+            );
+            (R::PresenceStats, Some(r.as_union_value()), None)
+        }
+        ReplyBody::PresenceState => {
+            let r = proto::PresenceStateResult::create(fbb, &proto::PresenceStateResultArgs {});
+            (R::PresenceState, Some(r.as_union_value()), None)
         }
         ReplyBody::Ping => {
             let r = proto::PingResult::create(fbb, &proto::PingResultArgs {});
@@ -144,6 +267,83 @@ fn reply_offset<'b>(
     )
 }
 
+/// An epoch as its wire string.
+fn epoch_offset<'b>(fbb: &mut FlatBufferBuilder<'b>, epoch: u64) -> WIPOffset<&'b str> {
+    let mut eb = [0u8; 16];
+    fbb.create_string(epoch_str(epoch, &mut eb))
+}
+
+/// One `Publication` table (a `pub` push body or a list element).
+fn publication_offset<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    offset: u64,
+    data: &[u8],
+) -> WIPOffset<proto::Publication<'b>> {
+    let data = fbb.create_vector(data);
+    proto::Publication::create(
+        fbb,
+        &proto::PublicationArgs {
+            offset,
+            data: Some(data),
+        },
+    )
+}
+
+type PubVector<'b> = WIPOffset<Vector<'b, ForwardsUOffset<proto::Publication<'b>>>>;
+
+/// A vector of `Publication` tables, in the given order.
+fn publications_offset<'b>(fbb: &mut FlatBufferBuilder<'b>, pubs: &[Publication]) -> PubVector<'b> {
+    let offs: Vec<_> = pubs
+        .iter()
+        .map(|p| publication_offset(fbb, p.offset, &p.data.bytes))
+        .collect();
+    fbb.create_vector(&offs)
+}
+
+/// A `ClientInfo` table; `client` is the already written client id (shared
+/// with a presence entry's key).
+fn client_info_offset<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    client: WIPOffset<&'b str>,
+    info: &ClientInfo,
+) -> WIPOffset<proto::ClientInfo<'b>> {
+    let user = fbb.create_string(&info.user);
+    let data = info.info.as_deref().map(|i| fbb.create_vector(i));
+    proto::ClientInfo::create(
+        fbb,
+        &proto::ClientInfoArgs {
+            client: Some(client),
+            user: Some(user),
+            info: data,
+        },
+    )
+}
+
+/// A `ServerMessage` holding one push.
+fn push_message<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    channel: Option<&str>,
+    body_type: proto::PushBody,
+    body: WIPOffset<UnionWIPOffset>,
+) -> WIPOffset<proto::ServerMessage<'b>> {
+    let channel = channel.map(|c| fbb.create_string(c));
+    let push = proto::Push::create(
+        fbb,
+        &proto::PushArgs {
+            channel,
+            body_type,
+            body: Some(body),
+        },
+    );
+    proto::ServerMessage::create(
+        fbb,
+        &proto::ServerMessageArgs {
+            reply: None,
+            push_: Some(push),
+        },
+    )
+}
+
 fn disconnect_offset<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     reason: CloseReason,
@@ -157,49 +357,52 @@ fn disconnect_offset<'b>(
             reconnect: reason.reconnect(),
         },
     );
-    let push = proto::Push::create(
-        fbb,
-        &proto::PushArgs {
-            channel: None,
-            body_type: proto::PushBody::Disconnect,
-            body: Some(d.as_union_value()),
-        },
-    );
-    proto::ServerMessage::create(
-        fbb,
-        &proto::ServerMessageArgs {
-            reply: None,
-            push_: Some(push),
-        },
-    )
+    push_message(fbb, None, proto::PushBody::Disconnect, d.as_union_value())
+}
+
+/// Which presence push [`presence_push`] builds.
+enum PresencePush<'s> {
+    Join,
+    Leave,
+    State(&'s str),
+}
+
+/// A `join`, `leave` or `state` push message.
+fn presence_push<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    channel: &str,
+    info: &ClientInfo,
+    kind: PresencePush<'_>,
+) -> WIPOffset<proto::ServerMessage<'b>> {
+    let client = fbb.create_string(&info.client);
+    let info = Some(client_info_offset(fbb, client, info));
+    let (body_type, body) = match kind {
+        PresencePush::Join => (
+            proto::PushBody::Join,
+            proto::Join::create(fbb, &proto::JoinArgs { info }).as_union_value(),
+        ),
+        PresencePush::Leave => (
+            proto::PushBody::Leave,
+            proto::Leave::create(fbb, &proto::LeaveArgs { info }).as_union_value(),
+        ),
+        PresencePush::State(state) => {
+            let state = Some(fbb.create_string(state));
+            let s = proto::State::create(fbb, &proto::StateArgs { info, state });
+            (proto::PushBody::State, s.as_union_value())
+        }
+    };
+    push_message(fbb, Some(channel), body_type, body)
 }
 
 /// A `ServerFrame` with one `pub` push (the frame's payload).
 pub fn pub_payload<'f>(fbb: &'f mut Fbb, channel: &str, offset: u64, data: &[u8]) -> &'f [u8] {
     fbb.reset();
-    let data = fbb.create_vector(data);
-    let publication = proto::Publication::create(
+    let publication = publication_offset(fbb, offset, data);
+    let msg = push_message(
         fbb,
-        &proto::PublicationArgs {
-            offset,
-            data: Some(data),
-        },
-    );
-    let channel = fbb.create_string(channel);
-    let push = proto::Push::create(
-        fbb,
-        &proto::PushArgs {
-            channel: Some(channel),
-            body_type: proto::PushBody::Pub,
-            body: Some(publication.as_union_value()),
-        },
-    );
-    let msg = proto::ServerMessage::create(
-        fbb,
-        &proto::ServerMessageArgs {
-            reply: None,
-            push_: Some(push),
-        },
+        Some(channel),
+        proto::PushBody::Pub,
+        publication.as_union_value(),
     );
     let messages = fbb.create_vector(&[msg]);
     let frame = proto::ServerFrame::create(
@@ -253,6 +456,24 @@ impl BinaryWriter {
         self.messages.push(msg);
     }
 
+    /// Adds a join push.
+    pub fn join(&mut self, channel: &str, info: &ClientInfo) {
+        let msg = presence_push(&mut self.fbb, channel, info, PresencePush::Join);
+        self.messages.push(msg);
+    }
+
+    /// Adds a leave push.
+    pub fn leave(&mut self, channel: &str, info: &ClientInfo) {
+        let msg = presence_push(&mut self.fbb, channel, info, PresencePush::Leave);
+        self.messages.push(msg);
+    }
+
+    /// Adds a state push.
+    pub fn state(&mut self, channel: &str, info: &ClientInfo, state: &str) {
+        let msg = presence_push(&mut self.fbb, channel, info, PresencePush::State(state));
+        self.messages.push(msg);
+    }
+
     /// Finishes the `ServerFrame` and returns its bytes (valid until the
     /// next `begin`).
     pub fn payload(&mut self) -> &[u8] {
@@ -269,156 +490,5 @@ impl BinaryWriter {
     }
 }
 
-/// Builds a `ClientFrame` (used by tests, the bench client and examples).
-pub fn client_frame(commands: &[(u32, Method<'_>)]) -> Vec<u8> {
-    let mut fbb = FlatBufferBuilder::with_capacity(256);
-    let mut offs = Vec::with_capacity(commands.len());
-    for (id, m) in commands {
-        use proto::Method as M;
-        let (t, v) = match m {
-            Method::Connect(p) => {
-                let token = p.token.as_deref().map(|s| fbb.create_string(s));
-                let name = p.name.as_deref().map(|s| fbb.create_string(s));
-                let version = p.version.as_deref().map(|s| fbb.create_string(s));
-                let r = proto::ConnectRequest::create(
-                    &mut fbb,
-                    &proto::ConnectRequestArgs {
-                        token,
-                        name,
-                        version,
-                    },
-                );
-                (M::Connect, r.as_union_value())
-            }
-            Method::Subscribe { channel } => {
-                let c = fbb.create_string(channel);
-                let r = proto::SubscribeRequest::create(
-                    &mut fbb,
-                    &proto::SubscribeRequestArgs { channel: Some(c) },
-                );
-                (M::Subscribe, r.as_union_value())
-            }
-            Method::Unsubscribe { channel } => {
-                let c = fbb.create_string(channel);
-                let r = proto::UnsubscribeRequest::create(
-                    &mut fbb,
-                    &proto::UnsubscribeRequestArgs { channel: Some(c) },
-                );
-                (M::Unsubscribe, r.as_union_value())
-            }
-            Method::Publish { channel, data } => {
-                let c = fbb.create_string(channel);
-                let d = fbb.create_vector(data.as_bytes());
-                let r = proto::PublishRequest::create(
-                    &mut fbb,
-                    &proto::PublishRequestArgs {
-                        channel: Some(c),
-                        data: Some(d),
-                    },
-                );
-                (M::Publish, r.as_union_value())
-            }
-            Method::Ping => {
-                let r = proto::PingRequest::create(&mut fbb, &proto::PingRequestArgs {});
-                (M::Ping, r.as_union_value())
-            }
-        };
-        offs.push(proto::Command::create(
-            &mut fbb,
-            &proto::CommandArgs {
-                id: *id,
-                method_type: t,
-                method: Some(v),
-            },
-        ));
-    }
-    let commands = fbb.create_vector(&offs);
-    let frame = proto::ClientFrame::create(
-        &mut fbb,
-        &proto::ClientFrameArgs {
-            commands: Some(commands),
-        },
-    );
-    fbb.finish_minimal(frame);
-    fbb.finished_data().to_vec()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_frame_round_trip() {
-        let buf = client_frame(&[
-            (1, Method::Connect(ConnectParams::default())),
-            (
-                2,
-                Method::Subscribe {
-                    channel: "a:b".into(),
-                },
-            ),
-            (
-                3,
-                Method::Publish {
-                    channel: "a:b".into(),
-                    data: Data::Bytes(&[1, 2, 3]),
-                },
-            ),
-            (4, Method::Ping),
-        ]);
-        let mut got = Vec::new();
-        decode_commands(&buf, |c| got.push(c)).unwrap();
-        assert_eq!(got.len(), 4);
-        assert_eq!(
-            got[1].method,
-            Ok(Method::Subscribe {
-                channel: "a:b".into()
-            })
-        );
-        assert_eq!(
-            got[2].method,
-            Ok(Method::Publish {
-                channel: "a:b".into(),
-                data: Data::Bytes(&[1, 2, 3])
-            })
-        );
-        assert_eq!(got[3].id, 4);
-    }
-
-    #[test]
-    fn garbage_is_malformed() {
-        assert!(decode_commands(&[1, 2, 3], |_| {}).is_err());
-        assert!(decode_commands(&[0xff; 64], |_| {}).is_err());
-        assert!(decode_commands(&[], |_| {}).is_err());
-    }
-
-    #[test]
-    fn server_frame_decodes() {
-        let mut w = BinaryWriter::default();
-        w.begin();
-        w.reply(5, ReplyBody::Publish { offset: 42 });
-        w.reply(6, ReplyBody::Error(ErrorCode::UnknownMethod));
-        w.disconnect(CloseReason::Shutdown);
-        let payload = w.payload();
-        let sf = flatbuffers::root::<proto::ServerFrame>(payload).unwrap();
-        let msgs = sf.messages().unwrap();
-        assert_eq!(msgs.len(), 3);
-        let r0 = msgs.get(0).reply().unwrap();
-        assert_eq!(r0.id(), 5);
-        assert_eq!(r0.result_as_publish().unwrap().offset(), 42);
-        let r1 = msgs.get(1).reply().unwrap();
-        assert_eq!(r1.error().unwrap().code(), 104);
-        let d = msgs.get(2).push_().unwrap().body_as_disconnect().unwrap();
-        assert_eq!(d.code(), 3001);
-        assert!(d.reconnect());
-
-        let mut fbb = FlatBufferBuilder::new();
-        let pf = pub_payload(&mut fbb, "ch", 9, b"xyz");
-        let sf = flatbuffers::root::<proto::ServerFrame>(pf).unwrap();
-        let push = sf.messages().unwrap().get(0).push_().unwrap();
-        assert_eq!(push.channel(), Some("ch"));
-        let p = push.body_as_pub().unwrap();
-        assert_eq!(p.offset(), 9);
-        assert_eq!(p.data().unwrap().bytes(), b"xyz");
-    }
-}
+mod tests;

@@ -13,16 +13,20 @@ pub mod proto {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_METHOD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_METHOD: u8 = 5;
+pub const ENUM_MAX_METHOD: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_METHOD: [Method; 6] = [
+pub const ENUM_VALUES_METHOD: [Method; 10] = [
   Method::NONE,
   Method::Connect,
   Method::Subscribe,
   Method::Unsubscribe,
   Method::Publish,
   Method::Ping,
+  Method::History,
+  Method::Presence,
+  Method::PresenceStats,
+  Method::PresenceState,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -36,9 +40,13 @@ impl Method {
   pub const Unsubscribe: Self = Self(3);
   pub const Publish: Self = Self(4);
   pub const Ping: Self = Self(5);
+  pub const History: Self = Self(6);
+  pub const Presence: Self = Self(7);
+  pub const PresenceStats: Self = Self(8);
+  pub const PresenceState: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -46,6 +54,10 @@ impl Method {
     Self::Unsubscribe,
     Self::Publish,
     Self::Ping,
+    Self::History,
+    Self::Presence,
+    Self::PresenceStats,
+    Self::PresenceState,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -56,6 +68,10 @@ impl Method {
       Self::Unsubscribe => Some("Unsubscribe"),
       Self::Publish => Some("Publish"),
       Self::Ping => Some("Ping"),
+      Self::History => Some("History"),
+      Self::Presence => Some("Presence"),
+      Self::PresenceStats => Some("PresenceStats"),
+      Self::PresenceState => Some("PresenceState"),
       _ => None,
     }
   }
@@ -115,16 +131,20 @@ pub struct MethodUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY_RESULT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY_RESULT: u8 = 5;
+pub const ENUM_MAX_REPLY_RESULT: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 6] = [
+pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 10] = [
   ReplyResult::NONE,
   ReplyResult::Connect,
   ReplyResult::Subscribe,
   ReplyResult::Unsubscribe,
   ReplyResult::Publish,
   ReplyResult::Ping,
+  ReplyResult::History,
+  ReplyResult::Presence,
+  ReplyResult::PresenceStats,
+  ReplyResult::PresenceState,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -138,9 +158,13 @@ impl ReplyResult {
   pub const Unsubscribe: Self = Self(3);
   pub const Publish: Self = Self(4);
   pub const Ping: Self = Self(5);
+  pub const History: Self = Self(6);
+  pub const Presence: Self = Self(7);
+  pub const PresenceStats: Self = Self(8);
+  pub const PresenceState: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -148,6 +172,10 @@ impl ReplyResult {
     Self::Unsubscribe,
     Self::Publish,
     Self::Ping,
+    Self::History,
+    Self::Presence,
+    Self::PresenceStats,
+    Self::PresenceState,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -158,6 +186,10 @@ impl ReplyResult {
       Self::Unsubscribe => Some("Unsubscribe"),
       Self::Publish => Some("Publish"),
       Self::Ping => Some("Ping"),
+      Self::History => Some("History"),
+      Self::Presence => Some("Presence"),
+      Self::PresenceStats => Some("PresenceStats"),
+      Self::PresenceState => Some("PresenceState"),
       _ => None,
     }
   }
@@ -217,13 +249,16 @@ pub struct ReplyResultUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PUSH_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PUSH_BODY: u8 = 2;
+pub const ENUM_MAX_PUSH_BODY: u8 = 5;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PUSH_BODY: [PushBody; 3] = [
+pub const ENUM_VALUES_PUSH_BODY: [PushBody; 6] = [
   PushBody::NONE,
   PushBody::Pub,
   PushBody::Disconnect,
+  PushBody::Join,
+  PushBody::Leave,
+  PushBody::State,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -234,13 +269,19 @@ impl PushBody {
   pub const NONE: Self = Self(0);
   pub const Pub: Self = Self(1);
   pub const Disconnect: Self = Self(2);
+  pub const Join: Self = Self(3);
+  pub const Leave: Self = Self(4);
+  pub const State: Self = Self(5);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_MAX: u8 = 5;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pub,
     Self::Disconnect,
+    Self::Join,
+    Self::Leave,
+    Self::State,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -248,6 +289,9 @@ impl PushBody {
       Self::NONE => Some("NONE"),
       Self::Pub => Some("Pub"),
       Self::Disconnect => Some("Disconnect"),
+      Self::Join => Some("Join"),
+      Self::Leave => Some("Leave"),
+      Self::State => Some("State"),
       _ => None,
     }
   }
@@ -323,6 +367,8 @@ impl<'a> ConnectRequest<'a> {
   pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
   pub const VT_NAME: ::flatbuffers::VOffsetT = 6;
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -334,6 +380,8 @@ impl<'a> ConnectRequest<'a> {
     args: &'args ConnectRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConnectRequest<'bldr>> {
     let mut builder = ConnectRequestBuilder::new(_fbb);
+    if let Some(x) = args.info { builder.add_info(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
     if let Some(x) = args.version { builder.add_version(x); }
     if let Some(x) = args.name { builder.add_name(x); }
     if let Some(x) = args.token { builder.add_token(x); }
@@ -362,6 +410,20 @@ impl<'a> ConnectRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConnectRequest::VT_VERSION, None)}
   }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConnectRequest::VT_USER, None)}
+  }
+  #[inline]
+  pub fn info(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ConnectRequest::VT_INFO, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConnectRequest<'_> {
@@ -373,6 +435,8 @@ impl ::flatbuffers::Verifiable for ConnectRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("name", Self::VT_NAME, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("info", Self::VT_INFO, false)?
      .finish();
     Ok(())
   }
@@ -381,6 +445,8 @@ pub struct ConnectRequestArgs<'a> {
     pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub name: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub version: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub info: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for ConnectRequestArgs<'a> {
   #[inline]
@@ -389,6 +455,8 @@ impl<'a> Default for ConnectRequestArgs<'a> {
       token: None,
       name: None,
       version: None,
+      user: None,
+      info: None,
     }
   }
 }
@@ -411,6 +479,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectRequest::VT_VERSION, version);
   }
   #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectRequest::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectRequest::VT_INFO, info);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConnectRequestBuilder {
@@ -431,6 +507,8 @@ impl ::core::fmt::Debug for ConnectRequest<'_> {
       ds.field("token", &self.token());
       ds.field("name", &self.name());
       ds.field("version", &self.version());
+      ds.field("user", &self.user());
+      ds.field("info", &self.info());
       ds.finish()
   }
 }
@@ -451,6 +529,9 @@ impl<'a> ::flatbuffers::Follow<'a> for SubscribeRequest<'a> {
 
 impl<'a> SubscribeRequest<'a> {
   pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RECOVER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -462,7 +543,10 @@ impl<'a> SubscribeRequest<'a> {
     args: &'args SubscribeRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<SubscribeRequest<'bldr>> {
     let mut builder = SubscribeRequestBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.add_recover(args.recover);
     builder.finish()
   }
 
@@ -474,6 +558,27 @@ impl<'a> SubscribeRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SubscribeRequest::VT_CHANNEL, None)}
   }
+  #[inline]
+  pub fn recover(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SubscribeRequest::VT_RECOVER, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SubscribeRequest::VT_EPOCH, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SubscribeRequest::VT_OFFSET, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SubscribeRequest<'_> {
@@ -483,18 +588,27 @@ impl ::flatbuffers::Verifiable for SubscribeRequest<'_> {
   ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<bool>("recover", Self::VT_RECOVER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
      .finish();
     Ok(())
   }
 }
 pub struct SubscribeRequestArgs<'a> {
     pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub recover: bool,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub offset: Option<u64>,
 }
 impl<'a> Default for SubscribeRequestArgs<'a> {
   #[inline]
   fn default() -> Self {
     SubscribeRequestArgs {
       channel: None,
+      recover: false,
+      epoch: None,
+      offset: None,
     }
   }
 }
@@ -507,6 +621,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeRequestBuilder<'a, '
   #[inline]
   pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubscribeRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_recover(&mut self, recover: bool) {
+    self.fbb_.push_slot::<bool>(SubscribeRequest::VT_RECOVER, recover, false);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubscribeRequest::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot_always::<u64>(SubscribeRequest::VT_OFFSET, offset);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeRequestBuilder<'a, 'b, A> {
@@ -527,6 +653,9 @@ impl ::core::fmt::Debug for SubscribeRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("SubscribeRequest");
       ds.field("channel", &self.channel());
+      ds.field("recover", &self.recover());
+      ds.field("epoch", &self.epoch());
+      ds.field("offset", &self.offset());
       ds.finish()
   }
 }
@@ -644,6 +773,7 @@ impl<'a> ::flatbuffers::Follow<'a> for PublishRequest<'a> {
 impl<'a> PublishRequest<'a> {
   pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
   pub const VT_DATA: ::flatbuffers::VOffsetT = 6;
+  pub const VT_IDEMPOTENCY_KEY: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -655,6 +785,7 @@ impl<'a> PublishRequest<'a> {
     args: &'args PublishRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<PublishRequest<'bldr>> {
     let mut builder = PublishRequestBuilder::new(_fbb);
+    if let Some(x) = args.idempotency_key { builder.add_idempotency_key(x); }
     if let Some(x) = args.data { builder.add_data(x); }
     if let Some(x) = args.channel { builder.add_channel(x); }
     builder.finish()
@@ -675,6 +806,13 @@ impl<'a> PublishRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(PublishRequest::VT_DATA, None)}
   }
+  #[inline]
+  pub fn idempotency_key(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PublishRequest::VT_IDEMPOTENCY_KEY, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PublishRequest<'_> {
@@ -685,6 +823,7 @@ impl ::flatbuffers::Verifiable for PublishRequest<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("idempotency_key", Self::VT_IDEMPOTENCY_KEY, false)?
      .finish();
     Ok(())
   }
@@ -692,6 +831,7 @@ impl ::flatbuffers::Verifiable for PublishRequest<'_> {
 pub struct PublishRequestArgs<'a> {
     pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub idempotency_key: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for PublishRequestArgs<'a> {
   #[inline]
@@ -699,6 +839,7 @@ impl<'a> Default for PublishRequestArgs<'a> {
     PublishRequestArgs {
       channel: None,
       data: None,
+      idempotency_key: None,
     }
   }
 }
@@ -715,6 +856,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PublishRequestBuilder<'a, 'b,
   #[inline]
   pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PublishRequest::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_idempotency_key(&mut self, idempotency_key: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PublishRequest::VT_IDEMPOTENCY_KEY, idempotency_key);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PublishRequestBuilder<'a, 'b, A> {
@@ -736,6 +881,7 @@ impl ::core::fmt::Debug for PublishRequest<'_> {
     let mut ds = f.debug_struct("PublishRequest");
       ds.field("channel", &self.channel());
       ds.field("data", &self.data());
+      ds.field("idempotency_key", &self.idempotency_key());
       ds.finish()
   }
 }
@@ -814,6 +960,588 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PingRequestBuilder<'a, 'b, A>
 impl ::core::fmt::Debug for PingRequest<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("PingRequest");
+      ds.finish()
+  }
+}
+pub enum StreamPositionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct StreamPosition<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for StreamPosition<'a> {
+  type Inner = StreamPosition<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> StreamPosition<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    StreamPosition { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StreamPositionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<StreamPosition<'bldr>> {
+    let mut builder = StreamPositionBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(StreamPosition::VT_EPOCH, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(StreamPosition::VT_OFFSET, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for StreamPosition<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StreamPositionArgs<'a> {
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub offset: Option<u64>,
+}
+impl<'a> Default for StreamPositionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StreamPositionArgs {
+      epoch: None,
+      offset: None,
+    }
+  }
+}
+
+pub struct StreamPositionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StreamPositionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(StreamPosition::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot_always::<u64>(StreamPosition::VT_OFFSET, offset);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StreamPositionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StreamPositionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<StreamPosition<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for StreamPosition<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("StreamPosition");
+      ds.field("epoch", &self.epoch());
+      ds.field("offset", &self.offset());
+      ds.finish()
+  }
+}
+pub enum HistoryRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HistoryRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HistoryRequest<'a> {
+  type Inner = HistoryRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HistoryRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SINCE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REVERSE: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HistoryRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HistoryRequest<'bldr>> {
+    let mut builder = HistoryRequestBuilder::new(_fbb);
+    if let Some(x) = args.since { builder.add_since(x); }
+    if let Some(x) = args.limit { builder.add_limit(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.add_reverse(args.reverse);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HistoryRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn limit(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(HistoryRequest::VT_LIMIT, None)}
+  }
+  #[inline]
+  pub fn since(&self) -> Option<StreamPosition<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<StreamPosition>>(HistoryRequest::VT_SINCE, None)}
+  }
+  #[inline]
+  pub fn reverse(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(HistoryRequest::VT_REVERSE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HistoryRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<StreamPosition>>("since", Self::VT_SINCE, false)?
+     .visit_field::<bool>("reverse", Self::VT_REVERSE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub limit: Option<u32>,
+    pub since: Option<::flatbuffers::WIPOffset<StreamPosition<'a>>>,
+    pub reverse: bool,
+}
+impl<'a> Default for HistoryRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HistoryRequestArgs {
+      channel: None,
+      limit: None,
+      since: None,
+      reverse: false,
+    }
+  }
+}
+
+pub struct HistoryRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_limit(&mut self, limit: u32) {
+    self.fbb_.push_slot_always::<u32>(HistoryRequest::VT_LIMIT, limit);
+  }
+  #[inline]
+  pub fn add_since(&mut self, since: ::flatbuffers::WIPOffset<StreamPosition<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<StreamPosition>>(HistoryRequest::VT_SINCE, since);
+  }
+  #[inline]
+  pub fn add_reverse(&mut self, reverse: bool) {
+    self.fbb_.push_slot::<bool>(HistoryRequest::VT_REVERSE, reverse, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HistoryRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HistoryRequest");
+      ds.field("channel", &self.channel());
+      ds.field("limit", &self.limit());
+      ds.field("since", &self.since());
+      ds.field("reverse", &self.reverse());
+      ds.finish()
+  }
+}
+pub enum PresenceRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceRequest<'a> {
+  type Inner = PresenceRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceRequest<'bldr>> {
+    let mut builder = PresenceRequestBuilder::new(_fbb);
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceRequest::VT_CHANNEL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PresenceRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceRequestArgs {
+      channel: None,
+    }
+  }
+}
+
+pub struct PresenceRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceRequest");
+      ds.field("channel", &self.channel());
+      ds.finish()
+  }
+}
+pub enum PresenceStatsRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStatsRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStatsRequest<'a> {
+  type Inner = PresenceStatsRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStatsRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStatsRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceStatsRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceStatsRequest<'bldr>> {
+    let mut builder = PresenceStatsRequestBuilder::new(_fbb);
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceStatsRequest::VT_CHANNEL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceStatsRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStatsRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PresenceStatsRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceStatsRequestArgs {
+      channel: None,
+    }
+  }
+}
+
+pub struct PresenceStatsRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStatsRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceStatsRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStatsRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStatsRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStatsRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStatsRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStatsRequest");
+      ds.field("channel", &self.channel());
+      ds.finish()
+  }
+}
+pub enum PresenceStateRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStateRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStateRequest<'a> {
+  type Inner = PresenceStateRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStateRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TTL: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStateRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceStateRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceStateRequest<'bldr>> {
+    let mut builder = PresenceStateRequestBuilder::new(_fbb);
+    if let Some(x) = args.ttl { builder.add_ttl(x); }
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceStateRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceStateRequest::VT_STATE, None)}
+  }
+  #[inline]
+  pub fn ttl(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(PresenceStateRequest::VT_TTL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceStateRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .visit_field::<u32>("ttl", Self::VT_TTL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStateRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub ttl: Option<u32>,
+}
+impl<'a> Default for PresenceStateRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceStateRequestArgs {
+      channel: None,
+      state: None,
+      ttl: None,
+    }
+  }
+}
+
+pub struct PresenceStateRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStateRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceStateRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceStateRequest::VT_STATE, state);
+  }
+  #[inline]
+  pub fn add_ttl(&mut self, ttl: u32) {
+    self.fbb_.push_slot_always::<u32>(PresenceStateRequest::VT_TTL, ttl);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStateRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStateRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStateRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStateRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStateRequest");
+      ds.field("channel", &self.channel());
+      ds.field("state", &self.state());
+      ds.field("ttl", &self.ttl());
       ds.finish()
   }
 }
@@ -950,6 +1678,66 @@ impl<'a> Command<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_history(&self) -> Option<HistoryRequest<'a>> {
+    if self.method_type() == Method::History {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HistoryRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_presence(&self) -> Option<PresenceRequest<'a>> {
+    if self.method_type() == Method::Presence {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_presence_stats(&self) -> Option<PresenceStatsRequest<'a>> {
+    if self.method_type() == Method::PresenceStats {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStatsRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_presence_state(&self) -> Option<PresenceStateRequest<'a>> {
+    if self.method_type() == Method::PresenceState {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStateRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Command<'_> {
@@ -966,6 +1754,10 @@ impl ::flatbuffers::Verifiable for Command<'_> {
           Method::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnsubscribeRequest>>("Method::Unsubscribe", pos),
           Method::Publish => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PublishRequest>>("Method::Publish", pos),
           Method::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingRequest>>("Method::Ping", pos),
+          Method::History => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryRequest>>("Method::History", pos),
+          Method::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceRequest>>("Method::Presence", pos),
+          Method::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsRequest>>("Method::PresenceStats", pos),
+          Method::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateRequest>>("Method::PresenceState", pos),
           _ => Ok(()),
         }
      })?
@@ -1057,6 +1849,34 @@ impl ::core::fmt::Debug for Command<'_> {
         },
         Method::Ping => {
           if let Some(x) = self.method_as_ping() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::History => {
+          if let Some(x) = self.method_as_history() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Presence => {
+          if let Some(x) = self.method_as_presence() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::PresenceStats => {
+          if let Some(x) = self.method_as_presence_stats() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::PresenceState => {
+          if let Some(x) = self.method_as_presence_state() {
             ds.field("method", &x)
           } else {
             ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -1185,6 +2005,7 @@ impl<'a> ConnectResult<'a> {
   pub const VT_CLIENT: ::flatbuffers::VOffsetT = 4;
   pub const VT_NODE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PING: ::flatbuffers::VOffsetT = 8;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1196,6 +2017,7 @@ impl<'a> ConnectResult<'a> {
     args: &'args ConnectResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConnectResult<'bldr>> {
     let mut builder = ConnectResultBuilder::new(_fbb);
+    if let Some(x) = args.user { builder.add_user(x); }
     builder.add_ping(args.ping);
     if let Some(x) = args.node { builder.add_node(x); }
     if let Some(x) = args.client { builder.add_client(x); }
@@ -1224,6 +2046,13 @@ impl<'a> ConnectResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u32>(ConnectResult::VT_PING, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConnectResult::VT_USER, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConnectResult<'_> {
@@ -1235,6 +2064,7 @@ impl ::flatbuffers::Verifiable for ConnectResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node", Self::VT_NODE, false)?
      .visit_field::<u32>("ping", Self::VT_PING, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
      .finish();
     Ok(())
   }
@@ -1243,6 +2073,7 @@ pub struct ConnectResultArgs<'a> {
     pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub node: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub ping: u32,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ConnectResultArgs<'a> {
   #[inline]
@@ -1251,6 +2082,7 @@ impl<'a> Default for ConnectResultArgs<'a> {
       client: None,
       node: None,
       ping: 0,
+      user: None,
     }
   }
 }
@@ -1273,6 +2105,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectResultBuilder<'a, 'b, 
     self.fbb_.push_slot::<u32>(ConnectResult::VT_PING, ping, 0);
   }
   #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectResult::VT_USER, user);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConnectResultBuilder {
@@ -1293,6 +2129,7 @@ impl ::core::fmt::Debug for ConnectResult<'_> {
       ds.field("client", &self.client());
       ds.field("node", &self.node());
       ds.field("ping", &self.ping());
+      ds.field("user", &self.user());
       ds.finish()
   }
 }
@@ -1314,6 +2151,9 @@ impl<'a> ::flatbuffers::Follow<'a> for SubscribeResult<'a> {
 impl<'a> SubscribeResult<'a> {
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RECOVERABLE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RECOVERED: ::flatbuffers::VOffsetT = 10;
+  pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1326,7 +2166,10 @@ impl<'a> SubscribeResult<'a> {
   ) -> ::flatbuffers::WIPOffset<SubscribeResult<'bldr>> {
     let mut builder = SubscribeResultBuilder::new(_fbb);
     builder.add_offset(args.offset);
+    if let Some(x) = args.publications { builder.add_publications(x); }
     if let Some(x) = args.epoch { builder.add_epoch(x); }
+    builder.add_recovered(args.recovered);
+    builder.add_recoverable(args.recoverable);
     builder.finish()
   }
 
@@ -1345,6 +2188,27 @@ impl<'a> SubscribeResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(SubscribeResult::VT_OFFSET, Some(0)).unwrap()}
   }
+  #[inline]
+  pub fn recoverable(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SubscribeResult::VT_RECOVERABLE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn recovered(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SubscribeResult::VT_RECOVERED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn publications(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(SubscribeResult::VT_PUBLICATIONS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SubscribeResult<'_> {
@@ -1355,6 +2219,9 @@ impl ::flatbuffers::Verifiable for SubscribeResult<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<bool>("recoverable", Self::VT_RECOVERABLE, false)?
+     .visit_field::<bool>("recovered", Self::VT_RECOVERED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
      .finish();
     Ok(())
   }
@@ -1362,6 +2229,9 @@ impl ::flatbuffers::Verifiable for SubscribeResult<'_> {
 pub struct SubscribeResultArgs<'a> {
     pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub offset: u64,
+    pub recoverable: bool,
+    pub recovered: bool,
+    pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
 }
 impl<'a> Default for SubscribeResultArgs<'a> {
   #[inline]
@@ -1369,6 +2239,9 @@ impl<'a> Default for SubscribeResultArgs<'a> {
     SubscribeResultArgs {
       epoch: None,
       offset: 0,
+      recoverable: false,
+      recovered: false,
+      publications: None,
     }
   }
 }
@@ -1385,6 +2258,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeResultBuilder<'a, 'b
   #[inline]
   pub fn add_offset(&mut self, offset: u64) {
     self.fbb_.push_slot::<u64>(SubscribeResult::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_recoverable(&mut self, recoverable: bool) {
+    self.fbb_.push_slot::<bool>(SubscribeResult::VT_RECOVERABLE, recoverable, false);
+  }
+  #[inline]
+  pub fn add_recovered(&mut self, recovered: bool) {
+    self.fbb_.push_slot::<bool>(SubscribeResult::VT_RECOVERED, recovered, false);
+  }
+  #[inline]
+  pub fn add_publications(&mut self, publications: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Publication<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubscribeResult::VT_PUBLICATIONS, publications);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeResultBuilder<'a, 'b, A> {
@@ -1406,6 +2291,9 @@ impl ::core::fmt::Debug for SubscribeResult<'_> {
     let mut ds = f.debug_struct("SubscribeResult");
       ds.field("epoch", &self.epoch());
       ds.field("offset", &self.offset());
+      ds.field("recoverable", &self.recoverable());
+      ds.field("recovered", &self.recovered());
+      ds.field("publications", &self.publications());
       ds.finish()
   }
 }
@@ -1658,6 +2546,694 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PingResultBuilder<'a, 'b, A> 
 impl ::core::fmt::Debug for PingResult<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("PingResult");
+      ds.finish()
+  }
+}
+pub enum HistoryResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct HistoryResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for HistoryResult<'a> {
+  type Inner = HistoryResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> HistoryResult<'a> {
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 6;
+  pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    HistoryResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HistoryResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<HistoryResult<'bldr>> {
+    let mut builder = HistoryResultBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.publications { builder.add_publications(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(HistoryResult::VT_EPOCH, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(HistoryResult::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn publications(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(HistoryResult::VT_PUBLICATIONS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for HistoryResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HistoryResultArgs<'a> {
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub offset: u64,
+    pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
+}
+impl<'a> Default for HistoryResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HistoryResultArgs {
+      epoch: None,
+      offset: 0,
+      publications: None,
+    }
+  }
+}
+
+pub struct HistoryResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HistoryResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryResult::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(HistoryResult::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_publications(&mut self, publications: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Publication<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(HistoryResult::VT_PUBLICATIONS, publications);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HistoryResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HistoryResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<HistoryResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for HistoryResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("HistoryResult");
+      ds.field("epoch", &self.epoch());
+      ds.field("offset", &self.offset());
+      ds.field("publications", &self.publications());
+      ds.finish()
+  }
+}
+pub enum ClientInfoOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ClientInfo<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ClientInfo<'a> {
+  type Inner = ClientInfo<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ClientInfo<'a> {
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ClientInfo { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ClientInfoArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ClientInfo<'bldr>> {
+    let mut builder = ClientInfoBuilder::new(_fbb);
+    if let Some(x) = args.info { builder.add_info(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    if let Some(x) = args.client { builder.add_client(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClientInfo::VT_CLIENT, None)}
+  }
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ClientInfo::VT_USER, None)}
+  }
+  #[inline]
+  pub fn info(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ClientInfo::VT_INFO, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ClientInfo<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("info", Self::VT_INFO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ClientInfoArgs<'a> {
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub info: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ClientInfoArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ClientInfoArgs {
+      client: None,
+      user: None,
+      info: None,
+    }
+  }
+}
+
+pub struct ClientInfoBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ClientInfoBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ClientInfo::VT_INFO, info);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ClientInfoBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ClientInfoBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ClientInfo<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ClientInfo<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ClientInfo");
+      ds.field("client", &self.client());
+      ds.field("user", &self.user());
+      ds.field("info", &self.info());
+      ds.finish()
+  }
+}
+pub enum PresenceEntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceEntry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceEntry<'a> {
+  type Inner = PresenceEntry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceEntry<'a> {
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 4;
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 6;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceEntry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceEntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceEntry<'bldr>> {
+    let mut builder = PresenceEntryBuilder::new(_fbb);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.info { builder.add_info(x); }
+    if let Some(x) = args.client { builder.add_client(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn client(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceEntry::VT_CLIENT, None).unwrap()}
+  }
+  #[inline]
+  pub fn key_compare_less_than(&self, o: &PresenceEntry) -> bool {
+    self.client() < o.client()
+  }
+
+  #[inline]
+  pub fn key_compare_with_value(&self, val: & str) -> ::core::cmp::Ordering {
+    let key = self.client();
+    key.cmp(val)
+  }
+  #[inline]
+  pub fn info(&self) -> Option<ClientInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ClientInfo>>(PresenceEntry::VT_INFO, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PresenceEntry::VT_STATE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceEntry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ClientInfo>>("info", Self::VT_INFO, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceEntryArgs<'a> {
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub info: Option<::flatbuffers::WIPOffset<ClientInfo<'a>>>,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for PresenceEntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceEntryArgs {
+      client: None, // required field
+      info: None,
+      state: None,
+    }
+  }
+}
+
+pub struct PresenceEntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceEntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceEntry::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<ClientInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ClientInfo>>(PresenceEntry::VT_INFO, info);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceEntry::VT_STATE, state);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceEntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceEntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceEntry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, PresenceEntry::VT_CLIENT,"client");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceEntry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceEntry");
+      ds.field("client", &self.client());
+      ds.field("info", &self.info());
+      ds.field("state", &self.state());
+      ds.finish()
+  }
+}
+pub enum PresenceResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceResult<'a> {
+  type Inner = PresenceResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceResult<'a> {
+  pub const VT_CLIENTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PresenceResult<'bldr>> {
+    let mut builder = PresenceResultBuilder::new(_fbb);
+    if let Some(x) = args.clients { builder.add_clients(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn clients(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PresenceEntry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PresenceEntry>>>>(PresenceResult::VT_CLIENTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<PresenceEntry>>>>("clients", Self::VT_CLIENTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceResultArgs<'a> {
+    pub clients: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<PresenceEntry<'a>>>>>,
+}
+impl<'a> Default for PresenceResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PresenceResultArgs {
+      clients: None,
+    }
+  }
+}
+
+pub struct PresenceResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_clients(&mut self, clients: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<PresenceEntry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PresenceResult::VT_CLIENTS, clients);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceResult");
+      ds.field("clients", &self.clients());
+      ds.finish()
+  }
+}
+pub enum PresenceStatsResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStatsResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStatsResult<'a> {
+  type Inner = PresenceStatsResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStatsResult<'a> {
+  pub const VT_NUM_CLIENTS: ::flatbuffers::VOffsetT = 4;
+  pub const VT_NUM_USERS: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStatsResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PresenceStatsResultArgs
+  ) -> ::flatbuffers::WIPOffset<PresenceStatsResult<'bldr>> {
+    let mut builder = PresenceStatsResultBuilder::new(_fbb);
+    builder.add_num_users(args.num_users);
+    builder.add_num_clients(args.num_clients);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn num_clients(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PresenceStatsResult::VT_NUM_CLIENTS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn num_users(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(PresenceStatsResult::VT_NUM_USERS, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PresenceStatsResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("num_clients", Self::VT_NUM_CLIENTS, false)?
+     .visit_field::<u64>("num_users", Self::VT_NUM_USERS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStatsResultArgs {
+    pub num_clients: u64,
+    pub num_users: u64,
+}
+impl<'a> Default for PresenceStatsResultArgs {
+  #[inline]
+  fn default() -> Self {
+    PresenceStatsResultArgs {
+      num_clients: 0,
+      num_users: 0,
+    }
+  }
+}
+
+pub struct PresenceStatsResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStatsResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_num_clients(&mut self, num_clients: u64) {
+    self.fbb_.push_slot::<u64>(PresenceStatsResult::VT_NUM_CLIENTS, num_clients, 0);
+  }
+  #[inline]
+  pub fn add_num_users(&mut self, num_users: u64) {
+    self.fbb_.push_slot::<u64>(PresenceStatsResult::VT_NUM_USERS, num_users, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStatsResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStatsResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStatsResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStatsResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStatsResult");
+      ds.field("num_clients", &self.num_clients());
+      ds.field("num_users", &self.num_users());
+      ds.finish()
+  }
+}
+pub enum PresenceStateResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PresenceStateResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PresenceStateResult<'a> {
+  type Inner = PresenceStateResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PresenceStateResult<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PresenceStateResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args PresenceStateResultArgs
+  ) -> ::flatbuffers::WIPOffset<PresenceStateResult<'bldr>> {
+    let mut builder = PresenceStateResultBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for PresenceStateResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PresenceStateResultArgs {
+}
+impl<'a> Default for PresenceStateResultArgs {
+  #[inline]
+  fn default() -> Self {
+    PresenceStateResultArgs {
+    }
+  }
+}
+
+pub struct PresenceStateResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PresenceStateResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PresenceStateResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PresenceStateResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PresenceStateResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PresenceStateResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PresenceStateResult");
       ds.finish()
   }
 }
@@ -1933,6 +3509,66 @@ impl<'a> Reply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_history(&self) -> Option<HistoryResult<'a>> {
+    if self.result_type() == ReplyResult::History {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { HistoryResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_presence(&self) -> Option<PresenceResult<'a>> {
+    if self.result_type() == ReplyResult::Presence {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_presence_stats(&self) -> Option<PresenceStatsResult<'a>> {
+    if self.result_type() == ReplyResult::PresenceStats {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStatsResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_presence_state(&self) -> Option<PresenceStateResult<'a>> {
+    if self.result_type() == ReplyResult::PresenceState {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { PresenceStateResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Reply<'_> {
@@ -1949,6 +3585,10 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
           ReplyResult::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnsubscribeResult>>("ReplyResult::Unsubscribe", pos),
           ReplyResult::Publish => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PublishResult>>("ReplyResult::Publish", pos),
           ReplyResult::Ping => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PingResult>>("ReplyResult::Ping", pos),
+          ReplyResult::History => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryResult>>("ReplyResult::History", pos),
+          ReplyResult::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceResult>>("ReplyResult::Presence", pos),
+          ReplyResult::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsResult>>("ReplyResult::PresenceStats", pos),
+          ReplyResult::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateResult>>("ReplyResult::PresenceState", pos),
           _ => Ok(()),
         }
      })?
@@ -2047,6 +3687,34 @@ impl ::core::fmt::Debug for Reply<'_> {
         },
         ReplyResult::Ping => {
           if let Some(x) = self.result_as_ping() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::History => {
+          if let Some(x) = self.result_as_history() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Presence => {
+          if let Some(x) = self.result_as_presence() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::PresenceStats => {
+          if let Some(x) = self.result_as_presence_stats() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::PresenceState => {
+          if let Some(x) = self.result_as_presence_state() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2304,6 +3972,311 @@ impl ::core::fmt::Debug for Disconnect<'_> {
       ds.finish()
   }
 }
+pub enum JoinOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Join<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Join<'a> {
+  type Inner = Join<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Join<'a> {
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Join { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args JoinArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Join<'bldr>> {
+    let mut builder = JoinBuilder::new(_fbb);
+    if let Some(x) = args.info { builder.add_info(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn info(&self) -> Option<ClientInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ClientInfo>>(Join::VT_INFO, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Join<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ClientInfo>>("info", Self::VT_INFO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct JoinArgs<'a> {
+    pub info: Option<::flatbuffers::WIPOffset<ClientInfo<'a>>>,
+}
+impl<'a> Default for JoinArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    JoinArgs {
+      info: None,
+    }
+  }
+}
+
+pub struct JoinBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> JoinBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<ClientInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ClientInfo>>(Join::VT_INFO, info);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> JoinBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    JoinBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Join<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Join<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Join");
+      ds.field("info", &self.info());
+      ds.finish()
+  }
+}
+pub enum LeaveOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Leave<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Leave<'a> {
+  type Inner = Leave<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Leave<'a> {
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Leave { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LeaveArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Leave<'bldr>> {
+    let mut builder = LeaveBuilder::new(_fbb);
+    if let Some(x) = args.info { builder.add_info(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn info(&self) -> Option<ClientInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ClientInfo>>(Leave::VT_INFO, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Leave<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ClientInfo>>("info", Self::VT_INFO, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LeaveArgs<'a> {
+    pub info: Option<::flatbuffers::WIPOffset<ClientInfo<'a>>>,
+}
+impl<'a> Default for LeaveArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LeaveArgs {
+      info: None,
+    }
+  }
+}
+
+pub struct LeaveBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LeaveBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<ClientInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ClientInfo>>(Leave::VT_INFO, info);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LeaveBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LeaveBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Leave<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Leave<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Leave");
+      ds.field("info", &self.info());
+      ds.finish()
+  }
+}
+pub enum StateOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct State<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for State<'a> {
+  type Inner = State<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> State<'a> {
+  pub const VT_INFO: ::flatbuffers::VOffsetT = 4;
+  pub const VT_STATE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    State { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args StateArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<State<'bldr>> {
+    let mut builder = StateBuilder::new(_fbb);
+    if let Some(x) = args.state { builder.add_state(x); }
+    if let Some(x) = args.info { builder.add_info(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn info(&self) -> Option<ClientInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ClientInfo>>(State::VT_INFO, None)}
+  }
+  #[inline]
+  pub fn state(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(State::VT_STATE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for State<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ClientInfo>>("info", Self::VT_INFO, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("state", Self::VT_STATE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct StateArgs<'a> {
+    pub info: Option<::flatbuffers::WIPOffset<ClientInfo<'a>>>,
+    pub state: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for StateArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    StateArgs {
+      info: None,
+      state: None,
+    }
+  }
+}
+
+pub struct StateBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> StateBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_info(&mut self, info: ::flatbuffers::WIPOffset<ClientInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ClientInfo>>(State::VT_INFO, info);
+  }
+  #[inline]
+  pub fn add_state(&mut self, state: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(State::VT_STATE, state);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> StateBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    StateBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<State<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for State<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("State");
+      ds.field("info", &self.info());
+      ds.field("state", &self.state());
+      ds.finish()
+  }
+}
 pub enum PushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2392,6 +4365,51 @@ impl<'a> Push<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_join(&self) -> Option<Join<'a>> {
+    if self.body_type() == PushBody::Join {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Join::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_leave(&self) -> Option<Leave<'a>> {
+    if self.body_type() == PushBody::Leave {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Leave::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_state(&self) -> Option<State<'a>> {
+    if self.body_type() == PushBody::State {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { State::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Push<'_> {
@@ -2405,6 +4423,9 @@ impl ::flatbuffers::Verifiable for Push<'_> {
         match key {
           PushBody::Pub => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Publication>>("PushBody::Pub", pos),
           PushBody::Disconnect => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Disconnect>>("PushBody::Disconnect", pos),
+          PushBody::Join => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Join>>("PushBody::Join", pos),
+          PushBody::Leave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Leave>>("PushBody::Leave", pos),
+          PushBody::State => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<State>>("PushBody::State", pos),
           _ => Ok(()),
         }
      })?
@@ -2475,6 +4496,27 @@ impl ::core::fmt::Debug for Push<'_> {
         },
         PushBody::Disconnect => {
           if let Some(x) = self.body_as_disconnect() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Join => {
+          if let Some(x) = self.body_as_join() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Leave => {
+          if let Some(x) = self.body_as_leave() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::State => {
+          if let Some(x) = self.body_as_state() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

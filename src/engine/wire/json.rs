@@ -12,7 +12,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str};
+use super::publication::Publication;
+use super::{
+    ClientInfo, Command, ConnectParams, Data, MalformedFrame, Method, PresenceEntry, ReplyBody,
+    epoch_str,
+};
 use crate::engine::codes::{CloseReason, ErrorCode};
 
 /// One command object before its parameters are interpreted.
@@ -70,6 +74,10 @@ struct ConnectJson<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    info: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -79,16 +87,64 @@ struct ChannelJson<'a> {
 }
 
 #[derive(Deserialize)]
+struct SubscribeJson<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(default)]
+    recover: bool,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct PublishJson<'a> {
     #[serde(borrow)]
     channel: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(borrow, default)]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct PositionJson<'a> {
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+    offset: u64,
+}
+
+#[derive(Deserialize)]
+struct HistoryJson<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(borrow, default)]
+    since: Option<PositionJson<'a>>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct PresenceStateJson<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    state: Cow<'a, str>,
+    #[serde(default)]
+    ttl: Option<u32>,
 }
 
 fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode> {
     let bad = |_| ErrorCode::BadRequest;
     let p = params.get();
+    let channel = || -> Result<Cow<'a, str>, ErrorCode> {
+        Ok(serde_json::from_str::<ChannelJson<'a>>(p)
+            .map_err(bad)?
+            .channel)
+    };
     Ok(match name {
         "connect" => {
             let c: ConnectJson<'a> = serde_json::from_str(p).map_err(bad)?;
@@ -96,24 +152,44 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
                 token: c.token,
                 name: c.name,
                 version: c.version,
+                user: c.user,
+                info: c.info.map(|i| i.get().as_bytes()),
             })
         }
-        "subscribe" => Method::Subscribe {
-            channel: serde_json::from_str::<ChannelJson<'a>>(p)
-                .map_err(bad)?
-                .channel,
-        },
+        "subscribe" => {
+            let s: SubscribeJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            super::subscribe(s.channel, s.recover, s.epoch.as_deref(), s.offset)?
+        }
         "unsubscribe" => Method::Unsubscribe {
-            channel: serde_json::from_str::<ChannelJson<'a>>(p)
-                .map_err(bad)?
-                .channel,
+            channel: channel()?,
         },
         "publish" => {
             let pj: PublishJson<'a> = serde_json::from_str(p).map_err(bad)?;
-            Method::Publish {
-                channel: pj.channel,
-                data: Data::Json(pj.data.get().as_bytes()),
+            let data = Data::Json(pj.data.get().as_bytes());
+            super::publish(pj.channel, data, pj.idempotency_key)?
+        }
+        "history" => {
+            let h: HistoryJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            let since = match &h.since {
+                Some(s) => super::position(Some(&s.epoch), Some(s.offset))?,
+                None => None,
+            };
+            Method::History {
+                channel: h.channel,
+                limit: h.limit,
+                since,
+                reverse: h.reverse,
             }
+        }
+        "presence" => Method::Presence {
+            channel: channel()?,
+        },
+        "presence_stats" => Method::PresenceStats {
+            channel: channel()?,
+        },
+        "presence_state" => {
+            let s: PresenceStateJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            super::presence_state(s.channel, s.state, s.ttl)?
         }
         "ping" => {
             serde_json::from_str::<IgnoredAny>(p).map_err(bad)?;
@@ -162,21 +238,37 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
     out.extend_from_slice(b"{\"id\":");
     push_u64(out, id as u64);
     match body {
-        ReplyBody::Connect { client, node, ping } => {
+        ReplyBody::Connect {
+            client,
+            node,
+            ping,
+            user,
+        } => {
             out.extend_from_slice(b",\"connect\":{\"client\":");
             push_json_str(out, client);
             out.extend_from_slice(b",\"node\":");
             push_json_str(out, node);
             out.extend_from_slice(b",\"ping\":");
             push_u64(out, ping as u64);
+            out.extend_from_slice(b",\"user\":");
+            push_json_str(out, user);
             out.push(b'}');
         }
-        ReplyBody::Subscribe { epoch, offset } => {
-            let mut eb = [0u8; 16];
-            out.extend_from_slice(b",\"subscribe\":{\"epoch\":\"");
-            out.extend_from_slice(epoch_str(epoch, &mut eb).as_bytes());
-            out.extend_from_slice(b"\",\"offset\":");
-            push_u64(out, offset);
+        ReplyBody::Subscribe {
+            epoch,
+            offset,
+            recoverable,
+            recovered,
+            publications,
+        } => {
+            out.extend_from_slice(b",\"subscribe\":{");
+            push_position(out, epoch, offset);
+            out.extend_from_slice(b",\"recoverable\":");
+            push_bool(out, recoverable);
+            out.extend_from_slice(b",\"recovered\":");
+            push_bool(out, recovered);
+            out.extend_from_slice(b",\"publications\":");
+            push_publications(out, publications);
             out.push(b'}');
         }
         ReplyBody::Unsubscribe => out.extend_from_slice(b",\"unsubscribe\":{}"),
@@ -185,6 +277,40 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
             push_u64(out, offset);
             out.push(b'}');
         }
+        ReplyBody::History {
+            epoch,
+            offset,
+            publications,
+        } => {
+            out.extend_from_slice(b",\"history\":{\"publications\":");
+            push_publications(out, publications);
+            out.push(b',');
+            push_position(out, epoch, offset);
+            out.push(b'}');
+        }
+        ReplyBody::Presence { clients } => {
+            out.extend_from_slice(b",\"presence\":{\"clients\":{");
+            for (i, entry) in clients.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                push_json_str(out, &entry.info.client);
+                out.push(b':');
+                push_presence_entry(out, entry);
+            }
+            out.extend_from_slice(b"}}");
+        }
+        ReplyBody::PresenceStats {
+            num_clients,
+            num_users,
+        } => {
+            out.extend_from_slice(b",\"presence_stats\":{\"num_clients\":");
+            push_u64(out, num_clients);
+            out.extend_from_slice(b",\"num_users\":");
+            push_u64(out, num_users);
+            out.push(b'}');
+        }
+        ReplyBody::PresenceState => out.extend_from_slice(b",\"presence_state\":{}"),
         ReplyBody::Ping => out.extend_from_slice(b",\"ping\":{}"),
         ReplyBody::Error(code) => {
             out.extend_from_slice(b",\"error\":{\"code\":");
@@ -192,7 +318,7 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
             out.extend_from_slice(b",\"message\":");
             push_json_str(out, code.message());
             out.extend_from_slice(b",\"temporary\":");
-            out.extend_from_slice(if code.temporary() { b"true" } else { b"false" });
+            push_bool(out, code.temporary());
             out.push(b'}');
         }
     }
@@ -206,20 +332,109 @@ pub fn write_disconnect(out: &mut Vec<u8>, reason: CloseReason) {
     out.extend_from_slice(b",\"reason\":");
     push_json_str(out, reason.reason());
     out.extend_from_slice(b",\"reconnect\":");
-    out.extend_from_slice(if reason.reconnect() {
-        b"true"
-    } else {
-        b"false"
-    });
+    push_bool(out, reason.reconnect());
     out.extend_from_slice(b"}}}");
 }
 
 /// Appends a `pub` push object. `data` is embedded as-is when it is JSON,
 /// otherwise base64-encoded under `b64data`.
 pub fn write_pub(out: &mut Vec<u8>, channel: &str, offset: u64, data: &[u8], data_is_json: bool) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"pub\":");
+    push_publication(out, offset, data, data_is_json);
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends a `join` push object.
+pub fn write_join(out: &mut Vec<u8>, channel: &str, info: &ClientInfo) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"join\":{\"info\":");
+    push_client_info(out, info);
+    out.extend_from_slice(b"}}}");
+}
+
+/// Appends a `leave` push object.
+pub fn write_leave(out: &mut Vec<u8>, channel: &str, info: &ClientInfo) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"leave\":{\"info\":");
+    push_client_info(out, info);
+    out.extend_from_slice(b"}}}");
+}
+
+/// Appends a `state` push object (`state` empty = cleared or expired).
+pub fn write_state(out: &mut Vec<u8>, channel: &str, info: &ClientInfo, state: &str) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"state\":{\"info\":");
+    push_client_info(out, info);
+    out.extend_from_slice(b",\"state\":");
+    push_json_str(out, state);
+    out.extend_from_slice(b"}}}");
+}
+
+fn push_bool(out: &mut Vec<u8>, v: bool) {
+    out.extend_from_slice(if v { b"true" } else { b"false" });
+}
+
+/// `"epoch":"<hex>","offset":N`.
+fn push_position(out: &mut Vec<u8>, epoch: u64, offset: u64) {
+    let mut eb = [0u8; 16];
+    out.extend_from_slice(b"\"epoch\":\"");
+    out.extend_from_slice(epoch_str(epoch, &mut eb).as_bytes());
+    out.extend_from_slice(b"\",\"offset\":");
+    push_u64(out, offset);
+}
+
+/// `{"push":{"channel":"…"` — the caller adds the body and `}}`.
+fn push_head(out: &mut Vec<u8>, channel: &str) {
     out.extend_from_slice(b"{\"push\":{\"channel\":");
     push_json_str(out, channel);
-    out.extend_from_slice(b",\"pub\":{\"offset\":");
+}
+
+/// `[{publication}, …]`.
+fn push_publications(out: &mut Vec<u8>, pubs: &[Publication]) {
+    out.push(b'[');
+    for (i, p) in pubs.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_publication(out, p.offset, &p.data.bytes, p.data.is_json);
+    }
+    out.push(b']');
+}
+
+/// `{"user":…,"client":…,"info"?:…}`.
+fn push_client_info(out: &mut Vec<u8>, info: &ClientInfo) {
+    push_client_info_fields(out, info);
+    out.push(b'}');
+}
+
+/// `{"user":…,"client":…,"info"?:…,"state"?:…}`.
+fn push_presence_entry(out: &mut Vec<u8>, entry: &PresenceEntry) {
+    push_client_info_fields(out, &entry.info);
+    if let Some(state) = &entry.state {
+        out.extend_from_slice(b",\"state\":");
+        push_json_str(out, state);
+    }
+    out.push(b'}');
+}
+
+/// A client info object without its closing brace; `info` (JSON text) is
+/// embedded as-is.
+fn push_client_info_fields(out: &mut Vec<u8>, info: &ClientInfo) {
+    out.extend_from_slice(b"{\"user\":");
+    push_json_str(out, &info.user);
+    out.extend_from_slice(b",\"client\":");
+    push_json_str(out, &info.client);
+    if let Some(i) = &info.info {
+        out.extend_from_slice(b",\"info\":");
+        out.extend_from_slice(i);
+    }
+}
+
+/// One publication object: `{"offset":N,"data":…}` when `data` is JSON,
+/// else `{"offset":N,"b64data":"…"}`.
+fn push_publication(out: &mut Vec<u8>, offset: u64, data: &[u8], data_is_json: bool) {
+    out.extend_from_slice(b"{\"offset\":");
     push_u64(out, offset);
     if data_is_json {
         out.extend_from_slice(b",\"data\":");
@@ -235,7 +450,7 @@ pub fn write_pub(out: &mut Vec<u8>, channel: &str, offset: u64, data: &[u8], dat
             .expect("buffer sized exactly");
         out.push(b'"');
     }
-    out.extend_from_slice(b"}}}");
+    out.push(b'}');
 }
 
 /// Accumulates JSON objects for one text frame.
@@ -268,6 +483,24 @@ impl JsonWriter {
         write_disconnect(&mut self.payload, reason);
     }
 
+    /// Adds a join push.
+    pub fn join(&mut self, channel: &str, info: &ClientInfo) {
+        self.sep();
+        write_join(&mut self.payload, channel, info);
+    }
+
+    /// Adds a leave push.
+    pub fn leave(&mut self, channel: &str, info: &ClientInfo) {
+        self.sep();
+        write_leave(&mut self.payload, channel, info);
+    }
+
+    /// Adds a state push.
+    pub fn state(&mut self, channel: &str, info: &ClientInfo, state: &str) {
+        self.sep();
+        write_state(&mut self.payload, channel, info, state);
+    }
+
     /// The frame's payload so far (cleared by the next `begin`).
     pub fn payload(&self) -> &[u8] {
         &self.payload
@@ -275,104 +508,4 @@ impl JsonWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode(s: &str) -> Result<Vec<Command<'_>>, MalformedFrame> {
-        let mut v = Vec::new();
-        decode_commands(s.as_bytes(), |c| v.push(c))?;
-        Ok(v)
-    }
-
-    #[test]
-    fn decodes_every_method() {
-        let cmds = decode(concat!(
-            "{\"id\":1,\"connect\":{\"token\":\"t\",\"name\":\"app\"}}\n",
-            "{\"id\":2,\"subscribe\":{\"channel\":\"chat:1\"}}\n",
-            "{\"publish\":{\"channel\":\"chat:\\u0031\",\"data\":{\"a\":[1,2]}},\"id\":3}\n",
-            "{\"id\":4,\"unsubscribe\":{\"channel\":\"chat:1\"}}\n",
-            "{\"id\":5,\"ping\":{}}\n"
-        ))
-        .unwrap();
-        assert_eq!(cmds.len(), 5);
-        assert_eq!(cmds[0].id, 1);
-        match &cmds[0].method {
-            Ok(Method::Connect(p)) => {
-                assert_eq!(p.token.as_deref(), Some("t"));
-                assert_eq!(p.name.as_deref(), Some("app"));
-                assert_eq!(p.version, None);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            cmds[1].method,
-            Ok(Method::Subscribe {
-                channel: "chat:1".into()
-            })
-        );
-        assert_eq!(
-            cmds[2].method,
-            Ok(Method::Publish {
-                channel: "chat:1".into(),
-                data: Data::Json(b"{\"a\":[1,2]}")
-            })
-        );
-        assert_eq!(cmds[4].method, Ok(Method::Ping));
-    }
-
-    #[test]
-    fn per_command_errors_keep_the_id() {
-        let cmds =
-            decode("{\"id\":7,\"teleport\":{}}\n{\"id\":8,\"subscribe\":{}}\n{\"id\":9}").unwrap();
-        assert_eq!(cmds[0].method, Err(ErrorCode::UnknownMethod));
-        assert_eq!(cmds[1].method, Err(ErrorCode::BadRequest));
-        assert_eq!(cmds[2].method, Err(ErrorCode::BadRequest));
-        assert_eq!(cmds.iter().map(|c| c.id).collect::<Vec<_>>(), vec![7, 8, 9]);
-    }
-
-    #[test]
-    fn malformed_frames() {
-        assert!(decode("not json").is_err());
-        assert!(decode("[1,2]").is_err());
-        assert!(decode("{\"id\":-1,\"ping\":{}}").is_err());
-        assert!(decode("").is_err());
-        assert!(decode("{\"id\":1,\"ping\":{}}\n{").is_err());
-    }
-
-    #[test]
-    fn reply_and_push_shapes() {
-        let mut out = Vec::new();
-        write_reply(
-            &mut out,
-            3,
-            ReplyBody::Subscribe {
-                epoch: 0xab,
-                offset: 7,
-            },
-        );
-        assert_eq!(
-            std::str::from_utf8(&out).unwrap(),
-            r#"{"id":3,"subscribe":{"epoch":"00000000000000ab","offset":7}}"#
-        );
-        out.clear();
-        write_reply(&mut out, 4, ReplyBody::Error(ErrorCode::UnknownMethod));
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["error"]["code"], 104);
-        assert_eq!(v["error"]["temporary"], false);
-        out.clear();
-        write_pub(&mut out, "a\"b", 9, br#"{"x":1}"#, true);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["push"]["channel"], "a\"b");
-        assert_eq!(v["push"]["pub"]["offset"], 9);
-        assert_eq!(v["push"]["pub"]["data"]["x"], 1);
-        out.clear();
-        write_pub(&mut out, "c", 1, &[0xff, 0x00], false);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["push"]["pub"]["b64data"], "/wA=");
-        out.clear();
-        write_disconnect(&mut out, CloseReason::SlowConsumer);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["push"]["disconnect"]["code"], 3002);
-        assert_eq!(v["push"]["disconnect"]["reconnect"], true);
-    }
-}
+mod tests;

@@ -15,11 +15,17 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::hub::Position;
 use crate::engine::ws::handshake::WireFormat;
 
 pub mod binary;
 pub mod json;
 pub mod publication;
+
+#[cfg(test)]
+mod fixtures;
+
+use publication::Publication;
 
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, missing_docs, unsafe_op_in_unsafe_fn, mismatched_lifetime_syntaxes, non_camel_case_types)]
@@ -38,6 +44,11 @@ pub struct ConnectParams<'a> {
     pub name: Option<Cow<'a, str>>,
     /// Client application version, for logs.
     pub version: Option<Cow<'a, str>>,
+    /// User id the connection claims (trusted until token auth lands).
+    pub user: Option<Cow<'a, str>>,
+    /// Application data about the connection, shown in presence: JSON
+    /// text (checked in the binary form; the JSON form only parses JSON).
+    pub info: Option<&'a [u8]>,
 }
 
 /// Who a connection is, as presence reports it and join/leave/state pushes
@@ -83,24 +94,61 @@ impl<'a> Data<'a> {
 /// A command method with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method<'a> {
-    /// `connect {token?, name?, version?}`.
+    /// `connect {token?, name?, version?, user?, info?}`.
     Connect(ConnectParams<'a>),
-    /// `subscribe {channel}`.
+    /// `subscribe {channel, recover?, epoch?, offset?}`.
     Subscribe {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
+        /// Replay the publications missed since `since`.
+        recover: bool,
+        /// The last position the client saw (`epoch` and `offset`), when
+        /// given; always `Some` when `recover` is set.
+        since: Option<Position>,
     },
     /// `unsubscribe {channel}`.
     Unsubscribe {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
     },
-    /// `publish {channel, data}`.
+    /// `publish {channel, data, idempotency_key?}`.
     Publish {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
         /// The payload.
         data: Data<'a>,
+        /// Deduplication key for retried publishes (1..=256 bytes).
+        idempotency_key: Option<Cow<'a, str>>,
+    },
+    /// `history {channel, limit?, since?, reverse?}`.
+    History {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// At most this many publications.
+        limit: Option<u32>,
+        /// Only publications after this position.
+        since: Option<Position>,
+        /// Newest first.
+        reverse: bool,
+    },
+    /// `presence {channel}`.
+    Presence {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+    },
+    /// `presence_stats {channel}`.
+    PresenceStats {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+    },
+    /// `presence_state {channel, state, ttl?}`.
+    PresenceState {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// The new state (0..=128 bytes; empty clears it).
+        state: Cow<'a, str>,
+        /// Seconds until the state expires.
+        ttl: Option<u32>,
     },
     /// `ping {}`.
     Ping,
@@ -114,9 +162,84 @@ impl Method<'_> {
             Method::Subscribe { .. } => "subscribe",
             Method::Unsubscribe { .. } => "unsubscribe",
             Method::Publish { .. } => "publish",
+            Method::History { .. } => "history",
+            Method::Presence { .. } => "presence",
+            Method::PresenceStats { .. } => "presence_stats",
+            Method::PresenceState { .. } => "presence_state",
             Method::Ping => "ping",
         }
     }
+}
+
+/// Longest `idempotency_key` accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// Longest presence state accepted, in bytes.
+pub const MAX_PRESENCE_STATE: usize = 128;
+
+// Parameter rules shared by both forms, so they cannot drift apart.
+
+/// A stream position from its optional parts: both or neither.
+fn position(epoch: Option<&str>, offset: Option<u64>) -> Result<Option<Position>, ErrorCode> {
+    match (epoch, offset) {
+        (None, None) => Ok(None),
+        (Some(e), Some(offset)) => parse_epoch(e)
+            .map(|epoch| Some(Position { epoch, offset }))
+            .ok_or(ErrorCode::BadRequest),
+        _ => Err(ErrorCode::BadRequest),
+    }
+}
+
+/// `subscribe`: `recover` needs a position to recover from.
+fn subscribe<'a>(
+    channel: Cow<'a, str>,
+    recover: bool,
+    epoch: Option<&str>,
+    offset: Option<u64>,
+) -> Result<Method<'a>, ErrorCode> {
+    let since = position(epoch, offset)?;
+    if recover && since.is_none() {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(Method::Subscribe {
+        channel,
+        recover,
+        since,
+    })
+}
+
+/// `publish`: the idempotency key, when given, is 1..=256 bytes.
+fn publish<'a>(
+    channel: Cow<'a, str>,
+    data: Data<'a>,
+    idempotency_key: Option<Cow<'a, str>>,
+) -> Result<Method<'a>, ErrorCode> {
+    if let Some(k) = &idempotency_key
+        && !(1..=MAX_IDEMPOTENCY_KEY).contains(&k.len())
+    {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(Method::Publish {
+        channel,
+        data,
+        idempotency_key,
+    })
+}
+
+/// `presence_state`: the state is at most 128 bytes.
+fn presence_state<'a>(
+    channel: Cow<'a, str>,
+    state: Cow<'a, str>,
+    ttl: Option<u32>,
+) -> Result<Method<'a>, ErrorCode> {
+    if state.len() > MAX_PRESENCE_STATE {
+        return Err(ErrorCode::BadRequest);
+    }
+    Ok(Method::PresenceState {
+        channel,
+        state,
+        ttl,
+    })
 }
 
 /// One decoded command. `method` is an error when the command is well
@@ -174,14 +297,23 @@ pub enum ReplyBody<'a> {
         node: &'a str,
         /// Ping interval in seconds.
         ping: u32,
+        /// The connection's user id (empty when anonymous).
+        user: &'a str,
     },
     /// Result of `subscribe`: the channel position after which the client
-    /// receives every publication.
+    /// receives every publication, and what recovery replayed.
     Subscribe {
         /// Channel epoch (changes when the channel's history is lost).
         epoch: u64,
         /// Offset of the last publication before the subscription.
         offset: u64,
+        /// Whether the channel keeps history a later recovery can use.
+        recoverable: bool,
+        /// Whether `publications` holds every publication missed since
+        /// the position the client gave.
+        recovered: bool,
+        /// The missed publications, oldest first (empty unless recovering).
+        publications: &'a [Publication],
     },
     /// Result of `unsubscribe`.
     Unsubscribe,
@@ -190,6 +322,30 @@ pub enum ReplyBody<'a> {
         /// Offset assigned to the publication.
         offset: u64,
     },
+    /// Result of `history`: the channel's position and the publications
+    /// asked for.
+    History {
+        /// Channel epoch.
+        epoch: u64,
+        /// Offset of the channel's last publication.
+        offset: u64,
+        /// The publications, in the order asked for.
+        publications: &'a [Publication],
+    },
+    /// Result of `presence`: every member of the channel.
+    Presence {
+        /// The members (client ids are unique).
+        clients: &'a [PresenceEntry],
+    },
+    /// Result of `presence_stats`.
+    PresenceStats {
+        /// Connections present.
+        num_clients: u64,
+        /// Distinct users among them.
+        num_users: u64,
+    },
+    /// Result of `presence_state`.
+    PresenceState,
     /// Result of `ping`.
     Ping,
     /// An error.
@@ -207,8 +363,16 @@ pub fn epoch_str(epoch: u64, buf: &mut [u8; 16]) -> &str {
     std::str::from_utf8(buf).expect("hex is ASCII")
 }
 
-/// Builds one server frame holding one or more replies (and/or a
-/// disconnect push), in the connection's form. Reused across frames to
+/// Parses an epoch from the wire: exactly 16 hex characters (either case;
+/// the server sends lowercase).
+pub fn parse_epoch(s: &str) -> Option<u64> {
+    if s.len() != 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// Builds one server frame holding one or more replies and/or pushes, in the connection's form. Reused across frames to
 /// avoid allocation.
 pub struct FrameWriter {
     json: json::JsonWriter,
@@ -262,6 +426,34 @@ impl FrameWriter {
         }
     }
 
+    /// Adds a `join` push: `info` subscribed to `channel`.
+    pub fn join(&mut self, channel: &str, info: &ClientInfo) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => self.json.join(channel, info),
+            WireFormat::Binary => self.binary.join(channel, info),
+        }
+    }
+
+    /// Adds a `leave` push: `info` left `channel`.
+    pub fn leave(&mut self, channel: &str, info: &ClientInfo) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => self.json.leave(channel, info),
+            WireFormat::Binary => self.binary.leave(channel, info),
+        }
+    }
+
+    /// Adds a `state` push: `info`'s presence state on `channel` is now
+    /// `state` (empty = cleared or expired).
+    pub fn state(&mut self, channel: &str, info: &ClientInfo, state: &str) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => self.json.state(channel, info, state),
+            WireFormat::Binary => self.binary.state(channel, info, state),
+        }
+    }
+
     /// Whether nothing was added since `begin`.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -297,5 +489,103 @@ mod tests {
         let mut b = [0u8; 16];
         assert_eq!(epoch_str(0x0123_4567_89ab_cdef, &mut b), "0123456789abcdef");
         assert_eq!(epoch_str(0, &mut b), "0000000000000000");
+    }
+
+    #[test]
+    fn epoch_parse() {
+        let mut b = [0u8; 16];
+        for e in [0, 1, 0xab, 0x0123_4567_89ab_cdef, u64::MAX] {
+            assert_eq!(parse_epoch(epoch_str(e, &mut b)), Some(e));
+        }
+        assert_eq!(parse_epoch("0123456789ABCDEF"), Some(0x0123_4567_89ab_cdef));
+        for bad in [
+            "",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "+123456789abcdef",
+            "-123456789abcdef",
+            "0123456789abcdeg",
+            " 123456789abcdef",
+            "0123456789abcdé",
+        ] {
+            assert_eq!(parse_epoch(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn positions_go_together() {
+        let p = Position {
+            epoch: 0xab,
+            offset: 0,
+        };
+        assert_eq!(position(None, None), Ok(None));
+        assert_eq!(position(Some("00000000000000ab"), Some(0)), Ok(Some(p)));
+        assert_eq!(
+            position(Some("00000000000000ab"), None),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(position(None, Some(0)), Err(ErrorCode::BadRequest));
+        assert_eq!(position(Some("ab"), Some(0)), Err(ErrorCode::BadRequest));
+    }
+
+    /// The frame `w` finishes: (text?, payload).
+    fn finish(w: &mut FrameWriter) -> (bool, Vec<u8>) {
+        let mut got = None;
+        w.finish_with(|text, p| {
+            got = Some((text, p.to_vec()));
+            Bytes::new()
+        })
+        .unwrap();
+        got.unwrap()
+    }
+
+    #[test]
+    fn frame_writer_batches_replies_and_pushes() {
+        let bob = fixtures::client("b.2", "bob", None);
+        let mut w = FrameWriter::new();
+        w.begin(WireFormat::Json);
+        assert!(w.is_empty());
+        w.reply(1, ReplyBody::Ping);
+        w.join("room", &bob);
+        w.state("room", &bob, "typing");
+        w.leave("room", &bob);
+        assert!(!w.is_empty());
+        let (text, payload) = finish(&mut w);
+        assert!(text);
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&payload)
+            .unwrap()
+            .split('\n')
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[0]["ping"], serde_json::json!({}));
+        assert_eq!(lines[1]["push"]["join"]["info"]["user"], "bob");
+        assert_eq!(lines[2]["push"]["state"]["state"], "typing");
+        assert_eq!(lines[3]["push"]["leave"]["info"]["client"], "b.2");
+        assert!(w.is_empty());
+
+        w.begin(WireFormat::Binary);
+        w.join("room", &bob);
+        w.reply(2, ReplyBody::PresenceState);
+        w.state("room", &bob, "");
+        w.leave("room", &bob);
+        let (text, payload) = finish(&mut w);
+        assert!(!text);
+        let sf = flatbuffers::root::<proto::ServerFrame>(&payload).unwrap();
+        let msgs = sf.messages().unwrap();
+        assert_eq!(msgs.len(), 4);
+        assert!(msgs.get(0).push_().unwrap().body_as_join().is_some());
+        assert_eq!(msgs.get(1).reply().unwrap().id(), 2);
+        assert_eq!(
+            msgs.get(2)
+                .push_()
+                .unwrap()
+                .body_as_state()
+                .unwrap()
+                .state(),
+            Some("")
+        );
+        assert!(msgs.get(3).push_().unwrap().body_as_leave().is_some());
+        assert!(w.finish().is_none());
     }
 }

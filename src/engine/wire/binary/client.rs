@@ -1,0 +1,168 @@
+//! Builds client frames in the FlatBuffers form: what a binary client
+//! sends. Used by tests, examples and tools; the server never sends these.
+
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+
+use super::Fbb;
+use crate::engine::wire::{Method, epoch_str, proto};
+
+/// Builds a `ClientFrame` (used by tests, the bench client and examples).
+pub fn client_frame(commands: &[(u32, Method<'_>)]) -> Vec<u8> {
+    let mut fbb = FlatBufferBuilder::with_capacity(256);
+    let mut offs = Vec::with_capacity(commands.len());
+    for (id, m) in commands {
+        let (t, v) = request_offset(&mut fbb, m);
+        offs.push(proto::Command::create(
+            &mut fbb,
+            &proto::CommandArgs {
+                id: *id,
+                method_type: t,
+                method: Some(v),
+            },
+        ));
+    }
+    let commands = fbb.create_vector(&offs);
+    let frame = proto::ClientFrame::create(
+        &mut fbb,
+        &proto::ClientFrameArgs {
+            commands: Some(commands),
+        },
+    );
+    fbb.finish_minimal(frame);
+    fbb.finished_data().to_vec()
+}
+
+/// One request table and its union tag.
+fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<UnionWIPOffset>) {
+    use proto::Method as M;
+    let mut eb = [0u8; 16];
+    match m {
+        Method::Connect(p) => {
+            let token = p.token.as_deref().map(|s| fbb.create_string(s));
+            let name = p.name.as_deref().map(|s| fbb.create_string(s));
+            let version = p.version.as_deref().map(|s| fbb.create_string(s));
+            let user = p.user.as_deref().map(|s| fbb.create_string(s));
+            let info = p.info.map(|i| fbb.create_vector(i));
+            let r = proto::ConnectRequest::create(
+                fbb,
+                &proto::ConnectRequestArgs {
+                    token,
+                    name,
+                    version,
+                    user,
+                    info,
+                },
+            );
+            (M::Connect, r.as_union_value())
+        }
+        Method::Subscribe {
+            channel,
+            recover,
+            since,
+        } => {
+            let c = fbb.create_string(channel);
+            let epoch = since.map(|p| fbb.create_string(epoch_str(p.epoch, &mut eb)));
+            let r = proto::SubscribeRequest::create(
+                fbb,
+                &proto::SubscribeRequestArgs {
+                    channel: Some(c),
+                    recover: *recover,
+                    epoch,
+                    offset: since.map(|p| p.offset),
+                },
+            );
+            (M::Subscribe, r.as_union_value())
+        }
+        Method::Unsubscribe { channel } => {
+            let c = fbb.create_string(channel);
+            let r = proto::UnsubscribeRequest::create(
+                fbb,
+                &proto::UnsubscribeRequestArgs { channel: Some(c) },
+            );
+            (M::Unsubscribe, r.as_union_value())
+        }
+        Method::Publish {
+            channel,
+            data,
+            idempotency_key,
+        } => {
+            let c = fbb.create_string(channel);
+            let d = fbb.create_vector(data.as_bytes());
+            let key = idempotency_key.as_deref().map(|k| fbb.create_string(k));
+            let r = proto::PublishRequest::create(
+                fbb,
+                &proto::PublishRequestArgs {
+                    channel: Some(c),
+                    data: Some(d),
+                    idempotency_key: key,
+                },
+            );
+            (M::Publish, r.as_union_value())
+        }
+        Method::History {
+            channel,
+            limit,
+            since,
+            reverse,
+        } => {
+            let c = fbb.create_string(channel);
+            let since = since.map(|p| {
+                let epoch = fbb.create_string(epoch_str(p.epoch, &mut eb));
+                proto::StreamPosition::create(
+                    fbb,
+                    &proto::StreamPositionArgs {
+                        epoch: Some(epoch),
+                        offset: Some(p.offset),
+                    },
+                )
+            });
+            let r = proto::HistoryRequest::create(
+                fbb,
+                &proto::HistoryRequestArgs {
+                    channel: Some(c),
+                    limit: *limit,
+                    since,
+                    reverse: *reverse,
+                },
+            );
+            (M::History, r.as_union_value())
+        }
+        Method::Presence { channel } => {
+            let c = fbb.create_string(channel);
+            let r = proto::PresenceRequest::create(
+                fbb,
+                &proto::PresenceRequestArgs { channel: Some(c) },
+            );
+            (M::Presence, r.as_union_value())
+        }
+        Method::PresenceStats { channel } => {
+            let c = fbb.create_string(channel);
+            let r = proto::PresenceStatsRequest::create(
+                fbb,
+                &proto::PresenceStatsRequestArgs { channel: Some(c) },
+            );
+            (M::PresenceStats, r.as_union_value())
+        }
+        Method::PresenceState {
+            channel,
+            state,
+            ttl,
+        } => {
+            let c = fbb.create_string(channel);
+            let s = fbb.create_string(state);
+            let r = proto::PresenceStateRequest::create(
+                fbb,
+                &proto::PresenceStateRequestArgs {
+                    channel: Some(c),
+                    state: Some(s),
+                    ttl: *ttl,
+                },
+            );
+            (M::PresenceState, r.as_union_value())
+        }
+        Method::Ping => {
+            let r = proto::PingRequest::create(fbb, &proto::PingRequestArgs {});
+            (M::Ping, r.as_union_value())
+        }
+    }
+}
