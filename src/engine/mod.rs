@@ -8,6 +8,8 @@
 //! - [`wire`]: wire protocol v1 (JSON and FlatBuffers forms).
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
+//! - [`namespace`]: per-namespace channel options and the lookup from a
+//!   channel name.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`subs`]: a shard's local subscription table.
 //! - [`outbox`]: per-connection output queue with budget.
@@ -19,6 +21,7 @@ pub mod codes;
 pub mod heartbeat;
 pub mod hub;
 pub mod limits;
+pub mod namespace;
 pub mod outbox;
 pub mod subs;
 pub mod timer;
