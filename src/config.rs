@@ -11,6 +11,11 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::channel;
+use crate::engine::namespace::{
+    DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority,
+};
+
 /// Which io driver the shard runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +36,104 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Delivery priority of a namespace's publications (`priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespacePriority {
+    /// In turn with everything else.
+    Normal,
+    /// Ahead of normal publications.
+    High,
+}
+
+impl From<NamespacePriority> for Priority {
+    fn from(p: NamespacePriority) -> Priority {
+        match p {
+            NamespacePriority::Normal => Priority::Normal,
+            NamespacePriority::High => Priority::High,
+        }
+    }
+}
+
+/// One `[[namespace]]` table: the options of the channels `name:…`. Every
+/// option defaults to what channels did before namespaces (no history, no
+/// presence, clients publish), so a namespace only costs what it asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    /// The namespace (1–64 characters of `A–Z a–z 0–9 _ -`). Required; the
+    /// name `default` sets the options of channels without `ns:`.
+    pub name: String,
+    /// Publications kept per channel. Default 0: history costs memory per
+    /// channel, so it is opted into per namespace. Needs `history_ttl`.
+    pub history_size: usize,
+    /// How long a channel's history is kept after its last publication.
+    /// Default 0s, for the same reason; history is kept only when both
+    /// `history_size` and `history_ttl` are above 0.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Let a resubscribing client recover the publications it missed.
+    /// Default off: it needs history.
+    pub recover: bool,
+    /// Track who is subscribed. Default off: it costs memory and
+    /// cross-shard messages on every subscribe and unsubscribe.
+    pub presence: bool,
+    /// Push join and leave events to the channel's subscribers. Default
+    /// off: it needs presence, and every subscribe becomes a push to every
+    /// subscriber.
+    pub join_leave: bool,
+    /// Above this many subscribers a channel stops sending join/leave
+    /// pushes; presence stays exact. Default 1000: each join or leave goes
+    /// to every subscriber, so a reconnect wave in a channel of n
+    /// subscribers costs n² pushes. 0 = no cap.
+    pub join_leave_max_subscribers: usize,
+    /// Whether clients may publish. Default true, as before namespaces
+    /// existed; false leaves publishing to the server API (feeds,
+    /// notifications).
+    pub client_publish: bool,
+    /// `normal` or `high`. Default `normal`: high priority only means
+    /// something if few namespaces have it.
+    pub priority: NamespacePriority,
+    /// Subscribers one channel may have (0 = unlimited). Default 0: the
+    /// per-connection and per-node limits already bound memory.
+    pub max_subscribers: usize,
+}
+
+impl Default for NamespaceConfig {
+    /// Every option at its default; `name` empty (a table must name itself).
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            recover: false,
+            presence: false,
+            join_leave: false,
+            join_leave_max_subscribers: 1000,
+            client_publish: true,
+            priority: NamespacePriority::Normal,
+            max_subscribers: 0,
+        }
+    }
+}
+
+impl NamespaceConfig {
+    /// The engine's view of these options.
+    pub fn options(&self) -> NamespaceOptions {
+        NamespaceOptions {
+            history_size: self.history_size,
+            history_ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX),
+            recover: self.recover,
+            presence: self.presence,
+            join_leave: self.join_leave,
+            join_leave_max_subscribers: self.join_leave_max_subscribers,
+            client_publish: self.client_publish,
+            priority: self.priority.into(),
+            max_subscribers: self.max_subscribers,
+        }
+    }
 }
 
 /// The whole configuration.
@@ -127,6 +230,58 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Log filter (tracing `EnvFilter` syntax). Default `info`.
     pub log_level: String,
+    /// Refuse channels whose `ns:` is not a configured namespace (error
+    /// 102). Default off: such channels take the `default` namespace's
+    /// options, so a node without namespaces accepts every valid channel
+    /// name, as it did before namespaces existed.
+    pub strict_namespaces: bool,
+    /// Bytes of publications the history of all channels on the node may
+    /// hold together. Default 256 MiB: one bound over every history ring,
+    /// so many channels with history cannot exhaust the node's memory.
+    pub history_memory_limit: u64,
+    /// Most publications one recovery returns; a longer gap is not
+    /// recovered and the client starts afresh. Default 300, as Centrifugo:
+    /// a reconnect catches up without one client flooding its connection.
+    pub recovery_max_publications: usize,
+    /// Largest `limit` one history call may ask for. Default 300: bounds
+    /// the size of one reply; the same figure as recovery.
+    pub history_max_publications: usize,
+    /// How long a publish's idempotency key is remembered: a repeat within
+    /// it is acknowledged without publishing twice. Default 5m, as
+    /// Centrifugo: covers a client's retries across a reconnect.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Idempotency keys remembered per node; past it the oldest are
+    /// forgotten early. Default 100,000: memory stays bounded whatever the
+    /// publish rate, and it holds a full window at 300 keyed publishes per
+    /// second.
+    pub idempotency_max_keys: usize,
+    /// Server HTTP API listener. Default `127.0.0.1:9091`: loopback, next
+    /// to the admin port; the API publishes and disconnects, so it must
+    /// never be exposed by accident.
+    pub api_listen: SocketAddr,
+    /// Key every server API call must present. Default none: every API
+    /// call is refused with 401, so the API is closed until a key is set.
+    /// Printable ASCII without spaces (it travels in an HTTP header). Set it
+    /// with `WSEDGE_API_KEY` rather than in a file (taken verbatim, never
+    /// parsed as a number or list); `check-config` prints it redacted.
+    pub api_key: Option<String>,
+    /// Largest server API request body, in bytes. Default 1 MiB: room for a
+    /// batch of publications while bounding memory per request.
+    pub api_max_body: usize,
+    /// Subscribe every connection of user U to its personal channel
+    /// `<personal_channel_prefix>U`. Default off: it costs a subscription
+    /// per connection and only helps apps that push to users.
+    pub personal_channel: bool,
+    /// Prefix of personal channels; `<prefix>U` must be a valid channel
+    /// name. Default `#`: short, and `#alice` is a valid channel of the
+    /// `default` namespace. A prefix like `user:` gives personal channels
+    /// a namespace of their own.
+    pub personal_channel_prefix: String,
+    /// The `[[namespace]]` tables. Default none: every channel has the
+    /// default options (no history, no presence, clients may publish), as
+    /// before namespaces existed.
+    pub namespace: Vec<NamespaceConfig>,
 }
 
 impl Default for Config {
@@ -159,6 +314,18 @@ impl Default for Config {
             node_name: hostname(),
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            strict_namespaces: false,
+            history_memory_limit: 256 * 1024 * 1024,
+            recovery_max_publications: 300,
+            history_max_publications: 300,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_max_keys: 100_000,
+            api_listen: "127.0.0.1:9091".parse().expect("valid"),
+            api_key: None,
+            api_max_body: 1024 * 1024,
+            personal_channel: false,
+            personal_channel_prefix: "#".into(),
+            namespace: Vec::new(),
         }
     }
 }
@@ -212,6 +379,25 @@ impl std::error::Error for ConfigError {}
 /// Largest number of shards (home interest sets are 64-bit masks).
 pub const MAX_SHARDS: usize = 64;
 
+/// The environment variable holding the server API key.
+pub const API_KEY_ENV: &str = "WSEDGE_API_KEY";
+
+/// What `to_toml` prints in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+impl Namespaces {
+    /// The namespaces of `cfg`. Cannot fail for a configuration that passed
+    /// [`Config::validate`].
+    pub fn from_config(cfg: &Config) -> Result<Namespaces, NamespaceError> {
+        let options: Vec<(&str, NamespaceOptions)> = cfg
+            .namespace
+            .iter()
+            .map(|n| (n.name.as_str(), n.options()))
+            .collect();
+        Namespaces::new(cfg.strict_namespaces, options)
+    }
+}
+
 impl Config {
     /// Loads defaults < file < `WSEDGE_*` environment < flags, then
     /// validates.
@@ -226,9 +412,16 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig
-            .merge(Env::prefixed("WSEDGE_").ignore(&["CONFIG"]))
-            .merge(Serialized::defaults(overrides));
+        fig = fig.merge(Env::prefixed("WSEDGE_").ignore(&["CONFIG", "API_KEY"]));
+        // The key is taken verbatim: the Env provider would read `0123` as
+        // the number 123 and `[a]` as a list.
+        if let Some(key) = std::env::var_os(API_KEY_ENV) {
+            let key = key
+                .into_string()
+                .map_err(|_| ConfigError(format!("{API_KEY_ENV} is not valid UTF-8")))?;
+            fig = fig.merge(Serialized::default("api_key", key));
+        }
+        fig = fig.merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
@@ -298,8 +491,83 @@ impl Config {
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return err("listen and admin_listen must differ".into());
         }
+        for (name, other) in [("listen", self.listen), ("admin_listen", self.admin_listen)] {
+            if self.api_listen == other && other.port() != 0 {
+                return err(format!("api_listen and {name} must differ"));
+            }
+        }
+        self.validate_channels()?;
+        self.validate_api()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level {:?}: {e}", self.log_level)))?;
+        Ok(())
+    }
+
+    /// Namespaces, history, idempotency and personal channels.
+    fn validate_channels(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if self.namespace.iter().any(|n| n.name.is_empty()) {
+            return err("every [[namespace]] needs a name".into());
+        }
+        let namespaces = Namespaces::from_config(self).map_err(|e| ConfigError(e.to_string()))?;
+        if self.history_memory_limit == 0
+            && let Some((_, name, _)) = namespaces.iter().find(|(_, _, o)| o.keeps_history())
+        {
+            return err(format!(
+                "history_memory_limit = 0 leaves no room for the history of namespace {name:?}"
+            ));
+        }
+        if self.recovery_max_publications == 0 || self.history_max_publications == 0 {
+            return err(
+                "recovery_max_publications and history_max_publications must be at least 1".into(),
+            );
+        }
+        if self.idempotency_window < Duration::from_secs(1)
+            || self.idempotency_window > Duration::from_secs(24 * 3600)
+        {
+            return err("idempotency_window must be between 1s and 24h".into());
+        }
+        if self.idempotency_max_keys == 0 {
+            return err("idempotency_max_keys must be at least 1".into());
+        }
+        let prefix = &self.personal_channel_prefix;
+        if prefix.is_empty() || !channel::is_valid_channel(&format!("{prefix}u")) {
+            return err(format!(
+                "personal_channel_prefix = {prefix:?}: <prefix><user> must be a valid channel \
+                 name (docs/PROTOCOL.md, Channels), e.g. \"#\" or \"user:\""
+            ));
+        }
+        if self.personal_channel
+            && self.strict_namespaces
+            && let Some(ns) = channel::namespace(prefix)
+            && ns != DEFAULT_NAMESPACE
+            && !self.namespace.iter().any(|n| n.name == ns)
+        {
+            return err(format!(
+                "personal_channel_prefix = {prefix:?} is in namespace {ns:?}, which is not \
+                 configured, and strict_namespaces would refuse it"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The server API's key and body limit.
+    fn validate_api(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.api_key
+            && (key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            // Never echo the key itself.
+            return Err(ConfigError(
+                "api_key must be non-empty printable ASCII without spaces (unset it to close \
+                 the API)"
+                    .into(),
+            ));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.api_max_body) {
+            return Err(ConfigError(
+                "api_max_body must be between 1 KiB and 256 MiB".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -315,62 +583,16 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML (for `check-config`).
+    /// The effective configuration as TOML (for `check-config`), with
+    /// `api_key` shown as [`REDACTED`]: never print a secret.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serializes")
+        let mut shown = self.clone();
+        if shown.api_key.is_some() {
+            shown.api_key = Some(REDACTED.into());
+        }
+        toml::to_string_pretty(&shown).expect("config serializes")
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::result_large_err)] // figment::Jail's closure signature
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid() {
-        let c = Config::default();
-        c.validate().unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
-        assert_eq!(c.max_message_size, 65536);
-    }
-
-    #[test]
-    fn layering_file_env_flags() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "w.toml",
-                "listen = \"127.0.0.1:7000\"\nping_interval = \"30s\"\nshards = 3\n",
-            )?;
-            jail.set_env("WSEDGE_SHARDS", "2");
-            jail.set_env("WSEDGE_MAX_MESSAGE_SIZE", "1000");
-            let o = Overrides {
-                max_message_size: Some(2000),
-                ..Default::default()
-            };
-            let c = Config::load(Some(Path::new("w.toml")), &o).unwrap();
-            assert_eq!(c.listen.port(), 7000);
-            assert_eq!(c.ping_interval, Duration::from_secs(30));
-            assert_eq!(c.shards, 2, "env beats file");
-            assert_eq!(c.max_message_size, 2000, "flag beats env");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn clear_errors() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file("bad.toml", "pong_timeout = \"30s\"\n")?;
-            let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
-            assert!(e.0.contains("pong_timeout"), "{e}");
-            jail.create_file("unknown.toml", "lisen = \"x\"\n")?;
-            let e =
-                Config::load(Some(Path::new("unknown.toml")), &Overrides::default()).unwrap_err();
-            assert!(e.0.contains("lisen"), "{e}");
-            let e =
-                Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
-            assert!(e.0.contains("does not exist"), "{e}");
-            Ok(())
-        });
-    }
-}
+mod tests;

@@ -98,18 +98,24 @@ fn check_config_reports_errors_clearly() {
     let good = dir.join("good.toml");
     std::fs::write(
         &good,
-        "listen = \"127.0.0.1:7001\"\nping_interval = \"30s\"\n",
+        "listen = \"127.0.0.1:7001\"\nping_interval = \"30s\"\n\
+         [[namespace]]\nname = \"chat\"\npresence = true\n",
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
         .args(["check-config", "--config"])
         .arg(&good)
+        .env("WSEDGE_API_KEY", "never-printed-42")
         .output()
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
     assert!(text.contains("listen = \"127.0.0.1:7001\""), "{text}");
     assert!(text.contains("ping_interval = \"30s\""), "{text}");
+    assert!(text.contains("[[namespace]]\nname = \"chat\""), "{text}");
+    assert!(text.contains("api_key = \"<redacted>\""), "{text}");
+    assert!(!text.contains("never-printed") && !err.contains("never-printed"));
 
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "max_message_size = 3\n").unwrap();

@@ -22,6 +22,12 @@ fn name_char(b: u8) -> bool {
         )
 }
 
+/// Whether `s` is a valid namespace (the part before `:`): 1–64 characters
+/// of `A–Z a–z 0–9 _ -`.
+pub fn is_valid_namespace(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_NAMESPACE_LEN && s.bytes().all(namespace_char)
+}
+
 /// Whether `s` is a valid channel name.
 pub fn is_valid_channel(s: &str) -> bool {
     let b = s.as_bytes();
@@ -33,7 +39,7 @@ pub fn is_valid_channel(s: &str) -> bool {
         None => (None, s),
     };
     if let Some(ns) = ns
-        && (ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN || !ns.bytes().all(namespace_char))
+        && !is_valid_namespace(ns)
     {
         return false;
     }
@@ -74,5 +80,16 @@ mod tests {
         }
         assert!(!is_valid_channel(&"a".repeat(256)));
         assert!(!is_valid_channel(&format!("{}:x", "n".repeat(65))));
+    }
+
+    #[test]
+    fn namespaces() {
+        assert!(is_valid_namespace("chat"));
+        assert!(is_valid_namespace("a_B-9"));
+        assert!(is_valid_namespace(&"n".repeat(64)));
+        for bad in ["", "a:b", "a.b", "sp ace", "ü"] {
+            assert!(!is_valid_namespace(bad), "{bad:?}");
+        }
+        assert!(!is_valid_namespace(&"n".repeat(65)));
     }
 }

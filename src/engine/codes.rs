@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Internal,
     /// 101: the command needs a connection that is authenticated.
     Unauthorized,
+    /// 102: the channel's namespace is not configured (strict namespaces).
+    UnknownChannel,
     /// 103: the client may not do this.
     PermissionDenied,
     /// 104: the method name is not known.
@@ -47,9 +49,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
+        ErrorCode::UnknownChannel,
         ErrorCode::PermissionDenied,
         ErrorCode::UnknownMethod,
         ErrorCode::AlreadySubscribed,
@@ -69,6 +72,7 @@ impl ErrorCode {
         match self {
             ErrorCode::Internal => 100,
             ErrorCode::Unauthorized => 101,
+            ErrorCode::UnknownChannel => 102,
             ErrorCode::PermissionDenied => 103,
             ErrorCode::UnknownMethod => 104,
             ErrorCode::AlreadySubscribed => 105,
@@ -89,6 +93,7 @@ impl ErrorCode {
         match self {
             ErrorCode::Internal => "internal server error",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UnknownChannel => "unknown channel",
             ErrorCode::PermissionDenied => "permission denied",
             ErrorCode::UnknownMethod => "unknown method",
             ErrorCode::AlreadySubscribed => "already subscribed",

@@ -8,6 +8,8 @@
 //! - [`wire`]: wire protocol v1 (JSON and FlatBuffers forms).
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
+//! - [`namespace`]: per-namespace channel options and the lookup from a
+//!   channel name.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
 //! - [`presence`]: channel members, their states with TTL, and join/leave/
 //!   state events coalesced per tick.
@@ -28,6 +30,7 @@ pub mod history;
 pub mod hub;
 pub mod idempotency;
 pub mod limits;
+pub mod namespace;
 pub mod outbox;
 pub mod presence;
 pub mod router;

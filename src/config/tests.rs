@@ -1,0 +1,361 @@
+//! Tests of loading and validating the configuration (figment::Jail keeps
+//! files and environment variables per test).
+
+#![allow(clippy::result_large_err)] // figment::Jail's closure signature
+
+use super::*;
+
+#[test]
+fn defaults_are_valid() {
+    let c = Config::default();
+    c.validate().unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(c.max_message_size, 65536);
+}
+
+#[test]
+fn layering_file_env_flags() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "w.toml",
+            "listen = \"127.0.0.1:7000\"\nping_interval = \"30s\"\nshards = 3\n",
+        )?;
+        jail.set_env("WSEDGE_SHARDS", "2");
+        jail.set_env("WSEDGE_MAX_MESSAGE_SIZE", "1000");
+        let o = Overrides {
+            max_message_size: Some(2000),
+            ..Default::default()
+        };
+        let c = Config::load(Some(Path::new("w.toml")), &o).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.shards, 2, "env beats file");
+        assert_eq!(c.max_message_size, 2000, "flag beats env");
+        Ok(())
+    });
+}
+
+#[test]
+fn clear_errors() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("bad.toml", "pong_timeout = \"30s\"\n")?;
+        let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("pong_timeout"), "{e}");
+        jail.create_file("unknown.toml", "lisen = \"x\"\n")?;
+        let e = Config::load(Some(Path::new("unknown.toml")), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("lisen"), "{e}");
+        let e = Config::load(Some(Path::new("missing.toml")), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("does not exist"), "{e}");
+        Ok(())
+    });
+}
+
+const NAMESPACES: &str = r#"
+strict_namespaces = true
+history_memory_limit = 1048576
+idempotency_window = "90s"
+api_listen = "127.0.0.1:9500"
+api_key = "from-file"
+personal_channel = true
+personal_channel_prefix = "user:"
+
+[[namespace]]
+name = "chat"
+history_size = 100
+history_ttl = "10m"
+recover = true
+presence = true
+join_leave = true
+join_leave_max_subscribers = 50
+priority = "high"
+
+[[namespace]]
+name = "feed"
+client_publish = false
+max_subscribers = 10
+
+[[namespace]]
+name = "user"
+presence = true
+
+[[namespace]]
+name = "default"
+history_size = 5
+history_ttl = "30s"
+"#;
+
+fn load_str(jail: &mut figment::Jail, toml: &str) -> Result<Config, ConfigError> {
+    jail.create_file("t.toml", toml).expect("write");
+    Config::load(Some(Path::new("t.toml")), &Overrides::default())
+}
+
+#[test]
+fn namespaces_from_toml() {
+    figment::Jail::expect_with(|jail| {
+        let c = load_str(jail, NAMESPACES).unwrap();
+        assert!(c.strict_namespaces);
+        assert_eq!(c.history_memory_limit, 1 << 20);
+        assert_eq!(c.idempotency_window, Duration::from_secs(90));
+        assert_eq!(c.api_listen.port(), 9500);
+        assert_eq!(c.api_key.as_deref(), Some("from-file"));
+        assert_eq!(c.namespace.len(), 4);
+        let chat = &c.namespace[0];
+        assert_eq!(chat.name, "chat");
+        assert_eq!(chat.history_ttl, Duration::from_secs(600));
+        assert_eq!(chat.priority, NamespacePriority::High);
+        let o = chat.options();
+        assert_eq!(o.history_size, 100);
+        assert_eq!(o.history_ttl_ms, 600_000);
+        assert!(o.recover && o.presence && o.join_leave && o.keeps_history());
+        assert_eq!(o.join_leave_max_subscribers, 50);
+        assert!(o.client_publish, "unset options keep their default");
+        assert_eq!(o.priority, Priority::High);
+
+        let ns = Namespaces::from_config(&c).unwrap();
+        let (id, feed) = ns.resolve("feed:news").unwrap();
+        assert_eq!(ns.name(id), "feed");
+        assert!(!feed.client_publish);
+        assert_eq!(feed.max_subscribers, 10);
+        assert_eq!(ns.resolve("plain").unwrap().1.history_size, 5);
+        assert_eq!(ns.resolve("nope:x"), None, "strict");
+        Ok(())
+    });
+}
+
+#[test]
+fn namespace_defaults_match_the_engine() {
+    assert_eq!(
+        NamespaceConfig::default().options(),
+        NamespaceOptions::default()
+    );
+    let c = Config::default();
+    assert!(c.namespace.is_empty() && !c.strict_namespaces);
+    assert_eq!(c.history_memory_limit, 256 << 20);
+    assert_eq!(c.recovery_max_publications, 300);
+    assert_eq!(c.history_max_publications, 300);
+    assert_eq!(c.idempotency_window, Duration::from_secs(300));
+    assert_eq!(c.idempotency_max_keys, 100_000);
+    assert_eq!(c.api_listen.to_string(), "127.0.0.1:9091");
+    assert_eq!(c.api_key, None);
+    assert_eq!(c.api_max_body, 1 << 20);
+    assert!(!c.personal_channel);
+    assert_eq!(c.personal_channel_prefix, "#");
+    let ns = Namespaces::from_config(&c).unwrap();
+    assert_eq!(ns.resolve("any:x").unwrap().1, &NamespaceOptions::default());
+}
+
+/// `validate`'s message for the default config with `ns` as the only
+/// namespace and `edit` applied.
+fn invalid(ns: &[NamespaceConfig], edit: impl FnOnce(&mut Config)) -> String {
+    let mut c = Config {
+        namespace: ns.to_vec(),
+        ..Config::default()
+    };
+    edit(&mut c);
+    c.validate().expect_err("invalid").0
+}
+
+fn ns(name: &str, edit: impl FnOnce(&mut NamespaceConfig)) -> NamespaceConfig {
+    let mut n = NamespaceConfig {
+        name: name.into(),
+        ..NamespaceConfig::default()
+    };
+    edit(&mut n);
+    n
+}
+
+#[test]
+fn namespace_errors() {
+    let none = |_: &mut Config| {};
+    let e = invalid(&[ns("", |_| {})], none);
+    assert_eq!(e, "every [[namespace]] needs a name");
+    let e = invalid(&[ns("a.b", |_| {})], none);
+    assert!(
+        e.contains("namespace name \"a.b\" must be 1-64 characters"),
+        "{e}"
+    );
+    let e = invalid(&[ns("chat", |_| {}), ns("chat", |_| {})], none);
+    assert_eq!(e, "namespace \"chat\" is configured more than once");
+    let e = invalid(&[ns("default", |_| {}), ns("default", |_| {})], none);
+    assert_eq!(e, "namespace \"default\" is configured more than once");
+    let e = invalid(&[ns("h", |n| n.history_size = 10)], none);
+    assert_eq!(
+        e,
+        "namespace \"h\": history_size needs history_ttl above 0 too (history is kept \
+         only with both)"
+    );
+    let e = invalid(&[ns("h", |n| n.history_ttl = Duration::from_secs(9))], none);
+    assert!(e.contains("history_ttl needs history_size above 0"), "{e}");
+    // Below a millisecond is no time to live at all.
+    let sub_ms = ns("h", |n| {
+        n.history_size = 3;
+        n.history_ttl = Duration::from_micros(500);
+    });
+    let e = invalid(&[sub_ms], none);
+    assert!(e.contains("history_size needs history_ttl"), "{e}");
+    let e = invalid(&[ns("r", |n| n.recover = true)], none);
+    assert_eq!(
+        e,
+        "namespace \"r\": recover needs history (history_size and history_ttl above 0)"
+    );
+    let e = invalid(&[ns("j", |n| n.join_leave = true)], none);
+    assert_eq!(e, "namespace \"j\": join_leave needs presence = true");
+
+    figment::Jail::expect_with(|jail| {
+        let e = load_str(jail, "[[namespace]]\nname = \"x\"\nhistroy_size = 1\n").unwrap_err();
+        assert!(e.0.contains("histroy_size"), "{e}");
+        let e = load_str(jail, "[[namespace]]\nname = \"x\"\npriority = \"urgent\"\n").unwrap_err();
+        assert!(e.0.contains("urgent"), "{e}");
+        let e = load_str(jail, "[[namespace]]\nrecover = false\n").unwrap_err();
+        assert!(e.0.contains("needs a name"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
+fn node_wide_errors() {
+    let kept = ns("h", |n| {
+        n.history_size = 1;
+        n.history_ttl = Duration::from_secs(1);
+    });
+    let e = invalid(&[kept], |c| c.history_memory_limit = 0);
+    assert_eq!(
+        e,
+        "history_memory_limit = 0 leaves no room for the history of namespace \"h\""
+    );
+    // Without history a zero limit is harmless.
+    let mut c = Config {
+        history_memory_limit: 0,
+        ..Config::default()
+    };
+    c.validate().unwrap();
+    for edit in [
+        (|c: &mut Config| c.recovery_max_publications = 0) as fn(&mut Config),
+        |c| c.history_max_publications = 0,
+    ] {
+        let e = invalid(&[], edit);
+        assert!(e.contains("must be at least 1"), "{e}");
+    }
+    for window in [
+        Duration::from_millis(999),
+        Duration::from_secs(24 * 3600 + 1),
+    ] {
+        let e = invalid(&[], |c| c.idempotency_window = window);
+        assert_eq!(e, "idempotency_window must be between 1s and 24h");
+    }
+    let e = invalid(&[], |c| c.idempotency_max_keys = 0);
+    assert_eq!(e, "idempotency_max_keys must be at least 1");
+
+    for bad in ["", "a:b:", "ns!:", "sp ace", ":"] {
+        let e = invalid(&[], |c| c.personal_channel_prefix = bad.into());
+        assert!(
+            e.starts_with(&format!(
+                "personal_channel_prefix = {bad:?}: <prefix><user>"
+            )),
+            "{e}"
+        );
+    }
+    let long = "#".repeat(255);
+    let e = invalid(&[], |c| c.personal_channel_prefix = long);
+    assert!(e.contains("must be a valid channel"), "{e}");
+    for ok in ["#", "user:", "user:#", "p.", "default:"] {
+        c.personal_channel_prefix = ok.into();
+        c.validate().unwrap();
+    }
+    let strict_unknown = |c: &mut Config| {
+        c.personal_channel = true;
+        c.strict_namespaces = true;
+        c.personal_channel_prefix = "user:".into();
+    };
+    let e = invalid(&[], strict_unknown);
+    assert!(
+        e.contains("namespace \"user\", which is not configured"),
+        "{e}"
+    );
+    let mut c = Config {
+        namespace: vec![ns("user", |_| {})],
+        ..Config::default()
+    };
+    strict_unknown(&mut c);
+    c.validate().unwrap();
+
+    for key in ["", "has space", "tab\t", "ü-nicode"] {
+        let e = invalid(&[], |c| c.api_key = Some(key.into()));
+        assert!(
+            e.starts_with("api_key must be non-empty printable ASCII"),
+            "{e}"
+        );
+        if !key.is_empty() {
+            assert!(!e.contains(key), "the key is never echoed: {e}");
+        }
+    }
+    for body in [1023, 256 * 1024 * 1024 + 1] {
+        let e = invalid(&[], |c| c.api_max_body = body);
+        assert_eq!(e, "api_max_body must be between 1 KiB and 256 MiB");
+    }
+    let e = invalid(&[], |c| c.api_listen = c.listen);
+    assert_eq!(e, "api_listen and listen must differ");
+    let e = invalid(&[], |c| c.api_listen = c.admin_listen);
+    assert_eq!(e, "api_listen and admin_listen must differ");
+    // Port 0 (any free port) may repeat.
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let c = Config {
+        listen: any,
+        admin_listen: any,
+        api_listen: any,
+        ..Config::default()
+    };
+    c.validate().unwrap();
+}
+
+#[test]
+fn api_key_from_env_is_verbatim() {
+    figment::Jail::expect_with(|jail| {
+        let c = load_str(jail, "api_key = \"from-file\"\n").unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("from-file"));
+        // Env beats file, and is never parsed as a number, list or
+        // quoted string.
+        for key in ["0123", "1.50", "[a,b]", "true", "\"q\"", "k3y/+="] {
+            jail.set_env(API_KEY_ENV, key);
+            let c = load_str(jail, "api_key = \"from-file\"\n").unwrap();
+            assert_eq!(c.api_key.as_deref(), Some(key));
+        }
+        jail.set_env(API_KEY_ENV, "");
+        let e = load_str(jail, "").unwrap_err();
+        assert!(e.0.contains("api_key must be non-empty"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
+fn to_toml_redacts_the_key_and_prints_namespace_tables() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env(API_KEY_ENV, "s3cret-Key_42");
+        let c = load_str(jail, NAMESPACES).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("s3cret-Key_42"));
+        let text = c.to_toml();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains(&format!("api_key = \"{REDACTED}\"")),
+            "{text}"
+        );
+        assert_eq!(text.matches("[[namespace]]").count(), 4, "{text}");
+        assert!(text.contains("history_ttl = \"10m\""), "{text}");
+        assert!(text.contains("priority = \"high\""), "{text}");
+        // The output reads back as the same configuration, key aside.
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(
+            back,
+            Config {
+                api_key: Some(REDACTED.into()),
+                ..c
+            }
+        );
+        // No key, no api_key line.
+        let plain = Config::default().to_toml();
+        assert!(!plain.contains("api_key"), "{plain}");
+        assert!(!plain.contains(REDACTED), "{plain}");
+        Ok(())
+    });
+}
