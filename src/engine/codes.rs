@@ -45,11 +45,14 @@ pub enum ErrorCode {
     ShuttingDown,
     /// 114: too many commands per second; slow down and retry.
     TooManyRequests,
+    /// 115: a `history` position (`since`) is from another epoch or ahead
+    /// of the channel: the stream it names is gone.
+    UnrecoverablePosition,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -65,6 +68,7 @@ impl ErrorCode {
         ErrorCode::Overloaded,
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyRequests,
+        ErrorCode::UnrecoverablePosition,
     ];
 
     /// The numeric code on the wire.
@@ -85,6 +89,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => 112,
             ErrorCode::ShuttingDown => 113,
             ErrorCode::TooManyRequests => 114,
+            ErrorCode::UnrecoverablePosition => 115,
         }
     }
 
@@ -106,6 +111,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "server overloaded, retry",
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::TooManyRequests => "too many requests",
+            ErrorCode::UnrecoverablePosition => "unrecoverable position",
         }
     }
 

@@ -244,6 +244,11 @@ pub trait HistoryStore {
     /// Forgets `channel`'s history. Returns whether it had any.
     fn remove(&mut self, channel: &str) -> bool;
 
+    /// Whether `channel` has publications held (expired ones may count
+    /// until the next [`HistoryStore::expire`]). A channel's home keeps its
+    /// epoch while it does, so that recovery stays possible.
+    fn holds(&self, channel: &str) -> bool;
+
     /// Drops publications older than their channel's ttl. The work per call
     /// may be bounded; what is left is picked up by the next call. Returns
     /// how many publications were dropped.

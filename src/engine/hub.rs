@@ -103,6 +103,18 @@ impl Hub {
         ch.position
     }
 
+    /// The channel's current position (creating it, with a fresh epoch, if
+    /// the hub does not know it).
+    pub fn position(&mut self, name: &Arc<str>, now: u32) -> Position {
+        self.entry(name, now).position
+    }
+
+    /// The shards with subscribers of a channel the hub knows (bit `i` for
+    /// shard `i`).
+    pub fn interested(&self, name: &str) -> u64 {
+        self.channels.get(name).map_or(0, |c| c.interested)
+    }
+
     /// Assigns the next offset to a publication.
     pub fn publish(&mut self, name: &Arc<str>, now: u32) -> Accepted {
         let ch = self.entry(name, now);
@@ -115,12 +127,24 @@ impl Hub {
     }
 
     /// Forgets channels nobody listens to that have been idle for
-    /// `idle_ticks`. Returns how many were removed.
-    pub fn sweep(&mut self, now: u32, idle_ticks: u32) -> usize {
-        let before = self.channels.len();
-        self.channels
-            .retain(|_, c| c.interested != 0 || now.saturating_sub(c.touched) < idle_ticks);
-        before - self.channels.len()
+    /// `idle_ticks`, unless `keep` says otherwise (a channel whose history
+    /// still holds publications keeps its epoch, or recovery would fail).
+    /// Appends the names forgotten to `forgotten`.
+    pub fn sweep(
+        &mut self,
+        now: u32,
+        idle_ticks: u32,
+        keep: impl Fn(&str) -> bool,
+        forgotten: &mut Vec<Arc<str>>,
+    ) {
+        self.channels.retain(|name, c| {
+            let stay =
+                c.interested != 0 || now.saturating_sub(c.touched) < idle_ticks || keep(name);
+            if !stay {
+                forgotten.push(name.clone());
+            }
+            stay
+        });
     }
 
     /// Channels this shard is home for.
@@ -159,14 +183,21 @@ mod tests {
         let mut hub = Hub::new(7);
         let c: Arc<str> = "feed".into();
         let e1 = hub.publish(&c, 0).position.epoch;
-        assert_eq!(hub.sweep(10, 300), 0);
-        assert_eq!(hub.sweep(300, 300), 1);
+        let mut gone = Vec::new();
+        hub.sweep(10, 300, |_| false, &mut gone);
+        assert!(gone.is_empty());
+        hub.sweep(300, 300, |n| n == "kept", &mut gone);
+        assert_eq!(gone, vec![c.clone()]);
         let p = hub.publish(&c, 301).position;
         assert_ne!(p.epoch, e1);
         assert_eq!(p.offset, 1);
         // Interested channels are kept however idle.
         hub.set_interest(&c, 0, true, 302);
-        assert_eq!(hub.sweep(100_000, 300), 0);
+        let k: Arc<str> = "kept".into();
+        hub.publish(&k, 302);
+        gone.clear();
+        hub.sweep(100_000, 300, |n| n == "kept", &mut gone);
+        assert!(gone.is_empty(), "interested or kept: {gone:?}");
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! can drop the slow consumer; urgent frames are never refused and never
 //! wait behind data that is being dropped.
 //!
+//! Within the data lane, *high-priority* frames (publications of a
+//! `priority = "high"` namespace) go ahead of the normal frames already
+//! queued — after the frame in flight and earlier high-priority frames —
+//! and survive [`Outbox::drop_data`], so a slow consumer being dropped
+//! still gets the critical updates before its `disconnect`.
+//!
 //! An empty outbox owns no heap memory.
 
 use std::collections::VecDeque;
@@ -89,6 +95,9 @@ pub struct Outbox {
     urgent: Vec<Bytes>,
     data: VecDeque<Frame>,
     in_flight: InFlight,
+    /// High-priority frames at the front of `data` (after a frame in
+    /// flight, which is not counted).
+    high: u32,
     queued: usize,
 }
 
@@ -98,6 +107,7 @@ impl Default for Outbox {
             urgent: Vec::new(),
             data: VecDeque::new(),
             in_flight: InFlight::None,
+            high: 0,
             queued: 0,
         }
     }
@@ -129,6 +139,23 @@ impl Outbox {
         self.queued += frame.len();
         self.data.push_back(frame);
         Ok(())
+    }
+
+    /// Queues a high-priority data frame ahead of the normal frames
+    /// already queued (never inside the frame in flight). It is queued even
+    /// past the budget, up to twice it; `Err` then says the connection is a
+    /// slow consumer, whose normal frames the caller drops (see
+    /// [`Outbox::drop_data`]) while this one still goes out.
+    pub fn push_high(&mut self, frame: Frame, budget: usize) -> Result<(), OverBudget> {
+        if self.queued > 0 && self.queued + frame.len() > 2 * budget {
+            return Err(OverBudget);
+        }
+        let over = self.queued > 0 && self.queued + frame.len() > budget;
+        let at = usize::from(self.in_flight == InFlight::Data) + self.high as usize;
+        self.queued += frame.len();
+        self.data.insert(at, frame);
+        self.high += 1;
+        if over { Err(OverBudget) } else { Ok(()) }
     }
 
     /// Queues an urgent frame. Pongs are answered one for one, but at most
@@ -165,10 +192,11 @@ impl Outbox {
         self.data.push_back(Frame::Owned(frame));
     }
 
-    /// Drops every queued data frame except one already partly written
-    /// (which must finish to keep the stream valid). Returns bytes dropped.
+    /// Drops every queued normal data frame; keeps one already partly
+    /// written (which must finish to keep the stream valid) and the
+    /// high-priority ones. Returns bytes dropped.
     pub fn drop_data(&mut self) -> usize {
-        let keep = usize::from(self.in_flight == InFlight::Data);
+        let keep = usize::from(self.in_flight == InFlight::Data) + self.high as usize;
         let dropped: usize = self.data.iter().skip(keep).map(|f| f.len()).sum();
         self.data.truncate(keep);
         self.queued -= dropped;
@@ -243,6 +271,9 @@ impl Outbox {
                 &mut self.in_flight,
                 InFlight::Data,
             );
+            // The front frame is written (or in flight): it is no longer
+            // one of the queued high-priority frames, if it was.
+            self.high = self.high.saturating_sub(1);
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
                 done += 1;
@@ -365,6 +396,67 @@ mod tests {
             want.extend([i; 3]);
         }
         assert_eq!(drain(&mut o, 17), want);
+    }
+}
+
+#[cfg(test)]
+mod priority {
+    use super::*;
+
+    fn f(s: &[u8]) -> Frame {
+        Frame::Owned(Bytes::copy_from_slice(s))
+    }
+
+    fn write_all(o: &mut Outbox, chunk: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !o.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 8];
+            let k = o.fill(&mut iov);
+            let mut all: Vec<u8> = iov[..k].iter().flat_map(|s| s.iter().copied()).collect();
+            all.truncate(chunk);
+            out.extend_from_slice(&all);
+            o.consume(all.len());
+        }
+        out
+    }
+
+    #[test]
+    fn high_goes_before_queued_normal_data_but_never_inside_a_frame() {
+        let mut o = Outbox::default();
+        o.push_data(f(b"AAAA"), 100).unwrap();
+        o.push_data(f(b"BBBB"), 100).unwrap();
+        let mut iov = [IoSlice::new(&[]); 8];
+        o.fill(&mut iov);
+        o.consume(2); // AAAA in flight
+        o.push_high(f(b"H1"), 100).unwrap();
+        o.push_high(f(b"H2"), 100).unwrap();
+        o.push_data(f(b"CC"), 100).unwrap();
+        o.push_urgent(Bytes::from_static(b"\x8a\x00"));
+        assert_eq!(write_all(&mut o, 3), b"AA\x8a\x00H1H2BBBBCC".to_vec());
+        // The count of high frames is back to zero: a later high frame goes
+        // first again.
+        o.push_data(f(b"DD"), 100).unwrap();
+        o.push_high(f(b"H3"), 100).unwrap();
+        assert_eq!(write_all(&mut o, 100), b"H3DD".to_vec());
+    }
+
+    #[test]
+    fn a_slow_consumer_loses_normal_data_but_keeps_high_priority_frames() {
+        let mut o = Outbox::default();
+        o.push_data(f(&[1; 10]), 30).unwrap();
+        let mut iov = [IoSlice::new(&[]); 8];
+        o.fill(&mut iov);
+        o.consume(4); // in flight
+        o.push_data(f(&[2; 10]), 30).unwrap();
+        o.push_high(f(&[9; 10]), 30).unwrap();
+        // Over the budget: accepted (up to twice it) but reported.
+        assert_eq!(o.push_high(f(&[8; 10]), 30), Err(OverBudget));
+        assert_eq!(o.push_high(f(&[7; 40]), 30), Err(OverBudget));
+        assert_eq!(o.drop_data(), 10, "only the normal frame");
+        let mut want = vec![1u8; 6];
+        want.extend([9; 10]);
+        want.extend([8; 10]);
+        assert_eq!(write_all(&mut o, 7), want);
     }
 }
 

@@ -60,6 +60,10 @@ struct LocalChannel {
     name: Arc<str>,
     state: ChanState,
     subs: Vec<Subscriber>,
+    /// Recoveries in flight: a recovering subscriber joins only when its
+    /// home answers, and until then it holds the channel (and the shard's
+    /// interest) as a subscriber would.
+    holds: u32,
 }
 
 /// What `subscribe` did.
@@ -173,6 +177,7 @@ impl Subscriptions {
                         waiters: vec![(conn, cmd_id)],
                     },
                     subs: Vec::new(),
+                    holds: 0,
                 }) as u32;
                 self.names.insert(name.clone(), ci);
                 (ci, Subscribed::NeedInterest(name))
@@ -216,7 +221,7 @@ impl Subscriptions {
         if let Some(moved) = ch.subs.get(pos).copied() {
             self.conns[moved.conn.idx as usize][moved.k as usize].pos = pos as u32;
         }
-        if ch.subs.is_empty() {
+        if ch.subs.is_empty() && ch.holds == 0 {
             let ch = self.chans.remove(e.chan as usize);
             self.names.remove(&ch.name);
             return Some(ch.name);
@@ -250,6 +255,11 @@ impl Subscriptions {
         self.conns[conn.idx as usize] = Vec::new();
     }
 
+    /// Subscriptions one connection may hold.
+    pub fn max_per_conn(&self) -> usize {
+        self.max_per_conn
+    }
+
     /// Number of subscriptions `conn` holds (pending ones included).
     pub fn count(&self, conn: ConnRef) -> usize {
         self.conns.get(conn.idx as usize).map_or(0, Vec::len)
@@ -271,7 +281,7 @@ impl Subscriptions {
             ChanState::Pending { waiters } => std::mem::take(waiters),
             ChanState::Active(_) => return Acked::Unknown,
         };
-        if waiters.is_empty() {
+        if waiters.is_empty() && ch.holds == 0 {
             let ch = self.chans.remove(ci as usize);
             self.names.remove(&ch.name);
             return Acked::Release(ch.name);
@@ -287,6 +297,56 @@ impl Subscriptions {
             replies.push((conn, cmd_id));
         }
         Acked::Active
+    }
+
+    /// Holds channel `name` for a recovery in flight. `Some(name)`: the
+    /// channel is new here; send interest to its home.
+    pub fn hold(&mut self, name: &str) -> Option<Arc<str>> {
+        if let Some(&ci) = self.names.get(name) {
+            self.chans[ci as usize].holds += 1;
+            return None;
+        }
+        let name: Arc<str> = name.into();
+        let ci = self.chans.insert(LocalChannel {
+            name: name.clone(),
+            state: ChanState::Pending {
+                waiters: Vec::new(),
+            },
+            subs: Vec::new(),
+            holds: 1,
+        }) as u32;
+        self.names.insert(name.clone(), ci);
+        Some(name)
+    }
+
+    /// Releases a hold. `Some(name)`: nothing keeps the channel any more;
+    /// send interest-off to its home.
+    pub fn unhold(&mut self, name: &str) -> Option<Arc<str>> {
+        let ci = *self.names.get(name)?;
+        let ch = &mut self.chans[ci as usize];
+        ch.holds = ch.holds.saturating_sub(1);
+        if ch.holds == 0 && ch.subs.is_empty() && matches!(ch.state, ChanState::Active(_)) {
+            let ch = self.chans.remove(ci as usize);
+            self.names.remove(&ch.name);
+            return Some(ch.name);
+        }
+        None
+    }
+
+    /// Whether `conn` is subscribed to `name` (or waiting for it).
+    pub fn is_subscribed(&self, conn: ConnRef, name: &str) -> bool {
+        self.names
+            .get(name)
+            .is_some_and(|&ci| self.find(conn, ci).is_some())
+    }
+
+    /// The channels `conn` is subscribed to (or waiting for).
+    pub fn channels_of(&self, conn: ConnRef) -> impl Iterator<Item = &Arc<str>> {
+        self.conns
+            .get(conn.idx as usize)
+            .into_iter()
+            .flatten()
+            .map(|e| &self.chans[e.chan as usize].name)
     }
 
     /// The interest request could not be sent: forget the pending channel
@@ -474,6 +534,23 @@ mod tests {
         );
         assert!(replies.is_empty());
         assert_eq!(s.on_interest_ack("a", P, &mut replies), Acked::Unknown);
+    }
+
+    #[test]
+    fn a_hold_keeps_the_channel_and_interest() {
+        let mut s = Subscriptions::new(10);
+        assert_eq!(s.hold("a"), Some("a".into()));
+        let mut replies = Vec::new();
+        // No waiter, but held: the ack activates instead of releasing.
+        assert_eq!(s.on_interest_ack("a", P, &mut replies), Acked::Active);
+        assert_eq!(s.subscribe(c(1), "a", 1), Ok(Subscribed::Now(P)));
+        assert_eq!(s.hold("a"), None);
+        assert_eq!(s.unsubscribe(c(1), "a"), Ok(None), "still held twice");
+        assert_eq!(s.unhold("a"), None);
+        assert_eq!(s.unhold("a"), Some("a".into()));
+        assert_eq!(s.channel_count(), 0);
+        assert_eq!(s.unhold("a"), None, "unknown channel: nothing to do");
+        s.check();
     }
 
     #[test]

@@ -5,21 +5,24 @@
 
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
 
-use super::conn::{Conn, Phase};
-use super::core::{Shard, WriteQueue, slot};
+use super::conn::{Conn, Extra, Identity, Phase};
+use super::core::{Shard, WriteQueue, slot, slot_ref};
 use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::limits::Admit;
 use crate::engine::outbox::{Frame, OverBudget};
-use crate::engine::router::{Msg, Output};
+use crate::engine::router::{Msg, Output, SubscribeRequest};
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
-use crate::engine::wire::{self, Command, FrameWriter, Method, ReplyBody};
+use crate::engine::wire::{
+    self, ClientInfo, Command, ConnectParams, FrameWriter, Method, ReplyBody,
+};
 use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::engine::ws::handshake::WireFormat;
 use crate::metrics::ShardMetrics;
@@ -265,39 +268,114 @@ impl Shard {
             Method::Connect(_) if connected => {
                 self.reply(c, id, ReplyBody::Error(ErrorCode::AlreadyConnected))
             }
-            Method::Connect(_) => {
-                if let Some(conn) = self.conn_mut(c) {
-                    conn.connected = true;
-                }
-                let client = self.client_id(c);
-                let config = self.ctx.config.clone();
-                let ping = self.heartbeat.ping_interval;
-                self.reply(
-                    c,
-                    id,
-                    ReplyBody::Connect {
-                        client: &client,
-                        node: &config.node_name,
-                        ping,
-                    },
-                );
-            }
+            Method::Connect(params) => self.connect(c, id, params),
             _ if !connected => self.reply(c, id, ReplyBody::Error(ErrorCode::NotConnected)),
             Method::Ping => self.reply(c, id, ReplyBody::Ping),
             channel_method => {
+                let who = self.who(c);
                 let mut out = shard_out!(self);
                 let r = &mut self.router;
                 match channel_method {
-                    Method::Subscribe { channel } => r.subscribe(now, c, id, &channel, &mut out),
-                    Method::Unsubscribe { channel } => {
-                        r.unsubscribe(now, c, id, &channel, &mut out)
+                    Method::Subscribe {
+                        channel,
+                        recover,
+                        since,
+                    } => {
+                        let req = SubscribeRequest {
+                            channel: &channel,
+                            recover_since: since.filter(|_| recover),
+                        };
+                        r.subscribe(now, c, id, req, &who, &mut out)
                     }
-                    Method::Publish { channel, data } => {
-                        r.publish(now, c, id, &channel, PubData::from_data(data), &mut out)
+                    Method::Unsubscribe { channel } => {
+                        r.unsubscribe(now, c, id, &channel, &who, &mut out)
+                    }
+                    Method::Publish {
+                        channel,
+                        data,
+                        idempotency_key,
+                    } => r.publish(
+                        now,
+                        c,
+                        id,
+                        &channel,
+                        PubData::from_data(data),
+                        idempotency_key.as_deref(),
+                        &mut out,
+                    ),
+                    Method::History {
+                        channel,
+                        limit,
+                        since,
+                        reverse,
+                    } => r.history(now, c, id, &channel, limit, since, reverse, &mut out),
+                    Method::Presence { channel } => {
+                        r.presence_query(now, c, id, &channel, false, &mut out)
+                    }
+                    Method::PresenceStats { channel } => {
+                        r.presence_query(now, c, id, &channel, true, &mut out)
+                    }
+                    Method::PresenceState {
+                        channel,
+                        state,
+                        ttl,
+                    } => {
+                        let ttl = ttl.map(|s| Duration::from_secs(u64::from(s)));
+                        r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
                     }
                     Method::Connect(_) | Method::Ping => unreachable!("handled above"),
                 }
             }
+        }
+    }
+
+    /// `connect`: the connection may now use channels. Without
+    /// authentication (`auth = "none"`, the only mode until tokens exist)
+    /// the client's own `user` and `info` are taken as given.
+    fn connect(&mut self, c: ConnRef, id: u32, params: ConnectParams<'_>) {
+        let client = self.client_id(c);
+        let Some(conn) = self.conn_mut(c) else {
+            return;
+        };
+        conn.connected = true;
+        let user: Arc<str> = params.user.as_deref().unwrap_or("").into();
+        let info = params.info.map(Bytes::copy_from_slice);
+        if !user.is_empty() || info.is_some() {
+            conn.extra = Some(Box::new(Extra::Identity(Identity {
+                user: user.clone(),
+                info,
+            })));
+        }
+        let config = self.ctx.config.clone();
+        let ping = self.heartbeat.ping_interval;
+        self.reply(
+            c,
+            id,
+            ReplyBody::Connect {
+                client: &client,
+                node: &config.node_name,
+                ping,
+                user: &user,
+            },
+        );
+    }
+
+    /// Who connection `c` is, as presence shows it.
+    pub(crate) fn who(&self, c: ConnRef) -> ClientInfo {
+        let identity = slot_ref(&self.conns, c).and_then(Conn::identity);
+        ClientInfo {
+            client: self.client_id(c).into(),
+            user: identity.map_or_else(|| Arc::from(""), |i| i.user.clone()),
+            info: identity.and_then(|i| i.info.clone()),
+        }
+    }
+
+    /// Runs the router's timers when they are due.
+    pub(crate) fn router_timers(&mut self, now: Instant) {
+        if now >= self.router.poll_timeout() {
+            let mut out = shard_out!(self);
+            self.router.handle_timeout(now, &mut out);
+            self.apply_closes();
         }
     }
 

@@ -4,6 +4,9 @@
 //! this struct plus its subscriptions.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::engine::heartbeat::Heartbeat;
 use crate::engine::limits::CommandRate;
@@ -23,6 +26,22 @@ pub enum Phase {
     /// Our close frame (or HTTP refusal) is queued or sent; waiting for the
     /// peer's close and/or end of stream, until `deadline`.
     Closing,
+}
+
+/// What a connection holds only some of the time.
+pub enum Extra {
+    /// Upgrade request bytes received so far.
+    Request(Vec<u8>),
+    /// Who the client is.
+    Identity(Identity),
+}
+
+/// Who a client said it is at `connect`.
+pub struct Identity {
+    /// User id.
+    pub(crate) user: Arc<str>,
+    /// Connection info (JSON text).
+    pub(crate) info: Option<Bytes>,
 }
 
 /// A connection slot.
@@ -51,10 +70,10 @@ pub struct Conn {
     pub(crate) heartbeat: Heartbeat,
     pub(crate) rate: CommandRate,
     pub(crate) decoder: FrameDecoder,
-    /// Request bytes received so far while in `Handshake`. Boxed so an
-    /// open connection pays 8 bytes for it, not 24.
-    #[allow(clippy::box_collection)]
-    pub(crate) request: Option<Box<Vec<u8>>>,
+    /// The partial upgrade request while in `Handshake`; afterwards who
+    /// the client said it is, if it said. Boxed so an anonymous open
+    /// connection pays 8 bytes for both.
+    pub(crate) extra: Option<Box<Extra>>,
     pub(crate) outbox: Outbox,
 }
 
@@ -78,8 +97,35 @@ impl Conn {
             heartbeat,
             rate: CommandRate::default(),
             decoder: FrameDecoder::new(),
-            request: None,
+            extra: None,
             outbox: Outbox::default(),
+        }
+    }
+
+    /// The partial upgrade request, if one is being collected.
+    pub(crate) fn request_mut(&mut self) -> Option<&mut Vec<u8>> {
+        match self.extra.as_deref_mut() {
+            Some(Extra::Request(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Takes the partial upgrade request, if any.
+    pub(crate) fn take_request(&mut self) -> Option<Vec<u8>> {
+        match self.extra.take().map(|b| *b) {
+            Some(Extra::Request(r)) => Some(r),
+            other => {
+                self.extra = other.map(Box::new);
+                None
+            }
+        }
+    }
+
+    /// The user and connection info given at `connect`, if any.
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        match self.extra.as_deref() {
+            Some(Extra::Identity(i)) => Some(i),
+            _ => None,
         }
     }
 

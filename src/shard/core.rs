@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::ShardContext;
 use super::commands::shard_out;
-use super::conn::{Conn, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
+use super::conn::{Conn, Extra, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
 use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
 use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::codes::CloseReason;
@@ -61,6 +61,13 @@ const PING_FRAME: &[u8] = &[0x89, 0x00];
 
 fn conn_phase(conns: &mut Slab<Conn>, c: ConnRef) -> Option<Phase> {
     slot(conns, c).map(|conn| conn.phase)
+}
+
+/// The connection `c` names in `conns`, if it still exists (shared).
+pub(crate) fn slot_ref(conns: &Slab<Conn>, c: ConnRef) -> Option<&Conn> {
+    conns
+        .get(c.idx as usize)
+        .filter(|conn| conn.generation == c.generation)
 }
 
 /// The connection `c` names in `conns`, if it still exists (a field-level
@@ -199,6 +206,13 @@ impl Shard {
                         .compression
                         .then_some((cfg.compression_level, cfg.compression_min_size)),
                     expected_connections: per_shard,
+                    namespaces: ctx.namespaces.clone(),
+                    // Node-wide bounds, split evenly between the shards.
+                    history_memory_limit: (cfg.history_memory_limit / peers as u64) as usize,
+                    recovery_max_publications: cfg.recovery_max_publications,
+                    history_max_publications: cfg.history_max_publications,
+                    idempotency_window: cfg.idempotency_window,
+                    idempotency_max_keys: cfg.idempotency_max_keys.div_ceil(peers),
                 },
                 seed,
                 Instant::now(),
@@ -251,6 +265,12 @@ impl Shard {
     /// When the next tick is due.
     pub(crate) fn next_tick(&self) -> Instant {
         self.next_tick
+    }
+
+    /// When the loop must wake at the latest: the next tick or the
+    /// router's next deadline (presence pushes and expiries).
+    pub(crate) fn next_wake(&self) -> Instant {
+        self.next_tick.min(self.router.poll_timeout())
     }
 
     pub(crate) fn inbox(&self) -> &Inbox {
@@ -313,6 +333,7 @@ impl Shard {
         if !self.due.is_empty() {
             self.run_deadlines();
         }
+        self.router_timers(Instant::now());
         self.flush();
         self.retry_owed();
         self.flush_metrics();
@@ -540,10 +561,10 @@ impl Shard {
     fn on_request_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
         let cfg = &self.handshake;
         let conn = slot(&mut self.conns, c).expect("caller checked");
-        let parsed = match &mut conn.request {
+        let parsed = match conn.request_mut() {
             None => match handshake::parse_request(buf, cfg) {
                 Parsed::Partial => {
-                    conn.request = Some(Box::new(buf.to_vec()));
+                    conn.extra = Some(Box::new(Extra::Request(buf.to_vec())));
                     return;
                 }
                 done => done,
@@ -560,14 +581,14 @@ impl Shard {
             Parsed::Partial => {}
             Parsed::Reject(r) => {
                 self.metrics.handshake(r);
-                conn.request = None;
+                conn.extra = None;
                 conn.outbox.push_urgent(Bytes::from(r.response()));
                 self.start_closing(c, false);
             }
             Parsed::Upgrade(up) => {
                 self.metrics.handshake(HandshakeResult::Ok);
                 // Bytes after the request head are already WebSocket frames.
-                let mut rest: Vec<u8> = match conn.request.take() {
+                let mut rest: Vec<u8> = match conn.take_request() {
                     Some(req) => req[up.head_len..].to_vec(),
                     None => buf[up.head_len..].to_vec(),
                 };
@@ -716,7 +737,7 @@ impl Shard {
         conn.awaiting_peer_close = await_peer;
         conn.shutdown_after_flush = !await_peer;
         conn.deadline = now + close_after;
-        conn.request = None;
+        conn.take_request();
         let deadline = conn.deadline;
         self.wheel.schedule(deadline, c);
         self.mark_dirty(c);
@@ -771,12 +792,13 @@ impl Shard {
             return;
         };
         let phase = conn.phase;
+        let who = self.who(c);
         self.conns.remove(c.idx as usize);
         if phase == Phase::Open {
             self.metrics.close(1006); // gone without a close handshake
         }
         let mut out = shard_out!(self);
-        self.router.conn_closed(Instant::now(), c, &mut out);
+        self.router.conn_closed(Instant::now(), c, &who, &mut out);
         self.apply_closes();
         self.ctx.shared.release();
         self.metrics.connections.dec();
@@ -874,9 +896,7 @@ impl Shard {
         if self.accept_paused {
             self.resume_accepts();
         }
-        if now >= self.router.poll_timeout() {
-            self.router.handle_timeout(now);
-        }
+        self.router_timers(now);
         if self.id == 0 {
             self.ctx.shared.check_memory();
         }

@@ -32,6 +32,7 @@ use tracing::{error, info};
 
 use crate::bridge::Inbox;
 use crate::config::{Config, Driver};
+use crate::engine::namespace::Namespaces;
 use crate::metrics::Metrics;
 
 mod commands;
@@ -134,6 +135,8 @@ pub fn default_max_connections(nofile: u64) -> usize {
 pub struct ShardContext {
     /// The configuration.
     pub config: Arc<Config>,
+    /// Channel namespaces, resolved from the configuration once.
+    pub namespaces: Arc<Namespaces>,
     /// Every shard's inbox, by shard index.
     pub inboxes: Arc<[Arc<Inbox>]>,
     /// Shared admission state.
@@ -182,7 +185,10 @@ pub fn start(
         // With port 0, the other shards join the port the first one got.
         listeners.push(sys::listener(local_addr, opts)?);
     }
+    let namespaces = Namespaces::from_config(&config)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let ctx = ShardContext {
+        namespaces: Arc::new(namespaces),
         config: config.clone(),
         inboxes: inboxes.clone(),
         shared,
@@ -314,7 +320,7 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
             YieldNow(false).await;
             continue;
         }
-        let wait = shard.next_tick() - now;
+        let wait = shard.next_wake().saturating_duration_since(now);
         monoio::select! {
             r = ready.readable(false) => {
                 if let Err(e) = r {

@@ -374,6 +374,10 @@ impl HistoryStore for MemoryHistory {
         Recovery::from_run(from, to, run)
     }
 
+    fn holds(&self, channel: &str) -> bool {
+        self.rings.contains_key(channel)
+    }
+
     fn remove(&mut self, channel: &str) -> bool {
         match self.rings.remove(channel) {
             Some(mut ring) => {

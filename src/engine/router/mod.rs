@@ -2,50 +2,79 @@
 //!
 //! A shard's router plays two parts. For the channels the shard is *home*
 //! for (a hash of the name picks the home), it is the one authority: it
-//! assigns offsets and fans publications out to the shards that have
-//! subscribers. For the channels its own connections subscribe to, it keeps
-//! the local subscription table, asks the homes for deliveries
-//! (*interest*), and hands each delivery to the local subscribers.
+//! assigns offsets, keeps history, presence and idempotency keys, and fans
+//! publications out to the shards that have subscribers. For the channels
+//! its own connections subscribe to, it keeps the local subscription
+//! table, asks the homes for deliveries (*interest*), and hands each
+//! delivery to the local subscribers.
 //!
-//! Everything comes in through `handle_*`-style methods that take the time
-//! as an input (`now`), and everything goes out through an [`Output`]: a
-//! reply to a local connection, frames for local subscribers, a close, or a
-//! message to another shard's router. The shard shell implements `Output`
-//! with sockets and inboxes; the deterministic tests in `sim.rs` implement
-//! it with in-memory queues and virtual time.
+//! Everything comes in through methods that take the time as an input
+//! (`now`), and everything goes out through an [`Output`]: a reply to a
+//! local connection, frames for local subscribers, a close, or a message to
+//! another shard's router. The shard shell implements `Output` with sockets
+//! and inboxes; the deterministic tests in `sim.rs` implement it with
+//! in-memory queues and virtual time. A message for this shard's own home
+//! side is handled at once, without a queue.
+//!
+//! Two ways to subscribe:
+//! - *direct*: the shard answers from its own view of the channel (its
+//!   position after the last delivery), asking the home only for the
+//!   first local subscriber. The fast path, for plain channels.
+//! - *through the home*: when the home must see the subscriber (presence,
+//!   `max_subscribers`) or the client recovers. The shard holds the
+//!   channel (so its interest stays on), sends `Subscribe` after its
+//!   interest, and subscribes the connection when the answer comes. The
+//!   home answers after every delivery it sent before, so the shard's
+//!   position then equals the home's: the recovered publications and the
+//!   live ones meet with no gap and no duplicate.
 //!
 //! Layout:
-//! - `mod.rs`: the router and the [`Output`] it drives.
+//! - `mod.rs`: the router, its settings and the [`Output`] it drives;
+//!   commands of local connections.
+//! - `home.rs`: the home side (publish, history, presence, subscribe
+//!   through the home, timers).
+//! - `local.rs`: the local side (interest, deliveries, answers).
 //! - [`msg`]: the messages routers send each other.
 //! - `sim.rs` (tests): several routers wired by in-memory inboxes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::channel::is_valid_channel;
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::history::{HistoryQuery, MemoryHistory, MemoryHistoryConfig};
 use crate::engine::hub::{Hub, Position, home_shard};
-use crate::engine::subs::{Acked, ConnRef, Delivery, Subscribed, Subscriber, Subscriptions};
-use crate::engine::wire::ReplyBody;
-use crate::engine::wire::publication::{LocalPub, PubData, PubEncoder, Publication, SharedPub};
+use crate::engine::idempotency::IdempotencyWindow;
+use crate::engine::namespace::{NamespaceOptions, Namespaces};
+use crate::engine::presence::Presence;
+use crate::engine::subs::{ConnRef, Subscriber, Subscriptions};
+use crate::engine::wire::publication::{LocalPub, PubData, PubEncoder, SharedPub};
+use crate::engine::wire::{ClientInfo, ReplyBody};
 use crate::engine::ws::deflate::Compressor;
 
+mod home;
+mod local;
 pub mod msg;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_features;
 
-pub use msg::{Msg, MsgKind, ReplyTo};
+pub use msg::{Answer, Msg, MsgKind, ReplyTo};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
 /// inboxes) and by the deterministic tests (in-memory queues).
 pub trait Output {
     /// Answers command `id` of local connection `conn`.
     fn reply(&mut self, conn: ConnRef, id: u32, body: ReplyBody<'_>);
-    /// Queues a publication to local subscribers. `frames` hands out the
-    /// frame for each connection's wire form (encoding it the first time a
-    /// form is needed); a subscriber that cannot take it (over its byte
-    /// budget) is the implementation's to close.
-    fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, publication: &SharedPub);
+    /// Queues a publication (or presence events) to local subscribers.
+    /// `frames` hands out the frame for each connection's wire form
+    /// (encoding it the first time a form is needed); a subscriber that
+    /// cannot take it (over its byte budget) is the implementation's to
+    /// close. `push.high_priority` frames go before normal data already
+    /// queued.
+    fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, push: &SharedPub);
     /// Ends local connection `conn` with `reason`.
     fn close(&mut self, conn: ConnRef, reason: CloseReason);
     /// Sends `msg` to shard `to`, in order with the earlier messages to
@@ -63,13 +92,26 @@ pub struct RouterConfig {
     pub shards: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions: usize,
-    /// A channel nobody listens to is forgotten (new epoch) after this.
+    /// A channel nobody listens to is forgotten (new epoch) after this,
+    /// unless its history still holds publications.
     pub channel_idle_ttl: Duration,
     /// permessage-deflate for publications: (zlib level, smallest payload
     /// worth compressing); `None` when compression is off.
     pub compression: Option<(u32, usize)>,
     /// Room for this many local connection slots up front.
     pub expected_connections: usize,
+    /// Channel namespaces and their options.
+    pub namespaces: Arc<Namespaces>,
+    /// Bytes of history this shard's channels may hold together.
+    pub history_memory_limit: usize,
+    /// Most publications one recovery returns; beyond it, not recovered.
+    pub recovery_max_publications: usize,
+    /// Most publications one `history` call returns.
+    pub history_max_publications: usize,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Idempotency keys this shard remembers at most.
+    pub idempotency_max_keys: usize,
 }
 
 /// Counts the shell moves to its metrics once per loop turn.
@@ -81,27 +123,61 @@ pub struct RouterStats {
     pub deliveries: u64,
     /// Delivery gaps found (subscribers told to recover).
     pub gaps: u64,
+    /// Publishes dropped as repeats of an idempotency key.
+    pub duplicates: u64,
+    /// Subscriptions that recovered every missed publication.
+    pub recovered: u64,
+    /// Subscriptions that asked to recover and could not.
+    pub not_recovered: u64,
+    /// Presence event frames sent to shards with subscribers.
+    pub presence_pushes: u64,
 }
 
 /// How often the home checks for idle channels to forget.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often expired history and idempotency keys are dropped.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Presence changes are pushed at most this often per channel: every
+/// change within one window goes out in one frame per subscriber.
+pub const PRESENCE_TICK: Duration = Duration::from_millis(50);
 
 /// One shard's channel router.
 pub struct Router {
     id: usize,
     shards: usize,
+    namespaces: Arc<Namespaces>,
     hub: Hub,
     subs: Subscriptions,
+    history: MemoryHistory,
+    presence: Presence,
+    idempotency: IdempotencyWindow,
     encoder: PubEncoder,
     compressor: Option<Compressor>,
     origin: Instant,
     idle_ttl: Duration,
+    recovery_max: usize,
+    history_max: usize,
     next_sweep: Instant,
+    next_housekeeping: Instant,
+    /// When the presence changes collected so far are pushed.
+    presence_flush: Option<Instant>,
+    /// Subscriptions through the home waiting for its answer, with their
+    /// command ids.
+    joining: HashMap<(ConnRef, Arc<str>), u32>,
     /// Channels whose deliveries to a peer were refused; the peer is sent
     /// [`Msg::Lost`] for each once the messages owed to it have gone.
     lost: Vec<Vec<Arc<str>>>,
     /// Counts since the last [`Router::take_stats`].
     stats: RouterStats,
+}
+
+/// A `subscribe` command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeRequest<'a> {
+    /// Channel name (not yet validated).
+    pub channel: &'a str,
+    /// Recover from this position, if the namespace allows it.
+    pub recover_since: Option<Position>,
 }
 
 impl Router {
@@ -111,15 +187,30 @@ impl Router {
         Self {
             id: cfg.shard,
             shards: cfg.shards,
+            namespaces: cfg.namespaces.clone(),
             hub: Hub::new(seed),
             subs: Subscriptions::with_capacity(cfg.max_subscriptions, cfg.expected_connections),
+            history: MemoryHistory::new(MemoryHistoryConfig {
+                memory_limit: cfg.history_memory_limit,
+                sweep_budget: crate::engine::history::DEFAULT_SWEEP_BUDGET,
+            }),
+            presence: Presence::new(),
+            idempotency: IdempotencyWindow::new(
+                cfg.idempotency_window.as_millis() as u64,
+                cfg.idempotency_max_keys,
+            ),
             encoder: PubEncoder::default(),
             compressor: cfg
                 .compression
                 .map(|(level, min)| Compressor::new(level, min)),
             origin: now,
             idle_ttl: cfg.channel_idle_ttl,
+            recovery_max: cfg.recovery_max_publications,
+            history_max: cfg.history_max_publications,
             next_sweep: now + SWEEP_EVERY,
+            next_housekeeping: now + HOUSEKEEPING_EVERY,
+            presence_flush: None,
+            joining: HashMap::new(),
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
         }
@@ -130,29 +221,110 @@ impl Router {
         now.saturating_duration_since(self.origin).as_secs() as u32
     }
 
+    /// Milliseconds since the origin: the clock of history, presence and
+    /// idempotency.
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_millis() as u64
+    }
+
     fn home(&self, channel: &str) -> usize {
         home_shard(channel, self.shards)
     }
 
+    /// The options of a valid channel's namespace, or the error to answer
+    /// (an unknown namespace when namespaces are strict).
+    fn options(&self, channel: &str) -> Result<&NamespaceOptions, ErrorCode> {
+        self.namespaces
+            .resolve(channel)
+            .map(|(_, o)| o)
+            .ok_or(ErrorCode::UnknownChannel)
+    }
+
+    /// Checks a channel name from a client and resolves its namespace.
+    fn check(&self, channel: &str) -> Result<NamespaceOptions, ErrorCode> {
+        if !is_valid_channel(channel) {
+            return Err(ErrorCode::InvalidChannel);
+        }
+        self.options(channel).cloned()
+    }
+
+    /// Sends `msg` to shard `to`; this shard's own messages are handled
+    /// at once.
+    fn dispatch(
+        &mut self,
+        now: Instant,
+        to: usize,
+        msg: Msg,
+        out: &mut impl Output,
+    ) -> Result<(), Msg> {
+        if to == self.id {
+            self.handle(now, msg, out);
+            return Ok(());
+        }
+        out.send(to, msg)
+    }
+
+    /// Sends a request for a local connection's command to the channel's
+    /// home, answering "overloaded, retry" if it cannot be queued.
+    fn ask_home(&mut self, now: Instant, channel: &str, msg: Msg, out: &mut impl Output) {
+        let home = self.home(channel);
+        if let Err(msg) = self.dispatch(now, home, msg, out)
+            && let Some(r) = msg.reply_to()
+        {
+            out.reply(r.conn, r.cmd_id, ReplyBody::Error(ErrorCode::Overloaded));
+        }
+    }
+
     // ---- commands of local connections -------------------------------------
 
-    /// `subscribe {channel}` from local connection `conn`.
+    /// `subscribe` from local connection `conn` (who it is: `who`).
     pub fn subscribe(
         &mut self,
         now: Instant,
         conn: ConnRef,
         id: u32,
-        channel: &str,
+        req: SubscribeRequest<'_>,
+        who: &ClientInfo,
         out: &mut impl Output,
     ) {
-        if !is_valid_channel(channel) {
-            return out.reply(conn, id, ReplyBody::Error(ErrorCode::InvalidChannel));
+        let opts = match self.check(req.channel) {
+            Ok(o) => o,
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        };
+        let channel = req.channel;
+        let key = (conn, Arc::<str>::from(channel));
+        if self.subs.is_subscribed(conn, channel) || self.joining.contains_key(&key) {
+            return out.reply(conn, id, ReplyBody::Error(ErrorCode::AlreadySubscribed));
         }
-        match self.subs.subscribe(conn, channel, id) {
-            Ok(Subscribed::Now(p)) => reply_position(out, conn, id, p),
-            Ok(Subscribed::Waiting) => {}
-            Ok(Subscribed::NeedInterest(name)) => self.request_interest(now, name, true, out),
-            Err(code) => out.reply(conn, id, ReplyBody::Error(code)),
+        let counted = counted(&opts);
+        let since = req
+            .recover_since
+            .filter(|_| opts.recover && opts.keeps_history());
+        if !counted && since.is_none() {
+            return self.subscribe_direct(now, conn, id, channel, out);
+        }
+        if self.subs.count(conn) >= self.subs.max_per_conn() {
+            return out.reply(conn, id, ReplyBody::Error(ErrorCode::LimitExceeded));
+        }
+        let (_, channel) = key;
+        self.joining.insert((conn, channel.clone()), id);
+        if let Some(name) = self.subs.hold(&channel) {
+            self.request_interest(now, name, true, out);
+        }
+        let msg = Msg::Subscribe {
+            channel: channel.clone(),
+            since,
+            member: counted.then(|| Box::new(who.clone())),
+            from: self.id,
+            reply_to: ReplyTo { conn, cmd_id: id },
+        };
+        let home = self.home(&channel);
+        if self.dispatch(now, home, msg, out).is_err() {
+            self.joining.remove(&(conn, channel.clone()));
+            if let Some(name) = self.subs.unhold(&channel) {
+                self.request_interest(now, name, false, out);
+            }
+            out.reply(conn, id, ReplyBody::Error(ErrorCode::Overloaded));
         }
     }
 
@@ -163,14 +335,28 @@ impl Router {
         conn: ConnRef,
         id: u32,
         channel: &str,
+        who: &ClientInfo,
         out: &mut impl Output,
     ) {
-        if !is_valid_channel(channel) {
-            return out.reply(conn, id, ReplyBody::Error(ErrorCode::InvalidChannel));
+        let opts = match self.check(channel) {
+            Ok(o) => o,
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        };
+        let key = (conn, Arc::<str>::from(channel));
+        if self.joining.remove(&key).is_some() {
+            // Its answer is still to come: forget it now (the answer is then
+            // ignored) and release the hold it had.
+            out.reply(conn, id, ReplyBody::Unsubscribe);
+            self.leave_home(now, &key.1, &opts, who, out);
+            if let Some(name) = self.subs.unhold(channel) {
+                self.request_interest(now, name, false, out);
+            }
+            return;
         }
         match self.subs.unsubscribe(conn, channel) {
             Ok(released) => {
                 out.reply(conn, id, ReplyBody::Unsubscribe);
+                self.leave_home(now, &key.1, &opts, who, out);
                 if let Some(name) = released {
                     self.request_interest(now, name, false, out);
                 }
@@ -179,7 +365,9 @@ impl Router {
         }
     }
 
-    /// `publish {channel, data}` from local connection `conn`.
+    /// `publish {channel, data, idempotency_key?}` from local connection
+    /// `conn`.
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         now: Instant,
@@ -187,118 +375,267 @@ impl Router {
         id: u32,
         channel: &str,
         data: PubData,
+        idempotency_key: Option<&str>,
         out: &mut impl Output,
     ) {
-        if !is_valid_channel(channel) {
-            return out.reply(conn, id, ReplyBody::Error(ErrorCode::InvalidChannel));
-        }
-        let channel: Arc<str> = Arc::from(channel);
-        let home = self.home(&channel);
-        if home == self.id {
-            let offset = self.publish_home(now, channel, data, out);
-            return out.reply(conn, id, ReplyBody::Publish { offset });
+        match self.check(channel) {
+            Ok(o) if !o.client_publish => {
+                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
+            }
+            Ok(_) => {}
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
         }
         let msg = Msg::Publish {
-            channel,
+            channel: Arc::from(channel),
             data,
+            idempotency_key: idempotency_key.map(Box::from),
             from: self.id,
             reply_to: ReplyTo { conn, cmd_id: id },
         };
-        if out.send(home, msg).is_err() {
-            out.reply(conn, id, ReplyBody::Error(ErrorCode::Overloaded));
-        }
+        self.ask_home(now, channel, msg, out);
     }
 
-    /// Local connection `conn` is gone: drop its subscriptions and tell the
-    /// homes of channels that lost their last local subscriber.
-    pub fn conn_closed(&mut self, now: Instant, conn: ConnRef, out: &mut impl Output) {
+    /// `history {channel, limit?, since?, reverse?}`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn history(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        limit: Option<u32>,
+        since: Option<Position>,
+        reverse: bool,
+        out: &mut impl Output,
+    ) {
+        match self.check(channel) {
+            Ok(o) if !o.keeps_history() => {
+                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
+            }
+            Ok(_) => {}
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        }
+        let msg = Msg::History {
+            channel: Arc::from(channel),
+            query: Box::new(HistoryQuery {
+                limit: limit.map(|l| l as usize),
+                since,
+                reverse,
+                max: self.history_max,
+            }),
+            from: self.id,
+            reply_to: ReplyTo { conn, cmd_id: id },
+        };
+        self.ask_home(now, channel, msg, out);
+    }
+
+    /// `presence {channel}` (`stats: false`) or `presence_stats {channel}`.
+    pub fn presence_query(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        stats: bool,
+        out: &mut impl Output,
+    ) {
+        match self.check(channel) {
+            Ok(o) if !o.presence => {
+                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
+            }
+            Ok(_) => {}
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        }
+        let msg = Msg::PresenceQuery {
+            channel: Arc::from(channel),
+            stats,
+            from: self.id,
+            reply_to: ReplyTo { conn, cmd_id: id },
+        };
+        self.ask_home(now, channel, msg, out);
+    }
+
+    /// `presence_state {channel, state, ttl?}`: the connection must be
+    /// subscribed to the channel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn presence_state(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        state: &str,
+        ttl: Option<Duration>,
+        who: &ClientInfo,
+        out: &mut impl Output,
+    ) {
+        match self.check(channel) {
+            Ok(o) if !o.presence => {
+                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
+            }
+            Ok(_) => {}
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        }
+        if !self.subs.is_subscribed(conn, channel) {
+            return out.reply(conn, id, ReplyBody::Error(ErrorCode::NotSubscribed));
+        }
+        let msg = Msg::SetState {
+            channel: Arc::from(channel),
+            client: who.client.clone(),
+            state: Arc::from(state),
+            ttl_ms: ttl.map(|t| t.as_millis() as u64),
+            from: self.id,
+            reply_to: ReplyTo { conn, cmd_id: id },
+        };
+        self.ask_home(now, channel, msg, out);
+    }
+
+    /// Local connection `conn` (who it was: `who`) is gone: drop its
+    /// subscriptions, leave the channels whose home counts members, and
+    /// tell the homes of channels that lost their last local subscriber.
+    pub fn conn_closed(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        who: &ClientInfo,
+        out: &mut impl Output,
+    ) {
+        let mut leaving: Vec<Arc<str>> = self.subs.channels_of(conn).cloned().collect();
+        let joining: Vec<Arc<str>> = self
+            .joining
+            .keys()
+            .filter(|(c, _)| *c == conn)
+            .map(|(_, ch)| ch.clone())
+            .collect();
+        for ch in &joining {
+            self.joining.remove(&(conn, ch.clone()));
+        }
         let mut released = Vec::new();
         self.subs.remove_conn(conn, &mut released);
+        for ch in &joining {
+            if let Some(name) = self.subs.unhold(ch) {
+                released.push(name);
+            }
+        }
+        leaving.extend(joining);
+        for ch in leaving {
+            if let Ok(opts) = self.options(&ch).cloned() {
+                self.leave_home(now, &ch, &opts, who, out);
+            }
+        }
         for name in released {
             self.request_interest(now, name, false, out);
         }
     }
 
+    /// Tells the home that a counted member left.
+    fn leave_home(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        opts: &NamespaceOptions,
+        who: &ClientInfo,
+        out: &mut impl Output,
+    ) {
+        if !counted(opts) {
+            return;
+        }
+        let msg = Msg::Leave {
+            channel: channel.clone(),
+            client: who.client.clone(),
+        };
+        let home = self.home(channel);
+        // Never refused (not refusable).
+        let _ = self.dispatch(now, home, msg, out);
+    }
+
     // ---- messages from other shards ----------------------------------------
 
-    /// A message from another shard's router.
+    /// A message from another shard's router (or from this one's).
     pub fn handle(&mut self, now: Instant, msg: Msg, out: &mut impl Output) {
         match msg {
-            Msg::Interest { channel, from, on } => {
-                let p = self.hub.set_interest(&channel, from, on, self.tick(now));
-                if on {
-                    // Never refused (not refusable): the asking shard waits
-                    // for it.
-                    let _ = out.send(
-                        from,
-                        Msg::InterestAck {
-                            channel,
-                            position: p,
-                        },
-                    );
-                }
-            }
+            Msg::Interest { channel, from, on } => self.on_interest(now, channel, from, on, out),
             Msg::InterestAck { channel, position } => {
                 self.on_interest_ack(now, &channel, position, out)
             }
             Msg::Publish {
                 channel,
                 data,
+                idempotency_key,
                 from,
                 reply_to,
             } => {
-                let offset = self.publish_home(now, channel, data, out);
-                let ack = Msg::PublishAck {
-                    reply_to,
-                    result: Ok(offset),
-                };
-                let _ = out.send(from, ack);
+                let answer = self.publish_home(now, channel, data, idempotency_key.as_deref(), out);
+                self.answer(now, from, reply_to, answer, out);
             }
-            Msg::PublishAck { reply_to, result } => {
-                let body = match result {
-                    Ok(offset) => ReplyBody::Publish { offset },
-                    Err(code) => ReplyBody::Error(code),
-                };
-                out.reply(reply_to.conn, reply_to.cmd_id, body);
+            Msg::Reply { reply_to, answer } => {
+                out.reply(reply_to.conn, reply_to.cmd_id, answer.body())
             }
             Msg::Deliver(p) => self.deliver_local(&p, out),
-            Msg::Lost { channel } => {
-                let conns: Vec<ConnRef> = self
-                    .subs
-                    .subscribers(&channel)
-                    .iter()
-                    .map(|s| s.conn)
-                    .collect();
-                if !conns.is_empty() {
-                    self.stats.gaps += 1;
-                }
-                for c in conns {
-                    out.close(c, CloseReason::InsufficientState);
-                }
+            Msg::Lost { channel } => self.on_lost(&channel, out),
+            Msg::Subscribe {
+                channel,
+                since,
+                member,
+                from,
+                reply_to,
+            } => self.on_subscribe(now, channel, since, member, from, reply_to, out),
+            Msg::Subscribed {
+                channel,
+                position,
+                result,
+                reply_to,
+            } => self.on_subscribed(now, channel, position, result, reply_to, out),
+            Msg::History {
+                channel,
+                query,
+                from,
+                reply_to,
+            } => {
+                let answer = self.history_home(now, &channel, &query);
+                self.answer(now, from, reply_to, answer, out);
+            }
+            Msg::Leave { channel, client } => self.on_leave(now, &channel, &client),
+            Msg::SetState {
+                channel,
+                client,
+                state,
+                ttl_ms,
+                from,
+                reply_to,
+            } => {
+                let answer = self.set_state_home(now, &channel, &client, state, ttl_ms);
+                self.answer(now, from, reply_to, answer, out);
+            }
+            Msg::PresenceQuery {
+                channel,
+                stats,
+                from,
+                reply_to,
+            } => {
+                let answer = self.presence_home(now, &channel, stats);
+                self.answer(now, from, reply_to, answer, out);
             }
         }
+    }
+
+    /// Sends a home's answer back to the asking shard.
+    fn answer(
+        &mut self,
+        now: Instant,
+        from: usize,
+        reply_to: ReplyTo,
+        answer: Answer,
+        out: &mut impl Output,
+    ) {
+        // Never refused (not refusable): the client waits for it.
+        let _ = self.dispatch(now, from, Msg::Reply { reply_to, answer }, out);
     }
 
     /// The loss notices owed to shard `to`, to send once every message
     /// queued for it before has gone.
     pub fn take_lost(&mut self, to: usize) -> Vec<Arc<str>> {
         std::mem::take(&mut self.lost[to])
-    }
-
-    // ---- time ---------------------------------------------------------------
-
-    /// When [`Router::handle_timeout`] next has work.
-    pub fn poll_timeout(&self) -> Instant {
-        self.next_sweep
-    }
-
-    /// Periodic work that is due: forgetting idle channels.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if now >= self.next_sweep {
-            self.next_sweep = now + SWEEP_EVERY;
-            let ttl = self.idle_ttl.as_secs() as u32;
-            self.hub.sweep(self.tick(now), ttl);
-        }
     }
 
     // ---- counts ---------------------------------------------------------------
@@ -319,113 +656,27 @@ impl Router {
         self.hub.len()
     }
 
-    // ---- internals -------------------------------------------------------------
-
-    /// Tells `name`'s home that this shard has (or no longer has)
-    /// subscribers.
-    fn request_interest(&mut self, now: Instant, name: Arc<str>, on: bool, out: &mut impl Output) {
-        let home = self.home(&name);
-        if home == self.id {
-            let p = self.hub.set_interest(&name, self.id, on, self.tick(now));
-            if on {
-                self.on_interest_ack(now, &name, p, out);
-            }
-            return;
-        }
-        let msg = Msg::Interest {
-            channel: name.clone(),
-            from: self.id,
-            on,
-        };
-        if out.send(home, msg).is_err() {
-            let mut failed = Vec::new();
-            self.subs.on_interest_failed(&name, &mut failed);
-            for (c, id) in failed {
-                out.reply(c, id, ReplyBody::Error(ErrorCode::Overloaded));
-            }
-        }
-    }
-
-    fn on_interest_ack(&mut self, now: Instant, name: &str, p: Position, out: &mut impl Output) {
-        let mut replies = Vec::new();
-        match self.subs.on_interest_ack(name, p, &mut replies) {
-            Acked::Active => {
-                for (c, id) in replies {
-                    reply_position(out, c, id, p);
-                }
-            }
-            Acked::Release(name) => self.request_interest(now, name, false, out),
-            Acked::Unknown => {}
-        }
-    }
-
-    /// Home side of a publication: assign the offset, then send it to every
-    /// shard with subscribers (this one directly). Frames are encoded only
-    /// where and when a subscriber needs them.
-    fn publish_home(
-        &mut self,
-        now: Instant,
-        channel: Arc<str>,
-        data: PubData,
-        out: &mut impl Output,
-    ) -> u64 {
-        let acc = self.hub.publish(&channel, self.tick(now));
-        self.stats.publications += 1;
-        let offset = acc.position.offset;
-        if acc.interested == 0 {
-            return offset; // nobody listens: not even encoded
-        }
-        let p = Arc::new(SharedPub::new(
-            channel,
-            Publication { offset, data },
-            false,
-            now,
-        ));
-        let mut mask = acc.interested;
-        while mask != 0 {
-            let shard = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            if shard == self.id {
-                self.deliver_local(&p, out);
-            } else if shard < self.shards && out.send(shard, Msg::Deliver(Arc::clone(&p))).is_err()
-            {
-                // Dropped: that shard's subscribers must recover.
-                if !self.lost[shard].contains(&p.channel) {
-                    self.lost[shard].push(p.channel.clone());
-                }
-            }
-        }
-        offset
-    }
-
-    /// Hands a publication to every local subscriber: the same frames for
-    /// all, no per-subscriber encoding.
-    fn deliver_local(&mut self, p: &SharedPub, out: &mut impl Output) {
-        match self.subs.deliver(&p.channel, p.publication.offset) {
-            Delivery::Ignore => {}
-            Delivery::Deliver(subs) => {
-                let mut frames = LocalPub::new(p, &mut self.encoder, self.compressor.as_mut());
-                out.deliver(subs, &mut frames, p);
-                self.stats.deliveries += subs.len() as u64;
-            }
-            Delivery::Gap(subs) => {
-                self.stats.gaps += 1;
-                let conns: Vec<ConnRef> = subs.iter().map(|s| s.conn).collect();
-                for c in conns {
-                    out.close(c, CloseReason::InsufficientState);
-                }
-            }
-        }
+    /// The history store's sizes and eviction counts.
+    pub fn history_stats(&self) -> crate::engine::history::HistoryStats {
+        use crate::engine::history::HistoryStore;
+        self.history.stats()
     }
 }
 
-fn reply_position(out: &mut impl Output, conn: ConnRef, id: u32, p: Position) {
-    out.reply(
-        conn,
-        id,
-        ReplyBody::Subscribe {
-            epoch: p.epoch,
-            offset: p.offset,
-        },
-    );
+/// Whether the home keeps a channel's members: for presence, and to
+/// enforce `max_subscribers`.
+fn counted(opts: &NamespaceOptions) -> bool {
+    opts.presence || opts.max_subscribers > 0
+}
+
+/// Sends a frame to every local subscriber of a push.
+fn hand_out(
+    subs: &[Subscriber],
+    push: &SharedPub,
+    encoder: &mut PubEncoder,
+    compressor: Option<&mut Compressor>,
+    out: &mut impl Output,
+) {
+    let mut frames = LocalPub::new(push, encoder, compressor);
+    out.deliver(subs, &mut frames, push);
 }

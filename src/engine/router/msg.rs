@@ -5,9 +5,11 @@
 use std::sync::Arc;
 
 use crate::engine::codes::ErrorCode;
+use crate::engine::history::{HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::subs::ConnRef;
-use crate::engine::wire::publication::{PubData, SharedPub};
+use crate::engine::wire::publication::{PubData, Publication, SharedPub};
+use crate::engine::wire::{ClientInfo, PresenceEntry, ReplyBody};
 
 /// Where the answer to a command goes: a connection on the asking shard
 /// and the command's id.
@@ -17,6 +19,68 @@ pub struct ReplyTo {
     pub conn: ConnRef,
     /// Its command id.
     pub cmd_id: u32,
+}
+
+/// The owned answer to a command that the channel's home computed, on
+/// its way back to the asking shard.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// `publish`: the offset assigned (or the original one, for a repeated
+    /// idempotency key).
+    Publish {
+        /// Offset of the publication.
+        offset: u64,
+    },
+    /// `history`.
+    History {
+        /// The channel's current position.
+        position: Position,
+        /// The publications selected.
+        publications: Vec<Publication>,
+    },
+    /// `presence`.
+    Presence {
+        /// Every member.
+        clients: Vec<PresenceEntry>,
+    },
+    /// `presence_stats`.
+    PresenceStats {
+        /// Connections present.
+        num_clients: u64,
+        /// Distinct users present.
+        num_users: u64,
+    },
+    /// `presence_state`.
+    PresenceState,
+    /// An error.
+    Error(ErrorCode),
+}
+
+impl Answer {
+    /// The reply body on the wire.
+    pub fn body(&self) -> ReplyBody<'_> {
+        match self {
+            Answer::Publish { offset } => ReplyBody::Publish { offset: *offset },
+            Answer::History {
+                position,
+                publications,
+            } => ReplyBody::History {
+                epoch: position.epoch,
+                offset: position.offset,
+                publications,
+            },
+            Answer::Presence { clients } => ReplyBody::Presence { clients },
+            Answer::PresenceStats {
+                num_clients,
+                num_users,
+            } => ReplyBody::PresenceStats {
+                num_clients: *num_clients,
+                num_users: *num_users,
+            },
+            Answer::PresenceState => ReplyBody::PresenceState,
+            Answer::Error(code) => ReplyBody::Error(*code),
+        }
+    }
 }
 
 /// A message from one shard's router to another's.
@@ -45,25 +109,102 @@ pub enum Msg {
         channel: Arc<str>,
         /// Payload.
         data: PubData,
+        /// Drop the publication if this key was seen on the channel within
+        /// the idempotency window.
+        idempotency_key: Option<Box<str>>,
         /// Sending shard.
         from: usize,
         /// Who gets the reply.
         reply_to: ReplyTo,
     },
-    /// Home → publishing shard: the result of a publish.
-    PublishAck {
-        /// Who gets the reply.
+    /// Home → asking shard: the answer to a command.
+    Reply {
+        /// Who gets it.
         reply_to: ReplyTo,
-        /// Offset assigned, or the error.
-        result: Result<u64, ErrorCode>,
+        /// The answer.
+        answer: Answer,
     },
-    /// Home → shard with subscribers: a publication.
+    /// Home → shard with subscribers: a publication, or presence events.
     Deliver(Arc<SharedPub>),
     /// Home → shard: a `Deliver` for this channel could not be queued;
     /// its subscribers on the shard must recover.
     Lost {
         /// Channel name.
         channel: Arc<str>,
+    },
+    /// To a channel's home: a subscription the home must see — counted
+    /// (presence, or a namespace with `max_subscribers`) and/or recovering.
+    /// Sent after the shard's interest, so the answer comes after every
+    /// delivery the home sent before it.
+    Subscribe {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The client's last position, when it recovers.
+        since: Option<Position>,
+        /// Who subscribes, when the home counts members.
+        member: Option<Box<ClientInfo>>,
+        /// Sending shard.
+        from: usize,
+        /// The subscribing connection.
+        reply_to: ReplyTo,
+    },
+    /// Home → shard: the answer to `Subscribe`.
+    Subscribed {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The channel's position when the home answered.
+        position: Position,
+        /// Admitted, with what recovery found (nothing when not
+        /// recovering), or refused.
+        result: Result<Box<Recovery>, ErrorCode>,
+        /// The subscribing connection.
+        reply_to: ReplyTo,
+    },
+    /// To a channel's home: `history`.
+    History {
+        /// Channel name.
+        channel: Arc<str>,
+        /// What to read.
+        query: Box<HistoryQuery>,
+        /// Sending shard.
+        from: usize,
+        /// Who gets the reply.
+        reply_to: ReplyTo,
+    },
+    /// To a channel's home: a counted member left (unsubscribed, closed,
+    /// or gave up while its `Subscribe` was in flight).
+    Leave {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Its client id.
+        client: Arc<str>,
+    },
+    /// To a channel's home: `presence_state`.
+    SetState {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Whose state.
+        client: Arc<str>,
+        /// The state ("" clears it).
+        state: Arc<str>,
+        /// Expiry, if any.
+        ttl_ms: Option<u64>,
+        /// Sending shard.
+        from: usize,
+        /// Who gets the reply.
+        reply_to: ReplyTo,
+    },
+    /// To a channel's home: `presence` (`stats: false`) or
+    /// `presence_stats` (`stats: true`).
+    PresenceQuery {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Counts only.
+        stats: bool,
+        /// Sending shard.
+        from: usize,
+        /// Who gets the reply.
+        reply_to: ReplyTo,
     },
 }
 
@@ -74,20 +215,46 @@ impl Msg {
             Msg::Interest { .. } => MsgKind::Interest,
             Msg::InterestAck { .. } => MsgKind::InterestAck,
             Msg::Publish { .. } => MsgKind::Publish,
-            Msg::PublishAck { .. } => MsgKind::PublishAck,
+            Msg::Reply { .. } => MsgKind::Reply,
             Msg::Deliver(_) => MsgKind::Deliver,
             Msg::Lost { .. } => MsgKind::Lost,
+            Msg::Subscribe { .. } => MsgKind::Subscribe,
+            Msg::Subscribed { .. } => MsgKind::Subscribed,
+            Msg::History { .. } => MsgKind::History,
+            Msg::Leave { .. } => MsgKind::Leave,
+            Msg::SetState { .. } => MsgKind::SetState,
+            Msg::PresenceQuery { .. } => MsgKind::PresenceQuery,
+        }
+    }
+
+    /// The connection waiting for this request's answer, if it is one.
+    pub fn reply_to(&self) -> Option<ReplyTo> {
+        match self {
+            Msg::Publish { reply_to, .. }
+            | Msg::Subscribe { reply_to, .. }
+            | Msg::History { reply_to, .. }
+            | Msg::SetState { reply_to, .. }
+            | Msg::PresenceQuery { reply_to, .. } => Some(*reply_to),
+            _ => None,
         }
     }
 
     /// Whether a sender may give up on this message when the receiver's
-    /// inbox and the sender's overflow queue are both full. Everything
-    /// else (acks, interest-off, loss notices) must arrive, or the two
-    /// shards would disagree about a channel's state.
+    /// inbox and the sender's overflow queue are both full: requests that
+    /// can be answered "overloaded, retry", and deliveries (whose loss is
+    /// reported). Everything else (answers, interest-off, joins and
+    /// leaves, loss notices) must arrive, or two shards would disagree
+    /// about a channel's state or a client would wait forever.
     pub fn refusable(&self) -> bool {
         matches!(
             self,
-            Msg::Publish { .. } | Msg::Deliver(_) | Msg::Interest { on: true, .. }
+            Msg::Publish { .. }
+                | Msg::Deliver(_)
+                | Msg::Interest { on: true, .. }
+                | Msg::Subscribe { .. }
+                | Msg::History { .. }
+                | Msg::SetState { .. }
+                | Msg::PresenceQuery { .. }
         )
     }
 }
@@ -102,25 +269,43 @@ pub enum MsgKind {
     InterestAck,
     /// [`Msg::Publish`].
     Publish,
-    /// [`Msg::PublishAck`].
-    PublishAck,
+    /// [`Msg::Reply`].
+    Reply,
     /// [`Msg::Deliver`].
     Deliver,
     /// [`Msg::Lost`].
     Lost,
+    /// [`Msg::Subscribe`].
+    Subscribe,
+    /// [`Msg::Subscribed`].
+    Subscribed,
+    /// [`Msg::History`].
+    History,
+    /// [`Msg::Leave`].
+    Leave,
+    /// [`Msg::SetState`].
+    SetState,
+    /// [`Msg::PresenceQuery`].
+    PresenceQuery,
     /// The shell's control message that starts a drain.
     Drain,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 7] = [
+    pub const ALL: [MsgKind; 13] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::Publish,
-        MsgKind::PublishAck,
+        MsgKind::Reply,
         MsgKind::Deliver,
         MsgKind::Lost,
+        MsgKind::Subscribe,
+        MsgKind::Subscribed,
+        MsgKind::History,
+        MsgKind::Leave,
+        MsgKind::SetState,
+        MsgKind::PresenceQuery,
         MsgKind::Drain,
     ];
 
@@ -130,10 +315,27 @@ impl MsgKind {
             MsgKind::Interest => "interest",
             MsgKind::InterestAck => "interest_ack",
             MsgKind::Publish => "publish",
-            MsgKind::PublishAck => "publish_ack",
+            MsgKind::Reply => "reply",
             MsgKind::Deliver => "deliver",
             MsgKind::Lost => "lost",
+            MsgKind::Subscribe => "subscribe",
+            MsgKind::Subscribed => "subscribed",
+            MsgKind::History => "history",
+            MsgKind::Leave => "leave",
+            MsgKind::SetState => "set_state",
+            MsgKind::PresenceQuery => "presence_query",
             MsgKind::Drain => "drain",
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// Every inbox slot is one message: keep it small (the big parts of
+    /// rare messages are boxed).
+    #[test]
+    fn messages_stay_small() {
+        let size = std::mem::size_of::<super::Msg>();
+        assert!(size <= 104, "Msg grew to {size} bytes");
     }
 }

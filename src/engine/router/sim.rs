@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use super::*;
+use crate::engine::namespace::Namespaces;
 use crate::engine::wire::json;
 use crate::engine::wire::publication::PubData;
 use crate::engine::ws::handshake::WireFormat;
@@ -39,6 +40,7 @@ struct ShardOut<'a> {
     inboxes: &'a mut [VecDeque<(usize, Msg)>],
     cap: usize,
     seen: &'a mut HashMap<SimConn, Vec<Seen>>,
+    frames: &'a mut HashMap<SimConn, usize>,
 }
 
 fn decode_one(bytes: &[u8]) -> Value {
@@ -68,13 +70,16 @@ impl Output for ShardOut<'_> {
         } else {
             &frame[2..]
         };
-        let v = decode_one(payload);
+        // One frame may hold several pushes, one JSON object a line.
+        let pushes: Vec<Value> = payload.split(|&b| b == b'\n').map(decode_one).collect();
         for s in subs {
             let c = SimConn {
                 shard: self.shard,
                 conn: s.conn,
             };
-            self.seen.entry(c).or_default().push(Seen::Push(v.clone()));
+            *self.frames.entry(c).or_default() += 1;
+            let seen = self.seen.entry(c).or_default();
+            seen.extend(pushes.iter().cloned().map(Seen::Push));
         }
     }
 
@@ -103,7 +108,10 @@ pub(super) struct Sim {
     /// Inbox bound for refusable messages.
     pub cap: usize,
     pub seen: HashMap<SimConn, Vec<Seen>>,
+    /// Frames delivered to each connection.
+    pub frames: HashMap<SimConn, usize>,
     pub now: Instant,
+    users: HashMap<SimConn, String>,
     next_idx: Vec<u32>,
     rng: StdRng,
     next_id: u32,
@@ -111,17 +119,33 @@ pub(super) struct Sim {
 
 impl Sim {
     pub fn new(shards: usize, seed: u64) -> Self {
+        Self::with_namespaces(shards, seed, Namespaces::default())
+    }
+
+    /// The settings of every router in a simulation.
+    pub fn config(shard: usize, shards: usize, namespaces: &Arc<Namespaces>) -> RouterConfig {
+        RouterConfig {
+            shard,
+            shards,
+            max_subscriptions: 64,
+            channel_idle_ttl: Duration::from_secs(300),
+            compression: None,
+            expected_connections: 0,
+            namespaces: namespaces.clone(),
+            history_memory_limit: 64 << 20,
+            recovery_max_publications: 300,
+            history_max_publications: 300,
+            idempotency_window: Duration::from_secs(300),
+            idempotency_max_keys: 10_000,
+        }
+    }
+
+    pub fn with_namespaces(shards: usize, seed: u64, namespaces: Namespaces) -> Self {
         let now = Instant::now();
+        let namespaces = Arc::new(namespaces);
         let routers = (0..shards)
             .map(|i| {
-                let cfg = RouterConfig {
-                    shard: i,
-                    shards,
-                    max_subscriptions: 64,
-                    channel_idle_ttl: Duration::from_secs(300),
-                    compression: None,
-                    expected_connections: 0,
-                };
+                let cfg = Self::config(i, shards, &namespaces);
                 Router::new(&cfg, seed ^ (i as u64) << 56, now)
             })
             .collect();
@@ -130,7 +154,9 @@ impl Sim {
             inboxes: (0..shards).map(|_| VecDeque::new()).collect(),
             cap: usize::MAX,
             seen: HashMap::new(),
+            frames: HashMap::new(),
             now,
+            users: HashMap::new(),
             next_idx: vec![0; shards],
             rng: StdRng::seed_from_u64(seed),
             next_id: 1,
@@ -147,6 +173,22 @@ impl Sim {
         }
     }
 
+    /// A new connection on `shard` of user `user`.
+    pub fn connect_as(&mut self, shard: usize, user: &str) -> SimConn {
+        let c = self.connect(shard);
+        self.users.insert(c, user.to_string());
+        c
+    }
+
+    /// Who `c` is: its client id and user.
+    pub fn who(&self, c: SimConn) -> ClientInfo {
+        ClientInfo {
+            client: format!("c{}.{}", c.shard, c.conn.idx).into(),
+            user: self.users.get(&c).map_or("", String::as_str).into(),
+            info: None,
+        }
+    }
+
     /// Runs `f` on `shard`'s router with that shard's output.
     fn on(&mut self, shard: usize, f: impl FnOnce(&mut Router, &mut ShardOut<'_>, Instant)) {
         let mut out = ShardOut {
@@ -154,6 +196,7 @@ impl Sim {
             inboxes: &mut self.inboxes,
             cap: self.cap,
             seen: &mut self.seen,
+            frames: &mut self.frames,
         };
         f(&mut self.routers[shard], &mut out, self.now);
     }
@@ -164,35 +207,114 @@ impl Sim {
     }
 
     pub fn subscribe(&mut self, c: SimConn, channel: &str) -> u32 {
+        self.subscribe_from(c, channel, None)
+    }
+
+    /// `subscribe` recovering from `since`.
+    pub fn subscribe_from(&mut self, c: SimConn, channel: &str, since: Option<Position>) -> u32 {
         let id = self.id();
+        let who = self.who(c);
+        let req = SubscribeRequest {
+            channel,
+            recover_since: since,
+        };
         self.on(c.shard, |r, out, now| {
-            r.subscribe(now, c.conn, id, channel, out)
+            r.subscribe(now, c.conn, id, req, &who, out)
         });
         id
     }
 
     pub fn unsubscribe(&mut self, c: SimConn, channel: &str) -> u32 {
         let id = self.id();
+        let who = self.who(c);
         self.on(c.shard, |r, out, now| {
-            r.unsubscribe(now, c.conn, id, channel, out)
+            r.unsubscribe(now, c.conn, id, channel, &who, out)
         });
         id
     }
 
     pub fn publish(&mut self, c: SimConn, channel: &str, json: &str) -> u32 {
+        self.publish_key(c, channel, json, None)
+    }
+
+    /// `publish` with an idempotency key.
+    pub fn publish_key(&mut self, c: SimConn, channel: &str, json: &str, key: Option<&str>) -> u32 {
         let id = self.id();
         let data = PubData {
             bytes: bytes::Bytes::copy_from_slice(json.as_bytes()),
             is_json: true,
         };
         self.on(c.shard, |r, out, now| {
-            r.publish(now, c.conn, id, channel, data, out)
+            r.publish(now, c.conn, id, channel, data, key, out)
+        });
+        id
+    }
+
+    /// `history`.
+    pub fn history(
+        &mut self,
+        c: SimConn,
+        channel: &str,
+        limit: Option<u32>,
+        since: Option<Position>,
+        reverse: bool,
+    ) -> u32 {
+        let id = self.id();
+        self.on(c.shard, |r, out, now| {
+            r.history(now, c.conn, id, channel, limit, since, reverse, out)
+        });
+        id
+    }
+
+    /// `presence` or `presence_stats`.
+    pub fn presence(&mut self, c: SimConn, channel: &str, stats: bool) -> u32 {
+        let id = self.id();
+        self.on(c.shard, |r, out, now| {
+            r.presence_query(now, c.conn, id, channel, stats, out)
+        });
+        id
+    }
+
+    /// `presence_state`.
+    pub fn state(&mut self, c: SimConn, channel: &str, state: &str, ttl_s: Option<u64>) -> u32 {
+        let id = self.id();
+        let who = self.who(c);
+        let ttl = ttl_s.map(Duration::from_secs);
+        self.on(c.shard, |r, out, now| {
+            r.presence_state(now, c.conn, id, channel, state, ttl, &who, out)
         });
         id
     }
 
     pub fn close(&mut self, c: SimConn) {
-        self.on(c.shard, |r, out, now| r.conn_closed(now, c.conn, out));
+        let who = self.who(c);
+        self.on(c.shard, |r, out, now| r.conn_closed(now, c.conn, &who, out));
+    }
+
+    /// Moves virtual time on by `d`, in steps no longer than the routers'
+    /// next deadlines, running every timer that comes due and the messages
+    /// it causes.
+    pub fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            let next = self
+                .routers
+                .iter()
+                .map(Router::poll_timeout)
+                .min()
+                .expect("at least one router");
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+            for shard in 0..self.routers.len() {
+                if self.routers[shard].poll_timeout() <= self.now {
+                    self.on(shard, |r, out, now| r.handle_timeout(now, out));
+                }
+            }
+            self.run();
+        }
+        self.now = end;
     }
 
     /// Delivers one message to a randomly chosen shard with a non-empty

@@ -467,7 +467,7 @@ impl FrameWriter {
     /// Finishes the frame, letting `make(text, payload)` build the
     /// WebSocket frame (e.g. compressed), or `None` if empty. The writer is
     /// then empty again, in the same form.
-    pub fn finish_with(&mut self, make: impl FnOnce(bool, &[u8]) -> Bytes) -> Option<Bytes> {
+    pub fn finish_with<T>(&mut self, make: impl FnOnce(bool, &[u8]) -> T) -> Option<T> {
         if self.count == 0 {
             return None;
         }

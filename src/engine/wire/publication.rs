@@ -10,9 +10,9 @@ use bytes::Bytes;
 use flatbuffers::FlatBufferBuilder;
 use serde::de::IgnoredAny;
 
-use super::{Data, binary, json};
-use crate::engine::ws::deflate::Compressor;
-use crate::engine::ws::frame::{Opcode, encode_frame};
+use super::{Data, FrameWriter, binary, json};
+use crate::engine::presence::PresenceEvent;
+use crate::engine::ws::deflate::{Compressor, plain_frame};
 use crate::engine::ws::handshake::WireFormat;
 
 /// A publication's payload, owned.
@@ -63,8 +63,18 @@ fn form_index(format: WireFormat, deflate: bool) -> usize {
     }
 }
 
-/// A publication on its way from its channel's home to every shard with
-/// subscribers: the payload once, and each wire form encoded at most once,
+/// What a shared push carries.
+#[derive(Debug)]
+pub enum PushBody {
+    /// A publication (a `pub` push with its offset).
+    Pub(Publication),
+    /// Presence changes of one tick, coalesced into one frame of `join`,
+    /// `leave` and `state` pushes (they carry no offset).
+    Presence(Vec<PresenceEvent>),
+}
+
+/// A push on its way from its channel's home to every shard with
+/// subscribers: the content once, and each wire form encoded at most once,
 /// the first time some subscriber on some shard needs it (a channel whose
 /// subscribers all speak JSON never pays for the binary form, nor for
 /// compression when none of them negotiated it). Shared by every shard
@@ -73,8 +83,8 @@ fn form_index(format: WireFormat, deflate: bool) -> usize {
 pub struct SharedPub {
     /// Channel name.
     pub channel: Arc<str>,
-    /// The publication (offset and payload).
-    pub publication: Publication,
+    /// What it carries.
+    pub body: PushBody,
     /// Written before normal data already queued for a connection.
     pub high_priority: bool,
     /// When the home accepted it (publish-to-write latency).
@@ -92,12 +102,39 @@ impl SharedPub {
         high_priority: bool,
         accepted_at: Instant,
     ) -> Self {
+        Self::with_body(
+            channel,
+            PushBody::Pub(publication),
+            high_priority,
+            accepted_at,
+        )
+    }
+
+    /// Presence events of one tick, not yet encoded.
+    pub fn presence(channel: Arc<str>, events: Vec<PresenceEvent>, accepted_at: Instant) -> Self {
+        Self::with_body(channel, PushBody::Presence(events), false, accepted_at)
+    }
+
+    fn with_body(
+        channel: Arc<str>,
+        body: PushBody,
+        high_priority: bool,
+        accepted_at: Instant,
+    ) -> Self {
         Self {
             channel,
-            publication,
+            body,
             high_priority,
             accepted_at,
             forms: Default::default(),
+        }
+    }
+
+    /// The publication's offset (`None` for presence events).
+    pub fn offset(&self) -> Option<u64> {
+        match &self.body {
+            PushBody::Pub(p) => Some(p.offset),
+            PushBody::Presence(_) => None,
         }
     }
 
@@ -144,19 +181,14 @@ impl<'a> LocalPub<'a> {
         }
         let shared = self.shared;
         let cell = shared.forms[i].get_or_init(|| {
-            let p = &shared.publication;
-            let text = format == WireFormat::Json;
             self.encoder.encodes[i] += 1;
-            let payload = self.encoder.payload(format, &shared.channel, p);
-            if deflate {
-                let c = self.compressor.as_mut().expect("checked above");
-                c.shared(text, payload)
+            let compressor = if deflate {
+                self.compressor.as_deref_mut()
             } else {
-                let op = if text { Opcode::Text } else { Opcode::Binary };
-                let mut frame = Vec::with_capacity(payload.len() + 10);
-                encode_frame(op, payload, &mut frame);
-                Some(Bytes::from(frame))
-            }
+                None
+            };
+            self.encoder
+                .frame(format, &shared.channel, &shared.body, compressor)
         });
         let frame = match cell {
             Some(b) => Rc::new(b.clone()),
@@ -172,6 +204,8 @@ impl<'a> LocalPub<'a> {
 pub struct PubEncoder {
     fbb: FlatBufferBuilder<'static>,
     json: Vec<u8>,
+    /// Builds presence event frames.
+    events: FrameWriter,
     /// Frames encoded, by form (see [`FORMS`]); the shard moves these
     /// counts to its metrics.
     pub encodes: [u64; 4],
@@ -182,12 +216,47 @@ impl Default for PubEncoder {
         Self {
             fbb: FlatBufferBuilder::with_capacity(1024),
             json: Vec::with_capacity(1024),
+            events: FrameWriter::new(),
             encodes: [0; 4],
         }
     }
 }
 
 impl PubEncoder {
+    /// The frame of `body` in `format`: compressed once with `compressor`
+    /// when one is given (`None` if the payload is below its floor), else
+    /// plain.
+    fn frame(
+        &mut self,
+        format: WireFormat,
+        channel: &str,
+        body: &PushBody,
+        compressor: Option<&mut Compressor>,
+    ) -> Option<Bytes> {
+        let make = |text: bool, payload: &[u8]| match compressor {
+            Some(c) => c.shared(text, payload),
+            None => Some(plain_frame(text, payload)),
+        };
+        match body {
+            PushBody::Pub(p) => {
+                let text = format == WireFormat::Json;
+                make(text, self.payload(format, channel, p))
+            }
+            PushBody::Presence(events) => {
+                let w = &mut self.events;
+                w.begin(format);
+                for ev in events {
+                    match ev {
+                        PresenceEvent::Join(info) => w.join(channel, info),
+                        PresenceEvent::Leave(info) => w.leave(channel, info),
+                        PresenceEvent::State(info, state) => w.state(channel, info, state),
+                    }
+                }
+                w.finish_with(make).flatten()
+            }
+        }
+    }
+
     /// The `pub` push payload of `p` in `format` (valid until the next call).
     pub fn payload(&mut self, format: WireFormat, channel: &str, p: &Publication) -> &[u8] {
         match format {

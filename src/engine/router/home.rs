@@ -1,0 +1,319 @@
+//! The home side of the router: the one authority for the channels this
+//! shard is home for. Offsets, history, idempotency keys, members and
+//! presence live here, and every answer about them comes from here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{
+    HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, ReplyTo, Router, SWEEP_EVERY, counted,
+};
+use crate::engine::codes::ErrorCode;
+use crate::engine::history::{HistoryLimits, HistoryQuery, HistoryStore, Recovery};
+use crate::engine::hub::Position;
+use crate::engine::namespace::Priority;
+use crate::engine::wire::ClientInfo;
+use crate::engine::wire::publication::{PubData, Publication, SharedPub};
+
+use super::msg::Answer;
+
+impl Router {
+    /// Shard `from` has (or no longer has) subscribers of `channel`.
+    pub(super) fn on_interest(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        from: usize,
+        on: bool,
+        out: &mut impl Output,
+    ) {
+        let p = self.hub.set_interest(&channel, from, on, self.tick(now));
+        if on {
+            let ack = Msg::InterestAck {
+                channel,
+                position: p,
+            };
+            // Never refused (not refusable): the asking shard waits for it.
+            let _ = self.dispatch(now, from, ack, out);
+        }
+    }
+
+    /// A publication at its home: drop a repeated idempotency key, else
+    /// assign the offset, keep it in history, and send it to every shard
+    /// with subscribers (this one directly). Frames are encoded only where
+    /// and when a subscriber needs them.
+    pub(super) fn publish_home(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        data: PubData,
+        idempotency_key: Option<&str>,
+        out: &mut impl Output,
+    ) -> Answer {
+        let Ok(opts) = self.options(&channel).cloned() else {
+            return Answer::Error(ErrorCode::UnknownChannel);
+        };
+        let ms = self.ms(now);
+        if let Some(key) = idempotency_key
+            && let Some(offset) = self.idempotency.check(&channel, key, ms)
+        {
+            self.stats.duplicates += 1;
+            return Answer::Publish { offset };
+        }
+        let acc = self.hub.publish(&channel, self.tick(now));
+        self.stats.publications += 1;
+        let offset = acc.position.offset;
+        if let Some(key) = idempotency_key {
+            self.idempotency.record(&channel, key, offset, ms);
+        }
+        let publication = Publication { offset, data };
+        if opts.keeps_history() {
+            let limits = HistoryLimits {
+                size: opts.history_size,
+                ttl_ms: opts.history_ttl_ms,
+            };
+            self.history.append(
+                &channel,
+                acc.position.epoch,
+                publication.clone(),
+                limits,
+                ms,
+            );
+        }
+        if acc.interested != 0 {
+            let high = opts.priority == Priority::High;
+            let p = Arc::new(SharedPub::new(channel, publication, high, now));
+            self.fan_out(acc.interested, p, true, out);
+        }
+        Answer::Publish { offset }
+    }
+
+    /// Sends a push to every shard in `mask` (this one directly). A
+    /// refused publication makes that shard's subscribers recover
+    /// (`lost`); refused presence events are dropped (at most once).
+    fn fan_out(
+        &mut self,
+        mut mask: u64,
+        p: Arc<SharedPub>,
+        report_loss: bool,
+        out: &mut impl Output,
+    ) {
+        while mask != 0 {
+            let shard = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if shard == self.id {
+                self.deliver_local(&p, out);
+            } else if shard < self.shards
+                && out.send(shard, Msg::Deliver(Arc::clone(&p))).is_err()
+                && report_loss
+                && !self.lost[shard].contains(&p.channel)
+            {
+                self.lost[shard].push(p.channel.clone());
+            }
+        }
+    }
+
+    /// `history` at the home.
+    pub(super) fn history_home(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        query: &HistoryQuery,
+    ) -> Answer {
+        let position = self.hub.position(channel, self.tick(now));
+        if let Some(since) = query.since
+            && (since.epoch != position.epoch || since.offset > position.offset)
+        {
+            return Answer::Error(ErrorCode::UnrecoverablePosition);
+        }
+        // The contract: after `since` when given (the first `limit` after
+        // it), else the newest `limit`; oldest first, or newest first with
+        // `reverse`. The store reads from either end.
+        let from_newest = query.since.is_none();
+        let q = HistoryQuery {
+            reverse: from_newest,
+            ..*query
+        };
+        let ms = self.ms(now);
+        let mut publications = self.history.read(channel, position.epoch, &q, ms);
+        if from_newest != query.reverse {
+            publications.reverse();
+        }
+        Answer::History {
+            position,
+            publications,
+        }
+    }
+
+    /// A subscription through the home: admit it against
+    /// `max_subscribers`, record the member (presence), and recover what
+    /// it missed. The answer follows every delivery sent before it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_subscribe(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        since: Option<Position>,
+        member: Option<Box<ClientInfo>>,
+        from: usize,
+        reply_to: ReplyTo,
+        out: &mut impl Output,
+    ) {
+        let position = self.hub.position(&channel, self.tick(now));
+        let result = match self.options(&channel).cloned() {
+            Err(code) => Err(code),
+            Ok(opts) => {
+                let members = self.presence.members(&channel);
+                match member {
+                    Some(_) if !opts.admits_subscriber(members) => Err(ErrorCode::LimitExceeded),
+                    Some(info) => {
+                        let emit = opts.presence && opts.sends_join_leave(members + 1);
+                        if self.presence.join(&channel, *info, emit) && emit {
+                            self.schedule_presence(now);
+                        }
+                        Ok(())
+                    }
+                    None => Ok(()),
+                }
+                .map(|()| match since {
+                    Some(since) => {
+                        let ms = self.ms(now);
+                        let r =
+                            self.history
+                                .recover(&channel, position, since, self.recovery_max, ms);
+                        if r.recovered {
+                            self.stats.recovered += 1;
+                        } else {
+                            self.stats.not_recovered += 1;
+                        }
+                        Box::new(r)
+                    }
+                    None => Box::new(Recovery::unrecoverable()),
+                })
+            }
+        };
+        let msg = Msg::Subscribed {
+            channel,
+            position,
+            result,
+            reply_to,
+        };
+        // Never refused: the shard holds the channel until it arrives.
+        let _ = self.dispatch(now, from, msg, out);
+    }
+
+    /// A counted member left.
+    pub(super) fn on_leave(&mut self, now: Instant, channel: &Arc<str>, client: &str) {
+        let Ok(opts) = self.options(channel).cloned() else {
+            return;
+        };
+        if !counted(&opts) {
+            return;
+        }
+        let members = self.presence.members(channel);
+        let emit = opts.presence && opts.sends_join_leave(members);
+        if self.presence.leave(channel, client, emit).is_some() && opts.presence {
+            self.schedule_presence(now);
+        }
+    }
+
+    /// `presence_state` at the home.
+    pub(super) fn set_state_home(
+        &mut self,
+        now: Instant,
+        channel: &str,
+        client: &str,
+        state: Arc<str>,
+        ttl_ms: Option<u64>,
+    ) -> Answer {
+        let ms = self.ms(now);
+        match self.presence.set_state(channel, client, state, ttl_ms, ms) {
+            Ok(()) => {
+                self.schedule_presence(now);
+                Answer::PresenceState
+            }
+            Err(_) => Answer::Error(ErrorCode::NotSubscribed),
+        }
+    }
+
+    /// `presence` or `presence_stats` at the home.
+    pub(super) fn presence_home(&mut self, now: Instant, channel: &str, stats: bool) -> Answer {
+        if stats {
+            let (num_clients, num_users) = self.presence.stats(channel);
+            return Answer::PresenceStats {
+                num_clients: num_clients as u64,
+                num_users: num_users as u64,
+            };
+        }
+        Answer::Presence {
+            clients: self.presence.snapshot(channel, self.ms(now)),
+        }
+    }
+
+    fn schedule_presence(&mut self, now: Instant) {
+        if self.presence_flush.is_none() {
+            self.presence_flush = Some(now + PRESENCE_TICK);
+        }
+    }
+
+    // ---- time ---------------------------------------------------------------
+
+    /// When [`Router::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.next_sweep.min(self.next_housekeeping);
+        if let Some(f) = self.presence_flush {
+            at = at.min(f);
+        }
+        if let Some(ms) = self.presence.next_deadline() {
+            at = at.min(self.origin + std::time::Duration::from_millis(ms));
+        }
+        at
+    }
+
+    /// Work that is due: presence expiries and pushes, history and
+    /// idempotency expiry, forgetting idle channels.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Output) {
+        let ms = self.ms(now);
+        if self.presence.next_deadline().is_some_and(|d| d <= ms) && self.presence.expire(ms) > 0 {
+            self.schedule_presence(now);
+        }
+        if self.presence_flush.is_some_and(|f| now >= f) {
+            self.presence_flush = None;
+            self.flush_presence(now, out);
+        }
+        if now >= self.next_housekeeping {
+            self.next_housekeeping = now + HOUSEKEEPING_EVERY;
+            self.history.expire(ms);
+            self.idempotency.expire(ms);
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + SWEEP_EVERY;
+            let ttl = self.idle_ttl.as_secs() as u32;
+            let mut forgotten = Vec::new();
+            let history = &self.history;
+            self.hub
+                .sweep(self.tick(now), ttl, |c| history.holds(c), &mut forgotten);
+            for c in forgotten {
+                self.history.remove(&c);
+                self.presence.remove_channel(&c);
+            }
+        }
+    }
+
+    /// Pushes the presence changes collected since the last flush: one
+    /// frame per channel, shared by every subscriber on every shard.
+    fn flush_presence(&mut self, now: Instant, out: &mut impl Output) {
+        for (channel, events) in self.presence.take_events() {
+            if events.is_empty() {
+                continue;
+            }
+            let mask = self.hub.interested(&channel);
+            if mask == 0 {
+                continue;
+            }
+            self.stats.presence_pushes += u64::from(mask.count_ones());
+            let p = Arc::new(SharedPub::presence(channel, events, now));
+            self.fan_out(mask, p, false, out);
+        }
+    }
+}
