@@ -286,8 +286,9 @@ impl Shard {
                     let Some(conn) = self
                         .conns
                         .get_mut(s.conn.idx as usize)
-                        .filter(|x| x.generation == s.conn.generation)
+                        .filter(|x| x.generation == s.conn.generation && x.phase == Phase::Open)
                     else {
+                        // Gone, or closing: nothing may follow its close.
                         continue;
                     };
                     let frame = Frame::Shared(Rc::clone(
@@ -312,7 +313,6 @@ impl Shard {
             }
         }
         for c in slow {
-            self.metrics.slow_drop();
             self.close_conn(c, CloseReason::SlowConsumer);
         }
         if !gap_conns.is_empty() {
