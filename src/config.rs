@@ -178,7 +178,9 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub pong_timeout: Duration,
     /// How long to wait for the peer's close after ours before dropping
-    /// the socket. Default 5s.
+    /// the socket, counted from when ours has reached the peer (while the
+    /// peer is still taking our last output, it is re-checked every
+    /// `close_timeout` and cut only if it took nothing). Default 5s.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// Outbound bytes a connection may have queued before it is dropped as

@@ -4,7 +4,6 @@
 //! inbox messages.
 
 use std::collections::VecDeque;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,7 +98,7 @@ impl ShardOut<'_> {
     /// Queues `frame` for `c`, or schedules the slow consumer's close.
     fn queue(&mut self, c: ConnRef, frame: Frame) {
         if queue_frame(self.conns, self.dirty, c, frame, self.budget).is_err() {
-            self.metrics.slow_drop();
+            // Counted once, by the close.
             self.closes.push((c, CloseReason::SlowConsumer));
         }
     }
@@ -130,15 +129,20 @@ impl Output for ShardOut<'_> {
     }
 
     fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, p: &SharedPub) {
+        let high = p.high_priority;
         for s in subs {
-            let Some(conn) = slot(self.conns, s.conn) else {
+            // Closing connections get nothing more after their close frame.
+            let Some(conn) = slot(self.conns, s.conn).filter(|c| c.phase == Phase::Open) else {
                 continue;
             };
-            let frame = Frame::Shared(Rc::clone(
-                &frames.frame(conn.format, conn.takes_shared_deflate()),
-            ));
-            if conn.outbox.push_data(frame, self.budget).is_err() {
-                self.metrics.slow_drop();
+            let frame = Frame::Shared(frames.frame(conn.format, conn.takes_shared_deflate()));
+            let queued = if high {
+                conn.outbox.push_high(frame, self.budget)
+            } else {
+                conn.outbox.push_data(frame, self.budget)
+            };
+            if queued.is_err() {
+                // Counted once, by the close.
                 self.closes.push((s.conn, CloseReason::SlowConsumer));
                 continue;
             }
@@ -147,8 +151,10 @@ impl Output for ShardOut<'_> {
                 self.dirty.push(s.conn);
             }
         }
-        self.sent_stamps
-            .push_back((p.accepted_at, self.dirty.pushed));
+        if p.offset().is_some() {
+            self.sent_stamps
+                .push_back((p.accepted_at, self.dirty.pushed));
+        }
     }
 
     fn close(&mut self, c: ConnRef, reason: CloseReason) {
@@ -396,7 +402,6 @@ impl Shard {
     pub(crate) fn queue_data(&mut self, c: ConnRef, frame: Bytes) {
         let budget = self.ctx.config.outbound_budget;
         if queue_frame(&mut self.conns, &mut self.dirty, c, frame.into(), budget).is_err() {
-            self.metrics.slow_drop();
             self.close_conn(c, CloseReason::SlowConsumer);
         }
     }

@@ -7,7 +7,7 @@
 //! blocking), accept, read and decode, run commands, drain the inbox, then
 //! give every connection with pending output exactly one `writev`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -158,6 +158,9 @@ pub struct Shard {
     pub(crate) stats: Stats,
     pub(crate) metrics: ShardMetrics,
     pub(crate) heartbeat: HeartbeatConfig,
+    /// Closing connections whose close deadline found output still on its
+    /// way to the peer, with the bytes left then (see `close_deadline`).
+    delivering: HashMap<ConnRef, usize>,
     max_message_size: usize,
     handshake: HandshakeConfig,
     drain: Option<Drain>,
@@ -219,6 +222,7 @@ impl Shard {
             ),
             closes: Vec::new(),
             heartbeat,
+            delivering: HashMap::new(),
             epoll,
             listener: Some(listener),
             accept_paused: false,
@@ -746,7 +750,8 @@ impl Shard {
     /// Server-initiated close: a `disconnect` push (for application
     /// reasons), then a close frame. They follow the data already queued,
     /// except for a slow consumer, whose queued data is dropped and whose
-    /// close goes out ahead of anything else.
+    /// close goes out right after the frame being written, if any (counted
+    /// here, so a connection is counted as dropped once).
     pub(crate) fn close_conn(&mut self, c: ConnRef, reason: CloseReason) {
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
@@ -757,6 +762,7 @@ impl Shard {
         let urgent = reason == CloseReason::SlowConsumer;
         if urgent {
             conn.outbox.drop_data();
+            self.metrics.slow_drop();
         }
         let mut frames = Vec::with_capacity(2);
         if reason.sends_push() && conn.endpoint == Endpoint::Client {
@@ -794,6 +800,9 @@ impl Shard {
         let phase = conn.phase;
         let who = self.who(c);
         self.conns.remove(c.idx as usize);
+        if !self.delivering.is_empty() {
+            self.delivering.remove(&c);
+        }
         if phase == Phase::Open {
             self.metrics.close(1006); // gone without a close handshake
         }
@@ -945,14 +954,14 @@ impl Shard {
         };
         match conn.phase {
             Phase::Handshake | Phase::Closing => {
-                if now >= conn.deadline {
-                    if conn.phase == Phase::Handshake {
-                        self.metrics.handshake(HandshakeResult::Timeout);
-                    }
-                    self.free_conn(c);
-                } else {
+                if now < conn.deadline {
                     let d = conn.deadline;
                     self.wheel.schedule(d, c);
+                } else if conn.phase == Phase::Handshake {
+                    self.metrics.handshake(HandshakeResult::Timeout);
+                    self.free_conn(c);
+                } else {
+                    self.close_deadline(c);
                 }
             }
             Phase::Open => match conn.heartbeat.on_timer(now, &hb) {
@@ -965,6 +974,49 @@ impl Shard {
                 HeartbeatAction::Timeout => self.close_conn(c, CloseReason::NoPong),
             },
         }
+    }
+
+    /// `close_timeout` has passed for a closing connection. The peer's time
+    /// to answer our close starts when the close reaches it: while output is
+    /// still on its way (in the outbox, or sent but not yet acknowledged,
+    /// e.g. a dropped slow consumer finishing its frame in flight, its
+    /// `disconnect` push and close frame) and the peer keeps taking it, wait
+    /// another `close_timeout`, and once more after it has all arrived. A
+    /// peer that took nothing for a whole `close_timeout` is given up on.
+    ///
+    /// The socket is then closed without losing what the kernel still holds
+    /// for the peer: FIN after it, and unread input drained first (closing
+    /// with unread input sends a reset, which discards it).
+    fn close_deadline(&mut self, c: ConnRef) {
+        let wait = self.ctx.config.close_timeout.as_secs() as u32;
+        let now = self.now_tick;
+        let Some(conn) = slot(&mut self.conns, c) else {
+            return;
+        };
+        let fd = conn.raw_fd();
+        let left = conn.outbox.queued_bytes() + sys::unacked_bytes(fd);
+        let progress = match self.delivering.get(&c) {
+            None => left > 0,
+            Some(&before) => left < before,
+        };
+        if progress {
+            self.delivering.insert(c, left);
+            conn.deadline = now + wait;
+            self.wheel.schedule(conn.deadline, c);
+            return;
+        }
+        if !conn.write_shut {
+            sys::shutdown_write(fd);
+            conn.write_shut = true;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..READ_BUDGET / SCRATCH {
+            if !matches!(sys::read(fd, &mut scratch), Ok(n) if n > 0) {
+                break;
+            }
+        }
+        self.scratch = scratch;
+        self.free_conn(c);
     }
 
     // ---- drain ------------------------------------------------------------

@@ -191,6 +191,15 @@ pub fn shutdown_write(fd: RawFd) {
     }
 }
 
+/// Bytes written to the socket that the peer has not acknowledged yet
+/// (SIOCOUTQ: sent but unacknowledged plus not yet sent); 0 if unknown.
+pub fn unacked_bytes(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ's value on sockets) stores one int in `n`.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r < 0 { 0 } else { n.max(0) as usize }
+}
+
 /// Whether an I/O error means "try again later".
 pub fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
@@ -265,5 +274,27 @@ mod tests {
         assert_eq!(read(s.as_raw_fd(), &mut buf).unwrap(), 1);
         let e = read(s.as_raw_fd(), &mut buf).unwrap_err();
         assert!(would_block(&e), "non-blocking");
+    }
+
+    #[test]
+    fn unacked_bytes_counts_what_a_peer_that_does_not_read_left_behind() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let reader = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        reader.set_recv_buffer_size(4096).unwrap();
+        reader.connect(&l.local_addr().unwrap().into()).unwrap();
+        let (writer, _) = l.accept().unwrap();
+        writer.set_nonblocking(true).unwrap();
+        assert_eq!(unacked_bytes(writer.as_raw_fd()), 0);
+        let chunk = [7u8; 65536];
+        let mut sent = 0;
+        while let Ok(n) = write(writer.as_raw_fd(), &chunk) {
+            sent += n;
+        }
+        let left = unacked_bytes(writer.as_raw_fd());
+        assert!(
+            left > 0 && left < sent,
+            "{left} of {sent} bytes unacknowledged"
+        );
+        assert_eq!(unacked_bytes(-1), 0, "unknown is 0");
     }
 }
