@@ -8,8 +8,10 @@
 use crate::engine::router::Msg;
 pub use crate::engine::router::MsgKind as ShardMsgKind;
 
+pub mod api;
 mod inbox;
 
+pub use api::{ApiAnswer, ApiCall, ApiOp};
 pub use inbox::Inbox;
 
 /// A message between threads.
@@ -17,6 +19,8 @@ pub use inbox::Inbox;
 pub enum ShardMsg {
     /// From another shard's channel router.
     Router(Msg),
+    /// From the server API sidecar.
+    Api(Box<ApiCall>),
     /// Control → shard: stop accepting and drain every client.
     Drain,
 }
@@ -26,6 +30,7 @@ impl ShardMsg {
     pub fn kind(&self) -> ShardMsgKind {
         match self {
             ShardMsg::Router(m) => m.kind(),
+            ShardMsg::Api(_) => ShardMsgKind::Api,
             ShardMsg::Drain => ShardMsgKind::Drain,
         }
     }

@@ -393,6 +393,7 @@ impl Shard {
                 self.router.handle(Instant::now(), m, &mut out);
                 self.apply_closes();
             }
+            ShardMsg::Api(call) => self.handle_api(*call),
             ShardMsg::Drain => self.start_drain(),
         }
     }

@@ -35,6 +35,7 @@ use crate::config::{Config, Driver};
 use crate::engine::namespace::Namespaces;
 use crate::metrics::Metrics;
 
+mod api;
 mod commands;
 mod conn;
 pub mod core;

@@ -287,13 +287,15 @@ pub enum MsgKind {
     SetState,
     /// [`Msg::PresenceQuery`].
     PresenceQuery,
+    /// A server API call (the shell's, from the API sidecar).
+    Api,
     /// The shell's control message that starts a drain.
     Drain,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 13] = [
+    pub const ALL: [MsgKind; 14] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::Publish,
@@ -306,6 +308,7 @@ impl MsgKind {
         MsgKind::Leave,
         MsgKind::SetState,
         MsgKind::PresenceQuery,
+        MsgKind::Api,
         MsgKind::Drain,
     ];
 
@@ -324,6 +327,7 @@ impl MsgKind {
             MsgKind::Leave => "leave",
             MsgKind::SetState => "set_state",
             MsgKind::PresenceQuery => "presence_query",
+            MsgKind::Api => "api",
             MsgKind::Drain => "drain",
         }
     }
