@@ -70,6 +70,12 @@ pub struct Metrics {
     closes: KindCounters,
     queue_full: KindCounters,
     gaps: Counters,
+    duplicates: Counters,
+    recoveries: KindCounters,
+    presence_pushes: Counters,
+    history_bytes: Gauges,
+    history_publications: Gauges,
+    history_evictions: KindCounters,
     channels_local: Gauges,
     channels_home: Gauges,
     inbox_depth: Gauges,
@@ -197,6 +203,42 @@ impl Metrics {
                 "Channel streams found with missing offsets on a shard (subscribers told to recover)",
                 Counters::default()
             ),
+            duplicates: reg!(
+                r,
+                "idempotent_duplicates",
+                "Publishes dropped as repeats of an idempotency key (the original offset was returned)",
+                Counters::default()
+            ),
+            recoveries: reg!(
+                r,
+                "recoveries",
+                "Subscriptions that asked to recover, by result (recovered, not_recovered)",
+                KindCounters::default()
+            ),
+            presence_pushes: reg!(
+                r,
+                "presence_pushes",
+                "Coalesced presence frames (join/leave/state) sent from a channel's home to a shard",
+                Counters::default()
+            ),
+            history_bytes: reg!(
+                r,
+                "history_bytes",
+                "Bytes the shard's history rings hold (payload plus per-entry overhead)",
+                Gauges::default()
+            ),
+            history_publications: reg!(
+                r,
+                "history_publications",
+                "Publications the shard's history rings hold",
+                Gauges::default()
+            ),
+            history_evictions: reg!(
+                r,
+                "history_evictions",
+                "Publications dropped from history, by reason (size, ttl, memory)",
+                KindCounters::default()
+            ),
             channels_local: reg!(
                 r,
                 "channels_local",
@@ -280,6 +322,14 @@ impl Metrics {
             publications: self.publications.get_or_create(&l).clone(),
             slow_drops: self.slow_drops.get_or_create(&l).clone(),
             gaps: self.gaps.get_or_create(&l).clone(),
+            duplicates: self.duplicates.get_or_create(&l).clone(),
+            recoveries: ["recovered", "not_recovered"]
+                .map(|k| kind_counter(&self.recoveries, s, k)),
+            presence_pushes: self.presence_pushes.get_or_create(&l).clone(),
+            history_bytes: self.history_bytes.get_or_create(&l).clone(),
+            history_publications: self.history_publications.get_or_create(&l).clone(),
+            history_evictions: ["size", "ttl", "memory"]
+                .map(|k| kind_counter(&self.history_evictions, s, k)),
             channels_local: self.channels_local.get_or_create(&l).clone(),
             channels_home: self.channels_home.get_or_create(&l).clone(),
             inbox_depth: self.inbox_depth.get_or_create(&l).clone(),
@@ -465,6 +515,16 @@ pub struct Stats {
     pub publications: u64,
     /// Encodings per form, in the order of [`ENCODE_FORMS`].
     pub encodes: [u64; 4],
+    /// Delivery gaps found.
+    pub gaps: u64,
+    /// Publishes dropped as idempotent repeats.
+    pub duplicates: u64,
+    /// Recoveries: [recovered, not recovered].
+    pub recoveries: [u64; 2],
+    /// Presence frames sent to shards.
+    pub presence_pushes: u64,
+    /// History evictions since the last flush: [size, ttl, memory].
+    pub history_evictions: [u64; 3],
 }
 
 /// One shard's metric handles. Every method is a few atomic operations on
@@ -483,6 +543,14 @@ pub struct ShardMetrics {
     publications: Counter,
     slow_drops: Counter,
     gaps: Counter,
+    duplicates: Counter,
+    recoveries: [Counter; 2],
+    presence_pushes: Counter,
+    /// Bytes held by the shard's history.
+    pub history_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Publications held by the shard's history.
+    pub history_publications: Gauge<i64, std::sync::atomic::AtomicI64>,
+    history_evictions: [Counter; 3],
     /// Channels with local subscribers.
     pub channels_local: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Channels this shard is home for.
@@ -548,6 +616,15 @@ impl ShardMetrics {
         for (c, &v) in self.encodes.iter().zip(&s.encodes) {
             add(c, v);
         }
+        add(&self.gaps, s.gaps);
+        add(&self.duplicates, s.duplicates);
+        for (c, &v) in self.recoveries.iter().zip(&s.recoveries) {
+            add(c, v);
+        }
+        add(&self.presence_pushes, s.presence_pushes);
+        for (c, &v) in self.history_evictions.iter().zip(&s.history_evictions) {
+            add(c, v);
+        }
         *s = Stats::default();
     }
 
@@ -591,11 +668,6 @@ impl ShardMetrics {
     /// A slow consumer was dropped.
     pub fn slow_drop(&self) {
         self.slow_drops.inc();
-    }
-
-    /// A delivery gap was found.
-    pub fn gap(&self) {
-        self.gaps.inc();
     }
 
     /// Records one publish-to-write latency.

@@ -160,6 +160,9 @@ pub enum CloseReason {
     InsufficientState,
     /// 3005: the server is overloaded; reconnect with backoff.
     ServerOverloaded,
+    /// 3006: the server disconnected the client on a backend's request
+    /// (server API `disconnect`); reconnecting is allowed.
+    Disconnected,
     /// 3501: the client sent a malformed command frame.
     BadRequest,
     /// 3502: the client's credentials were rejected.
@@ -171,7 +174,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for documentation tests.
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -185,6 +188,7 @@ impl CloseReason {
         CloseReason::NoPong,
         CloseReason::InsufficientState,
         CloseReason::ServerOverloaded,
+        CloseReason::Disconnected,
         CloseReason::BadRequest,
         CloseReason::InvalidToken,
         CloseReason::Flood,
@@ -207,6 +211,7 @@ impl CloseReason {
             CloseReason::NoPong => 3003,
             CloseReason::InsufficientState => 3004,
             CloseReason::ServerOverloaded => 3005,
+            CloseReason::Disconnected => 3006,
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
             CloseReason::Flood => 3503,
@@ -238,6 +243,7 @@ impl CloseReason {
             CloseReason::NoPong => "no pong",
             CloseReason::InsufficientState => "insufficient state",
             CloseReason::ServerOverloaded => "server overloaded",
+            CloseReason::Disconnected => "disconnected",
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::Flood => "too many requests",

@@ -412,6 +412,14 @@ impl Subscriptions {
             .map_or(&[], |&ci| &self.chans[ci as usize].subs)
     }
 
+    /// Every active channel with its number of local subscribers.
+    pub fn channels(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.chans
+            .iter()
+            .filter(|(_, ch)| matches!(ch.state, ChanState::Active(_)))
+            .map(|(_, ch)| (&ch.name, ch.subs.len()))
+    }
+
     /// Channels with local subscribers or waiters.
     pub fn channel_count(&self) -> usize {
         self.chans.len()

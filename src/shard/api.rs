@@ -1,12 +1,188 @@
 //! Server API calls on a shard: the shard's side of `crate::bridge::api`.
+//! Channel operations run at the channel's home (the sidecar sends them
+//! there); user operations run on every shard against the connections of
+//! that user found through the shard's user index.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::commands::shard_out;
 use super::core::Shard;
-use crate::bridge::ApiCall;
-use crate::engine::codes::ErrorCode;
+use crate::bridge::{ApiAnswer, ApiCall, ApiOp};
+use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::router::{Answer, SERVER_INITIATED, SubscribeRequest};
+use crate::engine::subs::ConnRef;
+use crate::engine::wire::json::write_reply;
+
+/// The `result` object of an answer, as the JSON form of the wire
+/// protocol writes the reply body (one encoder for both).
+fn result_json(answer: &Answer) -> ApiAnswer {
+    let body = answer.body();
+    if let crate::engine::wire::ReplyBody::Error(code) = body {
+        return Err(code);
+    }
+    let mut buf = Vec::new();
+    write_reply(&mut buf, 0, body);
+    let v: Value = serde_json::from_slice(&buf).map_err(|_| ErrorCode::Internal)?;
+    let Value::Object(mut o) = v else {
+        return Err(ErrorCode::Internal);
+    };
+    o.remove("id");
+    // The one remaining key is the method; its value is the result.
+    Ok(o.into_iter()
+        .next()
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| json!({})))
+}
 
 impl Shard {
     /// Carries out one server API call and answers it.
     pub(crate) fn handle_api(&mut self, call: ApiCall) {
-        let _ = call.reply.send(Err(ErrorCode::UnknownMethod));
+        let now = Instant::now();
+        let answer = match call.op {
+            ApiOp::Publish {
+                channel,
+                data,
+                idempotency_key,
+                high,
+            } => {
+                let mut out = shard_out!(self);
+                let a = self.router.api_publish(
+                    now,
+                    channel,
+                    data,
+                    idempotency_key.as_deref(),
+                    high,
+                    &mut out,
+                );
+                self.apply_closes();
+                result_json(&a)
+            }
+            ApiOp::History { channel, query } => {
+                result_json(&self.router.api_history(now, &channel, &query))
+            }
+            ApiOp::HistoryRemove { channel } => {
+                self.router.api_history_remove(&channel);
+                Ok(json!({}))
+            }
+            ApiOp::Presence { channel, stats } => {
+                result_json(&self.router.api_presence(now, &channel, stats))
+            }
+            ApiOp::Subscribe { user, channel } => {
+                for c in self.user_conns(&user) {
+                    self.server_subscribe(now, c, &channel);
+                }
+                Ok(json!({}))
+            }
+            ApiOp::Unsubscribe { user, channel } => {
+                for c in self.user_conns(&user) {
+                    if self.router.is_subscribed(c, &channel) {
+                        let who = self.who(c);
+                        let mut out = shard_out!(self);
+                        self.router
+                            .unsubscribe(now, c, SERVER_INITIATED, &channel, &who, &mut out);
+                        self.apply_closes();
+                    }
+                }
+                Ok(json!({}))
+            }
+            ApiOp::Disconnect { user } => {
+                for c in self.user_conns(&user) {
+                    self.close_conn(c, CloseReason::Disconnected);
+                }
+                Ok(json!({}))
+            }
+            ApiOp::Channels => {
+                let channels: serde_json::Map<String, Value> = self
+                    .router
+                    .channels()
+                    .map(|(name, n)| (name.to_string(), json!({ "num_clients": n })))
+                    .collect();
+                Ok(json!({ "channels": channels }))
+            }
+            ApiOp::Info => Ok(json!({
+                "shard": self.id,
+                "connections": self.conns.len(),
+                "channels_local": self.router.local_channels(),
+                "channels_home": self.router.home_channels(),
+            })),
+        };
+        // The sidecar may have given up (timeout): nothing to do then.
+        let _ = call.reply.send(answer);
+    }
+
+    /// Subscribes local connection `c` to `channel` on the server's
+    /// initiative (server API, personal channel); the connection learns of
+    /// it through a `subscribe` push.
+    pub(crate) fn server_subscribe(&mut self, now: Instant, c: ConnRef, channel: &str) {
+        if self.router.is_subscribed(c, channel) {
+            return;
+        }
+        let who = self.who(c);
+        let req = SubscribeRequest {
+            channel,
+            recover_since: None,
+        };
+        let mut out = shard_out!(self);
+        self.router
+            .subscribe(now, c, SERVER_INITIATED, req, &who, &mut out);
+        self.apply_closes();
+    }
+
+    /// The open connections of `user` on this shard.
+    fn user_conns(&self, user: &Arc<str>) -> Vec<ConnRef> {
+        self.users.get(user).cloned().unwrap_or_default()
+    }
+
+    /// Lists connection `c` under `user` (at `connect`).
+    pub(crate) fn index_user(&mut self, user: &Arc<str>, c: ConnRef) {
+        self.users.entry(user.clone()).or_default().push(c);
+    }
+
+    /// Takes connection `c` off `user`'s list (when it is freed).
+    pub(crate) fn unindex_user(&mut self, user: &str, c: ConnRef) {
+        if let Some(list) = self.users.get_mut(user) {
+            list.retain(|&x| x != c);
+            if list.is_empty() {
+                self.users.remove(user);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::hub::Position;
+
+    #[test]
+    fn answers_become_result_objects() {
+        assert_eq!(
+            result_json(&Answer::Publish { offset: 7 }),
+            Ok(json!({"offset": 7}))
+        );
+        assert_eq!(
+            result_json(&Answer::PresenceStats {
+                num_clients: 3,
+                num_users: 2
+            }),
+            Ok(json!({"num_clients": 3, "num_users": 2}))
+        );
+        let h = result_json(&Answer::History {
+            position: Position {
+                epoch: 0xab,
+                offset: 4,
+            },
+            publications: Vec::new(),
+        })
+        .unwrap();
+        assert_eq!(h["epoch"], "00000000000000ab");
+        assert_eq!(h["offset"], 4);
+        assert_eq!(
+            result_json(&Answer::Error(ErrorCode::PermissionDenied)),
+            Err(ErrorCode::PermissionDenied)
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::limits::Admit;
 use crate::engine::outbox::{Frame, OverBudget};
-use crate::engine::router::{Msg, Output, SubscribeRequest};
+use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest};
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
 use crate::engine::wire::{
@@ -109,6 +109,9 @@ impl Output for ShardOut<'_> {
         if let ReplyBody::Error(code) = body {
             self.metrics.error_reply(code);
         }
+        if id == SERVER_INITIATED {
+            return; // the server's own subscription: no one asked
+        }
         if self.current == Some(c) {
             self.writer.reply(id, body);
             return;
@@ -157,10 +160,34 @@ impl Output for ShardOut<'_> {
         }
     }
 
-    fn close(&mut self, c: ConnRef, reason: CloseReason) {
-        if reason == CloseReason::InsufficientState {
-            self.metrics.gap();
+    fn server_push(&mut self, c: ConnRef, channel: &str, body: ReplyBody<'_>) {
+        let Some(conn) = slot(self.conns, c) else {
+            return;
+        };
+        let (format, deflate) = (conn.format, conn.deflate);
+        self.push_writer.begin(format);
+        match body {
+            ReplyBody::Subscribe {
+                epoch,
+                offset,
+                recoverable,
+                ..
+            } => self
+                .push_writer
+                .subscribe_push(channel, epoch, offset, recoverable),
+            ReplyBody::Unsubscribe => self.push_writer.unsubscribe_push(channel),
+            _ => return,
         }
+        let comp = &mut *self.compressor;
+        if let Some(frame) = self
+            .push_writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
+            self.queue(c, frame.into());
+        }
+    }
+
+    fn close(&mut self, c: ConnRef, reason: CloseReason) {
         self.closes.push((c, reason));
     }
 
@@ -364,6 +391,15 @@ impl Shard {
                 user: &user,
             },
         );
+        if !user.is_empty() {
+            self.index_user(&user, c);
+            if config.personal_channel {
+                // After the connect reply: the `subscribe` push follows it.
+                self.flush_replies(c);
+                let channel = format!("{}{}", config.personal_channel_prefix, user);
+                self.server_subscribe(Instant::now(), c, &channel);
+            }
+        }
     }
 
     /// Who connection `c` is, as presence shows it.

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -128,6 +129,11 @@ pub struct Shard {
     pub(crate) router: Router,
     /// Closes decided while the router ran, carried out right after.
     pub(crate) closes: Vec<(ConnRef, CloseReason)>,
+    /// History evictions counted so far (the metrics take the increase).
+    evicted_before: [u64; 3],
+    /// The open connections of each user that said who it is (server API
+    /// calls by user).
+    pub(crate) users: HashMap<Arc<str>, Vec<ConnRef>>,
     wheel: TimerWheel<ConnRef>,
     started: Instant,
     pub(crate) now_tick: u32,
@@ -221,6 +227,8 @@ impl Shard {
                 Instant::now(),
             ),
             closes: Vec::new(),
+            users: HashMap::new(),
+            evicted_before: [0; 3],
             heartbeat,
             delivering: HashMap::new(),
             epoll,
@@ -799,6 +807,9 @@ impl Shard {
         };
         let phase = conn.phase;
         let who = self.who(c);
+        if !who.user.is_empty() {
+            self.unindex_user(&who.user, c);
+        }
         self.conns.remove(c.idx as usize);
         if !self.delivering.is_empty() {
             self.delivering.remove(&c);
@@ -919,6 +930,22 @@ impl Shard {
             .channels_home
             .set(self.router.home_channels() as i64);
         self.metrics.inbox_depth.set(self.inbox().len() as i64);
+        let h = self.router.history_stats();
+        self.metrics.history_bytes.set(h.bytes as i64);
+        self.metrics
+            .history_publications
+            .set(h.publications as i64);
+        let evicted = [h.evicted_by_size, h.evicted_by_ttl, h.evicted_by_memory];
+        for ((delta, now), before) in self
+            .stats
+            .history_evictions
+            .iter_mut()
+            .zip(evicted)
+            .zip(self.evicted_before)
+        {
+            *delta += now - before;
+        }
+        self.evicted_before = evicted;
         self.flush();
         self.retry_owed();
         self.flush_metrics();
@@ -930,6 +957,11 @@ impl Shard {
         let (r, encodes) = self.router.take_stats();
         self.stats.publications += r.publications;
         self.stats.deliveries += r.deliveries;
+        self.stats.gaps += r.gaps;
+        self.stats.duplicates += r.duplicates;
+        self.stats.recoveries[0] += r.recovered;
+        self.stats.recoveries[1] += r.not_recovered;
+        self.stats.presence_pushes += r.presence_pushes;
         for (total, n) in self.stats.encodes.iter_mut().zip(encodes) {
             *total += n;
         }

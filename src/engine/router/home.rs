@@ -48,6 +48,7 @@ impl Router {
         channel: Arc<str>,
         data: PubData,
         idempotency_key: Option<&str>,
+        force_high: bool,
         out: &mut impl Output,
     ) -> Answer {
         let Ok(opts) = self.options(&channel).cloned() else {
@@ -81,7 +82,7 @@ impl Router {
             );
         }
         if acc.interested != 0 {
-            let high = opts.priority == Priority::High;
+            let high = force_high || opts.priority == Priority::High;
             let p = Arc::new(SharedPub::new(channel, publication, high, now));
             self.fan_out(acc.interested, p, true, out);
         }
@@ -110,6 +111,45 @@ impl Router {
             {
                 self.lost[shard].push(p.channel.clone());
             }
+        }
+    }
+
+    /// Server API `publish` at the channel's home (allowed where clients
+    /// may not publish); `high` raises its priority.
+    pub fn api_publish(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        data: PubData,
+        idempotency_key: Option<&str>,
+        high: bool,
+        out: &mut impl Output,
+    ) -> Answer {
+        self.publish_home(now, channel, data, idempotency_key, high, out)
+    }
+
+    /// Server API `history` at the channel's home.
+    pub fn api_history(&mut self, now: Instant, channel: &Arc<str>, query: &HistoryQuery) -> Answer {
+        match self.options(channel) {
+            Ok(o) if o.keeps_history() => self.history_home(now, channel, query),
+            Ok(_) => Answer::Error(ErrorCode::PermissionDenied),
+            Err(code) => Answer::Error(code),
+        }
+    }
+
+    /// Server API `history_remove` at the channel's home: the publications
+    /// go; the position (epoch, offset) stays.
+    pub fn api_history_remove(&mut self, channel: &str) -> Answer {
+        self.history.remove(channel);
+        Answer::PresenceState
+    }
+
+    /// Server API `presence` / `presence_stats` at the channel's home.
+    pub fn api_presence(&mut self, now: Instant, channel: &str, stats: bool) -> Answer {
+        match self.options(channel) {
+            Ok(o) if o.presence => self.presence_home(now, channel, stats),
+            Ok(_) => Answer::Error(ErrorCode::PermissionDenied),
+            Err(code) => Answer::Error(code),
         }
     }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Msg, Output, ReplyTo, Router, hand_out};
+use super::{Msg, Output, ReplyTo, Router, answer_conn, hand_out};
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::history::Recovery;
 use crate::engine::hub::Position;
@@ -49,17 +49,14 @@ impl Router {
             Some(r) => (r.recovered, &r.publications[..]),
             None => (false, &[][..]),
         };
-        out.reply(
-            conn,
-            id,
-            ReplyBody::Subscribe {
-                epoch: p.epoch,
-                offset: p.offset,
-                recoverable,
-                recovered,
-                publications,
-            },
-        );
+        let body = ReplyBody::Subscribe {
+            epoch: p.epoch,
+            offset: p.offset,
+            recoverable,
+            recovered,
+            publications,
+        };
+        answer_conn(out, conn, id, channel, body);
     }
 
     /// Tells `name`'s home that this shard has (or no longer has)

@@ -66,7 +66,9 @@ pub use msg::{Answer, Msg, MsgKind, ReplyTo};
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
 /// inboxes) and by the deterministic tests (in-memory queues).
 pub trait Output {
-    /// Answers command `id` of local connection `conn`.
+    /// Answers command `id` of local connection `conn`. Answers to
+    /// [`SERVER_INITIATED`] commands other than those sent through
+    /// [`Output::server_push`] (errors) have no one to go to.
     fn reply(&mut self, conn: ConnRef, id: u32, body: ReplyBody<'_>);
     /// Queues a publication (or presence events) to local subscribers.
     /// `frames` hands out the frame for each connection's wire form
@@ -75,6 +77,10 @@ pub trait Output {
     /// close. `push.high_priority` frames go before normal data already
     /// queued.
     fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, push: &SharedPub);
+    /// Tells local connection `conn` about a subscription change the
+    /// server made on its behalf ([`SERVER_INITIATED`]): `body` is the
+    /// `Subscribe` or `Unsubscribe` result, sent as a push on `channel`.
+    fn server_push(&mut self, conn: ConnRef, channel: &str, body: ReplyBody<'_>);
     /// Ends local connection `conn` with `reason`.
     fn close(&mut self, conn: ConnRef, reason: CloseReason);
     /// Sends `msg` to shard `to`, in order with the earlier messages to
@@ -170,6 +176,11 @@ pub struct Router {
     /// Counts since the last [`Router::take_stats`].
     stats: RouterStats,
 }
+
+/// The command id of a subscription the server makes on a connection's
+/// behalf (server API, personal channel): its answer is a `subscribe` (or
+/// `unsubscribe`) push instead of a reply. Clients must not use this id.
+pub const SERVER_INITIATED: u32 = u32::MAX;
 
 /// A `subscribe` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -346,7 +357,7 @@ impl Router {
         if self.joining.remove(&key).is_some() {
             // Its answer is still to come: forget it now (the answer is then
             // ignored) and release the hold it had.
-            out.reply(conn, id, ReplyBody::Unsubscribe);
+            answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
             self.leave_home(now, &key.1, &opts, who, out);
             if let Some(name) = self.subs.unhold(channel) {
                 self.request_interest(now, name, false, out);
@@ -355,7 +366,7 @@ impl Router {
         }
         match self.subs.unsubscribe(conn, channel) {
             Ok(released) => {
-                out.reply(conn, id, ReplyBody::Unsubscribe);
+                answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
                 self.leave_home(now, &key.1, &opts, who, out);
                 if let Some(name) = released {
                     self.request_interest(now, name, false, out);
@@ -565,7 +576,8 @@ impl Router {
                 from,
                 reply_to,
             } => {
-                let answer = self.publish_home(now, channel, data, idempotency_key.as_deref(), out);
+                let answer =
+                    self.publish_home(now, channel, data, idempotency_key.as_deref(), false, out);
                 self.answer(now, from, reply_to, answer, out);
             }
             Msg::Reply { reply_to, answer } => {
@@ -656,10 +668,38 @@ impl Router {
         self.hub.len()
     }
 
+    /// Every channel with local subscribers, with their number.
+    pub fn channels(&self) -> impl Iterator<Item = (&Arc<str>, usize)> {
+        self.subs.channels()
+    }
+
+    /// Whether local connection `conn` is subscribed to `channel` (or
+    /// waiting for the home's answer).
+    pub fn is_subscribed(&self, conn: ConnRef, channel: &str) -> bool {
+        self.subs.is_subscribed(conn, channel)
+            || self.joining.contains_key(&(conn, Arc::from(channel)))
+    }
+
     /// The history store's sizes and eviction counts.
     pub fn history_stats(&self) -> crate::engine::history::HistoryStats {
         use crate::engine::history::HistoryStore;
         self.history.stats()
+    }
+}
+
+/// Answers a local connection: a reply to its command, or a push when
+/// the server acted on its behalf.
+fn answer_conn(
+    out: &mut impl Output,
+    conn: ConnRef,
+    id: u32,
+    channel: &str,
+    body: ReplyBody<'_>,
+) {
+    if id == SERVER_INITIATED {
+        out.server_push(conn, channel, body);
+    } else {
+        out.reply(conn, id, body);
     }
 }
 

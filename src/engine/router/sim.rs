@@ -49,6 +49,9 @@ fn decode_one(bytes: &[u8]) -> Value {
 
 impl Output for ShardOut<'_> {
     fn reply(&mut self, conn: ConnRef, id: u32, body: ReplyBody<'_>) {
+        if id == SERVER_INITIATED {
+            return; // no one asked
+        }
         let mut buf = Vec::new();
         json::write_reply(&mut buf, id, body);
         let c = SimConn {
@@ -81,6 +84,22 @@ impl Output for ShardOut<'_> {
             let seen = self.seen.entry(c).or_default();
             seen.extend(pushes.iter().cloned().map(Seen::Push));
         }
+    }
+
+    fn server_push(&mut self, conn: ConnRef, channel: &str, body: ReplyBody<'_>) {
+        let mut buf = Vec::new();
+        json::write_reply(&mut buf, 0, body);
+        let mut v = decode_one(&buf);
+        let (kind, body) = match v.as_object_mut().and_then(|o| o.remove("subscribe")) {
+            Some(b) => ("subscribe", b),
+            None => ("unsubscribe", serde_json::json!({})),
+        };
+        let c = SimConn {
+            shard: self.shard,
+            conn,
+        };
+        let push = serde_json::json!({"push": {"channel": channel, kind: body}});
+        self.seen.entry(c).or_default().push(Seen::Push(push));
     }
 
     fn close(&mut self, conn: ConnRef, reason: CloseReason) {
