@@ -154,18 +154,8 @@ fn reply_offset<'b>(
             recovered,
             publications,
         } => {
-            let epoch = epoch_offset(fbb, epoch);
-            let publications = publications_offset(fbb, publications);
-            let r = proto::SubscribeResult::create(
-                fbb,
-                &proto::SubscribeResultArgs {
-                    epoch: Some(epoch),
-                    offset,
-                    recoverable,
-                    recovered,
-                    publications: Some(publications),
-                },
-            );
+            let r =
+                subscribe_result_offset(fbb, epoch, offset, recoverable, recovered, publications);
             (R::Subscribe, Some(r.as_union_value()), None)
         }
         ReplyBody::Unsubscribe => {
@@ -263,6 +253,29 @@ fn reply_offset<'b>(
             result_type,
             result,
             error,
+        },
+    )
+}
+
+/// A `SubscribeResult` table: the body of a `subscribe` reply or push.
+fn subscribe_result_offset<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    epoch: u64,
+    offset: u64,
+    recoverable: bool,
+    recovered: bool,
+    publications: &[Publication],
+) -> WIPOffset<proto::SubscribeResult<'b>> {
+    let epoch = epoch_offset(fbb, epoch);
+    let publications = publications_offset(fbb, publications);
+    proto::SubscribeResult::create(
+        fbb,
+        &proto::SubscribeResultArgs {
+            epoch: Some(epoch),
+            offset,
+            recoverable,
+            recovered,
+            publications: Some(publications),
         },
     )
 }
@@ -471,6 +484,33 @@ impl BinaryWriter {
     /// Adds a state push.
     pub fn state(&mut self, channel: &str, info: &ClientInfo, state: &str) {
         let msg = presence_push(&mut self.fbb, channel, info, PresencePush::State(state));
+        self.messages.push(msg);
+    }
+
+    /// Adds a `subscribe` push (server-side subscription): a
+    /// `SubscribeResult` with nothing recovered.
+    pub fn subscribe_push(&mut self, channel: &str, epoch: u64, offset: u64, recoverable: bool) {
+        let body = subscribe_result_offset(&mut self.fbb, epoch, offset, recoverable, false, &[]);
+        let msg = push_message(
+            &mut self.fbb,
+            Some(channel),
+            proto::PushBody::Subscribe,
+            body.as_union_value(),
+        );
+        self.messages.push(msg);
+    }
+
+    /// Adds an `unsubscribe` push (server-side unsubscription): an empty
+    /// `UnsubscribeResult`.
+    pub fn unsubscribe_push(&mut self, channel: &str) {
+        let body =
+            proto::UnsubscribeResult::create(&mut self.fbb, &proto::UnsubscribeResultArgs {});
+        let msg = push_message(
+            &mut self.fbb,
+            Some(channel),
+            proto::PushBody::Unsubscribe,
+            body.as_union_value(),
+        );
         self.messages.push(msg);
     }
 

@@ -249,16 +249,18 @@ pub struct ReplyResultUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PUSH_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PUSH_BODY: u8 = 5;
+pub const ENUM_MAX_PUSH_BODY: u8 = 7;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PUSH_BODY: [PushBody; 6] = [
+pub const ENUM_VALUES_PUSH_BODY: [PushBody; 8] = [
   PushBody::NONE,
   PushBody::Pub,
   PushBody::Disconnect,
   PushBody::Join,
   PushBody::Leave,
   PushBody::State,
+  PushBody::Subscribe,
+  PushBody::Unsubscribe,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -272,9 +274,11 @@ impl PushBody {
   pub const Join: Self = Self(3);
   pub const Leave: Self = Self(4);
   pub const State: Self = Self(5);
+  pub const Subscribe: Self = Self(6);
+  pub const Unsubscribe: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pub,
@@ -282,6 +286,8 @@ impl PushBody {
     Self::Join,
     Self::Leave,
     Self::State,
+    Self::Subscribe,
+    Self::Unsubscribe,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -292,6 +298,8 @@ impl PushBody {
       Self::Join => Some("Join"),
       Self::Leave => Some("Leave"),
       Self::State => Some("State"),
+      Self::Subscribe => Some("Subscribe"),
+      Self::Unsubscribe => Some("Unsubscribe"),
       _ => None,
     }
   }
@@ -4410,6 +4418,36 @@ impl<'a> Push<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_subscribe(&self) -> Option<SubscribeResult<'a>> {
+    if self.body_type() == PushBody::Subscribe {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SubscribeResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_unsubscribe(&self) -> Option<UnsubscribeResult<'a>> {
+    if self.body_type() == PushBody::Unsubscribe {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { UnsubscribeResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Push<'_> {
@@ -4426,6 +4464,8 @@ impl ::flatbuffers::Verifiable for Push<'_> {
           PushBody::Join => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Join>>("PushBody::Join", pos),
           PushBody::Leave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Leave>>("PushBody::Leave", pos),
           PushBody::State => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<State>>("PushBody::State", pos),
+          PushBody::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SubscribeResult>>("PushBody::Subscribe", pos),
+          PushBody::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnsubscribeResult>>("PushBody::Unsubscribe", pos),
           _ => Ok(()),
         }
      })?
@@ -4517,6 +4557,20 @@ impl ::core::fmt::Debug for Push<'_> {
         },
         PushBody::State => {
           if let Some(x) = self.body_as_state() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Subscribe => {
+          if let Some(x) = self.body_as_subscribe() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Unsubscribe => {
+          if let Some(x) = self.body_as_unsubscribe() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -261,15 +261,8 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
             recovered,
             publications,
         } => {
-            out.extend_from_slice(b",\"subscribe\":{");
-            push_position(out, epoch, offset);
-            out.extend_from_slice(b",\"recoverable\":");
-            push_bool(out, recoverable);
-            out.extend_from_slice(b",\"recovered\":");
-            push_bool(out, recovered);
-            out.extend_from_slice(b",\"publications\":");
-            push_publications(out, publications);
-            out.push(b'}');
+            out.extend_from_slice(b",\"subscribe\":");
+            push_subscribe_body(out, epoch, offset, recoverable, recovered, publications);
         }
         ReplyBody::Unsubscribe => out.extend_from_slice(b",\"unsubscribe\":{}"),
         ReplyBody::Publish { offset } => {
@@ -371,6 +364,29 @@ pub fn write_state(out: &mut Vec<u8>, channel: &str, info: &ClientInfo, state: &
     out.extend_from_slice(b"}}}");
 }
 
+/// Appends a `subscribe` push object: the server subscribed this
+/// connection to `channel`. The body is the `subscribe` reply's, with
+/// nothing recovered.
+pub fn write_subscribe_push(
+    out: &mut Vec<u8>,
+    channel: &str,
+    epoch: u64,
+    offset: u64,
+    recoverable: bool,
+) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"subscribe\":");
+    push_subscribe_body(out, epoch, offset, recoverable, false, &[]);
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends an `unsubscribe` push object: the server unsubscribed this
+/// connection from `channel`.
+pub fn write_unsubscribe_push(out: &mut Vec<u8>, channel: &str) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"unsubscribe\":{}}}");
+}
+
 fn push_bool(out: &mut Vec<u8>, v: bool) {
     out.extend_from_slice(if v { b"true" } else { b"false" });
 }
@@ -382,6 +398,27 @@ fn push_position(out: &mut Vec<u8>, epoch: u64, offset: u64) {
     out.extend_from_slice(epoch_str(epoch, &mut eb).as_bytes());
     out.extend_from_slice(b"\",\"offset\":");
     push_u64(out, offset);
+}
+
+/// The body of a `subscribe` reply or push: `{"epoch":"<hex>","offset":N,
+/// "recoverable":…,"recovered":…,"publications":[…]}`.
+fn push_subscribe_body(
+    out: &mut Vec<u8>,
+    epoch: u64,
+    offset: u64,
+    recoverable: bool,
+    recovered: bool,
+    publications: &[Publication],
+) {
+    out.push(b'{');
+    push_position(out, epoch, offset);
+    out.extend_from_slice(b",\"recoverable\":");
+    push_bool(out, recoverable);
+    out.extend_from_slice(b",\"recovered\":");
+    push_bool(out, recovered);
+    out.extend_from_slice(b",\"publications\":");
+    push_publications(out, publications);
+    out.push(b'}');
 }
 
 /// `{"push":{"channel":"…"` — the caller adds the body and `}}`.
@@ -499,6 +536,18 @@ impl JsonWriter {
     pub fn state(&mut self, channel: &str, info: &ClientInfo, state: &str) {
         self.sep();
         write_state(&mut self.payload, channel, info, state);
+    }
+
+    /// Adds a `subscribe` push (server-side subscription).
+    pub fn subscribe_push(&mut self, channel: &str, epoch: u64, offset: u64, recoverable: bool) {
+        self.sep();
+        write_subscribe_push(&mut self.payload, channel, epoch, offset, recoverable);
+    }
+
+    /// Adds an `unsubscribe` push (server-side unsubscription).
+    pub fn unsubscribe_push(&mut self, channel: &str) {
+        self.sep();
+        write_unsubscribe_push(&mut self.payload, channel);
     }
 
     /// The frame's payload so far (cleared by the next `begin`).

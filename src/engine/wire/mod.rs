@@ -454,6 +454,32 @@ impl FrameWriter {
         }
     }
 
+    /// Adds a `subscribe` push: the server subscribed this connection to
+    /// `channel` (server API or personal channel), which is at
+    /// `epoch`/`offset`. Same body as the `subscribe` reply, with
+    /// `recovered` false and no publications.
+    pub fn subscribe_push(&mut self, channel: &str, epoch: u64, offset: u64, recoverable: bool) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => self
+                .json
+                .subscribe_push(channel, epoch, offset, recoverable),
+            WireFormat::Binary => self
+                .binary
+                .subscribe_push(channel, epoch, offset, recoverable),
+        }
+    }
+
+    /// Adds an `unsubscribe` push: the server unsubscribed this connection
+    /// from `channel`.
+    pub fn unsubscribe_push(&mut self, channel: &str) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => self.json.unsubscribe_push(channel),
+            WireFormat::Binary => self.binary.unsubscribe_push(channel),
+        }
+    }
+
     /// Whether nothing was added since `begin`.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -586,6 +612,50 @@ mod tests {
             Some("")
         );
         assert!(msgs.get(3).push_().unwrap().body_as_leave().is_some());
+        assert!(w.finish().is_none());
+    }
+
+    #[test]
+    fn frame_writer_server_side_subscription_pushes() {
+        let mut w = FrameWriter::new();
+        w.begin(WireFormat::Json);
+        w.subscribe_push("#bob", 0xab, 3, true);
+        w.unsubscribe_push("#bob");
+        let (text, payload) = finish(&mut w);
+        assert!(text);
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&payload)
+            .unwrap()
+            .split('\n')
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["push"]["channel"], "#bob");
+        let s = &lines[0]["push"]["subscribe"];
+        assert_eq!(s["epoch"], "00000000000000ab");
+        assert_eq!(s["offset"], 3);
+        assert_eq!(s["recoverable"], true);
+        assert_eq!(s["recovered"], false);
+        assert_eq!(s["publications"], serde_json::json!([]));
+        assert_eq!(lines[1]["push"]["channel"], "#bob");
+        assert_eq!(lines[1]["push"]["unsubscribe"], serde_json::json!({}));
+
+        w.begin(WireFormat::Binary);
+        w.subscribe_push("#bob", 0xab, 3, true);
+        w.unsubscribe_push("#bob");
+        let (text, payload) = finish(&mut w);
+        assert!(!text);
+        let sf = flatbuffers::root::<proto::ServerFrame>(&payload).unwrap();
+        let msgs = sf.messages().unwrap();
+        assert_eq!(msgs.len(), 2);
+        let p = msgs.get(0).push_().unwrap();
+        assert_eq!(p.channel(), Some("#bob"));
+        let s = p.body_as_subscribe().unwrap();
+        assert_eq!((s.epoch(), s.offset()), (Some("00000000000000ab"), 3));
+        assert!(s.recoverable() && !s.recovered());
+        assert_eq!(s.publications().unwrap().len(), 0);
+        let p = msgs.get(1).push_().unwrap();
+        assert_eq!(p.channel(), Some("#bob"));
+        assert!(p.body_as_unsubscribe().is_some());
         assert!(w.finish().is_none());
     }
 }

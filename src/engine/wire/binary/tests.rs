@@ -432,3 +432,40 @@ fn every_push_round_trips() {
     assert_eq!(p.offset(), 9);
     assert_eq!(p.data().unwrap().bytes(), b"xyz");
 }
+
+#[test]
+fn server_side_subscription_pushes_round_trip() {
+    let mut w = BinaryWriter::default();
+    w.begin();
+    w.subscribe_push("#bob", 0xab, 7, true);
+    w.unsubscribe_push("#bob");
+    w.subscribe_push("news", u64::MAX, 0, false);
+    let payload = w.payload();
+    let sf = flatbuffers::root::<proto::ServerFrame>(payload).unwrap();
+    let msgs = sf.messages().unwrap();
+    assert_eq!(msgs.len(), 3);
+    let push = |i: usize| {
+        assert!(msgs.get(i).reply().is_none());
+        msgs.get(i).push_().unwrap()
+    };
+
+    assert_eq!(push(0).channel(), Some("#bob"));
+    assert_eq!(push(0).body_type(), proto::PushBody::Subscribe);
+    let s = push(0).body_as_subscribe().unwrap();
+    assert_eq!(s.epoch(), Some("00000000000000ab"));
+    assert_eq!(s.offset(), 7);
+    assert!(s.recoverable());
+    assert!(!s.recovered());
+    assert_eq!(s.publications().unwrap().len(), 0);
+
+    assert_eq!(push(1).channel(), Some("#bob"));
+    assert_eq!(push(1).body_type(), proto::PushBody::Unsubscribe);
+    assert!(push(1).body_as_unsubscribe().is_some());
+    assert!(push(1).body_as_subscribe().is_none());
+
+    assert_eq!(push(2).channel(), Some("news"));
+    let s = push(2).body_as_subscribe().unwrap();
+    assert_eq!(s.epoch(), Some("ffffffffffffffff"));
+    assert_eq!(s.offset(), 0);
+    assert!(!s.recoverable());
+}

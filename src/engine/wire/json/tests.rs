@@ -448,3 +448,61 @@ fn writer_batches_replies_and_pushes() {
     assert!(lines[3]["push"]["leave"].is_object());
     assert_eq!(lines[4]["push"]["disconnect"]["code"], 3001);
 }
+
+#[test]
+fn server_side_subscription_pushes() {
+    let mut out = Vec::new();
+    write_subscribe_push(&mut out, "#bob", 0xab, 7, true);
+    assert_eq!(
+        out,
+        br##"{"push":{"channel":"#bob","subscribe":{"epoch":"00000000000000ab","offset":7,"recoverable":true,"recovered":false,"publications":[]}}}"##
+    );
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    let push = v["push"].as_object().unwrap();
+    assert_eq!(push.len(), 2);
+    assert_eq!(push["channel"], "#bob");
+    let s = push["subscribe"].as_object().unwrap();
+    assert_eq!(s.len(), 5);
+    assert_eq!(s["epoch"], EPOCH);
+    assert_eq!(s["offset"], 7);
+    assert_eq!(s["recoverable"], true);
+    assert_eq!(s["recovered"], false);
+    assert_eq!(s["publications"], json!([]));
+
+    // The push body is the reply body, field for field.
+    let reply = reply_json(ReplyBody::Subscribe {
+        epoch: 0xab,
+        offset: 7,
+        recoverable: true,
+        recovered: false,
+        publications: &[],
+    });
+    assert_eq!(reply["subscribe"], push["subscribe"]);
+
+    out.clear();
+    write_subscribe_push(&mut out, "news", u64::MAX, 0, false);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["push"]["channel"], "news");
+    assert_eq!(v["push"]["subscribe"]["epoch"], "ffffffffffffffff");
+    assert_eq!(v["push"]["subscribe"]["offset"], 0);
+    assert_eq!(v["push"]["subscribe"]["recoverable"], false);
+
+    out.clear();
+    write_unsubscribe_push(&mut out, "a\"b");
+    assert_eq!(out, br#"{"push":{"channel":"a\"b","unsubscribe":{}}}"#);
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v, json!({"push":{"channel":"a\"b","unsubscribe":{}}}));
+
+    let mut w = JsonWriter::default();
+    w.begin();
+    w.subscribe_push("#bob", 1, 2, false);
+    w.unsubscribe_push("#bob");
+    let lines: Vec<Value> = std::str::from_utf8(w.payload())
+        .unwrap()
+        .split('\n')
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["push"]["subscribe"]["offset"], 2);
+    assert_eq!(lines[1]["push"]["unsubscribe"], json!({}));
+}
