@@ -73,7 +73,9 @@ fn per_event_methods_do_not_allocate() {
             s.queue_full(k);
         }
         s.slow_drop();
-        s.gap();
+        stats.gaps += 1;
+        stats.recoveries[0] += 1;
+        stats.history_evictions[2] += 1;
         s.latency(0.002);
         s.flush(&mut stats);
     }

@@ -932,9 +932,7 @@ impl Shard {
         self.metrics.inbox_depth.set(self.inbox().len() as i64);
         let h = self.router.history_stats();
         self.metrics.history_bytes.set(h.bytes as i64);
-        self.metrics
-            .history_publications
-            .set(h.publications as i64);
+        self.metrics.history_publications.set(h.publications as i64);
         let evicted = [h.evicted_by_size, h.evicted_by_ttl, h.evicted_by_memory];
         for ((delta, now), before) in self
             .stats

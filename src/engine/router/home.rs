@@ -129,7 +129,12 @@ impl Router {
     }
 
     /// Server API `history` at the channel's home.
-    pub fn api_history(&mut self, now: Instant, channel: &Arc<str>, query: &HistoryQuery) -> Answer {
+    pub fn api_history(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        query: &HistoryQuery,
+    ) -> Answer {
         match self.options(channel) {
             Ok(o) if o.keeps_history() => self.history_home(now, channel, query),
             Ok(_) => Answer::Error(ErrorCode::PermissionDenied),

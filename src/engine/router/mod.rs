@@ -689,13 +689,7 @@ impl Router {
 
 /// Answers a local connection: a reply to its command, or a push when
 /// the server acted on its behalf.
-fn answer_conn(
-    out: &mut impl Output,
-    conn: ConnRef,
-    id: u32,
-    channel: &str,
-    body: ReplyBody<'_>,
-) {
+fn answer_conn(out: &mut impl Output, conn: ConnRef, id: u32, channel: &str, body: ReplyBody<'_>) {
     if id == SERVER_INITIATED {
         out.server_push(conn, channel, body);
     } else {
