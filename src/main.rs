@@ -15,7 +15,7 @@ use wsedge::bridge::ShardMsg;
 use wsedge::config::{Config, Driver, LogFormat, Overrides};
 use wsedge::metrics::Metrics;
 use wsedge::shard::{self, Shared};
-use wsedge::sidecar::admin;
+use wsedge::sidecar::{admin, api};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -144,6 +144,13 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let api_listener = match std::net::TcpListener::bind(config.api_listen) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(addr = %config.api_listen, error = %e, "cannot bind the server API listener");
+            return ExitCode::FAILURE;
+        }
+    };
     let shards = match shard::start(config.clone(), shared.clone(), metrics.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -158,9 +165,26 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let api_addr = match api::start(
+        api_listener,
+        &config,
+        shards.inboxes.clone(),
+        shared.clone(),
+        &metrics,
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            error!(error = %e, "cannot start the server API");
+            return ExitCode::FAILURE;
+        }
+    };
+    if config.api_key.is_none() {
+        warn!("no api_key configured: every server API call is refused with 401");
+    }
     info!(
         client = %shards.local_addr,
         admin = %admin_addr,
+        api = %api_addr,
         shards = shards.threads.len(),
         max_connections = shared.max_connections(),
         "listening"

@@ -41,6 +41,15 @@ pub struct ShardKind {
     pub kind: String,
 }
 
+/// `{method, status}` of a server API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    /// API method (`unknown` for a path that names none).
+    pub method: String,
+    /// How the request ended.
+    pub status: String,
+}
+
 type Counters = Family<ShardLabel, Counter>;
 type KindCounters = Family<ShardKind, Counter>;
 type Gauges = Family<ShardLabel, Gauge<i64, std::sync::atomic::AtomicI64>>;
@@ -80,6 +89,7 @@ pub struct Metrics {
     channels_home: Gauges,
     inbox_depth: Gauges,
     latency: Family<ShardLabel, Histogram, fn() -> Histogram>,
+    api_requests: Family<ApiLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -265,6 +275,12 @@ impl Metrics {
                     latency_histogram
                 )
             ),
+            api_requests: reg!(
+                r,
+                "api_requests",
+                "Server API requests, by method and how they ended",
+                Family::<ApiLabel, Counter>::default()
+            ),
             registry: r,
         }
     }
@@ -336,6 +352,50 @@ impl Metrics {
             latency: self.latency.get_or_create(&l).clone(),
             shard: l.shard,
         }
+    }
+}
+
+impl Metrics {
+    /// Handles for the server API: one counter per `{method, status}` pair,
+    /// every pair created now (exported at 0 from the start), so counting
+    /// a request is one atomic add without a family lock.
+    pub fn api(&self, methods: &[&str], statuses: &[&str]) -> ApiMetrics {
+        let grid = methods
+            .iter()
+            .flat_map(|m| {
+                statuses.iter().map(move |s| {
+                    self.api_requests
+                        .get_or_create(&ApiLabel {
+                            method: (*m).to_owned(),
+                            status: (*s).to_owned(),
+                        })
+                        .clone()
+                })
+            })
+            .collect();
+        ApiMetrics {
+            grid,
+            width: statuses.len(),
+        }
+    }
+}
+
+/// The server API's request counters, indexed by the positions of the
+/// method and status in the lists given to [`Metrics::api`].
+#[derive(Clone)]
+pub struct ApiMetrics {
+    grid: Box<[Counter]>,
+    width: usize,
+}
+
+impl ApiMetrics {
+    /// Counts one request.
+    ///
+    /// # Panics
+    /// If either index is beyond its list.
+    pub fn request(&self, method: usize, status: usize) {
+        assert!(status < self.width, "api status index out of range");
+        self.grid[method * self.width + status].inc();
     }
 }
 

@@ -188,3 +188,23 @@ fn labels_are_unique() {
     let kinds: HashSet<_> = ShardMsgKind::ALL.iter().map(|k| k.label()).collect();
     assert_eq!(kinds.len(), ShardMsgKind::ALL.len());
 }
+
+#[test]
+fn api_requests_exist_at_zero_and_count_apart() {
+    let m = Metrics::new();
+    let api = m.api(&["publish", "info"], &["ok", "error"]);
+    api.request(1, 0);
+    api.request(1, 0);
+    api.request(0, 1);
+    let text = m.encode();
+    for (method, status, n) in [
+        ("publish", "ok", 0),
+        ("publish", "error", 1),
+        ("info", "ok", 2),
+        ("info", "error", 0),
+    ] {
+        let line =
+            format!("wsedge_api_requests_total{{method=\"{method}\",status=\"{status}\"}} {n}");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+}

@@ -1,5 +1,8 @@
 //! Sidecar threads: work that must never run on a shard (slow or
-//! blocking I/O). For now the admin HTTP server; broker workers (NATS,
-//! JetStream, Kafka, Redis) join here.
+//! blocking I/O): the admin HTTP server and the server HTTP API, each on
+//! its own thread; broker workers (NATS, JetStream, Kafka, Redis) join
+//! here.
 
 pub mod admin;
+pub mod api;
+pub mod http;

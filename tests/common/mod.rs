@@ -26,6 +26,8 @@ pub struct Server {
     pub child: Child,
     pub client: SocketAddr,
     pub admin: SocketAddr,
+    /// The server HTTP API.
+    pub api: SocketAddr,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -67,6 +69,10 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(&opts.args)
             .env("WSEDGE_LOG_LEVEL", "info")
+            // Every server gets its own API port, and no key unless the
+            // test sets one.
+            .env("WSEDGE_API_LISTEN", "127.0.0.1:0")
+            .env_remove("WSEDGE_API_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &opts.env {
@@ -103,10 +109,10 @@ impl Server {
                         let i = line.find(&format!("{name}="))? + name.len() + 1;
                         line[i..].split_whitespace().next()?.parse().ok()
                     };
-                    if let (Some(c), Some(a), Some(tx)) =
-                        (field("client"), field("admin"), tx.take())
+                    if let (Some(c), Some(a), Some(p), Some(tx)) =
+                        (field("client"), field("admin"), field("api"), tx.take())
                     {
-                        let _ = tx.send((c, a));
+                        let _ = tx.send((c, a, p));
                     }
                 }
                 let mut l = log2.lock().unwrap();
@@ -114,7 +120,7 @@ impl Server {
                 l.push('\n');
             }
         });
-        let (client, admin) = match rx.recv_timeout(TIMEOUT) {
+        let (client, admin, api) = match rx.recv_timeout(TIMEOUT) {
             Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
@@ -125,6 +131,7 @@ impl Server {
             child,
             client,
             admin,
+            api,
             log,
         }
     }
@@ -226,6 +233,47 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// One HTTP/1.1 exchange (`Connection: close`): `head` is the request line
+/// and any headers, each ending in CRLF, without the final blank line;
+/// `body` follows the blank line as is. Returns (status, headers, body).
+/// Tolerates a reset after the response (a server refusing a body it did
+/// not read).
+pub fn http_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut req = format!("{head}Host: x\r\nConnection: close\r\n\r\n").into_bytes();
+    req.extend_from_slice(body);
+    let _ = s.write_all(&req);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (headers, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, headers.to_string(), body.to_string())
+}
+
+/// `POST /api/<method>` with `Authorization: apikey <key>` (when given)
+/// and a JSON body: (status, body parsed as JSON, or `null`).
+pub fn api_post(server: &Server, method: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = key.map_or(String::new(), |k| format!("Authorization: apikey {k}\r\n"));
+    let head = format!(
+        "POST /api/{method} HTTP/1.1\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    let (status, _, body) = http_exchange(server.api, &head, body.as_bytes());
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 /// Raw HTTP exchange on the client port: returns the whole response head.

@@ -1,0 +1,207 @@
+//! The server HTTP API against the real binary: authentication, the HTTP
+//! statuses of requests it cannot run, command-level errors, and calls
+//! that reach the shards (`info`, `publish`).
+
+mod common;
+
+use common::{JsonClient, Opts, Server, TIMEOUT, api_post, http_exchange};
+use serde_json::{Value, json};
+
+const KEY: &str = "test-key-0123";
+
+fn server_with_key() -> Server {
+    Server::start_with(
+        Opts::default()
+            .env("WSEDGE_API_KEY", KEY)
+            .env("WSEDGE_NODE_NAME", "edge-test"),
+    )
+}
+
+fn requests(s: &Server, method: &str, status: &str) -> f64 {
+    s.metric(&format!(
+        "wsedge_api_requests_total{{method=\"{method}\",status=\"{status}\"}}"
+    ))
+}
+
+#[test]
+fn no_key_configured_refuses_every_call() {
+    let s = Server::start();
+    for key in [Some(KEY), Some(""), None] {
+        let (status, body) = api_post(&s, "info", key, "{}");
+        assert_eq!(status, 401, "key {key:?}: {body}");
+        assert_eq!(body["error"]["code"], 401, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("no api_key"),
+            "{body}"
+        );
+    }
+    assert_eq!(requests(&s, "info", "unauthorized"), 3.0);
+}
+
+#[test]
+fn wrong_or_missing_key_is_401() {
+    let s = server_with_key();
+    for key in [Some("test-key-0124"), Some("test-key-012"), None] {
+        let (status, body) = api_post(&s, "info", key, "{}");
+        assert_eq!(status, 401, "key {key:?}: {body}");
+        assert_eq!(body["error"]["code"], 401, "{body}");
+    }
+    // The wrong scheme is refused too.
+    let (status, _, _) = http_exchange(
+        s.api,
+        &format!("POST /api/info HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 2\r\n"),
+        b"{}",
+    );
+    assert_eq!(status, 401);
+    // Unauthenticated callers learn nothing about methods.
+    assert_eq!(api_post(&s, "nope", None, "{}").0, 401);
+}
+
+#[test]
+fn requests_it_cannot_run_get_http_errors() {
+    let s = Server::start_with(
+        Opts::default()
+            .env("WSEDGE_API_KEY", KEY)
+            .env("WSEDGE_API_MAX_BODY", "1024"),
+    );
+    let auth = format!("Authorization: apikey {KEY}\r\n");
+
+    let (status, body) = api_post(&s, "nope", Some(KEY), "{}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], 404);
+
+    let (status, headers, _) =
+        http_exchange(s.api, &format!("GET /api/info HTTP/1.1\r\n{auth}"), b"");
+    assert_eq!(status, 405);
+    assert!(
+        headers.to_ascii_lowercase().contains("allow: post"),
+        "{headers}"
+    );
+
+    let (status, body) = api_post(&s, "publish", Some(KEY), r#"{"channel": "a", "data": }"#);
+    assert_eq!(status, 400, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("invalid JSON: "), "{msg}");
+    assert!(msg.contains("column"), "names where: {msg}");
+
+    // Declared too large: refused before the body is sent.
+    let (status, _, body) = http_exchange(
+        s.api,
+        &format!("POST /api/publish HTTP/1.1\r\n{auth}Content-Length: 1025\r\n"),
+        b"",
+    );
+    assert_eq!(status, 413, "{body}");
+    // Chunked, found too large while reading.
+    let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(1100));
+    let chunked = format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len());
+    let (status, _, body) = http_exchange(
+        s.api,
+        &format!("POST /api/publish HTTP/1.1\r\n{auth}Transfer-Encoding: chunked\r\n"),
+        chunked.as_bytes(),
+    );
+    assert_eq!(status, 413, "{body}");
+
+    assert_eq!(requests(&s, "unknown", "not_found"), 1.0);
+    assert_eq!(requests(&s, "info", "method_not_allowed"), 1.0);
+    assert_eq!(requests(&s, "publish", "bad_request"), 1.0);
+    assert_eq!(requests(&s, "publish", "too_large"), 2.0);
+}
+
+#[test]
+fn bad_commands_get_error_replies_with_200() {
+    let s = server_with_key();
+    let call = |m: &str, b: &str| {
+        let (status, body) = api_post(&s, m, Some(KEY), b);
+        assert_eq!(status, 200, "{m} {b}: {body}");
+        body
+    };
+    let e = call("publish", r#"{"channel": "a"}"#);
+    assert_eq!(e["error"]["code"], 107, "{e}");
+    assert_eq!(e["error"]["temporary"], false);
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("data"),
+        "{e}"
+    );
+    assert_eq!(
+        call("publish", r#"{"channel": "a b", "data": 1}"#)["error"]["code"],
+        109
+    );
+    assert_eq!(
+        call(
+            "history",
+            r#"{"channel": "a", "since": {"epoch": "zz", "offset": 1}}"#
+        )["error"]["code"],
+        107
+    );
+    assert_eq!(call("disconnect", r#"{"user": 5}"#)["error"]["code"], 107);
+    let b = call(
+        "batch",
+        r#"{"commands": [{"method": "nope"}, {"method": "publish", "params": {"channel": "a"}}]}"#,
+    );
+    assert_eq!(
+        b["result"]["replies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["error"]["code"].clone())
+            .collect::<Vec<_>>(),
+        [json!(104), json!(107)],
+        "{b}"
+    );
+    assert_eq!(requests(&s, "publish", "error"), 2.0);
+    assert_eq!(requests(&s, "batch", "ok"), 1.0);
+}
+
+/// Needs the shard side of the API (answers `info`).
+#[test]
+fn info_reports_node_and_shards() {
+    let s = server_with_key();
+    let (status, body) = api_post(&s, "info", Some(KEY), "");
+    assert_eq!(status, 200, "{body}");
+    let r = &body["result"];
+    assert_eq!(r["node"], "edge-test", "{body}");
+    assert_eq!(r["shards"].as_array().map(Vec::len), Some(2), "{body}");
+    assert_eq!(r["connections"], 0, "{body}");
+    assert!(r["uptime_seconds"].is_u64(), "{body}");
+    assert_eq!(requests(&s, "info", "ok"), 1.0);
+}
+
+/// Needs the shard side of the API (answers `publish`).
+#[tokio::test]
+async fn publish_reaches_subscribers() {
+    let s = server_with_key();
+    let mut c = JsonClient::connect(&s).await;
+    let r = c.call("subscribe", json!({"channel": "news"})).await;
+    assert!(r.get("error").is_none(), "{r}");
+    let mut offsets: Vec<Value> = Vec::new();
+    for i in 1..=2 {
+        let body = format!(r#"{{"channel": "news", "data": {{"n": {i}}}}}"#);
+        // A blocking call is fine here: the server is another process and
+        // its pushes wait in the socket.
+        let (status, reply) = api_post(&s, "publish", Some(KEY), &body);
+        assert_eq!(status, 200, "{reply}");
+        offsets.push(reply["result"]["offset"].clone());
+        assert!(reply["result"]["offset"].is_u64(), "{reply}");
+    }
+    assert_eq!(offsets, [json!(1), json!(2)]);
+    for i in 1..=2 {
+        let p = tokio::time::timeout(TIMEOUT, c.push()).await.expect("push");
+        assert_eq!(p["push"]["pub"]["data"], json!({"n": i}), "{p}");
+    }
+}
+
+#[test]
+fn api_address_in_use_fails_clearly() {
+    let first = Server::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("WSEDGE_API_LISTEN", first.api.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot bind the server API listener"), "{err}");
+}
