@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{JsonClient, Opts, Server, TIMEOUT, api_post, http_exchange};
+use common::{JsonClient, Opts, RawWs, Server, TIMEOUT, api_post, http_exchange};
 use serde_json::{Value, json};
 
 const KEY: &str = "test-key-0123";
@@ -204,4 +204,111 @@ fn api_address_in_use_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("cannot bind the server API listener"), "{err}");
+}
+
+/// The JSON objects of one raw text frame (one per line).
+fn objects(f: &common::RawFrame) -> Vec<Value> {
+    assert_eq!(f.opcode, 1, "a text frame");
+    std::str::from_utf8(&f.payload)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Reads raw frames until `want` matches an object; fails with what came.
+fn read_until(ws: &mut RawWs, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let f = ws
+            .read_frame()
+            .unwrap_or_else(|| panic!("end of stream waiting for {what}: {seen:?}"));
+        for v in objects(&f) {
+            if want(&v) {
+                return v;
+            }
+            seen.push(v);
+        }
+    }
+    panic!("no {what} in {seen:?}");
+}
+
+/// A backend notifies a user through the personal channel, subscribes and
+/// unsubscribes the user's connections, and disconnects them — checked on
+/// the wire with a raw client.
+#[test]
+fn personal_channel_and_user_operations_on_the_wire() {
+    let s = Server::start_with(
+        Opts::default()
+            .env("WSEDGE_API_KEY", KEY)
+            .env("WSEDGE_PERSONAL_CHANNEL", "true")
+            .env("WSEDGE_SHARDS", "2"),
+    );
+    let mut ws = RawWs::connect(&s, Some("edu-matrix-v1.json"));
+    ws.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    ws.send_text(r#"{"id":1,"connect":{"user":"ann"}}"#);
+    let r = read_until(&mut ws, "connect reply", |v| v["id"] == 1);
+    assert_eq!(r["connect"]["user"], "ann", "{r}");
+    let p = read_until(&mut ws, "personal subscribe push", |v| !v["push"].is_null());
+    assert_eq!(p["push"]["channel"], "#ann", "{p}");
+    assert_eq!(p["push"]["subscribe"]["recovered"], false, "{p}");
+
+    let (status, reply) = api_post(
+        &s,
+        "publish",
+        Some(KEY),
+        r##"{"channel":"#ann","data":{"note":"hi"}}"##,
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["result"]["offset"], 1, "{reply}");
+    let p = read_until(&mut ws, "personal publication", |v| {
+        !v["push"]["pub"].is_null()
+    });
+    assert_eq!(
+        p,
+        json!({"push": {"channel": "#ann", "pub": {"offset": 1, "data": {"note": "hi"}}}})
+    );
+
+    let (status, reply) = api_post(
+        &s,
+        "subscribe",
+        Some(KEY),
+        r#"{"user":"ann","channel":"news"}"#,
+    );
+    assert_eq!((status, &reply["result"]), (200, &json!({})), "{reply}");
+    let p = read_until(&mut ws, "subscribe push", |v| {
+        !v["push"]["subscribe"].is_null()
+    });
+    assert_eq!(p["push"]["channel"], "news", "{p}");
+    let (_, reply) = api_post(&s, "publish", Some(KEY), r#"{"channel":"news","data":2}"#);
+    assert!(reply["result"]["offset"].is_u64(), "{reply}");
+    let p = read_until(&mut ws, "news publication", |v| !v["push"]["pub"].is_null());
+    assert_eq!(p["push"]["channel"], "news");
+    let (_, reply) = api_post(&s, "channels", Some(KEY), "{}");
+    assert_eq!(
+        reply["result"]["channels"]["news"]["num_clients"], 1,
+        "{reply}"
+    );
+    let (_, reply) = api_post(
+        &s,
+        "unsubscribe",
+        Some(KEY),
+        r#"{"user":"ann","channel":"news"}"#,
+    );
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let p = read_until(&mut ws, "unsubscribe push", |v| {
+        !v["push"]["unsubscribe"].is_null()
+    });
+    assert_eq!(p, json!({"push": {"channel": "news", "unsubscribe": {}}}));
+
+    let (_, reply) = api_post(&s, "disconnect", Some(KEY), r#"{"user":"ann"}"#);
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let (frames, code) = ws.until_close();
+    let last = frames.last().map(objects).unwrap_or_default();
+    assert_eq!(
+        last.last().map(|v| v["push"]["disconnect"]["code"].clone()),
+        Some(json!(3006)),
+        "{last:?}"
+    );
+    assert_eq!(code, Some(3006));
 }
