@@ -1,6 +1,7 @@
 //! Test harness: starts the real `wsedge` binary on ephemeral loopback
 //! ports and talks to it with an independent WebSocket client
-//! (tokio-tungstenite) or raw TCP.
+//! (tokio-tungstenite) or raw TCP ([`RawWs`], and [`raw_json::RawJson`]
+//! on it).
 
 #![allow(dead_code)]
 
@@ -18,6 +19,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub mod raw_json;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -460,6 +463,10 @@ pub struct RawWs {
     buf: Vec<u8>,
 }
 
+/// No whole frame arrived before the deadline.
+#[derive(Debug)]
+pub struct TimedOut;
+
 pub struct RawFrame {
     pub fin: bool,
     pub rsv1: bool,
@@ -526,30 +533,8 @@ impl RawWs {
     /// Reads one server frame; None at end of stream.
     pub fn read_frame(&mut self) -> Option<RawFrame> {
         loop {
-            if self.buf.len() >= 2 {
-                let len7 = (self.buf[1] & 0x7f) as usize;
-                let (len, hl) = match len7 {
-                    126 if self.buf.len() >= 4 => {
-                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                    }
-                    127 if self.buf.len() >= 10 => (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    ),
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n, 2),
-                };
-                if len != usize::MAX && self.buf.len() >= hl + len {
-                    assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
-                    let f = RawFrame {
-                        fin: self.buf[0] & 0x80 != 0,
-                        rsv1: self.buf[0] & 0x40 != 0,
-                        opcode: self.buf[0] & 0x0f,
-                        payload: self.buf[hl..hl + len].to_vec(),
-                    };
-                    self.buf.drain(..hl + len);
-                    return Some(f);
-                }
+            if let Some(f) = self.take_frame() {
+                return Some(f);
             }
             let mut tmp = [0u8; 65536];
             match self.s.read(&mut tmp) {
@@ -559,6 +544,93 @@ impl RawWs {
                 Err(e) => panic!("read: {e}"),
             }
         }
+    }
+
+    /// Reads one server frame, waiting no later than `deadline`:
+    /// `Err(TimedOut)` when no whole frame arrived by then (bytes of a
+    /// partial frame stay buffered), `Ok(None)` at end of stream.
+    pub fn read_frame_before(&mut self, deadline: Instant) -> Result<Option<RawFrame>, TimedOut> {
+        loop {
+            if let Some(f) = self.take_frame() {
+                return Ok(Some(f));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(TimedOut);
+            }
+            self.s.set_read_timeout(Some(left)).unwrap();
+            let mut tmp = [0u8; 65536];
+            let r = self.s.read(&mut tmp);
+            self.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            match r {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(TimedOut);
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Closes the TCP connection with a reset (SO_LINGER 0): no close
+    /// frame, no orderly shutdown, as when a client vanishes.
+    pub fn abort(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: sets an option on a socket this value owns; the pointer
+        // and length describe a live `linger`.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(self.s);
+    }
+
+    /// The next whole frame already buffered, if any.
+    fn take_frame(&mut self) -> Option<RawFrame> {
+        if self.buf.len() < 2 {
+            return None;
+        }
+        let len7 = (self.buf[1] & 0x7f) as usize;
+        let (len, hl) = match len7 {
+            126 if self.buf.len() >= 4 => {
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 if self.buf.len() >= 10 => (
+                u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            126 | 127 => return None,
+            n => (n, 2),
+        };
+        if self.buf.len() < hl + len {
+            return None;
+        }
+        assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
+        let f = RawFrame {
+            fin: self.buf[0] & 0x80 != 0,
+            rsv1: self.buf[0] & 0x40 != 0,
+            opcode: self.buf[0] & 0x0f,
+            payload: self.buf[hl..hl + len].to_vec(),
+        };
+        self.buf.drain(..hl + len);
+        Some(f)
     }
 
     /// Reads frames until a close frame; returns the data frames seen and
