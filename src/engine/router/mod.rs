@@ -259,6 +259,20 @@ impl Router {
         self.options(channel).cloned()
     }
 
+    /// Checks a channel name from a client and that its namespace allows
+    /// what the command needs (else error 103).
+    fn permit(
+        &self,
+        channel: &str,
+        allows: impl FnOnce(&NamespaceOptions) -> bool,
+    ) -> Result<(), ErrorCode> {
+        match self.check(channel) {
+            Ok(o) if allows(&o) => Ok(()),
+            Ok(_) => Err(ErrorCode::PermissionDenied),
+            Err(code) => Err(code),
+        }
+    }
+
     /// Sends `msg` to shard `to`; this shard's own messages are handled
     /// at once.
     fn dispatch(
@@ -389,12 +403,8 @@ impl Router {
         idempotency_key: Option<&str>,
         out: &mut impl Output,
     ) {
-        match self.check(channel) {
-            Ok(o) if !o.client_publish => {
-                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
-            }
-            Ok(_) => {}
-            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        if let Err(code) = self.permit(channel, |o| o.client_publish) {
+            return out.reply(conn, id, ReplyBody::Error(code));
         }
         let msg = Msg::Publish {
             channel: Arc::from(channel),
@@ -419,12 +429,8 @@ impl Router {
         reverse: bool,
         out: &mut impl Output,
     ) {
-        match self.check(channel) {
-            Ok(o) if !o.keeps_history() => {
-                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
-            }
-            Ok(_) => {}
-            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        if let Err(code) = self.permit(channel, |o| o.keeps_history()) {
+            return out.reply(conn, id, ReplyBody::Error(code));
         }
         let msg = Msg::History {
             channel: Arc::from(channel),
@@ -450,12 +456,8 @@ impl Router {
         stats: bool,
         out: &mut impl Output,
     ) {
-        match self.check(channel) {
-            Ok(o) if !o.presence => {
-                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
-            }
-            Ok(_) => {}
-            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        if let Err(code) = self.permit(channel, |o| o.presence) {
+            return out.reply(conn, id, ReplyBody::Error(code));
         }
         let msg = Msg::PresenceQuery {
             channel: Arc::from(channel),
@@ -480,12 +482,8 @@ impl Router {
         who: &ClientInfo,
         out: &mut impl Output,
     ) {
-        match self.check(channel) {
-            Ok(o) if !o.presence => {
-                return out.reply(conn, id, ReplyBody::Error(ErrorCode::PermissionDenied));
-            }
-            Ok(_) => {}
-            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        if let Err(code) = self.permit(channel, |o| o.presence) {
+            return out.reply(conn, id, ReplyBody::Error(code));
         }
         if !self.subs.is_subscribed(conn, channel) {
             return out.reply(conn, id, ReplyBody::Error(ErrorCode::NotSubscribed));
