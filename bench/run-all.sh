@@ -5,7 +5,8 @@
 # the bench first. Progress on stderr.
 #
 #   bench/run-all.sh            # everything
-#   ONLY=fanout bench/run-all.sh  # one workload (idle|fanout|rooms|storm|compression|floor|shards)
+#   ONLY=fanout bench/run-all.sh  # one workload (idle|fanout|rooms|storm|compression|floor|shards|
+#                                 #   history-memory|recover-storm|presence; remember = those three)
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,6 +28,8 @@ add() { jobs+=("|$*"); }
 add_env() { jobs+=("$1|${*:2}"); }
 
 want() { [[ -z "$only" || "$only" == "$1" ]]; }
+# The wsedge-only workloads of issue 7 (history, recovery, presence).
+want_remember() { want "$1" || [[ "$only" == remember ]]; }
 
 if want floor; then
   add floor --sockets 9900 --batch 1,16,40,64 --frame-bytes 130
@@ -76,6 +79,17 @@ if want compression; then
       add compression --target "$t" --deflate "$d" --subs 1000 --duration 3 --inflate-every 100
     done
   done
+fi
+# wsedge only: the baselines have no history, recovery or presence.
+if want_remember history-memory; then
+  add history-memory --target wsedge --channels 10000 --pubs-per-channel 100 --payload 100
+fi
+if want_remember recover-storm; then
+  add recover-storm --target wsedge --conns 19000 --channels 1000 --missed 20
+fi
+if want_remember presence; then
+  add presence --target wsedge --subs 5000 --churn 50 --duration 10
+  add presence --target wsedge --subs 5000 --churn 50 --duration 10 --join-leave off
 fi
 
 n=${#jobs[@]}

@@ -6,6 +6,12 @@
 #   bench/run.sh [-n N] WORKLOAD [wsbench args...]
 #   RUNS=3 bench/run.sh fanout --target wsedge --subs 1000 --duration 5
 #
+# WORKLOAD: idle | fanout | rooms | storm | compression | floor |
+#           history-memory | recover-storm | presence (the last three: wsedge only)
+#   bench/run.sh history-memory --target wsedge
+#   bench/run.sh recover-storm --target wsedge --conns 19000
+#   bench/run.sh presence --target wsedge --subs 5000 --churn 50 [--join-leave off]
+#
 # A run whose background_busy (foreign load before the run) exceeds
 # NOISE_MAX (default 0.10) on either CPU is repeated, up to RETRIES (2)
 # more times; if it stays noisy it is recorded with "noisy": true.
@@ -21,6 +27,7 @@ if [[ "${1:-}" == "-n" ]]; then
 fi
 if [[ $# -lt 1 ]]; then
   echo "usage: $0 [-n N] WORKLOAD [wsbench args...]" >&2
+  echo "  WORKLOAD: idle fanout rooms storm compression floor history-memory recover-storm presence" >&2
   exit 2
 fi
 workload="$1"

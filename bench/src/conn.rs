@@ -315,6 +315,8 @@ pub struct Conn {
     /// The `offset` of the `subscribe` reply (the channel's position at
     /// subscription; the next publication has `offset + 1`).
     pub sub_offset: Option<u64>,
+    /// The parsed `subscribe` reply, when asked for ([`SubOpts::detail`]).
+    pub sub_reply: Option<SubReply>,
 }
 
 impl Conn {
@@ -377,6 +379,74 @@ pub async fn handle_control(
     }
 }
 
+/// How to subscribe during [`open_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SubOpts {
+    /// Parse the whole `subscribe` reply ([`Conn::sub_reply`]): epoch,
+    /// `recovered`, the offsets of `publications`.
+    pub detail: bool,
+    /// Subscribe with `{"recover":true,"epoch":..,"offset":..}` from this
+    /// position (implies `detail`).
+    pub recover: Option<Position>,
+}
+
+/// A stream position: the channel's epoch (16 hex characters) and the
+/// offset of the last publication seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    /// Epoch as the server sent it.
+    pub epoch: String,
+    /// Last offset seen.
+    pub offset: u64,
+}
+
+/// A parsed `subscribe` reply (with [`SubOpts::detail`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubReply {
+    /// The channel's epoch.
+    pub epoch: String,
+    /// The channel's offset at subscription.
+    pub offset: u64,
+    /// `recovered` (false when absent).
+    pub recovered: bool,
+    /// Offsets of the `publications` replayed, in reply order.
+    pub publications: Vec<u64>,
+    /// Offsets of `pub` pushes that came in the setup frames, in order
+    /// (the caller must count them: they are not seen again).
+    pub early_pushes: Vec<u64>,
+}
+
+/// Parses the body of a `subscribe` reply object (`{"id":2,"subscribe":{..}}`).
+pub fn parse_sub_reply(obj: &[u8]) -> Result<SubReply> {
+    let v: serde_json::Value = serde_json::from_slice(obj).context("subscribe reply JSON")?;
+    let r = v
+        .get("subscribe")
+        .ok_or_else(|| anyhow::anyhow!("no \"subscribe\" in {}", String::from_utf8_lossy(obj)))?;
+    let publications = r
+        .get("publications")
+        .and_then(|p| p.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("offset").and_then(|o| o.as_u64()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(SubReply {
+        epoch: r
+            .get("epoch")
+            .and_then(|e| e.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        offset: r.get("offset").and_then(|o| o.as_u64()).unwrap_or(0),
+        recovered: r
+            .get("recovered")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false),
+        publications,
+        early_pushes: Vec::new(),
+    })
+}
+
 /// Opens a connection to `addr` (from `src`, port chosen by the kernel),
 /// upgrades with the JSON subprotocol (offering `permessage-deflate` if
 /// `deflate`), sends `connect` and, if `channel` is given, `subscribe` in
@@ -387,6 +457,18 @@ pub async fn open(
     seed: u64,
     channel: Option<&str>,
     deflate: bool,
+) -> Result<Conn> {
+    open_with(addr, src, seed, channel, deflate, &SubOpts::default()).await
+}
+
+/// [`open`], subscribing as `sub` says.
+pub async fn open_with(
+    addr: SocketAddr,
+    src: Option<IpAddr>,
+    seed: u64,
+    channel: Option<&str>,
+    deflate: bool,
+    sub: &SubOpts,
 ) -> Result<Conn> {
     let sock = TcpSocket::new_v4().context("socket")?;
     if let Some(ip) = src {
@@ -416,17 +498,28 @@ pub async fn open(
         reader.set_deflate(d);
     }
 
+    let recover = match &sub.recover {
+        Some(p) => format!(
+            ",\"recover\":true,\"epoch\":{},\"offset\":{}",
+            serde_json::to_string(&p.epoch)?,
+            p.offset
+        ),
+        None => String::new(),
+    };
     let hello = match channel {
         Some(ch) => format!(
-            "{{\"id\":1,\"connect\":{{}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}}}}}",
+            "{{\"id\":1,\"connect\":{{}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
             serde_json::to_string(ch)?
         ),
         None => "{\"id\":1,\"connect\":{}}".to_string(),
     };
     writer.send(OP_TEXT, hello.as_bytes()).await?;
 
+    let detail = sub.detail || sub.recover.is_some();
     let mut connected = false;
     let mut sub_offset = None;
+    let mut sub_reply: Option<SubReply> = None;
+    let mut early = Vec::new();
     while !(connected && (channel.is_none() || sub_offset.is_some())) {
         let h = reader.next_frame().await?;
         if let Some(c) = handle_control(&mut reader, &mut writer, &h).await? {
@@ -445,7 +538,16 @@ pub async fn open(
         let mut err = None;
         for_each_object(reader.payload(&h), |o| match classify(o) {
             ServerMsg::Reply { id: 1, .. } => connected = true,
-            ServerMsg::Reply { id: 2, offset } => sub_offset = offset.or(Some(0)),
+            ServerMsg::Reply { id: 2, offset } => {
+                sub_offset = offset.or(Some(0));
+                if detail {
+                    match parse_sub_reply(o) {
+                        Ok(r) => sub_reply = Some(r),
+                        Err(e) => err = Some(format!("{e:#}")),
+                    }
+                }
+            }
+            ServerMsg::Pub { offset, .. } if detail => early.push(offset),
             ServerMsg::Error { id, .. } => {
                 err = Some(format!(
                     "command {id} failed: {}",
@@ -462,10 +564,14 @@ pub async fn open(
             bail!(e);
         }
     }
+    if let Some(r) = sub_reply.as_mut() {
+        r.early_pushes = early;
+    }
     Ok(Conn {
         reader,
         writer,
         sub_offset,
+        sub_reply,
     })
 }
 
@@ -482,6 +588,17 @@ mod tests {
         assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
         out.truncate(out.len() - 4);
         out
+    }
+
+    #[test]
+    fn sub_reply() {
+        let r = parse_sub_reply(br#"{"id":2,"subscribe":{"epoch":"9d3c1f0a7b2e4c55","offset":121,"recoverable":true,"recovered":true,"publications":[{"offset":120,"data":{"offset":1}},{"offset":121,"b64data":"/wA="}]}}"#).unwrap();
+        assert_eq!(r.epoch, "9d3c1f0a7b2e4c55");
+        assert_eq!(r.offset, 121);
+        assert!(r.recovered);
+        assert_eq!(r.publications, vec![120, 121]);
+        let r = parse_sub_reply(br#"{"id":2,"subscribe":{"epoch":"00ab","offset":0}}"#).unwrap();
+        assert!(!r.recovered && r.publications.is_empty());
     }
 
     #[test]

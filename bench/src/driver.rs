@@ -22,7 +22,9 @@ use crate::ipc::{Command, Event, Ready, Report, Stats};
 use crate::payload::{build_publish, build_publish_rest, feed_items};
 use crate::procfs::{CoreTimes, KernelMem, core_times, cpu_seconds, kernel_mem, rss_bytes};
 use crate::scan::{ServerMsg, classify, for_each_object};
-use crate::target::{Server, Target, TargetOpts, metric_sum, scrape, tail};
+use crate::target::{
+    Server, Target, TargetOpts, metric_sum, scrape, tail, write_config, wsedge_config,
+};
 use crate::worker::{Mode, new_histogram};
 use crate::wsclient::OP_TEXT;
 
@@ -296,6 +298,7 @@ pub(crate) async fn spawn_workers(
                     Mode::Subscribe => "subscribe",
                     Mode::Rooms => "rooms",
                     Mode::Storm => "storm",
+                    Mode::Recover => "recover",
                 },
             ]);
         if spec.deflate {
@@ -410,7 +413,31 @@ pub(crate) fn check_alive(server: &mut Server) -> Result<()> {
 
 /// Starts the server under test (see [`Server::start`]) and says where.
 pub(crate) async fn start_server(c: &CommonArgs, deflate: Option<bool>) -> Result<Server> {
-    let server = Server::start(c.target, &c.server, deflate).await?;
+    start_server_with(c, deflate, "", "").await
+}
+
+/// [`start_server`] with a wsedge configuration file: `top` (top-level
+/// keys), `--wsedge-config-extra`, then `tables` (`[[namespace]]` tables);
+/// no file when all three are empty.
+pub(crate) async fn start_server_with(
+    c: &CommonArgs,
+    deflate: Option<bool>,
+    top: &str,
+    tables: &str,
+) -> Result<Server> {
+    let text = wsedge_config(top, c.server.wsedge_config_extra.as_deref(), tables);
+    let path = if text.is_empty() {
+        None
+    } else {
+        let p = write_config(&text)?;
+        eprintln!(
+            "wsbench: wsedge config {}:\n{}",
+            p.display(),
+            text.trim_end()
+        );
+        Some(p)
+    };
+    let server = Server::start(c.target, &c.server, deflate, path.as_deref()).await?;
     eprintln!(
         "wsbench: {} pid {} on {} (log {})",
         c.target,

@@ -33,6 +33,11 @@ pub enum Command {
     /// no close handshake), then reconnect, `connect` and resubscribe each.
     /// Answered with [`Event::Ack`] once the command is applied.
     Drop,
+    /// `recover-storm`: the dropped connections reconnect now (in
+    /// `recover` mode they wait for this instead of reconnecting as soon as
+    /// all are closed), each resubscribing with `recover` from the last
+    /// position it saw. Answered with [`Event::Ack`].
+    Reconnect,
     /// `storm`: asks for [`Event::Storm`].
     StormStatus,
     /// Asks for the running counters ([`Event::Stats`]).
@@ -88,6 +93,35 @@ pub struct StormStatus {
     pub recv_hist: Vec<(u64, u64)>,
     /// The first few distinct error messages.
     pub errors: Vec<String>,
+    /// `recover-storm`: `CLOCK_MONOTONIC` ns when [`Command::Reconnect`]
+    /// arrived (the histograms then count from it, not from the drop).
+    #[serde(default)]
+    pub reconnect_ns: u64,
+    /// `recover-storm`: subscribe replies with `recovered: true` and the
+    /// same epoch.
+    #[serde(default)]
+    pub recovered: u64,
+    /// `recover-storm`: subscribe replies that did not recover.
+    #[serde(default)]
+    pub not_recovered: u64,
+    /// `recover-storm`: publications replayed in the subscribe replies.
+    #[serde(default)]
+    pub recovered_pubs: u64,
+    /// `recover-storm`: offsets missing from the replays (between the last
+    /// offset seen before the drop and the reply's offset).
+    #[serde(default)]
+    pub replay_gaps: u64,
+    /// `recover-storm`: replayed publications at or below an offset already
+    /// seen.
+    #[serde(default)]
+    pub replay_dups: u64,
+    /// Missing offsets in the pushes (before the drop and after the
+    /// resubscription), summed over connections.
+    #[serde(default)]
+    pub gaps: u64,
+    /// Pushes not above the previous offset (duplicates or reordering).
+    #[serde(default)]
+    pub dups: u64,
 }
 
 /// The result of the connection phase.
@@ -127,6 +161,17 @@ pub struct Stats {
     /// the others only count them (`--inflate-every`).
     #[serde(default)]
     pub verifiers: u64,
+    /// Text frames received (any content).
+    #[serde(default)]
+    pub frames: u64,
+    /// Pushes other than `pub` and `disconnect` (presence `join`, `leave`,
+    /// `state`), counted per object.
+    #[serde(default)]
+    pub other_pushes: u64,
+    /// Bytes of those push objects (JSON text, without frame headers or
+    /// `\n` separators).
+    #[serde(default)]
+    pub other_push_bytes: u64,
 }
 
 /// Final report of one worker.

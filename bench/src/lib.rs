@@ -22,18 +22,26 @@
 //! - [`driver`]: the `idle`, `fanout` and `compression` workloads and shared helpers.
 //! - [`rooms`]: the `rooms` workload.
 //! - [`storm`]: the `storm` workload (drop everything, reconnect).
+//! - [`bulk`]: pipelined publishing to many channels, `history` reads.
+//! - [`history_memory`]: the `history-memory` workload (wsedge only).
+//! - [`recover_storm`]: the `recover-storm` workload (wsedge only).
+//! - [`presence`]: the `presence` workload (wsedge only).
 //! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
 
 pub mod baseline;
+pub mod bulk;
 pub mod clock;
 pub mod conn;
 pub mod driver;
 pub mod floor;
+pub mod history_memory;
 pub mod ipc;
 pub mod payload;
+pub mod presence;
 pub mod procfs;
+pub mod recover_storm;
 pub mod rooms;
 pub mod scan;
 pub mod storm;

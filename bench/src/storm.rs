@@ -76,6 +76,25 @@ struct StormResult {
     background_busy: (f64, f64),
 }
 
+/// The workers' subscribe and receive histograms merged (and their errors
+/// printed).
+pub(crate) fn merged_histograms(st: &[StormStatus]) -> (Histogram<u64>, Histogram<u64>) {
+    let mut sub_h: Histogram<u64> = new_histogram();
+    let mut recv_h: Histogram<u64> = new_histogram();
+    for s in st {
+        for (v, n) in &s.sub_hist {
+            sub_h.saturating_record_n(*v, *n);
+        }
+        for (v, n) in &s.recv_hist {
+            recv_h.saturating_record_n(*v, *n);
+        }
+        for e in &s.errors {
+            eprintln!("wsbench: storm error: {e}");
+        }
+    }
+    (sub_h, recv_h)
+}
+
 /// Runs the `storm` workload and prints its JSON line.
 pub fn storm(args: StormArgs) -> Result<()> {
     pin_self(args.common.gen_cpu)?;
@@ -83,7 +102,8 @@ pub fn storm(args: StormArgs) -> Result<()> {
     LocalSet::new().block_on(&rt, storm_async(args))
 }
 
-async fn status_all(workers: &mut [crate::driver::Worker]) -> Result<Vec<StormStatus>> {
+/// Every worker's [`StormStatus`].
+pub(crate) async fn status_all(workers: &mut [crate::driver::Worker]) -> Result<Vec<StormStatus>> {
     let mut v = Vec::new();
     for w in workers.iter_mut() {
         match w.call(&Command::StormStatus).await? {
@@ -94,7 +114,8 @@ async fn status_all(workers: &mut [crate::driver::Worker]) -> Result<Vec<StormSt
     Ok(v)
 }
 
-fn ms(ns: u64) -> f64 {
+/// Nanoseconds as milliseconds, one decimal.
+pub(crate) fn ms(ns: u64) -> f64 {
     round(ns as f64 / 1e6, 1)
 }
 
@@ -179,19 +200,7 @@ async fn storm_async(a: StormArgs) -> Result<()> {
     let drop_ns = st.iter().map(|s| s.drop_ns).min().unwrap_or(t_cmd);
     let max_of = |f: fn(&StormStatus) -> u64| st.iter().map(f).max().unwrap_or(0);
     let sum_of = |f: fn(&StormStatus) -> u64| st.iter().map(f).sum::<u64>();
-    let mut sub_h: Histogram<u64> = new_histogram();
-    let mut recv_h: Histogram<u64> = new_histogram();
-    for s in &st {
-        for (v, n) in &s.sub_hist {
-            sub_h.saturating_record_n(*v, *n);
-        }
-        for (v, n) in &s.recv_hist {
-            recv_h.saturating_record_n(*v, *n);
-        }
-        for e in &s.errors {
-            eprintln!("wsbench: storm error: {e}");
-        }
-    }
+    let (sub_h, recv_h) = merged_histograms(&st);
     let since = |t: u64| {
         if t == 0 {
             0.0

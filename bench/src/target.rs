@@ -78,6 +78,12 @@ pub struct TargetOpts {
     /// shards' worth of cores.
     #[arg(long)]
     pub server_cores: Option<usize>,
+    /// wsedge only: TOML text added to the configuration file the driver
+    /// writes (after the workload's top-level keys, before its
+    /// `[[namespace]]` tables), e.g. `'history_memory_limit = 1073741824'`.
+    /// With it, every workload runs wsedge with `--config`.
+    #[arg(long)]
+    pub wsedge_config_extra: Option<String>,
 }
 
 impl TargetOpts {
@@ -163,10 +169,13 @@ impl Server {
     /// `WSEDGE_COMPRESSION=false` for wsedge and `--compression off` for
     /// node-ws; `Some(true)` leaves wsedge's default and passes
     /// `--compression on` to node-ws. The Rust baselines have none.
+    ///
+    /// `config`: wsedge only, a TOML file passed with `--config`.
     pub async fn start(
         target: Target,
         opts: &TargetOpts,
         compression: Option<bool>,
+        config: Option<&Path>,
     ) -> Result<Server> {
         let bin = match target {
             Target::Wsedge => opts.wsedge_bin.clone(),
@@ -189,6 +198,9 @@ impl Server {
         if target != Target::Wsedge && opts.shards != 1 {
             bail!("--shards applies to wsedge only");
         }
+        if target != Target::Wsedge && (config.is_some() || opts.wsedge_config_extra.is_some()) {
+            bail!("a wsedge configuration applies to wsedge only");
+        }
         let log = std::env::temp_dir().join(format!("wsbench-{}-{target}.log", std::process::id()));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -202,6 +214,9 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0"]);
         match target {
             Target::Wsedge => {
+                if let Some(path) = config {
+                    cmd.arg("--config").arg(path);
+                }
                 cmd.args(["--admin-listen", "127.0.0.1:0", "--shards"]);
                 cmd.arg(opts.shards.max(1).to_string());
                 if std::env::var_os("WSEDGE_DRAIN_TIMEOUT").is_none() {
@@ -291,6 +306,28 @@ impl Server {
     }
 }
 
+/// A wsedge configuration for one run: top-level keys, then `extra`
+/// (`--wsedge-config-extra`), then the `[[namespace]]` tables, so that
+/// neither the workload's top-level keys nor the extra text land inside a
+/// table.
+pub fn wsedge_config(top: &str, extra: Option<&str>, tables: &str) -> String {
+    let mut s = String::new();
+    for part in [top, extra.unwrap_or(""), tables] {
+        if !part.trim().is_empty() {
+            s.push_str(part.trim_end());
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Writes `text` to `/tmp/wsbench-<pid>-wsedge.toml` and returns the path.
+pub fn write_config(text: &str) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("wsbench-{}-wsedge.toml", std::process::id()));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Fetches `/metrics` from a wsedge admin address.
 pub async fn scrape(admin: SocketAddr) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(admin)
@@ -332,6 +369,13 @@ mod tests {
             Some("127.0.0.1:33279".parse().unwrap())
         );
         assert_eq!(token(l, "admin="), Some("127.0.0.1:44063".parse().unwrap()));
+    }
+
+    #[test]
+    fn config_order() {
+        let c = wsedge_config("a = 1", Some("b = 2\n"), "[[namespace]]\nname = \"h\"");
+        assert_eq!(c, "a = 1\nb = 2\n[[namespace]]\nname = \"h\"\n");
+        assert_eq!(wsedge_config("", None, ""), "");
     }
 
     #[test]

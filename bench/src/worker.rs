@@ -4,8 +4,14 @@
 //!
 //! Modes ([`Mode`]): `subscribe` (idle, fanout, compression: subscribe and
 //! count pushes), `rooms` (subscribe to a room and publish to it at a fixed
-//! rate) and `storm` (subscribe; on [`Command::Drop`] drop every connection
-//! at once and reconnect).
+//! rate), `storm` (subscribe; on [`Command::Drop`] drop every connection
+//! at once and reconnect) and `recover` (`storm` with recovery: reconnect
+//! on [`Command::Reconnect`] and resubscribe from the last position seen).
+
+mod recover;
+mod storm;
+
+use storm::storm_member;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -20,7 +26,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::LocalSet;
 
 use crate::clock::{mono_ns, to_instant};
-use crate::conn::{Conn, Control, handle_control, open};
+use crate::conn::{Conn, Control, SubOpts, handle_control, open_with};
 use crate::ipc::{Command, Event, Ready, Report, Stats, StormStatus};
 use crate::payload::build_publish;
 use crate::scan::{ServerMsg, classify, for_each_object};
@@ -36,6 +42,10 @@ pub enum Mode {
     Rooms,
     /// Subscribe; on [`Command::Drop`] drop and re-establish everything.
     Storm,
+    /// `Storm` with recovery: after the drop, wait for
+    /// [`Command::Reconnect`], then resubscribe with `recover` from the last
+    /// position seen and check the replayed publications.
+    Recover,
 }
 
 /// Worker settings (given by the driver on the command line).
@@ -142,6 +152,9 @@ struct State {
     min_off: Cell<u64>,
     max_off: Cell<u64>,
     closed: Cell<u64>,
+    frames: Cell<u64>,
+    other_pushes: Cell<u64>,
+    other_push_bytes: Cell<u64>,
     hist: RefCell<Histogram<u64>>,
     errors: RefCell<Vec<String>>,
     closes: RefCell<BTreeMap<String, u64>>,
@@ -185,6 +198,9 @@ impl State {
             bytes: self.bytes.get(),
             bytes_during_window: self.bytes_during.get(),
             verifiers: self.verifiers.get(),
+            frames: self.frames.get(),
+            other_pushes: self.other_pushes.get(),
+            other_push_bytes: self.other_push_bytes.get(),
         }
     }
 
@@ -221,6 +237,8 @@ impl State {
         s.sub_hist = hist_pairs(&self.storm.sub_hist.borrow());
         s.recv_hist = hist_pairs(&self.storm.recv_hist.borrow());
         s.errors = self.errors.borrow().clone();
+        s.gaps = self.gaps.get();
+        s.dups = self.ooo.get();
         s
     }
 
@@ -345,6 +363,9 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
         min_off: Cell::new(u64::MAX),
         max_off: Cell::new(0),
         closed: Cell::new(0),
+        frames: Cell::new(0),
+        other_pushes: Cell::new(0),
+        other_push_bytes: Cell::new(0),
         hist: RefCell::new(new_histogram()),
         errors: RefCell::new(Vec::new()),
         closes: RefCell::new(BTreeMap::new()),
@@ -418,9 +439,14 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
                     }
                 }
                 st.storm.drop_tx.send_modify(|g| *g += 1);
-                if st.live.get() == 0 {
+                if st.live.get() == 0 && st.args.mode != Mode::Recover {
                     st.storm.reconnect_tx.send_modify(|g| *g += 1);
                 }
+                emit(&Event::Ack)?;
+            }
+            Command::Reconnect => {
+                st.storm.status.borrow_mut().reconnect_ns = mono_ns();
+                st.storm.reconnect_tx.send_modify(|g| *g += 1);
                 emit(&Event::Ack)?;
             }
             Command::StormStatus => emit(&Event::Storm(st.storm_status()))?,
@@ -433,7 +459,13 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
 }
 
 /// Opens one connection (under the handshake semaphore and the timeout).
-async fn connect_one(seed: u64, channel: &str, st: &State, sem: &Semaphore) -> Result<Conn> {
+async fn connect_one(
+    seed: u64,
+    channel: &str,
+    st: &State,
+    sem: &Semaphore,
+    sub: &SubOpts,
+) -> Result<Conn> {
     let args = &st.args;
     let permit = sem.acquire().await.expect("semaphore never closed");
     let t0 = mono_ns();
@@ -442,12 +474,13 @@ async fn connect_one(seed: u64, channel: &str, st: &State, sem: &Semaphore) -> R
     }
     let res = tokio::time::timeout(
         Duration::from_secs(args.timeout_s),
-        open(
+        open_with(
             args.server,
             Some(args.src),
             seed,
             Some(channel),
             args.deflate,
+            sub,
         ),
     )
     .await;
@@ -465,7 +498,11 @@ async fn connect_one(seed: u64, channel: &str, st: &State, sem: &Semaphore) -> R
 }
 
 async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
-    let conn = match connect_one(g + 1, &channel, &st, &sem).await {
+    let sub = SubOpts {
+        detail: st.args.mode == Mode::Recover,
+        recover: None,
+    };
+    let conn = match connect_one(g + 1, &channel, &st, &sem, &sub).await {
         Ok(c) => c,
         Err(e) => {
             st.note_error(format!("{e:#}"));
@@ -491,7 +528,7 @@ async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
             subscriber(conn, &st, verify).await
         }
         Mode::Rooms => member(conn, &st, g, &channel).await,
-        Mode::Storm => storm_member(conn, &st, g, &channel, &sem).await,
+        Mode::Storm | Mode::Recover => storm_member(conn, &st, g, &channel, &sem).await,
     };
     let how = match res {
         Ok(code) => format!("close {code}"),
@@ -527,6 +564,10 @@ fn scan_text(
             on_reply(id, false);
         }
         ServerMsg::Reply { id, .. } => on_reply(id, true),
+        ServerMsg::OtherPush => {
+            bump(&st.other_pushes, 1);
+            bump(&st.other_push_bytes, o.len() as u64);
+        }
         _ => {}
     });
 }
@@ -551,6 +592,7 @@ async fn subscriber(mut c: Conn, st: &State, verify: bool) -> Result<u16> {
         }
         if h.opcode == OP_TEXT {
             rs.update(&c, st);
+            bump(&st.frames, 1);
             if h.rsv1 && !verify {
                 st.on_unverified_pub(rs.now);
             } else {
@@ -648,113 +690,6 @@ async fn member(mut c: Conn, st: &State, g: u64, channel: &str) -> Result<u16> {
                 } else {
                     sleep.as_mut().reset(to_instant(next));
                 }
-            }
-        }
-    }
-}
-
-/// A `storm` member: receives until the drop command, then closes its
-/// socket abortively, waits until every connection of the worker is
-/// closed, reconnects, resubscribes and notes when the first publication
-/// newer than its resubscription arrives.
-async fn storm_member(
-    mut c: Conn,
-    st: &State,
-    g: u64,
-    channel: &str,
-    sem: &Semaphore,
-) -> Result<u16> {
-    let mut drop_rx = st.storm.drop_tx.subscribe();
-    let mut reconnect_rx = st.storm.reconnect_tx.subscribe();
-    let mut gen_seen = *drop_rx.borrow_and_update();
-    // After a reconnection: the subscribe offset still to be passed.
-    let mut pending: Option<u64> = None;
-    loop {
-        let mut last = c.sub_offset.unwrap_or(0);
-        let mut rs = ReadStamp::new(&c);
-        // Receive until the drop signal.
-        loop {
-            tokio::select! {
-                biased;
-                r = drop_rx.changed() => {
-                    if r.is_err() {
-                        // The state is going away: the worker is exiting.
-                        return Ok(1001);
-                    }
-                    break;
-                }
-                h = c.reader.next_frame() => {
-                    let h = h?;
-                    if let Some(ctl) = handle_control(&mut c.reader, &mut c.writer, &h).await? {
-                        match ctl {
-                            Control::Closed(code) => return Ok(code),
-                            Control::Handled => continue,
-                        }
-                    }
-                    if h.opcode == OP_TEXT {
-                        rs.update(&c, st);
-                        let now = rs.now;
-                        let before = st.received.get();
-                        scan_text(c.reader.payload(&h), st, &mut last, now, |_, _| {});
-                        if let Some(sub_off) = pending
-                            && st.received.get() > before
-                            && last > sub_off
-                        {
-                            pending = None;
-                            let mut s = st.storm.status.borrow_mut();
-                            s.receiving += 1;
-                            s.last_recv_ns = s.last_recv_ns.max(now);
-                            st.storm
-                                .recv_hist
-                                .borrow_mut()
-                                .saturating_record(now.saturating_sub(s.drop_ns).max(1));
-                        }
-                    }
-                    c.reader.consume(&h);
-                }
-            }
-        }
-        let gen_now = *drop_rx.borrow_and_update();
-        if gen_now == gen_seen {
-            continue;
-        }
-        gen_seen = gen_now;
-        // Drop: RST, no close handshake.
-        c.set_abortive_close()?;
-        drop(c);
-        st.live.set(st.live.get().saturating_sub(1));
-        {
-            let mut s = st.storm.status.borrow_mut();
-            s.dropped += 1;
-            if s.dropped >= s.live_at_drop {
-                s.closed_all_ns = mono_ns();
-                drop(s);
-                st.storm.reconnect_tx.send_modify(|g| *g += 1);
-            }
-        }
-        if reconnect_rx.wait_for(|&r| r >= gen_seen).await.is_err() {
-            return Ok(1001);
-        }
-        let seed = g + 1 + gen_seen * 1_000_000_000;
-        match connect_one(seed, channel, st, sem).await {
-            Ok(nc) => {
-                let now = mono_ns();
-                bump(&st.live, 1);
-                let mut s = st.storm.status.borrow_mut();
-                s.resubscribed += 1;
-                s.last_sub_ns = s.last_sub_ns.max(now);
-                st.storm
-                    .sub_hist
-                    .borrow_mut()
-                    .saturating_record(now.saturating_sub(s.drop_ns).max(1));
-                pending = Some(nc.sub_offset.unwrap_or(0));
-                c = nc;
-            }
-            Err(e) => {
-                st.storm.status.borrow_mut().failed += 1;
-                // Counted as a storm failure, not as a close.
-                st.live.set(st.live.get() + 1);
-                return Err(e.context("reconnecting after the drop"));
             }
         }
     }

@@ -7,6 +7,9 @@
 //! wsbench rooms       --target T [--conns 10000] [--rooms 1000] [--rate-per-conn 0.5] [--duration 10]
 //! wsbench storm       --target T [--conns 19000]
 //! wsbench compression --target T --deflate on|off [--subs 1000] [--rate R]
+//! wsbench history-memory --target wsedge [--channels 10000] [--pubs-per-channel 100]
+//! wsbench recover-storm  --target wsedge [--conns 19000] [--channels 1000] [--missed 20]
+//! wsbench presence       --target wsedge [--subs 5000] [--churn 50] [--join-leave on|off]
 //! wsbench floor       [--sockets 9900] [--batch 1,16] [--frame-bytes 130]
 //! ```
 //! T is one of wsedge, tokio-fastws, tokio-tungstenite, node-ws. Each run
@@ -17,6 +20,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use wsbench::driver::{self, CompressionArgs, FanoutArgs, IdleArgs};
 use wsbench::floor::{self, FloorArgs};
+use wsbench::history_memory::{self, HistoryMemoryArgs};
+use wsbench::presence::{self, PresenceArgs};
+use wsbench::recover_storm::{self, RecoverStormArgs};
 use wsbench::rooms::{self, RoomsArgs};
 use wsbench::storm::{self, StormArgs};
 use wsbench::worker::{self, WorkerArgs};
@@ -41,6 +47,12 @@ enum Cmd {
     Storm(StormArgs),
     /// Fan-out of realistic JSON with and without permessage-deflate.
     Compression(CompressionArgs),
+    /// wsedge only: server memory per retained history publication.
+    HistoryMemory(HistoryMemoryArgs),
+    /// wsedge only: drop everything, publish while down, reconnect and recover.
+    RecoverStorm(RecoverStormArgs),
+    /// wsedge only: presence and join/leave cost under subscription churn.
+    Presence(PresenceArgs),
     /// Kernel floor: cost of one small write to a loopback socket (no server).
     Floor(FloorArgs),
     /// Internal: a worker process driven over stdin/stdout.
@@ -56,6 +68,9 @@ fn main() -> ExitCode {
         Cmd::Rooms(a) => rooms::rooms(a),
         Cmd::Storm(a) => storm::storm(a),
         Cmd::Compression(a) => driver::compression(a),
+        Cmd::HistoryMemory(a) => history_memory::history_memory(a),
+        Cmd::RecoverStorm(a) => recover_storm::recover_storm(a),
+        Cmd::Presence(a) => presence::presence(a),
         Cmd::Floor(a) => floor::floor(a),
         Cmd::Worker(a) => worker::run(a),
     };
