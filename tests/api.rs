@@ -311,4 +311,27 @@ fn personal_channel_and_user_operations_on_the_wire() {
         "{last:?}"
     );
     assert_eq!(code, Some(3006));
+
+    // A backend's own code and reason reach the client in the push and the
+    // close frame.
+    let mut bob = RawWs::connect(&s, Some("edu-matrix-v1.json"));
+    bob.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    bob.send_text(r#"{"id":1,"connect":{"user":"bob"}}"#);
+    read_until(&mut bob, "connect reply", |v| v["id"] == 1);
+    let (_, reply) = api_post(
+        &s,
+        "disconnect",
+        Some(KEY),
+        r#"{"user":"bob","code":4501,"reason":"banned"}"#,
+    );
+    assert_eq!(reply["result"], json!({}), "{reply}");
+    let d = read_until(&mut bob, "disconnect push", |v| {
+        !v["push"]["disconnect"].is_null()
+    });
+    assert_eq!(
+        d["push"]["disconnect"],
+        json!({"code": 4501, "reason": "banned", "reconnect": false})
+    );
+    let (_, code) = bob.until_close();
+    assert_eq!(code, Some(4501));
 }

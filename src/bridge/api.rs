@@ -72,10 +72,15 @@ pub enum ApiOp {
         channel: Arc<str>,
     },
     /// On every shard: close every connection of `user` with the
-    /// `disconnect` push and close code 3006.
+    /// `disconnect` push and `code` (default 3006) in it and the close
+    /// frame.
     Disconnect {
         /// User id.
         user: Arc<str>,
+        /// 3000–4999 (`CloseReason::Disconnected` when the caller gave none).
+        code: u16,
+        /// Reason text, at most 123 bytes (the catalogue's when none).
+        reason: Option<Arc<str>>,
     },
     /// On every shard: the channels with local subscribers, with their
     /// local subscriber counts (the sidecar adds them up).

@@ -170,6 +170,9 @@ pub enum CloseReason {
     /// 3503: the client flooded the server with commands (more than twice
     /// the per-second limit).
     Flood,
+    /// A code a backend chose through the server API `disconnect`
+    /// (3000–4999; reconnect by range, see [`CloseReason::reconnect`]).
+    Custom(u16),
 }
 
 impl CloseReason {
@@ -215,6 +218,7 @@ impl CloseReason {
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
             CloseReason::Flood => 3503,
+            CloseReason::Custom(code) => code,
         }
     }
 
@@ -247,16 +251,19 @@ impl CloseReason {
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::Flood => "too many requests",
+            CloseReason::Custom(_) => "disconnected",
         }
     }
 
     /// Whether the client should reconnect. Application codes follow the
-    /// range rule; of the RFC codes only 1001 and 1011 invite a reconnect.
+    /// range rule (3000–3499 and 4000–4499 reconnect, 3500–3999 and
+    /// 4500–4999 do not); of the RFC codes only 1001 and 1011 invite a
+    /// reconnect.
     pub const fn reconnect(self) -> bool {
         let code = self.code();
         match code {
-            3000..=3499 => true,
-            3500..=3999 => false,
+            3000..=3499 | 4000..=4499 => true,
+            3500..=3999 | 4500..=4999 => false,
             _ => matches!(self, CloseReason::GoingAway | CloseReason::InternalError),
         }
     }

@@ -88,9 +88,15 @@ impl Shard {
                 }
                 Ok(json!({}))
             }
-            ApiOp::Disconnect { user } => {
+            ApiOp::Disconnect { user, code, reason } => {
+                let why = if code == CloseReason::Disconnected.code() {
+                    CloseReason::Disconnected
+                } else {
+                    CloseReason::Custom(code)
+                };
+                let text = reason.as_deref().unwrap_or(why.reason());
                 for c in self.user_conns(&user) {
-                    self.close_conn(c, CloseReason::Disconnected);
+                    self.close_conn_text(c, why, text);
                 }
                 Ok(json!({}))
             }

@@ -761,6 +761,12 @@ impl Shard {
     /// close goes out right after the frame being written, if any (counted
     /// here, so a connection is counted as dropped once).
     pub(crate) fn close_conn(&mut self, c: ConnRef, reason: CloseReason) {
+        self.close_conn_text(c, reason, reason.reason());
+    }
+
+    /// [`Shard::close_conn`] with `text` as the reason in the `disconnect`
+    /// push and the close frame (at most 123 bytes, checked by the caller).
+    pub(crate) fn close_conn_text(&mut self, c: ConnRef, reason: CloseReason, text: &str) {
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
@@ -775,10 +781,10 @@ impl Shard {
         let mut frames = Vec::with_capacity(2);
         if reason.sends_push() && conn.endpoint == Endpoint::Client {
             self.push_writer.begin(conn.format);
-            self.push_writer.disconnect(reason);
+            self.push_writer.disconnect_text(reason, text);
             frames.extend(self.push_writer.finish());
         }
-        frames.push(close_frame(reason.close_code(), reason.reason()));
+        frames.push(close_frame(reason.close_code(), text));
         for f in frames {
             if urgent {
                 conn.outbox.push_urgent(f);

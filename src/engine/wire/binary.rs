@@ -360,8 +360,9 @@ fn push_message<'b>(
 fn disconnect_offset<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     reason: CloseReason,
+    text: &str,
 ) -> WIPOffset<proto::ServerMessage<'b>> {
-    let text = fbb.create_string(reason.reason());
+    let text = fbb.create_string(text);
     let d = proto::Disconnect::create(
         fbb,
         &proto::DisconnectArgs {
@@ -464,8 +465,8 @@ impl BinaryWriter {
     }
 
     /// Adds a disconnect push.
-    pub fn disconnect(&mut self, reason: CloseReason) {
-        let msg = disconnect_offset(&mut self.fbb, reason);
+    pub fn disconnect(&mut self, reason: CloseReason, text: &str) {
+        let msg = disconnect_offset(&mut self.fbb, reason, text);
         self.messages.push(msg);
     }
 

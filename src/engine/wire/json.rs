@@ -319,11 +319,11 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
 }
 
 /// Appends a `disconnect` push object.
-pub fn write_disconnect(out: &mut Vec<u8>, reason: CloseReason) {
+pub fn write_disconnect(out: &mut Vec<u8>, reason: CloseReason, text: &str) {
     out.extend_from_slice(b"{\"push\":{\"disconnect\":{\"code\":");
     push_u64(out, reason.code() as u64);
     out.extend_from_slice(b",\"reason\":");
-    push_json_str(out, reason.reason());
+    push_json_str(out, text);
     out.extend_from_slice(b",\"reconnect\":");
     push_bool(out, reason.reconnect());
     out.extend_from_slice(b"}}}");
@@ -514,10 +514,10 @@ impl JsonWriter {
         write_reply(&mut self.payload, id, body);
     }
 
-    /// Adds a disconnect push.
-    pub fn disconnect(&mut self, reason: CloseReason) {
+    /// Adds a disconnect push with `text` as its reason.
+    pub fn disconnect(&mut self, reason: CloseReason, text: &str) {
         self.sep();
-        write_disconnect(&mut self.payload, reason);
+        write_disconnect(&mut self.payload, reason, text);
     }
 
     /// Adds a join push.

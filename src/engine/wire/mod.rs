@@ -419,10 +419,16 @@ impl FrameWriter {
 
     /// Adds a `disconnect` push.
     pub fn disconnect(&mut self, reason: CloseReason) {
+        self.disconnect_text(reason, reason.reason());
+    }
+
+    /// Adds a `disconnect` push whose reason text is `text` (a backend's,
+    /// through the server API) instead of the catalogue's.
+    pub fn disconnect_text(&mut self, reason: CloseReason, text: &str) {
         self.count += 1;
         match self.format {
-            WireFormat::Json => self.json.disconnect(reason),
-            WireFormat::Binary => self.binary.disconnect(reason),
+            WireFormat::Json => self.json.disconnect(reason, text),
+            WireFormat::Binary => self.binary.disconnect(reason, text),
         }
     }
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::bridge::ApiOp;
 use crate::engine::channel::is_valid_channel;
-use crate::engine::codes::ErrorCode;
+use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::history::HistoryQuery;
 use crate::engine::hub::Position;
 use crate::engine::namespace::Namespaces;
@@ -243,8 +243,10 @@ struct UserChannelP {
 }
 
 #[derive(Deserialize)]
-struct UserP {
+struct DisconnectP {
     user: String,
+    code: Option<u16>,
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -393,9 +395,22 @@ impl Checker {
                     ApiOp::Unsubscribe { user, channel }
                 }))
             }
-            Method::Disconnect => Ok(Command::Everywhere(ApiOp::Disconnect {
-                user: user(decode::<UserP>(params)?.user)?,
-            })),
+            Method::Disconnect => {
+                let p: DisconnectP = decode(params)?;
+                let code = p.code.unwrap_or(CloseReason::Disconnected.code());
+                if !(3000..=4999).contains(&code) {
+                    return Err(ApiError::bad_request("code must be between 3000 and 4999"));
+                }
+                // A close frame's reason is at most 123 bytes.
+                if p.reason.as_ref().is_some_and(|r| r.len() > 123) {
+                    return Err(ApiError::bad_request("reason must be at most 123 bytes"));
+                }
+                Ok(Command::Everywhere(ApiOp::Disconnect {
+                    user: user(p.user)?,
+                    code,
+                    reason: p.reason.map(Arc::from),
+                }))
+            }
             Method::Channels => {
                 let pattern = decode::<ChannelsP>(params)?.pattern;
                 if pattern.as_ref().is_some_and(|p| p.len() > MAX_PATTERN) {
@@ -598,6 +613,26 @@ mod tests {
             Ok(Command::Everywhere(ApiOp::Disconnect { .. }))
         ));
         assert_eq!(code(c.check(Method::Disconnect, r#"{"user":""}"#)), 107);
+        assert!(matches!(
+            c.check(
+                Method::Disconnect,
+                r#"{"user":"u","code":4001,"reason":"banned"}"#
+            ),
+            Ok(Command::Everywhere(ApiOp::Disconnect { code: 4001, .. }))
+        ));
+        assert!(matches!(
+            c.check(Method::Disconnect, r#"{"user":"u"}"#),
+            Ok(Command::Everywhere(ApiOp::Disconnect {
+                code: 3006,
+                reason: None,
+                ..
+            }))
+        ));
+        for bad in [r#"{"user":"u","code":1000}"#, r#"{"user":"u","code":5000}"#] {
+            assert_eq!(code(c.check(Method::Disconnect, bad)), 107, "{bad}");
+        }
+        let long = format!(r#"{{"user":"u","reason":"{}"}}"#, "x".repeat(124));
+        assert_eq!(code(c.check(Method::Disconnect, &long)), 107);
         assert_eq!(code(c.check(Method::Subscribe, r#"{"user":"u"}"#)), 107);
         assert_eq!(
             code(c.check(Method::Subscribe, r#"{"user":"u","channel":""}"#)),

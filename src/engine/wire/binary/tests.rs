@@ -391,7 +391,7 @@ fn every_push_round_trips() {
     w.leave("room", &anon);
     w.state("room", &bob, "typing");
     w.state("room", &anon, "");
-    w.disconnect(CloseReason::Shutdown);
+    w.disconnect(CloseReason::Shutdown, "shutdown");
     let payload = w.payload();
     let sf = flatbuffers::root::<proto::ServerFrame>(payload).unwrap();
     let msgs = sf.messages().unwrap();

@@ -386,7 +386,7 @@ fn other_replies_and_pushes() {
         br#"{"push":{"channel":"c","pub":{"offset":1,"b64data":"/wA="}}}"#
     );
     out.clear();
-    write_disconnect(&mut out, CloseReason::SlowConsumer);
+    write_disconnect(&mut out, CloseReason::SlowConsumer, "slow consumer");
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["push"]["disconnect"]["code"], 3002);
     assert_eq!(v["push"]["disconnect"]["reconnect"], true);
@@ -435,7 +435,7 @@ fn writer_batches_replies_and_pushes() {
     w.join("room", &bob);
     w.state("room", &bob, "typing");
     w.leave("room", &bob);
-    w.disconnect(CloseReason::Shutdown);
+    w.disconnect(CloseReason::Shutdown, "shutdown");
     let lines: Vec<Value> = std::str::from_utf8(w.payload())
         .unwrap()
         .split('\n')
