@@ -9,6 +9,8 @@
 //! |------------|-------------------------------------------------|
 //! | 3000–3499  | reconnect (with backoff) and recover            |
 //! | 3500–3999  | do not reconnect: fix the client or credentials |
+//! | 4000–4499  | reconnect (a backend's own code, server API)     |
+//! | 4500–4999  | do not reconnect (a backend's own code)          |
 //!
 //! docs/PROTOCOL.md mirrors this file; keep both in step.
 

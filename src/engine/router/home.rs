@@ -9,7 +9,7 @@ use super::{
     HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, ReplyTo, Router, SWEEP_EVERY, counted,
 };
 use crate::engine::codes::ErrorCode;
-use crate::engine::history::{HistoryLimits, HistoryQuery, HistoryStore, Recovery};
+use crate::engine::history::{HistoryLimits, HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::namespace::Priority;
 use crate::engine::wire::ClientInfo;

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::channel::is_valid_channel;
 use crate::engine::codes::{CloseReason, ErrorCode};
-use crate::engine::history::{HistoryQuery, MemoryHistory, MemoryHistoryConfig};
+use crate::engine::history::{HistoryQuery, HistoryStore, MemoryHistory, MemoryHistoryConfig};
 use crate::engine::hub::{Hub, Position, home_shard};
 use crate::engine::idempotency::IdempotencyWindow;
 use crate::engine::namespace::{NamespaceOptions, Namespaces};
@@ -154,7 +154,9 @@ pub struct Router {
     namespaces: Arc<Namespaces>,
     hub: Hub,
     subs: Subscriptions,
-    history: MemoryHistory,
+    /// Where the channels this shard is home for keep their history: the
+    /// in-memory rings by default, any [`HistoryStore`] otherwise.
+    history: Box<dyn HistoryStore>,
     presence: Presence,
     idempotency: IdempotencyWindow,
     encoder: PubEncoder,
@@ -192,19 +194,32 @@ pub struct SubscribeRequest<'a> {
 }
 
 impl Router {
-    /// A router with no channels. `seed` makes epochs unique per process
-    /// and shard; `now` is the time origin.
+    /// A router with no channels, keeping history in memory (the embedded
+    /// default). `seed` makes epochs unique per process and shard; `now` is
+    /// the time origin.
     pub fn new(cfg: &RouterConfig, seed: u64, now: Instant) -> Self {
+        let history = MemoryHistory::new(MemoryHistoryConfig {
+            memory_limit: cfg.history_memory_limit,
+            sweep_budget: crate::engine::history::DEFAULT_SWEEP_BUDGET,
+        });
+        Self::with_history(cfg, seed, now, Box::new(history))
+    }
+
+    /// A router whose history lives in `history` (the seam a replicated
+    /// store fills; the session and the wire do not change).
+    pub fn with_history(
+        cfg: &RouterConfig,
+        seed: u64,
+        now: Instant,
+        history: Box<dyn HistoryStore>,
+    ) -> Self {
         Self {
             id: cfg.shard,
             shards: cfg.shards,
             namespaces: cfg.namespaces.clone(),
             hub: Hub::new(seed),
             subs: Subscriptions::with_capacity(cfg.max_subscriptions, cfg.expected_connections),
-            history: MemoryHistory::new(MemoryHistoryConfig {
-                memory_limit: cfg.history_memory_limit,
-                sweep_budget: crate::engine::history::DEFAULT_SWEEP_BUDGET,
-            }),
+            history,
             presence: Presence::new(),
             idempotency: IdempotencyWindow::new(
                 cfg.idempotency_window.as_millis() as u64,
@@ -680,7 +695,6 @@ impl Router {
 
     /// The history store's sizes and eviction counts.
     pub fn history_stats(&self) -> crate::engine::history::HistoryStats {
-        use crate::engine::history::HistoryStore;
         self.history.stats()
     }
 }
