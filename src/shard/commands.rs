@@ -11,8 +11,10 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::conn::{Conn, Extra, Identity, Phase};
-use super::core::{Shard, WriteQueue, slot, slot_ref};
-use crate::bridge::{Inbox, ShardMsg};
+use super::core::{Shard, slot, slot_ref};
+use super::peers::Peers;
+use super::write::WriteQueue;
+use crate::bridge::ShardMsg;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::limits::Admit;
 use crate::engine::outbox::{Frame, OverBudget};
@@ -25,9 +27,6 @@ use crate::engine::wire::{
 use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::engine::ws::handshake::WireFormat;
 use crate::metrics::ShardMetrics;
-
-/// Messages a shard may hold for a peer whose inbox is full.
-pub(crate) const OWED_MAX: usize = 65_536;
 
 /// Queues a data frame for `c` and lists it for the write pass. `Err`: the
 /// frame would exceed the connection's budget (a slow consumer).
@@ -67,8 +66,7 @@ pub(crate) struct ShardOut<'a> {
     pub(crate) budget: usize,
     pub(crate) metrics: &'a ShardMetrics,
     pub(crate) sent_stamps: &'a mut VecDeque<(Instant, u64)>,
-    pub(crate) inboxes: &'a [std::sync::Arc<Inbox>],
-    pub(crate) owed: &'a mut [VecDeque<ShardMsg>],
+    pub(crate) peers: &'a mut Peers,
     pub(crate) closes: &'a mut Vec<(ConnRef, CloseReason)>,
 }
 
@@ -86,8 +84,7 @@ macro_rules! shard_out {
             budget: $s.ctx.config.outbound_budget,
             metrics: &$s.metrics,
             sent_stamps: &mut $s.sent_stamps,
-            inboxes: &$s.ctx.inboxes,
-            owed: &mut $s.owed,
+            peers: &mut $s.peers,
             closes: &mut $s.closes,
         }
     };
@@ -191,29 +188,8 @@ impl Output for ShardOut<'_> {
         self.closes.push((c, reason));
     }
 
-    /// Keeps per-peer order: when earlier messages are still owed to that
-    /// peer, this one waits behind them.
     fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg> {
-        let msg = ShardMsg::Router(msg);
-        let msg = if self.owed[to].is_empty() {
-            match self.inboxes[to].push(msg) {
-                Ok(()) => return Ok(()),
-                Err(msg) => {
-                    self.metrics.queue_full(msg.kind());
-                    msg
-                }
-            }
-        } else {
-            msg
-        };
-        let ShardMsg::Router(m) = msg else {
-            unreachable!("wrapped above")
-        };
-        if m.refusable() && self.owed[to].len() >= OWED_MAX {
-            return Err(m);
-        }
-        self.owed[to].push_back(ShardMsg::Router(m));
-        Ok(())
+        self.peers.send(self.metrics, to, msg)
     }
 }
 

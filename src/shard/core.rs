@@ -8,7 +8,6 @@
 //! give every connection with pending output exactly one `writev`.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,13 +18,17 @@ use slab::Slab;
 use tracing::{info, warn};
 
 use super::ShardContext;
+use super::accept::{Accept, Acceptor, refuse};
 use super::commands::shard_out;
 use super::conn::{Conn, Extra, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
+use super::drain::{DRAIN_STEP, Drain};
+use super::peers::Peers;
 use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
-use crate::bridge::{Inbox, ShardMsg};
+use super::write::{WriteQueue, write_pass};
+use crate::bridge::Inbox;
 use crate::engine::codes::CloseReason;
 use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
-use crate::engine::router::{Msg, Router, RouterConfig};
+use crate::engine::router::{Router, RouterConfig};
 use crate::engine::subs::ConnRef;
 use crate::engine::timer::TimerWheel;
 use crate::engine::wire::FrameWriter;
@@ -44,13 +47,6 @@ const ACCEPT_BATCH: usize = 512;
 const INBOX_BATCH: usize = 8192;
 /// epoll events collected per turn.
 const EVENTS: usize = 1024;
-/// Slices per `writev`.
-const IOV: usize = 64;
-/// Connections written per turn before the shard looks for input again.
-/// At the loopback floor (~4 µs a write) this is about a millisecond, so
-/// a fan-out to 10,000 sockets never stops the shard reading for long, and
-/// publications that arrive during one share the writes still to come.
-const WRITE_BUDGET: usize = 256;
 /// Connection deadlines handled per loop turn. Connections that arrived
 /// together come due together (every handshake deadline of a connect
 /// burst in one tick, and their pings every `ping_interval` after); handled
@@ -79,50 +75,13 @@ pub(crate) fn slot(conns: &mut Slab<Conn>, c: ConnRef) -> Option<&mut Conn> {
         .filter(|conn| conn.generation == c.generation)
 }
 
-/// Draining state.
-struct Drain {
-    started: Instant,
-    spread_until: Instant,
-    deadline: Instant,
-}
-
-/// Connections with output to write, in FIFO order, with running counts
-/// so a publication can tell when every connection queued before it has
-/// been written.
-#[derive(Default)]
-pub(crate) struct WriteQueue {
-    q: VecDeque<ConnRef>,
-    /// Connections ever pushed.
-    pub(crate) pushed: u64,
-    /// Connections ever popped.
-    pub(crate) popped: u64,
-}
-
-impl WriteQueue {
-    pub(crate) fn push(&mut self, c: ConnRef) {
-        self.q.push_back(c);
-        self.pushed += 1;
-    }
-
-    fn pop(&mut self) -> Option<ConnRef> {
-        let c = self.q.pop_front()?;
-        self.popped += 1;
-        Some(c)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.q.is_empty()
-    }
-}
-
 /// One shard's whole state.
 pub struct Shard {
     pub(crate) id: usize,
     pub(crate) ctx: ShardContext,
     epoll: Epoll,
-    listener: Option<OwnedFd>,
-    accept_paused: bool,
-    spare: Option<OwnedFd>,
+    /// The listener and what keeps accepting graceful at the limits.
+    acceptor: Acceptor,
     pub(crate) conns: Slab<Conn>,
     next_generation: u32,
     /// Channels: the home side and the local subscriptions.
@@ -153,8 +112,8 @@ pub struct Shard {
     pub(crate) compressor: Option<Compressor>,
     /// Inflates compressed client messages (taken while in use).
     inflater: Option<Inflater>,
-    /// Messages owed to each peer shard whose inbox was full, in order.
-    pub(crate) owed: Vec<VecDeque<ShardMsg>>,
+    /// The other shards' inboxes and what is owed to them.
+    pub(crate) peers: Peers,
     /// The connection whose message is being handled (its replies are
     /// batched into `writer`).
     pub(crate) current: Option<ConnRef>,
@@ -171,7 +130,6 @@ pub struct Shard {
     handshake: HandshakeConfig,
     drain: Option<Drain>,
     stopped: bool,
-    last_limit_log: Option<Instant>,
     node_nonce: u32,
 }
 
@@ -232,9 +190,7 @@ impl Shard {
             heartbeat,
             delivering: HashMap::new(),
             epoll,
-            listener: Some(listener),
-            accept_paused: false,
-            spare: sys::spare_fd(),
+            acceptor: Acceptor::new(listener),
             // Sized up front (address space only: pages are touched as
             // slots are used), so growth never copies a million slots.
             conns: Slab::with_capacity(per_shard),
@@ -251,14 +207,13 @@ impl Shard {
             inbox_pending: true,
             writer: FrameWriter::new(),
             push_writer: FrameWriter::new(),
-            owed: (0..peers).map(|_| VecDeque::new()).collect(),
+            peers: Peers::new(ctx.inboxes.clone()),
             current: None,
             sent_stamps: VecDeque::new(),
             stats: Stats::default(),
             metrics,
             drain: None,
             stopped: false,
-            last_limit_log: None,
             node_nonce: ctx.shared.node_nonce,
             ctx,
         })
@@ -371,29 +326,27 @@ impl Shard {
     // ---- accepting --------------------------------------------------------
 
     fn accept_ready(&mut self) {
-        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
-            return;
-        };
         for _ in 0..ACCEPT_BATCH {
-            match sys::accept(lfd) {
-                Ok(fd) => self.admit(fd),
-                Err(e) if sys::would_block(&e) => return,
-                Err(e) => match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE) => {
-                        self.out_of_fds();
-                        return;
+            match self.acceptor.accept() {
+                Accept::Conn(fd) => self.admit(fd),
+                Accept::Empty => return,
+                Accept::OutOfFds => {
+                    self.metrics.refused(Refusal::FdLimit);
+                    self.limit_log("out of file descriptors: refusing new connections with 503");
+                    if self.acceptor.refuse_one_with_spare(&self.epoll) {
+                        self.metrics.handshake(Reject::Unavailable);
                     }
-                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
-                    Some(libc::ENOBUFS | libc::ENOMEM) => {
-                        self.limit_log("accept: out of kernel memory; pausing accepts");
-                        self.pause_accepts();
-                        return;
-                    }
-                    _ => {
-                        warn!(shard = self.id, error = %e, "accept failed");
-                        return;
-                    }
-                },
+                    return;
+                }
+                Accept::OutOfMemory => {
+                    self.limit_log("accept: out of kernel memory; pausing accepts");
+                    self.acceptor.pause(&self.epoll);
+                    return;
+                }
+                Accept::Failed(e) => {
+                    warn!(shard = self.id, error = %e, "accept failed");
+                    return;
+                }
             }
         }
     }
@@ -416,10 +369,7 @@ impl Shard {
             if reason != Refusal::Draining {
                 self.limit_log(&format!("refusing connections: {reason}"));
             }
-            // Answer 503 and close. The socket is fresh, so the small
-            // response fits its send buffer.
-            let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
-            sys::shutdown_write(fd.as_raw_fd());
+            refuse(&fd);
             return;
         }
         let generation = self.next_generation;
@@ -439,63 +389,9 @@ impl Shard {
         self.wheel.schedule(deadline, c);
     }
 
-    /// accept(2) failed with EMFILE/ENFILE: use the spare descriptor to
-    /// accept one pending connection and refuse it with 503, so clients
-    /// get an answer instead of hanging in the backlog.
-    fn out_of_fds(&mut self) {
-        self.metrics.refused(Refusal::FdLimit);
-        self.limit_log("out of file descriptors: refusing new connections with 503");
-        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
-            return;
-        };
-        if let Some(spare) = self.spare.take() {
-            drop(spare);
-            if let Ok(fd) = sys::accept(lfd) {
-                let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
-                sys::shutdown_write(fd.as_raw_fd());
-                self.metrics.handshake(Reject::Unavailable);
-            }
-            self.spare = sys::spare_fd();
-        }
-        if self.spare.is_none() {
-            // Could not even get the spare back: stop polling the
-            // listener until the next tick instead of spinning on it.
-            self.pause_accepts();
-        }
-    }
-
-    fn pause_accepts(&mut self) {
-        if let Some(l) = &self.listener
-            && !self.accept_paused
-        {
-            let _ = self.epoll.delete(l.as_raw_fd());
-            self.accept_paused = true;
-        }
-    }
-
-    fn resume_accepts(&mut self) {
-        if self.spare.is_none() {
-            self.spare = sys::spare_fd();
-        }
-        if let Some(l) = &self.listener
-            && self.accept_paused
-            && self
-                .epoll
-                .add(l.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)
-                .is_ok()
-        {
-            self.accept_paused = false;
-        }
-    }
-
     /// Logs a resource-limit warning at most once per 10 s per shard.
     fn limit_log(&mut self, what: &str) {
-        let now = Instant::now();
-        if self
-            .last_limit_log
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
-        {
-            self.last_limit_log = Some(now);
+        if self.acceptor.may_log(Instant::now()) {
             warn!(
                 shard = self.id,
                 open = self.ctx.shared.open_connections(),
@@ -832,61 +728,10 @@ impl Shard {
 
     // ---- writing ----------------------------------------------------------
 
-    /// The write pass, round-robin over the connections with pending
-    /// output: one `writev` each (everything queued for it, up to `IOV`
-    /// frames), at most `WRITE_BUDGET` connections per turn. A connection
-    /// with more left goes to the back of the queue; one whose socket is
-    /// full waits for EPOLLOUT.
-    ///
-    /// The budget bounds how long a big fan-out keeps the shard from
-    /// reading. Publications that arrive meanwhile join the outboxes of the
-    /// connections not yet written, so under load each write carries more
-    /// frames and the cost per delivery falls instead of the queue growing.
+    /// The write pass (see [`write_pass`]), then the latency of the
+    /// publications whose every local subscriber has now been written.
     pub(crate) fn flush(&mut self) {
-        let mut dead = Vec::new();
-        let mut budget = WRITE_BUDGET;
-        while budget > 0 {
-            let Some(c) = self.dirty.pop() else {
-                break;
-            };
-            let Some(conn) = slot(&mut self.conns, c) else {
-                continue;
-            };
-            budget -= 1;
-            conn.dirty = false;
-            let fd = conn.raw_fd();
-            if !conn.outbox.is_empty() {
-                let mut iov = [IoSlice::new(&[]); IOV];
-                let k = conn.outbox.fill(&mut iov);
-                let want: usize = iov[..k].iter().map(|s| s.len()).sum();
-                match sys::writev(fd, &iov[..k]) {
-                    Ok(n) => {
-                        self.stats.writes += 1;
-                        self.stats.bytes_out += n as u64;
-                        self.stats.frames_out += conn.outbox.consume(n) as u64;
-                        // n < want: the socket is full and EPOLLOUT calls
-                        // us back.
-                        if n == want && !conn.outbox.is_empty() {
-                            conn.dirty = true;
-                            self.dirty.push(c);
-                        }
-                    }
-                    Err(e) if sys::would_block(&e) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                        conn.dirty = true;
-                        self.dirty.push(c);
-                    }
-                    Err(_) => {
-                        dead.push(c);
-                        continue;
-                    }
-                }
-            }
-            if conn.outbox.is_empty() && conn.shutdown_after_flush && !conn.write_shut {
-                sys::shutdown_write(fd);
-                conn.write_shut = true;
-            }
-        }
+        let dead = write_pass(&mut self.conns, &mut self.dirty, &mut self.stats);
         for c in dead {
             self.free_conn(c);
         }
@@ -911,7 +756,7 @@ impl Shard {
     pub(crate) fn tick(&mut self) {
         let now = Instant::now();
         let interval = if self.drain.is_some() {
-            Duration::from_millis(100)
+            DRAIN_STEP
         } else {
             Duration::from_secs(1)
         };
@@ -919,9 +764,7 @@ impl Shard {
         self.now_tick = now.duration_since(self.started).as_secs() as u32;
         self.wheel.advance(self.now_tick, &mut self.due);
         self.run_deadlines();
-        if self.accept_paused {
-            self.resume_accepts();
-        }
+        self.acceptor.resume(&self.epoll);
         self.router_timers(now);
         if self.id == 0 {
             self.ctx.shared.check_memory();
@@ -1065,23 +908,14 @@ impl Shard {
         let now = Instant::now();
         let total = self.ctx.config.drain_timeout;
         info!(shard = self.id, connections = self.conns.len(), "draining");
-        if let Some(l) = self.listener.take() {
-            let _ = self.epoll.delete(l.as_raw_fd());
-        }
-        self.drain = Some(Drain {
-            started: now,
-            // Spread disconnects over the first 80%, leaving time for the
-            // close handshakes to finish.
-            spread_until: now + total.mul_f64(0.8),
-            deadline: now + total,
-        });
+        self.acceptor.close(&self.epoll);
+        self.drain = Some(Drain::new(now, total));
         self.next_tick = now;
     }
 
     fn drain_step(&mut self, now: Instant) {
-        let d = self.drain.as_ref().expect("draining");
-        let (started, spread_until, deadline) = (d.started, d.spread_until, d.deadline);
-        if self.conns.is_empty() || now >= deadline {
+        let d = *self.drain.as_ref().expect("draining");
+        if self.conns.is_empty() || d.over(now) {
             let left = self.conns.len();
             let keys: Vec<ConnRef> = self
                 .conns
@@ -1097,7 +931,7 @@ impl Shard {
             info!(
                 shard = self.id,
                 forced = left,
-                took_ms = now.duration_since(started).as_millis() as u64,
+                took_ms = d.elapsed(now).as_millis() as u64,
                 "drained"
             );
             self.stopped = true;
@@ -1112,13 +946,7 @@ impl Shard {
                 generation: c.generation,
             })
             .collect();
-        let steps_left = spread_until
-            .saturating_duration_since(now)
-            .as_millis()
-            .div_ceil(100)
-            .max(1) as usize;
-        let quota = open.len().div_ceil(steps_left);
-        for &c in open.iter().take(quota) {
+        for &c in open.iter().take(d.quota(now, open.len())) {
             match self.conn_mut(c).map(|conn| conn.phase) {
                 Some(Phase::Handshake) => self.free_conn(c),
                 Some(Phase::Open) => self.close_conn(c, CloseReason::Shutdown),
@@ -1131,21 +959,8 @@ impl Shard {
 
     /// Retries owed messages, oldest first, then `Lost` notices.
     pub(crate) fn retry_owed(&mut self) {
-        for to in 0..self.owed.len() {
-            while let Some(msg) = self.owed[to].pop_front() {
-                if let Err(msg) = self.ctx.inboxes[to].push(msg) {
-                    self.owed[to].push_front(msg);
-                    break;
-                }
-            }
-            if self.owed[to].is_empty() {
-                // Loss notices go after every delivery queued before them;
-                // they are never refused, so the owed queue carries them.
-                for channel in self.router.take_lost(to) {
-                    self.owed[to].push_back(ShardMsg::Router(Msg::Lost { channel }));
-                }
-            }
-        }
+        let router = &mut self.router;
+        self.peers.retry(|to| router.take_lost(to));
     }
 
     /// The client id reported in the `connect` reply.

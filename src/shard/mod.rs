@@ -4,9 +4,17 @@
 //! Layout:
 //! - `mod.rs`: starting shards (threads, pinning, driver choice) and the
 //!   async loop that drives a [`core::Shard`].
-//! - `core.rs`: the shard state and its loop turn: accept, read, write,
-//!   ticks, drain.
-//! - `commands.rs`: the wire protocol and cross-shard messages.
+//! - `core.rs`: the shard state and its loop turn: admitting, reading and
+//!   the connection's phases (handshake, frames, close), ticks, deadlines.
+//! - `accept.rs`: the listener, gracefully at the descriptor and memory
+//!   limits.
+//! - `write.rs`: the write pass (one `writev` per connection per turn).
+//! - `drain.rs`: the drain schedule.
+//! - `peers.rs`: the other shards' inboxes and what is owed to them.
+//! - `commands.rs`: connection-level commands (connect, ping, the rate
+//!   limit) and `ShardOut`, the shell's side of the channel router
+//!   (`engine::router::Output`).
+//! - `api.rs`: server API calls on the shard, and the user index.
 //! - `conn.rs`: per-connection state.
 //! - `sys.rs`: the Linux calls (epoll, accept4, read, writev).
 //!
@@ -35,11 +43,15 @@ use crate::config::{Config, Driver};
 use crate::engine::namespace::Namespaces;
 use crate::metrics::Metrics;
 
+mod accept;
 mod api;
 mod commands;
 mod conn;
 pub mod core;
+mod drain;
+mod peers;
 pub mod sys;
+mod write;
 
 /// State shared by every shard: admission control and readiness. The only
 /// mutable state shared between shards, all of it atomic.

@@ -1,0 +1,140 @@
+//! Accepting connections, gracefully at the limits: the shard's
+//! listener, a spare descriptor to answer 503 when the process is out of
+//! descriptors, pausing the listener when the kernel is out of memory, and
+//! a rate limit for the warnings about it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use super::conn::TOKEN_LISTENER;
+use super::sys::{self, Epoll, LEVEL_IN};
+use crate::engine::ws::handshake::Reject;
+
+/// What one `accept` gave.
+pub(crate) enum Accept {
+    /// A new connection.
+    Conn(OwnedFd),
+    /// Nothing pending (or no listener).
+    Empty,
+    /// EMFILE/ENFILE: the process or system is out of descriptors.
+    OutOfFds,
+    /// ENOBUFS/ENOMEM: the kernel is out of memory.
+    OutOfMemory,
+    /// Anything else.
+    Failed(std::io::Error),
+}
+
+/// Answers a connection with 503 and half-closes it. The socket is fresh,
+/// so the small response fits its send buffer.
+pub(crate) fn refuse(fd: &OwnedFd) {
+    let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
+    sys::shutdown_write(fd.as_raw_fd());
+}
+
+/// A shard's listener and its limit handling.
+pub(crate) struct Acceptor {
+    listener: Option<OwnedFd>,
+    /// Taken out of the shard's epoll set until the next tick.
+    paused: bool,
+    /// Closed to make room for one accept when out of descriptors.
+    spare: Option<OwnedFd>,
+    last_limit_log: Option<Instant>,
+}
+
+impl Acceptor {
+    /// Accepting on `listener` (already in the shard's epoll set).
+    pub(crate) fn new(listener: OwnedFd) -> Self {
+        Self {
+            listener: Some(listener),
+            paused: false,
+            spare: sys::spare_fd(),
+            last_limit_log: None,
+        }
+    }
+
+    /// Accepts one pending connection.
+    pub(crate) fn accept(&mut self) -> Accept {
+        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return Accept::Empty;
+        };
+        loop {
+            return match sys::accept(lfd) {
+                Ok(fd) => Accept::Conn(fd),
+                Err(e) if sys::would_block(&e) => Accept::Empty,
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => Accept::OutOfFds,
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO) => continue,
+                    Some(libc::ENOBUFS | libc::ENOMEM) => Accept::OutOfMemory,
+                    _ => Accept::Failed(e),
+                },
+            };
+        }
+    }
+
+    /// Out of descriptors: closes the spare to accept one pending
+    /// connection and refuse it with 503, so clients get an answer instead
+    /// of hanging in the backlog; then takes the spare back. Returns
+    /// whether a connection was refused. Without a spare to get back, the
+    /// listener is paused until the next tick instead of spinning on it.
+    pub(crate) fn refuse_one_with_spare(&mut self, epoll: &Epoll) -> bool {
+        let Some(lfd) = self.listener.as_ref().map(|l| l.as_raw_fd()) else {
+            return false;
+        };
+        let mut refused = false;
+        if let Some(spare) = self.spare.take() {
+            drop(spare);
+            if let Ok(fd) = sys::accept(lfd) {
+                refuse(&fd);
+                refused = true;
+            }
+            self.spare = sys::spare_fd();
+        }
+        if self.spare.is_none() {
+            self.pause(epoll);
+        }
+        refused
+    }
+
+    /// Stops polling the listener (until [`Acceptor::resume`]).
+    pub(crate) fn pause(&mut self, epoll: &Epoll) {
+        if let Some(l) = &self.listener
+            && !self.paused
+        {
+            let _ = epoll.delete(l.as_raw_fd());
+            self.paused = true;
+        }
+    }
+
+    /// Once per tick: polls the listener again if it was paused, and takes
+    /// the spare descriptor back if it could not be.
+    pub(crate) fn resume(&mut self, epoll: &Epoll) {
+        if self.spare.is_none() {
+            self.spare = sys::spare_fd();
+        }
+        if let Some(l) = &self.listener
+            && self.paused
+            && epoll.add(l.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER).is_ok()
+        {
+            self.paused = false;
+        }
+    }
+
+    /// Closes the listener for good (drain).
+    pub(crate) fn close(&mut self, epoll: &Epoll) {
+        if let Some(l) = self.listener.take() {
+            let _ = epoll.delete(l.as_raw_fd());
+        }
+    }
+
+    /// Whether a resource-limit warning may be logged now: at most once per
+    /// 10 s per shard.
+    pub(crate) fn may_log(&mut self, now: Instant) -> bool {
+        let may = self
+            .last_limit_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        if may {
+            self.last_limit_log = Some(now);
+        }
+        may
+    }
+}
