@@ -109,7 +109,17 @@ async fn every_channel_reaches_subscribers_on_both_shards() {
         want.sort();
         assert_eq!(got, want);
     }
-    assert!(server.metric("wsedge_channels_home{shard=\"0\"}") >= 0.0);
+    // Every channel has exactly one home, the one its name hashes to.
+    for shard in 0..2 {
+        let want = channels
+            .iter()
+            .filter(|ch| wsedge::engine::hub::home_shard(ch, 2) == shard)
+            .count() as f64;
+        let key = format!("wsedge_channels_home{{shard=\"{shard}\"}}");
+        server.wait_for(&format!("{want} channels homed on shard {shard}"), || {
+            server.metric(&key) == want
+        });
+    }
 }
 
 #[tokio::test]
