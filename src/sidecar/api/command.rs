@@ -169,6 +169,8 @@ pub enum Command {
         data: PubData,
         /// Idempotency key, for every channel.
         idempotency_key: Option<Box<str>>,
+        /// `priority: "high"`, for every channel.
+        high: bool,
     },
     /// The same call to every shard, merged to `{}` or the first error
     /// (`subscribe`, `unsubscribe`, `disconnect`).
@@ -215,6 +217,7 @@ struct BroadcastP<'a> {
     #[serde(borrow)]
     data: &'a RawValue,
     idempotency_key: Option<String>,
+    priority: Option<PriorityP>,
 }
 
 #[derive(Deserialize)]
@@ -342,6 +345,7 @@ impl Checker {
                 }
                 Ok(Command::Broadcast {
                     idempotency_key: idempotency_key(p.idempotency_key)?,
+                    high: matches!(p.priority, Some(PriorityP::High)),
                     data: payload(p.data),
                     channels: p.channels.into_iter().map(|c| self.channel(c)).collect(),
                 })
@@ -643,7 +647,7 @@ mod tests {
     #[test]
     fn broadcast_keeps_per_channel_errors() {
         let c = checker(false);
-        let Command::Broadcast { channels, .. } = c
+        let Command::Broadcast { channels, high, .. } = c
             .check(
                 Method::Broadcast,
                 r#"{"channels":["a","b c","d"],"data":1}"#,
@@ -652,7 +656,15 @@ mod tests {
         else {
             panic!("not broadcast");
         };
+        assert!(!high);
         assert!(channels[0].is_ok() && channels[2].is_ok());
+        assert!(matches!(
+            c.check(
+                Method::Broadcast,
+                r#"{"channels":["a"],"data":1,"priority":"high"}"#
+            ),
+            Ok(Command::Broadcast { high: true, .. })
+        ));
         assert_eq!(channels[1].as_ref().unwrap_err().code.code(), 109);
         assert_eq!(
             code(c.check(Method::Broadcast, r#"{"channels":[],"data":1}"#)),

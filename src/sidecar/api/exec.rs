@@ -86,12 +86,18 @@ impl Dispatcher {
         }
     }
 
-    async fn publish_home(&self, channel: &str, data: PubData, key: Option<Box<str>>) -> Pending {
+    async fn publish_home(
+        &self,
+        channel: &str,
+        data: PubData,
+        key: Option<Box<str>>,
+        high: bool,
+    ) -> Pending {
         let op = ApiOp::Publish {
             channel: channel.into(),
             data,
             idempotency_key: key,
-            high: false,
+            high,
         };
         self.send(home_shard(channel, self.inboxes.len()), op).await
     }
@@ -138,12 +144,13 @@ impl Dispatcher {
                 channels,
                 data,
                 idempotency_key,
+                high,
             } => {
                 let mut pending = Vec::with_capacity(channels.len());
                 for c in channels {
                     pending.push(match c {
                         Ok(c) => {
-                            self.publish_home(&c, data.clone(), idempotency_key.clone())
+                            self.publish_home(&c, data.clone(), idempotency_key.clone(), high)
                                 .await
                         }
                         Err(e) => Err(e),
@@ -415,6 +422,7 @@ mod tests {
                 ],
                 data,
                 idempotency_key: None,
+                high: false,
             }))
             .unwrap();
         assert_eq!(r["responses"][0], json!({"result": {"offset": 1}}));
