@@ -478,6 +478,13 @@ impl Config {
         if !(1..=9).contains(&self.compression_level) {
             return err("compression_level must be between 1 and 9".into());
         }
+        if self.max_commands_per_second > crate::engine::limits::MAX_COMMANDS_PER_SECOND {
+            return err(format!(
+                "max_commands_per_second = {} is above {}; use 0 for no limit",
+                self.max_commands_per_second,
+                crate::engine::limits::MAX_COMMANDS_PER_SECOND
+            ));
+        }
         if self.max_subscriptions == 0 {
             return err("max_subscriptions must be at least 1".into());
         }

@@ -19,6 +19,8 @@
 //! - [`subs`]: a shard's local subscription table.
 //! - [`router`]: a shard's channel router (home and local sides) as a
 //!   state machine, with the messages routers exchange.
+//! - [`session`]: a connection's command-level state (connected, rate)
+//!   and what each command asks of the shell.
 //! - [`outbox`]: per-connection output queue with budget.
 //! - [`limits`]: per-connection command rate limit.
 //! - [`timer`], [`heartbeat`]: the per-shard timer wheel and pings.
@@ -34,6 +36,7 @@ pub mod namespace;
 pub mod outbox;
 pub mod presence;
 pub mod router;
+pub mod session;
 pub mod subs;
 pub mod timer;
 pub mod wire;

@@ -15,10 +15,10 @@ use super::core::{Shard, slot, slot_ref};
 use super::peers::Peers;
 use super::write::WriteQueue;
 use crate::bridge::ShardMsg;
-use crate::engine::codes::{CloseReason, ErrorCode};
-use crate::engine::limits::Admit;
+use crate::engine::codes::CloseReason;
 use crate::engine::outbox::{Frame, OverBudget};
 use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest};
+use crate::engine::session::Step;
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
 use crate::engine::wire::{
@@ -257,83 +257,65 @@ impl Shard {
         if conn.phase != Phase::Open {
             return; // closed by an earlier command of the same frame
         }
-        match conn.rate.admit(tick, limit) {
-            Admit::Run => {}
-            Admit::Refuse => {
-                return self.reply(c, id, ReplyBody::Error(ErrorCode::TooManyRequests));
-            }
-            Admit::Disconnect => {
+        let method = match conn.session.command(tick, limit, cmd.method) {
+            Step::Reply(body) => return self.reply(c, id, body),
+            Step::Connect(params) => return self.connect(c, id, params),
+            Step::Flood => {
                 // Replies already batched for this frame go out first.
                 self.flush_replies(c);
                 return self.close_conn(c, CloseReason::Flood);
             }
-        }
-        let connected = conn.connected;
-        let method = match cmd.method {
-            Ok(m) => m,
-            Err(code) => return self.reply(c, id, ReplyBody::Error(code)),
+            Step::Channel(method) => method,
         };
+        let who = self.who(c);
+        let mut out = shard_out!(self);
+        let r = &mut self.router;
         match method {
-            Method::Connect(_) if connected => {
-                self.reply(c, id, ReplyBody::Error(ErrorCode::AlreadyConnected))
+            Method::Subscribe {
+                channel,
+                recover,
+                since,
+            } => {
+                let req = SubscribeRequest {
+                    channel: &channel,
+                    recover_since: since.filter(|_| recover),
+                };
+                r.subscribe(now, c, id, req, &who, &mut out)
             }
-            Method::Connect(params) => self.connect(c, id, params),
-            _ if !connected => self.reply(c, id, ReplyBody::Error(ErrorCode::NotConnected)),
-            Method::Ping => self.reply(c, id, ReplyBody::Ping),
-            channel_method => {
-                let who = self.who(c);
-                let mut out = shard_out!(self);
-                let r = &mut self.router;
-                match channel_method {
-                    Method::Subscribe {
-                        channel,
-                        recover,
-                        since,
-                    } => {
-                        let req = SubscribeRequest {
-                            channel: &channel,
-                            recover_since: since.filter(|_| recover),
-                        };
-                        r.subscribe(now, c, id, req, &who, &mut out)
-                    }
-                    Method::Unsubscribe { channel } => {
-                        r.unsubscribe(now, c, id, &channel, &who, &mut out)
-                    }
-                    Method::Publish {
-                        channel,
-                        data,
-                        idempotency_key,
-                    } => r.publish(
-                        now,
-                        c,
-                        id,
-                        &channel,
-                        PubData::from_data(data),
-                        idempotency_key.as_deref(),
-                        &mut out,
-                    ),
-                    Method::History {
-                        channel,
-                        limit,
-                        since,
-                        reverse,
-                    } => r.history(now, c, id, &channel, limit, since, reverse, &mut out),
-                    Method::Presence { channel } => {
-                        r.presence_query(now, c, id, &channel, false, &mut out)
-                    }
-                    Method::PresenceStats { channel } => {
-                        r.presence_query(now, c, id, &channel, true, &mut out)
-                    }
-                    Method::PresenceState {
-                        channel,
-                        state,
-                        ttl,
-                    } => {
-                        let ttl = ttl.map(|s| Duration::from_secs(u64::from(s)));
-                        r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
-                    }
-                    Method::Connect(_) | Method::Ping => unreachable!("handled above"),
-                }
+            Method::Unsubscribe { channel } => r.unsubscribe(now, c, id, &channel, &who, &mut out),
+            Method::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => r.publish(
+                now,
+                c,
+                id,
+                &channel,
+                PubData::from_data(data),
+                idempotency_key.as_deref(),
+                &mut out,
+            ),
+            Method::History {
+                channel,
+                limit,
+                since,
+                reverse,
+            } => r.history(now, c, id, &channel, limit, since, reverse, &mut out),
+            Method::Presence { channel } => r.presence_query(now, c, id, &channel, false, &mut out),
+            Method::PresenceStats { channel } => {
+                r.presence_query(now, c, id, &channel, true, &mut out)
+            }
+            Method::PresenceState {
+                channel,
+                state,
+                ttl,
+            } => {
+                let ttl = ttl.map(|s| Duration::from_secs(u64::from(s)));
+                r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
+            }
+            Method::Connect(_) | Method::Ping => {
+                unreachable!("the session answers connect and ping itself")
             }
         }
     }
@@ -346,7 +328,6 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        conn.connected = true;
         let user: Arc<str> = params.user.as_deref().unwrap_or("").into();
         let info = params.info.map(Bytes::copy_from_slice);
         if !user.is_empty() || info.is_some() {

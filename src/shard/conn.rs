@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::engine::heartbeat::Heartbeat;
-use crate::engine::limits::CommandRate;
 use crate::engine::outbox::Outbox;
+use crate::engine::session::Session;
 use crate::engine::subs::ConnRef;
 use crate::engine::ws::deflate::Deflate;
 use crate::engine::ws::frame::FrameDecoder;
@@ -53,8 +53,6 @@ pub struct Conn {
     pub(crate) format: WireFormat,
     /// permessage-deflate, if negotiated.
     pub(crate) deflate: Option<Deflate>,
-    /// `connect` was accepted.
-    pub(crate) connected: bool,
     /// Listed in the shard's dirty list for this turn.
     pub(crate) dirty: bool,
     /// Half-close (FIN) once the outbox is empty.
@@ -68,7 +66,8 @@ pub struct Conn {
     /// Deadline (shard tick) for the handshake or the close.
     pub(crate) deadline: u32,
     pub(crate) heartbeat: Heartbeat,
-    pub(crate) rate: CommandRate,
+    /// Command-level state: connected, command rate.
+    pub(crate) session: Session,
     pub(crate) decoder: FrameDecoder,
     /// The partial upgrade request while in `Handshake`; afterwards who
     /// the client said it is, if it said. Boxed so an anonymous open
@@ -87,7 +86,6 @@ impl Conn {
             endpoint: Endpoint::Client,
             format: WireFormat::Json,
             deflate: None,
-            connected: false,
             dirty: false,
             shutdown_after_flush: false,
             write_shut: false,
@@ -95,7 +93,7 @@ impl Conn {
             in_backlog: false,
             deadline,
             heartbeat,
-            rate: CommandRate::default(),
+            session: Session::default(),
             decoder: FrameDecoder::new(),
             extra: None,
             outbox: Outbox::default(),
