@@ -321,7 +321,8 @@ mod tests {
         Frame::Shared(Rc::new(b(s)))
     }
 
-    fn drain(o: &mut Outbox, chunk: usize) -> Vec<u8> {
+    /// Writes everything queued, at most `chunk` bytes per write.
+    pub(super) fn drain(o: &mut Outbox, chunk: usize) -> Vec<u8> {
         let mut out = Vec::new();
         while !o.is_empty() {
             let mut iov = [IoSlice::new(&[]); 8];
@@ -401,23 +402,11 @@ mod tests {
 
 #[cfg(test)]
 mod priority {
+    use super::tests::drain as write_all;
     use super::*;
 
     fn f(s: &[u8]) -> Frame {
         Frame::Owned(Bytes::copy_from_slice(s))
-    }
-
-    fn write_all(o: &mut Outbox, chunk: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        while !o.is_empty() {
-            let mut iov = [IoSlice::new(&[]); 8];
-            let k = o.fill(&mut iov);
-            let mut all: Vec<u8> = iov[..k].iter().flat_map(|s| s.iter().copied()).collect();
-            all.truncate(chunk);
-            out.extend_from_slice(&all);
-            o.consume(all.len());
-        }
-        out
     }
 
     #[test]
