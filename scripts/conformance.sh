@@ -9,6 +9,7 @@ cargo build --release --quiet
 bin=target/release/wsedge
 log=$(mktemp /tmp/wsedge-conformance.XXXXXX.log)
 # 9.* sends messages of up to 16 MiB.
+WSEDGE_API_LISTEN=127.0.0.1:0 \
 "$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --echo-path /echo \
   --max-message-size 16777216 --log-format text 2>"$log" &
 pid=$!

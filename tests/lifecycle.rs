@@ -143,6 +143,7 @@ fn address_in_use_fails_clearly() {
     let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen"])
         .arg(first.admin.to_string())
+        .env("WSEDGE_API_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

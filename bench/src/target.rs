@@ -222,6 +222,11 @@ impl Server {
                 if std::env::var_os("WSEDGE_DRAIN_TIMEOUT").is_none() {
                     cmd.env("WSEDGE_DRAIN_TIMEOUT", "1s");
                 }
+                // The server API is not used by the bench: a port of its own
+                // so a node already on 9091 does not stop the run.
+                if std::env::var_os("WSEDGE_API_LISTEN").is_none() {
+                    cmd.env("WSEDGE_API_LISTEN", "127.0.0.1:0");
+                }
                 if compression == Some(false) {
                     cmd.env("WSEDGE_COMPRESSION", "false");
                 }
