@@ -11,13 +11,13 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::conn::{Conn, Extra, Identity, Phase};
-use super::core::{Shard, slot, slot_ref};
+use super::core::{Shard, client_id, slot, slot_ref};
 use super::peers::Peers;
 use super::write::WriteQueue;
 use crate::bridge::ShardMsg;
 use crate::engine::codes::CloseReason;
 use crate::engine::outbox::{Frame, OverBudget};
-use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest};
+use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest, Who};
 use crate::engine::session::Step;
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
@@ -324,7 +324,7 @@ impl Shard {
     /// authentication (`auth = "none"`, the only mode until tokens exist)
     /// the client's own `user` and `info` are taken as given.
     fn connect(&mut self, c: ConnRef, id: u32, params: ConnectParams<'_>) {
-        let client = self.client_id(c);
+        let client = client_id(self.node_nonce, self.id, c.generation);
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
@@ -359,14 +359,22 @@ impl Shard {
         }
     }
 
-    /// Who connection `c` is, as presence shows it.
-    pub(crate) fn who(&self, c: ConnRef) -> ClientInfo {
-        let identity = slot_ref(&self.conns, c).and_then(Conn::identity);
-        ClientInfo {
-            client: self.client_id(c).into(),
-            user: identity.map_or_else(|| Arc::from(""), |i| i.user.clone()),
-            info: identity.and_then(|i| i.info.clone()),
-        }
+    /// Who connection `c` is, as presence shows it: built (client id
+    /// formatted, strings allocated) only if a channel asks. Holds no
+    /// borrow of the shard.
+    pub(crate) fn who(&self, c: ConnRef) -> Who<impl Fn() -> ClientInfo + use<>> {
+        let identity = slot_ref(&self.conns, c)
+            .and_then(Conn::identity)
+            .map(|i| (i.user.clone(), i.info.clone()));
+        let (nonce, shard, generation) = (self.node_nonce, self.id, c.generation);
+        Who::new(move || {
+            let (user, info) = identity.clone().unwrap_or_else(|| (Arc::from(""), None));
+            ClientInfo {
+                client: client_id(nonce, shard, generation).into(),
+                user,
+                info,
+            }
+        })
     }
 
     /// Runs the router's timers when they are due.

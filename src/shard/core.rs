@@ -130,7 +130,7 @@ pub struct Shard {
     handshake: HandshakeConfig,
     drain: Option<Drain>,
     stopped: bool,
-    node_nonce: u32,
+    pub(crate) node_nonce: u32,
 }
 
 impl Shard {
@@ -708,9 +708,10 @@ impl Shard {
             return;
         };
         let phase = conn.phase;
+        let user = conn.identity().map(|i| i.user.clone());
         let who = self.who(c);
-        if !who.user.is_empty() {
-            self.unindex_user(&who.user, c);
+        if let Some(user) = user.filter(|u| !u.is_empty()) {
+            self.unindex_user(&user, c);
         }
         self.conns.remove(c.idx as usize);
         if !self.delivering.is_empty() {
@@ -962,9 +963,10 @@ impl Shard {
         let router = &mut self.router;
         self.peers.retry(|to| router.take_lost(to));
     }
+}
 
-    /// The client id reported in the `connect` reply.
-    pub(crate) fn client_id(&self, c: ConnRef) -> String {
-        format!("{:08x}.{}.{}", self.node_nonce, self.id, c.generation)
-    }
+/// The client id of a connection (in the `connect` reply and presence):
+/// unique per process run, shard and connection.
+pub(crate) fn client_id(node_nonce: u32, shard: usize, generation: u32) -> String {
+    format!("{node_nonce:08x}.{shard}.{generation}")
 }

@@ -184,6 +184,29 @@ pub struct Router {
 /// `unsubscribe`) push instead of a reply. Clients must not use this id.
 pub const SERVER_INITIATED: u32 = u32::MAX;
 
+/// Who a local connection is, built only when a channel needs it (presence
+/// and member counts): most subscribes and closes never do, so they pay no
+/// client id formatting or allocation.
+pub struct Who<F> {
+    make: F,
+    made: std::cell::OnceCell<ClientInfo>,
+}
+
+impl<F: Fn() -> ClientInfo> Who<F> {
+    /// Builds the identity with `make`, at most once, when first asked.
+    pub fn new(make: F) -> Self {
+        Self {
+            make,
+            made: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The identity.
+    pub fn get(&self) -> &ClientInfo {
+        self.made.get_or_init(&self.make)
+    }
+}
+
 /// A `subscribe` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubscribeRequest<'a> {
@@ -324,7 +347,7 @@ impl Router {
         conn: ConnRef,
         id: u32,
         req: SubscribeRequest<'_>,
-        who: &ClientInfo,
+        who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
         let opts = match self.check(req.channel) {
@@ -332,8 +355,7 @@ impl Router {
             Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
         };
         let channel = req.channel;
-        let key = (conn, Arc::<str>::from(channel));
-        if self.subs.is_subscribed(conn, channel) || self.joining.contains_key(&key) {
+        if self.is_subscribed(conn, channel) {
             return out.reply(conn, id, ReplyBody::Error(ErrorCode::AlreadySubscribed));
         }
         let counted = counted(&opts);
@@ -346,7 +368,7 @@ impl Router {
         if self.subs.count(conn) >= self.subs.max_per_conn() {
             return out.reply(conn, id, ReplyBody::Error(ErrorCode::LimitExceeded));
         }
-        let (_, channel) = key;
+        let channel: Arc<str> = Arc::from(channel);
         self.joining.insert((conn, channel.clone()), id);
         if let Some(name) = self.subs.hold(&channel) {
             self.request_interest(now, name, true, out);
@@ -354,7 +376,7 @@ impl Router {
         let msg = Msg::Subscribe {
             channel: channel.clone(),
             since,
-            member: counted.then(|| Box::new(who.clone())),
+            member: counted.then(|| Box::new(who.get().clone())),
             from: self.id,
             reply_to: ReplyTo { conn, cmd_id: id },
         };
@@ -375,19 +397,18 @@ impl Router {
         conn: ConnRef,
         id: u32,
         channel: &str,
-        who: &ClientInfo,
+        who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
         let opts = match self.check(channel) {
             Ok(o) => o,
             Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
         };
-        let key = (conn, Arc::<str>::from(channel));
-        if self.joining.remove(&key).is_some() {
+        if self.take_joining(conn, channel).is_some() {
             // Its answer is still to come: forget it now (the answer is then
             // ignored) and release the hold it had.
             answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
-            self.leave_home(now, &key.1, &opts, who, out);
+            self.leave_home(now, channel, &opts, who, out);
             if let Some(name) = self.subs.unhold(channel) {
                 self.request_interest(now, name, false, out);
             }
@@ -396,7 +417,7 @@ impl Router {
         match self.subs.unsubscribe(conn, channel) {
             Ok(released) => {
                 answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
-                self.leave_home(now, &key.1, &opts, who, out);
+                self.leave_home(now, channel, &opts, who, out);
                 if let Some(name) = released {
                     self.request_interest(now, name, false, out);
                 }
@@ -494,7 +515,7 @@ impl Router {
         channel: &str,
         state: &str,
         ttl: Option<Duration>,
-        who: &ClientInfo,
+        who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
         if let Err(code) = self.permit(channel, |o| o.presence) {
@@ -505,7 +526,7 @@ impl Router {
         }
         let msg = Msg::SetState {
             channel: Arc::from(channel),
-            client: who.client.clone(),
+            client: who.get().client.clone(),
             state: Arc::from(state),
             ttl_ms: ttl.map(|t| t.as_millis() as u64),
             from: self.id,
@@ -521,7 +542,7 @@ impl Router {
         &mut self,
         now: Instant,
         conn: ConnRef,
-        who: &ClientInfo,
+        who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
         let mut leaving: Vec<Arc<str>> = self.subs.channels_of(conn).cloned().collect();
@@ -556,17 +577,17 @@ impl Router {
     fn leave_home(
         &mut self,
         now: Instant,
-        channel: &Arc<str>,
+        channel: &str,
         opts: &NamespaceOptions,
-        who: &ClientInfo,
+        who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
         if !counted(opts) {
             return;
         }
         let msg = Msg::Leave {
-            channel: channel.clone(),
-            client: who.client.clone(),
+            channel: Arc::from(channel),
+            client: who.get().client.clone(),
         };
         let home = self.home(channel);
         // Never refused (not refusable).
@@ -690,7 +711,17 @@ impl Router {
     /// waiting for the home's answer).
     pub fn is_subscribed(&self, conn: ConnRef, channel: &str) -> bool {
         self.subs.is_subscribed(conn, channel)
-            || self.joining.contains_key(&(conn, Arc::from(channel)))
+            || (!self.joining.is_empty() && self.joining.contains_key(&(conn, Arc::from(channel))))
+    }
+
+    /// Forgets `conn`'s subscription to `channel` waiting for its home, if
+    /// there is one; its command id. (No allocation when none is waiting,
+    /// the usual case.)
+    fn take_joining(&mut self, conn: ConnRef, channel: &str) -> Option<u32> {
+        if self.joining.is_empty() {
+            return None;
+        }
+        self.joining.remove(&(conn, Arc::from(channel)))
     }
 
     /// The history store's sizes and eviction counts.

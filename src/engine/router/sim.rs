@@ -238,7 +238,7 @@ impl Sim {
             recover_since: since,
         };
         self.on(c.shard, |r, out, now| {
-            r.subscribe(now, c.conn, id, req, &who, out)
+            r.subscribe(now, c.conn, id, req, &Who::new(|| who.clone()), out)
         });
         id
     }
@@ -247,7 +247,7 @@ impl Sim {
         let id = self.id();
         let who = self.who(c);
         self.on(c.shard, |r, out, now| {
-            r.unsubscribe(now, c.conn, id, channel, &who, out)
+            r.unsubscribe(now, c.conn, id, channel, &Who::new(|| who.clone()), out)
         });
         id
     }
@@ -300,14 +300,25 @@ impl Sim {
         let who = self.who(c);
         let ttl = ttl_s.map(Duration::from_secs);
         self.on(c.shard, |r, out, now| {
-            r.presence_state(now, c.conn, id, channel, state, ttl, &who, out)
+            r.presence_state(
+                now,
+                c.conn,
+                id,
+                channel,
+                state,
+                ttl,
+                &Who::new(|| who.clone()),
+                out,
+            )
         });
         id
     }
 
     pub fn close(&mut self, c: SimConn) {
         let who = self.who(c);
-        self.on(c.shard, |r, out, now| r.conn_closed(now, c.conn, &who, out));
+        self.on(c.shard, |r, out, now| {
+            r.conn_closed(now, c.conn, &Who::new(|| who.clone()), out)
+        });
     }
 
     /// Moves virtual time on by `d`, in steps no longer than the routers'
