@@ -42,6 +42,15 @@ impl Heartbeat {
         }
     }
 
+    /// A plain deadline at `at` with no ping outstanding: what a connection
+    /// that is not open (still upgrading, or closing) waits on instead.
+    pub fn until(at: u32) -> Self {
+        Self {
+            deadline: at,
+            awaiting_pong: false,
+        }
+    }
+
     /// The tick at which the timer must look at this connection again.
     pub fn deadline(&self) -> u32 {
         self.deadline

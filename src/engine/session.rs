@@ -1,156 +1,529 @@
-//! One connection's state above the WebSocket layer, and what each command
-//! means for it: whether it has connected, its command rate, and which
-//! commands it may send yet. The shard shell keeps one [`Session`] in each
-//! connection slot and carries out the [`Step`] every command gives; the
-//! channel commands go on to the router.
+//! One connection's whole protocol life as a state machine with no I/O:
+//! the HTTP upgrade, frames, the heartbeat, the close handshake in both
+//! directions, and (in [`Commands`]) the command-level state above them.
 //!
-//! The WebSocket phases (handshake, frames, the close handshake) are still
-//! the shell's; they move here next, behind the same kind of interface.
+//! The shard shell keeps one [`Session`] in each connection slot. It hands
+//! the session the bytes it read and the tick it is at, and carries out
+//! what the session returns: write the [`Session::outbox`], half-close once
+//! [`Session::wants_shutdown`], look again at [`Session::deadline`], send a
+//! complete message's commands to the router. Frames are decoded one event
+//! at a time ([`Session::take_decoder`], [`Session::on_event`],
+//! [`Session::fed`]) so that a message's payload is borrowed straight from
+//! the read buffer, and the shell may route a command (whose answers and
+//! deliveries may land in this same session's outbox) between two events
+//! without the session being borrowed.
+//!
+//! Time is the shard's whole-second tick; every deadline is a tick.
 
-use crate::engine::codes::ErrorCode;
-use crate::engine::limits::{Admit, admit};
-use crate::engine::wire::{ConnectParams, Method, ReplyBody};
+mod commands;
+#[cfg(test)]
+mod tests;
 
-/// A connection's command-level state, in eight bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Session {
-    /// The command rate window: its tick and the commands counted in it.
-    window: u32,
-    count: u16,
-    connected: bool,
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use commands::{Commands, Step};
+
+use crate::engine::codes::CloseReason;
+use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
+use crate::engine::outbox::Outbox;
+use crate::engine::wire::{FrameWriter, Method};
+use crate::engine::ws::deflate::{Deflate, Inflater};
+use crate::engine::ws::frame::{
+    DecoderLimits, Event, Fed, Flow, FrameDecoder, Opcode, close_frame, frame_bytes,
+};
+use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject, WireFormat};
+
+/// An unmasked ping with no payload.
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// What every session of a shard shares.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Paths, head size, compression.
+    pub handshake: HandshakeConfig,
+    /// Ping interval and pong timeout.
+    pub heartbeat: HeartbeatConfig,
+    /// Largest message accepted (after inflating), in bytes.
+    pub max_message_size: usize,
+    /// Seconds a client has to complete its upgrade request.
+    pub handshake_timeout: u32,
+    /// Seconds the peer has to answer a close (see [`Session::extend_close`]).
+    pub close_timeout: u32,
+    /// Commands a connection may send per second (0 = unlimited).
+    pub max_commands_per_second: u32,
 }
 
-/// What one command asks of the shell.
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// WebSocket open.
+    Open,
+    /// Our close frame (or HTTP refusal) is queued or sent; waiting for the
+    /// peer's close and/or the end of the stream, until the deadline.
+    Closing,
+}
+
+/// What a connection holds only some of the time.
+enum Extra {
+    /// Upgrade request bytes received so far.
+    Request(Vec<u8>),
+    /// Who the client is.
+    Identity(Identity),
+}
+
+/// Who a client said it is at `connect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// User id.
+    pub user: Arc<str>,
+    /// Connection info (JSON text).
+    pub info: Option<Bytes>,
+}
+
+/// How the upgrade request went so far.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Step<'a> {
-    /// Answer it with this at once.
-    Reply(ReplyBody<'static>),
-    /// `connect` accepted: answer with the connection's identity (client
-    /// id, node, ping interval, and the user it gives).
-    Connect(ConnectParams<'a>),
-    /// A channel command: the router's.
-    Channel(Method<'a>),
-    /// Flooding: send the replies already batched, then close with 3503.
-    Flood,
+pub enum Request {
+    /// The head is incomplete: more bytes are needed.
+    Partial,
+    /// Refused: the HTTP answer is queued and the session is closing.
+    Rejected(Reject),
+    /// Upgraded: the `101` answer is queued and the session is open. The
+    /// bytes the client sent after the head are already frames, to be fed.
+    Opened(Vec<u8>),
+}
+
+/// What one decoded frame event asks of the shell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Input<'e> {
+    /// Nothing.
+    Nothing,
+    /// An answer (a pong) was queued: list the connection for writing.
+    Answered,
+    /// The peer closed with this code (None: no code). The echo is queued
+    /// and the session is closing: write it, then half-close.
+    PeerClosed(Option<u16>),
+    /// The close the session was waiting for arrived: write what is left,
+    /// then half-close.
+    CloseDone,
+    /// A complete data message, for the endpoint.
+    Message {
+        /// Text (true) or binary.
+        text: bool,
+        /// The payload, still compressed if `compressed`.
+        payload: &'e [u8],
+        /// Deflate-compressed: inflate it with [`Session::inflate`] first.
+        compressed: bool,
+    },
+}
+
+/// How feeding a read's frames ended (see [`Session::fed`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Feed {
+    /// All consumed, or stopped on purpose.
+    Done,
+    /// The stream broke the protocol while open: close with this reason.
+    Close(CloseReason),
+    /// Garbage while waiting for the peer's close: the wait is given up;
+    /// write what is left, then half-close.
+    GiveUp,
+}
+
+/// What a deadline found (see [`Session::handle_timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// Not due: look again at this tick.
+    Wait(u32),
+    /// A ping was queued: write it, and look again at this tick.
+    Ping(u32),
+    /// The upgrade request did not complete in time: drop the connection.
+    HandshakeExpired,
+    /// The peer did not answer the heartbeat: close with
+    /// [`CloseReason::NoPong`].
+    NoPong,
+    /// The close handshake did not complete in time. Unless output is still
+    /// reaching the peer ([`Session::extend_close`]), drop the connection.
+    CloseExpired,
+}
+
+/// One connection's protocol state. 112 bytes; the shell's slot adds the
+/// socket and its own bookkeeping.
+pub struct Session {
+    phase: Phase,
+    endpoint: Endpoint,
+    format: WireFormat,
+    deflate: Option<Deflate>,
+    /// In `Closing`: still parse frames, looking for the peer's close.
+    awaiting_peer_close: bool,
+    /// Half-close (FIN) once the outbox is empty.
+    shutdown_after_flush: bool,
+    /// While open, the heartbeat; before and after, a plain deadline for
+    /// the upgrade or the close (one field serves all three phases).
+    heartbeat: Heartbeat,
+    commands: Commands,
+    decoder: FrameDecoder,
+    /// The partial upgrade request while in `Handshake`; afterwards who the
+    /// client said it is, if it said. Boxed so an anonymous open connection
+    /// pays 8 bytes for both.
+    extra: Option<Box<Extra>>,
+    /// Frames waiting for the socket, in the order they must be written.
+    pub outbox: Outbox,
 }
 
 impl Session {
-    /// Whether `connect` was accepted.
-    pub fn connected(&self) -> bool {
-        self.connected
+    /// A connection accepted at `now`: its upgrade request is due within
+    /// `handshake_timeout`.
+    pub fn new(now: u32, cfg: &SessionConfig) -> Self {
+        Self {
+            phase: Phase::Handshake,
+            endpoint: Endpoint::Client,
+            format: WireFormat::Json,
+            deflate: None,
+            awaiting_peer_close: false,
+            shutdown_after_flush: false,
+            heartbeat: Heartbeat::until(now + cfg.handshake_timeout),
+            commands: Commands::default(),
+            decoder: FrameDecoder::new(),
+            extra: None,
+            outbox: Outbox::default(),
+        }
     }
 
-    /// One command (or the error its decoding gave), at tick `now`, with
-    /// `limit` commands allowed per second (0 = unlimited).
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Whether the connection is open (commands are served, data is sent).
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Open
+    }
+
+    /// The endpoint the upgrade chose.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint
+    }
+
+    /// The wire form the upgrade negotiated.
+    pub fn format(&self) -> WireFormat {
+        self.format
+    }
+
+    /// permessage-deflate, if negotiated.
+    pub fn deflate(&self) -> Option<Deflate> {
+        self.deflate
+    }
+
+    /// Whether the connection takes the shared compressed publications
+    /// (compressed once with a 15-bit window).
+    pub fn takes_shared_deflate(&self) -> bool {
+        self.deflate.is_some_and(|d| d.server_window_bits == 15)
+    }
+
+    /// Whether `connect` was accepted.
+    pub fn connected(&self) -> bool {
+        self.commands.connected()
+    }
+
+    /// The tick at which [`Session::handle_timeout`] must run next.
+    pub fn deadline(&self) -> u32 {
+        self.heartbeat.deadline()
+    }
+
+    /// Whether everything is written and the write side should be shut.
+    pub fn wants_shutdown(&self) -> bool {
+        self.shutdown_after_flush && self.outbox.is_empty()
+    }
+
+    /// The user and connection info given at `connect`, if any.
+    pub fn identity(&self) -> Option<&Identity> {
+        match self.extra.as_deref() {
+            Some(Extra::Identity(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// Records who the client is (at `connect`). An empty user with no
+    /// info is anonymous and costs nothing.
+    pub fn set_identity(&mut self, user: Arc<str>, info: Option<Bytes>) {
+        if !user.is_empty() || info.is_some() {
+            self.extra = Some(Box::new(Extra::Identity(Identity { user, info })));
+        }
+    }
+
+    // ---- the upgrade ---------------------------------------------------------
+
+    /// Upgrade request bytes (`buf`, just read) at tick `now`.
+    pub fn handle_request(&mut self, now: u32, buf: &[u8], cfg: &SessionConfig) -> Request {
+        debug_assert_eq!(self.phase, Phase::Handshake);
+        let parsed = match self.extra.as_deref_mut() {
+            Some(Extra::Request(req)) => {
+                req.extend_from_slice(buf);
+                handshake::parse_request(req, &cfg.handshake)
+            }
+            _ => match handshake::parse_request(buf, &cfg.handshake) {
+                Parsed::Partial => {
+                    self.extra = Some(Box::new(Extra::Request(buf.to_vec())));
+                    return Request::Partial;
+                }
+                done => done,
+            },
+        };
+        match parsed {
+            Parsed::Partial => Request::Partial,
+            Parsed::Reject(r) => {
+                self.extra = None;
+                self.outbox.push_urgent(Bytes::from(r.response()));
+                self.start_closing(now, false, cfg);
+                Request::Rejected(r)
+            }
+            Parsed::Upgrade(up) => {
+                let rest = match self.extra.take().map(|b| *b) {
+                    Some(Extra::Request(req)) => req[up.head_len..].to_vec(),
+                    _ => buf[up.head_len..].to_vec(),
+                };
+                self.phase = Phase::Open;
+                self.endpoint = up.endpoint;
+                self.format = up.format;
+                self.deflate = up.deflate;
+                self.heartbeat = Heartbeat::start(now, &cfg.heartbeat);
+                self.outbox.push_urgent(Bytes::from(up.response));
+                Request::Opened(rest)
+            }
+        }
+    }
+
+    // ---- frames ----------------------------------------------------------------
+
+    /// Whether frames read now are to be decoded (open, or closing and still
+    /// waiting for the peer's close); otherwise input is discarded until
+    /// the end of the stream.
+    pub fn reads_frames(&self) -> bool {
+        match self.phase {
+            Phase::Open => true,
+            Phase::Closing => self.awaiting_peer_close,
+            Phase::Handshake => false,
+        }
+    }
+
+    /// Lends the frame decoder, and the limits it enforces, for one read's
+    /// bytes. Give it back with [`Session::fed`].
+    pub fn take_decoder(&mut self, cfg: &SessionConfig) -> (FrameDecoder, DecoderLimits) {
+        let limits = DecoderLimits {
+            max_message_size: cfg.max_message_size,
+            allow_compressed: self.deflate.is_some(),
+        };
+        (std::mem::take(&mut self.decoder), limits)
+    }
+
+    /// One decoded event. Control frames are answered here; a data message
+    /// goes to the shell.
+    pub fn on_event<'e>(&mut self, now: u32, ev: Event<'e>, cfg: &SessionConfig) -> Input<'e> {
+        if self.phase == Phase::Closing {
+            // Waiting for the peer's close; everything else is ignored.
+            if let Event::Close { .. } = ev {
+                self.awaiting_peer_close = false;
+                self.shutdown_after_flush = true;
+                return Input::CloseDone;
+            }
+            return Input::Nothing;
+        }
+        match ev {
+            Event::Message {
+                text,
+                payload,
+                compressed,
+            } => Input::Message {
+                text,
+                payload,
+                compressed,
+            },
+            Event::Ping(p) => {
+                self.outbox.push_urgent(frame_bytes(Opcode::Pong, p));
+                Input::Answered
+            }
+            Event::Pong(_) => {
+                self.heartbeat.on_pong(&cfg.heartbeat);
+                Input::Nothing
+            }
+            Event::Close { code, .. } => {
+                // Echo the peer's close, then half-close once it is out.
+                let echo = match code {
+                    Some(code) => close_frame(code, ""),
+                    None => frame_bytes(Opcode::Close, &[]),
+                };
+                self.outbox.drop_data();
+                self.outbox.push_urgent(echo);
+                self.start_closing(now, false, cfg);
+                Input::PeerClosed(code)
+            }
+        }
+    }
+
+    /// Whether the decoder should go on after the last event was handled:
+    /// while open, or while closing and still looking for the peer's close.
+    pub fn flow(&self) -> Flow {
+        if self.reads_frames() {
+            Flow::Continue
+        } else {
+            Flow::Stop
+        }
+    }
+
+    /// Takes the decoder back after a read's bytes were fed.
+    pub fn fed(&mut self, decoder: FrameDecoder, result: Result<Fed, CloseReason>) -> Feed {
+        match result {
+            Ok(Fed::All) => {
+                self.decoder = decoder;
+                Feed::Done
+            }
+            // Stopped: nothing more will be decoded.
+            Ok(Fed::Stopped) => Feed::Done,
+            Err(reason) if self.phase == Phase::Open => Feed::Close(reason),
+            Err(_) => {
+                self.awaiting_peer_close = false;
+                self.shutdown_after_flush = true;
+                Feed::GiveUp
+            }
+        }
+    }
+
+    /// Inflates a compressed message (bounded by the message size limit)
+    /// and checks that text is UTF-8. `Err`: close with that reason.
+    pub fn inflate<'i>(
+        &self,
+        inflater: &'i mut Inflater,
+        text: bool,
+        payload: &[u8],
+        cfg: &SessionConfig,
+    ) -> Result<&'i [u8], CloseReason> {
+        let plain = inflater.inflate(payload, cfg.max_message_size)?;
+        if text && simdutf8::basic::from_utf8(plain).is_err() {
+            return Err(CloseReason::InvalidPayload);
+        }
+        Ok(plain)
+    }
+
+    // ---- commands --------------------------------------------------------------
+
+    /// Whether a client message's frame type matches the negotiated wire
+    /// form (text for JSON, binary for FlatBuffers); if not, close with
+    /// [`CloseReason::UnsupportedData`].
+    pub fn accepts(&self, text: bool) -> bool {
+        text == (self.format == WireFormat::Json)
+    }
+
+    /// One command of a client message (or the error its decoding gave) at
+    /// tick `now`: what the shell must do with it. Nothing once the session
+    /// is no longer open (an earlier command of the same message closed it).
     pub fn command<'a>(
         &mut self,
         now: u32,
-        limit: u32,
-        method: Result<Method<'a>, ErrorCode>,
-    ) -> Step<'a> {
-        match admit(&mut self.window, &mut self.count, now, limit) {
-            Admit::Run => {}
-            Admit::Refuse => return Step::Reply(ReplyBody::Error(ErrorCode::TooManyRequests)),
-            Admit::Disconnect => return Step::Flood,
+        method: Result<Method<'a>, crate::engine::codes::ErrorCode>,
+        cfg: &SessionConfig,
+    ) -> Option<Step<'a>> {
+        if self.phase != Phase::Open {
+            return None;
         }
-        let method = match method {
-            Ok(m) => m,
-            Err(code) => return Step::Reply(ReplyBody::Error(code)),
-        };
-        match method {
-            Method::Connect(_) if self.connected => {
-                Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
+        Some(
+            self.commands
+                .command(now, cfg.max_commands_per_second, method),
+        )
+    }
+
+    // ---- closing ---------------------------------------------------------------
+
+    /// A server-initiated close at `now`: a `disconnect` push with `text`
+    /// (for application reasons, on the client endpoint), then the close
+    /// frame. They follow the data already queued, except for a slow
+    /// consumer, whose queued data is dropped and whose close goes out right
+    /// after the frame being written, if any. `pushes` encodes the push.
+    /// False if the session was not open (nothing done).
+    pub fn close(
+        &mut self,
+        now: u32,
+        reason: CloseReason,
+        text: &str,
+        pushes: &mut FrameWriter,
+        cfg: &SessionConfig,
+    ) -> bool {
+        if self.phase != Phase::Open {
+            return false;
+        }
+        let urgent = reason == CloseReason::SlowConsumer;
+        if urgent {
+            self.outbox.drop_data();
+        }
+        let mut frames: [Option<Bytes>; 2] = [None, None];
+        if reason.sends_push() && self.endpoint == Endpoint::Client {
+            pushes.begin(self.format);
+            pushes.disconnect_text(reason, text);
+            frames[0] = pushes.finish();
+        }
+        frames[1] = Some(close_frame(reason.close_code(), text));
+        for f in frames.into_iter().flatten() {
+            if urgent {
+                self.outbox.push_urgent(f);
+            } else {
+                self.outbox.push_final(f);
             }
-            Method::Connect(params) => {
-                self.connected = true;
-                Step::Connect(params)
+        }
+        // After a protocol failure the stream cannot be trusted: do not
+        // wait for the peer's close.
+        let transport = matches!(
+            reason,
+            CloseReason::ProtocolError
+                | CloseReason::InvalidPayload
+                | CloseReason::MessageTooBig
+                | CloseReason::UnsupportedData
+        );
+        self.start_closing(now, !transport, cfg);
+        true
+    }
+
+    /// Moves to `Closing`: nothing more is read as commands; the outbox
+    /// (already holding the close frame or HTTP answer) is written, then
+    /// the write side is shut. With `await_peer`, frames are still parsed
+    /// until the peer's close arrives.
+    fn start_closing(&mut self, now: u32, await_peer: bool, cfg: &SessionConfig) {
+        self.phase = Phase::Closing;
+        self.awaiting_peer_close = await_peer;
+        self.shutdown_after_flush = !await_peer;
+        self.heartbeat = Heartbeat::until(now + cfg.close_timeout);
+        if matches!(self.extra.as_deref(), Some(Extra::Request(_))) {
+            self.extra = None;
+        }
+    }
+
+    /// The close deadline passed while output was still reaching the peer:
+    /// its time to answer starts when the close has reached it, so wait
+    /// another `close_timeout`. Returns the new deadline.
+    pub fn extend_close(&mut self, now: u32, cfg: &SessionConfig) -> u32 {
+        self.heartbeat = Heartbeat::until(now + cfg.close_timeout);
+        self.heartbeat.deadline()
+    }
+
+    // ---- time ------------------------------------------------------------------
+
+    /// The session's deadline came round at tick `now`.
+    pub fn handle_timeout(&mut self, now: u32, cfg: &SessionConfig) -> Timeout {
+        match self.phase {
+            Phase::Handshake | Phase::Closing if now < self.deadline() => {
+                Timeout::Wait(self.deadline())
             }
-            _ if !self.connected => Step::Reply(ReplyBody::Error(ErrorCode::NotConnected)),
-            Method::Ping => Step::Reply(ReplyBody::Ping),
-            channel => Step::Channel(channel),
+            Phase::Handshake => Timeout::HandshakeExpired,
+            Phase::Closing => Timeout::CloseExpired,
+            Phase::Open => match self.heartbeat.on_timer(now, &cfg.heartbeat) {
+                HeartbeatAction::Wait(at) => Timeout::Wait(at),
+                HeartbeatAction::Ping(at) => {
+                    self.outbox.push_urgent(Bytes::from_static(PING_FRAME));
+                    Timeout::Ping(at)
+                }
+                HeartbeatAction::Timeout => Timeout::NoPong,
+            },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::borrow::Cow;
-
-    use super::*;
-
-    fn sub(channel: &str) -> Method<'_> {
-        Method::Subscribe {
-            channel: Cow::Borrowed(channel),
-            recover: false,
-            since: None,
-        }
-    }
-
-    #[test]
-    fn eight_bytes() {
-        assert_eq!(std::mem::size_of::<Session>(), 8);
-    }
-
-    #[test]
-    fn connect_first_then_once() {
-        let mut s = Session::default();
-        assert_eq!(
-            s.command(0, 0, Ok(sub("a"))),
-            Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
-        );
-        assert_eq!(
-            s.command(0, 0, Ok(Method::Ping)),
-            Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
-        );
-        assert!(matches!(
-            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
-            Step::Connect(_)
-        ));
-        assert!(s.connected());
-        assert_eq!(
-            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
-            Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
-        );
-        assert_eq!(
-            s.command(0, 0, Ok(Method::Ping)),
-            Step::Reply(ReplyBody::Ping)
-        );
-        assert_eq!(s.command(0, 0, Ok(sub("a"))), Step::Channel(sub("a")));
-        assert_eq!(
-            s.command(0, 0, Err(ErrorCode::UnknownMethod)),
-            Step::Reply(ReplyBody::Error(ErrorCode::UnknownMethod))
-        );
-    }
-
-    #[test]
-    fn the_rate_limit_refuses_then_disconnects_per_second() {
-        let mut s = Session::default();
-        s.command(5, 3, Ok(Method::Connect(ConnectParams::default())));
-        assert_eq!(
-            s.command(5, 3, Ok(Method::Ping)),
-            Step::Reply(ReplyBody::Ping)
-        );
-        assert_eq!(
-            s.command(5, 3, Ok(Method::Ping)),
-            Step::Reply(ReplyBody::Ping)
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                s.command(5, 3, Ok(Method::Ping)),
-                Step::Reply(ReplyBody::Error(ErrorCode::TooManyRequests))
-            );
-        }
-        assert_eq!(s.command(5, 3, Ok(Method::Ping)), Step::Flood);
-        // A new second starts a new window.
-        assert_eq!(
-            s.command(6, 3, Ok(Method::Ping)),
-            Step::Reply(ReplyBody::Ping)
-        );
-        // Counted even when the command is malformed.
-        let mut t = Session::default();
-        for _ in 0..2 {
-            t.command(0, 1, Err(ErrorCode::BadRequest));
-        }
-        assert_eq!(t.command(0, 1, Err(ErrorCode::BadRequest)), Step::Flood);
     }
 }

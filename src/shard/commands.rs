@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use slab::Slab;
 
-use super::conn::{Conn, Extra, Identity, Phase};
+use super::conn::Conn;
 use super::core::{Shard, client_id, slot, slot_ref};
 use super::peers::Peers;
 use super::write::WriteQueue;
@@ -25,7 +25,6 @@ use crate::engine::wire::{
     self, ClientInfo, Command, ConnectParams, FrameWriter, Method, ReplyBody,
 };
 use crate::engine::ws::deflate::{Compressor, frame_for};
-use crate::engine::ws::handshake::WireFormat;
 use crate::metrics::ShardMetrics;
 
 /// Queues a data frame for `c` and lists it for the write pass. `Err`: the
@@ -40,10 +39,10 @@ pub(crate) fn queue_frame(
     let Some(conn) = slot(conns, c) else {
         return Ok(());
     };
-    if conn.phase != Phase::Open {
+    if !conn.session.is_open() {
         return Ok(());
     }
-    conn.outbox.push_data(frame, budget)?;
+    conn.session.outbox.push_data(frame, budget)?;
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(c);
@@ -116,7 +115,7 @@ impl Output for ShardOut<'_> {
         let Some(conn) = slot(self.conns, c) else {
             return;
         };
-        let (format, deflate) = (conn.format, conn.deflate);
+        let (format, deflate) = (conn.session.format(), conn.session.deflate());
         self.push_writer.begin(format);
         self.push_writer.reply(id, body);
         let comp = &mut *self.compressor;
@@ -132,14 +131,16 @@ impl Output for ShardOut<'_> {
         let high = p.high_priority;
         for s in subs {
             // Closing connections get nothing more after their close frame.
-            let Some(conn) = slot(self.conns, s.conn).filter(|c| c.phase == Phase::Open) else {
+            let Some(conn) = slot(self.conns, s.conn).filter(|c| c.session.is_open()) else {
                 continue;
             };
-            let frame = Frame::Shared(frames.frame(conn.format, conn.takes_shared_deflate()));
+            let frame = Frame::Shared(
+                frames.frame(conn.session.format(), conn.session.takes_shared_deflate()),
+            );
             let queued = if high {
-                conn.outbox.push_high(frame, self.budget)
+                conn.session.outbox.push_high(frame, self.budget)
             } else {
-                conn.outbox.push_data(frame, self.budget)
+                conn.session.outbox.push_data(frame, self.budget)
             };
             if queued.is_err() {
                 // Counted once, by the close.
@@ -161,7 +162,7 @@ impl Output for ShardOut<'_> {
         let Some(conn) = slot(self.conns, c) else {
             return;
         };
-        let (format, deflate) = (conn.format, conn.deflate);
+        let (format, deflate) = (conn.session.format(), conn.session.deflate());
         self.push_writer.begin(format);
         match body {
             ReplyBody::Subscribe {
@@ -199,8 +200,8 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        let format = conn.format;
-        if text != (format == WireFormat::Json) {
+        let format = conn.session.format();
+        if !conn.session.accepts(text) {
             self.close_conn(c, CloseReason::UnsupportedData);
             return;
         }
@@ -225,7 +226,7 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        let deflate = conn.deflate;
+        let deflate = conn.session.deflate();
         let comp = &mut self.compressor;
         if let Some(frame) = self
             .writer
@@ -250,14 +251,15 @@ impl Shard {
 
     fn exec(&mut self, now: Instant, c: ConnRef, cmd: Command<'_>) {
         let id = cmd.id;
-        let (tick, limit) = (self.now_tick, self.ctx.config.max_commands_per_second);
-        let Some(conn) = self.conn_mut(c) else {
+        let tick = self.now_tick;
+        let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        if conn.phase != Phase::Open {
-            return; // closed by an earlier command of the same frame
-        }
-        let method = match conn.session.command(tick, limit, cmd.method) {
+        // None: closed by an earlier command of the same message.
+        let Some(step) = conn.session.command(tick, cmd.method, &self.session_cfg) else {
+            return;
+        };
+        let method = match step {
             Step::Reply(body) => return self.reply(c, id, body),
             Step::Connect(params) => return self.connect(c, id, params),
             Step::Flood => {
@@ -330,14 +332,9 @@ impl Shard {
         };
         let user: Arc<str> = params.user.as_deref().unwrap_or("").into();
         let info = params.info.map(Bytes::copy_from_slice);
-        if !user.is_empty() || info.is_some() {
-            conn.extra = Some(Box::new(Extra::Identity(Identity {
-                user: user.clone(),
-                info,
-            })));
-        }
+        conn.session.set_identity(user.clone(), info);
         let config = self.ctx.config.clone();
-        let ping = self.heartbeat.ping_interval;
+        let ping = self.session_cfg.heartbeat.ping_interval;
         self.reply(
             c,
             id,
@@ -364,7 +361,7 @@ impl Shard {
     /// borrow of the shard.
     pub(crate) fn who(&self, c: ConnRef) -> Who<impl Fn() -> ClientInfo + use<>> {
         let identity = slot_ref(&self.conns, c)
-            .and_then(Conn::identity)
+            .and_then(|conn| conn.session.identity())
             .map(|i| (i.user.clone(), i.info.clone()));
         let (nonce, shard, generation) = (self.node_nonce, self.id, c.generation);
         Who::new(move || {

@@ -13,28 +13,28 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use slab::Slab;
 use tracing::{info, warn};
 
 use super::ShardContext;
 use super::accept::{Accept, Acceptor, refuse};
 use super::commands::shard_out;
-use super::conn::{Conn, Extra, Phase, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
+use super::conn::{Conn, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
 use super::drain::{DRAIN_STEP, Drain};
 use super::peers::Peers;
 use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
 use super::write::{WriteQueue, write_pass};
 use crate::bridge::Inbox;
 use crate::engine::codes::CloseReason;
-use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
+use crate::engine::heartbeat::HeartbeatConfig;
 use crate::engine::router::{Router, RouterConfig};
+use crate::engine::session::{Feed, Input, Phase, Request, SessionConfig, Timeout};
 use crate::engine::subs::ConnRef;
 use crate::engine::timer::TimerWheel;
 use crate::engine::wire::FrameWriter;
 use crate::engine::ws::deflate::{Compressor, DeflateConfig, Inflater, frame_for};
-use crate::engine::ws::frame::{DecoderLimits, Event, Fed, Flow, Opcode, close_frame, frame_bytes};
-use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject};
+use crate::engine::ws::frame::{Event, Flow};
+use crate::engine::ws::handshake::{Endpoint, HandshakeConfig, Reject};
 use crate::metrics::{HandshakeResult, Refusal, ShardMetrics, Stats};
 
 /// Bytes read per `read(2)`; the one read buffer of the shard.
@@ -53,12 +53,6 @@ const EVENTS: usize = 1024;
 /// a slice per turn, they hold up reading and writing for at most a few
 /// hundred microseconds instead of for the whole burst at once.
 const DEADLINE_BUDGET: usize = 512;
-
-const PING_FRAME: &[u8] = &[0x89, 0x00];
-
-fn conn_phase(conns: &mut Slab<Conn>, c: ConnRef) -> Option<Phase> {
-    slot(conns, c).map(|conn| conn.phase)
-}
 
 /// The connection `c` names in `conns`, if it still exists (shared).
 pub(crate) fn slot_ref(conns: &Slab<Conn>, c: ConnRef) -> Option<&Conn> {
@@ -122,12 +116,11 @@ pub struct Shard {
     pub(crate) sent_stamps: VecDeque<(Instant, u64)>,
     pub(crate) stats: Stats,
     pub(crate) metrics: ShardMetrics,
-    pub(crate) heartbeat: HeartbeatConfig,
+    /// What every connection's session shares (limits, timeouts).
+    pub(crate) session_cfg: SessionConfig,
     /// Closing connections whose close deadline found output still on its
     /// way to the peer, with the bytes left then (see `close_deadline`).
     delivering: HashMap<ConnRef, usize>,
-    max_message_size: usize,
-    handshake: HandshakeConfig,
     drain: Option<Drain>,
     stopped: bool,
     pub(crate) node_nonce: u32,
@@ -140,17 +133,7 @@ impl Shard {
         epoll.add(listener.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)?;
         epoll.add(ctx.inboxes[id].doorbell_fd(), LEVEL_IN, TOKEN_DOORBELL)?;
         let cfg = &ctx.config;
-        let heartbeat = HeartbeatConfig {
-            ping_interval: cfg.ping_interval.as_secs() as u32,
-            pong_timeout: cfg.pong_timeout.as_secs() as u32,
-        };
-        let peers = ctx.inboxes.len();
-        let metrics = ctx.metrics.shard(id);
-        let per_shard = ctx.shared.max_connections().div_ceil(peers) + 64;
-        let seed = rand::random::<u64>() ^ ((id as u64) << 56);
-        Ok(Self {
-            id,
-            max_message_size: cfg.max_message_size,
+        let session_cfg = SessionConfig {
             handshake: HandshakeConfig {
                 client_path: cfg.ws_path.clone(),
                 echo_path: cfg.echo_path.clone(),
@@ -159,6 +142,21 @@ impl Shard {
                     enabled: cfg.compression,
                 },
             },
+            heartbeat: HeartbeatConfig {
+                ping_interval: cfg.ping_interval.as_secs() as u32,
+                pong_timeout: cfg.pong_timeout.as_secs() as u32,
+            },
+            max_message_size: cfg.max_message_size,
+            handshake_timeout: cfg.handshake_timeout.as_secs() as u32,
+            close_timeout: cfg.close_timeout.as_secs() as u32,
+            max_commands_per_second: cfg.max_commands_per_second,
+        };
+        let peers = ctx.inboxes.len();
+        let metrics = ctx.metrics.shard(id);
+        let per_shard = ctx.shared.max_connections().div_ceil(peers) + 64;
+        let seed = rand::random::<u64>() ^ ((id as u64) << 56);
+        Ok(Self {
+            id,
             compressor: cfg
                 .compression
                 .then(|| Compressor::new(cfg.compression_level, cfg.compression_min_size)),
@@ -187,7 +185,7 @@ impl Shard {
             closes: Vec::new(),
             users: HashMap::new(),
             evicted_before: [0; 3],
-            heartbeat,
+            session_cfg,
             delivering: HashMap::new(),
             epoll,
             acceptor: Acceptor::new(listener),
@@ -374,10 +372,10 @@ impl Shard {
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
-        let deadline = self.now_tick + self.ctx.config.handshake_timeout.as_secs() as u32;
-        let hb = Heartbeat::start(self.now_tick, &self.heartbeat);
-        let raw = fd.as_raw_fd();
-        let idx = self.conns.insert(Conn::new(fd, generation, deadline, hb)) as u32;
+        let conn = Conn::new(fd, generation, self.now_tick, &self.session_cfg);
+        let deadline = conn.session.deadline();
+        let raw = conn.raw_fd();
+        let idx = self.conns.insert(conn) as u32;
         let c = ConnRef { idx, generation };
         if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
             warn!(shard = self.id, error = %e, "epoll_ctl add failed");
@@ -414,7 +412,9 @@ impl Shard {
             let n = match r {
                 Ok(0) => {
                     self.scratch = scratch;
-                    if conn_phase(&mut self.conns, c) == Some(Phase::Handshake) {
+                    if slot_ref(&self.conns, c).map(|conn| conn.session.phase())
+                        == Some(Phase::Handshake)
+                    {
                         self.metrics.handshake(HandshakeResult::Aborted);
                     }
                     self.free_conn(c);
@@ -458,55 +458,25 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        match conn.phase {
+        match conn.session.phase() {
             Phase::Handshake => self.on_request_bytes(c, buf),
-            Phase::Open => self.feed_frames(c, buf),
-            Phase::Closing if conn.awaiting_peer_close => self.feed_frames(c, buf),
-            Phase::Closing => {} // discard until end of stream
+            _ if conn.session.reads_frames() => self.feed_frames(c, buf),
+            _ => {} // closing: discard until end of stream
         }
     }
 
     fn on_request_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
-        let cfg = &self.handshake;
+        let now = self.now_tick;
         let conn = slot(&mut self.conns, c).expect("caller checked");
-        let parsed = match conn.request_mut() {
-            None => match handshake::parse_request(buf, cfg) {
-                Parsed::Partial => {
-                    conn.extra = Some(Box::new(Extra::Request(buf.to_vec())));
-                    return;
-                }
-                done => done,
-            },
-            Some(req) => {
-                req.extend_from_slice(buf);
-                match handshake::parse_request(req, cfg) {
-                    Parsed::Partial => return,
-                    done => done,
-                }
-            }
-        };
-        match parsed {
-            Parsed::Partial => {}
-            Parsed::Reject(r) => {
+        match conn.session.handle_request(now, buf, &self.session_cfg) {
+            Request::Partial => {}
+            Request::Rejected(r) => {
                 self.metrics.handshake(r);
-                conn.extra = None;
-                conn.outbox.push_urgent(Bytes::from(r.response()));
-                self.start_closing(c, false);
+                self.closing(c);
             }
-            Parsed::Upgrade(up) => {
+            Request::Opened(mut rest) => {
                 self.metrics.handshake(HandshakeResult::Ok);
-                // Bytes after the request head are already WebSocket frames.
-                let mut rest: Vec<u8> = match conn.take_request() {
-                    Some(req) => req[up.head_len..].to_vec(),
-                    None => buf[up.head_len..].to_vec(),
-                };
-                conn.phase = Phase::Open;
-                conn.endpoint = up.endpoint;
-                conn.format = up.format;
-                conn.deflate = up.deflate;
-                conn.heartbeat = Heartbeat::start(self.now_tick, &self.heartbeat);
-                conn.outbox.push_urgent(Bytes::from(up.response));
-                let deadline = conn.heartbeat.deadline();
+                let deadline = conn.session.deadline();
                 self.wheel.schedule(deadline, c);
                 self.mark_dirty(c);
                 if !rest.is_empty() {
@@ -516,51 +486,36 @@ impl Shard {
         }
     }
 
+    /// Decodes one read's frames, an event at a time, through the session.
     fn feed_frames(&mut self, c: ConnRef, buf: &mut [u8]) {
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        let mut decoder = std::mem::take(&mut conn.decoder);
-        let limits = DecoderLimits {
-            max_message_size: self.max_message_size,
-            allow_compressed: conn.deflate.is_some(),
-        };
+        let (mut decoder, limits) = conn.session.take_decoder(&self.session_cfg);
         let result = decoder.feed(buf, &limits, |ev| self.on_event(c, ev));
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        match result {
-            Ok(Fed::All) => conn.decoder = decoder,
-            Ok(Fed::Stopped) => {} // closing: the decoder is no longer needed
-            Err(reason) => {
-                if conn.phase == Phase::Open {
-                    self.close_conn(c, reason);
-                } else {
-                    // Garbage while waiting for the peer's close: give up on it.
-                    conn.awaiting_peer_close = false;
-                    conn.shutdown_after_flush = true;
-                    self.mark_dirty(c);
-                }
-            }
+        match conn.session.fed(decoder, result) {
+            Feed::Done => {}
+            Feed::Close(reason) => self.close_conn(c, reason),
+            Feed::GiveUp => self.mark_dirty(c),
         }
     }
 
     fn on_event(&mut self, c: ConnRef, ev: Event<'_>) -> Flow {
+        let now = self.now_tick;
         let Some(conn) = slot(&mut self.conns, c) else {
             return Flow::Stop;
         };
-        if conn.phase == Phase::Closing {
-            // Waiting for the peer's close; everything else is ignored.
-            if let Event::Close { .. } = ev {
-                conn.awaiting_peer_close = false;
-                conn.shutdown_after_flush = true;
-                self.mark_dirty(c);
-                return Flow::Stop;
+        match conn.session.on_event(now, ev, &self.session_cfg) {
+            Input::Nothing => {}
+            Input::Answered | Input::CloseDone => self.mark_dirty(c),
+            Input::PeerClosed(code) => {
+                self.metrics.close(code.unwrap_or(1005));
+                self.closing(c);
             }
-            return Flow::Continue;
-        }
-        match ev {
-            Event::Message {
+            Input::Message {
                 text,
                 payload,
                 compressed,
@@ -572,27 +527,10 @@ impl Shard {
                     self.on_message(c, text, payload);
                 }
             }
-            Event::Ping(p) => {
-                conn.outbox.push_urgent(frame_bytes(Opcode::Pong, p));
-                self.mark_dirty(c);
-            }
-            Event::Pong(_) => conn.heartbeat.on_pong(&self.heartbeat),
-            Event::Close { code, .. } => {
-                // Echo the peer's close, then half-close once it is out.
-                let echo = match code {
-                    Some(code) => close_frame(code, ""),
-                    None => frame_bytes(Opcode::Close, &[]),
-                };
-                conn.outbox.drop_data();
-                conn.outbox.push_urgent(echo);
-                self.metrics.close(code.unwrap_or(1005));
-                self.start_closing(c, false);
-                return Flow::Stop;
-            }
         }
         match self.conn_mut(c) {
-            Some(conn) if conn.phase == Phase::Open => Flow::Continue,
-            _ => Flow::Stop,
+            Some(conn) => conn.session.flow(),
+            None => Flow::Stop,
         }
     }
 
@@ -601,9 +539,9 @@ impl Shard {
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        match conn.endpoint {
+        match conn.session.endpoint() {
             Endpoint::Echo => {
-                let deflate = conn.deflate;
+                let deflate = conn.session.deflate();
                 let frame = frame_for(&mut self.compressor, deflate, text, payload);
                 self.queue_data(c, frame);
             }
@@ -611,18 +549,21 @@ impl Shard {
         }
     }
 
-    /// A permessage-deflate message: inflate it (bounded by the message
-    /// size limit), check text is UTF-8, then handle it as usual.
+    /// A permessage-deflate message: inflated (bounded by the message size
+    /// limit) and checked by the session, then handled as usual.
     fn on_compressed_message(&mut self, c: ConnRef, text: bool, payload: &[u8]) {
+        let Some(conn) = slot_ref(&self.conns, c) else {
+            return;
+        };
         let Some(mut inflater) = self.inflater.take() else {
             // Cannot happen: RSV1 is refused unless compression is on.
             self.close_conn(c, CloseReason::ProtocolError);
             return;
         };
-        match inflater.inflate(payload, self.max_message_size) {
-            Ok(plain) if text && simdutf8::basic::from_utf8(plain).is_err() => {
-                self.close_conn(c, CloseReason::InvalidPayload);
-            }
+        match conn
+            .session
+            .inflate(&mut inflater, text, payload, &self.session_cfg)
+        {
             Ok(plain) => self.on_message(c, text, plain),
             Err(reason) => self.close_conn(c, reason),
         }
@@ -631,31 +572,23 @@ impl Shard {
 
     // ---- closing ----------------------------------------------------------
 
-    /// Moves `c` to `Closing`: nothing more is read as commands; its
-    /// outbox (already holding the close frame or HTTP answer) is flushed,
-    /// then the write side is shut. With `await_peer`, frames are still
-    /// parsed until the peer's close arrives.
-    fn start_closing(&mut self, c: ConnRef, await_peer: bool) {
-        let close_after = self.ctx.config.close_timeout.as_secs() as u32;
-        let now = self.now_tick;
+    /// The session of `c` has moved to `Closing`: look at it again at its
+    /// close deadline, and write what it queued.
+    fn closing(&mut self, c: ConnRef) {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        conn.phase = Phase::Closing;
-        conn.awaiting_peer_close = await_peer;
-        conn.shutdown_after_flush = !await_peer;
-        conn.deadline = now + close_after;
-        conn.take_request();
-        let deadline = conn.deadline;
+        let deadline = conn.session.deadline();
         self.wheel.schedule(deadline, c);
         self.mark_dirty(c);
     }
 
-    /// Server-initiated close: a `disconnect` push (for application
-    /// reasons), then a close frame. They follow the data already queued,
-    /// except for a slow consumer, whose queued data is dropped and whose
-    /// close goes out right after the frame being written, if any (counted
-    /// here, so a connection is counted as dropped once).
+    /// Server-initiated close (see [`Session::close`]): a `disconnect`
+    /// push for application reasons, then a close frame. A slow consumer's
+    /// queued data is dropped first (counted here, so a connection is
+    /// counted as dropped once).
+    ///
+    /// [`Session::close`]: crate::engine::session::Session::close
     pub(crate) fn close_conn(&mut self, c: ConnRef, reason: CloseReason) {
         self.close_conn_text(c, reason, reason.reason());
     }
@@ -663,42 +596,21 @@ impl Shard {
     /// [`Shard::close_conn`] with `text` as the reason in the `disconnect`
     /// push and the close frame (at most 123 bytes, checked by the caller).
     pub(crate) fn close_conn_text(&mut self, c: ConnRef, reason: CloseReason, text: &str) {
+        let now = self.now_tick;
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        if conn.phase != Phase::Open {
+        if !conn
+            .session
+            .close(now, reason, text, &mut self.push_writer, &self.session_cfg)
+        {
             return;
         }
-        let urgent = reason == CloseReason::SlowConsumer;
-        if urgent {
-            conn.outbox.drop_data();
+        if reason == CloseReason::SlowConsumer {
             self.metrics.slow_drop();
         }
-        let mut frames = Vec::with_capacity(2);
-        if reason.sends_push() && conn.endpoint == Endpoint::Client {
-            self.push_writer.begin(conn.format);
-            self.push_writer.disconnect_text(reason, text);
-            frames.extend(self.push_writer.finish());
-        }
-        frames.push(close_frame(reason.close_code(), text));
-        for f in frames {
-            if urgent {
-                conn.outbox.push_urgent(f);
-            } else {
-                conn.outbox.push_final(f);
-            }
-        }
         self.metrics.close(reason.close_code());
-        // After a protocol failure the stream cannot be trusted: do not
-        // wait for the peer's close.
-        let transport = matches!(
-            reason,
-            CloseReason::ProtocolError
-                | CloseReason::InvalidPayload
-                | CloseReason::MessageTooBig
-                | CloseReason::UnsupportedData
-        );
-        self.start_closing(c, !transport);
+        self.closing(c);
     }
 
     /// Releases a connection: closes the socket, drops its subscriptions
@@ -707,8 +619,8 @@ impl Shard {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
-        let phase = conn.phase;
-        let user = conn.identity().map(|i| i.user.clone());
+        let phase = conn.session.phase();
+        let user = conn.session.identity().map(|i| i.user.clone());
         let who = self.who(c);
         if let Some(user) = user.filter(|u| !u.is_empty()) {
             self.unindex_user(&user, c);
@@ -828,31 +740,21 @@ impl Shard {
 
     fn on_deadline(&mut self, c: ConnRef) {
         let now = self.now_tick;
-        let hb = self.heartbeat;
-        let Some(conn) = self.conn_mut(c) else {
+        let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        match conn.phase {
-            Phase::Handshake | Phase::Closing => {
-                if now < conn.deadline {
-                    let d = conn.deadline;
-                    self.wheel.schedule(d, c);
-                } else if conn.phase == Phase::Handshake {
-                    self.metrics.handshake(HandshakeResult::Timeout);
-                    self.free_conn(c);
-                } else {
-                    self.close_deadline(c);
-                }
+        match conn.session.handle_timeout(now, &self.session_cfg) {
+            Timeout::Wait(at) => self.wheel.schedule(at, c),
+            Timeout::Ping(at) => {
+                self.wheel.schedule(at, c);
+                self.mark_dirty(c);
             }
-            Phase::Open => match conn.heartbeat.on_timer(now, &hb) {
-                HeartbeatAction::Wait(at) => self.wheel.schedule(at, c),
-                HeartbeatAction::Ping(at) => {
-                    conn.outbox.push_urgent(Bytes::from_static(PING_FRAME));
-                    self.wheel.schedule(at, c);
-                    self.mark_dirty(c);
-                }
-                HeartbeatAction::Timeout => self.close_conn(c, CloseReason::NoPong),
-            },
+            Timeout::HandshakeExpired => {
+                self.metrics.handshake(HandshakeResult::Timeout);
+                self.free_conn(c);
+            }
+            Timeout::NoPong => self.close_conn(c, CloseReason::NoPong),
+            Timeout::CloseExpired => self.close_deadline(c),
         }
     }
 
@@ -868,21 +770,20 @@ impl Shard {
     /// for the peer: FIN after it, and unread input drained first (closing
     /// with unread input sends a reset, which discards it).
     fn close_deadline(&mut self, c: ConnRef) {
-        let wait = self.ctx.config.close_timeout.as_secs() as u32;
         let now = self.now_tick;
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
         let fd = conn.raw_fd();
-        let left = conn.outbox.queued_bytes() + sys::unacked_bytes(fd);
+        let left = conn.session.outbox.queued_bytes() + sys::unacked_bytes(fd);
         let progress = match self.delivering.get(&c) {
             None => left > 0,
             Some(&before) => left < before,
         };
         if progress {
             self.delivering.insert(c, left);
-            conn.deadline = now + wait;
-            self.wheel.schedule(conn.deadline, c);
+            let at = conn.session.extend_close(now, &self.session_cfg);
+            self.wheel.schedule(at, c);
             return;
         }
         if !conn.write_shut {
@@ -941,14 +842,14 @@ impl Shard {
         let open: Vec<ConnRef> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.phase != Phase::Closing)
+            .filter(|(_, c)| c.session.phase() != Phase::Closing)
             .map(|(i, c)| ConnRef {
                 idx: i as u32,
                 generation: c.generation,
             })
             .collect();
         for &c in open.iter().take(d.quota(now, open.len())) {
-            match self.conn_mut(c).map(|conn| conn.phase) {
+            match self.conn_mut(c).map(|conn| conn.session.phase()) {
                 Some(Phase::Handshake) => self.free_conn(c),
                 Some(Phase::Open) => self.close_conn(c, CloseReason::Shutdown),
                 _ => {}

@@ -79,18 +79,18 @@ pub(crate) fn write_pass(
         budget -= 1;
         conn.dirty = false;
         let fd = conn.raw_fd();
-        if !conn.outbox.is_empty() {
+        if !conn.session.outbox.is_empty() {
             let mut iov = [IoSlice::new(&[]); IOV];
-            let k = conn.outbox.fill(&mut iov);
+            let k = conn.session.outbox.fill(&mut iov);
             let want: usize = iov[..k].iter().map(|s| s.len()).sum();
             match sys::writev(fd, &iov[..k]) {
                 Ok(n) => {
                     stats.writes += 1;
                     stats.bytes_out += n as u64;
-                    stats.frames_out += conn.outbox.consume(n) as u64;
+                    stats.frames_out += conn.session.outbox.consume(n) as u64;
                     // n < want: the socket is full and EPOLLOUT calls us
                     // back.
-                    if n == want && !conn.outbox.is_empty() {
+                    if n == want && !conn.session.outbox.is_empty() {
                         conn.dirty = true;
                         dirty.push(c);
                     }
@@ -106,7 +106,7 @@ pub(crate) fn write_pass(
                 }
             }
         }
-        if conn.outbox.is_empty() && conn.shutdown_after_flush && !conn.write_shut {
+        if conn.session.wants_shutdown() && !conn.write_shut {
             sys::shutdown_write(fd);
             conn.write_shut = true;
         }

@@ -1,0 +1,153 @@
+//! A connection's state above the WebSocket layer, and what each command
+//! means for it: whether it has connected, its command rate, and which
+//! commands it may send yet. The [`Session`](super::Session) holds one
+//! [`Commands`]; the shell carries out the [`Step`] every command gives, and
+//! the channel commands go on to the router.
+
+use crate::engine::codes::ErrorCode;
+use crate::engine::limits::{Admit, admit};
+use crate::engine::wire::{ConnectParams, Method, ReplyBody};
+
+/// A connection's command-level state, in eight bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Commands {
+    /// The command rate window: its tick and the commands counted in it.
+    window: u32,
+    count: u16,
+    connected: bool,
+}
+
+/// What one command asks of the shell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step<'a> {
+    /// Answer it with this at once.
+    Reply(ReplyBody<'static>),
+    /// `connect` accepted: answer with the connection's identity (client
+    /// id, node, ping interval, and the user it gives).
+    Connect(ConnectParams<'a>),
+    /// A channel command: the router's.
+    Channel(Method<'a>),
+    /// Flooding: send the replies already batched, then close with 3503.
+    Flood,
+}
+
+impl Commands {
+    /// Whether `connect` was accepted.
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    /// One command (or the error its decoding gave), at tick `now`, with
+    /// `limit` commands allowed per second (0 = unlimited).
+    pub fn command<'a>(
+        &mut self,
+        now: u32,
+        limit: u32,
+        method: Result<Method<'a>, ErrorCode>,
+    ) -> Step<'a> {
+        match admit(&mut self.window, &mut self.count, now, limit) {
+            Admit::Run => {}
+            Admit::Refuse => return Step::Reply(ReplyBody::Error(ErrorCode::TooManyRequests)),
+            Admit::Disconnect => return Step::Flood,
+        }
+        let method = match method {
+            Ok(m) => m,
+            Err(code) => return Step::Reply(ReplyBody::Error(code)),
+        };
+        match method {
+            Method::Connect(_) if self.connected => {
+                Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
+            }
+            Method::Connect(params) => {
+                self.connected = true;
+                Step::Connect(params)
+            }
+            _ if !self.connected => Step::Reply(ReplyBody::Error(ErrorCode::NotConnected)),
+            Method::Ping => Step::Reply(ReplyBody::Ping),
+            channel => Step::Channel(channel),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    fn sub(channel: &str) -> Method<'_> {
+        Method::Subscribe {
+            channel: Cow::Borrowed(channel),
+            recover: false,
+            since: None,
+        }
+    }
+
+    #[test]
+    fn eight_bytes() {
+        assert_eq!(std::mem::size_of::<Commands>(), 8);
+    }
+
+    #[test]
+    fn connect_first_then_once() {
+        let mut s = Commands::default();
+        assert_eq!(
+            s.command(0, 0, Ok(sub("a"))),
+            Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
+        );
+        assert_eq!(
+            s.command(0, 0, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
+        );
+        assert!(matches!(
+            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
+            Step::Connect(_)
+        ));
+        assert!(s.connected());
+        assert_eq!(
+            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
+            Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
+        );
+        assert_eq!(
+            s.command(0, 0, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Ping)
+        );
+        assert_eq!(s.command(0, 0, Ok(sub("a"))), Step::Channel(sub("a")));
+        assert_eq!(
+            s.command(0, 0, Err(ErrorCode::UnknownMethod)),
+            Step::Reply(ReplyBody::Error(ErrorCode::UnknownMethod))
+        );
+    }
+
+    #[test]
+    fn the_rate_limit_refuses_then_disconnects_per_second() {
+        let mut s = Commands::default();
+        s.command(5, 3, Ok(Method::Connect(ConnectParams::default())));
+        assert_eq!(
+            s.command(5, 3, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Ping)
+        );
+        assert_eq!(
+            s.command(5, 3, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Ping)
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                s.command(5, 3, Ok(Method::Ping)),
+                Step::Reply(ReplyBody::Error(ErrorCode::TooManyRequests))
+            );
+        }
+        assert_eq!(s.command(5, 3, Ok(Method::Ping)), Step::Flood);
+        // A new second starts a new window.
+        assert_eq!(
+            s.command(6, 3, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Ping)
+        );
+        // Counted even when the command is malformed.
+        let mut t = Commands::default();
+        for _ in 0..2 {
+            t.command(0, 1, Err(ErrorCode::BadRequest));
+        }
+        assert_eq!(t.command(0, 1, Err(ErrorCode::BadRequest)), Step::Flood);
+    }
+}

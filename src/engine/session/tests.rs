@@ -1,0 +1,311 @@
+//! A session driven byte by byte and tick by tick, with no socket: the
+//! upgrade, control frames, both directions of the close handshake, the
+//! heartbeat and the deadlines.
+
+use std::io::IoSlice;
+
+use super::*;
+use crate::engine::codes::ErrorCode;
+use crate::engine::wire::{ConnectParams, ReplyBody};
+use crate::engine::ws::deflate::DeflateConfig;
+
+fn cfg() -> SessionConfig {
+    SessionConfig {
+        handshake: HandshakeConfig {
+            client_path: "/ws".into(),
+            echo_path: None,
+            max_head_bytes: 8192,
+            deflate: DeflateConfig { enabled: false },
+        },
+        heartbeat: HeartbeatConfig {
+            ping_interval: 25,
+            pong_timeout: 10,
+        },
+        max_message_size: 1024,
+        handshake_timeout: 5,
+        close_timeout: 3,
+        max_commands_per_second: 0,
+    }
+}
+
+const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A masked client frame (payload under 126 bytes).
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [1, 2, 3, 4];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Everything queued in the outbox, as the socket would get it; the outbox
+/// is left empty.
+fn written(s: &mut Session) -> Vec<u8> {
+    let mut out = Vec::new();
+    while !s.outbox.is_empty() {
+        let mut iov = [IoSlice::new(&[]); 16];
+        let k = s.outbox.fill(&mut iov);
+        let n: usize = iov[..k].iter().map(|x| x.len()).sum();
+        for x in &iov[..k] {
+            out.extend_from_slice(x);
+        }
+        s.outbox.consume(n);
+    }
+    out
+}
+
+/// The events one read's bytes give, as the shell would collect them
+/// (messages owned), and how the feed ended.
+fn feed(s: &mut Session, now: u32, bytes: &[u8], cfg: &SessionConfig) -> (Vec<String>, Feed) {
+    let mut seen = Vec::new();
+    let (mut decoder, limits) = s.take_decoder(cfg);
+    let mut buf = bytes.to_vec();
+    let result = decoder.feed(&mut buf, &limits, |ev| {
+        let input = s.on_event(now, ev, cfg);
+        seen.push(match input {
+            Input::Message { payload, .. } => {
+                format!("message {}", String::from_utf8_lossy(payload))
+            }
+            other => format!("{other:?}"),
+        });
+        s.flow()
+    });
+    let fed = s.fed(decoder, result);
+    (seen, fed)
+}
+
+fn open(now: u32, cfg: &SessionConfig) -> Session {
+    let mut s = Session::new(now, cfg);
+    assert!(
+        matches!(s.handle_request(now, REQUEST, cfg), Request::Opened(rest) if rest.is_empty())
+    );
+    written(&mut s);
+    s
+}
+
+#[test]
+fn stays_small() {
+    let size = std::mem::size_of::<Session>();
+    assert!(size <= 112, "Session grew to {size} bytes");
+}
+
+#[test]
+fn an_upgrade_in_pieces_with_frames_behind_it() {
+    let c = cfg();
+    let mut s = Session::new(100, &c);
+    assert_eq!(s.phase(), Phase::Handshake);
+    assert_eq!(s.deadline(), 105);
+    assert!(!s.reads_frames());
+    assert_eq!(s.handle_request(101, &REQUEST[..20], &c), Request::Partial);
+    let mut rest = REQUEST[20..].to_vec();
+    let text = frame(0x1, b"{\"id\":1}");
+    rest.extend_from_slice(&text);
+    assert_eq!(
+        s.handle_request(101, &rest, &c),
+        Request::Opened(text.clone())
+    );
+    assert_eq!(s.phase(), Phase::Open);
+    assert_eq!(
+        s.deadline(),
+        101 + 25,
+        "the heartbeat starts at the upgrade"
+    );
+    let out = written(&mut s);
+    assert!(out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+    assert!(
+        out.windows(28)
+            .any(|w| w == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    let (seen, fed) = feed(&mut s, 101, &text, &c);
+    assert_eq!(seen, ["message {\"id\":1}"]);
+    assert_eq!(fed, Feed::Done);
+}
+
+#[test]
+fn a_refused_upgrade_answers_and_half_closes() {
+    let c = cfg();
+    let mut s = Session::new(0, &c);
+    let r = s.handle_request(1, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", &c);
+    assert_eq!(r, Request::Rejected(Reject::NotFound));
+    assert_eq!(s.phase(), Phase::Closing);
+    assert!(!s.reads_frames(), "nothing more is parsed");
+    assert!(!s.wants_shutdown(), "not before the answer is written");
+    assert!(written(&mut s).starts_with(b"HTTP/1.1 404"));
+    assert!(s.wants_shutdown());
+    assert_eq!(s.deadline(), 1 + c.close_timeout);
+}
+
+#[test]
+fn an_upgrade_that_never_completes_expires() {
+    let c = cfg();
+    let mut s = Session::new(10, &c);
+    s.handle_request(11, b"GET /ws HTTP/1.1\r\n", &c);
+    assert_eq!(s.handle_timeout(14, &c), Timeout::Wait(15));
+    assert_eq!(s.handle_timeout(15, &c), Timeout::HandshakeExpired);
+}
+
+#[test]
+fn pings_are_answered_and_pongs_move_the_heartbeat() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    let (seen, _) = feed(&mut s, 1, &frame(0x9, b"hi"), &c);
+    assert_eq!(seen, ["Answered"]);
+    assert_eq!(written(&mut s), [0x8a, 2, b'h', b'i']);
+    // The server's own ping at the interval, then its pong.
+    assert_eq!(s.handle_timeout(24, &c), Timeout::Wait(25));
+    assert_eq!(s.handle_timeout(25, &c), Timeout::Ping(35));
+    assert_eq!(written(&mut s), PING_FRAME);
+    let (seen, _) = feed(&mut s, 30, &frame(0xA, b""), &c);
+    assert_eq!(seen, ["Nothing"]);
+    assert_eq!(s.deadline(), 50, "next ping an interval after the last");
+    // No answer to the next one: closed with 3003.
+    assert_eq!(s.handle_timeout(50, &c), Timeout::Ping(60));
+    assert_eq!(s.handle_timeout(60, &c), Timeout::NoPong);
+}
+
+#[test]
+fn the_peers_close_is_echoed_and_ends_reading() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    let mut bytes = frame(0x8, &[0x03, 0xe8]); // 1000
+    bytes.extend(frame(0x1, b"after the close"));
+    let (seen, fed) = feed(&mut s, 2, &bytes, &c);
+    assert_eq!(seen, ["PeerClosed(Some(1000))"], "nothing is read after it");
+    assert_eq!(fed, Feed::Done);
+    assert_eq!(s.phase(), Phase::Closing);
+    assert!(!s.reads_frames());
+    assert_eq!(written(&mut s), [0x88, 2, 0x03, 0xe8]);
+    assert!(s.wants_shutdown());
+    assert_eq!(s.handle_timeout(5, &c), Timeout::CloseExpired);
+}
+
+#[test]
+fn a_server_close_waits_for_the_peers_close_even_in_the_same_read() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    let mut pushes = FrameWriter::new();
+    s.outbox
+        .push_data(Bytes::from_static(b"data").into(), 1 << 20)
+        .unwrap();
+    assert!(s.close(3, CloseReason::BadRequest, "bad request", &mut pushes, &c));
+    assert!(!s.close(3, CloseReason::Shutdown, "again", &mut pushes, &c));
+    assert_eq!(
+        s.command(3, Ok(Method::Ping), &c),
+        None,
+        "closed: no more commands"
+    );
+    let out = written(&mut s);
+    assert!(out.starts_with(b"data"), "queued data goes first");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("\"disconnect\":{\"code\":3501"), "{text}");
+    assert!(out.ends_with(b"\x0d\xadbad request"), "close 3501 last");
+    assert!(!s.wants_shutdown(), "the peer's close is awaited");
+    // Data, then the peer's close, in one read: the data is ignored and the
+    // close completes the handshake.
+    let mut bytes = frame(0x1, b"ignored");
+    bytes.extend(frame(0x8, &[0x0d, 0xad]));
+    let (seen, fed) = feed(&mut s, 4, &bytes, &c);
+    assert_eq!(seen, ["Nothing", "CloseDone"]);
+    assert_eq!(fed, Feed::Done);
+    assert!(s.wants_shutdown());
+}
+
+#[test]
+fn a_transport_failure_closes_without_a_push_or_waiting() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    // An unmasked client frame breaks the protocol.
+    let (seen, fed) = feed(&mut s, 1, &[0x81, 0x01, b'x'], &c);
+    assert!(seen.is_empty());
+    let Feed::Close(reason) = fed else {
+        panic!("{fed:?}")
+    };
+    assert!(s.close(1, reason, reason.reason(), &mut FrameWriter::new(), &c));
+    let out = written(&mut s);
+    assert_eq!(
+        &out[..4],
+        &[0x88, out[1], 0x03, 0xea],
+        "1002, no push first"
+    );
+    assert!(s.wants_shutdown());
+}
+
+#[test]
+fn garbage_while_awaiting_the_close_gives_up_the_wait() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    s.close(0, CloseReason::Shutdown, "bye", &mut FrameWriter::new(), &c);
+    written(&mut s);
+    let (_, fed) = feed(&mut s, 1, &[0x81, 0x01, b'x'], &c);
+    assert_eq!(fed, Feed::GiveUp);
+    assert!(s.wants_shutdown());
+}
+
+#[test]
+fn a_slow_consumers_close_skips_its_queued_data() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    s.outbox
+        .push_data(Bytes::from_static(b"stale").into(), 1 << 20)
+        .unwrap();
+    s.close(
+        0,
+        CloseReason::SlowConsumer,
+        "slow",
+        &mut FrameWriter::new(),
+        &c,
+    );
+    let out = written(&mut s);
+    assert!(!out.windows(5).any(|w| w == b"stale"));
+    assert!(out.ends_with(b"slow"));
+}
+
+#[test]
+fn the_close_deadline_can_be_extended_while_output_drains() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    s.close(
+        10,
+        CloseReason::Shutdown,
+        "bye",
+        &mut FrameWriter::new(),
+        &c,
+    );
+    assert_eq!(s.handle_timeout(12, &c), Timeout::Wait(13));
+    assert_eq!(s.handle_timeout(13, &c), Timeout::CloseExpired);
+    assert_eq!(s.extend_close(13, &c), 16);
+    assert_eq!(s.handle_timeout(14, &c), Timeout::Wait(16));
+}
+
+#[test]
+fn commands_go_through_the_command_state() {
+    let mut c = cfg();
+    c.max_commands_per_second = 2;
+    let mut s = open(0, &c);
+    assert!(s.accepts(true) && !s.accepts(false), "JSON is text");
+    assert_eq!(
+        s.command(0, Ok(Method::Ping), &c),
+        Some(Step::Reply(ReplyBody::Error(ErrorCode::NotConnected)))
+    );
+    assert!(matches!(
+        s.command(0, Ok(Method::Connect(ConnectParams::default())), &c),
+        Some(Step::Connect(_))
+    ));
+    assert!(s.connected());
+    s.set_identity("ann".into(), None);
+    assert_eq!(s.identity().map(|i| &*i.user), Some("ann"));
+    assert_eq!(
+        s.command(0, Ok(Method::Ping), &c),
+        Some(Step::Reply(ReplyBody::Error(ErrorCode::TooManyRequests)))
+    );
+}
+
+#[test]
+fn an_oversized_message_fails_with_1009() {
+    let mut c = cfg();
+    c.max_message_size = 8;
+    let mut s = open(0, &c);
+    let (_, fed) = feed(&mut s, 0, &frame(0x1, b"0123456789"), &c);
+    assert_eq!(fed, Feed::Close(CloseReason::MessageTooBig));
+}
