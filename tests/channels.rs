@@ -591,19 +591,19 @@ fn the_connect_reply_carries_the_user_as_given() {
     assert_eq!(
         r,
         json!({"id": 1, "connect": {"client": c.id, "node": "edge-test", "ping": 25,
-            "user": "ann"}})
+            "user": "ann", "expires": false}})
     );
     let (c, r) = RawJson::connect(&server, json!({"user": "Zoë 7/@x", "info": {"a": 1}}));
     assert_eq!(
         r,
         json!({"id": 1, "connect": {"client": c.id, "node": "edge-test", "ping": 25,
-            "user": "Zoë 7/@x"}})
+            "user": "Zoë 7/@x", "expires": false}})
     );
     let (c, r) = RawJson::connect(&server, json!({}));
     assert_eq!(
         r,
         json!({"id": 1, "connect": {"client": c.id, "node": "edge-test", "ping": 25,
-            "user": ""}}),
+            "user": "", "expires": false}}),
         "anonymous"
     );
 }

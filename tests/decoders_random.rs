@@ -115,6 +115,7 @@ fn handshake_and_command_decoders_survive_random_input() {
             channel: "room:1".into(),
             recover: false,
             since: None,
+            token: None,
         },
     )]);
     for _ in 0..5000 {

@@ -162,6 +162,7 @@ async fn binary_protocol_round_trip() {
                 channel: "bin:1".into(),
                 recover: false,
                 since: None,
+                token: None,
             },
         ),
     ]);
@@ -246,6 +247,7 @@ async fn json_and_binary_subscribers_see_the_same_publication() {
                 channel: "mix".into(),
                 recover: false,
                 since: None,
+                token: None,
             },
         ),
     ])))

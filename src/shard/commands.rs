@@ -277,6 +277,7 @@ impl Shard {
                 channel,
                 recover,
                 since,
+                token: _,
             } => {
                 let req = SubscribeRequest {
                     channel: &channel,
@@ -316,6 +317,23 @@ impl Shard {
                 let ttl = ttl.map(|s| Duration::from_secs(u64::from(s)));
                 r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
             }
+            // Without authentication credentials never expire.
+            Method::Refresh { .. } => self.reply(
+                c,
+                id,
+                ReplyBody::Refresh {
+                    ttl: None,
+                    subscription: false,
+                },
+            ),
+            Method::SubRefresh { .. } => self.reply(
+                c,
+                id,
+                ReplyBody::Refresh {
+                    ttl: None,
+                    subscription: true,
+                },
+            ),
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
             }
@@ -343,6 +361,7 @@ impl Shard {
                 node: &config.node_name,
                 ping,
                 user: &user,
+                ttl: None,
             },
         );
         if !user.is_empty() {

@@ -80,6 +80,7 @@ mod tests {
             channel: Cow::Borrowed(channel),
             recover: false,
             since: None,
+            token: None,
         }
     }
 

@@ -52,11 +52,33 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
                 version: c.version().map(Cow::Borrowed),
                 user: c.user().map(Cow::Borrowed),
                 info,
+                ticket: c.ticket().map(Cow::Borrowed),
             })
         }
         M::Subscribe => {
             let s = cmd.method_as_subscribe().ok_or(bad)?;
-            super::subscribe(channel(s.channel())?, s.recover(), s.epoch(), s.offset())?
+            let token = s.token().map(Cow::Borrowed);
+            super::subscribe(
+                channel(s.channel())?,
+                s.recover(),
+                s.epoch(),
+                s.offset(),
+                token,
+            )?
+        }
+        M::Refresh => Method::Refresh {
+            token: super::token(
+                cmd.method_as_refresh()
+                    .and_then(|r| r.token())
+                    .map(Cow::Borrowed),
+            )?,
+        },
+        M::SubRefresh => {
+            let r = cmd.method_as_sub_refresh().ok_or(bad)?;
+            Method::SubRefresh {
+                channel: channel(r.channel())?,
+                token: super::token(r.token().map(Cow::Borrowed))?,
+            }
         }
         M::Unsubscribe => Method::Unsubscribe {
             channel: channel(cmd.method_as_unsubscribe().and_then(|s| s.channel()))?,
@@ -132,6 +154,7 @@ fn reply_offset<'b>(
             node,
             ping,
             user,
+            ttl,
         } => {
             let client = fbb.create_string(client);
             let node = fbb.create_string(node);
@@ -143,6 +166,8 @@ fn reply_offset<'b>(
                     node: Some(node),
                     ping,
                     user: Some(user),
+                    expires: ttl.is_some(),
+                    ttl: ttl.unwrap_or(0),
                 },
             );
             (R::Connect, Some(r.as_union_value()), None)
@@ -228,6 +253,21 @@ fn reply_offset<'b>(
         ReplyBody::PresenceState => {
             let r = proto::PresenceStateResult::create(fbb, &proto::PresenceStateResultArgs {});
             (R::PresenceState, Some(r.as_union_value()), None)
+        }
+        ReplyBody::Refresh { ttl, subscription } => {
+            let r = proto::RefreshResult::create(
+                fbb,
+                &proto::RefreshResultArgs {
+                    expires: ttl.is_some(),
+                    ttl: ttl.unwrap_or(0),
+                },
+            );
+            let kind = if subscription {
+                R::SubRefresh
+            } else {
+                R::Refresh
+            };
+            (kind, Some(r.as_union_value()), None)
         }
         ReplyBody::Ping => {
             let r = proto::PingResult::create(fbb, &proto::PingResultArgs {});

@@ -13,10 +13,10 @@ pub mod proto {
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_METHOD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_METHOD: u8 = 9;
+pub const ENUM_MAX_METHOD: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_METHOD: [Method; 10] = [
+pub const ENUM_VALUES_METHOD: [Method; 12] = [
   Method::NONE,
   Method::Connect,
   Method::Subscribe,
@@ -27,6 +27,8 @@ pub const ENUM_VALUES_METHOD: [Method; 10] = [
   Method::Presence,
   Method::PresenceStats,
   Method::PresenceState,
+  Method::Refresh,
+  Method::SubRefresh,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -44,9 +46,11 @@ impl Method {
   pub const Presence: Self = Self(7);
   pub const PresenceStats: Self = Self(8);
   pub const PresenceState: Self = Self(9);
+  pub const Refresh: Self = Self(10);
+  pub const SubRefresh: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -58,6 +62,8 @@ impl Method {
     Self::Presence,
     Self::PresenceStats,
     Self::PresenceState,
+    Self::Refresh,
+    Self::SubRefresh,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -72,6 +78,8 @@ impl Method {
       Self::Presence => Some("Presence"),
       Self::PresenceStats => Some("PresenceStats"),
       Self::PresenceState => Some("PresenceState"),
+      Self::Refresh => Some("Refresh"),
+      Self::SubRefresh => Some("SubRefresh"),
       _ => None,
     }
   }
@@ -131,10 +139,10 @@ pub struct MethodUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY_RESULT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY_RESULT: u8 = 9;
+pub const ENUM_MAX_REPLY_RESULT: u8 = 11;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 10] = [
+pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 12] = [
   ReplyResult::NONE,
   ReplyResult::Connect,
   ReplyResult::Subscribe,
@@ -145,6 +153,8 @@ pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 10] = [
   ReplyResult::Presence,
   ReplyResult::PresenceStats,
   ReplyResult::PresenceState,
+  ReplyResult::Refresh,
+  ReplyResult::SubRefresh,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -162,9 +172,11 @@ impl ReplyResult {
   pub const Presence: Self = Self(7);
   pub const PresenceStats: Self = Self(8);
   pub const PresenceState: Self = Self(9);
+  pub const Refresh: Self = Self(10);
+  pub const SubRefresh: Self = Self(11);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 11;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -176,6 +188,8 @@ impl ReplyResult {
     Self::Presence,
     Self::PresenceStats,
     Self::PresenceState,
+    Self::Refresh,
+    Self::SubRefresh,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -190,6 +204,8 @@ impl ReplyResult {
       Self::Presence => Some("Presence"),
       Self::PresenceStats => Some("PresenceStats"),
       Self::PresenceState => Some("PresenceState"),
+      Self::Refresh => Some("Refresh"),
+      Self::SubRefresh => Some("SubRefresh"),
       _ => None,
     }
   }
@@ -377,6 +393,7 @@ impl<'a> ConnectRequest<'a> {
   pub const VT_VERSION: ::flatbuffers::VOffsetT = 8;
   pub const VT_USER: ::flatbuffers::VOffsetT = 10;
   pub const VT_INFO: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TICKET: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -388,6 +405,7 @@ impl<'a> ConnectRequest<'a> {
     args: &'args ConnectRequestArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConnectRequest<'bldr>> {
     let mut builder = ConnectRequestBuilder::new(_fbb);
+    if let Some(x) = args.ticket { builder.add_ticket(x); }
     if let Some(x) = args.info { builder.add_info(x); }
     if let Some(x) = args.user { builder.add_user(x); }
     if let Some(x) = args.version { builder.add_version(x); }
@@ -432,6 +450,13 @@ impl<'a> ConnectRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ConnectRequest::VT_INFO, None)}
   }
+  #[inline]
+  pub fn ticket(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConnectRequest::VT_TICKET, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConnectRequest<'_> {
@@ -445,6 +470,7 @@ impl ::flatbuffers::Verifiable for ConnectRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("version", Self::VT_VERSION, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("info", Self::VT_INFO, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("ticket", Self::VT_TICKET, false)?
      .finish();
     Ok(())
   }
@@ -455,6 +481,7 @@ pub struct ConnectRequestArgs<'a> {
     pub version: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub info: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub ticket: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for ConnectRequestArgs<'a> {
   #[inline]
@@ -465,6 +492,7 @@ impl<'a> Default for ConnectRequestArgs<'a> {
       version: None,
       user: None,
       info: None,
+      ticket: None,
     }
   }
 }
@@ -495,6 +523,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectRequest::VT_INFO, info);
   }
   #[inline]
+  pub fn add_ticket(&mut self, ticket: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectRequest::VT_TICKET, ticket);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConnectRequestBuilder {
@@ -517,6 +549,7 @@ impl ::core::fmt::Debug for ConnectRequest<'_> {
       ds.field("version", &self.version());
       ds.field("user", &self.user());
       ds.field("info", &self.info());
+      ds.field("ticket", &self.ticket());
       ds.finish()
   }
 }
@@ -540,6 +573,7 @@ impl<'a> SubscribeRequest<'a> {
   pub const VT_RECOVER: ::flatbuffers::VOffsetT = 6;
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 8;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -552,6 +586,7 @@ impl<'a> SubscribeRequest<'a> {
   ) -> ::flatbuffers::WIPOffset<SubscribeRequest<'bldr>> {
     let mut builder = SubscribeRequestBuilder::new(_fbb);
     if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.token { builder.add_token(x); }
     if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.channel { builder.add_channel(x); }
     builder.add_recover(args.recover);
@@ -587,6 +622,13 @@ impl<'a> SubscribeRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(SubscribeRequest::VT_OFFSET, None)}
   }
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SubscribeRequest::VT_TOKEN, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for SubscribeRequest<'_> {
@@ -599,6 +641,7 @@ impl ::flatbuffers::Verifiable for SubscribeRequest<'_> {
      .visit_field::<bool>("recover", Self::VT_RECOVER, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
      .finish();
     Ok(())
   }
@@ -608,6 +651,7 @@ pub struct SubscribeRequestArgs<'a> {
     pub recover: bool,
     pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub offset: Option<u64>,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
 }
 impl<'a> Default for SubscribeRequestArgs<'a> {
   #[inline]
@@ -617,6 +661,7 @@ impl<'a> Default for SubscribeRequestArgs<'a> {
       recover: false,
       epoch: None,
       offset: None,
+      token: None,
     }
   }
 }
@@ -643,6 +688,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubscribeRequestBuilder<'a, '
     self.fbb_.push_slot_always::<u64>(SubscribeRequest::VT_OFFSET, offset);
   }
   #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubscribeRequest::VT_TOKEN, token);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubscribeRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     SubscribeRequestBuilder {
@@ -664,6 +713,7 @@ impl ::core::fmt::Debug for SubscribeRequest<'_> {
       ds.field("recover", &self.recover());
       ds.field("epoch", &self.epoch());
       ds.field("offset", &self.offset());
+      ds.field("token", &self.token());
       ds.finish()
   }
 }
@@ -1553,6 +1603,215 @@ impl ::core::fmt::Debug for PresenceStateRequest<'_> {
       ds.finish()
   }
 }
+pub enum RefreshRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RefreshRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RefreshRequest<'a> {
+  type Inner = RefreshRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RefreshRequest<'a> {
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RefreshRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RefreshRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RefreshRequest<'bldr>> {
+    let mut builder = RefreshRequestBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RefreshRequest::VT_TOKEN, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RefreshRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RefreshRequestArgs<'a> {
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for RefreshRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RefreshRequestArgs {
+      token: None,
+    }
+  }
+}
+
+pub struct RefreshRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RefreshRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RefreshRequest::VT_TOKEN, token);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RefreshRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RefreshRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RefreshRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RefreshRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RefreshRequest");
+      ds.field("token", &self.token());
+      ds.finish()
+  }
+}
+pub enum SubRefreshRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SubRefreshRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SubRefreshRequest<'a> {
+  type Inner = SubRefreshRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SubRefreshRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SubRefreshRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SubRefreshRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SubRefreshRequest<'bldr>> {
+    let mut builder = SubRefreshRequestBuilder::new(_fbb);
+    if let Some(x) = args.token { builder.add_token(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SubRefreshRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn token(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(SubRefreshRequest::VT_TOKEN, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SubRefreshRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("token", Self::VT_TOKEN, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SubRefreshRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub token: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for SubRefreshRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SubRefreshRequestArgs {
+      channel: None,
+      token: None,
+    }
+  }
+}
+
+pub struct SubRefreshRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SubRefreshRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubRefreshRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_token(&mut self, token: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SubRefreshRequest::VT_TOKEN, token);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SubRefreshRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SubRefreshRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SubRefreshRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SubRefreshRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SubRefreshRequest");
+      ds.field("channel", &self.channel());
+      ds.field("token", &self.token());
+      ds.finish()
+  }
+}
 pub enum CommandOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -1746,6 +2005,36 @@ impl<'a> Command<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_refresh(&self) -> Option<RefreshRequest<'a>> {
+    if self.method_type() == Method::Refresh {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RefreshRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_sub_refresh(&self) -> Option<SubRefreshRequest<'a>> {
+    if self.method_type() == Method::SubRefresh {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SubRefreshRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Command<'_> {
@@ -1766,6 +2055,8 @@ impl ::flatbuffers::Verifiable for Command<'_> {
           Method::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceRequest>>("Method::Presence", pos),
           Method::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsRequest>>("Method::PresenceStats", pos),
           Method::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateRequest>>("Method::PresenceState", pos),
+          Method::Refresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshRequest>>("Method::Refresh", pos),
+          Method::SubRefresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SubRefreshRequest>>("Method::SubRefresh", pos),
           _ => Ok(()),
         }
      })?
@@ -1885,6 +2176,20 @@ impl ::core::fmt::Debug for Command<'_> {
         },
         Method::PresenceState => {
           if let Some(x) = self.method_as_presence_state() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Refresh => {
+          if let Some(x) = self.method_as_refresh() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::SubRefresh => {
+          if let Some(x) = self.method_as_sub_refresh() {
             ds.field("method", &x)
           } else {
             ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -2014,6 +2319,8 @@ impl<'a> ConnectResult<'a> {
   pub const VT_NODE: ::flatbuffers::VOffsetT = 6;
   pub const VT_PING: ::flatbuffers::VOffsetT = 8;
   pub const VT_USER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_EXPIRES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TTL: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2025,10 +2332,12 @@ impl<'a> ConnectResult<'a> {
     args: &'args ConnectResultArgs<'args>
   ) -> ::flatbuffers::WIPOffset<ConnectResult<'bldr>> {
     let mut builder = ConnectResultBuilder::new(_fbb);
+    builder.add_ttl(args.ttl);
     if let Some(x) = args.user { builder.add_user(x); }
     builder.add_ping(args.ping);
     if let Some(x) = args.node { builder.add_node(x); }
     if let Some(x) = args.client { builder.add_client(x); }
+    builder.add_expires(args.expires);
     builder.finish()
   }
 
@@ -2061,6 +2370,20 @@ impl<'a> ConnectResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ConnectResult::VT_USER, None)}
   }
+  #[inline]
+  pub fn expires(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(ConnectResult::VT_EXPIRES, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ttl(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(ConnectResult::VT_TTL, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for ConnectResult<'_> {
@@ -2073,6 +2396,8 @@ impl ::flatbuffers::Verifiable for ConnectResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("node", Self::VT_NODE, false)?
      .visit_field::<u32>("ping", Self::VT_PING, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<bool>("expires", Self::VT_EXPIRES, false)?
+     .visit_field::<u32>("ttl", Self::VT_TTL, false)?
      .finish();
     Ok(())
   }
@@ -2082,6 +2407,8 @@ pub struct ConnectResultArgs<'a> {
     pub node: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub ping: u32,
     pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub expires: bool,
+    pub ttl: u32,
 }
 impl<'a> Default for ConnectResultArgs<'a> {
   #[inline]
@@ -2091,6 +2418,8 @@ impl<'a> Default for ConnectResultArgs<'a> {
       node: None,
       ping: 0,
       user: None,
+      expires: false,
+      ttl: 0,
     }
   }
 }
@@ -2117,6 +2446,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConnectResultBuilder<'a, 'b, 
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ConnectResult::VT_USER, user);
   }
   #[inline]
+  pub fn add_expires(&mut self, expires: bool) {
+    self.fbb_.push_slot::<bool>(ConnectResult::VT_EXPIRES, expires, false);
+  }
+  #[inline]
+  pub fn add_ttl(&mut self, ttl: u32) {
+    self.fbb_.push_slot::<u32>(ConnectResult::VT_TTL, ttl, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConnectResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ConnectResultBuilder {
@@ -2138,6 +2475,8 @@ impl ::core::fmt::Debug for ConnectResult<'_> {
       ds.field("node", &self.node());
       ds.field("ping", &self.ping());
       ds.field("user", &self.user());
+      ds.field("expires", &self.expires());
+      ds.field("ttl", &self.ttl());
       ds.finish()
   }
 }
@@ -3245,6 +3584,119 @@ impl ::core::fmt::Debug for PresenceStateResult<'_> {
       ds.finish()
   }
 }
+pub enum RefreshResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RefreshResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RefreshResult<'a> {
+  type Inner = RefreshResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RefreshResult<'a> {
+  pub const VT_EXPIRES: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TTL: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RefreshResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RefreshResultArgs
+  ) -> ::flatbuffers::WIPOffset<RefreshResult<'bldr>> {
+    let mut builder = RefreshResultBuilder::new(_fbb);
+    builder.add_ttl(args.ttl);
+    builder.add_expires(args.expires);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn expires(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(RefreshResult::VT_EXPIRES, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn ttl(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(RefreshResult::VT_TTL, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RefreshResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<bool>("expires", Self::VT_EXPIRES, false)?
+     .visit_field::<u32>("ttl", Self::VT_TTL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RefreshResultArgs {
+    pub expires: bool,
+    pub ttl: u32,
+}
+impl<'a> Default for RefreshResultArgs {
+  #[inline]
+  fn default() -> Self {
+    RefreshResultArgs {
+      expires: false,
+      ttl: 0,
+    }
+  }
+}
+
+pub struct RefreshResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RefreshResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_expires(&mut self, expires: bool) {
+    self.fbb_.push_slot::<bool>(RefreshResult::VT_EXPIRES, expires, false);
+  }
+  #[inline]
+  pub fn add_ttl(&mut self, ttl: u32) {
+    self.fbb_.push_slot::<u32>(RefreshResult::VT_TTL, ttl, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RefreshResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RefreshResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RefreshResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RefreshResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RefreshResult");
+      ds.field("expires", &self.expires());
+      ds.field("ttl", &self.ttl());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3577,6 +4029,36 @@ impl<'a> Reply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_refresh(&self) -> Option<RefreshResult<'a>> {
+    if self.result_type() == ReplyResult::Refresh {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RefreshResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_sub_refresh(&self) -> Option<RefreshResult<'a>> {
+    if self.result_type() == ReplyResult::SubRefresh {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RefreshResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Reply<'_> {
@@ -3597,6 +4079,8 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
           ReplyResult::Presence => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceResult>>("ReplyResult::Presence", pos),
           ReplyResult::PresenceStats => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStatsResult>>("ReplyResult::PresenceStats", pos),
           ReplyResult::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateResult>>("ReplyResult::PresenceState", pos),
+          ReplyResult::Refresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshResult>>("ReplyResult::Refresh", pos),
+          ReplyResult::SubRefresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshResult>>("ReplyResult::SubRefresh", pos),
           _ => Ok(()),
         }
      })?
@@ -3723,6 +4207,20 @@ impl ::core::fmt::Debug for Reply<'_> {
         },
         ReplyResult::PresenceState => {
           if let Some(x) = self.result_as_presence_state() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Refresh => {
+          if let Some(x) = self.result_as_refresh() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::SubRefresh => {
+          if let Some(x) = self.result_as_sub_refresh() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

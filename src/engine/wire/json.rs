@@ -78,6 +78,22 @@ struct ConnectJson<'a> {
     user: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     info: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ticket: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RefreshJson<'a> {
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct SubRefreshJson<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -96,6 +112,8 @@ struct SubscribeJson<'a> {
     epoch: Option<Cow<'a, str>>,
     #[serde(default)]
     offset: Option<u64>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -154,11 +172,12 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
                 version: c.version,
                 user: c.user,
                 info: c.info.map(|i| i.get().as_bytes()),
+                ticket: c.ticket,
             })
         }
         "subscribe" => {
             let s: SubscribeJson<'a> = serde_json::from_str(p).map_err(bad)?;
-            super::subscribe(s.channel, s.recover, s.epoch.as_deref(), s.offset)?
+            super::subscribe(s.channel, s.recover, s.epoch.as_deref(), s.offset, s.token)?
         }
         "unsubscribe" => Method::Unsubscribe {
             channel: channel()?,
@@ -190,6 +209,19 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
         "presence_state" => {
             let s: PresenceStateJson<'a> = serde_json::from_str(p).map_err(bad)?;
             super::presence_state(s.channel, s.state, s.ttl)?
+        }
+        "refresh" => {
+            let r: RefreshJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            Method::Refresh {
+                token: super::token(r.token)?,
+            }
+        }
+        "sub_refresh" => {
+            let r: SubRefreshJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            Method::SubRefresh {
+                channel: r.channel,
+                token: super::token(r.token)?,
+            }
         }
         "ping" => {
             serde_json::from_str::<IgnoredAny>(p).map_err(bad)?;
@@ -229,6 +261,17 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
+/// `"expires":true,"ttl":N` or `"expires":false`.
+fn push_expiry(out: &mut Vec<u8>, ttl: Option<u32>) {
+    match ttl {
+        Some(t) => {
+            out.extend_from_slice(b"\"expires\":true,\"ttl\":");
+            push_u64(out, t as u64);
+        }
+        None => out.extend_from_slice(b"\"expires\":false"),
+    }
+}
+
 fn push_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
@@ -243,6 +286,7 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
             node,
             ping,
             user,
+            ttl,
         } => {
             out.extend_from_slice(b",\"connect\":{\"client\":");
             push_json_str(out, client);
@@ -252,6 +296,17 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
             push_u64(out, ping as u64);
             out.extend_from_slice(b",\"user\":");
             push_json_str(out, user);
+            out.push(b',');
+            push_expiry(out, ttl);
+            out.push(b'}');
+        }
+        ReplyBody::Refresh { ttl, subscription } => {
+            out.extend_from_slice(if subscription {
+                b",\"sub_refresh\":{"
+            } else {
+                b",\"refresh\":{"
+            });
+            push_expiry(out, ttl);
             out.push(b'}');
         }
         ReplyBody::Subscribe {

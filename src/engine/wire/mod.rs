@@ -49,6 +49,9 @@ pub struct ConnectParams<'a> {
     /// Application data about the connection, shown in presence: JSON
     /// text (checked in the binary form; the JSON form only parses JSON).
     pub info: Option<&'a [u8]>,
+    /// A one-time ticket stored in Redis by a backend (auth mode
+    /// `ticket`).
+    pub ticket: Option<Cow<'a, str>>,
 }
 
 /// Who a connection is, as presence reports it and join/leave/state pushes
@@ -94,9 +97,9 @@ impl<'a> Data<'a> {
 /// A command method with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Method<'a> {
-    /// `connect {token?, name?, version?, user?, info?}`.
+    /// `connect {token?, ticket?, name?, version?, user?, info?}`.
     Connect(ConnectParams<'a>),
-    /// `subscribe {channel, recover?, epoch?, offset?}`.
+    /// `subscribe {channel, recover?, epoch?, offset?, token?}`.
     Subscribe {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
@@ -105,6 +108,21 @@ pub enum Method<'a> {
         /// The last position the client saw (`epoch` and `offset`), when
         /// given; always `Some` when `recover` is set.
         since: Option<Position>,
+        /// Subscription token (namespaces with `subscribe = "token"`).
+        token: Option<Cow<'a, str>>,
+    },
+    /// `refresh {token}`: a new connection token before the current one
+    /// expires.
+    Refresh {
+        /// The new token.
+        token: Cow<'a, str>,
+    },
+    /// `sub_refresh {channel, token}`: a new subscription token.
+    SubRefresh {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// The new token.
+        token: Cow<'a, str>,
     },
     /// `unsubscribe {channel}`.
     Unsubscribe {
@@ -166,6 +184,8 @@ impl Method<'_> {
             Method::Presence { .. } => "presence",
             Method::PresenceStats { .. } => "presence_stats",
             Method::PresenceState { .. } => "presence_state",
+            Method::Refresh { .. } => "refresh",
+            Method::SubRefresh { .. } => "sub_refresh",
             Method::Ping => "ping",
         }
     }
@@ -196,6 +216,7 @@ fn subscribe<'a>(
     recover: bool,
     epoch: Option<&str>,
     offset: Option<u64>,
+    token: Option<Cow<'a, str>>,
 ) -> Result<Method<'a>, ErrorCode> {
     let since = position(epoch, offset)?;
     if recover && since.is_none() {
@@ -205,7 +226,19 @@ fn subscribe<'a>(
         channel,
         recover,
         since,
+        token: token.filter(|t| !t.is_empty()),
     })
+}
+
+/// Longest token or ticket accepted, in bytes.
+pub const MAX_TOKEN: usize = 8192;
+
+/// `refresh` and `sub_refresh`: a token is required, 1..=8192 bytes.
+fn token(token: Option<Cow<'_, str>>) -> Result<Cow<'_, str>, ErrorCode> {
+    match token {
+        Some(t) if !t.is_empty() && t.len() <= MAX_TOKEN => Ok(t),
+        _ => Err(ErrorCode::BadRequest),
+    }
 }
 
 /// `publish`: the idempotency key, when given, is 1..=256 bytes.
@@ -299,6 +332,9 @@ pub enum ReplyBody<'a> {
         ping: u32,
         /// The connection's user id (empty when anonymous).
         user: &'a str,
+        /// Seconds until the credentials must be refreshed (`None`: they
+        /// do not expire); on the wire `expires` and `ttl`.
+        ttl: Option<u32>,
     },
     /// Result of `subscribe`: the channel position after which the client
     /// receives every publication, and what recovery replayed.
@@ -346,6 +382,14 @@ pub enum ReplyBody<'a> {
     },
     /// Result of `presence_state`.
     PresenceState,
+    /// Result of `refresh` and `sub_refresh`: seconds until the new
+    /// credentials must be refreshed again (`None`: they do not expire).
+    Refresh {
+        /// On the wire `expires` and `ttl`.
+        ttl: Option<u32>,
+        /// True for `sub_refresh` (the binary form's union member).
+        subscription: bool,
+    },
     /// Result of `ping`.
     Ping,
     /// An error.

@@ -43,6 +43,7 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
             let version = p.version.as_deref().map(|s| fbb.create_string(s));
             let user = p.user.as_deref().map(|s| fbb.create_string(s));
             let info = p.info.map(|i| fbb.create_vector(i));
+            let ticket = p.ticket.as_deref().map(|s| fbb.create_string(s));
             let r = proto::ConnectRequest::create(
                 fbb,
                 &proto::ConnectRequestArgs {
@@ -51,6 +52,7 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
                     version,
                     user,
                     info,
+                    ticket,
                 },
             );
             (M::Connect, r.as_union_value())
@@ -59,9 +61,11 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
             channel,
             recover,
             since,
+            token,
         } => {
             let c = fbb.create_string(channel);
             let epoch = since.map(|p| fbb.create_string(epoch_str(p.epoch, &mut eb)));
+            let token = token.as_deref().map(|t| fbb.create_string(t));
             let r = proto::SubscribeRequest::create(
                 fbb,
                 &proto::SubscribeRequestArgs {
@@ -69,9 +73,30 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
                     recover: *recover,
                     epoch,
                     offset: since.map(|p| p.offset),
+                    token,
                 },
             );
             (M::Subscribe, r.as_union_value())
+        }
+        Method::Refresh { token } => {
+            let token = fbb.create_string(token);
+            let r = proto::RefreshRequest::create(
+                fbb,
+                &proto::RefreshRequestArgs { token: Some(token) },
+            );
+            (M::Refresh, r.as_union_value())
+        }
+        Method::SubRefresh { channel, token } => {
+            let c = fbb.create_string(channel);
+            let token = fbb.create_string(token);
+            let r = proto::SubRefreshRequest::create(
+                fbb,
+                &proto::SubRefreshRequestArgs {
+                    channel: Some(c),
+                    token: Some(token),
+                },
+            );
+            (M::SubRefresh, r.as_union_value())
         }
         Method::Unsubscribe { channel } => {
             let c = fbb.create_string(channel);

@@ -51,21 +51,25 @@ fn client_frame_round_trip() {
             version: Some("1".into()),
             user: Some("ann".into()),
             info: Some(br#"{"name":"Ann"}"#),
+            ticket: Some("tk".into()),
         }),
         Method::Subscribe {
             channel: "a:b".into(),
             recover: false,
             since: None,
+            token: None,
         },
         Method::Subscribe {
             channel: "a:b".into(),
             recover: true,
             since: since(0xab, 0),
+            token: None,
         },
         Method::Subscribe {
             channel: "a:b".into(),
             recover: false,
             since: since(u64::MAX, 5),
+            token: None,
         },
         Method::Unsubscribe {
             channel: "a:b".into(),
@@ -167,6 +171,7 @@ fn bad_parameters_are_107() {
             recover,
             epoch,
             offset,
+            token: None,
         };
         let r = proto::SubscribeRequest::create(fbb, &args);
         (proto::Method::Subscribe, r.as_union_value())
@@ -283,6 +288,7 @@ fn every_reply_round_trips() {
             node: "n",
             ping: 25,
             user: "ann",
+            ttl: None,
         },
         ReplyBody::Subscribe {
             epoch: 0xab,
@@ -468,4 +474,75 @@ fn server_side_subscription_pushes_round_trip() {
     assert_eq!(s.epoch(), Some("ffffffffffffffff"));
     assert_eq!(s.offset(), 0);
     assert!(!s.recoverable());
+}
+
+#[test]
+fn credentials_round_trip() {
+    let methods = [
+        Method::Connect(ConnectParams {
+            ticket: Some("t-1".into()),
+            ..ConnectParams::default()
+        }),
+        Method::Subscribe {
+            channel: "private:a".into(),
+            recover: false,
+            since: None,
+            token: Some("sub.jwt".into()),
+        },
+        Method::Refresh {
+            token: "new.jwt".into(),
+        },
+        Method::SubRefresh {
+            channel: "private:a".into(),
+            token: "sub2.jwt".into(),
+        },
+    ];
+    let cmds: Vec<(u32, Method<'_>)> = methods.iter().map(|m| (1, m.clone())).collect();
+    let frame = client_frame(&cmds);
+    let mut got = Vec::new();
+    decode_commands(&frame, |c| got.push(c.method)).unwrap();
+    assert_eq!(got, methods.map(Ok));
+    // An empty refresh token is refused.
+    let empty = client_frame(&[(1, Method::Refresh { token: "".into() })]);
+    decode_commands(&empty, |c| assert_eq!(c.method, Err(ErrorCode::BadRequest))).unwrap();
+
+    let mut w = BinaryWriter::default();
+    w.begin();
+    w.reply(
+        1,
+        ReplyBody::Connect {
+            client: "c.1",
+            node: "n",
+            ping: 25,
+            user: "ann",
+            ttl: Some(600),
+        },
+    );
+    w.reply(
+        2,
+        ReplyBody::Refresh {
+            ttl: Some(30),
+            subscription: false,
+        },
+    );
+    w.reply(
+        3,
+        ReplyBody::Refresh {
+            ttl: None,
+            subscription: true,
+        },
+    );
+    let sf = flatbuffers::root::<proto::ServerFrame>(w.payload()).unwrap();
+    let msgs = sf.messages().unwrap();
+    let c = msgs.get(0).reply().unwrap().result_as_connect().unwrap();
+    assert_eq!((c.expires(), c.ttl()), (true, 600));
+    let r = msgs.get(1).reply().unwrap().result_as_refresh().unwrap();
+    assert_eq!((r.expires(), r.ttl()), (true, 30));
+    let r = msgs
+        .get(2)
+        .reply()
+        .unwrap()
+        .result_as_sub_refresh()
+        .unwrap();
+    assert!(!r.expires());
 }

@@ -57,6 +57,7 @@ fn decodes_every_method() {
             channel: "chat:1".into(),
             recover: false,
             since: None,
+            token: None,
         })
     );
     assert_eq!(
@@ -100,6 +101,7 @@ fn subscribe_with_position() {
             channel: "c".into(),
             recover: true,
             since,
+            token: None,
         })
     );
     // A position without recover is carried as given; upper-case hex too.
@@ -109,6 +111,7 @@ fn subscribe_with_position() {
             channel: "c".into(),
             recover: false,
             since,
+            token: None,
         })
     );
 }
@@ -276,16 +279,18 @@ fn connect_and_subscribe_replies() {
         node: "n",
         ping: 25,
         user: "",
+        ttl: None,
     });
     assert_eq!(
         v["connect"],
-        json!({"client":"c.1","node":"n","ping":25,"user":""})
+        json!({"client":"c.1","node":"n","ping":25,"user":"","expires":false})
     );
     let v = reply_json(ReplyBody::Connect {
         client: "c.1",
         node: "n",
         ping: 25,
         user: "ann",
+        ttl: None,
     });
     assert_eq!(v["connect"]["user"], "ann");
 
@@ -505,4 +510,60 @@ fn server_side_subscription_pushes() {
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["push"]["subscribe"]["offset"], 2);
     assert_eq!(lines[1]["push"]["unsubscribe"], json!({}));
+}
+
+#[test]
+fn credentials() {
+    match one(r#"{"id":1,"connect":{"ticket":"t-1"}}"#) {
+        Ok(Method::Connect(p)) => assert_eq!(p.ticket.as_deref(), Some("t-1")),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        one(r#"{"id":1,"subscribe":{"channel":"p:a","token":"s.jwt"}}"#),
+        Ok(Method::Subscribe {
+            channel: "p:a".into(),
+            recover: false,
+            since: None,
+            token: Some("s.jwt".into()),
+        })
+    );
+    assert_eq!(
+        one(r#"{"id":1,"refresh":{"token":"n.jwt"}}"#),
+        Ok(Method::Refresh {
+            token: "n.jwt".into()
+        })
+    );
+    assert_eq!(
+        one(r#"{"id":1,"sub_refresh":{"channel":"p:a","token":"s2"}}"#),
+        Ok(Method::SubRefresh {
+            channel: "p:a".into(),
+            token: "s2".into()
+        })
+    );
+    for bad in [
+        r#"{"id":1,"refresh":{}}"#,
+        r#"{"id":1,"refresh":{"token":""}}"#,
+        r#"{"id":1,"sub_refresh":{"token":"x"}}"#,
+    ] {
+        assert_eq!(one(bad), Err(ErrorCode::BadRequest), "{bad}");
+    }
+    let v = reply_json(ReplyBody::Connect {
+        client: "c.1",
+        node: "n",
+        ping: 25,
+        user: "ann",
+        ttl: Some(600),
+    });
+    assert_eq!(v["connect"]["expires"], true);
+    assert_eq!(v["connect"]["ttl"], 600);
+    let v = reply_json(ReplyBody::Refresh {
+        ttl: Some(30),
+        subscription: false,
+    });
+    assert_eq!(v["refresh"], json!({"expires": true, "ttl": 30}));
+    let v = reply_json(ReplyBody::Refresh {
+        ttl: None,
+        subscription: true,
+    });
+    assert_eq!(v["sub_refresh"], json!({"expires": false}));
 }
