@@ -5,6 +5,8 @@
 //!
 //! Layout:
 //! - [`ws`]: WebSocket handshake and frame codec.
+//! - [`access`]: who may connect and how fast (IP filter, trusted
+//!   proxies, PROXY v2, origins, per-IP and per-user limits).
 //! - [`wire`]: wire protocol v1 (JSON and FlatBuffers forms).
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`channel`]: channel name rules.
@@ -25,6 +27,7 @@
 //! - [`limits`]: per-connection command rate limit.
 //! - [`timer`], [`heartbeat`]: the per-shard timer wheel and pings.
 
+pub mod access;
 pub mod channel;
 pub mod codes;
 pub mod heartbeat;
