@@ -265,10 +265,10 @@ impl TlsConn {
     /// after any ciphertext still pending; under kTLS one `writev` of
     /// `plain`. `scratch` is the shard's buffer (encryption space).
     ///
-    /// Pass [`TlsWrite::accepted`] to `Outbox::consume`. Before the
-    /// handshake has finished nothing is accepted (an error if `plain` is
-    /// not empty: the shard has nothing to send before it has read a
-    /// request). Errors as [`TlsConn::read`].
+    /// Pass [`TlsWrite::accepted`] to `Outbox::consume`. Plaintext before
+    /// the handshake lets the server send data is an error (the shard has
+    /// nothing to send before it has read a request). Errors as
+    /// [`TlsConn::read`].
     pub fn write(
         &mut self,
         fd: RawFd,
