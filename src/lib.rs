@@ -7,6 +7,8 @@
 //! - [`bridge`]: cross-thread messages and bounded inboxes.
 //! - [`sidecar`]: threads for slow I/O (admin HTTP; brokers later).
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
+//! - [`tls`]: the `[tls]` section, certificates and their reload (the
+//!   per-connection side is `shard::tls`).
 //! - [`tune`]: the kernel preflight behind `wsedge tune --check`.
 //!
 //! See docs/ARCHITECTURE.md for the design and docs/PROTOCOL.md for the
@@ -20,4 +22,5 @@ pub mod engine;
 pub mod metrics;
 pub mod shard;
 pub mod sidecar;
+pub mod tls;
 pub mod tune;

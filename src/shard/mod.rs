@@ -17,6 +17,7 @@
 //! - `api.rs`: server API calls on the shard, and the user index.
 //! - `conn.rs`: per-connection state.
 //! - `sys.rs`: the Linux calls (epoll, accept4, read, writev).
+//! - `tls/`: TLS over the raw socket (rustls, then kernel TLS).
 //!
 //! Why the socket path is ours: monoio 0.2.4 offers one-shot io_uring
 //! operations only (no multishot poll/recv, no provided buffers), so an
@@ -51,6 +52,7 @@ pub mod core;
 mod drain;
 mod peers;
 pub mod sys;
+pub mod tls;
 mod write;
 
 /// State shared by every shard: admission control and readiness. The only
