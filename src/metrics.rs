@@ -24,6 +24,7 @@ use prometheus_client::registry::Registry;
 use crate::bridge::ShardMsgKind;
 use crate::engine::codes::{CloseReason, ErrorCode, is_valid_received_close_code};
 use crate::engine::ws::handshake::Reject;
+use crate::sidecar::tickets::TicketMetrics;
 
 /// `{shard}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -48,6 +49,13 @@ pub struct ApiLabel {
     pub method: String,
     /// How the request ended.
     pub status: String,
+}
+
+/// `{result}` of a one-time ticket redemption.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// `redeemed` or the error's label.
+    pub result: String,
 }
 
 type Counters = Family<ShardLabel, Counter>;
@@ -90,6 +98,9 @@ pub struct Metrics {
     inbox_depth: Gauges,
     latency: Family<ShardLabel, Histogram, fn() -> Histogram>,
     api_requests: Family<ApiLabel, Counter>,
+    ticket_results: Family<ResultLabel, Counter>,
+    ticket_dropped: Counter,
+    ticket_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -281,6 +292,24 @@ impl Metrics {
                 "Server API requests, by method and how they ended",
                 Family::<ApiLabel, Counter>::default()
             ),
+            ticket_results: reg!(
+                r,
+                "ticket_redemptions",
+                "One-time ticket redemptions by result (redeemed, unknown, malformed, unavailable, busy, invalid)",
+                Family::<ResultLabel, Counter>::default()
+            ),
+            ticket_dropped: reg!(
+                r,
+                "ticket_answers_dropped",
+                "Ticket redemption answers dropped because the shard's inbox stayed full",
+                Counter::default()
+            ),
+            ticket_in_flight: reg!(
+                r,
+                "ticket_redemptions_in_flight",
+                "Ticket redemptions waiting for Redis or for a shard's inbox",
+                Gauge::default()
+            ),
             registry: r,
         }
     }
@@ -377,6 +406,23 @@ impl Metrics {
             grid,
             width: statuses.len(),
         }
+    }
+}
+
+impl Metrics {
+    /// Handles for the ticket worker; every `result` series is created now
+    /// (exported at 0 from the start).
+    pub fn tickets(&self) -> TicketMetrics {
+        let results = TicketMetrics::RESULTS.map(|r| {
+            self.ticket_results
+                .get_or_create(&ResultLabel { result: r.into() })
+                .clone()
+        });
+        TicketMetrics::from_parts(
+            results,
+            self.ticket_dropped.clone(),
+            self.ticket_in_flight.clone(),
+        )
     }
 }
 

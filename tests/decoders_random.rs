@@ -145,3 +145,43 @@ fn handshake_and_command_decoders_survive_random_input() {
         });
     }
 }
+
+/// Ticket strings (from clients) and ticket claims (from Redis): nothing
+/// panics, an accepted ticket is short printable ASCII, and accepted
+/// claims keep `info` as JSON text.
+#[test]
+fn ticket_parsing_survives_random_input() {
+    use wsedge::sidecar::tickets::{MAX_TICKET_LEN, parse_claims, valid_ticket};
+    let mut rng = StdRng::seed_from_u64(8);
+    let samples: [&[u8]; 3] = [
+        br#"{"sub":"42","info":{"n":"\u00e9"},"channels":["a","b:c"],"exp":1900000000}"#,
+        b"Zm9vYmFy-ticket_0123456789",
+        br#"{"sub":null,"info":[1,{"x":null}],"extra":{"deep":[[]]}}"#,
+    ];
+    for _ in 0..5000 {
+        let mut data = samples[rng.random_range(0..samples.len())].to_vec();
+        for _ in 0..rng.random_range(0..8) {
+            match rng.random_range(0..3) {
+                0 if !data.is_empty() => {
+                    let i = rng.random_range(0..data.len());
+                    data[i] = rng.random();
+                }
+                1 if !data.is_empty() => {
+                    let i = rng.random_range(0..data.len());
+                    data.truncate(i);
+                }
+                _ => data.push(rng.random()),
+            }
+        }
+        if let Ok(claims) = parse_claims(&data)
+            && let Some(info) = claims.info
+        {
+            serde_json::from_slice::<serde_json::Value>(&info).expect("info is JSON");
+        }
+        let text = String::from_utf8_lossy(&data);
+        if valid_ticket(&text) {
+            assert!(text.len() <= MAX_TICKET_LEN);
+            assert!(text.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+}

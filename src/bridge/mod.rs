@@ -10,9 +10,11 @@ pub use crate::engine::router::MsgKind as ShardMsgKind;
 
 pub mod api;
 mod inbox;
+pub mod ticket;
 
 pub use api::{ApiAnswer, ApiCall, ApiOp};
 pub use inbox::Inbox;
+pub use ticket::{TicketAnswer, TicketClaims, TicketError, TicketVerdict};
 
 /// A message between threads.
 #[derive(Debug)]
@@ -21,6 +23,9 @@ pub enum ShardMsg {
     Router(Msg),
     /// From the server API sidecar.
     Api(Box<ApiCall>),
+    /// From the ticket sidecar: the result of a `connect {ticket}`
+    /// redemption for a connection waiting on this shard.
+    Ticket(Box<TicketAnswer>),
     /// Control → shard: stop accepting and drain every client.
     Drain,
 }
@@ -31,6 +36,7 @@ impl ShardMsg {
         match self {
             ShardMsg::Router(m) => m.kind(),
             ShardMsg::Api(_) => ShardMsgKind::Api,
+            ShardMsg::Ticket(_) => ShardMsgKind::Ticket,
             ShardMsg::Drain => ShardMsgKind::Drain,
         }
     }

@@ -411,6 +411,16 @@ impl Shard {
                 self.apply_closes();
             }
             ShardMsg::Api(call) => self.handle_api(*call),
+            ShardMsg::Ticket(answer) => {
+                // Ticket redemption is not wired into sessions yet: nothing
+                // on this shard waits for the answer.
+                tracing::debug!(
+                    conn = answer.conn.idx,
+                    id = answer.id,
+                    ok = answer.result.is_ok(),
+                    "ticket answer dropped: no connection waits for it"
+                );
+            }
             ShardMsg::Drain => self.start_drain(),
         }
     }

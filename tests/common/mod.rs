@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod raw_json;
+pub mod redis_server;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 

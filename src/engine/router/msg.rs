@@ -289,13 +289,15 @@ pub enum MsgKind {
     PresenceQuery,
     /// A server API call (the shell's, from the API sidecar).
     Api,
+    /// A ticket redemption's answer (the shell's, from the ticket sidecar).
+    Ticket,
     /// The shell's control message that starts a drain.
     Drain,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 14] = [
+    pub const ALL: [MsgKind; 15] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::Publish,
@@ -309,6 +311,7 @@ impl MsgKind {
         MsgKind::SetState,
         MsgKind::PresenceQuery,
         MsgKind::Api,
+        MsgKind::Ticket,
         MsgKind::Drain,
     ];
 
@@ -328,6 +331,7 @@ impl MsgKind {
             MsgKind::SetState => "set_state",
             MsgKind::PresenceQuery => "presence_query",
             MsgKind::Api => "api",
+            MsgKind::Ticket => "ticket",
             MsgKind::Drain => "drain",
         }
     }
