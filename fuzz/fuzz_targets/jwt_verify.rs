@@ -11,7 +11,10 @@ use wsedge::auth::{AuthConfig, AuthMode, Verifier};
 fn verifier() -> &'static Verifier {
     static V: OnceLock<Verifier> = OnceLock::new();
     V.get_or_init(|| {
-        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/auth/ec256_public.pem");
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/auth/ec256_public.pem"
+        );
         Verifier::new(&AuthConfig {
             mode: AuthMode::Jwt,
             hmac_secret: Some("0123456789abcdef0123456789abcdef".into()),
