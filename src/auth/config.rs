@@ -66,7 +66,9 @@ impl AuthMode {
 
 /// The `[auth]` section. Every default states its reason; the embedded
 /// default is `mode = "none"` so the README's first command needs no keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `Debug` hides `hmac_secret` and a `redis_url` with credentials, so the
+/// config can be logged.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// `none`, `jwt`, `ticket` or `jwt_or_ticket`. Default `none`: a node
@@ -137,6 +139,31 @@ impl Default for AuthConfig {
             connect_timeout: Duration::from_secs(10),
             refresh_grace: Duration::from_secs(25),
         }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |set: bool| if set { "<hidden>" } else { "<unset>" };
+        let redis = match &self.redis_url {
+            Some(url) if url.contains('@') => Some("<hidden: has credentials>"),
+            other => other.as_deref(),
+        };
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("hmac_secret", &hidden(self.hmac_secret.is_some()))
+            .field("public_key_file", &self.public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_ca_file", &self.jwks_ca_file)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("redis_url", &redis)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("refresh_grace", &self.refresh_grace)
+            .finish()
     }
 }
 

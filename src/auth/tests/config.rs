@@ -142,6 +142,25 @@ fn environment_names() {
 }
 
 #[test]
+fn debug_output_hides_secrets() {
+    let cfg = AuthConfig {
+        redis_url: Some("redis://:hunter2@10.0.0.1/0".into()),
+        ..hmac_config()
+    };
+    let text = format!("{cfg:?}");
+    assert!(
+        !text.contains(SECRET) && !text.contains("hunter2"),
+        "{text}"
+    );
+    assert!(text.contains("hmac_secret: \"<hidden>\""), "{text}");
+    let plain = AuthConfig {
+        redis_url: Some("redis://127.0.0.1/0".into()),
+        ..AuthConfig::default()
+    };
+    assert!(format!("{plain:?}").contains("redis://127.0.0.1/0"));
+}
+
+#[test]
 fn validation_errors_name_the_key() {
     let ok = hmac_config();
     assert_eq!(ok.validate(), Ok(()));
