@@ -227,10 +227,11 @@ fn unknown_kid_triggers_one_rate_limited_refresh() {
         n += 1;
     }
     std::thread::sleep(Duration::from_millis(400));
+    eventually("a refresh for the flood", || server.requests() > before);
     let fetched = server.requests() - before;
     let allowed = (start.elapsed().as_millis() / 300) as usize + 1;
     assert!(
-        fetched >= 1 && fetched <= allowed,
+        fetched <= allowed,
         "{fetched} fetches for {n} tokens, allowed {allowed}"
     );
 
