@@ -6,6 +6,8 @@
 //!   and out of the engine.
 //! - [`bridge`]: cross-thread messages and bounded inboxes.
 //! - [`sidecar`]: threads for slow I/O (admin HTTP; brokers later).
+//! - [`auth`]: JWT verification (connection and subscription tokens) and
+//!   the `[auth]` configuration.
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.
 //! - [`tls`]: the `[tls]` section, certificates and their reload (the
 //!   per-connection side is `shard::tls`).
@@ -16,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bridge;
 pub mod config;
 pub mod engine;

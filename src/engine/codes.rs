@@ -50,11 +50,14 @@ pub enum ErrorCode {
     /// 115: a `history` position (`since`) is from another epoch or ahead
     /// of the channel: the stream it names is gone.
     UnrecoverablePosition,
+    /// 116: the token's `exp` has passed; get a new token and retry
+    /// (`connect`, `subscribe`) or send it with `refresh`/`sub_refresh`.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -71,6 +74,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::TooManyRequests,
         ErrorCode::UnrecoverablePosition,
+        ErrorCode::TokenExpired,
     ];
 
     /// The numeric code on the wire.
@@ -92,6 +96,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => 113,
             ErrorCode::TooManyRequests => 114,
             ErrorCode::UnrecoverablePosition => 115,
+            ErrorCode::TokenExpired => 116,
         }
     }
 
@@ -114,6 +119,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "server shutting down",
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::UnrecoverablePosition => "unrecoverable position",
+            ErrorCode::TokenExpired => "token expired",
         }
     }
 
@@ -125,6 +131,7 @@ impl ErrorCode {
                 | ErrorCode::Overloaded
                 | ErrorCode::ShuttingDown
                 | ErrorCode::TooManyRequests
+                | ErrorCode::TokenExpired
         )
     }
 }
@@ -165,6 +172,9 @@ pub enum CloseReason {
     /// 3006: the server disconnected the client on a backend's request
     /// (server API `disconnect`); reconnecting is allowed.
     Disconnected,
+    /// 3007: the connection's token expired and no `refresh` came within
+    /// `refresh_grace`; reconnect with a new token.
+    TokenExpired,
     /// 3501: the client sent a malformed command frame.
     BadRequest,
     /// 3502: the client's credentials were rejected.
@@ -179,7 +189,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for documentation tests.
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -194,6 +204,7 @@ impl CloseReason {
         CloseReason::InsufficientState,
         CloseReason::ServerOverloaded,
         CloseReason::Disconnected,
+        CloseReason::TokenExpired,
         CloseReason::BadRequest,
         CloseReason::InvalidToken,
         CloseReason::Flood,
@@ -217,6 +228,7 @@ impl CloseReason {
             CloseReason::InsufficientState => 3004,
             CloseReason::ServerOverloaded => 3005,
             CloseReason::Disconnected => 3006,
+            CloseReason::TokenExpired => 3007,
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
             CloseReason::Flood => 3503,
@@ -250,6 +262,7 @@ impl CloseReason {
             CloseReason::InsufficientState => "insufficient state",
             CloseReason::ServerOverloaded => "server overloaded",
             CloseReason::Disconnected => "disconnected",
+            CloseReason::TokenExpired => "token expired",
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::Flood => "too many requests",
@@ -304,6 +317,8 @@ mod tests {
         assert!(CloseReason::GoingAway.reconnect());
         assert!(!CloseReason::BadRequest.reconnect());
         assert!(!CloseReason::InvalidToken.reconnect());
+        assert!(CloseReason::TokenExpired.reconnect());
+        assert!(ErrorCode::TokenExpired.temporary());
         assert!(!CloseReason::ProtocolError.reconnect());
         assert_eq!(CloseReason::Shutdown.close_code(), 1001);
         assert_eq!(CloseReason::SlowConsumer.close_code(), 3002);
