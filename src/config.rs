@@ -11,10 +11,13 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
+use crate::engine::access::AccessConfig;
 use crate::engine::channel;
 use crate::engine::namespace::{
     DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority,
 };
+use crate::tls::TlsConfig;
 
 /// Which io driver the shard runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -284,6 +287,13 @@ pub struct Config {
     /// default options (no history, no presence, clients may publish), as
     /// before namespaces existed.
     pub namespace: Vec<NamespaceConfig>,
+    /// `[auth]`: who may connect (tokens, tickets). Default mode `none`.
+    pub auth: AuthConfig,
+    /// `[access]`: IP and Origin filters, per-IP and per-user limits.
+    /// Default: everything allowed, no limit.
+    pub access: AccessConfig,
+    /// `[tls]`: native `wss://` (certificate and key files). Default off.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -328,6 +338,9 @@ impl Default for Config {
             personal_channel: false,
             personal_channel_prefix: "#".into(),
             namespace: Vec::new(),
+            auth: AuthConfig::default(),
+            access: AccessConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -378,6 +391,9 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The sections whose keys come from `WSEDGE_<SECTION>_<KEY>`.
+const SECTIONS: [&str; 3] = ["auth_", "access_", "tls_"];
+
 /// Largest number of shards (home interest sets are 64-bit masks).
 pub const MAX_SHARDS: usize = 64;
 
@@ -414,7 +430,21 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig.merge(Env::prefixed("WSEDGE_").ignore(&["CONFIG", "API_KEY"]));
+        // `WSEDGE_AUTH_*`, `WSEDGE_ACCESS_*` and `WSEDGE_TLS_*` set keys of
+        // their sections (`WSEDGE_TLS_CERT_FILE` → `tls.cert_file`).
+        fig = fig.merge(
+            Env::prefixed("WSEDGE_")
+                .ignore(&["CONFIG", "API_KEY"])
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    !SECTIONS.iter().any(|s| k.starts_with(s))
+                }),
+        );
+        for section in ["access", "tls"] {
+            let prefix = format!("WSEDGE_{}_", section.to_ascii_uppercase());
+            fig = fig.merge(Env::prefixed(&prefix).map(move |k| format!("{section}.{k}").into()));
+        }
+        fig = crate::auth::config::merge_env(fig).map_err(ConfigError)?;
         // The key is taken verbatim: the Env provider would read `0123` as
         // the number 123 and `[a]` as a list.
         if let Some(key) = std::env::var_os(API_KEY_ENV) {
@@ -507,6 +537,7 @@ impl Config {
         }
         self.validate_channels()?;
         self.validate_api()?;
+        self.validate_security()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level {:?}: {e}", self.log_level)))?;
         Ok(())
@@ -560,6 +591,37 @@ impl Config {
         Ok(())
     }
 
+    /// The `[auth]`, `[access]` and `[tls]` sections.
+    fn validate_security(&self) -> Result<(), ConfigError> {
+        self.auth
+            .validate()
+            .map_err(|e| ConfigError(format!("auth: {e}")))?;
+        self.access
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        self.tls
+            .validate()
+            .map_err(|e| ConfigError(format!("tls: {e}")))?;
+        // Built and validated, not yet applied to connections: refuse rather
+        // than let an operator believe a node is filtered or encrypted.
+        if self.tls.enabled() {
+            return Err(ConfigError(
+                "tls: native TLS is not applied to connections in this version; terminate \
+                 TLS at the load balancer and unset tls.cert_file/tls.key_file"
+                    .into(),
+            ));
+        }
+        if self.access != AccessConfig::default() {
+            return Err(ConfigError(
+                "access: IP/Origin filters and per-IP/per-user limits are not applied to \
+                 connections in this version; apply them at the load balancer and remove \
+                 the [access] settings"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The server API's key and body limit.
     fn validate_api(&self) -> Result<(), ConfigError> {
         if let Some(key) = &self.api_key
@@ -598,6 +660,9 @@ impl Config {
         let mut shown = self.clone();
         if shown.api_key.is_some() {
             shown.api_key = Some(REDACTED.into());
+        }
+        if shown.auth.hmac_secret.is_some() {
+            shown.auth.hmac_secret = Some(REDACTED.into());
         }
         toml::to_string_pretty(&shown).expect("config serializes")
     }

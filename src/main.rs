@@ -11,10 +11,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
+use wsedge::auth::{AuthMode, JwksRefresher, RefreshOptions, Verifier};
 use wsedge::bridge::ShardMsg;
 use wsedge::config::{Config, Driver, LogFormat, Overrides};
 use wsedge::metrics::Metrics;
+use wsedge::shard::auth::Credentials;
 use wsedge::shard::{self, Shared};
+use wsedge::sidecar::tickets::{InboxSink, TicketOptions, TicketWorker, spawn_ticket_worker};
 use wsedge::sidecar::{admin, api};
 
 #[global_allocator]
@@ -124,6 +127,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `[auth]` asks for: the JWT verifier (and its JWKS refresher), the
+/// Redis ticket worker; and a loud warning when a node reachable from
+/// elsewhere takes anyone.
+fn credentials(
+    config: &Config,
+    inboxes: &Arc<[Arc<wsedge::bridge::Inbox>]>,
+    metrics: &Arc<Metrics>,
+) -> Result<(Credentials, Option<JwksRefresher>, Option<TicketWorker>), String> {
+    let auth = &config.auth;
+    let mut credentials = Credentials::default();
+    let mut jwks = None;
+    let mut worker = None;
+    if matches!(auth.mode, AuthMode::Jwt | AuthMode::JwtOrTicket) {
+        let verifier = Arc::new(Verifier::new(auth)?);
+        jwks = verifier.spawn_jwks_refresh(RefreshOptions::default())?;
+        credentials.verifier = Some(verifier);
+    }
+    if matches!(auth.mode, AuthMode::Ticket | AuthMode::JwtOrTicket) {
+        let url = auth
+            .redis_url
+            .as_deref()
+            .ok_or("auth.redis_url is required by the ticket modes")?;
+        let w = spawn_ticket_worker(
+            url,
+            TicketOptions::default(),
+            InboxSink(inboxes.clone()),
+            metrics.tickets(),
+        )
+        .map_err(|e| format!("ticket worker: {e}"))?;
+        credentials.tickets = Some(w.client());
+        worker = Some(w);
+    }
+    if auth.mode == AuthMode::None && !config.listen.ip().is_loopback() {
+        warn!(
+            listen = %config.listen,
+            "AUTHENTICATION IS OFF (auth.mode = \"none\") on a non-loopback address: \
+             anyone who reaches this port may connect as any user and use every channel"
+        );
+    }
+    Ok((credentials, jwks, worker))
+}
+
 fn run(config: Config) -> ExitCode {
     init_logging(&config);
     let config = Arc::new(config);
@@ -151,7 +196,28 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let shards = match shard::start(config.clone(), shared.clone(), metrics.clone()) {
+    let inboxes = match shard::inboxes(&config) {
+        Ok(i) => i,
+        Err(e) => {
+            error!(error = %e, "cannot create the shard inboxes");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Kept alive for the life of the node (dropping them stops them).
+    let (credentials, _jwks, _tickets) = match credentials(&config, &inboxes, &metrics) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot set up authentication");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = match shard::start(
+        config.clone(),
+        shared.clone(),
+        metrics.clone(),
+        inboxes,
+        credentials,
+    ) {
         Ok(s) => s,
         Err(e) => {
             error!(addr = %config.listen, error = %e, "cannot start the shards");

@@ -67,12 +67,37 @@ fn latency_histogram() -> Histogram {
     Histogram::new((0..17).map(|i| 50e-6 * 2f64.powi(i)))
 }
 
+/// Why credentials are refused beyond the token verifier's own reasons.
+pub const AUTH_FAILURE_EXTRA: [&str; 8] = [
+    "missing",
+    "wrong_user",
+    "ticket_expired",
+    "ticket_unknown",
+    "ticket_malformed",
+    "ticket_unavailable",
+    "ticket_busy",
+    "ticket_invalid",
+];
+
+/// Every label of `wsedge_auth_failures_total`, each once.
+pub fn auth_failure_labels() -> impl Iterator<Item = &'static str> {
+    let mut seen: Vec<&'static str> = Vec::new();
+    crate::auth::TokenError::all_labels()
+        .chain(AUTH_FAILURE_EXTRA)
+        .filter(move |l| {
+            let new = !seen.contains(l);
+            seen.push(l);
+            new
+        })
+}
+
 /// Every metric family.
 pub struct Metrics {
     registry: Registry,
     connections: Gauges,
     accepted: Counters,
     refused: KindCounters,
+    auth_failures: KindCounters,
     handshakes: KindCounters,
     messages_in: Counters,
     bytes_in: Counters,
@@ -138,6 +163,12 @@ impl Metrics {
                 r,
                 "connections_refused",
                 "Connections refused by reason (fd_limit, max_connections, memory, draining)",
+                KindCounters::default()
+            ),
+            auth_failures: reg!(
+                r,
+                "auth_failures",
+                "Credentials refused at connect or refresh, by reason (token errors, ticket_*, missing)",
                 KindCounters::default()
             ),
             handshakes: reg!(
@@ -334,6 +365,11 @@ impl Metrics {
         let encodes = ENCODE_FORMS.map(|form| kind_counter(&self.encodes, s, form));
         ShardMetrics {
             refused: Series::new(&self.refused, s, Refusal::ALL.map(|r| (r, r.label()))),
+            auth_failures: Series::new(
+                &self.auth_failures,
+                s,
+                auth_failure_labels().map(|l| (l, l)),
+            ),
             handshakes: Series::new(
                 &self.handshakes,
                 s,
@@ -666,6 +702,7 @@ pub struct ShardMetrics {
     latency: Histogram,
     encodes: [Counter; 4],
     refused: Series<Refusal>,
+    auth_failures: Series<&'static str>,
     handshakes: Series<HandshakeResult>,
     error_replies: Series<ErrorCode>,
     closes: Series<u16>,
@@ -732,6 +769,11 @@ impl ShardMetrics {
             add(c, v);
         }
         *s = Stats::default();
+    }
+
+    /// Credentials were refused (`reason`: one of [`auth_failure_labels`]).
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.count(&self.auth_failures, reason, || reason.to_owned());
     }
 
     /// A connection was refused.

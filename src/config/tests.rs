@@ -359,3 +359,32 @@ fn to_toml_redacts_the_key_and_prints_namespace_tables() {
         Ok(())
     });
 }
+
+#[test]
+fn security_sections_load_from_the_environment_and_unwired_ones_are_refused() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("WSEDGE_AUTH_MODE", "jwt");
+        jail.set_env(
+            "WSEDGE_AUTH_HMAC_SECRET",
+            "0123456789012345678901234567890123",
+        );
+        jail.set_env("WSEDGE_AUTH_CONNECT_TIMEOUT", "3s");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.auth.mode, crate::auth::AuthMode::Jwt);
+        assert_eq!(c.auth.connect_timeout, Duration::from_secs(3));
+        assert!(
+            !c.to_toml().contains("0123456789"),
+            "the secret is never shown"
+        );
+        // Built but not applied to connections: refused, never ignored.
+        jail.set_env("WSEDGE_ACCESS_IP_DENY", "[\"10.0.0.0/8\"]");
+        let e = Config::load(None, &Overrides::default()).unwrap_err().0;
+        assert!(e.starts_with("access: "), "{e}");
+        Ok(())
+    });
+    let mut c = Config::default();
+    c.tls.cert_file = Some("/etc/wsedge/cert.pem".into());
+    c.tls.key_file = Some("/etc/wsedge/key.pem".into());
+    let e = c.validate().unwrap_err().0;
+    assert!(e.starts_with("tls: "), "{e}");
+}

@@ -175,6 +175,9 @@ pub enum CloseReason {
     /// 3007: the connection's token expired and no `refresh` came within
     /// `refresh_grace`; reconnect with a new token.
     TokenExpired,
+    /// 3008: the connection did not complete `connect` within
+    /// `connect_timeout`; reconnect and send `connect` first.
+    ConnectTimeout,
     /// 3501: the client sent a malformed command frame.
     BadRequest,
     /// 3502: the client's credentials were rejected.
@@ -189,7 +192,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for documentation tests.
-    pub const ALL: [CloseReason; 18] = [
+    pub const ALL: [CloseReason; 19] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -205,6 +208,7 @@ impl CloseReason {
         CloseReason::ServerOverloaded,
         CloseReason::Disconnected,
         CloseReason::TokenExpired,
+        CloseReason::ConnectTimeout,
         CloseReason::BadRequest,
         CloseReason::InvalidToken,
         CloseReason::Flood,
@@ -229,6 +233,7 @@ impl CloseReason {
             CloseReason::ServerOverloaded => 3005,
             CloseReason::Disconnected => 3006,
             CloseReason::TokenExpired => 3007,
+            CloseReason::ConnectTimeout => 3008,
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
             CloseReason::Flood => 3503,
@@ -263,6 +268,7 @@ impl CloseReason {
             CloseReason::ServerOverloaded => "server overloaded",
             CloseReason::Disconnected => "disconnected",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::ConnectTimeout => "connect timeout",
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::Flood => "too many requests",

@@ -49,6 +49,9 @@ pub struct SessionConfig {
     pub max_message_size: usize,
     /// Seconds a client has to complete its upgrade request.
     pub handshake_timeout: u32,
+    /// Seconds an open connection has to complete `connect` (its
+    /// credentials checked included).
+    pub connect_timeout: u32,
     /// Seconds the peer has to answer a close (see [`Session::extend_close`]).
     pub close_timeout: u32,
     /// Commands a connection may send per second (0 = unlimited).
@@ -73,6 +76,9 @@ enum Extra {
     Request(Vec<u8>),
     /// Who the client is.
     Identity(Identity),
+    /// A token the upgrade request carried (`bearer.` protocol or
+    /// `?token=`), for `connect` to use.
+    Token(Box<str>),
 }
 
 /// Who a client said it is at `connect`.
@@ -82,6 +88,9 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Connection info (JSON text).
     pub info: Option<Bytes>,
+    /// The tick at which the connection is closed as expired (its token's
+    /// `exp` plus the refresh grace), unless a `refresh` moves it.
+    pub expires_at: Option<u32>,
 }
 
 /// How the upgrade request went so far.
@@ -147,6 +156,12 @@ pub enum Timeout {
     /// The close handshake did not complete in time. Unless output is still
     /// reaching the peer ([`Session::extend_close`]), drop the connection.
     CloseExpired,
+    /// `connect` did not complete within `connect_timeout`: close with
+    /// [`CloseReason::ConnectTimeout`].
+    ConnectExpired,
+    /// The credentials expired and were not refreshed in time: close with
+    /// [`CloseReason::TokenExpired`].
+    Expired,
 }
 
 /// One connection's protocol state. 112 bytes; the shell's slot adds the
@@ -230,7 +245,16 @@ impl Session {
 
     /// The tick at which [`Session::handle_timeout`] must run next.
     pub fn deadline(&self) -> u32 {
-        self.heartbeat.deadline()
+        let d = self.heartbeat.deadline();
+        match self.expires_at() {
+            Some(at) if self.is_open() && self.connected() => d.min(at),
+            _ => d,
+        }
+    }
+
+    /// The tick at which the connection expires, if its credentials do.
+    pub fn expires_at(&self) -> Option<u32> {
+        self.identity().and_then(|i| i.expires_at)
     }
 
     /// Whether everything is written and the write side should be shut.
@@ -246,12 +270,57 @@ impl Session {
         }
     }
 
-    /// Records who the client is (at `connect`). An empty user with no
-    /// info is anonymous and costs nothing.
-    pub fn set_identity(&mut self, user: Arc<str>, info: Option<Bytes>) {
-        if !user.is_empty() || info.is_some() {
-            self.extra = Some(Box::new(Extra::Identity(Identity { user, info })));
+    /// Records who the client is (at `connect`), and when it expires. An
+    /// anonymous user with no info and credentials that do not expire costs
+    /// nothing.
+    pub fn set_identity(&mut self, user: Arc<str>, info: Option<Bytes>, expires_at: Option<u32>) {
+        if !user.is_empty() || info.is_some() || expires_at.is_some() {
+            self.extra = Some(Box::new(Extra::Identity(Identity {
+                user,
+                info,
+                expires_at,
+            })));
+        } else {
+            self.extra = None;
         }
+    }
+
+    /// Moves the expiry (a `refresh`): `None` = no longer expires.
+    pub fn set_expiry(&mut self, expires_at: Option<u32>) {
+        match self.extra.as_deref_mut() {
+            Some(Extra::Identity(i)) => i.expires_at = expires_at,
+            _ => self.set_identity("".into(), None, expires_at),
+        }
+    }
+
+    /// Takes the token the upgrade request carried, if any.
+    pub fn take_token(&mut self) -> Option<Box<str>> {
+        match self.extra.take().map(|b| *b) {
+            Some(Extra::Token(t)) => Some(t),
+            other => {
+                self.extra = other.map(Box::new);
+                None
+            }
+        }
+    }
+
+    /// Whether a `connect` is waiting for its credentials (a ticket being
+    /// redeemed).
+    pub fn connect_pending(&self) -> bool {
+        self.is_open() && self.commands.pending()
+    }
+
+    /// The `connect` in progress is accepted at tick `now`: the heartbeat
+    /// starts (until now the connect deadline stood in its place).
+    pub fn accept_connect(&mut self, now: u32, cfg: &SessionConfig) {
+        self.commands.accept();
+        self.heartbeat = Heartbeat::start(now, &cfg.heartbeat);
+    }
+
+    /// The `connect` in progress is refused with a temporary error: the
+    /// client may try again before its connect deadline.
+    pub fn refuse_connect(&mut self) {
+        self.commands.refuse();
     }
 
     // ---- the upgrade ---------------------------------------------------------
@@ -289,7 +358,12 @@ impl Session {
                 self.endpoint = up.endpoint;
                 self.format = up.format;
                 self.deflate = up.deflate;
-                self.heartbeat = Heartbeat::start(now, &cfg.heartbeat);
+                // Until `connect` completes, its deadline stands in for the
+                // heartbeat.
+                self.heartbeat = Heartbeat::until(now + cfg.connect_timeout);
+                if let Some(token) = up.token {
+                    self.extra = Some(Box::new(Extra::Token(token)));
+                }
                 self.outbox.push_urgent(Bytes::from(up.response));
                 Request::Opened(rest)
             }
@@ -516,14 +590,27 @@ impl Session {
             }
             Phase::Handshake => Timeout::HandshakeExpired,
             Phase::Closing => Timeout::CloseExpired,
-            Phase::Open => match self.heartbeat.on_timer(now, &cfg.heartbeat) {
-                HeartbeatAction::Wait(at) => Timeout::Wait(at),
-                HeartbeatAction::Ping(at) => {
-                    self.outbox.push_urgent(Bytes::from_static(PING_FRAME));
-                    Timeout::Ping(at)
+            Phase::Open if !self.connected() => {
+                if now < self.heartbeat.deadline() {
+                    Timeout::Wait(self.heartbeat.deadline())
+                } else {
+                    Timeout::ConnectExpired
                 }
-                HeartbeatAction::Timeout => Timeout::NoPong,
-            },
+            }
+            Phase::Open => {
+                let expires = self.expires_at().unwrap_or(u32::MAX);
+                if now >= expires {
+                    return Timeout::Expired;
+                }
+                match self.heartbeat.on_timer(now, &cfg.heartbeat) {
+                    HeartbeatAction::Wait(at) => Timeout::Wait(at.min(expires)),
+                    HeartbeatAction::Ping(at) => {
+                        self.outbox.push_urgent(Bytes::from_static(PING_FRAME));
+                        Timeout::Ping(at.min(expires))
+                    }
+                    HeartbeatAction::Timeout => Timeout::NoPong,
+                }
+            }
         }
     }
 }

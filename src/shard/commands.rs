@@ -21,9 +21,7 @@ use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest, Who
 use crate::engine::session::Step;
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
-use crate::engine::wire::{
-    self, ClientInfo, Command, ConnectParams, FrameWriter, Method, ReplyBody,
-};
+use crate::engine::wire::{self, ClientInfo, Command, FrameWriter, Method, ReplyBody};
 use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::metrics::ShardMetrics;
 
@@ -222,7 +220,7 @@ impl Shard {
 
     /// Queues the replies batched so far for `c` (the connection being
     /// served) as one frame.
-    fn flush_replies(&mut self, c: ConnRef) {
+    pub(crate) fn flush_replies(&mut self, c: ConnRef) {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
@@ -317,15 +315,7 @@ impl Shard {
                 let ttl = ttl.map(|s| Duration::from_secs(u64::from(s)));
                 r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
             }
-            // Without authentication credentials never expire.
-            Method::Refresh { .. } => self.reply(
-                c,
-                id,
-                ReplyBody::Refresh {
-                    ttl: None,
-                    subscription: false,
-                },
-            ),
+            Method::Refresh { token } => self.refresh(c, id, &token),
             Method::SubRefresh { .. } => self.reply(
                 c,
                 id,
@@ -336,41 +326,6 @@ impl Shard {
             ),
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
-            }
-        }
-    }
-
-    /// `connect`: the connection may now use channels. Without
-    /// authentication (`auth = "none"`, the only mode until tokens exist)
-    /// the client's own `user` and `info` are taken as given.
-    fn connect(&mut self, c: ConnRef, id: u32, params: ConnectParams<'_>) {
-        let client = client_id(self.node_nonce, self.id, c.generation);
-        let Some(conn) = self.conn_mut(c) else {
-            return;
-        };
-        let user: Arc<str> = params.user.as_deref().unwrap_or("").into();
-        let info = params.info.map(Bytes::copy_from_slice);
-        conn.session.set_identity(user.clone(), info);
-        let config = self.ctx.config.clone();
-        let ping = self.session_cfg.heartbeat.ping_interval;
-        self.reply(
-            c,
-            id,
-            ReplyBody::Connect {
-                client: &client,
-                node: &config.node_name,
-                ping,
-                user: &user,
-                ttl: None,
-            },
-        );
-        if !user.is_empty() {
-            self.index_user(&user, c);
-            if config.personal_channel {
-                // After the connect reply: the `subscribe` push follows it.
-                self.flush_replies(c);
-                let channel = format!("{}{}", config.personal_channel_prefix, user);
-                self.server_subscribe(Instant::now(), c, &channel);
             }
         }
     }
@@ -411,16 +366,7 @@ impl Shard {
                 self.apply_closes();
             }
             ShardMsg::Api(call) => self.handle_api(*call),
-            ShardMsg::Ticket(answer) => {
-                // Ticket redemption is not wired into sessions yet: nothing
-                // on this shard waits for the answer.
-                tracing::debug!(
-                    conn = answer.conn.idx,
-                    id = answer.id,
-                    ok = answer.result.is_ok(),
-                    "ticket answer dropped: no connection waits for it"
-                );
-            }
+            ShardMsg::Ticket(answer) => self.on_ticket(*answer),
             ShardMsg::Drain => self.start_drain(),
         }
     }

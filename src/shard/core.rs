@@ -148,6 +148,7 @@ impl Shard {
             },
             max_message_size: cfg.max_message_size,
             handshake_timeout: cfg.handshake_timeout.as_secs() as u32,
+            connect_timeout: cfg.auth.connect_timeout.as_secs() as u32,
             close_timeout: cfg.close_timeout.as_secs() as u32,
             max_commands_per_second: cfg.max_commands_per_second,
         };
@@ -754,6 +755,8 @@ impl Shard {
                 self.free_conn(c);
             }
             Timeout::NoPong => self.close_conn(c, CloseReason::NoPong),
+            Timeout::ConnectExpired => self.close_conn(c, CloseReason::ConnectTimeout),
+            Timeout::Expired => self.close_conn(c, CloseReason::TokenExpired),
             Timeout::CloseExpired => self.close_deadline(c),
         }
     }

@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 
 mod accept;
 mod api;
+pub mod auth;
 mod commands;
 mod conn;
 pub mod core;
@@ -158,6 +159,8 @@ pub struct ShardContext {
     pub shared: Arc<Shared>,
     /// Metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Token verification and the ticket worker, as `[auth]` asks.
+    pub credentials: auth::Credentials,
 }
 
 /// Running shards.
@@ -170,18 +173,25 @@ pub struct Shards {
     pub local_addr: std::net::SocketAddr,
 }
 
+/// One inbox per shard (created before the shards, so the sidecars that
+/// answer into them can start first).
+pub fn inboxes(config: &Config) -> std::io::Result<Arc<[Arc<Inbox>]>> {
+    (0..config.shard_count())
+        .map(|_| Inbox::new(config.inbox_capacity).map(Arc::new))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map(Into::into)
+}
+
 /// Binds every shard's listener (so address errors surface before any
 /// thread starts) and starts the shard threads.
 pub fn start(
     config: Arc<Config>,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
+    inboxes: Arc<[Arc<Inbox>]>,
+    credentials: auth::Credentials,
 ) -> std::io::Result<Shards> {
-    let n = config.shard_count();
-    let inboxes: Arc<[Arc<Inbox>]> = (0..n)
-        .map(|_| Inbox::new(config.inbox_capacity).map(Arc::new))
-        .collect::<std::io::Result<Vec<_>>>()?
-        .into();
+    let n = inboxes.len();
     let opts = sys::ListenOpts {
         backlog: config.backlog,
         // The same bound the server puts on the upgrade itself.
@@ -208,6 +218,7 @@ pub fn start(
         inboxes: inboxes.clone(),
         shared,
         metrics,
+        credentials,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

@@ -485,6 +485,16 @@ impl RawWs {
         protocol: Option<&str>,
         extensions: Option<&str>,
     ) -> RawWs {
+        Self::connect_path(server, "/ws", protocol, extensions)
+    }
+
+    /// An upgrade to `path` (which may carry a query).
+    pub fn connect_path(
+        server: &Server,
+        path: &str,
+        protocol: Option<&str>,
+        extensions: Option<&str>,
+    ) -> RawWs {
         let mut s = TcpStream::connect(server.client).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut proto = protocol
@@ -495,7 +505,7 @@ impl RawWs {
         }
         write!(
             s,
-            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
         )
         .unwrap();
         let mut head = Vec::new();

@@ -34,15 +34,7 @@ impl RawJson {
     /// Connects with `params` as the `connect` command's; returns the
     /// client and the whole connect reply.
     pub fn connect(server: &Server, params: Value) -> (RawJson, Value) {
-        let raw = RawWs::connect(server, Some("edu-matrix-v1.json"));
-        let mut c = RawJson {
-            raw,
-            pending: VecDeque::new(),
-            log: Vec::new(),
-            next_id: 1,
-            id: String::new(),
-            shard: usize::MAX,
-        };
+        let mut c = RawJson::unconnected(RawWs::connect(server, Some("edu-matrix-v1.json")));
         let reply = c.call("connect", params);
         let id = reply["connect"]["client"]
             .as_str()
@@ -54,6 +46,18 @@ impl RawJson {
         c.shard = parts[1].parse().unwrap();
         c.id = id;
         (c, reply)
+    }
+
+    /// A client on an upgraded connection that has not sent `connect`.
+    pub fn unconnected(raw: RawWs) -> RawJson {
+        RawJson {
+            raw,
+            pending: VecDeque::new(),
+            log: Vec::new(),
+            next_id: 1,
+            id: String::new(),
+            shard: usize::MAX,
+        }
     }
 
     /// Connects as `user` (with `info`, if any).

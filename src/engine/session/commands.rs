@@ -14,7 +14,19 @@ pub struct Commands {
     /// The command rate window: its tick and the commands counted in it.
     window: u32,
     count: u16,
-    connected: bool,
+    state: Connect,
+}
+
+/// Where a connection is with `connect`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Connect {
+    /// Not yet (or refused with a temporary error: it may try again).
+    #[default]
+    No,
+    /// Asked; its credentials are being checked (a ticket in Redis).
+    Pending,
+    /// Accepted.
+    Yes,
 }
 
 /// What one command asks of the shell.
@@ -34,7 +46,23 @@ pub enum Step<'a> {
 impl Commands {
     /// Whether `connect` was accepted.
     pub fn connected(&self) -> bool {
-        self.connected
+        self.state == Connect::Yes
+    }
+
+    /// Whether a `connect` is waiting for its credentials to be checked.
+    pub fn pending(&self) -> bool {
+        self.state == Connect::Pending
+    }
+
+    /// The credentials of the `connect` in progress were accepted.
+    pub fn accept(&mut self) {
+        self.state = Connect::Yes;
+    }
+
+    /// The `connect` in progress was refused with a temporary error: the
+    /// client may send `connect` again.
+    pub fn refuse(&mut self) {
+        self.state = Connect::No;
     }
 
     /// One command (or the error its decoding gave), at tick `now`, with
@@ -54,17 +82,22 @@ impl Commands {
             Ok(m) => m,
             Err(code) => return Step::Reply(ReplyBody::Error(code)),
         };
-        match method {
-            Method::Connect(_) if self.connected => {
+        match (method, self.state) {
+            // Also while one is being checked.
+            (Method::Connect(_), Connect::Yes | Connect::Pending) => {
                 Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
             }
-            Method::Connect(params) => {
-                self.connected = true;
+            (Method::Connect(params), Connect::No) => {
+                self.state = Connect::Pending;
                 Step::Connect(params)
             }
-            _ if !self.connected => Step::Reply(ReplyBody::Error(ErrorCode::NotConnected)),
-            Method::Ping => Step::Reply(ReplyBody::Ping),
-            channel => Step::Channel(channel),
+            (_, Connect::No | Connect::Pending) => {
+                Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
+            }
+            (method, Connect::Yes) => match method {
+                Method::Ping => Step::Reply(ReplyBody::Ping),
+                channel => Step::Channel(channel),
+            },
         }
     }
 }
@@ -104,6 +137,23 @@ mod tests {
             s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
             Step::Connect(_)
         ));
+        assert!(s.pending() && !s.connected());
+        // While its credentials are checked: nothing else, no second one.
+        assert_eq!(
+            s.command(0, 0, Ok(Method::Ping)),
+            Step::Reply(ReplyBody::Error(ErrorCode::NotConnected))
+        );
+        assert_eq!(
+            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
+            Step::Reply(ReplyBody::Error(ErrorCode::AlreadyConnected))
+        );
+        // Refused for now: it may try again.
+        s.refuse();
+        assert!(matches!(
+            s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
+            Step::Connect(_)
+        ));
+        s.accept();
         assert!(s.connected());
         assert_eq!(
             s.command(0, 0, Ok(Method::Connect(ConnectParams::default()))),
@@ -124,6 +174,7 @@ mod tests {
     fn the_rate_limit_refuses_then_disconnects_per_second() {
         let mut s = Commands::default();
         s.command(5, 3, Ok(Method::Connect(ConnectParams::default())));
+        s.accept();
         assert_eq!(
             s.command(5, 3, Ok(Method::Ping)),
             Step::Reply(ReplyBody::Ping)

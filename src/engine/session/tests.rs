@@ -23,6 +23,7 @@ fn cfg() -> SessionConfig {
         },
         max_message_size: 1024,
         handshake_timeout: 5,
+        connect_timeout: 10,
         close_timeout: 3,
         max_commands_per_second: 0,
     }
@@ -75,12 +76,23 @@ fn feed(s: &mut Session, now: u32, bytes: &[u8], cfg: &SessionConfig) -> (Vec<St
     (seen, fed)
 }
 
-fn open(now: u32, cfg: &SessionConfig) -> Session {
+/// Upgraded, `connect` not sent.
+fn upgraded(now: u32, cfg: &SessionConfig) -> Session {
     let mut s = Session::new(now, cfg);
     assert!(
         matches!(s.handle_request(now, REQUEST, cfg), Request::Opened(rest) if rest.is_empty())
     );
     written(&mut s);
+    s
+}
+
+/// Upgraded and connected at `now`.
+fn open(now: u32, cfg: &SessionConfig) -> Session {
+    let mut s = upgraded(now, cfg);
+    let step = s.command(now, Ok(Method::Connect(ConnectParams::default())), cfg);
+    assert!(matches!(step, Some(Step::Connect(_))));
+    assert!(s.connect_pending());
+    s.accept_connect(now, cfg);
     s
 }
 
@@ -106,11 +118,7 @@ fn an_upgrade_in_pieces_with_frames_behind_it() {
         Request::Opened(text.clone())
     );
     assert_eq!(s.phase(), Phase::Open);
-    assert_eq!(
-        s.deadline(),
-        101 + 25,
-        "the heartbeat starts at the upgrade"
-    );
+    assert_eq!(s.deadline(), 101 + 10, "until `connect`, its deadline");
     let out = written(&mut s);
     assert!(out.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
     assert!(
@@ -282,7 +290,7 @@ fn the_close_deadline_can_be_extended_while_output_drains() {
 fn commands_go_through_the_command_state() {
     let mut c = cfg();
     c.max_commands_per_second = 2;
-    let mut s = open(0, &c);
+    let mut s = upgraded(0, &c);
     assert!(s.accepts(true) && !s.accepts(false), "JSON is text");
     assert_eq!(
         s.command(0, Ok(Method::Ping), &c),
@@ -292,8 +300,9 @@ fn commands_go_through_the_command_state() {
         s.command(0, Ok(Method::Connect(ConnectParams::default())), &c),
         Some(Step::Connect(_))
     ));
+    s.accept_connect(0, &c);
     assert!(s.connected());
-    s.set_identity("ann".into(), None);
+    s.set_identity("ann".into(), None, None);
     assert_eq!(s.identity().map(|i| &*i.user), Some("ann"));
     assert_eq!(
         s.command(0, Ok(Method::Ping), &c),
@@ -308,4 +317,57 @@ fn an_oversized_message_fails_with_1009() {
     let mut s = open(0, &c);
     let (_, fed) = feed(&mut s, 0, &frame(0x1, b"0123456789"), &c);
     assert_eq!(fed, Feed::Close(CloseReason::MessageTooBig));
+}
+
+#[test]
+fn connect_must_complete_before_its_deadline() {
+    let c = cfg();
+    let mut s = upgraded(100, &c);
+    assert_eq!(s.handle_timeout(105, &c), Timeout::Wait(110));
+    // Asked, refused for now, still not connected: the deadline holds.
+    s.command(105, Ok(Method::Connect(ConnectParams::default())), &c);
+    s.refuse_connect();
+    assert!(!s.connect_pending());
+    assert_eq!(s.handle_timeout(110, &c), Timeout::ConnectExpired);
+    // Connected in time: the heartbeat takes over from then.
+    let mut s = upgraded(100, &c);
+    s.command(109, Ok(Method::Connect(ConnectParams::default())), &c);
+    s.accept_connect(109, &c);
+    assert_eq!(s.deadline(), 109 + 25);
+    assert_eq!(s.handle_timeout(110, &c), Timeout::Wait(134));
+}
+
+#[test]
+fn credentials_that_expire_close_the_session_unless_moved() {
+    let c = cfg();
+    let mut s = open(0, &c);
+    s.set_identity("ann".into(), None, Some(12));
+    assert_eq!(s.deadline(), 12, "sooner than the ping");
+    assert_eq!(s.handle_timeout(11, &c), Timeout::Wait(12));
+    // A refresh moves it past the ping: the ping comes first.
+    s.set_expiry(Some(40));
+    assert_eq!(s.deadline(), 25);
+    assert_eq!(s.handle_timeout(25, &c), Timeout::Ping(35));
+    written(&mut s);
+    s.on_event(26, Event::Pong(&[]), &c);
+    assert_eq!(s.handle_timeout(39, &c), Timeout::Wait(40));
+    assert_eq!(s.handle_timeout(40, &c), Timeout::Expired);
+    // No longer expiring.
+    s.set_expiry(None);
+    assert_eq!(s.expires_at(), None);
+}
+
+#[test]
+fn the_upgrade_token_waits_for_connect() {
+    let c = cfg();
+    let mut s = Session::new(0, &c);
+    let req = String::from_utf8(REQUEST.to_vec())
+        .unwrap()
+        .replace("/ws ", "/ws?token=abc ");
+    assert!(matches!(
+        s.handle_request(0, req.as_bytes(), &c),
+        Request::Opened(_)
+    ));
+    assert_eq!(s.take_token().as_deref(), Some("abc"));
+    assert_eq!(s.take_token(), None);
 }

@@ -45,6 +45,26 @@ pub struct Upgrade {
     pub response: Vec<u8>,
     /// Bytes the client sent after the request head (already frames).
     pub head_len: usize,
+    /// A token carried by the request: a `bearer.<token>` entry of
+    /// `Sec-WebSocket-Protocol` (never echoed back), else a `token=` query
+    /// parameter. `connect` uses it when it carries none itself.
+    pub token: Option<Box<str>>,
+}
+
+/// The `Sec-WebSocket-Protocol` prefix that carries a token.
+pub const BEARER_PREFIX: &str = "bearer.";
+
+/// The token of a request: `bearer.<token>` in `Sec-WebSocket-Protocol`,
+/// else `?token=` (taken as is: tokens are URL-safe). Empty or over 8 KiB
+/// counts as none.
+fn request_token(req: &httparse::Request<'_, '_>, query: Option<&str>) -> Option<Box<str>> {
+    let from_protocol =
+        tokens(req, "sec-websocket-protocol").find_map(|p| p.strip_prefix(BEARER_PREFIX));
+    let from_query = || query?.split('&').find_map(|kv| kv.strip_prefix("token="));
+    from_protocol
+        .or_else(from_query)
+        .filter(|t| !t.is_empty() && t.len() <= 8192)
+        .map(Box::from)
 }
 
 /// Why a request was refused; each maps to one HTTP status.
@@ -204,7 +224,10 @@ fn tokens<'a>(req: &'a httparse::Request<'_, '_>, name: &'a str) -> impl Iterato
 
 fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgrade, Reject> {
     let path = req.path.ok_or(Reject::BadRequest)?;
-    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
     let endpoint = if path == cfg.client_path {
         Endpoint::Client
     } else if cfg.echo_path.as_deref() == Some(path) {
@@ -267,12 +290,17 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         response.extend_from_slice(b"\r\n");
     }
     response.extend_from_slice(b"\r\n");
+    let token = match endpoint {
+        Endpoint::Client => request_token(req, query),
+        Endpoint::Echo => None,
+    };
     Ok(Upgrade {
         endpoint,
         format,
         deflate: deflate.map(|(d, _)| d),
         response,
         head_len: 0,
+        token,
     })
 }
 
@@ -302,6 +330,41 @@ mod tests {
             "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_token_rides_the_protocol_header_or_the_query_and_is_never_echoed() {
+        let up = |req: Vec<u8>| match parse_request(&req, &cfg()) {
+            Parsed::Upgrade(u) => u,
+            other => panic!("{other:?}"),
+        };
+        let u = up(request(
+            "/ws",
+            "Sec-WebSocket-Protocol: edu-matrix-v1.json, bearer.aa.bb.cc\r\n",
+        ));
+        assert_eq!(u.token.as_deref(), Some("aa.bb.cc"));
+        assert_eq!(u.format, WireFormat::Json);
+        let head = String::from_utf8(u.response).unwrap();
+        assert!(
+            head.contains("Sec-WebSocket-Protocol: edu-matrix-v1.json\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("aa.bb.cc"), "{head}");
+        // The header wins over the query.
+        let u = up(request(
+            "/ws?x=1&token=qq",
+            "Sec-WebSocket-Protocol: bearer.hh, edu-matrix-v1\r\n",
+        ));
+        assert_eq!(
+            (u.token.as_deref(), u.format),
+            (Some("hh"), WireFormat::Binary)
+        );
+        let u = up(request("/ws?x=1&token=qq", ""));
+        assert_eq!(u.token.as_deref(), Some("qq"));
+        // Empty, absent, or on the echo endpoint: none.
+        assert_eq!(up(request("/ws?token=", "")).token, None);
+        assert_eq!(up(request("/ws", "")).token, None);
+        assert_eq!(up(request("/echo?token=qq", "")).token, None);
     }
 
     #[test]
