@@ -15,7 +15,7 @@ use crate::auth::AuthConfig;
 use crate::engine::access::AccessConfig;
 use crate::engine::channel;
 use crate::engine::namespace::{
-    DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority,
+    DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority, SubscribeMode,
 };
 use crate::tls::TlsConfig;
 
@@ -49,6 +49,31 @@ pub enum NamespacePriority {
     Normal,
     /// Ahead of normal publications.
     High,
+}
+
+/// Who may subscribe to a namespace's channels (`subscribe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceSubscribe {
+    /// Any connected client.
+    Public,
+    /// Connections with a user (not anonymous).
+    Authenticated,
+    /// Connections presenting a subscription token (`subscribe {token}`).
+    Token,
+    /// Only server-side subscriptions.
+    Server,
+}
+
+impl From<NamespaceSubscribe> for SubscribeMode {
+    fn from(s: NamespaceSubscribe) -> SubscribeMode {
+        match s {
+            NamespaceSubscribe::Public => SubscribeMode::Public,
+            NamespaceSubscribe::Authenticated => SubscribeMode::Authenticated,
+            NamespaceSubscribe::Token => SubscribeMode::Token,
+            NamespaceSubscribe::Server => SubscribeMode::Server,
+        }
+    }
 }
 
 impl From<NamespacePriority> for Priority {
@@ -102,6 +127,11 @@ pub struct NamespaceConfig {
     /// Subscribers one channel may have (0 = unlimited). Default 0: the
     /// per-connection and per-node limits already bound memory.
     pub max_subscribers: usize,
+    /// Who may subscribe: `public` (any connected client), `authenticated`
+    /// (not anonymous), `token` (a subscription token for the channel) or
+    /// `server` (server-side subscriptions only). Default `public`, as
+    /// before permissions existed.
+    pub subscribe: NamespaceSubscribe,
 }
 
 impl Default for NamespaceConfig {
@@ -118,6 +148,7 @@ impl Default for NamespaceConfig {
             client_publish: true,
             priority: NamespacePriority::Normal,
             max_subscribers: 0,
+            subscribe: NamespaceSubscribe::Public,
         }
     }
 }
@@ -135,6 +166,7 @@ impl NamespaceConfig {
             client_publish: self.client_publish,
             priority: self.priority.into(),
             max_subscribers: self.max_subscribers,
+            subscribe: self.subscribe.into(),
         }
     }
 }

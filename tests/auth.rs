@@ -254,3 +254,127 @@ fn tickets_are_redeemed_once_in_redis() {
     let r = c.call("ping", json!({}));
     assert!(r.get("ping").is_some(), "{r}");
 }
+
+/// A JWT node with namespaces of each `subscribe` mode.
+fn permissions_node() -> Server {
+    let dir = std::env::temp_dir().join(format!("wsedge-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("permissions.toml");
+    std::fs::write(
+        &path,
+        r#"
+[auth]
+mode = "jwt"
+allow_anonymous = true
+refresh_grace = "1s"
+leeway = "0s"
+
+[[namespace]]
+name = "members"
+subscribe = "authenticated"
+
+[[namespace]]
+name = "private"
+subscribe = "token"
+
+[[namespace]]
+name = "feed"
+subscribe = "server"
+"#,
+    )
+    .unwrap();
+    Server::start_with(
+        Opts {
+            args: vec!["--config".into(), path.to_str().unwrap().into()],
+            ..Opts::default()
+        }
+        .env("WSEDGE_AUTH_HMAC_SECRET", SECRET),
+    )
+}
+
+fn sub(c: &mut RawJson, channel: &str, token: Option<&str>) -> Value {
+    let mut p = json!({"channel": channel});
+    if let Some(t) = token {
+        p["token"] = t.into();
+    }
+    c.call("subscribe", p)
+}
+
+#[test]
+fn namespaces_decide_who_may_subscribe() {
+    let server = permissions_node();
+    let exp = now() + 600;
+    let ann_t = token(json!({"sub": "ann", "exp": exp}), SECRET);
+    let anon_t = token(json!({"sub": "", "exp": exp}), SECRET);
+    let (mut ann, _) = RawJson::connect(&server, json!({"token": ann_t}));
+    let (mut anon, _) = RawJson::connect(&server, json!({"token": anon_t}));
+
+    // authenticated: users yes, anonymous no.
+    assert!(sub(&mut ann, "members:a", None)["subscribe"].is_object());
+    assert_eq!(sub(&mut anon, "members:a", None)["error"]["code"], 103);
+    // server: nobody by request.
+    assert_eq!(sub(&mut ann, "feed:a", None)["error"]["code"], 103);
+    // token: only with a token for this user and channel.
+    let sub_t = |user: &str, channel: &str, exp: u64| {
+        token(json!({"sub": user, "channel": channel, "exp": exp}), SECRET)
+    };
+    assert_eq!(
+        sub(&mut ann, "private:a", None)["error"]["code"],
+        103,
+        "no token"
+    );
+    let bob = sub_t("bob", "private:a", exp);
+    assert_eq!(
+        sub(&mut ann, "private:a", Some(&bob))["error"]["code"],
+        103,
+        "another user's"
+    );
+    let other = sub_t("ann", "private:b", exp);
+    assert_eq!(
+        sub(&mut ann, "private:a", Some(&other))["error"]["code"],
+        103,
+        "another channel's"
+    );
+    let old = sub_t("ann", "private:a", now() - 5);
+    let r = sub(&mut ann, "private:a", Some(&old));
+    assert_eq!(
+        (r["error"]["code"].clone(), r["error"]["temporary"].clone()),
+        (json!(116), json!(true))
+    );
+    // A connection token is not a subscription token.
+    assert_eq!(
+        sub(&mut ann, "private:a", Some(&ann_t))["error"]["code"],
+        103
+    );
+    let good = sub_t("ann", "private:a", exp);
+    assert!(sub(&mut ann, "private:a", Some(&good))["subscribe"].is_object());
+    let r = ann.call(
+        "sub_refresh",
+        json!({"channel": "private:a", "token": sub_t("ann", "private:a", exp + 600)}),
+    );
+    assert_eq!(r["sub_refresh"]["expires"], true, "{r}");
+    // Public channels stay public; sub_refresh there: never expires.
+    assert!(sub(&mut anon, "chat:a", None)["subscribe"].is_object());
+    let r = anon.call("sub_refresh", json!({"channel": "chat:a", "token": "x"}));
+    assert_eq!(r["sub_refresh"]["expires"], false, "{r}");
+    let r = anon.call("sub_refresh", json!({"channel": "chat:b", "token": "x"}));
+    assert_eq!(r["error"]["code"], 108, "not subscribed");
+}
+
+#[test]
+fn an_unrenewed_subscription_token_ends_the_subscription_not_the_connection() {
+    let server = permissions_node();
+    let t = token(json!({"sub": "ann", "exp": now() + 600}), SECRET);
+    let (mut ann, _) = RawJson::connect(&server, json!({"token": t}));
+    // Expires in 1 s, grace 1 s.
+    let s = token(
+        json!({"sub": "ann", "channel": "private:a", "exp": now() + 1}),
+        SECRET,
+    );
+    assert!(sub(&mut ann, "private:a", Some(&s))["subscribe"].is_object());
+    let p = ann.wait("unsubscribe push", |v| v["push"]["unsubscribe"].is_object());
+    assert_eq!(p["push"]["channel"], "private:a", "{p}");
+    // The connection itself goes on.
+    let r = ann.call("ping", json!({}));
+    assert!(r.get("ping").is_some(), "{r}");
+}

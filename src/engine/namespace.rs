@@ -32,6 +32,21 @@ pub enum Priority {
     High,
 }
 
+/// Who may subscribe to a namespace's channels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum SubscribeMode {
+    /// Any connected client.
+    #[default]
+    Public,
+    /// Connections with a user (not anonymous).
+    Authenticated,
+    /// Connections that present a subscription token for the channel.
+    Token,
+    /// Nobody by request: only server-side subscriptions (connect claims,
+    /// personal channels, the server API).
+    Server,
+}
+
 /// The options of one namespace. Defaults (reasons in `config.rs` and
 /// docs/OPERATIONS.md): no history, no recovery, no presence, no join/leave
 /// (capped at 1000 subscribers when on), clients may publish, normal
@@ -58,6 +73,8 @@ pub struct NamespaceOptions {
     pub priority: Priority,
     /// Subscribers a channel may have across the node (0 = unlimited).
     pub max_subscribers: usize,
+    /// Who may subscribe.
+    pub subscribe: SubscribeMode,
 }
 
 impl Default for NamespaceOptions {
@@ -72,6 +89,7 @@ impl Default for NamespaceOptions {
             client_publish: true,
             priority: Priority::Normal,
             max_subscribers: 0,
+            subscribe: SubscribeMode::Public,
         }
     }
 }

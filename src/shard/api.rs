@@ -78,13 +78,7 @@ impl Shard {
             }
             ApiOp::Unsubscribe { user, channel } => {
                 for c in self.user_conns(&user) {
-                    if self.router.is_subscribed(c, &channel) {
-                        let who = self.who(c);
-                        let mut out = shard_out!(self);
-                        self.router
-                            .unsubscribe(now, c, SERVER_INITIATED, &channel, &who, &mut out);
-                        self.apply_closes();
-                    }
+                    self.server_unsubscribe(now, c, &channel);
                 }
                 Ok(json!({}))
             }
@@ -122,6 +116,18 @@ impl Shard {
     /// Subscribes local connection `c` to `channel` on the server's
     /// initiative (server API, personal channel); the connection learns of
     /// it through a `subscribe` push.
+    /// Unsubscribes `c` from `channel` on the server's initiative (an
+    /// `unsubscribe` push tells the client), if it is subscribed.
+    pub(crate) fn server_unsubscribe(&mut self, now: Instant, c: ConnRef, channel: &str) {
+        if self.router.is_subscribed(c, channel) {
+            let who = self.who(c);
+            let mut out = shard_out!(self);
+            self.router
+                .unsubscribe(now, c, SERVER_INITIATED, channel, &who, &mut out);
+            self.apply_closes();
+        }
+    }
+
     pub(crate) fn server_subscribe(&mut self, now: Instant, c: ConnRef, channel: &str) {
         if self.router.is_subscribed(c, channel) {
             return;

@@ -7,6 +7,7 @@
 //! command; a ticket goes to the worker on a bounded queue and its answer
 //! comes back through the inbox, so a shard never waits on Redis.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +17,7 @@ use super::core::{Shard, client_id};
 use crate::auth::{AuthMode, TokenError, Verifier};
 use crate::bridge::ticket::{TicketAnswer, TicketClaims, TicketError, TicketVerdict};
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::namespace::SubscribeMode;
 use crate::engine::subs::ConnRef;
 use crate::engine::wire::{ConnectParams, ReplyBody};
 use crate::sidecar::tickets::{TicketClient, TicketRequest};
@@ -333,5 +335,197 @@ impl Shard {
                 self.close_conn(c, CloseReason::InvalidToken);
             }
         }
+    }
+}
+
+/// When each token-granted subscription expires, soonest first. A
+/// subscription whose token expired and was not renewed by `sub_refresh`
+/// within the refresh grace is ended by the server (an `unsubscribe` push).
+/// Entries of connections or subscriptions that ended meanwhile are dropped
+/// when they come due.
+#[derive(Default)]
+pub(crate) struct SubExpiries {
+    current: HashMap<(ConnRef, Arc<str>), u32>,
+    due: BTreeMap<u32, Vec<(ConnRef, Arc<str>)>>,
+}
+
+impl SubExpiries {
+    /// The subscription of `c` to `channel` expires at tick `at`.
+    pub(crate) fn set(&mut self, c: ConnRef, channel: Arc<str>, at: u32) {
+        self.current.insert((c, channel.clone()), at);
+        self.due.entry(at).or_default().push((c, channel));
+    }
+
+    /// The subscription no longer expires.
+    pub(crate) fn clear(&mut self, c: ConnRef, channel: &str) {
+        self.current.remove(&(c, Arc::from(channel)));
+    }
+
+    /// The subscriptions whose expiry (still current) is at or before `now`.
+    pub(crate) fn take_due(&mut self, now: u32) -> Vec<(ConnRef, Arc<str>)> {
+        let mut expired = Vec::new();
+        while let Some(entry) = self.due.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            let (at, subs) = entry.remove_entry();
+            for key in subs {
+                if self.current.get(&key) == Some(&at) {
+                    self.current.remove(&key);
+                    expired.push(key);
+                }
+            }
+        }
+        expired
+    }
+}
+
+impl Shard {
+    /// Whether `c` may subscribe to `channel` under its namespace's
+    /// `subscribe` mode. `Ok(Some(tick))`: allowed by a subscription token
+    /// expiring then (plus the refresh grace). An unknown namespace is left
+    /// to the router (error 102).
+    pub(crate) fn subscribe_permission(
+        &mut self,
+        c: ConnRef,
+        channel: &str,
+        token: Option<&str>,
+    ) -> Result<Option<u32>, ErrorCode> {
+        let Some(mode) = self
+            .ctx
+            .namespaces
+            .resolve(channel)
+            .map(|(_, o)| o.subscribe)
+        else {
+            return Ok(None);
+        };
+        let user: Arc<str> = self
+            .conn_mut(c)
+            .and_then(|conn| conn.session.identity().map(|i| i.user.clone()))
+            .unwrap_or_else(|| "".into());
+        match mode {
+            SubscribeMode::Public => Ok(None),
+            SubscribeMode::Authenticated if user.is_empty() => Err(ErrorCode::PermissionDenied),
+            SubscribeMode::Authenticated => Ok(None),
+            SubscribeMode::Server => Err(ErrorCode::PermissionDenied),
+            SubscribeMode::Token => {
+                let now_unix = unix_now();
+                let exp = self.check_sub_token(&user, channel, token, now_unix)?;
+                Ok(exp.map(|e| self.expiry_tick(e, now_unix)))
+            }
+        }
+    }
+
+    /// Checks a subscription token for `user` and `channel`; its `exp`.
+    fn check_sub_token(
+        &self,
+        user: &str,
+        channel: &str,
+        token: Option<&str>,
+        now_unix: u64,
+    ) -> Result<Option<u64>, ErrorCode> {
+        let (Some(token), Some(verifier)) = (token, self.ctx.credentials.verifier.as_ref()) else {
+            self.metrics.auth_failure("missing");
+            return Err(ErrorCode::PermissionDenied);
+        };
+        let claims = verifier
+            .verify_subscribe(token, now_unix)
+            .and_then(|claims| claims.check(user, channel).map(|()| claims));
+        match claims {
+            Ok(claims) => Ok(claims.exp),
+            Err(e) => {
+                self.metrics.auth_failure(e.label());
+                Err(if e.temporary() {
+                    retry_code(&e)
+                } else {
+                    ErrorCode::PermissionDenied
+                })
+            }
+        }
+    }
+
+    /// `sub_refresh {channel, token}`: a new subscription token moves the
+    /// subscription's expiry.
+    pub(crate) fn sub_refresh(&mut self, c: ConnRef, id: u32, channel: &str, token: &str) {
+        if !self.router.is_subscribed(c, channel) {
+            return self.reply(c, id, ReplyBody::Error(ErrorCode::NotSubscribed));
+        }
+        let token_mode = self
+            .ctx
+            .namespaces
+            .resolve(channel)
+            .is_some_and(|(_, o)| o.subscribe == SubscribeMode::Token);
+        if !token_mode {
+            // Not a token channel: the subscription never expires.
+            let body = ReplyBody::Refresh {
+                ttl: None,
+                subscription: true,
+            };
+            return self.reply(c, id, body);
+        }
+        let user: Arc<str> = self
+            .conn_mut(c)
+            .and_then(|conn| conn.session.identity().map(|i| i.user.clone()))
+            .unwrap_or_else(|| "".into());
+        let now_unix = unix_now();
+        match self.check_sub_token(&user, channel, Some(token), now_unix) {
+            Ok(exp) => {
+                match exp {
+                    Some(e) => {
+                        let at = self.expiry_tick(e, now_unix);
+                        self.sub_expiries.set(c, channel.into(), at);
+                    }
+                    None => self.sub_expiries.clear(c, channel),
+                }
+                let ttl =
+                    exp.map(|e| u32::try_from(e.saturating_sub(now_unix)).unwrap_or(u32::MAX));
+                let body = ReplyBody::Refresh {
+                    ttl,
+                    subscription: true,
+                };
+                self.reply(c, id, body);
+            }
+            Err(code) => self.reply(c, id, ReplyBody::Error(code)),
+        }
+    }
+
+    /// Ends the token-granted subscriptions that expired unrenewed (once per
+    /// tick).
+    pub(crate) fn expire_subscriptions(&mut self) {
+        let due = self.sub_expiries.take_due(self.now_tick);
+        if due.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (c, channel) in due {
+            self.server_unsubscribe(now, c, &channel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_current_expiry_of_a_subscription_ends_it() {
+        let c = |idx| ConnRef { idx, generation: 1 };
+        let mut x = SubExpiries::default();
+        x.set(c(1), "p:a".into(), 10);
+        x.set(c(2), "p:a".into(), 12);
+        x.set(c(1), "p:b".into(), 11);
+        // Renewed: the old entry at 10 no longer counts.
+        x.set(c(1), "p:a".into(), 20);
+        // Cleared: never expires.
+        x.clear(c(1), "p:b");
+        assert!(x.take_due(9).is_empty());
+        assert!(x.take_due(11).is_empty(), "renewed and cleared");
+        assert_eq!(x.take_due(12), vec![(c(2), Arc::from("p:a"))]);
+        assert!(x.take_due(19).is_empty());
+        assert_eq!(x.take_due(25), vec![(c(1), Arc::from("p:a"))]);
+        assert!(
+            x.current.is_empty() && x.due.is_empty(),
+            "nothing left behind"
+        );
     }
 }

@@ -267,6 +267,17 @@ impl Shard {
             }
             Step::Channel(method) => method,
         };
+        // Who may subscribe: the namespace's `subscribe` (and its token).
+        let mut token_expiry = None;
+        if let Method::Subscribe { channel, token, .. } = &method {
+            match self.subscribe_permission(c, channel, token.as_deref()) {
+                Ok(expiry) => token_expiry = expiry,
+                Err(code) => return self.reply(c, id, ReplyBody::Error(code)),
+            }
+        }
+        if let Method::SubRefresh { channel, token } = &method {
+            return self.sub_refresh(c, id, channel, token);
+        }
         let who = self.who(c);
         let mut out = shard_out!(self);
         let r = &mut self.router;
@@ -281,7 +292,10 @@ impl Shard {
                     channel: &channel,
                     recover_since: since.filter(|_| recover),
                 };
-                r.subscribe(now, c, id, req, &who, &mut out)
+                r.subscribe(now, c, id, req, &who, &mut out);
+                if let Some(at) = token_expiry {
+                    self.sub_expiries.set(c, channel.as_ref().into(), at);
+                }
             }
             Method::Unsubscribe { channel } => r.unsubscribe(now, c, id, &channel, &who, &mut out),
             Method::Publish {
@@ -316,14 +330,7 @@ impl Shard {
                 r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
             }
             Method::Refresh { token } => self.refresh(c, id, &token),
-            Method::SubRefresh { .. } => self.reply(
-                c,
-                id,
-                ReplyBody::Refresh {
-                    ttl: None,
-                    subscription: true,
-                },
-            ),
+            Method::SubRefresh { .. } => unreachable!("answered before routing"),
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
             }

@@ -87,6 +87,8 @@ pub struct Shard {
     /// The open connections of each user that said who it is (server API
     /// calls by user).
     pub(crate) users: HashMap<Arc<str>, Vec<ConnRef>>,
+    /// Expiries of subscriptions granted by subscription tokens.
+    pub(crate) sub_expiries: super::auth::SubExpiries,
     wheel: TimerWheel<ConnRef>,
     started: Instant,
     pub(crate) now_tick: u32,
@@ -185,6 +187,7 @@ impl Shard {
             ),
             closes: Vec::new(),
             users: HashMap::new(),
+            sub_expiries: Default::default(),
             evicted_before: [0; 3],
             session_cfg,
             delivering: HashMap::new(),
@@ -679,6 +682,7 @@ impl Shard {
         self.wheel.advance(self.now_tick, &mut self.due);
         self.run_deadlines();
         self.acceptor.resume(&self.epoll);
+        self.expire_subscriptions();
         self.router_timers(now);
         if self.id == 0 {
             self.ctx.shared.check_memory();
