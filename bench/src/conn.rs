@@ -506,12 +506,18 @@ pub async fn open_with(
         ),
         None => String::new(),
     };
+    // `WSBENCH_CONNECT_TOKEN`: a JWT every connection sends in `connect`
+    // (to measure connects against a node with `[auth] mode = "jwt"`).
+    let params = match std::env::var("WSBENCH_CONNECT_TOKEN") {
+        Ok(t) => format!("{{\"token\":{}}}", serde_json::to_string(&t)?),
+        Err(_) => "{}".to_string(),
+    };
     let hello = match channel {
         Some(ch) => format!(
-            "{{\"id\":1,\"connect\":{{}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
+            "{{\"id\":1,\"connect\":{params}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
             serde_json::to_string(ch)?
         ),
-        None => "{\"id\":1,\"connect\":{}}".to_string(),
+        None => format!("{{\"id\":1,\"connect\":{params}}}"),
     };
     writer.send(OP_TEXT, hello.as_bytes()).await?;
 
