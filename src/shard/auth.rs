@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::core::{Shard, client_id};
+use super::core::{Shard, client_id, slot};
 use crate::auth::{AuthMode, TokenError, Verifier};
 use crate::bridge::ticket::{TicketAnswer, TicketClaims, TicketError, TicketVerdict};
 use crate::engine::codes::{CloseReason, ErrorCode};
@@ -189,8 +189,8 @@ impl Shard {
             .map(|e| u32::try_from(e.saturating_sub(now_unix)).unwrap_or(u32::MAX));
         let client = client_id(self.node_nonce, self.id, c.generation);
         let now = self.now_tick;
-        let cfg = self.session_cfg.clone();
-        let Some(conn) = self.conn_mut(c) else {
+        // Field-level borrows: the session config is not cloned per connect.
+        let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
         if !conn.session.connect_pending() {
@@ -201,9 +201,9 @@ impl Shard {
             .set_identity(user.clone(), claims.info, expires_at);
         // The wheel entry of the connect deadline comes due first and
         // moves on to the heartbeat's (or the expiry's) deadline.
-        conn.session.accept_connect(now, &cfg);
+        conn.session.accept_connect(now, &self.session_cfg);
         let config = self.ctx.config.clone();
-        let ping = cfg.heartbeat.ping_interval;
+        let ping = self.session_cfg.heartbeat.ping_interval;
         self.reply(
             c,
             id,
@@ -391,13 +391,12 @@ impl Shard {
         channel: &str,
         token: Option<&str>,
     ) -> Result<Option<u32>, ErrorCode> {
-        let Some(mode) = self
-            .ctx
-            .namespaces
-            .resolve(channel)
-            .map(|(_, o)| o.subscribe)
-        else {
-            return Ok(None);
+        let mode = match self.ctx.namespaces.resolve(channel) {
+            // Unknown namespace: the router's answer (102). Public: nothing
+            // to check, nothing looked up.
+            None => return Ok(None),
+            Some((_, o)) if o.subscribe == SubscribeMode::Public => return Ok(None),
+            Some((_, o)) => o.subscribe,
         };
         let user: Arc<str> = self
             .conn_mut(c)
