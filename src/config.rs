@@ -635,19 +635,11 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError(format!("tls: {e}")))?;
         // Built and validated, not yet applied to connections: refuse rather
-        // than let an operator believe a node is filtered or encrypted.
+        // than let an operator believe a node is encrypted.
         if self.tls.enabled() {
             return Err(ConfigError(
                 "tls: native TLS is not applied to connections in this version; terminate \
                  TLS at the load balancer and unset tls.cert_file/tls.key_file"
-                    .into(),
-            ));
-        }
-        if self.access != AccessConfig::default() {
-            return Err(ConfigError(
-                "access: IP/Origin filters and per-IP/per-user limits are not applied to \
-                 connections in this version; apply them at the load balancer and remove \
-                 the [access] settings"
                     .into(),
             ));
         }

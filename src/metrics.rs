@@ -22,6 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::bridge::ShardMsgKind;
+use crate::engine::access::Refusal as AccessRefusal;
 use crate::engine::codes::{CloseReason, ErrorCode, is_valid_received_close_code};
 use crate::engine::ws::handshake::Reject;
 use crate::sidecar::tickets::TicketMetrics;
@@ -162,7 +163,10 @@ impl Metrics {
             refused: reg!(
                 r,
                 "connections_refused",
-                "Connections refused by reason (fd_limit, max_connections, memory, draining)",
+                "Clients refused by reason: the node's limits (fd_limit, max_connections, memory, \
+                 draining) and the [access] rules (ip_denied, ip_not_allowed, origin_refused, \
+                 ip_rate, ip_connections, table_full, user_connections, user_publish_rate, \
+                 proxy_header)",
                 KindCounters::default()
             ),
             auth_failures: reg!(
@@ -509,8 +513,10 @@ pub fn known_close_codes() -> Vec<u16> {
     codes
 }
 
-/// Why a connection was refused before its handshake
-/// (`connections_refused{kind}`).
+/// Why a connection was refused (`connections_refused{kind}`): the node's
+/// own limits before the handshake, and the `[access]` rules (at accept, at
+/// the upgrade, at `connect`, on publish), labelled by
+/// [`AccessRefusal::label`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The process ran out of file descriptors.
@@ -521,16 +527,24 @@ pub enum Refusal {
     Memory,
     /// The shard is draining.
     Draining,
+    /// An `[access]` rule refused the client.
+    Access(AccessRefusal),
 }
 
 impl Refusal {
     /// Every refusal; each has a series from the start.
-    pub const ALL: [Refusal; 4] = [
-        Refusal::FdLimit,
-        Refusal::MaxConnections,
-        Refusal::Memory,
-        Refusal::Draining,
-    ];
+    pub const ALL: [Refusal; 4 + AccessRefusal::COUNT] = {
+        let mut all = [Refusal::FdLimit; 4 + AccessRefusal::COUNT];
+        all[1] = Refusal::MaxConnections;
+        all[2] = Refusal::Memory;
+        all[3] = Refusal::Draining;
+        let mut i = 0;
+        while i < AccessRefusal::COUNT {
+            all[4 + i] = Refusal::Access(AccessRefusal::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 
     /// The `kind` label.
     pub const fn label(self) -> &'static str {
@@ -539,6 +553,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::Memory => "memory",
             Refusal::Draining => "draining",
+            Refusal::Access(r) => r.label(),
         }
     }
 }

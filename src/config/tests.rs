@@ -376,10 +376,16 @@ fn security_sections_load_from_the_environment_and_unwired_ones_are_refused() {
             !c.to_toml().contains("0123456789"),
             "the secret is never shown"
         );
-        // Built but not applied to connections: refused, never ignored.
+        // [access] is applied: its keys load from the environment, and a
+        // bad entry is named.
         jail.set_env("WSEDGE_ACCESS_IP_DENY", "[\"10.0.0.0/8\"]");
+        jail.set_env("WSEDGE_ACCESS_PER_IP_CONNECTION_RATE", "5");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.access.ip_deny, ["10.0.0.0/8"]);
+        assert_eq!(c.access.per_ip_connection_rate, 5.0);
+        jail.set_env("WSEDGE_ACCESS_IP_DENY", "[\"10.0.0.1/8\"]");
         let e = Config::load(None, &Overrides::default()).unwrap_err().0;
-        assert!(e.starts_with("access: "), "{e}");
+        assert!(e.starts_with("access.ip_deny[0]"), "{e}");
         Ok(())
     });
     let mut c = Config::default();

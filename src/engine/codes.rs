@@ -185,6 +185,10 @@ pub enum CloseReason {
     /// 3503: the client flooded the server with commands (more than twice
     /// the per-second limit).
     Flood,
+    /// 3504: the user already has `per_user_max_connections` connections
+    /// open on the node (sent after error 106 in the `connect` reply). Not
+    /// a reconnect code: the user's other connections must close first.
+    ConnectionLimit,
     /// A code a backend chose through the server API `disconnect`
     /// (3000–4999; reconnect by range, see [`CloseReason::reconnect`]).
     Custom(u16),
@@ -192,7 +196,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for documentation tests.
-    pub const ALL: [CloseReason; 19] = [
+    pub const ALL: [CloseReason; 20] = [
         CloseReason::Normal,
         CloseReason::GoingAway,
         CloseReason::ProtocolError,
@@ -212,6 +216,7 @@ impl CloseReason {
         CloseReason::BadRequest,
         CloseReason::InvalidToken,
         CloseReason::Flood,
+        CloseReason::ConnectionLimit,
     ];
 
     /// The code in the `disconnect` push (and, for application reasons, in
@@ -237,6 +242,7 @@ impl CloseReason {
             CloseReason::BadRequest => 3501,
             CloseReason::InvalidToken => 3502,
             CloseReason::Flood => 3503,
+            CloseReason::ConnectionLimit => 3504,
             CloseReason::Custom(code) => code,
         }
     }
@@ -272,6 +278,7 @@ impl CloseReason {
             CloseReason::BadRequest => "bad request",
             CloseReason::InvalidToken => "invalid token",
             CloseReason::Flood => "too many requests",
+            CloseReason::ConnectionLimit => "connection limit",
             CloseReason::Custom(_) => "disconnected",
         }
     }
@@ -323,6 +330,7 @@ mod tests {
         assert!(CloseReason::GoingAway.reconnect());
         assert!(!CloseReason::BadRequest.reconnect());
         assert!(!CloseReason::InvalidToken.reconnect());
+        assert!(!CloseReason::ConnectionLimit.reconnect());
         assert!(CloseReason::TokenExpired.reconnect());
         assert!(ErrorCode::TokenExpired.temporary());
         assert!(!CloseReason::ProtocolError.reconnect());

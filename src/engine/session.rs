@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 pub use commands::{Commands, Step};
 
+use crate::engine::access::Refusal;
 use crate::engine::codes::CloseReason;
 use crate::engine::heartbeat::{Heartbeat, HeartbeatAction, HeartbeatConfig};
 use crate::engine::outbox::Outbox;
@@ -33,7 +34,9 @@ use crate::engine::ws::deflate::{Deflate, Inflater};
 use crate::engine::ws::frame::{
     DecoderLimits, Event, Fed, Flow, FrameDecoder, Opcode, close_frame, frame_bytes,
 };
-use crate::engine::ws::handshake::{self, Endpoint, HandshakeConfig, Parsed, Reject, WireFormat};
+use crate::engine::ws::handshake::{
+    self, Endpoint, HandshakeConfig, Parsed, Reject, UpgradeRequest, WireFormat,
+};
 
 /// An unmasked ping with no payload.
 const PING_FRAME: &[u8] = &[0x89, 0x00];
@@ -100,6 +103,10 @@ pub enum Request {
     Partial,
     /// Refused: the HTTP answer is queued and the session is closing.
     Rejected(Reject),
+    /// A valid upgrade the access rules refused (see
+    /// [`Session::handle_request_checked`]): the refusal's HTTP answer is
+    /// queued and the session is closing.
+    Refused(Refusal),
     /// Upgraded: the `101` answer is queued and the session is open. The
     /// bytes the client sent after the head are already frames, to be fed.
     Opened(Vec<u8>),
@@ -327,6 +334,25 @@ impl Session {
 
     /// Upgrade request bytes (`buf`, just read) at tick `now`.
     pub fn handle_request(&mut self, now: u32, buf: &[u8], cfg: &SessionConfig) -> Request {
+        self.handle_request_checked(now, buf, cfg, |_| Ok(()))
+    }
+
+    /// [`Session::handle_request`], with `check` asked about a valid upgrade
+    /// request before the `101` is queued: the shell's access rules (the
+    /// `Origin` allow-list, the client address behind a trusted proxy and
+    /// its limits). A refusal queues [`Refusal::response`] instead and the
+    /// session closes. `check` runs at most once, and only for a request
+    /// the parser accepted.
+    pub fn handle_request_checked<F>(
+        &mut self,
+        now: u32,
+        buf: &[u8],
+        cfg: &SessionConfig,
+        check: F,
+    ) -> Request
+    where
+        F: FnOnce(&UpgradeRequest<'_>) -> Result<(), Refusal>,
+    {
         debug_assert_eq!(self.phase, Phase::Handshake);
         let parsed = match self.extra.as_deref_mut() {
             Some(Extra::Request(req)) => {
@@ -350,10 +376,20 @@ impl Session {
                 Request::Rejected(r)
             }
             Parsed::Upgrade(up) => {
-                let rest = match self.extra.take().map(|b| *b) {
-                    Some(Extra::Request(req)) => req[up.head_len..].to_vec(),
-                    _ => buf[up.head_len..].to_vec(),
+                let req = match self.extra.take().map(|b| *b) {
+                    Some(Extra::Request(req)) => Some(req),
+                    _ => None,
                 };
+                let bytes = req.as_deref().unwrap_or(buf);
+                let view = UpgradeRequest {
+                    upgrade: &up,
+                    head: &bytes[..up.head_len],
+                };
+                if let Err(refusal) = check(&view) {
+                    self.refuse_upgrade(now, refusal, cfg);
+                    return Request::Refused(refusal);
+                }
+                let rest = bytes[up.head_len..].to_vec();
                 self.phase = Phase::Open;
                 self.endpoint = up.endpoint;
                 self.format = up.format;
@@ -368,6 +404,19 @@ impl Session {
                 Request::Opened(rest)
             }
         }
+    }
+
+    /// Refuses the connection before its upgrade (the access rules, or a
+    /// broken PROXY header in front of the request): the refusal's HTTP
+    /// answer is queued and the session closes. Nothing happens once the
+    /// session has left the handshake.
+    pub fn refuse_upgrade(&mut self, now: u32, refusal: Refusal, cfg: &SessionConfig) {
+        if self.phase != Phase::Handshake {
+            return;
+        }
+        self.extra = None;
+        self.outbox.push_urgent(Bytes::from(refusal.response()));
+        self.start_closing(now, false, cfg);
     }
 
     // ---- frames ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! descriptors, pausing the listener when the kernel is out of memory, and
 //! a rate limit for the warnings about it.
 
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use crate::engine::ws::handshake::Reject;
 
 /// What one `accept` gave.
 pub(crate) enum Accept {
-    /// A new connection.
-    Conn(OwnedFd),
+    /// A new connection, and its peer's address.
+    Conn(OwnedFd, Option<IpAddr>),
     /// Nothing pending (or no listener).
     Empty,
     /// EMFILE/ENFILE: the process or system is out of descriptors.
@@ -29,6 +30,18 @@ pub(crate) enum Accept {
 pub(crate) fn refuse(fd: &OwnedFd) {
     let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
     sys::shutdown_write(fd.as_raw_fd());
+}
+
+/// Answers a connection refused at accept (the `[access]` rules) with
+/// `response` and closes it. The request usually waits unread (the
+/// listener defers accepts until data arrives); one read into `scratch`
+/// drains it, so the close after the answer is a FIN rather than a reset
+/// that could discard the answer on its way.
+pub(crate) fn refuse_with(fd: &OwnedFd, response: &[u8], scratch: &mut [u8]) {
+    let raw = fd.as_raw_fd();
+    let _ = sys::write(raw, response);
+    sys::shutdown_write(raw);
+    let _ = sys::read(raw, scratch);
 }
 
 /// A shard's listener and its limit handling.
@@ -58,8 +71,8 @@ impl Acceptor {
             return Accept::Empty;
         };
         loop {
-            return match sys::accept(lfd) {
-                Ok(fd) => Accept::Conn(fd),
+            return match sys::accept_with_peer(lfd) {
+                Ok((fd, peer)) => Accept::Conn(fd, peer),
                 Err(e) if sys::would_block(&e) => Accept::Empty,
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EMFILE | libc::ENFILE) => Accept::OutOfFds,

@@ -178,9 +178,10 @@ impl Shard {
             .saturating_add(u32::try_from(left).unwrap_or(u32::MAX))
     }
 
-    /// Accepts the `connect` of `c` as `claims`: identity, the reply (with
-    /// the credentials' lifetime), the user index, the personal channel and
-    /// the claims' server-side subscriptions.
+    /// Accepts the `connect` of `c` as `claims`: the per-user connection
+    /// cap of `[access]`, identity, the reply (with the credentials'
+    /// lifetime), the user index, the personal channel and the claims'
+    /// server-side subscriptions.
     fn accept(&mut self, c: ConnRef, id: u32, claims: Claims) {
         let now_unix = unix_now();
         let expires_at = claims.exp.map(|e| self.expiry_tick(e, now_unix));
@@ -189,14 +190,20 @@ impl Shard {
             .map(|e| u32::try_from(e.saturating_sub(now_unix)).unwrap_or(u32::MAX));
         let client = client_id(self.node_nonce, self.id, c.generation);
         let now = self.now_tick;
+        let pending = self
+            .conn_mut(c)
+            .is_some_and(|conn| conn.session.connect_pending());
+        if !pending {
+            return; // closed, or timed out, while its ticket was redeemed
+        }
+        let user = claims.user;
+        if !self.count_user(c, id, &user) {
+            return; // over the per-user cap: 106, then closed with 3504
+        }
         // Field-level borrows: the session config is not cloned per connect.
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
-        if !conn.session.connect_pending() {
-            return; // closed, or timed out, while its ticket was redeemed
-        }
-        let user = claims.user;
         conn.session
             .set_identity(user.clone(), claims.info, expires_at);
         // The wheel entry of the connect deadline comes due first and

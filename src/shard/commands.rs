@@ -15,7 +15,7 @@ use super::core::{Shard, client_id, slot, slot_ref};
 use super::peers::Peers;
 use super::write::WriteQueue;
 use crate::bridge::ShardMsg;
-use crate::engine::codes::CloseReason;
+use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::outbox::{Frame, OverBudget};
 use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest, Who};
 use crate::engine::session::Step;
@@ -267,6 +267,10 @@ impl Shard {
             }
             Step::Channel(method) => method,
         };
+        if matches!(method, Method::Publish { .. }) && !self.publish_allowed(c, now) {
+            // Over the user's publish rate on this shard (counted).
+            return self.reply(c, id, ReplyBody::Error(ErrorCode::TooManyRequests));
+        }
         // Who may subscribe: the namespace's `subscribe` (and its token).
         let mut token_expiry = None;
         if let Method::Subscribe { channel, token, .. } = &method {

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::ShardContext;
 use super::accept::{Accept, Acceptor, refuse};
+use super::access::ShardAccess;
 use super::commands::shard_out;
 use super::conn::{Conn, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
 use super::drain::{DRAIN_STEP, Drain};
@@ -34,7 +35,7 @@ use crate::engine::timer::TimerWheel;
 use crate::engine::wire::FrameWriter;
 use crate::engine::ws::deflate::{Compressor, DeflateConfig, Inflater, frame_for};
 use crate::engine::ws::frame::{Event, Flow};
-use crate::engine::ws::handshake::{Endpoint, HandshakeConfig, Reject};
+use crate::engine::ws::handshake::{Endpoint, HandshakeConfig, Reject, UpgradeRequest};
 use crate::metrics::{HandshakeResult, Refusal, ShardMetrics, Stats};
 
 /// Bytes read per `read(2)`; the one read buffer of the shard.
@@ -93,7 +94,7 @@ pub struct Shard {
     started: Instant,
     pub(crate) now_tick: u32,
     next_tick: Instant,
-    scratch: Vec<u8>,
+    pub(crate) scratch: Vec<u8>,
     events: Vec<libc::epoll_event>,
     pub(crate) dirty: WriteQueue,
     /// Connections whose wheel slot came due, handled `DEADLINE_BUDGET`
@@ -126,6 +127,8 @@ pub struct Shard {
     drain: Option<Drain>,
     stopped: bool,
     pub(crate) node_nonce: u32,
+    /// The `[access]` rules' per-connection and per-shard state.
+    pub(crate) access: ShardAccess,
 }
 
 impl Shard {
@@ -217,6 +220,7 @@ impl Shard {
             drain: None,
             stopped: false,
             node_nonce: ctx.shared.node_nonce,
+            access: ShardAccess::new(ctx.access.clone()),
             ctx,
         })
     }
@@ -330,7 +334,7 @@ impl Shard {
     fn accept_ready(&mut self) {
         for _ in 0..ACCEPT_BATCH {
             match self.acceptor.accept() {
-                Accept::Conn(fd) => self.admit(fd),
+                Accept::Conn(fd, peer) => self.admit(fd, peer),
                 Accept::Empty => return,
                 Accept::OutOfFds => {
                     self.metrics.refused(Refusal::FdLimit);
@@ -353,8 +357,11 @@ impl Shard {
         }
     }
 
-    fn admit(&mut self, fd: OwnedFd) {
+    fn admit(&mut self, fd: OwnedFd, peer: Option<std::net::IpAddr>) {
         self.stats.accepted += 1;
+        let Some(admitted) = self.screen_peer(&fd, peer) else {
+            return;
+        };
         let shared = &self.ctx.shared;
         let refusal = if self.drain.is_some() {
             Some(Refusal::Draining)
@@ -371,6 +378,7 @@ impl Shard {
             if reason != Refusal::Draining {
                 self.limit_log(&format!("refusing connections: {reason}"));
             }
+            self.access.forget(admitted);
             refuse(&fd);
             return;
         }
@@ -381,8 +389,10 @@ impl Shard {
         let raw = conn.raw_fd();
         let idx = self.conns.insert(conn) as u32;
         let c = ConnRef { idx, generation };
+        self.access.insert(idx, admitted);
         if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
             warn!(shard = self.id, error = %e, "epoll_ctl add failed");
+            self.access.on_free(idx, None);
             self.conns.remove(idx as usize);
             self.ctx.shared.release();
             return;
@@ -463,19 +473,32 @@ impl Shard {
             return;
         };
         match conn.session.phase() {
-            Phase::Handshake => self.on_request_bytes(c, buf),
+            Phase::Handshake => self.on_handshake_bytes(c, buf),
             _ if conn.session.reads_frames() => self.feed_frames(c, buf),
             _ => {} // closing: discard until end of stream
         }
     }
 
-    fn on_request_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
+    /// Upgrade request bytes (after any PROXY header).
+    pub(crate) fn on_request_bytes(&mut self, c: ConnRef, buf: &mut [u8]) {
         let now = self.now_tick;
-        let conn = slot(&mut self.conns, c).expect("caller checked");
-        match conn.session.handle_request(now, buf, &self.session_cfg) {
+        let Some(conn) = slot(&mut self.conns, c) else {
+            return;
+        };
+        let access = &mut self.access;
+        let checked = |req: &UpgradeRequest<'_>| access.check_upgrade(c.idx, req);
+        match conn
+            .session
+            .handle_request_checked(now, buf, &self.session_cfg, checked)
+        {
             Request::Partial => {}
             Request::Rejected(r) => {
                 self.metrics.handshake(r);
+                self.closing(c);
+            }
+            Request::Refused(r) => {
+                self.access_refused(r);
+                self.metrics.handshake(Reject::of_refusal(r));
                 self.closing(c);
             }
             Request::Opened(mut rest) => {
@@ -578,7 +601,7 @@ impl Shard {
 
     /// The session of `c` has moved to `Closing`: look at it again at its
     /// close deadline, and write what it queued.
-    fn closing(&mut self, c: ConnRef) {
+    pub(crate) fn closing(&mut self, c: ConnRef) {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
@@ -626,6 +649,7 @@ impl Shard {
         let phase = conn.session.phase();
         let user = conn.session.identity().map(|i| i.user.clone());
         let who = self.who(c);
+        self.access.on_free(c.idx, user.as_deref());
         if let Some(user) = user.filter(|u| !u.is_empty()) {
             self.unindex_user(&user, c);
         }
@@ -684,6 +708,7 @@ impl Shard {
         self.acceptor.resume(&self.epoll);
         self.expire_subscriptions();
         self.router_timers(now);
+        self.access_tick(now);
         if self.id == 0 {
             self.ctx.shared.check_memory();
         }

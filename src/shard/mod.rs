@@ -8,6 +8,9 @@
 //!   the connection's phases (handshake, frames, close), ticks, deadlines.
 //! - `accept.rs`: the listener, gracefully at the descriptor and memory
 //!   limits.
+//! - `access.rs`: the `[access]` rules on connections (address filter,
+//!   PROXY header, `X-Forwarded-For`, `Origin`, per-IP and per-user
+//!   limits).
 //! - `write.rs`: the write pass (one `writev` per connection per turn).
 //! - `drain.rs`: the drain schedule.
 //! - `peers.rs`: the other shards' inboxes and what is owed to them.
@@ -45,6 +48,7 @@ use crate::engine::namespace::Namespaces;
 use crate::metrics::Metrics;
 
 mod accept;
+pub mod access;
 mod api;
 pub mod auth;
 mod commands;
@@ -161,6 +165,8 @@ pub struct ShardContext {
     pub metrics: Arc<Metrics>,
     /// Token verification and the ticket worker, as `[auth]` asks.
     pub credentials: auth::Credentials,
+    /// The `[access]` rules and the node-wide per-IP and per-user tables.
+    pub access: Arc<access::NodeAccess>,
 }
 
 /// Running shards.
@@ -212,7 +218,10 @@ pub fn start(
     }
     let namespaces = Namespaces::from_config(&config)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    let access = access::NodeAccess::new(&config.access)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     let ctx = ShardContext {
+        access: Arc::new(access),
         namespaces: Arc::new(namespaces),
         config: config.clone(),
         inboxes: inboxes.clone(),

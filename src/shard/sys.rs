@@ -4,7 +4,7 @@
 //! tests exercise every one of them.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
@@ -164,6 +164,53 @@ pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// [`accept`], also giving the peer's address (IPv4, IPv6, or IPv4-mapped
+/// IPv6 on a dual-stack listener; `None` for another family).
+pub fn accept_with_peer(listener: RawFd) -> io::Result<(OwnedFd, Option<IpAddr>)> {
+    // SAFETY: a zeroed sockaddr_storage is a valid (empty) address buffer.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`, which is
+    // that large, and stores the real length in `len`; the result is
+    // checked.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok((fd, peer_ip(&addr, len)))
+}
+
+/// The IP address in a `sockaddr_storage` the kernel filled with `len`
+/// bytes.
+fn peer_ip(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
+    let len = len as usize;
+    match libc::c_int::from(addr.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, and
+            // the kernel wrote at least that many bytes; sockaddr_storage
+            // is aligned for every address type.
+            let sin =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                sin.sin_addr.s_addr,
+            ))))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+        }
+        _ => None,
+    }
+}
+
 /// Reads into `buf`; `Ok(0)` is end of stream.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
@@ -274,6 +321,33 @@ mod tests {
         assert_eq!(read(s.as_raw_fd(), &mut buf).unwrap(), 1);
         let e = read(s.as_raw_fd(), &mut buf).unwrap_err();
         assert!(would_block(&e), "non-blocking");
+    }
+
+    #[test]
+    fn the_peer_address_comes_with_the_accepted_socket() {
+        let accept_one = |l: &std::net::TcpListener| loop {
+            match accept_with_peer(l.as_raw_fd()) {
+                Ok(got) => break got,
+                Err(e) if would_block(&e) => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        v4.set_nonblocking(true).unwrap();
+        let _c = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
+        let (_fd, peer) = accept_one(&v4);
+        assert_eq!(peer, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        // IPv6 where the machine has it (a dual-stack listener sees an
+        // IPv4 client as ::ffff:a.b.c.d; the access rules map it back).
+        if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+            v6.set_nonblocking(true).unwrap();
+            let _c = std::net::TcpStream::connect(v6.local_addr().unwrap()).unwrap();
+            let (_fd, peer) = accept_one(&v6);
+            assert_eq!(peer, Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        }
+        // SAFETY: an all-zero sockaddr_storage is a valid value.
+        let zero: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        assert_eq!(peer_ip(&zero, 0), None, "no family: no address");
     }
 
     #[test]

@@ -519,6 +519,12 @@ impl RawWs {
         RawWs { s, buf: Vec::new() }
     }
 
+    /// A client on a stream whose upgrade already succeeded (see
+    /// [`upgrade_from`]).
+    pub fn from_upgraded(s: TcpStream) -> RawWs {
+        RawWs { s, buf: Vec::new() }
+    }
+
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         let mask = [0x11, 0x22, 0x33, 0x44];
         let mut out = vec![(fin as u8) << 7 | opcode];
@@ -658,4 +664,55 @@ impl RawWs {
         }
         (seen, None)
     }
+}
+
+/// An upgrade request on a fresh TCP connection to the client port, from
+/// the loopback address `from` (any of 127.0.0.0/8; `None`: the usual
+/// 127.0.0.1), with `prefix` sent first (a PROXY header) and `headers`
+/// (each ending in CRLF) added to the request. Returns the response head
+/// (empty if the server closed without one) and the stream, positioned
+/// after the head.
+pub fn upgrade_from(
+    server: &Server,
+    from: Option<std::net::IpAddr>,
+    prefix: &[u8],
+    headers: &str,
+) -> (String, TcpStream) {
+    let mut s = connect_from(server.client, from);
+    let mut req = prefix.to_vec();
+    req.extend_from_slice(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: edu-matrix-v1.json\r\n{headers}\r\n"
+        )
+        .as_bytes(),
+    );
+    let _ = s.write_all(&req);
+    let head = read_head(&mut s);
+    (head, s)
+}
+
+/// A TCP connection to `addr` from the local address `from` (if given).
+pub fn connect_from(addr: SocketAddr, from: Option<std::net::IpAddr>) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(ip) = from {
+        s.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+    }
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s
+}
+
+/// Reads an HTTP response head (through the blank line); what arrived if
+/// the stream ends or fails first.
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -145,6 +145,69 @@ fn a_refused_upgrade_answers_and_half_closes() {
 }
 
 #[test]
+fn the_access_check_sees_the_head_once_and_may_refuse() {
+    let c = cfg();
+    let req = String::from_utf8(REQUEST.to_vec())
+        .unwrap()
+        .replace("Host: x\r\n", "Host: x\r\nOrigin: https://evil.example\r\n");
+    let (a, b) = req.as_bytes().split_at(40);
+    let mut s = Session::new(0, &c);
+    let mut asked = 0;
+    let mut check = |r: &UpgradeRequest<'_>| {
+        asked += 1;
+        match r.origin() {
+            Some(b"https://evil.example") => Err(Refusal::OriginRefused),
+            _ => Ok(()),
+        }
+    };
+    // Across two reads: asked only once the head is whole.
+    assert_eq!(
+        s.handle_request_checked(1, a, &c, &mut check),
+        Request::Partial
+    );
+    assert_eq!(
+        s.handle_request_checked(1, b, &c, &mut check),
+        Request::Refused(Refusal::OriginRefused)
+    );
+    assert_eq!(asked, 1);
+    assert_eq!(s.phase(), Phase::Closing);
+    assert!(!s.reads_frames());
+    let out = written(&mut s);
+    assert!(out.starts_with(b"HTTP/1.1 403 Forbidden\r\n"), "{out:?}");
+    assert!(s.wants_shutdown());
+    assert_eq!(s.deadline(), 1 + c.close_timeout);
+    // Allowed: the usual 101.
+    let mut s = Session::new(0, &c);
+    let r = s.handle_request_checked(1, REQUEST, &c, |r| {
+        assert_eq!(r.origin(), None);
+        assert_eq!(r.head, REQUEST);
+        Ok(())
+    });
+    assert_eq!(r, Request::Opened(Vec::new()));
+    // A request the parser refuses never reaches the check.
+    let mut s = Session::new(0, &c);
+    let r = s.handle_request_checked(1, b"GET /nope HTTP/1.1\r\n\r\n", &c, |_| {
+        panic!("not asked")
+    });
+    assert_eq!(r, Request::Rejected(Reject::NotFound));
+}
+
+#[test]
+fn a_refusal_before_the_request_answers_with_its_status() {
+    let c = cfg();
+    let mut s = Session::new(0, &c);
+    s.refuse_upgrade(2, Refusal::ProxyHeader, &c);
+    assert_eq!(s.phase(), Phase::Closing);
+    assert!(written(&mut s).starts_with(b"HTTP/1.1 400 "));
+    assert!(s.wants_shutdown());
+    // Once open, a late refusal changes nothing.
+    let mut s = upgraded(0, &c);
+    s.refuse_upgrade(2, Refusal::IpRate, &c);
+    assert!(s.is_open());
+    assert!(s.outbox.is_empty());
+}
+
+#[test]
 fn an_upgrade_that_never_completes_expires() {
     let c = cfg();
     let mut s = Session::new(10, &c);

@@ -1,10 +1,13 @@
 //! The HTTP/1.1 upgrade handshake (RFC 6455 §4.2), parsed incrementally
 //! with a hard cap on the request head. No I/O: bytes in, a decision out.
 
+use std::ops::Range;
+
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
 use super::deflate::{self, Deflate, DeflateConfig};
+use crate::engine::access::Refusal;
 
 /// Subprotocol for the binary (FlatBuffers) form of the wire protocol.
 pub const PROTOCOL_BINARY: &str = "edu-matrix-v1";
@@ -49,6 +52,40 @@ pub struct Upgrade {
     /// `Sec-WebSocket-Protocol` (never echoed back), else a `token=` query
     /// parameter. `connect` uses it when it carries none itself.
     pub token: Option<Box<str>>,
+    /// Where the `Origin` value sits in the request head (the first such
+    /// header), for the `allowed_origins` check.
+    pub origin: Option<Range<usize>>,
+    /// Where each `X-Forwarded-For` value sits in the request head, in
+    /// request order (empty, and not allocated, without the header). Read
+    /// only for connections from a trusted proxy.
+    pub forwarded_for: Vec<Range<usize>>,
+}
+
+/// An accepted upgrade with the request head it was parsed from: what the
+/// access rules look at before the `101` goes out.
+#[derive(Debug, Clone, Copy)]
+pub struct UpgradeRequest<'a> {
+    /// The parsed upgrade.
+    pub upgrade: &'a Upgrade,
+    /// The request head (`upgrade.head_len` bytes).
+    pub head: &'a [u8],
+}
+
+impl<'a> UpgradeRequest<'a> {
+    /// The `Origin` value, if the request has one.
+    pub fn origin(&self) -> Option<&'a [u8]> {
+        let head = self.head;
+        self.upgrade.origin.clone().and_then(move |r| head.get(r))
+    }
+
+    /// The `X-Forwarded-For` values, in request order.
+    pub fn forwarded_for(&self) -> impl DoubleEndedIterator<Item = &'a [u8]> + use<'a> {
+        let head = self.head;
+        self.upgrade
+            .forwarded_for
+            .iter()
+            .filter_map(move |r| head.get(r.clone()))
+    }
 }
 
 /// The `Sec-WebSocket-Protocol` prefix that carries a token.
@@ -81,20 +118,39 @@ pub enum Reject {
     UpgradeRequired,
     /// 431: the request head is larger than the cap.
     HeadersTooLarge,
-    /// 503: the server refuses new connections (limits or draining).
+    /// 503: the server refuses new connections (limits or draining, or a
+    /// per-IP cap of `[access]`).
     Unavailable,
+    /// 403: the `[access]` rules refuse the client's address or origin.
+    Forbidden,
+    /// 429: the client's address opens connections faster than `[access]`
+    /// allows.
+    TooManyRequests,
 }
 
 impl Reject {
     /// Every refusal, for metrics (each has a series from the start).
-    pub const ALL: [Reject; 6] = [
+    pub const ALL: [Reject; 8] = [
         Reject::BadRequest,
         Reject::NotFound,
         Reject::MethodNotAllowed,
         Reject::UpgradeRequired,
         Reject::HeadersTooLarge,
         Reject::Unavailable,
+        Reject::Forbidden,
+        Reject::TooManyRequests,
     ];
+
+    /// The handshake result an `[access]` refusal counts as (by its HTTP
+    /// status).
+    pub fn of_refusal(r: Refusal) -> Reject {
+        match r.status() {
+            403 => Reject::Forbidden,
+            429 => Reject::TooManyRequests,
+            503 => Reject::Unavailable,
+            _ => Reject::BadRequest,
+        }
+    }
 
     /// HTTP status code.
     pub fn status(self) -> u16 {
@@ -105,6 +161,8 @@ impl Reject {
             Reject::UpgradeRequired => 426,
             Reject::HeadersTooLarge => 431,
             Reject::Unavailable => 503,
+            Reject::Forbidden => 403,
+            Reject::TooManyRequests => 429,
         }
     }
 
@@ -117,6 +175,8 @@ impl Reject {
             Reject::UpgradeRequired => "upgrade_required",
             Reject::HeadersTooLarge => "headers_too_large",
             Reject::Unavailable => "unavailable",
+            Reject::Forbidden => "forbidden",
+            Reject::TooManyRequests => "too_many_requests",
         }
     }
 
@@ -139,6 +199,12 @@ impl Reject {
             Reject::Unavailable => (
                 "Service Unavailable",
                 "server at capacity, retry later\n",
+                "Retry-After: 1\r\n",
+            ),
+            Reject::Forbidden => ("Forbidden", "forbidden\n", ""),
+            Reject::TooManyRequests => (
+                "Too Many Requests",
+                "too many connections, retry later\n",
                 "Retry-After: 1\r\n",
             ),
         };
@@ -198,6 +264,19 @@ pub fn parse_request(buf: &[u8], cfg: &HandshakeConfig) -> Parsed {
     match decide(&req, cfg) {
         Ok(mut up) => {
             up.head_len = end;
+            // Where a header value sits in `buf` (httparse hands out
+            // subslices of it).
+            let span = |v: &[u8]| {
+                let at = v.as_ptr() as usize - buf.as_ptr() as usize;
+                at..at + v.len()
+            };
+            up.origin = header(&req, "origin").map(span);
+            up.forwarded_for = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"))
+                .map(|h| span(h.value))
+                .collect();
             Parsed::Upgrade(up)
         }
         Err(r) => Parsed::Reject(r),
@@ -301,6 +380,8 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         response,
         head_len: 0,
         token,
+        origin: None,
+        forwarded_for: Vec::new(),
     })
 }
 
@@ -365,6 +446,45 @@ mod tests {
         assert_eq!(up(request("/ws?token=", "")).token, None);
         assert_eq!(up(request("/ws", "")).token, None);
         assert_eq!(up(request("/echo?token=qq", "")).token, None);
+    }
+
+    #[test]
+    fn origin_and_forwarded_for_are_found_in_the_head() {
+        let req = request(
+            "/ws",
+            "Origin: https://app.example.com\r\nX-Forwarded-For: 203.0.113.7, 10.0.0.2\r\n\
+             x-forwarded-for:10.0.0.3\r\nOrigin: https://second.example\r\n",
+        );
+        let Parsed::Upgrade(up) = parse_request(&req, &cfg()) else {
+            panic!()
+        };
+        let view = UpgradeRequest {
+            upgrade: &up,
+            head: &req[..up.head_len],
+        };
+        // The first Origin; every X-Forwarded-For line, in order, trimmed.
+        assert_eq!(view.origin(), Some(&b"https://app.example.com"[..]));
+        let xff: Vec<&[u8]> = view.forwarded_for().collect();
+        assert_eq!(xff, [&b"203.0.113.7, 10.0.0.2"[..], b"10.0.0.3"]);
+        assert_eq!(view.forwarded_for().next_back(), Some(&b"10.0.0.3"[..]));
+        // Neither header: nothing recorded, nothing allocated.
+        let plain = request("/ws", "");
+        let Parsed::Upgrade(up) = parse_request(&plain, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(up.origin, None);
+        assert_eq!(up.forwarded_for.capacity(), 0);
+    }
+
+    #[test]
+    fn access_refusals_count_as_their_status() {
+        for r in Refusal::ALL {
+            let reject = Reject::of_refusal(r);
+            assert_eq!(reject.status(), r.status(), "{r:?}");
+            assert!(Reject::ALL.contains(&reject));
+            let text = String::from_utf8(reject.response()).unwrap();
+            assert!(text.starts_with(&format!("HTTP/1.1 {} ", r.status())));
+        }
     }
 
     #[test]
