@@ -603,14 +603,7 @@ impl Config {
             .validate()
             .map_err(|e| ConfigError(format!("tls: {e}")))?;
         // Built and validated, not yet applied to connections: refuse rather
-        // than let an operator believe a node is filtered or encrypted.
-        if self.tls.enabled() {
-            return Err(ConfigError(
-                "tls: native TLS is not applied to connections in this version; terminate \
-                 TLS at the load balancer and unset tls.cert_file/tls.key_file"
-                    .into(),
-            ));
-        }
+        // than let an operator believe a node is filtered.
         if self.access != AccessConfig::default() {
             return Err(ConfigError(
                 "access: IP/Origin filters and per-IP/per-user limits are not applied to \

@@ -6,6 +6,7 @@
 //!   async loop that drives a [`core::Shard`].
 //! - `core.rs`: the shard state and its loop turn: admitting, reading and
 //!   the connection's phases (handshake, frames, close), ticks, deadlines.
+//!   `core/tls_io.rs`: the same read path and write pass over TLS.
 //! - `accept.rs`: the listener, gracefully at the descriptor and memory
 //!   limits.
 //! - `write.rs`: the write pass (one `writev` per connection per turn).
@@ -55,6 +56,8 @@ mod peers;
 pub mod sys;
 pub mod tls;
 mod write;
+
+pub use core::TlsServing;
 
 /// State shared by every shard: admission control and readiness. The only
 /// mutable state shared between shards, all of it atomic.
@@ -161,6 +164,9 @@ pub struct ShardContext {
     pub metrics: Arc<Metrics>,
     /// Token verification and the ticket worker, as `[auth]` asks.
     pub credentials: auth::Credentials,
+    /// The certificate and kTLS choice when `[tls]` is on (every
+    /// connection is then TLS).
+    pub tls: Option<TlsServing>,
 }
 
 /// Running shards.
@@ -190,6 +196,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     inboxes: Arc<[Arc<Inbox>]>,
     credentials: auth::Credentials,
+    tls: Option<TlsServing>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -219,6 +226,7 @@ pub fn start(
         shared,
         metrics,
         credentials,
+        tls,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

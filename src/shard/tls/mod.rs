@@ -218,6 +218,15 @@ impl TlsConn {
         matches!(&self.mode, Mode::Rustls(u) if !u.tx_pending.is_empty())
     }
 
+    /// Ciphertext produced but not yet taken by the socket (at most one
+    /// write batch), for the close deadline's "still delivering" check.
+    pub fn pending_ciphertext(&self) -> usize {
+        match &self.mode {
+            Mode::Rustls(u) => u.tx_pending.len(),
+            Mode::Kernel(_) | Mode::Failed => 0,
+        }
+    }
+
     /// Under kTLS, whether so many records went out under one key that
     /// the connection should be closed with a reconnect code.
     pub fn must_reconnect(&self) -> bool {
