@@ -107,6 +107,14 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Some(Cmd::CheckConfig) => {
+            // The certificate and key are part of the configuration: a
+            // file `run` would refuse fails the check too.
+            if config.tls.enabled()
+                && let Err(e) = TlsAcceptorConfig::new(&config.tls)
+            {
+                eprintln!("wsedge: invalid configuration: tls: {e}");
+                return ExitCode::from(2);
+            }
             print!("{}", config.to_toml());
             eprintln!("wsedge: configuration is valid");
             ExitCode::SUCCESS

@@ -479,12 +479,22 @@ fn handshakes_beyond_the_turn_budget_wait_for_the_next_turn() {
 }
 
 #[test]
-fn a_bad_certificate_file_stops_the_node_at_start() {
+fn a_bad_certificate_file_stops_the_node_at_start_and_fails_check_config() {
     let cert = Cert::new();
     std::fs::write(&cert.cert_file, "no certificate here").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
         .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .env("WSEDGE_API_LISTEN", "127.0.0.1:0")
+        .env("WSEDGE_TLS_CERT_FILE", &cert.cert_file)
+        .env("WSEDGE_TLS_KEY_FILE", &cert.key_file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CERTIFICATE block"), "{err}");
+    // check-config (the unit's ExecStartPre) refuses it too.
+    let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .arg("check-config")
         .env("WSEDGE_TLS_CERT_FILE", &cert.cert_file)
         .env("WSEDGE_TLS_KEY_FILE", &cert.key_file)
         .output()

@@ -462,7 +462,7 @@ impl Shard {
                 return; // a short read drained the socket
             }
             if total >= READ_BUDGET {
-                self.to_read_backlog(c);
+                self.defer_read(c);
                 return;
             }
         }
@@ -470,7 +470,7 @@ impl Shard {
 
     /// `c` used its read budget with input possibly left: read it again
     /// later in the turn.
-    fn to_read_backlog(&mut self, c: ConnRef) {
+    fn defer_read(&mut self, c: ConnRef) {
         if let Some(conn) = self.conn_mut(c)
             && !conn.in_backlog
         {

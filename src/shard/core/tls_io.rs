@@ -264,7 +264,7 @@ impl Shard {
             }
             total += r.wire;
             if total >= READ_BUDGET {
-                self.to_read_backlog(c);
+                self.defer_read(c);
                 return;
             }
         }
