@@ -634,15 +634,6 @@ impl Config {
         self.tls
             .validate()
             .map_err(|e| ConfigError(format!("tls: {e}")))?;
-        // Built and validated, not yet applied to connections: refuse rather
-        // than let an operator believe a node is encrypted.
-        if self.tls.enabled() {
-            return Err(ConfigError(
-                "tls: native TLS is not applied to connections in this version; terminate \
-                 TLS at the load balancer and unset tls.cert_file/tls.key_file"
-                    .into(),
-            ));
-        }
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
@@ -16,9 +16,11 @@ use wsedge::bridge::ShardMsg;
 use wsedge::config::{Config, Driver, LogFormat, Overrides};
 use wsedge::metrics::Metrics;
 use wsedge::shard::auth::Credentials;
-use wsedge::shard::{self, Shared};
+use wsedge::shard::tls::ktls::ktls_supported;
+use wsedge::shard::{self, Shared, TlsServing};
 use wsedge::sidecar::tickets::{InboxSink, TicketOptions, TicketWorker, spawn_ticket_worker};
 use wsedge::sidecar::{admin, api};
+use wsedge::tls::{KtlsMode, TlsAcceptorConfig};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -105,6 +107,14 @@ fn main() -> ExitCode {
     };
     match cli.cmd {
         Some(Cmd::CheckConfig) => {
+            // The certificate and key are part of the configuration: a
+            // file `run` would refuse fails the check too.
+            if config.tls.enabled()
+                && let Err(e) = TlsAcceptorConfig::new(&config.tls)
+            {
+                eprintln!("wsedge: invalid configuration: tls: {e}");
+                return ExitCode::from(2);
+            }
             print!("{}", config.to_toml());
             eprintln!("wsedge: configuration is valid");
             ExitCode::SUCCESS
@@ -169,13 +179,72 @@ fn credentials(
     Ok((credentials, jwks, worker))
 }
 
+/// What `[tls]` asks for: the certificate loaded (a bad file stops the
+/// node) and, with `ktls = "auto"`, the kernel probed for kTLS once, here
+/// on the main thread rather than on a shard's first connection.
+fn tls_serving(config: &Config, metrics: &Metrics) -> Result<Option<TlsServing>, String> {
+    if !config.tls.enabled() {
+        return Ok(None);
+    }
+    let acceptor = TlsAcceptorConfig::new(&config.tls).map_err(|e| format!("tls: {e}"))?;
+    let ktls = config.tls.ktls == KtlsMode::Auto && {
+        let support = ktls_supported();
+        if let Some(reason) = support.unavailable_reason() {
+            info!(
+                reason = %reason,
+                "kernel TLS unavailable: TLS records are encrypted in user space (rustls); \
+                 `modprobe tls` enables it"
+            );
+        }
+        support.available()
+    };
+    metrics.set_ktls(ktls);
+    info!(
+        min_version = ?config.tls.min_version,
+        ktls,
+        handshakes_per_turn = config.tls.handshakes_per_turn,
+        "TLS on: clients connect with wss://"
+    );
+    Ok(Some(TlsServing {
+        acceptor: Arc::new(acceptor),
+        ktls,
+    }))
+}
+
+/// SIGHUP: reloads the certificate and key. New connections get the new
+/// ones; open connections keep theirs; a failure keeps the current ones.
+fn reload(tls: Option<&TlsServing>, metrics: &Metrics) {
+    let Some(tls) = tls else {
+        info!("SIGHUP: nothing to reload (TLS is off)");
+        return;
+    };
+    match tls.acceptor.reload() {
+        Ok(()) => {
+            metrics.tls_reload(true);
+            info!(reloads = tls.acceptor.reloads(), "TLS certificate reloaded");
+        }
+        Err(e) => {
+            metrics.tls_reload(false);
+            error!(error = %e, "TLS reload failed; keeping the current certificate");
+        }
+    }
+}
+
 fn run(config: Config) -> ExitCode {
     init_logging(&config);
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(&config));
+    let tls = match tls_serving(&config, &metrics) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot load the TLS certificate");
+            eprintln!("wsedge: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Signals are blocked into the iterator before any thread starts.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot install signal handlers");
@@ -217,6 +286,7 @@ fn run(config: Config) -> ExitCode {
         metrics.clone(),
         inboxes,
         credentials,
+        tls.clone(),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -253,13 +323,22 @@ fn run(config: Config) -> ExitCode {
         api = %api_addr,
         shards = shards.threads.len(),
         max_connections = shared.max_connections(),
+        tls = tls.is_some(),
         "listening"
     );
 
     // Run until a signal, or until a shard dies (then exit non-zero so the
     // supervisor restarts the node).
     loop {
-        if let Some(sig) = signals.pending().next() {
+        let mut stop = None;
+        for sig in signals.pending() {
+            if sig == SIGHUP {
+                reload(tls.as_ref(), &metrics);
+            } else {
+                stop = Some(sig);
+            }
+        }
+        if let Some(sig) = stop {
             info!(signal = sig, "signal received: draining");
             break;
         }
@@ -285,9 +364,14 @@ fn run(config: Config) -> ExitCode {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    // A second signal exits at once.
+    // A second stop signal exits at once; SIGHUP still reloads.
+    let reload_metrics = metrics.clone();
     std::thread::spawn(move || {
-        if let Some(sig) = signals.forever().next() {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                reload(tls.as_ref(), &reload_metrics);
+                continue;
+            }
             warn!(signal = sig, "second signal: exiting now");
             std::process::exit(1);
         }

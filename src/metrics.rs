@@ -127,6 +127,7 @@ pub struct Metrics {
     ticket_results: Family<ResultLabel, Counter>,
     ticket_dropped: Counter,
     ticket_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    tls: tls::TlsFamilies,
 }
 
 impl Default for Metrics {
@@ -345,6 +346,7 @@ impl Metrics {
                 "Ticket redemptions waiting for Redis or for a shard's inbox",
                 Gauge::default()
             ),
+            tls: tls::TlsFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -838,6 +840,9 @@ impl ShardMetrics {
         self.latency.observe(seconds);
     }
 }
+
+mod tls;
+pub use tls::{TlsHandshake, TlsShardMetrics};
 
 #[cfg(test)]
 mod tests;

@@ -340,6 +340,92 @@ impl HandshakeBudget {
         self.left -= 1;
         true
     }
+
+    /// Whether this turn's steps are all taken (connections still waiting
+    /// must wait for the next turn).
+    pub fn exhausted(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// Why a TLS connection failed, for counting (`tls_handshakes{kind}` and
+/// `tls_errors{kind}`): a coarse grouping of rustls's errors that says
+/// who is at fault without creating a series per error detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// Not TLS, or malformed or out-of-place records (e.g. plain HTTP
+    /// sent to the TLS port, an oversized record).
+    InvalidMessage,
+    /// The client offered ALPN without `http/1.1`.
+    NoApplicationProtocol,
+    /// No version, cipher suite or key-exchange group in common (e.g. a
+    /// TLS 1.0 client, or TLS 1.2 against `min_version = "1.3"`).
+    Incompatible,
+    /// The peer broke the protocol's rules.
+    PeerMisbehaved,
+    /// The peer sent a fatal alert (e.g. a client that does not trust the
+    /// certificate answers `bad_certificate` or `unknown_ca`).
+    Alert,
+    /// A record failed to decrypt (corruption or tampering).
+    DecryptError,
+    /// Any other TLS error.
+    Other,
+    /// The socket failed (reset, or another error outside TLS).
+    Io,
+}
+
+impl TlsFailure {
+    /// Every failure; each has a series from the start.
+    pub const ALL: [TlsFailure; 8] = [
+        TlsFailure::InvalidMessage,
+        TlsFailure::NoApplicationProtocol,
+        TlsFailure::Incompatible,
+        TlsFailure::PeerMisbehaved,
+        TlsFailure::Alert,
+        TlsFailure::DecryptError,
+        TlsFailure::Other,
+        TlsFailure::Io,
+    ];
+
+    /// The metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            TlsFailure::InvalidMessage => "invalid_message",
+            TlsFailure::NoApplicationProtocol => "no_application_protocol",
+            TlsFailure::Incompatible => "incompatible",
+            TlsFailure::PeerMisbehaved => "peer_misbehaved",
+            TlsFailure::Alert => "alert",
+            TlsFailure::DecryptError => "decrypt_error",
+            TlsFailure::Other => "other",
+            TlsFailure::Io => "io",
+        }
+    }
+
+    /// Classifies an error returned by the per-connection TLS layer
+    /// (`shard::tls::TlsConn`): a rustls error inside it by its kind; a
+    /// record too large to buffer as a malformed message; anything else
+    /// as a socket error.
+    pub fn of(e: &io::Error) -> Self {
+        let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+            return if e.kind() == io::ErrorKind::InvalidData {
+                TlsFailure::InvalidMessage
+            } else {
+                TlsFailure::Io
+            };
+        };
+        match tls {
+            rustls::Error::InvalidMessage(_)
+            | rustls::Error::PeerSentOversizedRecord
+            | rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => TlsFailure::InvalidMessage,
+            rustls::Error::NoApplicationProtocol => TlsFailure::NoApplicationProtocol,
+            rustls::Error::PeerIncompatible(_) => TlsFailure::Incompatible,
+            rustls::Error::PeerMisbehaved(_) => TlsFailure::PeerMisbehaved,
+            rustls::Error::AlertReceived(_) => TlsFailure::Alert,
+            rustls::Error::DecryptError => TlsFailure::DecryptError,
+            _ => TlsFailure::Other,
+        }
+    }
 }
 
 #[cfg(test)]

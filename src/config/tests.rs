@@ -376,6 +376,16 @@ fn security_sections_load_from_the_environment_and_unwired_ones_are_refused() {
             !c.to_toml().contains("0123456789"),
             "the secret is never shown"
         );
+        jail.set_env("WSEDGE_TLS_CERT_FILE", "/etc/wsedge/cert.pem");
+        jail.set_env("WSEDGE_TLS_KEY_FILE", "/etc/wsedge/key.pem");
+        jail.set_env("WSEDGE_TLS_HANDSHAKES_PER_TURN", "4");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert!(c.tls.enabled());
+        assert_eq!(
+            c.tls.key_file.as_deref(),
+            Some("/etc/wsedge/key.pem".as_ref())
+        );
+        assert_eq!(c.tls.handshakes_per_turn, 4);
         // [access] is applied: its keys load from the environment, and a
         // bad entry is named.
         jail.set_env("WSEDGE_ACCESS_IP_DENY", "[\"10.0.0.0/8\"]");
@@ -388,9 +398,13 @@ fn security_sections_load_from_the_environment_and_unwired_ones_are_refused() {
         assert!(e.starts_with("access.ip_deny[0]"), "{e}");
         Ok(())
     });
+    // TLS is applied: the files are read when the node starts, so the
+    // section validates on its own; half of it is refused.
     let mut c = Config::default();
     c.tls.cert_file = Some("/etc/wsedge/cert.pem".into());
     c.tls.key_file = Some("/etc/wsedge/key.pem".into());
+    c.validate().unwrap();
+    c.tls.key_file = None;
     let e = c.validate().unwrap_err().0;
     assert!(e.starts_with("tls: "), "{e}");
 }

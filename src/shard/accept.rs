@@ -26,8 +26,14 @@ pub(crate) enum Accept {
 }
 
 /// Answers a connection with 503 and half-closes it. The socket is fresh,
-/// so the small response fits its send buffer.
-pub(crate) fn refuse(fd: &OwnedFd) {
+/// so the small response fits its send buffer. On a TLS listener
+/// (`tls`) there is no session to answer in (a plaintext 503 would only
+/// be a malformed TLS record to the client): the caller's drop of `fd`
+/// just closes it.
+pub(crate) fn refuse(fd: &OwnedFd, tls: bool) {
+    if tls {
+        return;
+    }
     let _ = sys::write(fd.as_raw_fd(), &Reject::Unavailable.response());
     sys::shutdown_write(fd.as_raw_fd());
 }
@@ -52,16 +58,20 @@ pub(crate) struct Acceptor {
     /// Closed to make room for one accept when out of descriptors.
     spare: Option<OwnedFd>,
     last_limit_log: Option<Instant>,
+    /// The listener serves TLS (refusals cannot answer in HTTP).
+    tls: bool,
 }
 
 impl Acceptor {
-    /// Accepting on `listener` (already in the shard's epoll set).
-    pub(crate) fn new(listener: OwnedFd) -> Self {
+    /// Accepting on `listener` (already in the shard's epoll set), a TLS
+    /// listener if `tls`.
+    pub(crate) fn new(listener: OwnedFd, tls: bool) -> Self {
         Self {
             listener: Some(listener),
             paused: false,
             spare: sys::spare_fd(),
             last_limit_log: None,
+            tls,
         }
     }
 
@@ -85,7 +95,8 @@ impl Acceptor {
     }
 
     /// Out of descriptors: closes the spare to accept one pending
-    /// connection and refuse it with 503, so clients get an answer instead
+    /// connection and refuse it with 503 (closed without an answer on
+    /// TLS), so clients get an answer instead
     /// of hanging in the backlog; then takes the spare back. Returns
     /// whether a connection was refused. Without a spare to get back, the
     /// listener is paused until the next tick instead of spinning on it.
@@ -97,7 +108,7 @@ impl Acceptor {
         if let Some(spare) = self.spare.take() {
             drop(spare);
             if let Ok(fd) = sys::accept(lfd) {
-                refuse(&fd);
+                refuse(&fd, self.tls);
                 refused = true;
             }
             self.spare = sys::spare_fd();

@@ -347,7 +347,11 @@ impl Shard {
             Err(r) => {
                 self.access_refused(r);
                 self.metrics.handshake(Reject::of_refusal(r));
-                refuse_with(fd, &r.response(), &mut self.scratch);
+                // On a TLS listener no session exists to answer in: the
+                // socket is just closed (the caller drops it).
+                if self.ctx.tls.is_none() {
+                    refuse_with(fd, &r.response(), &mut self.scratch);
+                }
                 None
             }
         }

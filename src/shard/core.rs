@@ -38,6 +38,10 @@ use crate::engine::ws::frame::{Event, Flow};
 use crate::engine::ws::handshake::{Endpoint, HandshakeConfig, Reject, UpgradeRequest};
 use crate::metrics::{HandshakeResult, Refusal, ShardMetrics, Stats};
 
+mod tls_io;
+pub use tls_io::TlsServing;
+use tls_io::TlsShard;
+
 /// Bytes read per `read(2)`; the one read buffer of the shard.
 const SCRATCH: usize = 64 * 1024;
 /// Bytes read from one connection per turn before others get a go.
@@ -129,6 +133,8 @@ pub struct Shard {
     pub(crate) node_nonce: u32,
     /// The `[access]` rules' per-connection and per-shard state.
     pub(crate) access: ShardAccess,
+    /// TLS connections' state, handshake budget and backlog (`[tls]` on).
+    tls: Option<TlsShard>,
 }
 
 impl Shard {
@@ -161,6 +167,7 @@ impl Shard {
         let metrics = ctx.metrics.shard(id);
         let per_shard = ctx.shared.max_connections().div_ceil(peers) + 64;
         let seed = rand::random::<u64>() ^ ((id as u64) << 56);
+        let tls = (ctx.tls.clone()).map(|t| TlsShard::new(t, ctx.metrics.tls_shard(id)));
         Ok(Self {
             id,
             compressor: cfg
@@ -195,7 +202,7 @@ impl Shard {
             session_cfg,
             delivering: HashMap::new(),
             epoll,
-            acceptor: Acceptor::new(listener),
+            acceptor: Acceptor::new(listener, tls.is_some()),
             // Sized up front (address space only: pages are touched as
             // slots are used), so growth never copies a million slots.
             conns: Slab::with_capacity(per_shard),
@@ -221,6 +228,7 @@ impl Shard {
             stopped: false,
             node_nonce: ctx.shared.node_nonce,
             access: ShardAccess::new(ctx.access.clone()),
+            tls,
             ctx,
         })
     }
@@ -267,6 +275,7 @@ impl Shard {
 
     /// One loop turn. Returns true if work is left over (do not sleep).
     pub(crate) fn turn(&mut self) -> bool {
+        self.tls_start_turn();
         let mut events = std::mem::take(&mut self.events);
         if let Err(e) = self.epoll.poll(&mut events) {
             warn!(shard = self.id, error = %e, "epoll_wait failed");
@@ -312,6 +321,7 @@ impl Shard {
         self.flush_metrics();
         full || self.inbox_pending
             || !self.read_backlog.is_empty()
+            || self.tls.as_ref().is_some_and(TlsShard::has_backlog)
             || !self.dirty.is_empty()
             || !self.due.is_empty()
     }
@@ -379,7 +389,7 @@ impl Shard {
                 self.limit_log(&format!("refusing connections: {reason}"));
             }
             self.access.forget(admitted);
-            refuse(&fd);
+            refuse(&fd, self.tls.is_some());
             return;
         }
         let generation = self.next_generation;
@@ -390,6 +400,12 @@ impl Shard {
         let idx = self.conns.insert(conn) as u32;
         let c = ConnRef { idx, generation };
         self.access.insert(idx, admitted);
+        if !self.tls_admit(idx) {
+            self.access.on_free(idx, None);
+            self.conns.remove(idx as usize);
+            self.ctx.shared.release();
+            return;
+        }
         if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
             warn!(shard = self.id, error = %e, "epoll_ctl add failed");
             self.access.on_free(idx, None);
@@ -415,6 +431,9 @@ impl Shard {
     // ---- reading ----------------------------------------------------------
 
     fn read_conn(&mut self, c: ConnRef) {
+        if self.tls.is_some() {
+            return self.read_conn_tls(c);
+        }
         let mut total = 0;
         loop {
             let Some(conn) = self.conn_mut(c) else {
@@ -457,14 +476,20 @@ impl Shard {
                 return; // a short read drained the socket
             }
             if total >= READ_BUDGET {
-                if let Some(conn) = self.conn_mut(c)
-                    && !conn.in_backlog
-                {
-                    conn.in_backlog = true;
-                    self.read_backlog.push(c);
-                }
+                self.defer_read(c);
                 return;
             }
+        }
+    }
+
+    /// `c` used its read budget with input possibly left: read it again
+    /// later in the turn.
+    fn defer_read(&mut self, c: ConnRef) {
+        if let Some(conn) = self.conn_mut(c)
+            && !conn.in_backlog
+        {
+            conn.in_backlog = true;
+            self.read_backlog.push(c);
         }
     }
 
@@ -654,6 +679,7 @@ impl Shard {
             self.unindex_user(&user, c);
         }
         self.conns.remove(c.idx as usize);
+        self.tls_free(c.idx);
         if !self.delivering.is_empty() {
             self.delivering.remove(&c);
         }
@@ -672,7 +698,11 @@ impl Shard {
     /// The write pass (see [`write_pass`]), then the latency of the
     /// publications whose every local subscriber has now been written.
     pub(crate) fn flush(&mut self) {
-        let dead = write_pass(&mut self.conns, &mut self.dirty, &mut self.stats);
+        let dead = if self.tls.is_some() {
+            self.write_pass_tls()
+        } else {
+            write_pass(&mut self.conns, &mut self.dirty, &mut self.stats)
+        };
         for c in dead {
             self.free_conn(c);
         }
@@ -778,6 +808,9 @@ impl Shard {
             Timeout::Ping(at) => {
                 self.wheel.schedule(at, c);
                 self.mark_dirty(c);
+                if self.tls_must_reconnect(c) {
+                    self.close_conn(c, CloseReason::GoingAway);
+                }
             }
             Timeout::HandshakeExpired => {
                 self.metrics.handshake(HandshakeResult::Timeout);
@@ -803,11 +836,12 @@ impl Shard {
     /// with unread input sends a reset, which discards it).
     fn close_deadline(&mut self, c: ConnRef) {
         let now = self.now_tick;
+        let tls_left = self.tls_pending_bytes(c);
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
         let fd = conn.raw_fd();
-        let left = conn.session.outbox.queued_bytes() + sys::unacked_bytes(fd);
+        let left = conn.session.outbox.queued_bytes() + tls_left + sys::unacked_bytes(fd);
         let progress = match self.delivering.get(&c) {
             None => left > 0,
             Some(&before) => left < before,
@@ -819,8 +853,9 @@ impl Shard {
             return;
         }
         if !conn.write_shut {
-            sys::shutdown_write(fd);
             conn.write_shut = true;
+            self.tls_close_notify(c);
+            sys::shutdown_write(fd);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         for _ in 0..READ_BUDGET / SCRATCH {

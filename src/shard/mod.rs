@@ -6,6 +6,7 @@
 //!   async loop that drives a [`core::Shard`].
 //! - `core.rs`: the shard state and its loop turn: admitting, reading and
 //!   the connection's phases (handshake, frames, close), ticks, deadlines.
+//!   `core/tls_io.rs`: the same read path and write pass over TLS.
 //! - `accept.rs`: the listener, gracefully at the descriptor and memory
 //!   limits.
 //! - `access.rs`: the `[access]` rules on connections (address filter,
@@ -59,6 +60,8 @@ mod peers;
 pub mod sys;
 pub mod tls;
 mod write;
+
+pub use core::TlsServing;
 
 /// State shared by every shard: admission control and readiness. The only
 /// mutable state shared between shards, all of it atomic.
@@ -167,6 +170,9 @@ pub struct ShardContext {
     pub credentials: auth::Credentials,
     /// The `[access]` rules and the node-wide per-IP and per-user tables.
     pub access: Arc<access::NodeAccess>,
+    /// The certificate and kTLS choice when `[tls]` is on (every
+    /// connection is then TLS).
+    pub tls: Option<TlsServing>,
 }
 
 /// Running shards.
@@ -196,6 +202,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     inboxes: Arc<[Arc<Inbox>]>,
     credentials: auth::Credentials,
+    tls: Option<TlsServing>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -228,6 +235,7 @@ pub fn start(
         shared,
         metrics,
         credentials,
+        tls,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

@@ -13,12 +13,12 @@ use crate::engine::subs::ConnRef;
 use crate::metrics::Stats;
 
 /// Slices per `writev`.
-const IOV: usize = 64;
+pub(crate) const IOV: usize = 64;
 /// Connections written per turn before the shard looks for input again.
 /// At the loopback floor (~4 µs a write) this is about a millisecond, so
 /// a fan-out to 10,000 sockets never stops the shard reading for long, and
 /// publications that arrive during one share the writes still to come.
-const WRITE_BUDGET: usize = 256;
+pub(crate) const WRITE_BUDGET: usize = 256;
 
 /// Connections with output to write, in FIFO order, with running counts
 /// so a publication can tell when every connection queued before it has

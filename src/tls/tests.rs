@@ -128,9 +128,56 @@ fn reload_swaps_the_config_and_a_bad_file_keeps_the_old_one() {
 #[test]
 fn the_handshake_budget_refills_each_turn() {
     let mut b = HandshakeBudget::new(2);
+    assert!(!b.exhausted());
     assert!(b.try_take());
     assert!(b.try_take());
+    assert!(b.exhausted());
     assert!(!b.try_take(), "third handshake waits for the next turn");
     b.start_turn();
+    assert!(!b.exhausted());
     assert!(b.try_take());
+}
+
+#[test]
+fn failures_are_classified_by_who_broke_what() {
+    let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+    let cases = [
+        (
+            tls(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            )),
+            TlsFailure::InvalidMessage,
+        ),
+        (
+            tls(rustls::Error::NoApplicationProtocol),
+            TlsFailure::NoApplicationProtocol,
+        ),
+        (
+            tls(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOffered,
+            )),
+            TlsFailure::Incompatible,
+        ),
+        (
+            tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA,
+            )),
+            TlsFailure::Alert,
+        ),
+        (tls(rustls::Error::DecryptError), TlsFailure::DecryptError),
+        (tls(rustls::Error::General("x".into())), TlsFailure::Other),
+        (
+            io::Error::new(io::ErrorKind::InvalidData, "TLS message too large"),
+            TlsFailure::InvalidMessage,
+        ),
+        (
+            io::Error::from(io::ErrorKind::ConnectionReset),
+            TlsFailure::Io,
+        ),
+    ];
+    for (e, want) in cases {
+        assert_eq!(TlsFailure::of(&e), want, "{e}");
+    }
+    let labels: std::collections::HashSet<_> = TlsFailure::ALL.iter().map(|f| f.label()).collect();
+    assert_eq!(labels.len(), TlsFailure::ALL.len());
 }

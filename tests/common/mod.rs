@@ -458,10 +458,12 @@ impl JsonClient {
 }
 
 /// A minimal raw WebSocket client for malformed input and for clients
-/// that do not read.
+/// that do not read. Over TLS ([`RawWs::connect_tls`]) the bytes are
+/// decrypted by rustls and read frame by frame as on plain TCP.
 pub struct RawWs {
     pub s: TcpStream,
     buf: Vec<u8>,
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 /// No whole frame arrived before the deadline.
@@ -516,7 +518,75 @@ impl RawWs {
         }
         let head = String::from_utf8(head).unwrap();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        RawWs { s, buf: Vec::new() }
+        RawWs {
+            s,
+            buf: Vec::new(),
+            tls: None,
+        }
+    }
+
+    /// An upgrade to `/ws` over TLS to `addr`, as `localhost`, with
+    /// `config` (its roots decide which certificate is trusted). Errors
+    /// when TLS fails (e.g. the certificate is not trusted) or the
+    /// connection ends before the response; panics on any answer but 101.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        protocol: Option<&str>,
+    ) -> std::io::Result<RawWs> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut ws = RawWs {
+            s,
+            buf: Vec::new(),
+            tls: Some(Box::new(conn)),
+        };
+        let proto = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{proto}\r\n"
+        );
+        ws.write_all(req.as_bytes())?;
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if ws.read_some(&mut b)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Ok(ws)
+    }
+
+    /// The TLS session, if this client speaks TLS.
+    pub fn tls(&self) -> Option<&rustls::ClientConnection> {
+        self.tls.as_deref()
+    }
+
+    /// Reads what the connection has (decrypted over TLS). Over TLS, an
+    /// end of stream without close_notify is an `UnexpectedEof` error.
+    fn read_some(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.tls {
+            Some(c) => rustls::Stream::new(c.as_mut(), &mut self.s).read(buf),
+            None => self.s.read(buf),
+        }
+    }
+
+    /// Writes all of `data` (encrypted over TLS).
+    pub fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match &mut self.tls {
+            Some(c) => {
+                let mut st = rustls::Stream::new(c.as_mut(), &mut self.s);
+                st.write_all(data)?;
+                st.flush()
+            }
+            None => self.s.write_all(data),
+        }
     }
 
     /// A client on a stream whose upgrade already succeeded (see
@@ -540,7 +610,7 @@ impl RawWs {
         }
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.s.write_all(&out).unwrap();
+        self.write_all(&out).unwrap();
     }
 
     pub fn send_text(&mut self, text: &str) {
@@ -554,7 +624,7 @@ impl RawWs {
                 return Some(f);
             }
             let mut tmp = [0u8; 65536];
-            match self.s.read(&mut tmp) {
+            match self.read_some(&mut tmp) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
@@ -577,7 +647,7 @@ impl RawWs {
             }
             self.s.set_read_timeout(Some(left)).unwrap();
             let mut tmp = [0u8; 65536];
-            let r = self.s.read(&mut tmp);
+            let r = self.read_some(&mut tmp);
             self.s.set_read_timeout(Some(TIMEOUT)).unwrap();
             match r {
                 Ok(0) => return Ok(None),

@@ -218,6 +218,15 @@ impl TlsConn {
         matches!(&self.mode, Mode::Rustls(u) if !u.tx_pending.is_empty())
     }
 
+    /// Ciphertext produced but not yet taken by the socket (at most one
+    /// write batch), for the close deadline's "still delivering" check.
+    pub fn pending_ciphertext(&self) -> usize {
+        match &self.mode {
+            Mode::Rustls(u) => u.tx_pending.len(),
+            Mode::Kernel(_) | Mode::Failed => 0,
+        }
+    }
+
     /// Under kTLS, whether so many records went out under one key that
     /// the connection should be closed with a reconnect code.
     pub fn must_reconnect(&self) -> bool {
@@ -547,16 +556,25 @@ impl Userspace {
         })
     }
 
-    /// After a protocol error: encodes the alert rustls queued and makes
-    /// one attempt to send it. `rest` is the unconsumed input, which
-    /// rustls expects to see again. Exactly one more call: the alert is
-    /// the only record queued (anything queued earlier was handed out
-    /// before the failing message was read), and that call hands it out
-    /// before looking at the input (a second call would parse the bad
-    /// input again).
+    /// After a protocol error: encodes what rustls still has queued and
+    /// makes one attempt to send it. That is the alert, preceded by any
+    /// handshake records the failing message produced before it failed
+    /// (a TLS 1.3 ServerHello comes before the ALPN check, so the client
+    /// gets the ServerHello and then the alert encrypted under the
+    /// handshake keys). `rest` is the unconsumed input: once the queue is
+    /// empty rustls would only return its stored error for it, so the loop
+    /// stops at the first state that is not output.
     fn send_alert(&mut self, fd: RawFd, rest: &mut [u8]) {
-        if let Ok(ConnectionState::EncodeTlsData(enc)) = self.conn.process_tls_records(rest).state {
-            let _ = encode(&mut self.tx_pending, enc);
+        for _ in 0..8 {
+            match self.conn.process_tls_records(rest).state {
+                Ok(ConnectionState::EncodeTlsData(enc)) => {
+                    if encode(&mut self.tx_pending, enc).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
         }
         if !self.tx_pending.is_empty() {
             let _ = sys::write(fd, &self.tx_pending);

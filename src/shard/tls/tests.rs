@@ -431,6 +431,10 @@ fn alpn_is_optional_but_a_client_without_http11_is_refused() {
         matches!(tls_error(&e), Some(rustls::Error::NoApplicationProtocol)),
         "{e}"
     );
+    // The client hears why: in TLS 1.3 the alert follows the ServerHello
+    // the failing ClientHello had already produced.
+    let ce = expect_refusal(&mut p);
+    assert!(ce.to_string().contains("NoApplicationProtocol"), "{ce}");
 }
 
 /// Raw bytes instead of a ClientHello: a clear error, an alert where
