@@ -592,7 +592,11 @@ impl RawWs {
     /// A client on a stream whose upgrade already succeeded (see
     /// [`upgrade_from`]).
     pub fn from_upgraded(s: TcpStream) -> RawWs {
-        RawWs { s, buf: Vec::new() }
+        RawWs {
+            s,
+            buf: Vec::new(),
+            tls: None,
+        }
     }
 
     pub fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
