@@ -395,8 +395,12 @@ impl Session {
                 self.format = up.format;
                 self.deflate = up.deflate;
                 // Until `connect` completes, its deadline stands in for the
-                // heartbeat.
-                self.heartbeat = Heartbeat::until(now + cfg.connect_timeout);
+                // heartbeat. The echo endpoint has no commands: its
+                // heartbeat starts at once.
+                self.heartbeat = match up.endpoint {
+                    Endpoint::Client => Heartbeat::until(now + cfg.connect_timeout),
+                    Endpoint::Echo => Heartbeat::start(now, &cfg.heartbeat),
+                };
                 if let Some(token) = up.token {
                     self.extra = Some(Box::new(Extra::Token(token)));
                 }
@@ -639,7 +643,7 @@ impl Session {
             }
             Phase::Handshake => Timeout::HandshakeExpired,
             Phase::Closing => Timeout::CloseExpired,
-            Phase::Open if !self.connected() => {
+            Phase::Open if !self.connected() && self.endpoint == Endpoint::Client => {
                 if now < self.heartbeat.deadline() {
                     Timeout::Wait(self.heartbeat.deadline())
                 } else {

@@ -434,3 +434,21 @@ fn the_upgrade_token_waits_for_connect() {
     assert_eq!(s.take_token().as_deref(), Some("abc"));
     assert_eq!(s.take_token(), None);
 }
+
+#[test]
+fn the_echo_endpoint_has_a_heartbeat_and_no_connect_deadline() {
+    let mut c = cfg();
+    c.handshake.echo_path = Some("/echo".into());
+    let mut s = Session::new(0, &c);
+    let req = String::from_utf8(REQUEST.to_vec())
+        .unwrap()
+        .replace("/ws ", "/echo ");
+    assert!(matches!(
+        s.handle_request(0, req.as_bytes(), &c),
+        Request::Opened(_)
+    ));
+    assert_eq!(s.endpoint(), Endpoint::Echo);
+    assert_eq!(s.deadline(), 25, "the ping interval, not connect_timeout");
+    assert_eq!(s.handle_timeout(10, &c), Timeout::Wait(25));
+    assert_eq!(s.handle_timeout(25, &c), Timeout::Ping(35));
+}
