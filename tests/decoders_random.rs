@@ -123,19 +123,7 @@ fn handshake_and_command_decoders_survive_random_input() {
             4 => bin.clone(),
             i => samples[i].to_vec(),
         };
-        for _ in 0..rng.random_range(0..8) {
-            match rng.random_range(0..3) {
-                0 if !data.is_empty() => {
-                    let i = rng.random_range(0..data.len());
-                    data[i] = rng.random();
-                }
-                1 if !data.is_empty() => {
-                    let i = rng.random_range(0..data.len());
-                    data.truncate(i);
-                }
-                _ => data.push(rng.random()),
-            }
-        }
+        mutate(&mut rng, &mut data);
         let _ = parse_request(&data, &cfg);
         let _ = json::decode_commands(&data, |c| {
             let _ = c.method.map(|m| m.name());
@@ -160,19 +148,7 @@ fn ticket_parsing_survives_random_input() {
     ];
     for _ in 0..5000 {
         let mut data = samples[rng.random_range(0..samples.len())].to_vec();
-        for _ in 0..rng.random_range(0..8) {
-            match rng.random_range(0..3) {
-                0 if !data.is_empty() => {
-                    let i = rng.random_range(0..data.len());
-                    data[i] = rng.random();
-                }
-                1 if !data.is_empty() => {
-                    let i = rng.random_range(0..data.len());
-                    data.truncate(i);
-                }
-                _ => data.push(rng.random()),
-            }
-        }
+        mutate(&mut rng, &mut data);
         if let Ok(claims) = parse_claims(&data)
             && let Some(info) = claims.info
         {
@@ -182,6 +158,24 @@ fn ticket_parsing_survives_random_input() {
         if valid_ticket(&text) {
             assert!(text.len() <= MAX_TICKET_LEN);
             assert!(text.bytes().all(|b| b.is_ascii_graphic()));
+        }
+    }
+}
+
+/// Up to 7 random edits of `data`: a byte changed, the tail cut, or a byte
+/// appended.
+fn mutate(rng: &mut StdRng, data: &mut Vec<u8>) {
+    for _ in 0..rng.random_range(0..8) {
+        match rng.random_range(0..3) {
+            0 if !data.is_empty() => {
+                let i = rng.random_range(0..data.len());
+                data[i] = rng.random();
+            }
+            1 if !data.is_empty() => {
+                let i = rng.random_range(0..data.len());
+                data.truncate(i);
+            }
+            _ => data.push(rng.random()),
         }
     }
 }

@@ -71,7 +71,8 @@ pub(crate) struct RawClaims {
     #[serde(default, deserialize_with = "numeric_date")]
     pub nbf: Option<u64>,
     /// Read only to insist on its type; not compared with the clock (see
-    /// docs/drafts/auth.md: `nbf` says "not before", `iat` does not).
+    /// docs/PROTOCOL.md, Credentials: `nbf` says "not before", `iat` does
+    /// not).
     #[serde(default, rename = "iat", deserialize_with = "numeric_date")]
     _iat: Option<u64>,
     #[serde(default)]
