@@ -6,7 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Context, Result, bail};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::tls::{ReadIo, WriteIo};
 
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::wsclient::{
@@ -290,6 +291,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn flush(&mut self) -> Result<()> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await.context("write")?;
+            // Over TLS, records may still sit in rustls: push them out.
+            self.io.flush().await.context("flush")?;
             self.wbuf.clear();
         }
         Ok(())
@@ -302,16 +305,19 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.io.write_all(bytes).await.context("write")
+        self.io.write_all(bytes).await.context("write")?;
+        self.io.flush().await.context("flush")
     }
 }
 
 /// An established, `connect`ed (and optionally subscribed) connection.
 pub struct Conn {
     /// Reading side.
-    pub reader: FrameReader<OwnedReadHalf>,
+    pub reader: FrameReader<ReadIo>,
     /// Writing side.
-    pub writer: FrameWriter<OwnedWriteHalf>,
+    pub writer: FrameWriter<WriteIo>,
+    /// The socket under both sides (plain or TLS).
+    fd: std::os::fd::RawFd,
     /// The `offset` of the `subscribe` reply (the channel's position at
     /// subscription; the next publication has `offset + 1`).
     pub sub_offset: Option<u64>,
@@ -324,11 +330,7 @@ impl Conn {
     /// RST instead of FIN, with no close handshake and no TIME_WAIT), as
     /// after a network failure.
     pub fn set_abortive_close(&self) -> Result<()> {
-        self.reader
-            .io
-            .as_ref()
-            .set_zero_linger()
-            .context("SO_LINGER 0")
+        crate::tls::set_zero_linger(self.fd)
     }
 }
 
@@ -343,8 +345,8 @@ pub enum Control {
 
 /// Answers a ping with a pong or a close with a close; `Ok(None)` for a data frame.
 pub async fn handle_control(
-    reader: &mut FrameReader<OwnedReadHalf>,
-    writer: &mut FrameWriter<OwnedWriteHalf>,
+    reader: &mut FrameReader<ReadIo>,
+    writer: &mut FrameWriter<WriteIo>,
     h: &FrameHeader,
 ) -> Result<Option<Control>> {
     match h.opcode {
@@ -485,7 +487,7 @@ pub async fn open_with(
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true).context("TCP_NODELAY")?;
-    let (r, w) = stream.into_split();
+    let (r, w, fd) = crate::tls::split(stream).await?;
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w, seed);
 
@@ -506,12 +508,7 @@ pub async fn open_with(
         ),
         None => String::new(),
     };
-    // `WSBENCH_CONNECT_TOKEN`: a JWT every connection sends in `connect`
-    // (to measure connects against a node with `[auth] mode = "jwt"`).
-    let params = match std::env::var("WSBENCH_CONNECT_TOKEN") {
-        Ok(t) => format!("{{\"token\":{}}}", serde_json::to_string(&t)?),
-        Err(_) => "{}".to_string(),
-    };
+    let params = connect_params(seed)?;
     let hello = match channel {
         Some(ch) => format!(
             "{{\"id\":1,\"connect\":{params}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
@@ -576,9 +573,30 @@ pub async fn open_with(
     Ok(Conn {
         reader,
         writer,
+        fd,
         sub_offset,
         sub_reply,
     })
+}
+
+/// The `connect` parameters from the environment:
+/// - `WSBENCH_CONNECT_TOKEN`: a JWT every connection sends (to measure
+///   connects against a node with `[auth] mode = "jwt"`);
+/// - `WSBENCH_CONNECT_TICKET_PREFIX`: connection `seed` sends the one-time
+///   ticket `<prefix><seed>` (`mode = "ticket"`; `bench/auth-connect.sh`
+///   writes `wsedge:ticket:<prefix>1..N` into Redis first).
+fn connect_params(seed: u64) -> Result<String> {
+    if let Ok(prefix) = std::env::var("WSBENCH_CONNECT_TICKET_PREFIX") {
+        let ticket = format!("{prefix}{seed}");
+        return Ok(format!(
+            "{{\"ticket\":{}}}",
+            serde_json::to_string(&ticket)?
+        ));
+    }
+    match std::env::var("WSBENCH_CONNECT_TOKEN") {
+        Ok(t) => Ok(format!("{{\"token\":{}}}", serde_json::to_string(&t)?)),
+        Err(_) => Ok("{}".to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 //! - [`procfs`]: RSS, CPU time and kernel socket memory from `/proc`.
 //! - [`wsclient`]: a minimal hand-written WebSocket client codec.
 //! - [`scan`]: cheap, allocation-free scanning of the JSON replies and pushes.
+//! - [`tls`]: `wss://` for every client connection when `WSBENCH_TLS_CA` is set.
 //! - [`conn`]: one client connection: upgrade, `connect`/`subscribe`, frame loop.
 //! - [`ipc`]: the newline-JSON messages between driver and workers.
 //! - [`worker`]: the worker process.
@@ -46,5 +47,6 @@ pub mod rooms;
 pub mod scan;
 pub mod storm;
 pub mod target;
+pub mod tls;
 pub mod worker;
 pub mod wsclient;
