@@ -166,4 +166,88 @@ mod tests {
         let over = format!(r#"{{"sub":"u","info":"{}"}}"#, "x".repeat(pad + 1));
         assert_eq!(parse_claims(over.as_bytes()), Err(TicketError::Malformed));
     }
+
+    /// Seeded random input: random bytes and mutated valid claims never
+    /// panic, and whatever is accepted agrees field by field with an
+    /// independent `serde_json::Value` reading of the same text.
+    #[test]
+    fn random_claims_never_panic_and_agree_with_serde_json() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(0x71c4e7);
+        let valid = br#"{"sub":"42","info":{"name":"Ann","n":[1,2]},"channels":["user:42","news"],"exp":1900000000}"#;
+        let alphabet = b"{}[]\":,.0123456789-eE nultrfasubchxpio\\\x00\xff";
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let input: Vec<u8> = if round % 4 == 0 {
+                let n = rng.random_range(0..64);
+                (0..n).map(|_| rng.random()).collect()
+            } else {
+                let mut b = valid.to_vec();
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    match rng.random_range(0..3) {
+                        0 => b[i] = alphabet[rng.random_range(0..alphabet.len())],
+                        1 => b.insert(i, alphabet[rng.random_range(0..alphabet.len())]),
+                        _ => {
+                            b.remove(i);
+                        }
+                    }
+                }
+                b
+            };
+            match parse_claims(&input) {
+                Ok(c) => {
+                    accepted += 1;
+                    let v: serde_json::Value = serde_json::from_slice(&input)
+                        .unwrap_or_else(|e| panic!("accepted but not JSON ({e}): {input:?}"));
+                    assert!(v.is_object(), "accepted a non-object: {v}");
+                    assert_eq!(c.sub, v["sub"].as_str().unwrap_or(""), "{v}");
+                    assert_eq!(c.exp, v["exp"].as_u64(), "{v}");
+                    let channels: Vec<&str> = v["channels"]
+                        .as_array()
+                        .map(|a| a.iter().map(|c| c.as_str().unwrap()).collect())
+                        .unwrap_or_default();
+                    assert_eq!(c.channels, channels, "{v}");
+                    match &c.info {
+                        Some(text) => assert_eq!(
+                            serde_json::from_slice::<serde_json::Value>(text).unwrap(),
+                            v["info"]
+                        ),
+                        None => assert!(v["info"].is_null(), "{v}"),
+                    }
+                }
+                Err(e) => {
+                    assert_eq!(e, TicketError::Malformed);
+                    refused += 1;
+                }
+            }
+        }
+        // Both outcomes were exercised, so the agreement checks ran.
+        assert!(
+            accepted > 100 && refused > 100,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
+    /// Random strings: `valid_ticket` accepts exactly 1..=256 bytes of `!`..`~`.
+    #[test]
+    fn random_ticket_strings() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let n = rng.random_range(0..300);
+            let s: String = (0..n)
+                .map(|_| char::from_u32(rng.random_range(0..0x90)).unwrap_or('?'))
+                .collect();
+            let expect = !s.is_empty()
+                && s.len() <= MAX_TICKET_LEN
+                && s.chars().all(|c| ('!'..='~').contains(&c));
+            assert_eq!(valid_ticket(&s), expect, "{s:?}");
+            if expect {
+                assert_eq!(ticket_key(&s), format!("wsedge:ticket:{s}"));
+            }
+        }
+    }
 }
