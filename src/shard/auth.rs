@@ -283,6 +283,8 @@ impl Shard {
                 }
             }
         }
+        // What the client sent after `connect` runs now, in order.
+        self.release_held(c);
         self.apply_closes();
     }
 

@@ -195,6 +195,14 @@ impl Output for ShardOut<'_> {
 impl Shard {
     /// A complete data message from a client connection.
     pub(crate) fn on_client_message(&mut self, c: ConnRef, text: bool, payload: &[u8]) {
+        self.run_message(c, text, payload, 0);
+    }
+
+    /// Runs the commands of one message from its command `skip` on. While
+    /// the connection's `connect` waits for its credentials (a ticket),
+    /// the commands after it are held (`shard::held`) and run here again
+    /// once it is answered.
+    pub(crate) fn run_message(&mut self, c: ConnRef, text: bool, payload: &[u8], skip: usize) {
         let Some(conn) = self.conn_mut(c) else {
             return;
         };
@@ -203,13 +211,30 @@ impl Shard {
             self.close_conn(c, CloseReason::UnsupportedData);
             return;
         }
+        if conn.session.connect_pending() {
+            return self.hold(c, text, skip, payload);
+        }
         self.writer.begin(format);
         self.current = Some(c);
         let now = Instant::now();
-        let result = wire::decode_commands(format, text, payload, |cmd| self.exec(now, c, cmd));
+        let (mut index, mut held_from) = (0, None);
+        let result = wire::decode_commands(format, text, payload, |cmd| {
+            if index >= skip && held_from.is_none() {
+                self.exec(now, c, cmd);
+                if slot_ref(&self.conns, c).is_some_and(|conn| conn.session.connect_pending()) {
+                    held_from = Some(index + 1);
+                }
+            }
+            index += 1;
+        });
         self.current = None;
         match result {
-            Ok(()) => self.flush_replies(c),
+            Ok(()) => {
+                self.flush_replies(c);
+                if let Some(from) = held_from.filter(|&from| from < index) {
+                    self.hold(c, text, from, payload);
+                }
+            }
             Err(_) => {
                 self.writer.begin(format);
                 self.close_conn(c, CloseReason::BadRequest);

@@ -100,6 +100,8 @@ pub struct Shard {
     pub(crate) users: HashMap<Arc<str>, Vec<ConnRef>>,
     /// Expiries of subscriptions granted by subscription tokens.
     pub(crate) sub_expiries: super::auth::SubExpiries,
+    /// Commands held while a `connect` waits for its ticket.
+    pub(crate) held: super::held::Held,
     wheel: TimerWheel<ConnRef>,
     started: Instant,
     pub(crate) now_tick: u32,
@@ -204,6 +206,7 @@ impl Shard {
             closes: Vec::new(),
             users: HashMap::new(),
             sub_expiries: Default::default(),
+            held: Default::default(),
             evicted_before: [0; 3],
             session_cfg,
             delivering: HashMap::new(),
@@ -492,6 +495,9 @@ impl Shard {
         }
         self.conns.remove(c.idx as usize);
         self.tls_free(c.idx);
+        if !self.held.is_empty() {
+            self.held.forget(c);
+        }
         if !self.delivering.is_empty() {
             self.delivering.remove(&c);
         }

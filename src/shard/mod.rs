@@ -14,6 +14,7 @@
 //!   limits).
 //! - `write.rs`: the write pass (one `writev` per connection per turn).
 //! - `drain.rs`: the drain schedule.
+//! - `held.rs`: commands held while a `connect` waits for its ticket.
 //! - `peers.rs`: the other shards' inboxes and what is owed to them.
 //! - `commands.rs`: connection-level commands (connect, ping, the rate
 //!   limit) and `ShardOut`, the shell's side of the channel router
@@ -56,6 +57,7 @@ mod commands;
 mod conn;
 pub mod core;
 mod drain;
+mod held;
 mod peers;
 pub mod sys;
 pub mod tls;
