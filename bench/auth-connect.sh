@@ -10,10 +10,13 @@
 #           the generator; certificate made here with openssl)
 # and prints one line per case: connections, setup wall time, server CPU
 # spent during setup, connects per server-CPU-second (= per core), and idle
-# RSS per connection.
+# RSS per connection. Two more cases (not in the default set) run
+# `wsbench fanout` flat out to CONNS subscribers, 100-byte payloads, 5 s:
+#   fanout-plain, fanout-tls   server CPU per delivery, ws:// against wss://
 #
-#   bench/auth-connect.sh [CONNS] [CASES...]      (default 19000, all cases)
+#   bench/auth-connect.sh [CONNS] [CASES...]      (default 19000, all idle cases)
 #   WSEDGE_BIN=path/to/wsedge bench/auth-connect.sh 19000 plain tls
+#   bench/auth-connect.sh 10000 fanout-plain fanout-tls
 #
 # Raw JSON lines go to bench/results/auth-connect.jsonl. The generator runs
 # on CPU 1 and the server on CPU 0 (wsbench defaults); on 2 cores the
@@ -44,38 +47,63 @@ trap cleanup EXIT
 secret="bench-secret-0123456789abcdef0123456789abcdef"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
+# run_case NAME WORKLOAD [ENV=VALUE...]: one wsbench run of WORKLOAD
+# (idle or fanout) with the given environment; prints the summary line.
 run_case() {
-  local name="$1"
-  shift
+  local name="$1" workload="$2"
+  shift 2
+  local args=(--conns "$conns")
+  [[ "$workload" == fanout ]] && args=(--subs "$conns" --duration 5)
   local line
-  line=$(env "$@" MIMALLOC_ALLOW_THP=0 "$wsbench" idle --target wsedge --wsedge-bin "$bin" \
-    --conns "$conns" 2>"$tmp/$name.log") || {
+  line=$(env "$@" MIMALLOC_ALLOW_THP=0 "$wsbench" "$workload" --target wsedge --wsedge-bin "$bin" \
+    "${args[@]}" 2>"$tmp/$name.log") || {
     echo "$name: failed (log below)" >&2
     tail -20 "$tmp/$name.log" >&2
     return 1
   }
+  grep -m2 "failed; errors" "$tmp/$name.log" >&2 || true
   echo "{\"case\":\"$name\",\"commit\":\"$commit\",\"at\":\"$(date -u +%FT%TZ)\",\"result\":$line}" >>"$out"
   python3 - "$name" "$line" <<'EOF'
 import json, sys
 name, r = sys.argv[1], json.loads(sys.argv[2])
-per_core = r["connected"] / r["connect_server_cpu_s"] if r["connect_server_cpu_s"] else float("nan")
-print(f"{name:7} conns {r['connected']:6} failed {r['failed']:4} setup {r['elapsed_s']:6.2f} s "
-      f"rate {r['connect_rate']:8.0f}/s  server cpu {r['connect_server_cpu_s']:5.2f} s "
-      f"= {per_core:7.0f} connects per core-s  gen cpu {r['connect_gen_cpu_s']:5.2f} s  "
-      f"rss {r['rss_per_conn']:7.1f} B/conn")
+if r["workload"] == "fanout":
+    print(f"{name:12} subs {r['subs_connected']:6} delivered {r['delivered_per_s']:9.0f}/s  "
+          f"server cpu {r['server_cpu_per_msg_ns']:6.0f} ns/delivery  gen busy {r['gen_core_busy']:.2f}  "
+          f"generator saturated {r['generator_saturated']}  losses {r['losses']} gaps {r['gaps']}")
+else:
+    per_core = r["connected"] / r["connect_server_cpu_s"] if r["connect_server_cpu_s"] else float("nan")
+    print(f"{name:12} conns {r['connected']:6} failed {r['failed']:4} setup {r['elapsed_s']:6.2f} s "
+          f"rate {r['connect_rate']:8.0f}/s  server cpu {r['connect_server_cpu_s']:5.2f} s "
+          f"= {per_core:7.0f} connects per core-s  gen cpu {r['connect_gen_cpu_s']:5.2f} s  "
+          f"rss {r['rss_per_conn']:7.1f} B/conn")
 EOF
+}
+
+# A CA and a P-256 leaf for localhost (webpki refuses a CA as the leaf);
+# sets TLS_ENV to the server's and the generator's settings.
+make_cert() {
+  [[ -f "$tmp/cert.pem" ]] || {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+      -subj /CN=wsbench-ca -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+      -keyout "$tmp/key.pem" -out "$tmp/leaf.csr" 2>/dev/null
+    printf 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tmp/leaf.ext"
+    openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
+      -days 2 -extfile "$tmp/leaf.ext" -out "$tmp/cert.pem" 2>/dev/null
+  }
+  TLS_ENV=(WSEDGE_TLS_CERT_FILE="$tmp/cert.pem" WSEDGE_TLS_KEY_FILE="$tmp/key.pem" WSBENCH_TLS_CA="$tmp/ca.pem")
 }
 
 for c in "${cases[@]}"; do
   case "$c" in
-    plain) run_case plain WSEDGE_AUTH_MODE=none ;;
+    plain) run_case plain idle WSEDGE_AUTH_MODE=none ;;
     hs256)
       tok=$(WSEDGE_AUTH_HMAC_SECRET="$secret" "$mint" HS256 - bench 3600)
-      run_case hs256 WSEDGE_AUTH_MODE=jwt WSEDGE_AUTH_HMAC_SECRET="$secret" WSBENCH_CONNECT_TOKEN="$tok"
+      run_case hs256 idle WSEDGE_AUTH_MODE=jwt WSEDGE_AUTH_HMAC_SECRET="$secret" WSBENCH_CONNECT_TOKEN="$tok"
       ;;
     es256)
       tok=$("$mint" ES256 "$root/tests/fixtures/auth/ec256_private.pem" bench 3600)
-      run_case es256 WSEDGE_AUTH_MODE=jwt \
+      run_case es256 idle WSEDGE_AUTH_MODE=jwt \
         WSEDGE_AUTH_PUBLIC_KEY_FILE="$root/tests/fixtures/auth/ec256_public.pem" WSBENCH_CONNECT_TOKEN="$tok"
       ;;
     ticket)
@@ -92,7 +120,7 @@ for i in range(1, int(sys.argv[1]) + 1):
     print(f"*5\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n${len(claims)}\r\n{claims}\r\n$2\r\nEX\r\n$3\r\n600\r", end="\n")
 EOF
       redis-cli -p "$port" --pipe <"$tmp/tickets.txt" >/dev/null
-      run_case ticket WSEDGE_AUTH_MODE=ticket WSEDGE_AUTH_REDIS_URL="redis://127.0.0.1:$port" \
+      run_case ticket idle WSEDGE_AUTH_MODE=ticket WSEDGE_AUTH_REDIS_URL="redis://127.0.0.1:$port" \
         WSBENCH_CONNECT_TICKET_PREFIX=t
       left=$(redis-cli -p "$port" dbsize)
       echo "ticket  tickets left unredeemed in Redis: $left"
@@ -100,19 +128,16 @@ EOF
       redis_pid=""
       ;;
     tls)
-      # A CA and a P-256 leaf for localhost (webpki refuses a CA as the leaf).
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj /CN=wsbench-ca -keyout "$tmp/ca.key" -out "$tmp/ca.pem" 2>/dev/null
-      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-        -keyout "$tmp/key.pem" -out "$tmp/leaf.csr" 2>/dev/null
-      printf 'basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$tmp/leaf.ext"
-      openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
-        -days 2 -extfile "$tmp/leaf.ext" -out "$tmp/cert.pem" 2>/dev/null
-      run_case tls WSEDGE_AUTH_MODE=none WSEDGE_TLS_CERT_FILE="$tmp/cert.pem" \
-        WSEDGE_TLS_KEY_FILE="$tmp/key.pem" WSBENCH_TLS_CA="$tmp/ca.pem"
+      make_cert
+      run_case tls idle WSEDGE_AUTH_MODE=none "${TLS_ENV[@]}"
+      ;;
+    fanout-plain) run_case fanout-plain fanout WSEDGE_AUTH_MODE=none ;;
+    fanout-tls)
+      make_cert
+      run_case fanout-tls fanout WSEDGE_AUTH_MODE=none "${TLS_ENV[@]}"
       ;;
     *)
-      echo "unknown case $c (plain hs256 es256 ticket tls)" >&2
+      echo "unknown case $c (plain hs256 es256 ticket tls fanout-plain fanout-tls)" >&2
       exit 2
       ;;
   esac
