@@ -7,10 +7,9 @@ use std::borrow::Cow;
 use flatbuffers::{
     FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, VerifierOptions, WIPOffset,
 };
-use serde::de::IgnoredAny;
 
 use super::proto;
-use super::publication::Publication;
+use super::publication::{Publication, is_json_text};
 use super::{
     ClientInfo, Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str,
 };
@@ -43,7 +42,7 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
             let c = cmd.method_as_connect().ok_or(bad)?;
             let info = c.info().map(|i| i.bytes());
             if let Some(i) = info
-                && serde_json::from_slice::<IgnoredAny>(i).is_err()
+                && !is_json_text(i)
             {
                 return Err(bad);
             }

@@ -11,6 +11,7 @@ use crate::engine::codes::ErrorCode;
 use crate::engine::wire::collab::{
     self as c, CollabJoinReply, CollabRole, ErrorDetail, MemberId, MemberRole,
 };
+use crate::engine::wire::publication::is_json_text;
 use crate::engine::wire::{ClientInfo, Method, proto};
 
 /// A required string field.
@@ -54,11 +55,6 @@ pub(super) fn method<'a>(cmd: &proto::Command<'a>) -> Option<Result<Method<'a>, 
         }),
         _ => return None,
     })
-}
-
-/// Whether `b` is UTF-8 JSON text (one value, whitespace around it).
-fn is_json_text(b: &[u8]) -> bool {
-    std::str::from_utf8(b).is_ok_and(|s| serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok())
 }
 
 fn role(r: MemberRole) -> proto::CollabRole {
