@@ -53,11 +53,28 @@ pub enum ErrorCode {
     /// 116: the token's `exp` has passed; get a new token and retry
     /// (`connect`, `subscribe`) or send it with `refresh`/`sub_refresh`.
     TokenExpired,
+    /// 117: the story already has its maximum number of editors; join as a
+    /// viewer, queue (`queue: true`) or retry later.
+    EditorsFull,
+    /// 118: another connection holds the section's lock (the error carries
+    /// the holder).
+    SectionLocked,
+    /// 119: the update's `base_version` is not the section's current
+    /// version in a namespace with `conflict = "reject"` (the error carries
+    /// the current version and data; rebase and resend).
+    VersionConflict,
+    /// 120: the command needs the connection to be an editor of the story.
+    NotEditor,
+    /// 121: a story bound was reached (stories per node, sections per
+    /// story, bytes per section, queued updates).
+    StoryLimit,
+    /// 122: the channel's namespace is not collaborative.
+    NotCollaborative,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -75,6 +92,12 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::UnrecoverablePosition,
         ErrorCode::TokenExpired,
+        ErrorCode::EditorsFull,
+        ErrorCode::SectionLocked,
+        ErrorCode::VersionConflict,
+        ErrorCode::NotEditor,
+        ErrorCode::StoryLimit,
+        ErrorCode::NotCollaborative,
     ];
 
     /// The numeric code on the wire.
@@ -97,6 +120,12 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 114,
             ErrorCode::UnrecoverablePosition => 115,
             ErrorCode::TokenExpired => 116,
+            ErrorCode::EditorsFull => 117,
+            ErrorCode::SectionLocked => 118,
+            ErrorCode::VersionConflict => 119,
+            ErrorCode::NotEditor => 120,
+            ErrorCode::StoryLimit => 121,
+            ErrorCode::NotCollaborative => 122,
         }
     }
 
@@ -120,6 +149,12 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::UnrecoverablePosition => "unrecoverable position",
             ErrorCode::TokenExpired => "token expired",
+            ErrorCode::EditorsFull => "editors full",
+            ErrorCode::SectionLocked => "section locked",
+            ErrorCode::VersionConflict => "version conflict",
+            ErrorCode::NotEditor => "not an editor",
+            ErrorCode::StoryLimit => "story limit",
+            ErrorCode::NotCollaborative => "not a collaborative channel",
         }
     }
 
@@ -132,6 +167,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::TooManyRequests
                 | ErrorCode::TokenExpired
+                | ErrorCode::EditorsFull
         )
     }
 }

@@ -363,6 +363,16 @@ impl Shard {
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
             }
+            // Story collaboration (issue 9): no namespace can be
+            // collaborative until the story model is routed, so no channel
+            // is a story yet.
+            Method::CollabJoin { .. }
+            | Method::CollabLeave { .. }
+            | Method::Lock { .. }
+            | Method::Unlock { .. }
+            | Method::Update { .. } => {
+                out.reply(c, id, ReplyBody::Error(ErrorCode::NotCollaborative))
+            }
         }
     }
 

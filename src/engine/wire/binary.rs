@@ -7,16 +7,16 @@ use std::borrow::Cow;
 use flatbuffers::{
     FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, VerifierOptions, WIPOffset,
 };
-use serde::de::IgnoredAny;
 
 use super::proto;
-use super::publication::Publication;
+use super::publication::{Publication, is_json_text};
 use super::{
     ClientInfo, Command, ConnectParams, Data, MalformedFrame, Method, ReplyBody, epoch_str,
 };
 use crate::engine::codes::{CloseReason, ErrorCode};
 
 mod client;
+mod collab;
 pub use client::client_frame;
 
 /// Verifier limits: a client frame is at most the message size limit, and
@@ -42,7 +42,7 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
             let c = cmd.method_as_connect().ok_or(bad)?;
             let info = c.info().map(|i| i.bytes());
             if let Some(i) = info
-                && serde_json::from_slice::<IgnoredAny>(i).is_err()
+                && !is_json_text(i)
             {
                 return Err(bad);
             }
@@ -116,7 +116,7 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
             super::presence_state(channel(s.channel())?, state, s.ttl())?
         }
         M::Ping => Method::Ping,
-        _ => return Err(ErrorCode::UnknownMethod),
+        _ => return collab::method(cmd).unwrap_or(Err(ErrorCode::UnknownMethod)),
     })
 }
 
@@ -273,17 +273,21 @@ fn reply_offset<'b>(
             let r = proto::PingResult::create(fbb, &proto::PingResultArgs {});
             (R::Ping, Some(r.as_union_value()), None)
         }
-        ReplyBody::Error(code) => {
-            let message = fbb.create_string(code.message());
-            let e = proto::Error::create(
-                fbb,
-                &proto::ErrorArgs {
-                    code: code.code(),
-                    message: Some(message),
-                    temporary: code.temporary(),
-                },
-            );
+        ReplyBody::Error(code) => (R::NONE, None, Some(collab::error_offset(fbb, code, None))),
+        ReplyBody::ErrorDetail(d) => {
+            let e = collab::error_offset(fbb, d.code(), Some(&d));
             (R::NONE, None, Some(e))
+        }
+        ReplyBody::CollabJoin(r) => some(collab::join_result(fbb, &r)),
+        ReplyBody::CollabLeave => some(collab::leave_result(fbb)),
+        ReplyBody::Lock {
+            section,
+            holder,
+            expires,
+        } => some(collab::lock_result(fbb, section, holder, expires)),
+        ReplyBody::Unlock => some(collab::unlock_result(fbb)),
+        ReplyBody::Update { version, duplicate } => {
+            some(collab::update_result(fbb, version, duplicate))
         }
     };
     proto::Reply::create(
@@ -295,6 +299,17 @@ fn reply_offset<'b>(
             error,
         },
     )
+}
+
+/// A result table as `reply_offset` wants it.
+fn some<'b>(
+    (kind, table): collab::ResultTable,
+) -> (
+    proto::ReplyResult,
+    Option<WIPOffset<UnionWIPOffset>>,
+    Option<WIPOffset<proto::Error<'b>>>,
+) {
+    (kind, Some(table), None)
 }
 
 /// A `SubscribeResult` table: the body of a `subscribe` reply or push.
@@ -552,6 +567,25 @@ impl BinaryWriter {
             proto::PushBody::Unsubscribe,
             body.as_union_value(),
         );
+        self.messages.push(msg);
+    }
+
+    /// Adds a `promoted` push (story collaboration).
+    pub fn promoted(&mut self, channel: &str) {
+        let msg = collab::promoted_push(&mut self.fbb, channel);
+        self.messages.push(msg);
+    }
+
+    /// Adds a `conflict` push (story collaboration).
+    pub fn conflict(
+        &mut self,
+        channel: &str,
+        section: &str,
+        version: u64,
+        overwritten: &[u8],
+        by: &ClientInfo,
+    ) {
+        let msg = collab::conflict_push(&mut self.fbb, channel, section, version, overwritten, by);
         self.messages.push(msg);
     }
 

@@ -11,12 +11,100 @@ pub mod proto {
 
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_METHOD: u8 = 0;
+pub const ENUM_MIN_COLLAB_ROLE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_METHOD: u8 = 11;
+pub const ENUM_MAX_COLLAB_ROLE: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_METHOD: [Method; 12] = [
+pub const ENUM_VALUES_COLLAB_ROLE: [CollabRole; 3] = [
+  CollabRole::Editor,
+  CollabRole::Viewer,
+  CollabRole::Queued,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct CollabRole(pub u8);
+#[allow(non_upper_case_globals)]
+impl CollabRole {
+  pub const Editor: Self = Self(0);
+  pub const Viewer: Self = Self(1);
+  pub const Queued: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Editor,
+    Self::Viewer,
+    Self::Queued,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Editor => Some("Editor"),
+      Self::Viewer => Some("Viewer"),
+      Self::Queued => Some("Queued"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for CollabRole {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for CollabRole {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for CollabRole {
+    type Output = CollabRole;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for CollabRole {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for CollabRole {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for CollabRole {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_METHOD: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_METHOD: u8 = 16;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_METHOD: [Method; 17] = [
   Method::NONE,
   Method::Connect,
   Method::Subscribe,
@@ -29,6 +117,11 @@ pub const ENUM_VALUES_METHOD: [Method; 12] = [
   Method::PresenceState,
   Method::Refresh,
   Method::SubRefresh,
+  Method::CollabJoin,
+  Method::CollabLeave,
+  Method::Lock,
+  Method::Unlock,
+  Method::Update,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -48,9 +141,14 @@ impl Method {
   pub const PresenceState: Self = Self(9);
   pub const Refresh: Self = Self(10);
   pub const SubRefresh: Self = Self(11);
+  pub const CollabJoin: Self = Self(12);
+  pub const CollabLeave: Self = Self(13);
+  pub const Lock: Self = Self(14);
+  pub const Unlock: Self = Self(15);
+  pub const Update: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -64,6 +162,11 @@ impl Method {
     Self::PresenceState,
     Self::Refresh,
     Self::SubRefresh,
+    Self::CollabJoin,
+    Self::CollabLeave,
+    Self::Lock,
+    Self::Unlock,
+    Self::Update,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -80,6 +183,11 @@ impl Method {
       Self::PresenceState => Some("PresenceState"),
       Self::Refresh => Some("Refresh"),
       Self::SubRefresh => Some("SubRefresh"),
+      Self::CollabJoin => Some("CollabJoin"),
+      Self::CollabLeave => Some("CollabLeave"),
+      Self::Lock => Some("Lock"),
+      Self::Unlock => Some("Unlock"),
+      Self::Update => Some("Update"),
       _ => None,
     }
   }
@@ -139,10 +247,10 @@ pub struct MethodUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY_RESULT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY_RESULT: u8 = 11;
+pub const ENUM_MAX_REPLY_RESULT: u8 = 16;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 12] = [
+pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 17] = [
   ReplyResult::NONE,
   ReplyResult::Connect,
   ReplyResult::Subscribe,
@@ -155,6 +263,11 @@ pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 12] = [
   ReplyResult::PresenceState,
   ReplyResult::Refresh,
   ReplyResult::SubRefresh,
+  ReplyResult::CollabJoin,
+  ReplyResult::CollabLeave,
+  ReplyResult::Lock,
+  ReplyResult::Unlock,
+  ReplyResult::Update,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -174,9 +287,14 @@ impl ReplyResult {
   pub const PresenceState: Self = Self(9);
   pub const Refresh: Self = Self(10);
   pub const SubRefresh: Self = Self(11);
+  pub const CollabJoin: Self = Self(12);
+  pub const CollabLeave: Self = Self(13);
+  pub const Lock: Self = Self(14);
+  pub const Unlock: Self = Self(15);
+  pub const Update: Self = Self(16);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 11;
+  pub const ENUM_MAX: u8 = 16;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -190,6 +308,11 @@ impl ReplyResult {
     Self::PresenceState,
     Self::Refresh,
     Self::SubRefresh,
+    Self::CollabJoin,
+    Self::CollabLeave,
+    Self::Lock,
+    Self::Unlock,
+    Self::Update,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -206,6 +329,11 @@ impl ReplyResult {
       Self::PresenceState => Some("PresenceState"),
       Self::Refresh => Some("Refresh"),
       Self::SubRefresh => Some("SubRefresh"),
+      Self::CollabJoin => Some("CollabJoin"),
+      Self::CollabLeave => Some("CollabLeave"),
+      Self::Lock => Some("Lock"),
+      Self::Unlock => Some("Unlock"),
+      Self::Update => Some("Update"),
       _ => None,
     }
   }
@@ -265,10 +393,10 @@ pub struct ReplyResultUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PUSH_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PUSH_BODY: u8 = 7;
+pub const ENUM_MAX_PUSH_BODY: u8 = 9;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PUSH_BODY: [PushBody; 8] = [
+pub const ENUM_VALUES_PUSH_BODY: [PushBody; 10] = [
   PushBody::NONE,
   PushBody::Pub,
   PushBody::Disconnect,
@@ -277,6 +405,8 @@ pub const ENUM_VALUES_PUSH_BODY: [PushBody; 8] = [
   PushBody::State,
   PushBody::Subscribe,
   PushBody::Unsubscribe,
+  PushBody::Promoted,
+  PushBody::Conflict,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -292,9 +422,11 @@ impl PushBody {
   pub const State: Self = Self(5);
   pub const Subscribe: Self = Self(6);
   pub const Unsubscribe: Self = Self(7);
+  pub const Promoted: Self = Self(8);
+  pub const Conflict: Self = Self(9);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 7;
+  pub const ENUM_MAX: u8 = 9;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pub,
@@ -304,6 +436,8 @@ impl PushBody {
     Self::State,
     Self::Subscribe,
     Self::Unsubscribe,
+    Self::Promoted,
+    Self::Conflict,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -316,6 +450,8 @@ impl PushBody {
       Self::State => Some("State"),
       Self::Subscribe => Some("Subscribe"),
       Self::Unsubscribe => Some("Unsubscribe"),
+      Self::Promoted => Some("Promoted"),
+      Self::Conflict => Some("Conflict"),
       _ => None,
     }
   }
@@ -1812,6 +1948,690 @@ impl ::core::fmt::Debug for SubRefreshRequest<'_> {
       ds.finish()
   }
 }
+pub enum CollabJoinRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CollabJoinRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CollabJoinRequest<'a> {
+  type Inner = CollabJoinRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CollabJoinRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_QUEUE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_RECOVER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CollabJoinRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CollabJoinRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CollabJoinRequest<'bldr>> {
+    let mut builder = CollabJoinRequestBuilder::new(_fbb);
+    if let Some(x) = args.offset { builder.add_offset(x); }
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.add_recover(args.recover);
+    builder.add_queue(args.queue);
+    if let Some(x) = args.role { builder.add_role(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabJoinRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn role(&self) -> Option<CollabRole> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<CollabRole>(CollabJoinRequest::VT_ROLE, None)}
+  }
+  #[inline]
+  pub fn queue(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CollabJoinRequest::VT_QUEUE, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn recover(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CollabJoinRequest::VT_RECOVER, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabJoinRequest::VT_EPOCH, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CollabJoinRequest::VT_OFFSET, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CollabJoinRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<CollabRole>("role", Self::VT_ROLE, false)?
+     .visit_field::<bool>("queue", Self::VT_QUEUE, false)?
+     .visit_field::<bool>("recover", Self::VT_RECOVER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CollabJoinRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub role: Option<CollabRole>,
+    pub queue: bool,
+    pub recover: bool,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub offset: Option<u64>,
+}
+impl<'a> Default for CollabJoinRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CollabJoinRequestArgs {
+      channel: None,
+      role: None,
+      queue: false,
+      recover: false,
+      epoch: None,
+      offset: None,
+    }
+  }
+}
+
+pub struct CollabJoinRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabJoinRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_role(&mut self, role: CollabRole) {
+    self.fbb_.push_slot_always::<CollabRole>(CollabJoinRequest::VT_ROLE, role);
+  }
+  #[inline]
+  pub fn add_queue(&mut self, queue: bool) {
+    self.fbb_.push_slot::<bool>(CollabJoinRequest::VT_QUEUE, queue, false);
+  }
+  #[inline]
+  pub fn add_recover(&mut self, recover: bool) {
+    self.fbb_.push_slot::<bool>(CollabJoinRequest::VT_RECOVER, recover, false);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinRequest::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot_always::<u64>(CollabJoinRequest::VT_OFFSET, offset);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabJoinRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CollabJoinRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CollabJoinRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CollabJoinRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CollabJoinRequest");
+      ds.field("channel", &self.channel());
+      ds.field("role", &self.role());
+      ds.field("queue", &self.queue());
+      ds.field("recover", &self.recover());
+      ds.field("epoch", &self.epoch());
+      ds.field("offset", &self.offset());
+      ds.finish()
+  }
+}
+pub enum CollabLeaveRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CollabLeaveRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CollabLeaveRequest<'a> {
+  type Inner = CollabLeaveRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CollabLeaveRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CollabLeaveRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CollabLeaveRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CollabLeaveRequest<'bldr>> {
+    let mut builder = CollabLeaveRequestBuilder::new(_fbb);
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabLeaveRequest::VT_CHANNEL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CollabLeaveRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CollabLeaveRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for CollabLeaveRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CollabLeaveRequestArgs {
+      channel: None,
+    }
+  }
+}
+
+pub struct CollabLeaveRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabLeaveRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabLeaveRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabLeaveRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CollabLeaveRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CollabLeaveRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CollabLeaveRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CollabLeaveRequest");
+      ds.field("channel", &self.channel());
+      ds.finish()
+  }
+}
+pub enum LockRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LockRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LockRequest<'a> {
+  type Inner = LockRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LockRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SECTION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_TTL: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LockRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LockRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LockRequest<'bldr>> {
+    let mut builder = LockRequestBuilder::new(_fbb);
+    if let Some(x) = args.ttl { builder.add_ttl(x); }
+    if let Some(x) = args.section { builder.add_section(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LockRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn section(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LockRequest::VT_SECTION, None)}
+  }
+  #[inline]
+  pub fn ttl(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(LockRequest::VT_TTL, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LockRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("section", Self::VT_SECTION, false)?
+     .visit_field::<u32>("ttl", Self::VT_TTL, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LockRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub section: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub ttl: Option<u32>,
+}
+impl<'a> Default for LockRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LockRequestArgs {
+      channel: None,
+      section: None,
+      ttl: None,
+    }
+  }
+}
+
+pub struct LockRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LockRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LockRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_section(&mut self, section: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LockRequest::VT_SECTION, section);
+  }
+  #[inline]
+  pub fn add_ttl(&mut self, ttl: u32) {
+    self.fbb_.push_slot_always::<u32>(LockRequest::VT_TTL, ttl);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LockRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LockRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LockRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LockRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LockRequest");
+      ds.field("channel", &self.channel());
+      ds.field("section", &self.section());
+      ds.field("ttl", &self.ttl());
+      ds.finish()
+  }
+}
+pub enum UnlockRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UnlockRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UnlockRequest<'a> {
+  type Inner = UnlockRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UnlockRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SECTION: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UnlockRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UnlockRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<UnlockRequest<'bldr>> {
+    let mut builder = UnlockRequestBuilder::new(_fbb);
+    if let Some(x) = args.section { builder.add_section(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UnlockRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn section(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UnlockRequest::VT_SECTION, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UnlockRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("section", Self::VT_SECTION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnlockRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub section: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UnlockRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UnlockRequestArgs {
+      channel: None,
+      section: None,
+    }
+  }
+}
+
+pub struct UnlockRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnlockRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UnlockRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_section(&mut self, section: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UnlockRequest::VT_SECTION, section);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnlockRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnlockRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UnlockRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UnlockRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UnlockRequest");
+      ds.field("channel", &self.channel());
+      ds.field("section", &self.section());
+      ds.finish()
+  }
+}
+pub enum UpdateRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UpdateRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UpdateRequest<'a> {
+  type Inner = UpdateRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UpdateRequest<'a> {
+  pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
+  pub const VT_SECTION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BASE_VERSION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 10;
+  pub const VT_OP_ID: ::flatbuffers::VOffsetT = 12;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UpdateRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UpdateRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<UpdateRequest<'bldr>> {
+    let mut builder = UpdateRequestBuilder::new(_fbb);
+    if let Some(x) = args.base_version { builder.add_base_version(x); }
+    if let Some(x) = args.op_id { builder.add_op_id(x); }
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.section { builder.add_section(x); }
+    if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn channel(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UpdateRequest::VT_CHANNEL, None)}
+  }
+  #[inline]
+  pub fn section(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UpdateRequest::VT_SECTION, None)}
+  }
+  #[inline]
+  pub fn base_version(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(UpdateRequest::VT_BASE_VERSION, None)}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(UpdateRequest::VT_DATA, None)}
+  }
+  #[inline]
+  pub fn op_id(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(UpdateRequest::VT_OP_ID, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UpdateRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("section", Self::VT_SECTION, false)?
+     .visit_field::<u64>("base_version", Self::VT_BASE_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("op_id", Self::VT_OP_ID, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UpdateRequestArgs<'a> {
+    pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub section: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub base_version: Option<u64>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub op_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for UpdateRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    UpdateRequestArgs {
+      channel: None,
+      section: None,
+      base_version: None,
+      data: None,
+      op_id: None,
+    }
+  }
+}
+
+pub struct UpdateRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UpdateRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_channel(&mut self, channel: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UpdateRequest::VT_CHANNEL, channel);
+  }
+  #[inline]
+  pub fn add_section(&mut self, section: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UpdateRequest::VT_SECTION, section);
+  }
+  #[inline]
+  pub fn add_base_version(&mut self, base_version: u64) {
+    self.fbb_.push_slot_always::<u64>(UpdateRequest::VT_BASE_VERSION, base_version);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UpdateRequest::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_op_id(&mut self, op_id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(UpdateRequest::VT_OP_ID, op_id);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UpdateRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UpdateRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UpdateRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UpdateRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UpdateRequest");
+      ds.field("channel", &self.channel());
+      ds.field("section", &self.section());
+      ds.field("base_version", &self.base_version());
+      ds.field("data", &self.data());
+      ds.field("op_id", &self.op_id());
+      ds.finish()
+  }
+}
 pub enum CommandOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2035,6 +2855,81 @@ impl<'a> Command<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_collab_join(&self) -> Option<CollabJoinRequest<'a>> {
+    if self.method_type() == Method::CollabJoin {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CollabJoinRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_collab_leave(&self) -> Option<CollabLeaveRequest<'a>> {
+    if self.method_type() == Method::CollabLeave {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CollabLeaveRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_lock(&self) -> Option<LockRequest<'a>> {
+    if self.method_type() == Method::Lock {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LockRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_unlock(&self) -> Option<UnlockRequest<'a>> {
+    if self.method_type() == Method::Unlock {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { UnlockRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_update(&self) -> Option<UpdateRequest<'a>> {
+    if self.method_type() == Method::Update {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { UpdateRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Command<'_> {
@@ -2057,6 +2952,11 @@ impl ::flatbuffers::Verifiable for Command<'_> {
           Method::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateRequest>>("Method::PresenceState", pos),
           Method::Refresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshRequest>>("Method::Refresh", pos),
           Method::SubRefresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SubRefreshRequest>>("Method::SubRefresh", pos),
+          Method::CollabJoin => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CollabJoinRequest>>("Method::CollabJoin", pos),
+          Method::CollabLeave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CollabLeaveRequest>>("Method::CollabLeave", pos),
+          Method::Lock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockRequest>>("Method::Lock", pos),
+          Method::Unlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnlockRequest>>("Method::Unlock", pos),
+          Method::Update => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UpdateRequest>>("Method::Update", pos),
           _ => Ok(()),
         }
      })?
@@ -2190,6 +3090,41 @@ impl ::core::fmt::Debug for Command<'_> {
         },
         Method::SubRefresh => {
           if let Some(x) = self.method_as_sub_refresh() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::CollabJoin => {
+          if let Some(x) = self.method_as_collab_join() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::CollabLeave => {
+          if let Some(x) = self.method_as_collab_leave() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Lock => {
+          if let Some(x) = self.method_as_lock() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Unlock => {
+          if let Some(x) = self.method_as_unlock() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Update => {
+          if let Some(x) = self.method_as_update() {
             ds.field("method", &x)
           } else {
             ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -3697,6 +4632,874 @@ impl ::core::fmt::Debug for RefreshResult<'_> {
       ds.finish()
   }
 }
+pub enum HolderOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Holder<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Holder<'a> {
+  type Inner = Holder<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Holder<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_CLIENT: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Holder { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args HolderArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Holder<'bldr>> {
+    let mut builder = HolderBuilder::new(_fbb);
+    if let Some(x) = args.client { builder.add_client(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Holder::VT_USER, None)}
+  }
+  #[inline]
+  pub fn client(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Holder::VT_CLIENT, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Holder<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("client", Self::VT_CLIENT, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct HolderArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub client: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for HolderArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    HolderArgs {
+      user: None,
+      client: None,
+    }
+  }
+}
+
+pub struct HolderBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HolderBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Holder::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_client(&mut self, client: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Holder::VT_CLIENT, client);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HolderBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    HolderBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Holder<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Holder<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Holder");
+      ds.field("user", &self.user());
+      ds.field("client", &self.client());
+      ds.finish()
+  }
+}
+pub enum CollabSectionOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CollabSection<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CollabSection<'a> {
+  type Inner = CollabSection<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CollabSection<'a> {
+  pub const VT_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HOLDER: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CollabSection { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CollabSectionArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CollabSection<'bldr>> {
+    let mut builder = CollabSectionBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.holder { builder.add_holder(x); }
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.id { builder.add_id(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn id(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabSection::VT_ID, None).unwrap()}
+  }
+  #[inline]
+  pub fn key_compare_less_than(&self, o: &CollabSection) -> bool {
+    self.id() < o.id()
+  }
+
+  #[inline]
+  pub fn key_compare_with_value(&self, val: & str) -> ::core::cmp::Ordering {
+    let key = self.id();
+    key.cmp(val)
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CollabSection::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(CollabSection::VT_DATA, None)}
+  }
+  #[inline]
+  pub fn holder(&self) -> Option<Holder<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Holder>>(CollabSection::VT_HOLDER, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CollabSection<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("id", Self::VT_ID, true)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Holder>>("holder", Self::VT_HOLDER, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CollabSectionArgs<'a> {
+    pub id: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub version: u64,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub holder: Option<::flatbuffers::WIPOffset<Holder<'a>>>,
+}
+impl<'a> Default for CollabSectionArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CollabSectionArgs {
+      id: None, // required field
+      version: 0,
+      data: None,
+      holder: None,
+    }
+  }
+}
+
+pub struct CollabSectionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabSectionBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_id(&mut self, id: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabSection::VT_ID, id);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(CollabSection::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabSection::VT_DATA, data);
+  }
+  #[inline]
+  pub fn add_holder(&mut self, holder: ::flatbuffers::WIPOffset<Holder<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Holder>>(CollabSection::VT_HOLDER, holder);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabSectionBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CollabSectionBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CollabSection<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, CollabSection::VT_ID,"id");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CollabSection<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CollabSection");
+      ds.field("id", &self.id());
+      ds.field("version", &self.version());
+      ds.field("data", &self.data());
+      ds.field("holder", &self.holder());
+      ds.finish()
+  }
+}
+pub enum CollabJoinResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CollabJoinResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CollabJoinResult<'a> {
+  type Inner = CollabJoinResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CollabJoinResult<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+  pub const VT_POSITION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EDITORS: ::flatbuffers::VOffsetT = 8;
+  pub const VT_VIEWERS: ::flatbuffers::VOffsetT = 10;
+  pub const VT_SECTIONS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 14;
+  pub const VT_EPOCH: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CollabJoinResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args CollabJoinResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<CollabJoinResult<'bldr>> {
+    let mut builder = CollabJoinResultBuilder::new(_fbb);
+    builder.add_offset(args.offset);
+    if let Some(x) = args.epoch { builder.add_epoch(x); }
+    if let Some(x) = args.sections { builder.add_sections(x); }
+    builder.add_viewers(args.viewers);
+    if let Some(x) = args.editors { builder.add_editors(x); }
+    if let Some(x) = args.position { builder.add_position(x); }
+    builder.add_role(args.role);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn role(&self) -> CollabRole {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<CollabRole>(CollabJoinResult::VT_ROLE, Some(CollabRole::Editor)).unwrap()}
+  }
+  #[inline]
+  pub fn position(&self) -> Option<u32> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CollabJoinResult::VT_POSITION, None)}
+  }
+  #[inline]
+  pub fn editors(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo>>>>(CollabJoinResult::VT_EDITORS, None)}
+  }
+  #[inline]
+  pub fn viewers(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CollabJoinResult::VT_VIEWERS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn sections(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CollabSection<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CollabSection>>>>(CollabJoinResult::VT_SECTIONS, None)}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(CollabJoinResult::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn epoch(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabJoinResult::VT_EPOCH, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for CollabJoinResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<CollabRole>("role", Self::VT_ROLE, false)?
+     .visit_field::<u32>("position", Self::VT_POSITION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ClientInfo>>>>("editors", Self::VT_EDITORS, false)?
+     .visit_field::<u32>("viewers", Self::VT_VIEWERS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CollabSection>>>>("sections", Self::VT_SECTIONS, false)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CollabJoinResultArgs<'a> {
+    pub role: CollabRole,
+    pub position: Option<u32>,
+    pub editors: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ClientInfo<'a>>>>>,
+    pub viewers: u32,
+    pub sections: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CollabSection<'a>>>>>,
+    pub offset: u64,
+    pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for CollabJoinResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    CollabJoinResultArgs {
+      role: CollabRole::Editor,
+      position: None,
+      editors: None,
+      viewers: 0,
+      sections: None,
+      offset: 0,
+      epoch: None,
+    }
+  }
+}
+
+pub struct CollabJoinResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabJoinResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: CollabRole) {
+    self.fbb_.push_slot::<CollabRole>(CollabJoinResult::VT_ROLE, role, CollabRole::Editor);
+  }
+  #[inline]
+  pub fn add_position(&mut self, position: u32) {
+    self.fbb_.push_slot_always::<u32>(CollabJoinResult::VT_POSITION, position);
+  }
+  #[inline]
+  pub fn add_editors(&mut self, editors: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ClientInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_EDITORS, editors);
+  }
+  #[inline]
+  pub fn add_viewers(&mut self, viewers: u32) {
+    self.fbb_.push_slot::<u32>(CollabJoinResult::VT_VIEWERS, viewers, 0);
+  }
+  #[inline]
+  pub fn add_sections(&mut self, sections: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<CollabSection<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_SECTIONS, sections);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(CollabJoinResult::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_epoch(&mut self, epoch: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_EPOCH, epoch);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabJoinResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CollabJoinResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CollabJoinResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CollabJoinResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CollabJoinResult");
+      ds.field("role", &self.role());
+      ds.field("position", &self.position());
+      ds.field("editors", &self.editors());
+      ds.field("viewers", &self.viewers());
+      ds.field("sections", &self.sections());
+      ds.field("offset", &self.offset());
+      ds.field("epoch", &self.epoch());
+      ds.finish()
+  }
+}
+pub enum CollabLeaveResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct CollabLeaveResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for CollabLeaveResult<'a> {
+  type Inner = CollabLeaveResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> CollabLeaveResult<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    CollabLeaveResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args CollabLeaveResultArgs
+  ) -> ::flatbuffers::WIPOffset<CollabLeaveResult<'bldr>> {
+    let mut builder = CollabLeaveResultBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for CollabLeaveResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct CollabLeaveResultArgs {
+}
+impl<'a> Default for CollabLeaveResultArgs {
+  #[inline]
+  fn default() -> Self {
+    CollabLeaveResultArgs {
+    }
+  }
+}
+
+pub struct CollabLeaveResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabLeaveResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabLeaveResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    CollabLeaveResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<CollabLeaveResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for CollabLeaveResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("CollabLeaveResult");
+      ds.finish()
+  }
+}
+pub enum LockResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct LockResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for LockResult<'a> {
+  type Inner = LockResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> LockResult<'a> {
+  pub const VT_SECTION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HOLDER: ::flatbuffers::VOffsetT = 6;
+  pub const VT_EXPIRES: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    LockResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args LockResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<LockResult<'bldr>> {
+    let mut builder = LockResultBuilder::new(_fbb);
+    builder.add_expires(args.expires);
+    if let Some(x) = args.holder { builder.add_holder(x); }
+    if let Some(x) = args.section { builder.add_section(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn section(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(LockResult::VT_SECTION, None)}
+  }
+  #[inline]
+  pub fn holder(&self) -> Option<Holder<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Holder>>(LockResult::VT_HOLDER, None)}
+  }
+  #[inline]
+  pub fn expires(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(LockResult::VT_EXPIRES, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for LockResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("section", Self::VT_SECTION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Holder>>("holder", Self::VT_HOLDER, false)?
+     .visit_field::<u64>("expires", Self::VT_EXPIRES, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct LockResultArgs<'a> {
+    pub section: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub holder: Option<::flatbuffers::WIPOffset<Holder<'a>>>,
+    pub expires: u64,
+}
+impl<'a> Default for LockResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    LockResultArgs {
+      section: None,
+      holder: None,
+      expires: 0,
+    }
+  }
+}
+
+pub struct LockResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> LockResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_section(&mut self, section: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(LockResult::VT_SECTION, section);
+  }
+  #[inline]
+  pub fn add_holder(&mut self, holder: ::flatbuffers::WIPOffset<Holder<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Holder>>(LockResult::VT_HOLDER, holder);
+  }
+  #[inline]
+  pub fn add_expires(&mut self, expires: u64) {
+    self.fbb_.push_slot::<u64>(LockResult::VT_EXPIRES, expires, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> LockResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    LockResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<LockResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for LockResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("LockResult");
+      ds.field("section", &self.section());
+      ds.field("holder", &self.holder());
+      ds.field("expires", &self.expires());
+      ds.finish()
+  }
+}
+pub enum UnlockResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UnlockResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UnlockResult<'a> {
+  type Inner = UnlockResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UnlockResult<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UnlockResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args UnlockResultArgs
+  ) -> ::flatbuffers::WIPOffset<UnlockResult<'bldr>> {
+    let mut builder = UnlockResultBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for UnlockResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UnlockResultArgs {
+}
+impl<'a> Default for UnlockResultArgs {
+  #[inline]
+  fn default() -> Self {
+    UnlockResultArgs {
+    }
+  }
+}
+
+pub struct UnlockResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UnlockResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UnlockResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UnlockResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UnlockResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UnlockResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UnlockResult");
+      ds.finish()
+  }
+}
+pub enum UpdateResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct UpdateResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for UpdateResult<'a> {
+  type Inner = UpdateResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> UpdateResult<'a> {
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DUPLICATE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    UpdateResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args UpdateResultArgs
+  ) -> ::flatbuffers::WIPOffset<UpdateResult<'bldr>> {
+    let mut builder = UpdateResultBuilder::new(_fbb);
+    builder.add_version(args.version);
+    builder.add_duplicate(args.duplicate);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(UpdateResult::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn duplicate(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(UpdateResult::VT_DUPLICATE, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for UpdateResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<bool>("duplicate", Self::VT_DUPLICATE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct UpdateResultArgs {
+    pub version: u64,
+    pub duplicate: bool,
+}
+impl<'a> Default for UpdateResultArgs {
+  #[inline]
+  fn default() -> Self {
+    UpdateResultArgs {
+      version: 0,
+      duplicate: false,
+    }
+  }
+}
+
+pub struct UpdateResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> UpdateResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(UpdateResult::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_duplicate(&mut self, duplicate: bool) {
+    self.fbb_.push_slot::<bool>(UpdateResult::VT_DUPLICATE, duplicate, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> UpdateResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    UpdateResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<UpdateResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for UpdateResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("UpdateResult");
+      ds.field("version", &self.version());
+      ds.field("duplicate", &self.duplicate());
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3716,6 +5519,9 @@ impl<'a> Error<'a> {
   pub const VT_CODE: ::flatbuffers::VOffsetT = 4;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_TEMPORARY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_HOLDER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3727,6 +5533,9 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    if let Some(x) = args.version { builder.add_version(x); }
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.holder { builder.add_holder(x); }
     if let Some(x) = args.message { builder.add_message(x); }
     builder.add_code(args.code);
     builder.add_temporary(args.temporary);
@@ -3755,6 +5564,27 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<bool>(Error::VT_TEMPORARY, Some(false)).unwrap()}
   }
+  #[inline]
+  pub fn holder(&self) -> Option<Holder<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<Holder>>(Error::VT_HOLDER, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Error::VT_VERSION, None)}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Error::VT_DATA, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -3766,6 +5596,9 @@ impl ::flatbuffers::Verifiable for Error<'_> {
      .visit_field::<u32>("code", Self::VT_CODE, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<bool>("temporary", Self::VT_TEMPORARY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<Holder>>("holder", Self::VT_HOLDER, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
      .finish();
     Ok(())
   }
@@ -3774,6 +5607,9 @@ pub struct ErrorArgs<'a> {
     pub code: u32,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub temporary: bool,
+    pub holder: Option<::flatbuffers::WIPOffset<Holder<'a>>>,
+    pub version: Option<u64>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -3782,6 +5618,9 @@ impl<'a> Default for ErrorArgs<'a> {
       code: 0,
       message: None,
       temporary: false,
+      holder: None,
+      version: None,
+      data: None,
     }
   }
 }
@@ -3804,6 +5643,18 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<bool>(Error::VT_TEMPORARY, temporary, false);
   }
   #[inline]
+  pub fn add_holder(&mut self, holder: ::flatbuffers::WIPOffset<Holder<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<Holder>>(Error::VT_HOLDER, holder);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot_always::<u64>(Error::VT_VERSION, version);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Error::VT_DATA, data);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorBuilder {
@@ -3824,6 +5675,9 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.field("code", &self.code());
       ds.field("message", &self.message());
       ds.field("temporary", &self.temporary());
+      ds.field("holder", &self.holder());
+      ds.field("version", &self.version());
+      ds.field("data", &self.data());
       ds.finish()
   }
 }
@@ -4059,6 +5913,81 @@ impl<'a> Reply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_collab_join(&self) -> Option<CollabJoinResult<'a>> {
+    if self.result_type() == ReplyResult::CollabJoin {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CollabJoinResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_collab_leave(&self) -> Option<CollabLeaveResult<'a>> {
+    if self.result_type() == ReplyResult::CollabLeave {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { CollabLeaveResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_lock(&self) -> Option<LockResult<'a>> {
+    if self.result_type() == ReplyResult::Lock {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { LockResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_unlock(&self) -> Option<UnlockResult<'a>> {
+    if self.result_type() == ReplyResult::Unlock {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { UnlockResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_update(&self) -> Option<UpdateResult<'a>> {
+    if self.result_type() == ReplyResult::Update {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { UpdateResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Reply<'_> {
@@ -4081,6 +6010,11 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
           ReplyResult::PresenceState => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<PresenceStateResult>>("ReplyResult::PresenceState", pos),
           ReplyResult::Refresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshResult>>("ReplyResult::Refresh", pos),
           ReplyResult::SubRefresh => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RefreshResult>>("ReplyResult::SubRefresh", pos),
+          ReplyResult::CollabJoin => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CollabJoinResult>>("ReplyResult::CollabJoin", pos),
+          ReplyResult::CollabLeave => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<CollabLeaveResult>>("ReplyResult::CollabLeave", pos),
+          ReplyResult::Lock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockResult>>("ReplyResult::Lock", pos),
+          ReplyResult::Unlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnlockResult>>("ReplyResult::Unlock", pos),
+          ReplyResult::Update => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UpdateResult>>("ReplyResult::Update", pos),
           _ => Ok(()),
         }
      })?
@@ -4221,6 +6155,41 @@ impl ::core::fmt::Debug for Reply<'_> {
         },
         ReplyResult::SubRefresh => {
           if let Some(x) = self.result_as_sub_refresh() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::CollabJoin => {
+          if let Some(x) = self.result_as_collab_join() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::CollabLeave => {
+          if let Some(x) = self.result_as_collab_leave() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Lock => {
+          if let Some(x) = self.result_as_lock() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Unlock => {
+          if let Some(x) = self.result_as_unlock() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Update => {
+          if let Some(x) = self.result_as_update() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -4783,6 +6752,249 @@ impl ::core::fmt::Debug for State<'_> {
       ds.finish()
   }
 }
+pub enum PromotedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Promoted<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Promoted<'a> {
+  type Inner = Promoted<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Promoted<'a> {
+  pub const VT_ROLE: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Promoted { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PromotedArgs
+  ) -> ::flatbuffers::WIPOffset<Promoted<'bldr>> {
+    let mut builder = PromotedBuilder::new(_fbb);
+    builder.add_role(args.role);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn role(&self) -> CollabRole {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<CollabRole>(Promoted::VT_ROLE, Some(CollabRole::Editor)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Promoted<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<CollabRole>("role", Self::VT_ROLE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PromotedArgs {
+    pub role: CollabRole,
+}
+impl<'a> Default for PromotedArgs {
+  #[inline]
+  fn default() -> Self {
+    PromotedArgs {
+      role: CollabRole::Editor,
+    }
+  }
+}
+
+pub struct PromotedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PromotedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_role(&mut self, role: CollabRole) {
+    self.fbb_.push_slot::<CollabRole>(Promoted::VT_ROLE, role, CollabRole::Editor);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PromotedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PromotedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Promoted<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Promoted<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Promoted");
+      ds.field("role", &self.role());
+      ds.finish()
+  }
+}
+pub enum ConflictOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Conflict<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Conflict<'a> {
+  type Inner = Conflict<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Conflict<'a> {
+  pub const VT_SECTION: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VERSION: ::flatbuffers::VOffsetT = 6;
+  pub const VT_OVERWRITTEN: ::flatbuffers::VOffsetT = 8;
+  pub const VT_BY: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Conflict { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ConflictArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Conflict<'bldr>> {
+    let mut builder = ConflictBuilder::new(_fbb);
+    builder.add_version(args.version);
+    if let Some(x) = args.by { builder.add_by(x); }
+    if let Some(x) = args.overwritten { builder.add_overwritten(x); }
+    if let Some(x) = args.section { builder.add_section(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn section(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Conflict::VT_SECTION, None)}
+  }
+  #[inline]
+  pub fn version(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Conflict::VT_VERSION, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn overwritten(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Conflict::VT_OVERWRITTEN, None)}
+  }
+  #[inline]
+  pub fn by(&self) -> Option<ClientInfo<'a>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<ClientInfo>>(Conflict::VT_BY, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Conflict<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("section", Self::VT_SECTION, false)?
+     .visit_field::<u64>("version", Self::VT_VERSION, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("overwritten", Self::VT_OVERWRITTEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<ClientInfo>>("by", Self::VT_BY, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ConflictArgs<'a> {
+    pub section: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub version: u64,
+    pub overwritten: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub by: Option<::flatbuffers::WIPOffset<ClientInfo<'a>>>,
+}
+impl<'a> Default for ConflictArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ConflictArgs {
+      section: None,
+      version: 0,
+      overwritten: None,
+      by: None,
+    }
+  }
+}
+
+pub struct ConflictBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ConflictBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_section(&mut self, section: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Conflict::VT_SECTION, section);
+  }
+  #[inline]
+  pub fn add_version(&mut self, version: u64) {
+    self.fbb_.push_slot::<u64>(Conflict::VT_VERSION, version, 0);
+  }
+  #[inline]
+  pub fn add_overwritten(&mut self, overwritten: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Conflict::VT_OVERWRITTEN, overwritten);
+  }
+  #[inline]
+  pub fn add_by(&mut self, by: ::flatbuffers::WIPOffset<ClientInfo<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<ClientInfo>>(Conflict::VT_BY, by);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ConflictBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ConflictBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Conflict<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Conflict<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Conflict");
+      ds.field("section", &self.section());
+      ds.field("version", &self.version());
+      ds.field("overwritten", &self.overwritten());
+      ds.field("by", &self.by());
+      ds.finish()
+  }
+}
 pub enum PushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -4946,6 +7158,36 @@ impl<'a> Push<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_promoted(&self) -> Option<Promoted<'a>> {
+    if self.body_type() == PushBody::Promoted {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Promoted::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_conflict(&self) -> Option<Conflict<'a>> {
+    if self.body_type() == PushBody::Conflict {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Conflict::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Push<'_> {
@@ -4964,6 +7206,8 @@ impl ::flatbuffers::Verifiable for Push<'_> {
           PushBody::State => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<State>>("PushBody::State", pos),
           PushBody::Subscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SubscribeResult>>("PushBody::Subscribe", pos),
           PushBody::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnsubscribeResult>>("PushBody::Unsubscribe", pos),
+          PushBody::Promoted => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Promoted>>("PushBody::Promoted", pos),
+          PushBody::Conflict => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Conflict>>("PushBody::Conflict", pos),
           _ => Ok(()),
         }
      })?
@@ -5069,6 +7313,20 @@ impl ::core::fmt::Debug for Push<'_> {
         },
         PushBody::Unsubscribe => {
           if let Some(x) = self.body_as_unsubscribe() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Promoted => {
+          if let Some(x) = self.body_as_promoted() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Conflict => {
+          if let Some(x) = self.body_as_conflict() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -19,6 +19,8 @@ use super::{
 };
 use crate::engine::codes::{CloseReason, ErrorCode};
 
+pub(super) mod collab;
+
 /// One command object before its parameters are interpreted.
 struct RawCommand<'a> {
     id: u32,
@@ -227,7 +229,7 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
             serde_json::from_str::<IgnoredAny>(p).map_err(bad)?;
             Method::Ping
         }
-        _ => return Err(ErrorCode::UnknownMethod),
+        other => return collab::method(other, p).unwrap_or(Err(ErrorCode::UnknownMethod)),
     })
 }
 
@@ -361,16 +363,38 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
         ReplyBody::PresenceState => out.extend_from_slice(b",\"presence_state\":{}"),
         ReplyBody::Ping => out.extend_from_slice(b",\"ping\":{}"),
         ReplyBody::Error(code) => {
-            out.extend_from_slice(b",\"error\":{\"code\":");
-            push_u64(out, code.code() as u64);
-            out.extend_from_slice(b",\"message\":");
-            push_json_str(out, code.message());
-            out.extend_from_slice(b",\"temporary\":");
-            push_bool(out, code.temporary());
+            push_error_fields(out, code);
             out.push(b'}');
+        }
+        ReplyBody::ErrorDetail(detail) => {
+            push_error_fields(out, detail.code());
+            collab::write_error_detail(out, &detail);
+            out.push(b'}');
+        }
+        ReplyBody::CollabJoin(r) => collab::write_join_reply(out, &r),
+        ReplyBody::CollabLeave => out.extend_from_slice(b",\"collab_leave\":{}"),
+        ReplyBody::Lock {
+            section,
+            holder,
+            expires,
+        } => collab::write_lock_reply(out, section, holder, expires),
+        ReplyBody::Unlock => out.extend_from_slice(b",\"unlock\":{}"),
+        ReplyBody::Update { version, duplicate } => {
+            collab::write_update_reply(out, version, duplicate)
         }
     }
     out.push(b'}');
+}
+
+/// `,"error":{"code":N,"message":…,"temporary":…` — the caller adds any
+/// extra fields and `}`.
+fn push_error_fields(out: &mut Vec<u8>, code: ErrorCode) {
+    out.extend_from_slice(b",\"error\":{\"code\":");
+    push_u64(out, code.code() as u64);
+    out.extend_from_slice(b",\"message\":");
+    push_json_str(out, code.message());
+    out.extend_from_slice(b",\"temporary\":");
+    push_bool(out, code.temporary());
 }
 
 /// Appends a `disconnect` push object.
@@ -510,6 +534,23 @@ fn push_presence_entry(out: &mut Vec<u8>, entry: &PresenceEntry) {
     out.push(b'}');
 }
 
+/// Appends JSON text that was validated when it came in, as-is except
+/// that a raw line feed becomes a space: outside strings it is
+/// insignificant whitespace (JSON strings cannot hold one), and inside a
+/// frame it would split the `\n`-separated objects. Only text from the
+/// binary form can hold one.
+fn push_raw_json(out: &mut Vec<u8>, json: &[u8]) {
+    let start = out.len();
+    out.extend_from_slice(json);
+    if json.contains(&b'\n') {
+        for b in &mut out[start..] {
+            if *b == b'\n' {
+                *b = b' ';
+            }
+        }
+    }
+}
+
 /// A client info object without its closing brace; `info` (JSON text) is
 /// embedded as-is.
 fn push_client_info_fields(out: &mut Vec<u8>, info: &ClientInfo) {
@@ -519,7 +560,7 @@ fn push_client_info_fields(out: &mut Vec<u8>, info: &ClientInfo) {
     push_json_str(out, &info.client);
     if let Some(i) = &info.info {
         out.extend_from_slice(b",\"info\":");
-        out.extend_from_slice(i);
+        push_raw_json(out, i);
     }
 }
 
@@ -530,7 +571,7 @@ fn push_publication(out: &mut Vec<u8>, offset: u64, data: &[u8], data_is_json: b
     push_u64(out, offset);
     if data_is_json {
         out.extend_from_slice(b",\"data\":");
-        out.extend_from_slice(data);
+        push_raw_json(out, data);
     } else {
         use base64::Engine as _;
         out.extend_from_slice(b",\"b64data\":\"");
@@ -603,6 +644,13 @@ impl JsonWriter {
     pub fn unsubscribe_push(&mut self, channel: &str) {
         self.sep();
         write_unsubscribe_push(&mut self.payload, channel);
+    }
+
+    /// The payload, with a separator when it already holds an object, for
+    /// the caller to append one more object to.
+    pub(super) fn next_object(&mut self) -> &mut Vec<u8> {
+        self.sep();
+        &mut self.payload
     }
 
     /// The frame's payload so far (cleared by the next `begin`).

@@ -9,6 +9,7 @@
 //! - [`json`]: the JSON form.
 //! - [`binary`]: the FlatBuffers form.
 //! - [`publication`]: encodes a publication once per form.
+//! - [`collab`]: story collaboration's types and story events.
 
 use std::borrow::Cow;
 
@@ -19,12 +20,14 @@ use crate::engine::hub::Position;
 use crate::engine::ws::handshake::WireFormat;
 
 pub mod binary;
+pub mod collab;
 pub mod json;
 pub mod publication;
 
 #[cfg(test)]
 mod fixtures;
 
+use collab::{CollabJoinReply, CollabRole, ErrorDetail, MemberId};
 use publication::Publication;
 
 #[rustfmt::skip]
@@ -170,6 +173,56 @@ pub enum Method<'a> {
     },
     /// `ping {}`.
     Ping,
+    /// `collab_join {channel, role, queue?, recover?, epoch?, offset?}`:
+    /// join a story.
+    CollabJoin {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// The role asked for.
+        role: CollabRole,
+        /// An editor beyond the cap waits in line instead of error 117.
+        queue: bool,
+        /// Replay the story events missed since `since` (an editor
+        /// re-joining after a reconnect).
+        recover: bool,
+        /// The last position the client saw, as in `subscribe`; always
+        /// `Some` when `recover` is set.
+        since: Option<Position>,
+    },
+    /// `collab_leave {channel}`.
+    CollabLeave {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+    },
+    /// `lock {channel, section, ttl?}`.
+    Lock {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// Section id (1..=128 bytes).
+        section: Cow<'a, str>,
+        /// Seconds the lock lasts unless renewed.
+        ttl: Option<u32>,
+    },
+    /// `unlock {channel, section}`.
+    Unlock {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// Section id (1..=128 bytes).
+        section: Cow<'a, str>,
+    },
+    /// `update {channel, section, base_version, data, op_id}`.
+    Update {
+        /// Channel name (not yet validated).
+        channel: Cow<'a, str>,
+        /// Section id (1..=128 bytes).
+        section: Cow<'a, str>,
+        /// The section version the update was made against.
+        base_version: u64,
+        /// The new data: JSON text, checked in both forms.
+        data: &'a [u8],
+        /// Deduplicates resends (1..=64 bytes).
+        op_id: Cow<'a, str>,
+    },
 }
 
 impl Method<'_> {
@@ -187,6 +240,11 @@ impl Method<'_> {
             Method::Refresh { .. } => "refresh",
             Method::SubRefresh { .. } => "sub_refresh",
             Method::Ping => "ping",
+            Method::CollabJoin { .. } => "collab_join",
+            Method::CollabLeave { .. } => "collab_leave",
+            Method::Lock { .. } => "lock",
+            Method::Unlock { .. } => "unlock",
+            Method::Update { .. } => "update",
         }
     }
 }
@@ -394,6 +452,31 @@ pub enum ReplyBody<'a> {
     Ping,
     /// An error.
     Error(ErrorCode),
+    /// An error that carries more than its code (118, 119).
+    ErrorDetail(ErrorDetail<'a>),
+    /// Result of `collab_join`: the story snapshot.
+    CollabJoin(CollabJoinReply<'a>),
+    /// Result of `collab_leave`.
+    CollabLeave,
+    /// Result of `lock`.
+    Lock {
+        /// The section locked.
+        section: &'a str,
+        /// Who holds it (the connection that asked).
+        holder: MemberId<'a>,
+        /// When it lapses unless renewed: Unix time in milliseconds.
+        expires: u64,
+    },
+    /// Result of `unlock`.
+    Unlock,
+    /// Result of `update`.
+    Update {
+        /// The section's version after the update.
+        version: u64,
+        /// The `op_id` was seen before: nothing was applied again (sent
+        /// only when true).
+        duplicate: bool,
+    },
 }
 
 /// Renders an epoch as the 16-character lowercase hex string used on the

@@ -35,10 +35,17 @@ impl PubData {
             },
             Data::Bytes(b) => PubData {
                 bytes: Bytes::copy_from_slice(b),
-                is_json: serde_json::from_slice::<IgnoredAny>(b).is_ok(),
+                is_json: is_json_text(b),
             },
         }
     }
+}
+
+/// Whether `b` is UTF-8 JSON text: one JSON value, whitespace around it.
+/// (`serde_json::from_slice` alone lets bytes that are not UTF-8 through
+/// inside strings, and those would break the JSON form's text frames.)
+pub fn is_json_text(b: &[u8]) -> bool {
+    std::str::from_utf8(b).is_ok_and(|s| serde_json::from_str::<IgnoredAny>(s).is_ok())
 }
 
 /// A publication as history keeps it and recovery replays it: its offset
@@ -287,6 +294,9 @@ mod tests {
         assert!(PubData::from_data(Data::Bytes(b"{\"a\":1}")).is_json);
         assert!(!PubData::from_data(Data::Bytes(&[0xff, 0xfe])).is_json);
         assert!(PubData::from_data(Data::Json(b"[1]")).is_json);
+        // JSON in shape with a string that is not UTF-8: sent as b64data.
+        assert!(!PubData::from_data(Data::Bytes(b"\"\xff\"")).is_json);
+        assert!(PubData::from_data(Data::Bytes("\"é\"".as_bytes())).is_json);
     }
 
     fn publication(data: &[u8]) -> Publication {

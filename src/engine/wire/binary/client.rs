@@ -4,6 +4,7 @@
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
 use super::Fbb;
+use crate::engine::wire::collab::CollabRole;
 use crate::engine::wire::{Method, epoch_str, proto};
 
 /// Builds a `ClientFrame` (used by tests, the bench client and examples).
@@ -188,6 +189,85 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
         Method::Ping => {
             let r = proto::PingRequest::create(fbb, &proto::PingRequestArgs {});
             (M::Ping, r.as_union_value())
+        }
+        Method::CollabJoin {
+            channel,
+            role,
+            queue,
+            recover,
+            since,
+        } => {
+            let channel = fbb.create_string(channel);
+            let epoch = since.map(|p| fbb.create_string(epoch_str(p.epoch, &mut eb)));
+            let role = match role {
+                CollabRole::Editor => proto::CollabRole::Editor,
+                CollabRole::Viewer => proto::CollabRole::Viewer,
+            };
+            let r = proto::CollabJoinRequest::create(
+                fbb,
+                &proto::CollabJoinRequestArgs {
+                    channel: Some(channel),
+                    role: Some(role),
+                    queue: *queue,
+                    recover: *recover,
+                    epoch,
+                    offset: since.map(|p| p.offset),
+                },
+            );
+            (M::CollabJoin, r.as_union_value())
+        }
+        Method::CollabLeave { channel } => {
+            let channel = Some(fbb.create_string(channel));
+            let r =
+                proto::CollabLeaveRequest::create(fbb, &proto::CollabLeaveRequestArgs { channel });
+            (M::CollabLeave, r.as_union_value())
+        }
+        Method::Lock {
+            channel,
+            section,
+            ttl,
+        } => {
+            let channel = Some(fbb.create_string(channel));
+            let section = Some(fbb.create_string(section));
+            let r = proto::LockRequest::create(
+                fbb,
+                &proto::LockRequestArgs {
+                    channel,
+                    section,
+                    ttl: *ttl,
+                },
+            );
+            (M::Lock, r.as_union_value())
+        }
+        Method::Unlock { channel, section } => {
+            let channel = Some(fbb.create_string(channel));
+            let section = Some(fbb.create_string(section));
+            let r =
+                proto::UnlockRequest::create(fbb, &proto::UnlockRequestArgs { channel, section });
+            (M::Unlock, r.as_union_value())
+        }
+        Method::Update {
+            channel,
+            section,
+            base_version,
+            data,
+            op_id,
+        } => {
+            let channel = Some(fbb.create_string(channel));
+            let section = Some(fbb.create_string(section));
+            let data = Some(fbb.create_vector(data));
+            let op_id = Some(fbb.create_string(op_id));
+            let r = proto::UpdateRequest::create(
+                fbb,
+                &proto::UpdateRequestArgs {
+                    channel,
+                    section,
+                    base_version: Some(*base_version),
+                    data,
+                    op_id,
+                },
+            );
+            (M::Update, r.as_union_value())
         }
     }
 }

@@ -156,6 +156,11 @@ fn bad_parameters_are_107() {
             info: Some(b""),
             ..Default::default()
         }),
+        // JSON in shape, but not UTF-8: it would break JSON text frames.
+        Method::Connect(ConnectParams {
+            info: Some(b"{\"name\":\"\xff\"}"),
+            ..Default::default()
+        }),
     ] {
         let buf = client_frame(&[(1, m.clone())]);
         assert_eq!(one(&buf), Err(ErrorCode::BadRequest), "{m:?}");
