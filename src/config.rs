@@ -11,6 +11,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod collab;
+
 use crate::auth::AuthConfig;
 use crate::engine::access::AccessConfig;
 use crate::engine::channel;
@@ -18,6 +20,7 @@ use crate::engine::namespace::{
     DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority, SubscribeMode,
 };
 use crate::tls::TlsConfig;
+use collab::CollabConfig;
 
 /// Which io driver the shard runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -326,6 +329,10 @@ pub struct Config {
     pub access: AccessConfig,
     /// `[tls]`: native `wss://` (certificate and key files). Default off.
     pub tls: TlsConfig,
+    /// `[collab]`: where live story state is written behind (Redis) and
+    /// how long it stays. Default: `[auth] redis_url` if set, else memory
+    /// only.
+    pub collab: CollabConfig,
 }
 
 impl Default for Config {
@@ -373,6 +380,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             access: AccessConfig::default(),
             tls: TlsConfig::default(),
+            collab: CollabConfig::default(),
         }
     }
 }
@@ -424,7 +432,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The sections whose keys come from `WSEDGE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 3] = ["auth_", "access_", "tls_"];
+const SECTIONS: [&str; 4] = ["auth_", "access_", "tls_", "collab_"];
 
 /// Largest number of shards (home interest sets are 64-bit masks).
 pub const MAX_SHARDS: usize = 64;
@@ -434,6 +442,18 @@ pub const API_KEY_ENV: &str = "WSEDGE_API_KEY";
 
 /// What `to_toml` prints in place of a secret.
 pub const REDACTED: &str = "<redacted>";
+
+/// `url` with what sits between `://` and `@` (user and password)
+/// replaced by [`REDACTED`]; unchanged without credentials.
+pub fn redact_url_credentials(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{REDACTED}@{host}"),
+        None => url.to_owned(),
+    }
+}
 
 impl Namespaces {
     /// The namespaces of `cfg`. Cannot fail for a configuration that passed
@@ -462,8 +482,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // `WSEDGE_AUTH_*`, `WSEDGE_ACCESS_*` and `WSEDGE_TLS_*` set keys of
-        // their sections (`WSEDGE_TLS_CERT_FILE` → `tls.cert_file`).
+        // `WSEDGE_AUTH_*`, `WSEDGE_ACCESS_*`, `WSEDGE_TLS_*` and
+        // `WSEDGE_COLLAB_*` set keys of their sections
+        // (`WSEDGE_TLS_CERT_FILE` → `tls.cert_file`).
         fig = fig.merge(
             Env::prefixed("WSEDGE_")
                 .ignore(&["CONFIG", "API_KEY"])
@@ -472,7 +493,7 @@ impl Config {
                     !SECTIONS.iter().any(|s| k.starts_with(s))
                 }),
         );
-        for section in ["access", "tls"] {
+        for section in ["access", "tls", "collab"] {
             let prefix = format!("WSEDGE_{}_", section.to_ascii_uppercase());
             fig = fig.merge(Env::prefixed(&prefix).map(move |k| format!("{section}.{k}").into()));
         }
@@ -634,6 +655,7 @@ impl Config {
         self.tls
             .validate()
             .map_err(|e| ConfigError(format!("tls: {e}")))?;
+        self.collab.validate().map_err(ConfigError)?;
         Ok(())
     }
 
@@ -657,6 +679,17 @@ impl Config {
         Ok(())
     }
 
+    /// The Redis that story state is written behind to: `[collab]
+    /// redis_url`, else `[auth] redis_url`; `None`: stories live in memory
+    /// only.
+    pub fn story_redis_url(&self) -> Option<&str> {
+        self.collab
+            .redis_url
+            .as_deref()
+            .or(self.auth.redis_url.as_deref())
+            .filter(|u| !u.is_empty())
+    }
+
     /// Shards to run: `shards`, or one per available core.
     pub fn shard_count(&self) -> usize {
         if self.shards > 0 {
@@ -670,7 +703,8 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `check-config`), with
-    /// `api_key` shown as [`REDACTED`]: never print a secret.
+    /// `api_key`, `hmac_secret` and the credentials in Redis URLs shown as
+    /// [`REDACTED`]: never print a secret.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.api_key.is_some() {
@@ -678,6 +712,12 @@ impl Config {
         }
         if shown.auth.hmac_secret.is_some() {
             shown.auth.hmac_secret = Some(REDACTED.into());
+        }
+        for url in [&mut shown.auth.redis_url, &mut shown.collab.redis_url]
+            .into_iter()
+            .flatten()
+        {
+            *url = redact_url_credentials(url);
         }
         toml::to_string_pretty(&shown).expect("config serializes")
     }

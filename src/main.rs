@@ -18,6 +18,7 @@ use wsedge::metrics::Metrics;
 use wsedge::shard::auth::Credentials;
 use wsedge::shard::tls::ktls::ktls_supported;
 use wsedge::shard::{self, Shared, TlsServing};
+use wsedge::sidecar::stories::{StoryOptions, StoryWorker, spawn_story_worker};
 use wsedge::sidecar::tickets::{InboxSink, TicketOptions, TicketWorker, spawn_ticket_worker};
 use wsedge::sidecar::{admin, api};
 use wsedge::tls::{KtlsMode, TlsAcceptorConfig};
@@ -179,6 +180,35 @@ fn credentials(
     Ok((credentials, jwks, worker))
 }
 
+/// The story write-behind worker (`wsedge-stories`), when a Redis is
+/// configured (`[collab] redis_url`, else `[auth] redis_url`); without one
+/// live story state stays in memory only, and the log says so once.
+fn story_worker(
+    config: &Config,
+    inboxes: &Arc<[Arc<wsedge::bridge::Inbox>]>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<StoryWorker>, String> {
+    let Some(url) = config.story_redis_url() else {
+        info!(
+            "no [collab] or [auth] redis_url: live story state stays in memory only and does \
+             not survive a restart of its home shard's node"
+        );
+        return Ok(None);
+    };
+    let opts = StoryOptions {
+        story_ttl: config.collab.story_ttl,
+        ..StoryOptions::default()
+    };
+    let worker = spawn_story_worker(url, opts, InboxSink(inboxes.clone()), metrics.stories())
+        .map_err(|e| format!("story worker: {e}"))?;
+    info!(
+        story_ttl = ?config.collab.story_ttl,
+        from = if config.collab.redis_url.is_some() { "collab.redis_url" } else { "auth.redis_url" },
+        "live story state is written behind to Redis"
+    );
+    Ok(Some(worker))
+}
+
 /// What `[tls]` asks for: the certificate loaded (a bad file stops the
 /// node) and, with `ktls = "auto"`, the kernel probed for kTLS once, here
 /// on the main thread rather than on a shard's first connection.
@@ -277,6 +307,14 @@ fn run(config: Config) -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "cannot set up authentication");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Kept alive for the life of the node; shards get `StoryWorker::client`.
+    let _stories = match story_worker(&config, &inboxes, &metrics) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, "cannot start the story worker");
             return ExitCode::FAILURE;
         }
     };

@@ -10,10 +10,15 @@ pub use crate::engine::router::MsgKind as ShardMsgKind;
 
 pub mod api;
 mod inbox;
+pub mod story;
 pub mod ticket;
 
 pub use api::{ApiAnswer, ApiCall, ApiOp};
 pub use inbox::Inbox;
+pub use story::{
+    LockRecord, SectionRecord, StoryChange, StoryLoad, StoryLoadAnswer, StoryRecord,
+    StoryStoreError, StoryWrite,
+};
 pub use ticket::{TicketAnswer, TicketClaims, TicketError, TicketVerdict};
 
 /// A message between threads.
@@ -26,6 +31,9 @@ pub enum ShardMsg {
     /// From the ticket sidecar: the result of a `connect {ticket}`
     /// redemption for a connection waiting on this shard.
     Ticket(Box<TicketAnswer>),
+    /// From the story sidecar: a story read back from Redis, for the
+    /// shard that asked (`StoryClient::load`).
+    StoryLoaded(Box<StoryLoadAnswer>),
     /// Control → shard: stop accepting and drain every client.
     Drain,
 }
@@ -37,6 +45,7 @@ impl ShardMsg {
             ShardMsg::Router(m) => m.kind(),
             ShardMsg::Api(_) => ShardMsgKind::Api,
             ShardMsg::Ticket(_) => ShardMsgKind::Ticket,
+            ShardMsg::StoryLoaded(_) => ShardMsgKind::StoryLoaded,
             ShardMsg::Drain => ShardMsgKind::Drain,
         }
     }

@@ -408,3 +408,71 @@ fn security_sections_load_from_the_environment_and_unwired_ones_are_refused() {
     let e = c.validate().unwrap_err().0;
     assert!(e.starts_with("tls: "), "{e}");
 }
+
+#[test]
+fn collab_section_from_file_and_environment_with_the_auth_fallback() {
+    figment::Jail::expect_with(|jail| {
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.collab.story_ttl, Duration::from_secs(3600));
+        assert_eq!(c.story_redis_url(), None, "memory only by default");
+        jail.set_env("WSEDGE_AUTH_REDIS_URL", "redis://auth-host:6379");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.story_redis_url(), Some("redis://auth-host:6379"));
+        let c = load_str(
+            jail,
+            "[collab]\nredis_url = \"redis://file:1/2\"\nstory_ttl = \"90m\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(
+            c.story_redis_url(),
+            Some("redis://file:1/2"),
+            "[collab] wins"
+        );
+        assert_eq!(c.collab.story_ttl, Duration::from_secs(5400));
+        jail.set_env("WSEDGE_COLLAB_REDIS_URL", "redis://:pw@env-host:6380/1");
+        jail.set_env("WSEDGE_COLLAB_STORY_TTL", "10m");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.story_redis_url(), Some("redis://:pw@env-host:6380/1"));
+        assert_eq!(c.collab.story_ttl, Duration::from_secs(600));
+        let shown = format!("{:?}", c.collab);
+        assert!(!shown.contains("pw"), "credentials are hidden: {shown}");
+        let toml = c.to_toml();
+        assert!(!toml.contains("pw"), "check-config hides them: {toml}");
+        assert!(
+            toml.contains("redis://<redacted>@env-host:6380/1"),
+            "{toml}"
+        );
+        jail.set_env("WSEDGE_COLLAB_STORY_TTL", "0s");
+        let e = Config::load(None, &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("collab.story_ttl"), "{e}");
+        jail.set_env("WSEDGE_COLLAB_STORY_TTL", "1h");
+        jail.set_env("WSEDGE_COLLAB_UNKNOWN_KEY", "1");
+        let e = Config::load(None, &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("unknown_key"), "{e}");
+        Ok(())
+    });
+    let mut c = Config::default();
+    c.collab.redis_url = Some("http://not-redis".into());
+    let e = c.validate().unwrap_err().0;
+    assert!(e.starts_with("collab.redis_url"), "{e}");
+    c.collab.redis_url = Some("redis://:secret@host".into());
+    c.validate().unwrap();
+    c.collab.redis_url = Some(String::new());
+    assert!(c.validate().unwrap_err().0.contains("empty"));
+    c.collab.redis_url = None;
+    c.collab.story_ttl = collab::MAX_STORY_TTL + Duration::from_secs(1);
+    assert!(c.validate().is_err());
+}
+
+#[test]
+fn redis_url_credentials_are_redacted() {
+    for (url, shown) in [
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://:pw@h:6379", "redis://<redacted>@h:6379"),
+        ("redis://user:p@ss@h", "redis://<redacted>@h"),
+        ("rediss://u@h", "rediss://<redacted>@h"),
+        ("not a url @ all", "not a url @ all"),
+    ] {
+        assert_eq!(redact_url_credentials(url), shown, "{url}");
+    }
+}

@@ -14,7 +14,7 @@ use super::conn::Conn;
 use super::core::{Shard, client_id, slot, slot_ref};
 use super::peers::Peers;
 use super::write::WriteQueue;
-use crate::bridge::ShardMsg;
+use crate::bridge::{ShardMsg, StoryLoadAnswer};
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::outbox::{Frame, OverBudget};
 use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest, Who};
@@ -413,8 +413,22 @@ impl Shard {
             }
             ShardMsg::Api(call) => self.handle_api(*call),
             ShardMsg::Ticket(answer) => self.on_ticket(*answer),
+            ShardMsg::StoryLoaded(answer) => self.on_story_loaded(*answer),
             ShardMsg::Drain => self.start_drain(),
         }
+    }
+
+    /// The story sidecar's answer to a `StoryClient::load` this shard
+    /// made. No story session asks yet (issue 9 wires them into the
+    /// home), so an answer can only be stale: it is dropped with a debug
+    /// line.
+    pub(crate) fn on_story_loaded(&mut self, answer: StoryLoadAnswer) {
+        tracing::debug!(
+            request = answer.request,
+            channel = %answer.channel,
+            ok = answer.result.is_ok(),
+            "story load answered with no session waiting for it"
+        );
     }
 
     /// Queues a data frame for `c`, dropping the connection as a slow

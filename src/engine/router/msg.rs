@@ -291,13 +291,15 @@ pub enum MsgKind {
     Api,
     /// A ticket redemption's answer (the shell's, from the ticket sidecar).
     Ticket,
+    /// A story read back from Redis (the shell's, from the story sidecar).
+    StoryLoaded,
     /// The shell's control message that starts a drain.
     Drain,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 15] = [
+    pub const ALL: [MsgKind; 16] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::Publish,
@@ -312,6 +314,7 @@ impl MsgKind {
         MsgKind::PresenceQuery,
         MsgKind::Api,
         MsgKind::Ticket,
+        MsgKind::StoryLoaded,
         MsgKind::Drain,
     ];
 
@@ -332,6 +335,7 @@ impl MsgKind {
             MsgKind::PresenceQuery => "presence_query",
             MsgKind::Api => "api",
             MsgKind::Ticket => "ticket",
+            MsgKind::StoryLoaded => "story_loaded",
             MsgKind::Drain => "drain",
         }
     }
