@@ -53,11 +53,27 @@ pub enum ErrorCode {
     /// 116: the token's `exp` has passed; get a new token and retry
     /// (`connect`, `subscribe`) or send it with `refresh`/`sub_refresh`.
     TokenExpired,
+    /// 117: the story has its maximum of editors; retry later, join as a
+    /// viewer, or join with `queue: true`.
+    EditorsFull,
+    /// 118: another member holds the section's lock (the error carries the
+    /// holder).
+    SectionLocked,
+    /// 119: `base_version` is not the section's version and the namespace
+    /// rejects conflicts (the error carries the current version and data).
+    VersionConflict,
+    /// 120: only an editor of the story may do this (lock, unlock, update).
+    NotEditor,
+    /// 121: a story limit was reached (sections, bytes, the editor queue,
+    /// stories on the node).
+    StoryLimit,
+    /// 122: the channel's namespace is not collaborative.
+    NotCollaborative,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -75,6 +91,12 @@ impl ErrorCode {
         ErrorCode::TooManyRequests,
         ErrorCode::UnrecoverablePosition,
         ErrorCode::TokenExpired,
+        ErrorCode::EditorsFull,
+        ErrorCode::SectionLocked,
+        ErrorCode::VersionConflict,
+        ErrorCode::NotEditor,
+        ErrorCode::StoryLimit,
+        ErrorCode::NotCollaborative,
     ];
 
     /// The numeric code on the wire.
@@ -97,6 +119,12 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => 114,
             ErrorCode::UnrecoverablePosition => 115,
             ErrorCode::TokenExpired => 116,
+            ErrorCode::EditorsFull => 117,
+            ErrorCode::SectionLocked => 118,
+            ErrorCode::VersionConflict => 119,
+            ErrorCode::NotEditor => 120,
+            ErrorCode::StoryLimit => 121,
+            ErrorCode::NotCollaborative => 122,
         }
     }
 
@@ -120,6 +148,12 @@ impl ErrorCode {
             ErrorCode::TooManyRequests => "too many requests",
             ErrorCode::UnrecoverablePosition => "unrecoverable position",
             ErrorCode::TokenExpired => "token expired",
+            ErrorCode::EditorsFull => "editors full",
+            ErrorCode::SectionLocked => "section locked",
+            ErrorCode::VersionConflict => "version conflict",
+            ErrorCode::NotEditor => "not an editor",
+            ErrorCode::StoryLimit => "story limit reached",
+            ErrorCode::NotCollaborative => "not a collaborative channel",
         }
     }
 
@@ -132,6 +166,7 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::TooManyRequests
                 | ErrorCode::TokenExpired
+                | ErrorCode::EditorsFull
         )
     }
 }
