@@ -155,13 +155,7 @@ impl Run {
             }
             61..68 => {
                 let slot = self.pick_slot();
-                let member = self.member(slot);
-                if let Err(e) = self
-                    .story
-                    .unlock(member, section, self.now, &mut self.events)
-                {
-                    self.refused(&e);
-                }
+                self.unlock(slot, section)
             }
             68..95 => {
                 let slot = self.pick_slot();
@@ -232,6 +226,7 @@ impl Run {
             _ => Some(Duration::from_millis(self.rng.random_range(1..6_000))),
         };
         let member = self.member(slot);
+        let prior = self.live_lock(section);
         match self
             .story
             .lock(member, section, ttl, self.now, &mut self.events)
@@ -239,8 +234,55 @@ impl Run {
             Ok(ok) => {
                 assert_eq!(ok.holder, self.who(slot), "{}", self.ctx());
                 assert!(ok.expires_ms > self.now && ok.expires_ms <= self.now + 4_000);
+                assert!(
+                    prior.is_none_or(|(m, _)| m == Some(member)),
+                    "lock granted over another holder {}",
+                    self.ctx()
+                );
             }
-            Err(e) => self.refused(&e),
+            Err(e) => {
+                self.check_locked(&e, prior, member);
+                self.refused(&e);
+            }
+        }
+    }
+
+    fn unlock(&mut self, slot: u32, section: &str) {
+        let member = self.member(slot);
+        let prior = self.live_lock(section);
+        match self
+            .story
+            .unlock(member, section, self.now, &mut self.events)
+        {
+            Ok(true) => assert_eq!(prior.map(|p| p.0), Some(Some(member)), "{}", self.ctx()),
+            Ok(false) => assert!(prior.is_none(), "{}", self.ctx()),
+            Err(e) => {
+                if let CollabError::NotHolder { holder } = &e {
+                    let (m, h) = prior.clone().expect("not holder of a free section");
+                    assert!(m != Some(member) && *holder == h, "{}", self.ctx());
+                }
+                self.refused(&e);
+            }
+        }
+    }
+
+    /// The lock of `section` that holds now: its member and holder.
+    fn live_lock(&self, section: &str) -> Option<(Option<MemberId>, ClientInfo)> {
+        let lock = self.story.sections.get(section)?.lock.as_ref()?;
+        lock.holds_at(self.now)
+            .then(|| (lock.member, lock.holder.clone()))
+    }
+
+    /// A `SectionLocked` refusal names a live lock held by someone else.
+    fn check_locked(
+        &self,
+        e: &CollabError,
+        prior: Option<(Option<MemberId>, ClientInfo)>,
+        member: MemberId,
+    ) {
+        if let CollabError::SectionLocked { holder } = e {
+            let (m, h) = prior.expect("section locked without a lock");
+            assert!(m != Some(member) && *holder == h, "{}", self.ctx());
         }
     }
 
@@ -266,6 +308,7 @@ impl Run {
         });
         let key = op.as_deref().map(|o| OpModel::key(&who, o));
         let remembered = key.as_ref().and_then(|k| self.ops.applied.get(k).cloned());
+        let prior = self.live_lock(section);
         let result = self.story.update(
             member,
             section,
@@ -334,6 +377,7 @@ impl Run {
             }
             Err(e) => {
                 assert!(own.is_empty(), "a refusal sent events {}", self.ctx());
+                self.check_locked(&e, prior, member);
                 match &e {
                     CollabError::OpIdReused => {
                         let (s, _) = remembered.expect("reuse of an op_id not held");
