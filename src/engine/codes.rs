@@ -53,20 +53,19 @@ pub enum ErrorCode {
     /// 116: the token's `exp` has passed; get a new token and retry
     /// (`connect`, `subscribe`) or send it with `refresh`/`sub_refresh`.
     TokenExpired,
-    /// 117: the story already has its maximum number of editors; join as a
-    /// viewer, queue (`queue: true`) or retry later.
+    /// 117: the story has its maximum of editors; retry later, join as a
+    /// viewer, or join with `queue: true`.
     EditorsFull,
-    /// 118: another connection holds the section's lock (the error carries
-    /// the holder).
+    /// 118: another member holds the section's lock (the error carries the
+    /// holder).
     SectionLocked,
-    /// 119: the update's `base_version` is not the section's current
-    /// version in a namespace with `conflict = "reject"` (the error carries
-    /// the current version and data; rebase and resend).
+    /// 119: `base_version` is not the section's version and the namespace
+    /// rejects conflicts (the error carries the current version and data).
     VersionConflict,
-    /// 120: the command needs the connection to be an editor of the story.
+    /// 120: only an editor of the story may do this (lock, unlock, update).
     NotEditor,
-    /// 121: a story bound was reached (stories per node, sections per
-    /// story, bytes per section, queued updates).
+    /// 121: a story limit was reached (sections, bytes, the editor queue,
+    /// stories on the node).
     StoryLimit,
     /// 122: the channel's namespace is not collaborative.
     NotCollaborative,

@@ -9,6 +9,8 @@
 //!   proxies, PROXY v2, origins, per-IP and per-user limits).
 //! - [`wire`]: wire protocol v1 (JSON and FlatBuffers forms).
 //! - [`codes`]: the catalogue of error and close codes.
+//! - [`collab`]: live story sessions (editors, queue, section locks,
+//!   versioned updates with conflict alerts) and a shard's table of them.
 //! - [`channel`]: channel name rules.
 //! - [`namespace`]: per-namespace channel options and the lookup from a
 //!   channel name.
@@ -30,6 +32,7 @@
 pub mod access;
 pub mod channel;
 pub mod codes;
+pub mod collab;
 pub mod heartbeat;
 pub mod history;
 pub mod hub;

@@ -1,0 +1,414 @@
+//! Joining, leaving, the editor cap and the queue.
+
+use super::*;
+use crate::engine::codes::ErrorCode;
+use crate::engine::collab::{CollabError, DirectedEvent, JoinAs};
+
+fn cfg() -> CollabConfig {
+    CollabConfig::default()
+}
+
+fn join(
+    s: &mut Story,
+    i: u32,
+    role: JoinAs,
+    queue: bool,
+    now: u64,
+) -> Result<super::super::JoinOk, CollabError> {
+    let mut ev = Vec::new();
+    s.join(m(i), &who(i), role, queue, now, &mut ev)
+}
+
+#[test]
+fn the_eleventh_editor_is_refused_unless_it_queues() {
+    let mut s = story(cfg());
+    let mut ev = Vec::new();
+    for i in 0..10 {
+        let ok = s
+            .join(m(i), &who(i), JoinAs::Editor, false, 0, &mut ev)
+            .unwrap();
+        assert_eq!((ok.role, ok.position), (Role::Editor, None));
+        assert_eq!(ok.editors.len(), i as usize + 1);
+    }
+    assert_eq!(ev.len(), 10, "one Join each");
+    ev.clear();
+    let err = s
+        .join(m(10), &who(10), JoinAs::Editor, false, 0, &mut ev)
+        .unwrap_err();
+    assert_eq!(err, CollabError::EditorsFull);
+    assert_eq!(err.code(), ErrorCode::EditorsFull);
+    assert_eq!(err.code().code(), 117);
+    assert!(err.code().temporary());
+    assert!(ev.is_empty(), "a refusal sends nothing");
+    assert_eq!((s.member_count(), s.editor_count()), (10, 10));
+
+    // With queue: a place in line, visible to everyone as a queued join.
+    let ok = s
+        .join(m(10), &who(10), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    assert_eq!(
+        (ok.role, ok.position, ok.queued),
+        (Role::Queued, Some(1), 1)
+    );
+    let ok = s
+        .join(m(11), &who(11), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    assert_eq!(
+        (ok.role, ok.position, ok.queued),
+        (Role::Queued, Some(2), 2)
+    );
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Join {
+                who: who(10),
+                role: Role::Queued
+            },
+            CollabEvent::Join {
+                who: who(11),
+                role: Role::Queued
+            },
+        ]
+    );
+    // Editors in the snapshot are in slot order.
+    let editors: Vec<_> = ok.editors.iter().map(|w| w.client.clone()).collect();
+    let expected: Vec<Arc<str>> = (0..10).map(|i| format!("c{i}").into()).collect();
+    assert_eq!(editors, expected);
+    check_invariants(&s, 0);
+}
+
+#[test]
+fn viewers_are_unlimited_and_do_not_take_slots() {
+    let mut s = story(cfg());
+    for i in 0..10 {
+        join(&mut s, i, JoinAs::Editor, false, 0).unwrap();
+    }
+    for i in 100..1100 {
+        let ok = join(&mut s, i, JoinAs::Viewer, false, 0).unwrap();
+        assert_eq!(ok.role, Role::Viewer);
+    }
+    assert_eq!(
+        (s.viewer_count(), s.editor_count(), s.member_count()),
+        (1000, 10, 1010)
+    );
+    let ok = s.snapshot(m(5)).unwrap();
+    assert_eq!((ok.viewers, ok.editors.len()), (1000, 10));
+    check_invariants(&s, 0);
+}
+
+#[test]
+fn queue_promotes_in_order_on_leave_and_on_disconnect() {
+    let c = CollabConfig {
+        max_editors: 2,
+        ..cfg()
+    };
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
+    join(&mut s, 1, JoinAs::Editor, false, 0).unwrap();
+    for i in 2..5 {
+        join(&mut s, i, JoinAs::Editor, true, 0).unwrap();
+    }
+    assert_eq!(s.snapshot(m(4)).unwrap().position, Some(3));
+
+    // Leave: the first in line gets the slot.
+    assert!(s.leave(m(0), 10, &mut ev));
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Leave { who: who(0) },
+            CollabEvent::Join {
+                who: who(2),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(2),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+        ]
+    );
+    assert_eq!(s.role(m(2)), Some(Role::Editor));
+    assert_eq!(s.snapshot(m(3)).unwrap().position, Some(1));
+    assert_eq!(s.snapshot(m(4)).unwrap().position, Some(2));
+    check_invariants(&s, 10);
+
+    // Disconnect does the same.
+    ev.clear();
+    assert!(s.disconnect(m(1), 20, &mut ev));
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Leave { who: who(1) },
+            CollabEvent::Join {
+                who: who(3),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(3),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+        ]
+    );
+    // A queued member leaving frees nothing and promotes nobody.
+    ev.clear();
+    assert!(s.leave(m(4), 30, &mut ev));
+    assert_eq!(ev, vec![CollabEvent::Leave { who: who(4) }]);
+    // Leaving twice is harmless.
+    ev.clear();
+    assert!(!s.leave(m(4), 31, &mut ev));
+    assert!(!s.disconnect(m(0), 31, &mut ev));
+    assert!(ev.is_empty());
+    check_invariants(&s, 31);
+}
+
+#[test]
+fn a_full_queue_refuses() {
+    let c = CollabConfig {
+        max_editors: 1,
+        queue_max: 2,
+        ..cfg()
+    };
+    let mut s = story(c);
+    join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
+    join(&mut s, 1, JoinAs::Editor, true, 0).unwrap();
+    join(&mut s, 2, JoinAs::Editor, true, 0).unwrap();
+    let err = join(&mut s, 3, JoinAs::Editor, true, 0).unwrap_err();
+    assert_eq!(err, CollabError::QueueFull);
+    assert_eq!(err.code(), ErrorCode::StoryLimit);
+    assert_eq!(err.code().code(), 121);
+    assert_eq!(
+        s.member_count(),
+        3,
+        "the refused member is not in the story"
+    );
+    // A viewer may still join, and then ask in vain for a slot.
+    join(&mut s, 3, JoinAs::Viewer, false, 0).unwrap();
+    assert_eq!(
+        join(&mut s, 3, JoinAs::Editor, true, 0).unwrap_err(),
+        CollabError::QueueFull
+    );
+    assert_eq!(
+        s.role(m(3)),
+        Some(Role::Viewer),
+        "a refused role change changes nothing"
+    );
+    check_invariants(&s, 0);
+}
+
+#[test]
+fn joining_again_changes_the_role() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
+    join(&mut s, 1, JoinAs::Editor, true, 0).unwrap();
+    join(&mut s, 2, JoinAs::Viewer, false, 0).unwrap();
+
+    // The same role again: the snapshot again, nothing sent.
+    let ok = s
+        .join(m(0), &who(0), JoinAs::Editor, false, 1, &mut ev)
+        .unwrap();
+    assert_eq!(ok.role, Role::Editor);
+    let ok = s
+        .join(m(1), &who(1), JoinAs::Editor, false, 1, &mut ev)
+        .unwrap();
+    assert_eq!((ok.role, ok.position), (Role::Queued, Some(1)));
+    s.join(m(2), &who(2), JoinAs::Viewer, false, 1, &mut ev)
+        .unwrap();
+    assert!(ev.is_empty());
+
+    // Viewer asking for a slot while full without queue: refused, unchanged.
+    assert_eq!(
+        s.join(m(2), &who(2), JoinAs::Editor, false, 1, &mut ev)
+            .unwrap_err(),
+        CollabError::EditorsFull
+    );
+    // The editor steps down: its lock goes at once, the queue moves up.
+    s.lock(m(0), "intro", None, 2, &mut ev).unwrap();
+    ev.clear();
+    let ok = s
+        .join(m(0), &who(0), JoinAs::Viewer, false, 3, &mut ev)
+        .unwrap();
+    assert_eq!(ok.role, Role::Viewer);
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Lock {
+                section: "intro".into(),
+                holder: None
+            },
+            CollabEvent::Join {
+                who: who(0),
+                role: Role::Viewer
+            },
+            CollabEvent::Join {
+                who: who(1),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(1),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+        ]
+    );
+    assert_eq!(s.lock_count(), 0);
+    // A queued member may settle for viewing.
+    join(&mut s, 3, JoinAs::Editor, true, 4).unwrap();
+    ev.clear();
+    let ok = s
+        .join(m(3), &who(3), JoinAs::Viewer, false, 5, &mut ev)
+        .unwrap();
+    assert_eq!((ok.role, ok.queued), (Role::Viewer, 0));
+    assert_eq!(
+        ev,
+        vec![CollabEvent::Join {
+            who: who(3),
+            role: Role::Viewer
+        }]
+    );
+    // A viewer takes a free slot.
+    s.leave(m(1), 6, &mut ev);
+    ev.clear();
+    let ok = s
+        .join(m(2), &who(2), JoinAs::Editor, false, 7, &mut ev)
+        .unwrap();
+    assert_eq!((ok.role, ok.viewers), (Role::Editor, 2));
+    assert_eq!(
+        ev,
+        vec![CollabEvent::Join {
+            who: who(2),
+            role: Role::Editor
+        }]
+    );
+    check_invariants(&s, 7);
+}
+
+#[test]
+fn idleness_follows_the_last_member() {
+    let mut s = story(cfg());
+    let idle = cfg().idle_evict.as_millis() as u64;
+    assert!(!s.is_idle(idle - 1));
+    assert!(s.is_idle(idle), "an unused story is idle after idle_evict");
+    join(&mut s, 0, JoinAs::Viewer, false, 100).unwrap();
+    assert!(!s.is_idle(10 * idle));
+    let mut ev = Vec::new();
+    s.leave(m(0), 5_000, &mut ev);
+    assert_eq!(s.empty_since(), Some(5_000));
+    assert!(!s.is_idle(5_000 + idle - 1));
+    assert!(s.is_idle(5_000 + idle));
+}
+
+#[test]
+fn config_validation_names_the_key() {
+    assert_eq!(CollabConfig::default().validate(), Ok(()));
+    let bad = [
+        (
+            CollabConfig {
+                max_editors: 0,
+                ..cfg()
+            },
+            "max_editors",
+        ),
+        (
+            CollabConfig {
+                max_sections: 0,
+                ..cfg()
+            },
+            "max_sections",
+        ),
+        (
+            CollabConfig {
+                max_stories: 0,
+                ..cfg()
+            },
+            "max_stories",
+        ),
+        (
+            CollabConfig {
+                max_section_bytes: 10,
+                max_story_bytes: 9,
+                ..cfg()
+            },
+            "max_section_bytes",
+        ),
+        (
+            CollabConfig {
+                lock_ttl: std::time::Duration::from_secs(301),
+                ..cfg()
+            },
+            "lock_ttl",
+        ),
+        (
+            CollabConfig {
+                lock_grace: std::time::Duration::ZERO,
+                ..cfg()
+            },
+            "lock_grace",
+        ),
+        (
+            CollabConfig {
+                idle_evict: std::time::Duration::from_secs(100_000),
+                ..cfg()
+            },
+            "idle_evict",
+        ),
+    ];
+    for (c, key) in bad {
+        let err = c.validate().unwrap_err();
+        assert!(err.contains(key), "{err} should name {key}");
+    }
+    // Zero queue and zero op window are allowed: no queue, no dedupe.
+    let ok = CollabConfig {
+        queue_max: 0,
+        op_id_window: 0,
+        ..cfg()
+    };
+    assert_eq!(ok.validate(), Ok(()));
+}
+
+#[test]
+fn error_codes_are_the_documented_ones() {
+    use crate::engine::collab::CollabError as E;
+    let cases = [
+        (E::EditorsFull, 117),
+        (E::SectionLocked { holder: who(1) }, 118),
+        (E::NotHolder { holder: who(1) }, 118),
+        (
+            E::VersionConflict {
+                version: 1,
+                data: bytes::Bytes::new(),
+            },
+            119,
+        ),
+        (
+            E::BadVersion {
+                version: 1,
+                data: bytes::Bytes::new(),
+            },
+            119,
+        ),
+        (E::NotEditor, 120),
+        (E::NotMember, 120),
+        (E::QueueFull, 121),
+        (E::TooManySections, 121),
+        (E::TooLarge, 121),
+        (E::TooManyStories, 121),
+        (E::BadSection, 107),
+        (E::BadOpId, 107),
+        (E::BadTtl, 107),
+        (E::OpIdReused, 107),
+    ];
+    for (e, code) in cases {
+        assert_eq!(e.code().code(), code, "{e:?}");
+        assert!(!e.to_string().is_empty());
+        assert_eq!(e.code().temporary(), code == 117, "{e:?}");
+    }
+    assert_eq!(ErrorCode::NotCollaborative.code(), 122);
+    assert_eq!(
+        ErrorCode::NotCollaborative.message(),
+        "not a collaborative channel"
+    );
+}
