@@ -344,6 +344,11 @@ impl Run {
                     "a resend applied twice {}",
                     self.ctx()
                 );
+                assert!(
+                    prior.is_none_or(|(m, _)| m == Some(member)),
+                    "update over another's lock {}",
+                    self.ctx()
+                );
                 assert_eq!(version, current + 1, "versions go +1 {}", self.ctx());
                 assert_eq!(self.story.version(section), version);
                 let stale = base < current;
