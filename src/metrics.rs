@@ -128,6 +128,7 @@ pub struct Metrics {
     ticket_dropped: Counter,
     ticket_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
     tls: tls::TlsFamilies,
+    ops: ops::OpsFamilies,
 }
 
 impl Default for Metrics {
@@ -347,6 +348,7 @@ impl Metrics {
                 Gauge::default()
             ),
             tls: tls::TlsFamilies::register(&mut r),
+            ops: ops::OpsFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -841,7 +843,9 @@ impl ShardMetrics {
     }
 }
 
+mod ops;
 mod tls;
+pub use ops::LivenessMetrics;
 pub use tls::{TlsHandshake, TlsShardMetrics};
 
 #[cfg(test)]
