@@ -91,7 +91,7 @@ fn a_stalled_shard_stops_the_pings_until_it_turns_again() {
     let after_gap = pings.iter().filter(|&&t| t > detected).count();
     assert!(before.len() >= 2, "{:?}", sock.seen);
     assert!(
-        longest_gap(&before) < Duration::from_millis(900),
+        longest_gap(&before) < Duration::from_millis(1200),
         "{:?}",
         longest_gap(&before)
     );

@@ -63,7 +63,12 @@ impl Watch {
                 self.liveness.finished(i);
                 continue;
             }
-            match self.liveness.observe(now, i, self.shared.turns.read(i)) {
+            let change = self.liveness.observe(now, i, self.shared.turns.read(i));
+            // The age first, so a scrape that sees the stall counted sees
+            // the age that caused it.
+            self.metrics
+                .turn_age(i, self.liveness.idle(i, now).as_secs_f64());
+            match change {
                 Some(Change::Stalled { shard, idle }) => {
                     self.metrics.stalled(shard);
                     error!(
@@ -82,8 +87,6 @@ impl Watch {
                 }
                 None => {}
             }
-            self.metrics
-                .turn_age(i, self.liveness.idle(i, now).as_secs_f64());
         }
         if !self.ready_sent && !self.stopping && self.shared.ready() {
             self.ready_sent = true;
