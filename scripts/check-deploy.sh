@@ -12,6 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$PWD/$target ;; esac
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -40,7 +41,7 @@ promtool check rules "$tmp/dashboard-rules.yml"
 
 if command -v systemd-analyze >/dev/null; then
   # The unit as installed, but pointing at the binary just built.
-  sed "s#/usr/local/bin/wsedge#$PWD/$target/release/wsedge#g" systemd/wsedge.service \
+  sed "s#/usr/local/bin/wsedge#$target/release/wsedge#g" systemd/wsedge.service \
     > "$tmp/wsedge.service"
   systemd-analyze verify "$tmp/wsedge.service"
   # Exposure 1.4 today (docs/OPERATIONS.md); fail if hardening is lost.
