@@ -8,8 +8,9 @@
 // with offsets counted per channel.
 //
 // Design: Bun.serve with `websocket: { open, message, close }`; a channel
-// is a Bun topic (`ws.subscribe(channel)`), a Map of channel -> { offset }
-// keeps the offsets; a publication is JSON.stringify'd once and sent to
+// is a Bun topic (`ws.subscribe(channel)`, `ws.isSubscribed(channel)` for
+// the already/not-subscribed errors), a Map of channel -> { offset } keeps
+// the offsets; a publication is JSON.stringify'd once and sent to
 // every subscriber with `server.publish(channel, str)` (uWebSockets frames
 // it once and writes it to each subscriber, corked). Slow consumers are
 // dropped like wsedge drops a connection over its 1 MiB outbound budget:
@@ -68,20 +69,18 @@ function execute(ws, session, cmd) {
   if (cmd.subscribe !== undefined) {
     const name = cmd.subscribe.channel;
     if (typeof name !== 'string') return error(id, 107, 'bad request');
-    if (session.channels.has(name)) return error(id, 105, 'already subscribed');
+    if (ws.isSubscribed(name)) return error(id, 105, 'already subscribed');
     let ch = channels.get(name);
     if (!ch) {
       ch = { offset: 0 };
       channels.set(name, ch);
     }
     ws.subscribe(name);
-    session.channels.add(name);
     return { id, subscribe: { epoch, offset: ch.offset } };
   }
   if (cmd.unsubscribe !== undefined) {
     const name = cmd.unsubscribe.channel;
-    if (!session.channels.has(name)) return error(id, 108, 'not subscribed');
-    session.channels.delete(name);
+    if (!ws.isSubscribed(name)) return error(id, 108, 'not subscribed');
     ws.unsubscribe(name);
     return { id, unsubscribe: {} };
   }
@@ -114,7 +113,9 @@ server = Bun.serve({
   port: opts.port,
   fetch(req, srv) {
     const headers = offersProtocol(req) ? { 'Sec-WebSocket-Protocol': PROTOCOL } : undefined;
-    const data = { connected: false, channels: new Set() };
+    // The session is one flag: Bun keeps each socket's topics itself
+    // (`ws.isSubscribed`) and drops them when it closes.
+    const data = { connected: false };
     if (srv.upgrade(req, { headers, data })) return undefined;
     return new Response('WebSocket upgrade expected', { status: 426 });
   },
@@ -140,9 +141,8 @@ server = Bun.serve({
       }
       if (out.length > 0) ws.send(out.join('\n'));
     },
-    close(ws) {
+    close() {
       // Bun unsubscribes a closed socket from its topics itself.
-      ws.data.channels.clear();
     },
   },
 });
