@@ -24,7 +24,7 @@ RESULTS = HERE / "results"
 PLOTS = HERE / "plots"
 MATPLOTLIB = "matplotlib==3.9.4"
 
-TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws"]
+TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws", "bun"]
 COLORS = {
     "wsedge": "#d62728",
     "wsedge --shards 2": "#ff9896",
@@ -32,6 +32,7 @@ COLORS = {
     "tokio-fastws": "#1f77b4",
     "tokio-tungstenite": "#2ca02c",
     "node-ws": "#9467bd",
+    "bun": "#8c564b",
 }
 
 
@@ -278,7 +279,7 @@ def plot_compression(plt, data):
             ("cpu_per_recv", "server CPU per delivered message, ns"),
             ("recv_per_s", "delivered messages/s")]
     groups = []
-    for t in ["wsedge", "node-ws"]:
+    for t in ["wsedge", "node-ws", "bun"]:
         for rate in [20, "flat"]:
             groups.append((t, rate))
     for ax, (key, title) in zip(axes, keys):

@@ -18,8 +18,8 @@ only="${ONLY:-}"
 cargo build --release --quiet --manifest-path "$here/../Cargo.toml" || exit 1
 cargo build --release --quiet --manifest-path "$here/Cargo.toml" || exit 1
 export SKIP_BUILD=1
-targets=(wsedge tokio-fastws tokio-tungstenite node-ws)
-baselines=(tokio-fastws tokio-tungstenite node-ws)
+targets=(wsedge tokio-fastws tokio-tungstenite node-ws bun)
+baselines=(tokio-fastws tokio-tungstenite node-ws bun)
 
 jobs=()
 add() { jobs+=("|$*"); }
@@ -71,7 +71,7 @@ if want storm; then
   done
 fi
 if want compression; then
-  for t in wsedge node-ws; do
+  for t in wsedge node-ws bun; do
     for d in on off; do
       add compression --target "$t" --deflate "$d" --subs 1000 --duration 5 --rate 20
       # Flat out, 1 subscriber in 100 inflates and verifies every push;

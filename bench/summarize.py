@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws"]
+TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws", "bun"]
 
 
 def load(workload):

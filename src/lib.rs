@@ -12,6 +12,8 @@
 //! - [`tls`]: the `[tls]` section, certificates and their reload (the
 //!   per-connection side is `shard::tls`).
 //! - [`tune`]: the kernel preflight behind `wsedge tune --check`.
+//! - [`service`]: systemd notifications and watchdog, and `SIGHUP`
+//!   reloads (the main thread's side of operating a node).
 //!
 //! See docs/ARCHITECTURE.md for the design and docs/PROTOCOL.md for the
 //! wire contract.
@@ -23,6 +25,7 @@ pub mod bridge;
 pub mod config;
 pub mod engine;
 pub mod metrics;
+pub mod service;
 pub mod shard;
 pub mod sidecar;
 pub mod tls;

@@ -15,6 +15,7 @@ use wsedge::auth::{AuthMode, JwksRefresher, RefreshOptions, Verifier};
 use wsedge::bridge::ShardMsg;
 use wsedge::config::{Config, Driver, LogFormat, Overrides};
 use wsedge::metrics::Metrics;
+use wsedge::service::{LogFilterReload, Notifier, Reloader, Watch};
 use wsedge::shard::auth::Credentials;
 use wsedge::shard::tls::ktls::ktls_supported;
 use wsedge::shard::{self, Shared, TlsServing};
@@ -75,7 +76,9 @@ enum Cmd {
     },
 }
 
-fn init_logging(cfg: &Config) {
+/// Installs the global log subscriber; returns what replaces its filter on
+/// `SIGHUP` (`log_level`).
+fn init_logging(cfg: &Config) -> LogFilterReload {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
@@ -83,9 +86,28 @@ fn init_logging(cfg: &Config) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cfg.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            filter_reload(handle)
+        }
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            filter_reload(handle)
+        }
     }
+}
+
+fn filter_reload<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> LogFilterReload {
+    Box::new(move |level| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 fn main() -> ExitCode {
@@ -134,7 +156,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Some(Cmd::Run) | None => run(config),
+        Some(Cmd::Run) | None => run(config, cli.config, overrides),
     }
 }
 
@@ -241,27 +263,8 @@ fn tls_serving(config: &Config, metrics: &Metrics) -> Result<Option<TlsServing>,
     }))
 }
 
-/// SIGHUP: reloads the certificate and key. New connections get the new
-/// ones; open connections keep theirs; a failure keeps the current ones.
-fn reload(tls: Option<&TlsServing>, metrics: &Metrics) {
-    let Some(tls) = tls else {
-        info!("SIGHUP: nothing to reload (TLS is off)");
-        return;
-    };
-    match tls.acceptor.reload() {
-        Ok(()) => {
-            metrics.tls_reload(true);
-            info!(reloads = tls.acceptor.reloads(), "TLS certificate reloaded");
-        }
-        Err(e) => {
-            metrics.tls_reload(false);
-            error!(error = %e, "TLS reload failed; keeping the current certificate");
-        }
-    }
-}
-
-fn run(config: Config) -> ExitCode {
-    init_logging(&config);
+fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
+    let log_filter = init_logging(&config);
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(&config));
@@ -365,13 +368,31 @@ fn run(config: Config) -> ExitCode {
         "listening"
     );
 
+    let mut reloader = Reloader::new(
+        file,
+        overrides,
+        (*config).clone(),
+        Some(log_filter),
+        shared.clone(),
+        metrics.clone(),
+        tls,
+    );
+    let mut watch = Watch::new(
+        shared.clone(),
+        &metrics,
+        Notifier::from_env(),
+        Instant::now(),
+    );
+
     // Run until a signal, or until a shard dies (then exit non-zero so the
     // supervisor restarts the node).
     loop {
         let mut stop = None;
         for sig in signals.pending() {
             if sig == SIGHUP {
-                reload(tls.as_ref(), &metrics);
+                watch.reloading();
+                let outcome = reloader.reload();
+                watch.reloaded(&outcome.summary());
             } else {
                 stop = Some(sig);
             }
@@ -384,9 +405,11 @@ fn run(config: Config) -> ExitCode {
             error!(shard = i, "a shard stopped unexpectedly; exiting");
             return ExitCode::FAILURE;
         }
+        watch.tick(Instant::now(), |_| false);
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    watch.stopping();
     shared.draining.store(true, Ordering::Relaxed);
     for (i, inbox) in shards.inboxes.iter().enumerate() {
         // Drain must get through even if an inbox is momentarily full; a
@@ -403,27 +426,36 @@ fn run(config: Config) -> ExitCode {
         }
     }
     // A second stop signal exits at once; SIGHUP still reloads.
-    let reload_metrics = metrics.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
             if sig == SIGHUP {
-                reload(tls.as_ref(), &reload_metrics);
+                reloader.reload();
                 continue;
             }
             warn!(signal = sig, "second signal: exiting now");
             std::process::exit(1);
         }
     });
+    // Wait for every shard to drain, still watching the ones that have
+    // not finished (the watchdog keeps its pings while they turn).
     let grace = config.drain_timeout + Duration::from_secs(5);
     let deadline = Instant::now() + grace;
-    for t in shards.threads {
-        while !t.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+    let threads = shards.threads;
+    loop {
+        let now = Instant::now();
+        if threads.iter().all(|t| t.is_finished()) {
+            break;
         }
+        if now >= deadline {
+            warn!("a shard did not finish draining in time");
+            break;
+        }
+        watch.tick(now, |i| threads[i].is_finished());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for t in threads {
         if t.is_finished() {
             let _ = t.join();
-        } else {
-            warn!("a shard did not finish draining in time");
         }
     }
     info!("drained; exiting");

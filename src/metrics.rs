@@ -129,6 +129,7 @@ pub struct Metrics {
     ticket_in_flight: Gauge<i64, std::sync::atomic::AtomicI64>,
     tls: tls::TlsFamilies,
     stories: stories::StoryFamilies,
+    ops: ops::OpsFamilies,
 }
 
 impl Default for Metrics {
@@ -349,6 +350,7 @@ impl Metrics {
             ),
             tls: tls::TlsFamilies::register(&mut r),
             stories: stories::StoryFamilies::register(&mut r),
+            ops: ops::OpsFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -843,8 +845,10 @@ impl ShardMetrics {
     }
 }
 
+mod ops;
 mod stories;
 mod tls;
+pub use ops::LivenessMetrics;
 pub use stories::{ErrorLabel, ReasonLabel};
 pub use tls::{TlsHandshake, TlsShardMetrics};
 

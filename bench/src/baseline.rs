@@ -4,11 +4,16 @@
 //! `publish`, `ping`; replies `{"id":N,"<method>":{..}}` /
 //! `{"id":N,"error":{..}}` and pushes
 //! `{"push":{"channel":..,"pub":{"offset":K,"data":..}}}` with offsets
-//! counted per channel. Written the way a typical tokio server is: one
-//! `Mutex<HashMap>` registry, a bounded `mpsc` queue per connection, a
-//! publication serialized once and `try_send` to every subscriber (dropped
-//! for a subscriber whose queue is full). Only the WebSocket library and
-//! the message type differ between the two binaries.
+//! counted per channel. Written the way a competent tokio user writes a
+//! pub/sub server: one `Mutex<HashMap>` registry, a bounded `mpsc` queue per
+//! connection drained by that connection's writer task, a publication
+//! serialized once (for `baseline_fastws`, the whole WebSocket frame) and
+//! `try_send` to every subscriber as a reference-counted clone. A
+//! subscriber whose queue is full is a slow consumer and is dropped, like
+//! wsedge drops a connection over its `outbound_budget`: it leaves the
+//! channel at once and its writer is told (through [`Link::kill`]) to send
+//! close 3002 and end the connection. Only the WebSocket library and the
+//! message type differ between the two binaries.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -20,12 +25,21 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// The subprotocol the baselines speak.
 pub const PROTOCOL: &str = "edu-matrix-v1.json";
-/// Per-connection outbound queue, in messages.
-pub const QUEUE: usize = 1024;
+/// Per-connection outbound queue, in messages. A full queue drops the
+/// connection (slow consumer). 4096 of the bench's 163-byte pushes are
+/// 0.65 MiB, the same order as wsedge's 1 MiB `outbound_budget`; tokio's
+/// bounded queue allocates its slots in blocks of 32 as they fill, so the
+/// bound costs an idle connection nothing.
+pub const QUEUE: usize = 4096;
+/// Most bytes a writer task gathers into one `write` (it stops draining
+/// its queue once the batch is this large, flushes, then drains again).
+pub const MAX_BATCH: usize = 64 * 1024;
+/// WebSocket close code sent to a dropped slow consumer (wsedge's 3002).
+pub const CLOSE_SLOW_CONSUMER: u16 = 3002;
 /// Ping interval advertised in the connect reply, seconds.
 const PING_INTERVAL: u32 = 25;
 
@@ -78,18 +92,53 @@ pub async fn accept(listener: &TcpListener) -> TcpStream {
 
 /// A WebSocket library's outgoing message type.
 pub trait Outgoing: Send + 'static {
-    /// A text payload that is cheap to clone (a reference count).
+    /// A text message in the form shared by every subscriber of a
+    /// publication, cheap to clone (a reference count).
     type Text: Clone;
-    /// Wraps serialized JSON.
+    /// Wraps serialized JSON (called once per publication or reply; a
+    /// library that allows it encodes the whole frame here).
     fn text(s: String) -> Self::Text;
     /// The text message carrying `t`.
     fn from_text(t: Self::Text) -> Self;
 }
 
+/// One connection as the registry and its own tasks see it: the sending
+/// end of its outbound queue and the switch that drops it.
+pub struct Link<M> {
+    /// The connection's outbound queue (its writer task holds the receiver).
+    pub tx: mpsc::Sender<M>,
+    /// Notified (`notify_one`, so a notification before the writer waits
+    /// is kept) when the connection is dropped as a slow consumer.
+    pub kill: Arc<Notify>,
+}
+
+impl<M> Link<M> {
+    /// A queue of [`QUEUE`] messages; the receiver goes to the writer task.
+    pub fn new() -> (Self, mpsc::Receiver<M>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (
+            Self {
+                tx,
+                kill: Arc::new(Notify::new()),
+            },
+            rx,
+        )
+    }
+}
+
+impl<M> Clone for Link<M> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            kill: self.kill.clone(),
+        }
+    }
+}
+
 /// One channel: its last offset and its subscribers.
 struct Channel<M> {
     offset: u64,
-    subscribers: Vec<mpsc::Sender<M>>,
+    subscribers: Vec<Link<M>>,
 }
 
 impl<M> Default for Channel<M> {
@@ -108,6 +157,7 @@ pub struct State<M> {
     epoch: String,
     node: String,
     next_client: AtomicU64,
+    slow_consumer_drops: AtomicU64,
 }
 
 impl<M> State<M> {
@@ -118,6 +168,7 @@ impl<M> State<M> {
             epoch: format!("{:016x}", std::process::id() as u64 * 0x9E37_79B9),
             node: node.to_string(),
             next_client: AtomicU64::new(1),
+            slow_consumer_drops: AtomicU64::new(0),
         }
     }
 }
@@ -213,17 +264,17 @@ fn error(code: u32, message: &'static str) -> ReplyBody<'static> {
 /// The protocol state of one connection.
 pub struct Session<M: Outgoing> {
     state: Arc<State<M>>,
-    tx: mpsc::Sender<M>,
+    link: Link<M>,
     connected: bool,
     channels: Vec<String>,
 }
 
 impl<M: Outgoing> Session<M> {
-    /// A connection whose writer task reads `tx`'s queue.
-    pub fn new(state: Arc<State<M>>, tx: mpsc::Sender<M>) -> Self {
+    /// A connection whose writer task reads `link`'s queue.
+    pub fn new(state: Arc<State<M>>, link: Link<M>) -> Self {
         Self {
             state,
-            tx,
+            link,
             connected: false,
             channels: Vec::new(),
         }
@@ -251,7 +302,7 @@ impl<M: Outgoing> Session<M> {
             }
             let mut channels = state.channels.lock().unwrap();
             let ch = channels.entry(p.channel.to_string()).or_default();
-            ch.subscribers.push(self.tx.clone());
+            ch.subscribers.push(self.link.clone());
             self.channels.push(p.channel.into_owned());
             return ReplyBody::Subscribe {
                 epoch: &state.epoch,
@@ -264,7 +315,7 @@ impl<M: Outgoing> Session<M> {
             };
             let name = self.channels.swap_remove(i);
             if let Some(ch) = state.channels.lock().unwrap().get_mut(&name) {
-                ch.subscribers.retain(|s| !s.same_channel(&self.tx));
+                ch.subscribers.retain(|s| !s.tx.same_channel(&self.link.tx));
             }
             return ReplyBody::Unsubscribe {};
         }
@@ -283,11 +334,20 @@ impl<M: Outgoing> Session<M> {
             };
             // Serialized once, shared by every subscriber.
             let text = M::text(serde_json::to_string(&push).expect("serializable"));
+            let drops = &state.slow_consumer_drops;
             ch.subscribers
-                .retain(|s| match s.try_send(M::from_text(text.clone())) {
+                .retain(|s| match s.tx.try_send(M::from_text(text.clone())) {
                     Ok(()) => true,
-                    // Slow subscriber: drop this publication for it.
-                    Err(mpsc::error::TrySendError::Full(_)) => true,
+                    // Slow consumer: drop the connection (its writer sends
+                    // close 3002) and stop queueing for it.
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        s.kill.notify_one();
+                        let n = drops.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            eprintln!("slow consumers dropped: {n}");
+                        }
+                        false
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => false,
                 });
             return ReplyBody::Publish { offset: ch.offset };
@@ -322,7 +382,7 @@ impl<M: Outgoing> Session<M> {
         if out.is_empty() {
             return Ok(());
         }
-        self.tx.send(M::from_text(M::text(out))).await
+        self.link.tx.send(M::from_text(M::text(out))).await
     }
 
     /// Removes this connection from every channel it joined.
@@ -330,7 +390,7 @@ impl<M: Outgoing> Session<M> {
         let mut channels = self.state.channels.lock().unwrap();
         for name in self.channels.drain(..) {
             if let Some(ch) = channels.get_mut(&name) {
-                ch.subscribers.retain(|s| !s.same_channel(&self.tx));
+                ch.subscribers.retain(|s| !s.tx.same_channel(&self.link.tx));
             }
         }
     }
@@ -344,5 +404,106 @@ impl Outgoing for tokio_tungstenite::tungstenite::Message {
     }
     fn from_text(t: tokio_tungstenite::tungstenite::Utf8Bytes) -> Self {
         Self::Text(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    /// A message type that keeps the text, to read queues back.
+    #[derive(Debug)]
+    struct Msg(Arc<str>);
+
+    impl Outgoing for Msg {
+        type Text = Arc<str>;
+        fn text(s: String) -> Arc<str> {
+            s.into()
+        }
+        fn from_text(t: Arc<str>) -> Self {
+            Msg(t)
+        }
+    }
+
+    async fn session(state: &Arc<State<Msg>>, lines: &str) -> (Session<Msg>, mpsc::Receiver<Msg>) {
+        let (link, rx) = Link::new();
+        let mut s = Session::new(state.clone(), link);
+        s.on_text(lines).await.unwrap();
+        (s, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Msg>) -> Vec<Arc<str>> {
+        let mut v = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            v.push(m.0);
+        }
+        v
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn publication_is_shared_and_offsets_count() {
+        let state = Arc::new(State::<Msg>::new("t"));
+        let sub_cmds = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\"}}";
+        let (_a, mut a_rx) = session(&state, sub_cmds).await;
+        let (_b, mut b_rx) = session(&state, sub_cmds).await;
+        let (mut p, mut p_rx) = session(&state, "{\"id\":1,\"connect\":{}}").await;
+        drain(&mut a_rx);
+        drain(&mut b_rx);
+        drain(&mut p_rx);
+        for _ in 0..2 {
+            p.on_text(r#"{"id":7,"publish":{"channel":"c","data":{"x":1}}}"#)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            drain(&mut p_rx),
+            vec![
+                Arc::from(r#"{"id":7,"publish":{"offset":1}}"#),
+                Arc::from(r#"{"id":7,"publish":{"offset":2}}"#)
+            ]
+        );
+        let a = drain(&mut a_rx);
+        let b = drain(&mut b_rx);
+        assert_eq!(
+            &*a[1],
+            r#"{"push":{"channel":"c","pub":{"offset":2,"data":{"x":1}}}}"#
+        );
+        // One serialization per publication, shared by both subscribers.
+        assert_eq!(a.len(), 2);
+        assert!(Arc::ptr_eq(&a[0], &b[0]) && Arc::ptr_eq(&a[1], &b[1]));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn full_queue_drops_the_slow_consumer_only() {
+        let state = Arc::new(State::<Msg>::new("t"));
+        let sub_cmds = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"c\"}}";
+        let (slow, mut slow_rx) = session(&state, sub_cmds).await;
+        let (_fast, mut fast_rx) = session(&state, sub_cmds).await;
+        let (mut p, mut p_rx) = session(&state, "{\"id\":1,\"connect\":{}}").await;
+        let kill = slow.link.kill.clone();
+        // The slow subscriber's queue holds its subscribe reply and never
+        // drains: QUEUE - 1 publications fill it exactly.
+        let publish = r#"{"id":9,"publish":{"channel":"c","data":0}}"#;
+        for _ in 0..QUEUE - 1 {
+            p.on_text(publish).await.unwrap();
+            drain(&mut p_rx);
+            drain(&mut fast_rx);
+        }
+        assert_eq!(slow_rx.len(), QUEUE);
+        assert!(kill.notified().now_or_never().is_none(), "not dropped yet");
+        assert_eq!(state.slow_consumer_drops.load(Ordering::Relaxed), 0);
+        // One more: the slow consumer is dropped, the other still served.
+        p.on_text(publish).await.unwrap();
+        assert!(kill.notified().now_or_never().is_some(), "dropped");
+        assert_eq!(state.slow_consumer_drops.load(Ordering::Relaxed), 1);
+        assert_eq!(drain(&mut fast_rx).len(), 1);
+        // It left the channel: later publications are not offered to it.
+        slow_rx.recv().await.unwrap();
+        p.on_text(publish).await.unwrap();
+        assert_eq!(slow_rx.len(), QUEUE - 1);
+        assert_eq!(drain(&mut fast_rx).len(), 1);
+        assert_eq!(state.slow_consumer_drops.load(Ordering::Relaxed), 1);
     }
 }

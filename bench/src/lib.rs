@@ -6,8 +6,9 @@
 //! WebSocket client connections on a single-threaded tokio runtime). A
 //! second binary, `baseline_fastws`, is an idiomatic tokio + fastwebsockets
 //! broadcast server speaking the same JSON wire subset; `baseline_tungstenite`
-//! (tokio + tokio-tungstenite) and `baselines/node-ws` (Node.js + `ws`) are
-//! further comparison targets.
+//! (tokio + tokio-tungstenite), `baselines/node-ws` (Node.js + `ws`) and
+//! `baselines/bun` (Bun's built-in uWebSockets server) are further
+//! comparison targets.
 //!
 //! Module map:
 //! - [`clock`]: `CLOCK_MONOTONIC` nanoseconds, comparable across processes.

@@ -24,15 +24,18 @@ pub enum Target {
     TokioTungstenite,
     /// `baselines/node-ws/server.js` (Node.js + the `ws` package).
     NodeWs,
+    /// `baselines/bun/server.js` (Bun's built-in server: uWebSockets, topic pub/sub).
+    Bun,
 }
 
 impl Target {
     /// Every target, in reporting order.
-    pub const ALL: [Target; 4] = [
+    pub const ALL: [Target; 5] = [
         Target::Wsedge,
         Target::TokioFastws,
         Target::TokioTungstenite,
         Target::NodeWs,
+        Target::Bun,
     ];
 }
 
@@ -43,6 +46,7 @@ impl fmt::Display for Target {
             Target::TokioFastws => "tokio-fastws",
             Target::TokioTungstenite => "tokio-tungstenite",
             Target::NodeWs => "node-ws",
+            Target::Bun => "bun",
         })
     }
 }
@@ -64,6 +68,10 @@ pub struct TargetOpts {
     /// The Node.js executable for `node-ws`.
     #[arg(long, default_value = "node")]
     pub node_bin: PathBuf,
+    /// The Bun executable for `bun` (default: the one `npm ci` installs in
+    /// `bench/baselines/bun/node_modules`, installed on first use).
+    #[arg(long)]
+    pub bun_bin: Option<PathBuf>,
     /// CPU the server is pinned to (`taskset -c`); with `--shards N > 1`,
     /// the first of N consecutive CPUs (modulo the CPU count).
     #[arg(long, default_value_t = 0)]
@@ -100,10 +108,40 @@ impl TargetOpts {
 /// Directory of the Node.js baseline (`server.js`, `package.json`, lockfile).
 pub const NODE_WS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines/node-ws");
 
+/// Directory of the Bun baseline (`server.js`, `package.json`, lockfile;
+/// the `bun` npm package ships the binary).
+pub const BUN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/baselines/bun");
+
+/// The Bun binary `npm ci` installs in [`BUN_DIR`] (the package's
+/// postinstall puts the platform binary there).
+pub fn bun_default_bin() -> PathBuf {
+    Path::new(BUN_DIR).join("node_modules/bun/bin/bun.exe")
+}
+
 /// Runs `npm install` in [`NODE_WS_DIR`] if `node_modules` is missing.
 pub async fn ensure_node_modules() -> Result<()> {
-    let dir = Path::new(NODE_WS_DIR);
-    if dir.join("node_modules/ws/package.json").exists() {
+    npm_install(Path::new(NODE_WS_DIR), "node_modules/ws/package.json").await
+}
+
+/// Runs `npm install` in [`BUN_DIR`] if Bun's binary is missing.
+pub async fn ensure_bun() -> Result<()> {
+    npm_install(Path::new(BUN_DIR), "node_modules/bun/bin/bun.exe").await?;
+    let bin = bun_default_bin();
+    // The package ships a placeholder until its postinstall ran.
+    let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    if size < 1 << 20 {
+        bail!(
+            "{} is a placeholder ({size} bytes): bun's postinstall did not run \
+             (npm --ignore-scripts?); run `npm ci` in {BUN_DIR}",
+            bin.display()
+        );
+    }
+    Ok(())
+}
+
+/// `npm install` in `dir` unless `marker` (relative to it) exists.
+async fn npm_install(dir: &Path, marker: &str) -> Result<()> {
+    if dir.join(marker).exists() {
         return Ok(());
     }
     eprintln!(
@@ -165,10 +203,11 @@ impl Server {
     /// `opts.server_cpus()`, and waits for its `listening` line.
     ///
     /// `compression`: `None` leaves the target's default (wsedge: on, but
-    /// only used when a client offers it; node-ws: off); `Some(false)` sets
-    /// `WSEDGE_COMPRESSION=false` for wsedge and `--compression off` for
-    /// node-ws; `Some(true)` leaves wsedge's default and passes
-    /// `--compression on` to node-ws. The Rust baselines have none.
+    /// only used when a client offers it; node-ws and bun: off);
+    /// `Some(false)` sets `WSEDGE_COMPRESSION=false` for wsedge and
+    /// `--compression off` for node-ws and bun; `Some(true)` leaves wsedge's
+    /// default and passes `--compression on` to node-ws and bun. The Rust
+    /// baselines have none.
     ///
     /// `config`: wsedge only, a TOML file passed with `--config`.
     pub async fn start(
@@ -191,6 +230,12 @@ impl Server {
                 ensure_node_modules().await?;
                 Path::new(NODE_WS_DIR).join("server.js")
             }
+            Target::Bun => {
+                if opts.bun_bin.is_none() {
+                    ensure_bun().await?;
+                }
+                Path::new(BUN_DIR).join("server.js")
+            }
         };
         if !bin.exists() {
             bail!("server binary {} does not exist", bin.display());
@@ -207,8 +252,14 @@ impl Server {
         let cpus: Vec<String> = opts.server_cpus().iter().map(|c| c.to_string()).collect();
         let mut cmd = Command::new("taskset");
         cmd.arg("-c").arg(cpus.join(","));
-        if target == Target::NodeWs {
-            cmd.arg(&opts.node_bin);
+        match target {
+            Target::NodeWs => {
+                cmd.arg(&opts.node_bin);
+            }
+            Target::Bun => {
+                cmd.arg(opts.bun_bin.clone().unwrap_or_else(bun_default_bin));
+            }
+            _ => {}
         }
         cmd.arg(&bin);
         cmd.args(["--listen", "127.0.0.1:0"]);
@@ -238,7 +289,7 @@ impl Server {
                     cmd.env("WSEDGE_MAX_COMMANDS_PER_SECOND", "0");
                 }
             }
-            Target::NodeWs => {
+            Target::NodeWs | Target::Bun => {
                 let on = compression == Some(true);
                 cmd.args(["--compression", if on { "on" } else { "off" }]);
             }

@@ -78,7 +78,7 @@ macro_rules! shard_out {
             push_writer: &mut $s.push_writer,
             compressor: &mut $s.compressor,
             current: $s.current,
-            budget: $s.ctx.config.outbound_budget,
+            budget: $s.ctx.shared.limits.outbound_budget(),
             metrics: &$s.metrics,
             sent_stamps: &mut $s.sent_stamps,
             peers: &mut $s.peers,
@@ -434,7 +434,7 @@ impl Shard {
     /// Queues a data frame for `c`, dropping the connection as a slow
     /// consumer if that would exceed its budget.
     pub(crate) fn queue_data(&mut self, c: ConnRef, frame: Bytes) {
-        let budget = self.ctx.config.outbound_budget;
+        let budget = self.ctx.shared.limits.outbound_budget();
         if queue_frame(&mut self.conns, &mut self.dirty, c, frame.into(), budget).is_err() {
             self.close_conn(c, CloseReason::SlowConsumer);
         }

@@ -50,7 +50,7 @@ impl Shard {
     /// `connect` is answered; over `max_message_size` held, closes `c`
     /// (3503).
     pub(crate) fn hold(&mut self, c: ConnRef, text: bool, skip: usize, payload: &[u8]) {
-        let limit = self.ctx.config.max_message_size;
+        let limit = self.session_cfg.max_message_size;
         let (bytes, msgs) = self.held.by_conn.entry(c).or_default();
         *bytes += payload.len();
         if *bytes > limit {

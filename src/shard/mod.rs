@@ -14,6 +14,8 @@
 //!   limits).
 //! - `write.rs`: the write pass (one `writev` per connection per turn).
 //! - `drain.rs`: the drain schedule.
+//! - `live.rs`: the limits `SIGHUP` changes on running shards, and the
+//!   loop-turn counters the watchdog reads.
 //! - `held.rs`: commands held while a `connect` waits for its ticket.
 //! - `peers.rs`: the other shards' inboxes and what is owed to them.
 //! - `commands.rs`: connection-level commands (connect, ping, the rate
@@ -58,6 +60,7 @@ mod conn;
 pub mod core;
 mod drain;
 mod held;
+pub mod live;
 mod peers;
 pub mod sys;
 pub mod tls;
@@ -70,8 +73,11 @@ pub use core::TlsServing;
 #[derive(Debug)]
 pub struct Shared {
     open: AtomicUsize,
-    max_connections: usize,
-    max_memory: u64,
+    /// The limits `SIGHUP` may change (connection and memory caps among
+    /// them).
+    pub limits: live::LiveLimits,
+    /// Every shard's loop-turn count (the watchdog's evidence).
+    pub turns: live::TurnStamps,
     /// Set while the process RSS is above `max_memory`.
     pub memory_exceeded: AtomicBool,
     /// Shards that have started their loop.
@@ -88,15 +94,10 @@ pub struct Shared {
 impl Shared {
     /// Shared state for `max_connections` (0 = derived from the fd limit).
     pub fn new(cfg: &Config) -> Self {
-        let max_connections = if cfg.max_connections > 0 {
-            cfg.max_connections
-        } else {
-            default_max_connections(sys::nofile_limit())
-        };
         Self {
             open: AtomicUsize::new(0),
-            max_connections,
-            max_memory: cfg.max_memory,
+            limits: live::LiveLimits::new(cfg),
+            turns: live::TurnStamps::new(cfg.shard_count()),
             memory_exceeded: AtomicBool::new(false),
             started: AtomicUsize::new(0),
             shards: cfg.shard_count(),
@@ -114,7 +115,7 @@ impl Shared {
     /// Takes a connection slot, if one is free.
     pub fn try_admit(&self) -> bool {
         let prev = self.open.fetch_add(1, Ordering::Relaxed);
-        if prev >= self.max_connections {
+        if prev >= self.limits.max_connections() {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -133,15 +134,18 @@ impl Shared {
 
     /// The connection cap in force.
     pub fn max_connections(&self) -> usize {
-        self.max_connections
+        self.limits.max_connections()
     }
 
     /// Samples the RSS against `max_memory`.
     pub fn check_memory(&self) {
-        if self.max_memory == 0 {
+        let max_memory = self.limits.max_memory();
+        if max_memory == 0 {
+            // Off (possibly just reloaded to off): nothing is exceeded.
+            self.memory_exceeded.store(false, Ordering::Relaxed);
             return;
         }
-        let over = sys::rss_bytes().is_some_and(|rss| rss > self.max_memory);
+        let over = sys::rss_bytes().is_some_and(|rss| rss > max_memory);
         self.memory_exceeded.store(over, Ordering::Relaxed);
     }
 }
@@ -346,9 +350,21 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
             std::process::exit(1);
         }
     };
+    #[cfg(feature = "test-hooks")]
+    live::test_start_delay(id);
     info!(shard = id, core, driver, "shard started");
     shared.started.fetch_add(1, Ordering::Relaxed);
+    #[cfg(feature = "test-hooks")]
+    let mut stall = live::TestStall::for_shard(id);
+    let mut turns: u64 = 0;
     loop {
+        // The watchdog's evidence that this loop turns: one plain store.
+        turns += 1;
+        shared.turns.record(id, turns);
+        #[cfg(feature = "test-hooks")]
+        if stall.as_ref().is_some_and(live::TestStall::maybe_stall) {
+            stall = None;
+        }
         let more = shard.turn();
         if shard.stopped() {
             break;

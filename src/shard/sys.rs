@@ -261,6 +261,19 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * page.max(4096) as u64)
 }
 
+/// Descriptors this process has open: the size Linux 6.2+ gives
+/// `/proc/self/fd`, else a count of its entries (one directory read, so
+/// call it at a scrape, not on a shard).
+pub fn open_fds() -> Option<u64> {
+    let size = std::fs::metadata("/proc/self/fd").ok()?.len();
+    if size > 0 {
+        return Some(size);
+    }
+    // The listing's own descriptor is among the entries.
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    Some(entries.saturating_sub(1))
+}
+
 /// The soft open-file limit of this process.
 pub fn nofile_limit() -> u64 {
     let mut r = libc::rlimit {

@@ -1,6 +1,7 @@
 //! Admin HTTP on its own thread (tokio current-thread + hyper), never on
 //! the client port: `/healthz` (process alive), `/readyz` (accepting
-//! clients; 503 while starting or draining), `/metrics` (Prometheus text).
+//! clients; 503 while starting or draining), `/metrics` (Prometheus text,
+//! with a few node-wide gauges read at the scrape).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::http::{Body, respond};
 use crate::metrics::Metrics;
-use crate::shard::Shared;
+use crate::shard::{Shared, sys};
 
 async fn handle(
     req: Request<Incoming>,
@@ -31,14 +32,7 @@ async fn handle(
         }
         "/metrics" => {
             let mut text = metrics.encode();
-            // Node-wide gauges that belong to no shard.
-            text.insert_str(
-                0,
-                &format!(
-                    "# HELP wsedge_connections_max Connection cap in force.\n# TYPE wsedge_connections_max gauge\nwsedge_connections_max {}\n",
-                    shared.max_connections()
-                ),
-            );
+            text.insert_str(0, &node_gauges(&shared));
             respond(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -47,6 +41,41 @@ async fn handle(
         }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// Node-wide gauges that belong to no shard, read at the scrape: the
+/// connection cap, readiness (as `/readyz`), and descriptors in use
+/// against the limit (fd headroom).
+fn node_gauges(shared: &Shared) -> String {
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    gauge(
+        "wsedge_connections_max",
+        "Connection cap in force.",
+        shared.max_connections() as u64,
+    );
+    gauge(
+        "wsedge_ready",
+        "1 while /readyz answers 200 (every shard serves, not draining), else 0.",
+        shared.ready() as u64,
+    );
+    if let Some(open) = sys::open_fds() {
+        gauge(
+            "wsedge_process_open_fds",
+            "File descriptors the process has open.",
+            open,
+        );
+    }
+    gauge(
+        "wsedge_process_max_fds",
+        "The process's soft open-file limit (RLIMIT_NOFILE).",
+        sys::nofile_limit(),
+    );
+    out
 }
 
 /// Starts the admin server on its own thread; returns the bound address.

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod notify;
 pub mod raw_json;
 pub mod redis_server;
 
@@ -40,6 +41,8 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// RLIMIT_NOFILE for the server process.
     pub nofile: Option<u64>,
+    /// Variables the harness would set that this server must not have.
+    pub unset: Vec<String>,
 }
 
 impl Default for Opts {
@@ -48,6 +51,7 @@ impl Default for Opts {
             args: vec!["--shards".into(), "2".into()],
             env: Vec::new(),
             nofile: None,
+            unset: Vec::new(),
         }
     }
 }
@@ -55,6 +59,10 @@ impl Default for Opts {
 impl Opts {
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn unset(mut self, k: &str) -> Self {
+        self.unset.push(k.into());
         self
     }
     pub fn arg(mut self, a: &str) -> Self {
@@ -77,10 +85,17 @@ impl Server {
             // test sets one.
             .env("WSEDGE_API_LISTEN", "127.0.0.1:0")
             .env_remove("WSEDGE_API_KEY")
+            // Not under a service manager unless the test says so.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        for k in &opts.unset {
+            cmd.env_remove(k);
         }
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;

@@ -7,30 +7,44 @@
 //! `{"push":{"channel":..,"pub":{"offset":K,"data":..}}}` with offsets
 //! counted per channel.
 //!
-//! Design: a single-threaded tokio runtime (the benchmark gives it one
-//! core); `tokio_tungstenite::accept_hdr_async` with a callback selecting
-//! the subprotocol; the stream `split` into a sink and a stream; per
-//! connection a writer task draining a bounded `tokio::sync::mpsc` queue
-//! (1024) into the sink with `sink.send(msg)` (one flush per message); a
-//! shared `Arc<Mutex<HashMap<..>>>` channel registry; a publication is
-//! serialized once into a `Utf8Bytes` and a cloned `Message::Text` is
-//! `try_send` to every subscriber (dropped for a subscriber whose queue is
-//! full). tungstenite answers pings and close frames by itself.
+//! Design (what a competent tokio user writes; see bench/README.md, "The
+//! baselines"): a single-threaded tokio runtime (the benchmark gives it one
+//! core); `tokio_tungstenite::accept_hdr_async_with_config` with a callback
+//! selecting the subprotocol and a `WebSocketConfig` sized for many
+//! connections (4 KiB read buffer, as tungstenite's docs advise for many
+//! connections; writes gathered up to 64 KiB); the stream `split` into a
+//! sink and a stream; per connection a writer task that waits for one
+//! message from a bounded `tokio::sync::mpsc` queue (`baseline::QUEUE`),
+//! `feed`s it and everything else already queued (`try_recv`) into the
+//! sink and then `flush`es once: one `write(2)` per wake-up, not one per
+//! message; a shared `Arc<Mutex<HashMap<..>>>` channel registry; a
+//! publication is serialized once into a `Utf8Bytes` and a cloned
+//! `Message::Text` is `try_send` to every subscriber (tungstenite encodes
+//! each frame's header and copies the payload into its write buffer; its
+//! API has no pre-encoded frames). A full queue drops the connection as a
+//! slow consumer (close 3002). tungstenite answers pings and close frames
+//! by itself.
 //!
 //! ```text
 //! baseline_tungstenite --listen 127.0.0.1:8080   # prints "listening client=ADDR" on stderr
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use wsbench::baseline::{ListenArgs, PROTOCOL, QUEUE, Session, State, accept};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding};
+use wsbench::baseline::{
+    CLOSE_SLOW_CONSUMER, Link, ListenArgs, MAX_BATCH, PROTOCOL, QUEUE, Session, State, accept,
+};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -41,6 +55,53 @@ use wsbench::baseline::{ListenArgs, PROTOCOL, QUEUE, Session, State, accept};
 struct Args {
     #[command(flatten)]
     listen: ListenArgs,
+}
+
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+
+/// The writer task: per wake-up, `feed` every queued message (up to
+/// [`QUEUE`] of them), then one `flush`. Returns when the queue is closed,
+/// on a write error, or when the connection is dropped as a slow consumer.
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Message>,
+    kill: Arc<Notify>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            () = kill.notified() => {
+                // Slow consumer: what is queued is dropped; close 3002,
+                // given at most a second to go out.
+                let close = Message::Close(Some(CloseFrame {
+                    code: coding::CloseCode::from(CLOSE_SLOW_CONSUMER),
+                    reason: "slow consumer".into(),
+                }));
+                let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close)).await;
+                return Ok(());
+            }
+            msg = rx.recv() => match msg {
+                Some(m) => m,
+                None => return Ok(()),
+            },
+        };
+        let drain = async {
+            sink.feed(first).await?;
+            for _ in 1..QUEUE {
+                match rx.try_recv() {
+                    Ok(m) => sink.feed(m).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            biased;
+            // Dropped mid-write: no close frame can follow a partial one.
+            () = kill.notified() => return Ok(()),
+            res = drain => res?,
+        }
+    }
 }
 
 async fn serve(
@@ -63,38 +124,41 @@ async fn serve(
         }
         Ok(resp)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, select_protocol).await?;
-    let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Message>(QUEUE);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(MAX_BATCH);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, select_protocol, Some(config))
+        .await?;
+    let (sink, mut stream) = ws.split();
+    let (link, rx) = Link::<Message>::new();
+    let mut writer = tokio::spawn(write_loop(sink, rx, link.kill.clone()));
 
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            if sink.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut session = Session::new(state, tx);
-    let mut result = Ok(());
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(Message::Text(text)) => {
-                if session.on_text(text.as_str()).await.is_err() {
-                    break;
+    let mut session = Session::new(state, link);
+    let read = async {
+        while let Some(msg) = stream.next().await {
+            match msg? {
+                Message::Text(text) => {
+                    // An error means the writer has gone: the connection is ending.
+                    let Ok(()) = session.on_text(text.as_str()).await else {
+                        break;
+                    };
                 }
-            }
-            Ok(Message::Close(_)) => break,
-            Ok(_) => {}
-            Err(e) => {
-                result = Err(e);
-                break;
+                Message::Close(_) => break,
+                _ => {}
             }
         }
-    }
+        Ok(())
+    };
+    // The connection ends when either half does.
+    let (result, writer_done) = tokio::select! {
+        r = read => (r, false),
+        _ = &mut writer => (Ok(()), true),
+    };
     session.leave_all();
     drop(session);
-    let _ = writer.await;
+    if !writer_done {
+        let _ = writer.await;
+    }
     result
 }
 

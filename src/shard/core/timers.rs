@@ -15,6 +15,7 @@ impl Shard {
             Duration::from_secs(1)
         };
         self.next_tick = now + interval;
+        self.refresh_live_limits();
         self.now_tick = now.duration_since(self.started).as_secs() as u32;
         self.wheel.advance(self.now_tick, &mut self.due);
         self.run_deadlines();
