@@ -476,3 +476,65 @@ fn redis_url_credentials_are_redacted() {
         assert_eq!(redact_url_credentials(url), shown, "{url}");
     }
 }
+
+#[test]
+fn a_story_namespace_takes_its_limits_from_collab() {
+    use crate::engine::collab::ConflictPolicy;
+    figment::Jail::expect_with(|jail| {
+        let c = load_str(
+            jail,
+            r#"
+            [collab]
+            lock_grace = "20s"
+            max_sections = 50
+            max_stories = 7
+
+            [[namespace]]
+            name = "story"
+            collaboration = true
+            conflict = "reject"
+            max_editors = 3
+
+            [[namespace]]
+            name = "chat"
+            "#,
+        )
+        .unwrap();
+        let ns = Namespaces::from_config(&c).unwrap();
+        let story = ns.resolve("story:1").unwrap().1.collab.expect("a story");
+        assert_eq!(story.conflict, ConflictPolicy::Reject);
+        assert_eq!(story.max_editors, 3);
+        assert_eq!(story.lock_grace, Duration::from_secs(20));
+        assert_eq!(story.max_sections, 50);
+        assert_eq!(
+            story.lock_ttl,
+            Duration::from_secs(30),
+            "unset: the default"
+        );
+        assert_eq!(ns.resolve("chat:1").unwrap().1.collab, None);
+        // max_stories is the node's; each of 2 shards holds half (rounded up).
+        assert_eq!(c.collab.story_table(2).max_stories, 4);
+        Ok(())
+    });
+}
+
+#[test]
+fn inconsistent_story_limits_are_refused_by_name() {
+    figment::Jail::expect_with(|jail| {
+        let e = load_str(
+            jail,
+            "[collab]\nlock_ttl = \"10m\"\nlock_ttl_max = \"1m\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("collab.lock_ttl"), "{e}");
+        let e = load_str(
+            jail,
+            "[[namespace]]\nname = \"s\"\ncollaboration = true\nmax_editors = 0\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max_editors"), "{e}");
+        let e = load_str(jail, "[[namespace]]\nname = \"s\"\nconflict = \"merge\"\n").unwrap_err();
+        assert!(e.to_string().contains("conflict"), "{e}");
+        Ok(())
+    });
+}
