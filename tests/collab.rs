@@ -30,6 +30,7 @@ collaboration = true
 history_size = 1000
 history_ttl = "5m"
 recover = true
+presence = true
 join_leave_max_subscribers = 20
 
 [[namespace]]
@@ -331,6 +332,29 @@ fn under_lww_the_overwritten_editor_is_alerted_with_what_it_lost() {
     );
     assert!(bob.drain_pushes(story, "conflict").is_empty());
     assert!(ann.drain_pushes(story, "conflict").is_empty());
+    // Presence states say who is editing what.
+    let r = ann.call(
+        "presence_state",
+        json!({"channel": story, "state": "editing:p3", "ttl": 30}),
+    );
+    assert_eq!(r["presence_state"], json!({}), "{r}");
+    let r = bob.call("presence", json!({"channel": story}));
+    let states: Vec<(String, String)> = r["presence"]["clients"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{r}"))
+        .values()
+        .map(|c| {
+            (
+                c["user"].as_str().unwrap().to_string(),
+                c["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("ann".to_string(), "editing:p3".to_string())),
+        "{r}"
+    );
+    assert_eq!(states.len(), 2, "{r}");
 }
 
 fn redis_get(url: &str, args: &[&str]) -> redis::Value {
