@@ -16,6 +16,7 @@ use common::raw_json::RawJson;
 use common::redis_server::RedisServer;
 use common::*;
 use serde_json::{Value, json};
+use wsedge::engine::wire::proto;
 
 const CONFIG: &str = r#"
 shards = 2
@@ -450,4 +451,141 @@ fn a_story_survives_a_crash_of_its_node_through_redis() {
     server.wait_for("the load counted", || {
         server.metric("wsedge_collab_loads_total{kind=\"ok\"}") == 1.0
     });
+}
+
+/// Reads binary frames from `raw` until the replies to every id in `ids`
+/// came; returns them (each as its frame's bytes and its index in it).
+fn binary_replies(raw: &mut RawWs, ids: &[u32]) -> Vec<(Vec<u8>, usize)> {
+    let deadline = std::time::Instant::now() + raw_json::WAIT;
+    let mut got: Vec<(u32, Vec<u8>, usize)> = Vec::new();
+    while ids.iter().any(|id| !got.iter().any(|g| g.0 == *id)) {
+        let f = raw
+            .read_frame_before(deadline)
+            .unwrap_or_else(|_| panic!("no replies to {ids:?}; got {:?}", got.len()))
+            .expect("open");
+        if f.opcode != 2 {
+            continue;
+        }
+        assert!(f.fin, "whole messages");
+        let sf = flatbuffers::root::<proto::ServerFrame>(&f.payload).expect("a ServerFrame");
+        for (i, m) in sf.messages().unwrap().iter().enumerate() {
+            if let Some(r) = m.reply() {
+                got.push((r.id(), f.payload.clone(), i));
+            }
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            let g = got.iter().find(|g| g.0 == *id).unwrap();
+            (g.1.clone(), g.2)
+        })
+        .collect()
+}
+
+fn binary_reply(frame: &(Vec<u8>, usize)) -> proto::Reply<'_> {
+    let sf = flatbuffers::root::<proto::ServerFrame>(&frame.0).unwrap();
+    sf.messages().unwrap().get(frame.1).reply().unwrap()
+}
+
+#[test]
+fn binary_clients_collaborate_with_json_ones() {
+    use wsedge::engine::wire::binary::client_frame;
+    use wsedge::engine::wire::collab::CollabRole;
+    use wsedge::engine::wire::{ConnectParams, Method};
+    let server = start("binary", &[]);
+    let story = "story:bin";
+    let mut viewer = RawJson::anon(&server);
+    let r = viewer.call("collab_join", json!({"channel": story, "role": "viewer"}));
+    let at = r["collab_join"]["offset"].as_u64().unwrap();
+    let connect = |user: &'static str| {
+        Method::Connect(ConnectParams {
+            user: Some(user.into()),
+            ..ConnectParams::default()
+        })
+    };
+    let join = || Method::CollabJoin {
+        channel: story.into(),
+        role: CollabRole::Editor,
+        queue: false,
+        recover: false,
+        since: None,
+    };
+    let mut ann = RawWs::connect(&server, Some("edu-matrix-v1"));
+    ann.send_frame(
+        true,
+        2,
+        &client_frame(&[
+            (1, connect("ann")),
+            (2, join()),
+            (
+                3,
+                Method::Update {
+                    channel: story.into(),
+                    section: "p".into(),
+                    base_version: 0,
+                    data: br#"{"x":1}"#,
+                    op_id: "o1".into(),
+                },
+            ),
+            (
+                4,
+                Method::Lock {
+                    channel: story.into(),
+                    section: "p".into(),
+                    ttl: None,
+                },
+            ),
+        ]),
+    );
+    let replies = binary_replies(&mut ann, &[2, 3, 4]);
+    let j = binary_reply(&replies[0])
+        .result_as_collab_join()
+        .expect("collab_join");
+    assert_eq!(j.role(), proto::CollabRole::Editor);
+    let u = binary_reply(&replies[1])
+        .result_as_update()
+        .expect("update");
+    assert_eq!(u.version(), 1);
+    let l = binary_reply(&replies[2]).result_as_lock().expect("lock");
+    assert_eq!(l.holder().unwrap().user(), Some("ann"));
+    // The JSON viewer sees the binary editor's update as JSON.
+    let events = events_through(&mut viewer, story, at + 3);
+    let update = events
+        .iter()
+        .find_map(|e| e.1.get("update"))
+        .expect("the update event");
+    assert_eq!(update["data"], json!({"x": 1}));
+    assert_eq!(update["by"]["user"], "ann");
+    // A second binary editor hits the lock: 118 carries the holder.
+    let mut bob = RawWs::connect(&server, Some("edu-matrix-v1"));
+    bob.send_frame(
+        true,
+        2,
+        &client_frame(&[
+            (1, connect("bob")),
+            (2, join()),
+            (
+                3,
+                Method::Update {
+                    channel: story.into(),
+                    section: "p".into(),
+                    base_version: 1,
+                    data: b"2",
+                    op_id: "b1".into(),
+                },
+            ),
+        ]),
+    );
+    let replies = binary_replies(&mut bob, &[2, 3]);
+    let j = binary_reply(&replies[0])
+        .result_as_collab_join()
+        .expect("collab_join");
+    let p = j
+        .sections()
+        .unwrap()
+        .lookup_by_key("p", |s, k| s.key_compare_with_value(k));
+    assert_eq!(p.map(|s| s.version()), Some(1));
+    let e = binary_reply(&replies[1]).error().expect("an error");
+    assert_eq!(e.code(), 118);
+    assert_eq!(e.holder().unwrap().user(), Some("ann"));
 }
