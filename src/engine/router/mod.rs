@@ -765,8 +765,8 @@ impl Router {
     }
 
     /// `lock`, `unlock` or `update` from local connection `conn`: asks the
-    /// story's home. A connection not subscribed to the channel is no
-    /// member (error 120) without asking.
+    /// story's home. A connection neither subscribed to the channel nor
+    /// joining it is no member (error 120) without asking.
     pub fn collab_command(
         &mut self,
         now: Instant,
@@ -779,7 +779,10 @@ impl Router {
         if let Err(code) = self.check_story(channel) {
             return out.reply(conn, id, ReplyBody::Error(code));
         }
-        if !self.subs.is_subscribed(conn, channel) {
+        // A join still on its way to the home goes first (messages to one
+        // shard keep their order), so a command pipelined behind its
+        // `collab_join` is decided after it.
+        if !self.is_subscribed(conn, channel) {
             return out.reply(conn, id, ReplyBody::Error(ErrorCode::NotEditor));
         }
         let msg = Msg::Collab {

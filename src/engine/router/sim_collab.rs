@@ -523,6 +523,8 @@ fn a_stored_story_is_loaded_before_its_first_join_and_written_after_changes() {
     let ann = sim.connect_as(1 - home, "ann");
     let gone = sim.connect_as(home, "gone");
     let j = sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
+    // Pipelined behind the join: waits with it, decided after it.
+    let early = sim.update(ann, "p1", 7, r#""early""#, "e1");
     let g = sim.collab_join(gone, STORY, JoinAs::Viewer, false, None);
     sim.run();
     assert_eq!(sim.store.loads, vec![(home, STORY.to_string())], "one load");
@@ -562,6 +564,7 @@ fn a_stored_story_is_loaded_before_its_first_join_and_written_after_changes() {
         "locked, never written"
     );
     assert_eq!(r["viewers"], 0, "the viewer that left is no ghost");
+    assert_eq!(sim.reply(ann, early)["update"]["version"], 8);
     assert!(
         sim.seen(gone)
             .iter()
@@ -605,4 +608,20 @@ fn an_idle_story_is_evicted_and_the_shell_told() {
     sim.advance(Duration::from_secs(601));
     assert_eq!(sim.routers[0].story_stats().stories, 0);
     assert_eq!(sim.store.evicted, vec![(0, STORY.to_string())]);
+}
+
+#[test]
+fn commands_pipelined_behind_a_join_from_another_shard_follow_it() {
+    for seed in 0..10 {
+        let mut sim = sim(seed);
+        let away = 1 - home_shard(STORY, 2);
+        let ann = sim.connect_as(away, "ann");
+        let j = sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
+        let l = sim.lock(ann, STORY, "p1");
+        let u = sim.update(ann, "p1", 0, "1", "u1");
+        sim.run();
+        assert_eq!(sim.reply(ann, j)["collab_join"]["role"], "editor");
+        assert_eq!(sim.reply(ann, l)["lock"]["section"], "p1", "seed {seed}");
+        assert_eq!(sim.reply(ann, u)["update"]["version"], 1, "seed {seed}");
+    }
 }

@@ -67,9 +67,14 @@ impl Router {
             return self.refuse_waiting(now, msg, ErrorCode::Overloaded, out);
         }
         self.story_waiting_count += 1;
-        let waiting = self.story_waiting.entry(channel.clone()).or_default();
-        waiting.push(msg);
-        if waiting.len() == 1 {
+        // Listed from the load request to its answer (even if everyone
+        // waiting leaves meanwhile): one load per story at a time.
+        let first = !self.story_waiting.contains_key(&channel);
+        self.story_waiting
+            .entry(channel.clone())
+            .or_default()
+            .push(msg);
+        if first {
             out.story_load(&channel);
         }
     }
@@ -260,6 +265,17 @@ impl Router {
                 Err(e) => Answer::CollabError(Box::new(e)),
             };
             return self.answer(now, from, reply_to, answer, out);
+        }
+        if self.story_waiting.contains_key(&channel) {
+            // The story is being read back: a command pipelined behind the
+            // member's join waits behind it, in order.
+            let msg = Msg::Collab {
+                channel: channel.clone(),
+                op: Box::new(op),
+                from,
+                reply_to,
+            };
+            return self.wait_for_story(now, channel, msg, out);
         }
         let ms = self.ms(now);
         let unix = self.unix_ms(ms);
