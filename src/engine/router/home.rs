@@ -369,6 +369,9 @@ impl Router {
         if let Some(ms) = self.stories.next_deadline() {
             at = at.min(self.origin + std::time::Duration::from_millis(ms));
         }
+        if let Some(load) = self.story_load_deadline() {
+            at = at.min(load);
+        }
         at
     }
 
@@ -381,6 +384,9 @@ impl Router {
         }
         if self.stories.next_deadline().is_some_and(|d| d <= ms) {
             self.story_timers(now, out);
+        }
+        if self.story_load_deadline().is_some_and(|d| d <= now) {
+            self.story_load_timeouts(now, out);
         }
         if self.presence_flush.is_some_and(|f| now >= f) {
             self.presence_flush = None;

@@ -261,8 +261,9 @@ pub struct Router {
     joining: HashMap<(ConnRef, Arc<str>), (u32, bool)>,
     /// The live stories this shard is home for.
     stories: Stories,
-    /// Joins waiting for their story to be read back, by channel.
-    story_waiting: HashMap<Arc<str>, Vec<Msg>>,
+    /// Joins (and commands behind them) waiting for their story to be
+    /// read back, by channel, with when the load was asked for.
+    story_waiting: HashMap<Arc<str>, (Instant, Vec<Msg>)>,
     /// How many joins wait, all stories together.
     story_waiting_count: usize,
     /// Whether stories are written behind and read back.

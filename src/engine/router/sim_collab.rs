@@ -625,3 +625,21 @@ fn commands_pipelined_behind_a_join_from_another_shard_follow_it() {
         assert_eq!(sim.reply(ann, u)["update"]["version"], 1, "seed {seed}");
     }
 }
+
+#[test]
+fn a_load_whose_answer_never_comes_is_given_up() {
+    let mut sim = sim_with_store(6);
+    let ann = sim.connect_as(0, "ann");
+    let j = sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
+    sim.run();
+    sim.advance(super::story::LOAD_TIMEOUT - Duration::from_millis(1));
+    assert!(sim.seen(ann).is_empty(), "still waiting");
+    sim.advance(Duration::from_millis(2));
+    assert_eq!(code(sim.reply(ann, j)), 100);
+    assert_eq!(sim.routers[home_shard(STORY, 2)].story_stats().waiting, 0);
+    // The next join asks again.
+    let loads = sim.store.loads.len();
+    sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
+    sim.run();
+    assert_eq!(sim.store.loads.len(), loads + 1);
+}

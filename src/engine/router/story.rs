@@ -8,7 +8,7 @@
 //! receives them: the one serialisation point of a story.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -31,6 +31,12 @@ use crate::engine::wire::publication::PubData;
 /// Loads answer within the store's timeout (2 s), so this bounds a burst
 /// of joins while the store is slow, not steady state.
 pub const MAX_WAITING_JOINS: usize = 10_000;
+
+/// A load not answered within this is given up: its joins get error 100.
+/// The story worker answers every load within its timeout (2 s); this
+/// covers an answer lost on the way (the shard's inbox full), so a story
+/// never stays unjoinable.
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the store answered for a story: its durable part (`None`: it holds
 /// nothing for it), or that it could not be read.
@@ -72,7 +78,8 @@ impl Router {
         let first = !self.story_waiting.contains_key(&channel);
         self.story_waiting
             .entry(channel.clone())
-            .or_default()
+            .or_insert_with(|| (now, Vec::new()))
+            .1
             .push(msg);
         if first {
             out.story_load(&channel);
@@ -116,7 +123,7 @@ impl Router {
         result: StoryLoadResult,
         out: &mut impl Output,
     ) {
-        let Some(waiting) = self.story_waiting.remove(&channel) else {
+        let Some((_, waiting)) = self.story_waiting.remove(&channel) else {
             return;
         };
         self.story_waiting_count -= waiting.len();
@@ -206,7 +213,7 @@ impl Router {
         disconnect: bool,
         out: &mut impl Output,
     ) {
-        if let Some(waiting) = self.story_waiting.get_mut(channel) {
+        if let Some((_, waiting)) = self.story_waiting.get_mut(channel) {
             let before = waiting.len();
             waiting.retain(|m| !is_from(m, member));
             self.story_waiting_count -= before - waiting.len();
@@ -317,6 +324,27 @@ impl Router {
         self.collab_events = events;
         let answer = result.unwrap_or_else(|e| Answer::CollabError(Box::new(e)));
         self.answer(now, from, reply_to, answer, out);
+    }
+
+    /// When the oldest load waiting for its answer times out.
+    pub(super) fn story_load_deadline(&self) -> Option<Instant> {
+        self.story_waiting
+            .values()
+            .map(|(since, _)| *since + LOAD_TIMEOUT)
+            .min()
+    }
+
+    /// Gives up the loads not answered within [`LOAD_TIMEOUT`].
+    pub(super) fn story_load_timeouts(&mut self, now: Instant, out: &mut impl Output) {
+        let late: Vec<Arc<str>> = self
+            .story_waiting
+            .iter()
+            .filter(|(_, (since, _))| now >= *since + LOAD_TIMEOUT)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for channel in late {
+            self.story_loaded(now, channel, Err(StoryUnavailable), out);
+        }
     }
 
     /// Lapsed locks and idle stories.
