@@ -68,6 +68,26 @@ pub enum NamespaceSubscribe {
     Server,
 }
 
+/// What an update from a stale `base_version` does in a story
+/// (`conflict`): docs/COLLABORATION.md has a worked example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceConflict {
+    /// Last write wins; the overwritten editor gets a `conflict` push.
+    Lww,
+    /// Refused with error 119 and the current version and data.
+    Reject,
+}
+
+impl From<NamespaceConflict> for crate::engine::collab::ConflictPolicy {
+    fn from(c: NamespaceConflict) -> Self {
+        match c {
+            NamespaceConflict::Lww => crate::engine::collab::ConflictPolicy::Lww,
+            NamespaceConflict::Reject => crate::engine::collab::ConflictPolicy::Reject,
+        }
+    }
+}
+
 impl From<NamespaceSubscribe> for SubscribeMode {
     fn from(s: NamespaceSubscribe) -> SubscribeMode {
         match s {
@@ -135,6 +155,17 @@ pub struct NamespaceConfig {
     /// `server` (server-side subscriptions only). Default `public`, as
     /// before permissions existed.
     pub subscribe: NamespaceSubscribe,
+    /// Make every channel of the namespace a live story session
+    /// (docs/COLLABORATION.md): `collab_join`, section locks, versioned
+    /// updates. Default off: a story costs a session at its home.
+    pub collaboration: bool,
+    /// What an update from a stale `base_version` does: `lww` (default,
+    /// last write wins and the overwritten editor is alerted) or `reject`
+    /// (error 119 with the current version and data; the client rebases).
+    pub conflict: NamespaceConflict,
+    /// Editors per story at once; more wait in line or get error 117.
+    /// Default 10 (the product's cap); viewers are unlimited.
+    pub max_editors: usize,
 }
 
 impl Default for NamespaceConfig {
@@ -152,13 +183,23 @@ impl Default for NamespaceConfig {
             priority: NamespacePriority::Normal,
             max_subscribers: 0,
             subscribe: NamespaceSubscribe::Public,
+            collaboration: false,
+            conflict: NamespaceConflict::Lww,
+            max_editors: 10,
         }
     }
 }
 
 impl NamespaceConfig {
-    /// The engine's view of these options.
+    /// The engine's view of these options, with the default `[collab]`
+    /// story limits.
     pub fn options(&self) -> NamespaceOptions {
+        self.options_with(&collab::CollabConfig::default())
+    }
+
+    /// The engine's view of these options; story limits not set per
+    /// namespace come from `[collab]`.
+    pub fn options_with(&self, collab: &collab::CollabConfig) -> NamespaceOptions {
         NamespaceOptions {
             history_size: self.history_size,
             history_ttl_ms: u64::try_from(self.history_ttl.as_millis()).unwrap_or(u64::MAX),
@@ -170,6 +211,9 @@ impl NamespaceConfig {
             priority: self.priority.into(),
             max_subscribers: self.max_subscribers,
             subscribe: self.subscribe.into(),
+            collab: self
+                .collaboration
+                .then(|| collab.story_limits(self.conflict.into(), self.max_editors)),
         }
     }
 }
@@ -462,7 +506,7 @@ impl Namespaces {
         let options: Vec<(&str, NamespaceOptions)> = cfg
             .namespace
             .iter()
-            .map(|n| (n.name.as_str(), n.options()))
+            .map(|n| (n.name.as_str(), n.options_with(&cfg.collab)))
             .collect();
         Namespaces::new(cfg.strict_namespaces, options)
     }

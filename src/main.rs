@@ -210,6 +210,9 @@ fn story_worker(
     inboxes: &Arc<[Arc<wsedge::bridge::Inbox>]>,
     metrics: &Arc<Metrics>,
 ) -> Result<Option<StoryWorker>, String> {
+    if !config.namespace.iter().any(|n| n.collaboration) {
+        return Ok(None);
+    }
     let Some(url) = config.story_redis_url() else {
         info!(
             "no [collab] or [auth] redis_url: live story state stays in memory only and does \
@@ -314,7 +317,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         }
     };
     // Kept alive for the life of the node; shards get `StoryWorker::client`.
-    let _stories = match story_worker(&config, &inboxes, &metrics) {
+    let stories = match story_worker(&config, &inboxes, &metrics) {
         Ok(w) => w,
         Err(e) => {
             error!(error = %e, "cannot start the story worker");
@@ -328,6 +331,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         inboxes,
         credentials,
         tls.clone(),
+        stories.as_ref().map(StoryWorker::client),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -457,6 +461,11 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         if t.is_finished() {
             let _ = t.join();
         }
+    }
+    // The stories' last changes reach Redis before the process goes (the
+    // worker flushes for at most its timeout, 2 s).
+    if let Some(w) = stories {
+        w.shutdown();
     }
     info!("drained; exiting");
     ExitCode::SUCCESS

@@ -130,6 +130,7 @@ pub struct Metrics {
     tls: tls::TlsFamilies,
     stories: stories::StoryFamilies,
     ops: ops::OpsFamilies,
+    collab: collab::CollabFamilies,
 }
 
 impl Default for Metrics {
@@ -351,6 +352,7 @@ impl Metrics {
             tls: tls::TlsFamilies::register(&mut r),
             stories: stories::StoryFamilies::register(&mut r),
             ops: ops::OpsFamilies::register(&mut r),
+            collab: collab::CollabFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -425,6 +427,7 @@ impl Metrics {
             channels_home: self.channels_home.get_or_create(&l).clone(),
             inbox_depth: self.inbox_depth.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
+            collab: self.collab.shard(&l),
             shard: l.shard,
         }
     }
@@ -729,6 +732,8 @@ pub struct ShardMetrics {
     closes: Series<u16>,
     close_other: Counter,
     queue_full: Series<ShardMsgKind>,
+    /// Live stories.
+    pub collab: CollabShardMetrics,
 }
 
 impl ShardMetrics {
@@ -813,6 +818,11 @@ impl ShardMetrics {
         self.count(&self.error_replies, code, || code.code().to_string());
     }
 
+    /// A durable event went to the sink (`kept`), or pushed out the oldest.
+    pub fn durable_event(&self, kept: bool) {
+        self.collab.durable_event(kept);
+    }
+
     /// A connection closed with `code`. Codes outside the known set (see
     /// [`known_close_codes`]) in 3000–4999 are counted as [`CLOSE_OTHER`].
     pub fn close(&self, code: u16) {
@@ -845,9 +855,11 @@ impl ShardMetrics {
     }
 }
 
+mod collab;
 mod ops;
 mod stories;
 mod tls;
+pub use collab::CollabShardMetrics;
 pub use ops::LivenessMetrics;
 pub use stories::{ErrorLabel, ReasonLabel};
 pub use tls::{TlsHandshake, TlsShardMetrics};

@@ -11,6 +11,8 @@
 //! - [`codes`]: the catalogue of error and close codes.
 //! - [`collab`]: live story sessions (editors, queue, section locks,
 //!   versioned updates with conflict alerts) and a shard's table of them.
+//! - [`durable`]: events for the backend's permanent storage and the
+//!   in-memory sink that holds them until a broker-backed one exists.
 //! - [`channel`]: channel name rules.
 //! - [`namespace`]: per-namespace channel options and the lookup from a
 //!   channel name.
@@ -33,6 +35,7 @@ pub mod access;
 pub mod channel;
 pub mod codes;
 pub mod collab;
+pub mod durable;
 pub mod heartbeat;
 pub mod history;
 pub mod hub;

@@ -1,6 +1,6 @@
 //! Channel namespaces: what a channel may do (keep history, recover,
-//! presence, join/leave, client publishing, priority, a subscriber cap),
-//! looked up from its name.
+//! presence, join/leave, client publishing, priority, a subscriber cap,
+//! live story collaboration), looked up from its name.
 //!
 //! A channel `ns:name` takes the options of namespace `ns`; a channel
 //! without `ns:` takes those of the namespace named `default`, which always
@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use crate::engine::channel;
+use crate::engine::collab::CollabConfig;
 
 /// The namespace for channels without `ns:`.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -75,6 +76,9 @@ pub struct NamespaceOptions {
     pub max_subscribers: usize,
     /// Who may subscribe.
     pub subscribe: SubscribeMode,
+    /// `Some` when the namespace's channels are live stories
+    /// (`collaboration = true`), with their limits and conflict policy.
+    pub collab: Option<CollabConfig>,
 }
 
 impl Default for NamespaceOptions {
@@ -90,6 +94,7 @@ impl Default for NamespaceOptions {
             priority: Priority::Normal,
             max_subscribers: 0,
             subscribe: SubscribeMode::Public,
+            collab: None,
         }
     }
 }
@@ -131,6 +136,9 @@ impl NamespaceOptions {
         if self.join_leave && !self.presence {
             return Err(OptionsError::JoinLeaveWithoutPresence);
         }
+        if let Some(c) = &self.collab {
+            c.validate().map_err(|_| OptionsError::CollabLimits)?;
+        }
         Ok(())
     }
 }
@@ -146,6 +154,9 @@ pub enum OptionsError {
     RecoverWithoutHistory,
     /// `join_leave` without `presence`.
     JoinLeaveWithoutPresence,
+    /// The story limits are inconsistent (`max_editors` of 0, or the
+    /// `[collab]` limits; [`CollabConfig::validate`] names the key).
+    CollabLimits,
 }
 
 impl fmt::Display for OptionsError {
@@ -161,6 +172,9 @@ impl fmt::Display for OptionsError {
                 "recover needs history (history_size and history_ttl above 0)"
             }
             OptionsError::JoinLeaveWithoutPresence => "join_leave needs presence = true",
+            OptionsError::CollabLimits => {
+                "collaboration limits are inconsistent (max_editors must be at least 1)"
+            }
         })
     }
 }

@@ -13,11 +13,16 @@ use slab::Slab;
 use super::conn::Conn;
 use super::core::{Shard, client_id, slot, slot_ref};
 use super::peers::Peers;
+use super::story::ShardStories;
 use super::write::WriteQueue;
-use crate::bridge::{ShardMsg, StoryLoadAnswer};
+use crate::bridge::ShardMsg;
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::collab::{DirectedEvent, JoinAs};
+use crate::engine::durable::DurableEvent;
 use crate::engine::outbox::{Frame, OverBudget};
-use crate::engine::router::{Msg, Output, SERVER_INITIATED, SubscribeRequest, Who};
+use crate::engine::router::{
+    CollabAsk, CollabOp, Msg, Output, SERVER_INITIATED, StoryWriteReq, SubscribeRequest, Who,
+};
 use crate::engine::session::Step;
 use crate::engine::subs::{ConnRef, Subscriber};
 use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
@@ -65,6 +70,10 @@ pub(crate) struct ShardOut<'a> {
     pub(crate) sent_stamps: &'a mut VecDeque<(Instant, u64)>,
     pub(crate) peers: &'a mut Peers,
     pub(crate) closes: &'a mut Vec<(ConnRef, CloseReason)>,
+    /// Story persistence and durable events.
+    pub(crate) stories: &'a mut ShardStories,
+    /// This shard's index.
+    pub(crate) shard: usize,
 }
 
 /// A [`ShardOut`] over `$s`'s fields (a macro, so the borrows stay
@@ -83,6 +92,8 @@ macro_rules! shard_out {
             sent_stamps: &mut $s.sent_stamps,
             peers: &mut $s.peers,
             closes: &mut $s.closes,
+            stories: &mut $s.stories,
+            shard: $s.id,
         }
     };
 }
@@ -100,8 +111,10 @@ impl ShardOut<'_> {
 
 impl Output for ShardOut<'_> {
     fn reply(&mut self, c: ConnRef, id: u32, body: ReplyBody<'_>) {
-        if let ReplyBody::Error(code) = body {
-            self.metrics.error_reply(code);
+        match &body {
+            ReplyBody::Error(code) => self.metrics.error_reply(*code),
+            ReplyBody::ErrorDetail(d) => self.metrics.error_reply(d.code()),
+            _ => {}
         }
         if id == SERVER_INITIATED {
             return; // the server's own subscription: no one asked
@@ -190,6 +203,49 @@ impl Output for ShardOut<'_> {
     fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg> {
         self.peers.send(self.metrics, to, msg)
     }
+
+    fn collab_push(&mut self, c: ConnRef, channel: &str, event: &DirectedEvent) {
+        let Some(conn) = slot(self.conns, c).filter(|c| c.session.is_open()) else {
+            return;
+        };
+        let (format, deflate) = (conn.session.format(), conn.session.deflate());
+        self.push_writer.begin(format);
+        match event {
+            DirectedEvent::Promoted { .. } => self.push_writer.promoted(channel),
+            DirectedEvent::Conflict {
+                section,
+                version,
+                overwritten,
+                by,
+            } => self
+                .push_writer
+                .conflict(channel, section, *version, overwritten, by),
+        }
+        let comp = &mut *self.compressor;
+        if let Some(frame) = self
+            .push_writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
+            self.queue(c, frame.into());
+        }
+    }
+
+    fn story_write(&mut self, write: StoryWriteReq<'_>) {
+        self.stories.write(write);
+    }
+
+    fn story_load(&mut self, channel: &Arc<str>) {
+        self.stories.load(self.shard, channel);
+    }
+
+    fn story_evicted(&mut self, channel: &Arc<str>) {
+        self.stories.evicted(channel);
+    }
+
+    fn durable(&mut self, event: DurableEvent) {
+        let kept = self.stories.durable(event);
+        self.metrics.durable_event(kept);
+    }
 }
 
 impl Shard {
@@ -270,6 +326,9 @@ impl Shard {
         while let Some((c, reason)) = self.closes.pop() {
             self.close_conn(c, reason);
         }
+        if !self.stories.refused.is_empty() {
+            self.answer_refused_loads();
+        }
     }
 
     fn exec(&mut self, now: Instant, c: ConnRef, cmd: Command<'_>) {
@@ -303,6 +362,14 @@ impl Shard {
                 Ok(expiry) => token_expiry = expiry,
                 Err(code) => return self.reply(c, id, ReplyBody::Error(code)),
             }
+        }
+        // Joining a story subscribes to its channel: the same rule, with no
+        // token to show (a story namespace with `subscribe = "token"` is
+        // joined through server-side subscriptions).
+        if let Method::CollabJoin { channel, .. } = &method
+            && let Err(code) = self.subscribe_permission(c, channel, None)
+        {
+            return self.reply(c, id, ReplyBody::Error(code));
         }
         if let Method::SubRefresh { channel, token } = &method {
             return self.sub_refresh(c, id, channel, token);
@@ -363,15 +430,55 @@ impl Shard {
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
             }
-            // Story collaboration (issue 9): no namespace can be
-            // collaborative until the story model is routed, so no channel
-            // is a story yet.
-            Method::CollabJoin { .. }
-            | Method::CollabLeave { .. }
-            | Method::Lock { .. }
-            | Method::Unlock { .. }
-            | Method::Update { .. } => {
-                out.reply(c, id, ReplyBody::Error(ErrorCode::NotCollaborative))
+            Method::CollabJoin {
+                channel,
+                role,
+                queue,
+                recover,
+                since,
+            } => {
+                let ask = CollabAsk {
+                    role: match role {
+                        wire::collab::CollabRole::Editor => JoinAs::Editor,
+                        wire::collab::CollabRole::Viewer => JoinAs::Viewer,
+                    },
+                    queue,
+                };
+                let since = since.filter(|_| recover);
+                r.collab_join(now, c, id, &channel, ask, since, &who, &mut out);
+            }
+            Method::CollabLeave { channel } => r.collab_leave(now, c, id, &channel, &who, &mut out),
+            Method::Lock {
+                channel,
+                section,
+                ttl,
+            } => {
+                let op = CollabOp::Lock {
+                    section: section.as_ref().into(),
+                    ttl: ttl.map(|s| Duration::from_secs(u64::from(s))),
+                };
+                r.collab_command(now, c, id, &channel, op, &mut out);
+            }
+            Method::Unlock { channel, section } => {
+                let op = CollabOp::Unlock {
+                    section: section.as_ref().into(),
+                };
+                r.collab_command(now, c, id, &channel, op, &mut out);
+            }
+            Method::Update {
+                channel,
+                section,
+                base_version,
+                data,
+                op_id,
+            } => {
+                let op = CollabOp::Update {
+                    section: section.as_ref().into(),
+                    base_version,
+                    data: Bytes::copy_from_slice(data),
+                    op_id: op_id.as_ref().into(),
+                };
+                r.collab_command(now, c, id, &channel, op, &mut out);
             }
         }
     }
@@ -416,19 +523,6 @@ impl Shard {
             ShardMsg::StoryLoaded(answer) => self.on_story_loaded(*answer),
             ShardMsg::Drain => self.start_drain(),
         }
-    }
-
-    /// The story sidecar's answer to a `StoryClient::load` this shard
-    /// made. No story session asks yet (issue 9 wires them into the
-    /// home), so an answer can only be stale: it is dropped with a debug
-    /// line.
-    pub(crate) fn on_story_loaded(&mut self, answer: StoryLoadAnswer) {
-        tracing::debug!(
-            request = answer.request,
-            channel = %answer.channel,
-            ok = answer.result.is_ok(),
-            "story load answered with no session waiting for it"
-        );
     }
 
     /// Queues a data frame for `c`, dropping the connection as a slow

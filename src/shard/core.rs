@@ -143,6 +143,8 @@ pub struct Shard {
     pub(crate) access: ShardAccess,
     /// TLS connections' state, handshake budget and backlog (`[tls]` on).
     tls: Option<TlsShard>,
+    /// Story persistence and durable events.
+    pub(crate) stories: super::story::ShardStories,
 }
 
 impl Shard {
@@ -199,10 +201,14 @@ impl Shard {
                     history_max_publications: cfg.history_max_publications,
                     idempotency_window: cfg.idempotency_window,
                     idempotency_max_keys: cfg.idempotency_max_keys.div_ceil(peers),
+                    story_table: cfg.collab.story_table(peers),
+                    story_store: ctx.stories.is_some(),
+                    unix_origin_ms: super::story::unix_now_ms(),
                 },
                 seed,
                 Instant::now(),
             ),
+            stories: super::story::ShardStories::new(ctx.stories.clone()),
             closes: Vec::new(),
             users: HashMap::new(),
             sub_expiries: Default::default(),

@@ -62,6 +62,7 @@ mod drain;
 mod held;
 pub mod live;
 mod peers;
+mod story;
 pub mod sys;
 pub mod tls;
 mod write;
@@ -179,6 +180,9 @@ pub struct ShardContext {
     /// The certificate and kTLS choice when `[tls]` is on (every
     /// connection is then TLS).
     pub tls: Option<TlsServing>,
+    /// The story write-behind sidecar, when a namespace is collaborative
+    /// and a Redis is configured (none: stories live in memory only).
+    pub stories: Option<crate::sidecar::stories::StoryClient>,
 }
 
 /// Running shards.
@@ -209,6 +213,7 @@ pub fn start(
     inboxes: Arc<[Arc<Inbox>]>,
     credentials: auth::Credentials,
     tls: Option<TlsServing>,
+    stories: Option<crate::sidecar::stories::StoryClient>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -242,6 +247,7 @@ pub fn start(
         metrics,
         credentials,
         tls,
+        stories,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

@@ -71,22 +71,14 @@ impl Story {
     /// The story's durable part at `now_ms`.
     pub fn export(&self, now_ms: u64) -> StoryExport {
         StoryExport {
-            sections: self
-                .sections
-                .values()
-                .map(|s| SectionExport {
-                    id: s.id.clone(),
-                    version: s.version,
-                    data: s.data.clone(),
-                    writer: s.writer.as_ref().map(|w| w.who.user.clone()),
-                    lock: s.lock.as_ref().map(|l| LockExport {
-                        user: l.holder.user.clone(),
-                        client: l.holder.client.clone(),
-                        expires_in_ms: l.deadline().saturating_sub(now_ms),
-                    }),
-                })
-                .collect(),
+            sections: self.sections.values().map(|s| s.export(now_ms)).collect(),
         }
+    }
+
+    /// One section's durable part at `now_ms`, if the section exists
+    /// (written or locked): what a write-behind of a changed section sends.
+    pub fn export_section(&self, id: &str, now_ms: u64) -> Option<SectionExport> {
+        self.sections.get(id).map(|s| s.export(now_ms))
     }
 
     /// A story with `export`'s sections and locks, reloaded at `now_ms`.
@@ -145,5 +137,21 @@ impl Story {
         story.sections = sections;
         story.settle();
         Imported { story, skipped }
+    }
+}
+
+impl Section {
+    fn export(&self, now_ms: u64) -> SectionExport {
+        SectionExport {
+            id: self.id.clone(),
+            version: self.version,
+            data: self.data.clone(),
+            writer: self.writer.as_ref().map(|w| w.who.user.clone()),
+            lock: self.lock.as_ref().map(|l| LockExport {
+                user: l.holder.user.clone(),
+                client: l.holder.client.clone(),
+                expires_in_ms: l.deadline().saturating_sub(now_ms),
+            }),
+        }
     }
 }

@@ -28,6 +28,7 @@
 //!   reloading it.
 //! - [`table`]: [`Stories`], a shard's stories with a cap, idle eviction
 //!   and a due-time index.
+//! - `snapshot`: a [`JoinOk`] as the wire's `collab_join` snapshot.
 
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ mod edit;
 pub mod error;
 pub mod export;
 mod locks;
+mod snapshot;
 mod story;
 pub mod table;
 
@@ -115,6 +117,8 @@ pub enum CollabEvent {
     Leave {
         /// Who.
         who: ClientInfo,
+        /// The role it had.
+        role: Role,
     },
     /// A section's lock changed hands: taken (`Some`), or released,
     /// expired or lapsed after a disconnect (`None`). Renewals are silent.

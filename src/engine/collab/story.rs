@@ -295,6 +295,11 @@ impl Story {
         self.bytes
     }
 
+    /// `section` as a snapshot shows it, if it exists (written or locked).
+    pub fn section(&self, section: &str) -> Option<SectionView> {
+        self.sections.get(section).map(Section::view)
+    }
+
     /// The version of `section` (0 if never written or unknown).
     pub fn version(&self, section: &str) -> u64 {
         self.sections.get(section).map_or(0, |s| s.version)
@@ -393,7 +398,10 @@ impl Story {
             Role::Viewer => self.viewers -= 1,
             Role::Queued => self.unqueue(member),
         }
-        events.push(CollabEvent::Leave { who: m.who });
+        events.push(CollabEvent::Leave {
+            who: m.who,
+            role: m.role,
+        });
         if m.role == Role::Editor {
             self.promote(now_ms, events);
         }

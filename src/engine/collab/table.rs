@@ -165,6 +165,8 @@ pub struct Stories {
     scratch: Vec<CollabEvent>,
     /// Reused buffer for the channels due in a tick.
     due_scratch: Vec<Arc<str>>,
+    /// Stories evicted since the last [`Stories::take_evicted`].
+    evicted: Vec<Arc<str>>,
 }
 
 impl Stories {
@@ -179,6 +181,7 @@ impl Stories {
             },
             scratch: Vec::new(),
             due_scratch: Vec::new(),
+            evicted: Vec::new(),
         }
     }
 
@@ -248,6 +251,7 @@ impl Stories {
             if slot.story.is_idle(now_ms) {
                 self.remove(&channel);
                 self.index.evictions += 1;
+                self.evicted.push(channel.clone());
                 evicted += 1;
                 continue;
             }
@@ -258,6 +262,12 @@ impl Stories {
         }
         self.due_scratch = due;
         evicted
+    }
+
+    /// The channels whose stories were evicted (idle, or to make room)
+    /// since the last call, oldest first.
+    pub fn take_evicted(&mut self) -> Vec<Arc<str>> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// When [`Stories::tick`] next has work, if ever.
@@ -309,6 +319,7 @@ impl Stories {
             };
             self.remove(&victim);
             self.index.evictions += 1;
+            self.evicted.push(victim);
         }
         let mut slot = Slot {
             channel: channel.clone(),

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, ReplyTo, Router, SWEEP_EVERY, counted,
+    CollabAsk, HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, ReplyTo, Router, SWEEP_EVERY,
+    counted,
 };
 use crate::engine::codes::ErrorCode;
+use crate::engine::collab::MemberId;
 use crate::engine::history::{HistoryLimits, HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::namespace::Priority;
+use crate::engine::subs::ConnRef;
 use crate::engine::wire::ClientInfo;
 use crate::engine::wire::publication::{PubData, Publication, SharedPub};
 
@@ -191,8 +194,10 @@ impl Router {
     }
 
     /// A subscription through the home: admit it against
-    /// `max_subscribers`, record the member (presence), and recover what
-    /// it missed. The answer follows every delivery sent before it.
+    /// `max_subscribers`, join its story (`collab_join`), record the member
+    /// (presence), and recover what it missed. The answer follows every
+    /// delivery sent before it, story events of the join included, so the
+    /// snapshot is the state at the position the answer gives.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn on_subscribe(
         &mut self,
@@ -200,55 +205,100 @@ impl Router {
         channel: Arc<str>,
         since: Option<Position>,
         member: Option<Box<ClientInfo>>,
+        collab: Option<CollabAsk>,
         from: usize,
         reply_to: ReplyTo,
         out: &mut impl Output,
     ) {
-        let position = self.hub.position(&channel, self.tick(now));
-        let result = match self.options(&channel).cloned() {
+        let opts = self.options(&channel).cloned();
+        if collab.is_some()
+            && opts.as_ref().is_ok_and(|o| o.collab.is_some())
+            && self.story_must_load(&channel)
+        {
+            let msg = Msg::Subscribe {
+                channel: channel.clone(),
+                since,
+                member,
+                collab,
+                from,
+                reply_to,
+            };
+            return self.wait_for_story(now, channel, msg, out);
+        }
+        let mut story = None;
+        let admitted = match opts {
             Err(code) => Err(code),
             Ok(opts) => {
                 let members = self.presence.members(&channel);
                 match member {
                     Some(_) if !opts.admits_subscriber(members) => Err(ErrorCode::LimitExceeded),
                     Some(info) => {
-                        let emit = opts.presence && opts.sends_join_leave(members + 1);
-                        if self.presence.join(&channel, *info, emit) && emit {
-                            self.schedule_presence(now);
-                        }
-                        Ok(())
+                        let joined = match collab {
+                            None => Ok(()),
+                            Some(_) if opts.collab.is_none() => Err(ErrorCode::NotCollaborative),
+                            Some(ask) => {
+                                let id = MemberId {
+                                    shard: from,
+                                    conn: reply_to.conn,
+                                };
+                                self.story_join(now, &channel, &opts, id, &info, ask, out)
+                                    .map(|j| story = Some(Box::new(j)))
+                                    .map_err(|e| e.code())
+                            }
+                        };
+                        joined.map(|()| {
+                            let emit = opts.presence && opts.sends_join_leave(members + 1);
+                            if self.presence.join(&channel, *info, emit) && emit {
+                                self.schedule_presence(now);
+                            }
+                        })
                     }
                     None => Ok(()),
                 }
-                .map(|()| match since {
-                    Some(since) => {
-                        let ms = self.ms(now);
-                        let r =
-                            self.history
-                                .recover(&channel, position, since, self.recovery_max, ms);
-                        if r.recovered {
-                            self.stats.recovered += 1;
-                        } else {
-                            self.stats.not_recovered += 1;
-                        }
-                        Box::new(r)
-                    }
-                    None => Box::new(Recovery::unrecoverable()),
-                })
+                .map(|()| opts)
             }
         };
+        // After the join's story events: they precede the answer.
+        let position = self.hub.position(&channel, self.tick(now));
+        let result = admitted.map(|_| match since {
+            Some(since) => {
+                let ms = self.ms(now);
+                let r = self
+                    .history
+                    .recover(&channel, position, since, self.recovery_max, ms);
+                if r.recovered {
+                    self.stats.recovered += 1;
+                } else {
+                    self.stats.not_recovered += 1;
+                }
+                Box::new(r)
+            }
+            None => Box::new(Recovery::unrecoverable()),
+        });
         let msg = Msg::Subscribed {
             channel,
             position,
             result,
+            story,
             reply_to,
         };
         // Never refused: the shard holds the channel until it arrives.
         let _ = self.dispatch(now, from, msg, out);
     }
 
-    /// A counted member left.
-    pub(super) fn on_leave(&mut self, now: Instant, channel: &Arc<str>, client: &str) {
+    /// A counted member left: from presence, and from its story (a
+    /// disconnected editor's locks wait out their grace).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_leave(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        client: &str,
+        conn: ConnRef,
+        from: usize,
+        disconnect: bool,
+        out: &mut impl Output,
+    ) {
         let Ok(opts) = self.options(channel).cloned() else {
             return;
         };
@@ -259,6 +309,10 @@ impl Router {
         let emit = opts.presence && opts.sends_join_leave(members);
         if self.presence.leave(channel, client, emit).is_some() && opts.presence {
             self.schedule_presence(now);
+        }
+        if opts.collab.is_some() {
+            let member = MemberId { shard: from, conn };
+            self.story_leave(now, channel, &opts, member, disconnect, out);
         }
     }
 
@@ -312,6 +366,9 @@ impl Router {
         if let Some(ms) = self.presence.next_deadline() {
             at = at.min(self.origin + std::time::Duration::from_millis(ms));
         }
+        if let Some(ms) = self.stories.next_deadline() {
+            at = at.min(self.origin + std::time::Duration::from_millis(ms));
+        }
         at
     }
 
@@ -321,6 +378,9 @@ impl Router {
         let ms = self.ms(now);
         if self.presence.next_deadline().is_some_and(|d| d <= ms) && self.presence.expire(ms) > 0 {
             self.schedule_presence(now);
+        }
+        if self.stories.next_deadline().is_some_and(|d| d <= ms) {
+            self.story_timers(now, out);
         }
         if self.presence_flush.is_some_and(|f| now >= f) {
             self.presence_flush = None;

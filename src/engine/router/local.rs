@@ -5,8 +5,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::msg::joined_reply;
 use super::{Msg, Output, ReplyTo, Router, answer_conn, hand_out};
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::collab::JoinOk;
 use crate::engine::history::Recovery;
 use crate::engine::hub::Position;
 use crate::engine::subs::{Acked, ConnRef, Delivery, Subscribed};
@@ -106,17 +108,19 @@ impl Router {
     /// The home answered a subscription through it. The shard held the
     /// channel meanwhile, so its position is the home's, and the recovered
     /// publications end exactly where the live ones begin.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_subscribed(
         &mut self,
         now: Instant,
         channel: Arc<str>,
         position: Position,
         result: Result<Box<Recovery>, ErrorCode>,
+        story: Option<Box<JoinOk>>,
         reply_to: ReplyTo,
         out: &mut impl Output,
     ) {
         let conn = reply_to.conn;
-        let Some(id) = self.joining.remove(&(conn, channel.clone())) else {
+        let Some((id, recovering)) = self.joining.remove(&(conn, channel.clone())) else {
             // Unsubscribed or closed while waiting; that released the hold
             // and told the home it left.
             return;
@@ -124,12 +128,21 @@ impl Router {
         match result {
             Err(code) => out.reply(conn, id, ReplyBody::Error(code)),
             Ok(recovery) => match self.subs.subscribe(conn, &channel, id) {
-                Ok(Subscribed::Now(p)) if p == position => {
-                    self.reply_subscribed(conn, id, &channel, p, Some(&recovery), out)
+                Ok(Subscribed::Now(p)) => {
+                    // Deliveries lost on the way (the shard is told to
+                    // recover separately): never claim a recovery across
+                    // them.
+                    let recovery = (p == position).then_some(&*recovery);
+                    match &story {
+                        Some(join) => {
+                            let empty = Recovery::unrecoverable();
+                            let r = recovering.then(|| recovery.unwrap_or(&empty));
+                            let body = ReplyBody::CollabJoin(joined_reply(join, p, r));
+                            out.reply(conn, id, body);
+                        }
+                        None => self.reply_subscribed(conn, id, &channel, p, recovery, out),
+                    }
                 }
-                // Deliveries were lost on the way (the shard is told to
-                // recover separately): never claim a recovery across them.
-                Ok(Subscribed::Now(p)) => self.reply_subscribed(conn, id, &channel, p, None, out),
                 Ok(Subscribed::Waiting) => {}
                 Ok(Subscribed::NeedInterest(name)) => self.request_interest(now, name, true, out),
                 Err(code) => out.reply(conn, id, ReplyBody::Error(code)),

@@ -28,11 +28,20 @@
 //!   position then equals the home's: the recovered publications and the
 //!   live ones meet with no gap and no duplicate.
 //!
+//! Live stories (namespaces with `collaboration = true`) live at their
+//! channel's home too: `collab_join` is a subscription through the home
+//! that also joins the story; `lock`, `unlock` and `update` are requests to
+//! the home; story events are publications on the channel, with offsets
+//! and history, and the pushes for one member (`promoted`, `conflict`) go
+//! to that member's shard.
+//!
 //! Layout:
 //! - `mod.rs`: the router, its settings and the [`Output`] it drives;
 //!   commands of local connections.
 //! - `home.rs`: the home side (publish, history, presence, subscribe
 //!   through the home, timers).
+//! - `story.rs`: the home side of live stories (joins, locks, updates,
+//!   loading from the story store, their events and writes).
 //! - `local.rs`: the local side (interest, deliveries, answers).
 //! - [`msg`]: the messages routers send each other.
 //! - `sim.rs` (tests): several routers wired by in-memory inboxes.
@@ -43,6 +52,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::channel::is_valid_channel;
 use crate::engine::codes::{CloseReason, ErrorCode};
+use crate::engine::collab::{CollabConfig, CollabEvent, DirectedEvent, Stories, Story};
+use crate::engine::durable::DurableEvent;
 use crate::engine::history::{HistoryQuery, HistoryStore, MemoryHistory, MemoryHistoryConfig};
 use crate::engine::hub::{Hub, Position, home_shard};
 use crate::engine::idempotency::IdempotencyWindow;
@@ -59,9 +70,12 @@ pub mod msg;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod sim_collab;
+#[cfg(test)]
 mod sim_features;
+pub mod story;
 
-pub use msg::{Answer, Msg, MsgKind, ReplyTo};
+pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
 /// inboxes) and by the deterministic tests (in-memory queues).
@@ -87,6 +101,39 @@ pub trait Output {
     /// it. Gives the message back when it was refused, which only a
     /// [`Msg::refusable`] message may be (queues full).
     fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg>;
+    /// Pushes `event` (`promoted`, `conflict`) to local connection `conn`,
+    /// a member of the story `channel`.
+    fn collab_push(&mut self, conn: ConnRef, channel: &str, event: &DirectedEvent);
+    /// A story this shard is home for changed (only called when the
+    /// router has a story store): write its durable part behind.
+    fn story_write(&mut self, write: StoryWriteReq<'_>);
+    /// Reads `channel`'s story back from the store; the answer comes to
+    /// [`Router::story_loaded`]. Only called when the router has a story
+    /// store.
+    fn story_load(&mut self, channel: &Arc<str>);
+    /// `channel`'s story left memory (idle, or to make room): forget what
+    /// was kept for writing it.
+    fn story_evicted(&mut self, channel: &Arc<str>);
+    /// An event for the backend's permanent storage.
+    fn durable(&mut self, event: DurableEvent);
+}
+
+/// A story's change, for [`Output::story_write`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoryWriteReq<'a> {
+    /// The story's channel.
+    pub channel: &'a Arc<str>,
+    /// The story after the change.
+    pub story: &'a Story,
+    /// The sections whose data or lock changed (repeats possible): write
+    /// each one's current state (a section without a lock: unlocked).
+    pub touched: &'a [Arc<str>],
+    /// Whether editors are present.
+    pub active: bool,
+    /// The router's clock (for [`Story::export`] and lock expiries).
+    pub now_ms: u64,
+    /// The same instant as Unix milliseconds.
+    pub unix_ms: u64,
 }
 
 /// The settings a router needs.
@@ -118,6 +165,15 @@ pub struct RouterConfig {
     pub idempotency_window: Duration,
     /// Idempotency keys this shard remembers at most.
     pub idempotency_max_keys: usize,
+    /// The limits of this shard's story table (`max_stories`,
+    /// `idle_evict`); each story takes its namespace's limits.
+    pub story_table: CollabConfig,
+    /// Whether stories are written behind to a store and read back on the
+    /// first join ([`Output::story_write`], [`Output::story_load`]).
+    pub story_store: bool,
+    /// Unix time in milliseconds at the router's time origin (`now` of
+    /// [`Router::new`]): lock expiries and durable events carry Unix time.
+    pub unix_origin_ms: u64,
 }
 
 /// Counts the shell moves to its metrics once per loop turn.
@@ -137,6 +193,37 @@ pub struct RouterStats {
     pub not_recovered: u64,
     /// Presence event frames sent to shards with subscribers.
     pub presence_pushes: u64,
+    /// Story updates accepted at home.
+    pub story_updates: u64,
+    /// `conflict` pushes (an update overwrote another editor's version).
+    pub story_conflicts: u64,
+    /// Story joins (and role changes) accepted at home.
+    pub story_joins: u64,
+    /// Stories read back from the store.
+    pub story_loads: u64,
+    /// Stories that could not be read back (their joins got error 100).
+    pub story_load_failures: u64,
+    /// Sections of loaded stories skipped for breaking the limits.
+    pub story_import_skipped: u64,
+}
+
+/// The stories a shard is home for, for metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoryStats {
+    /// Stories in memory.
+    pub stories: usize,
+    /// Their members.
+    pub members: usize,
+    /// Their locks (including those in grace).
+    pub locks: usize,
+    /// Bytes of section data.
+    pub bytes: usize,
+    /// Stories evicted so far (idle, or to make room).
+    pub evictions: u64,
+    /// New stories refused so far (`max_stories`, none evictable).
+    pub refused: u64,
+    /// Joins waiting for their story to be read back.
+    pub waiting: usize,
 }
 
 /// How often the home checks for idle channels to forget.
@@ -170,8 +257,20 @@ pub struct Router {
     /// When the presence changes collected so far are pushed.
     presence_flush: Option<Instant>,
     /// Subscriptions through the home waiting for its answer, with their
-    /// command ids.
-    joining: HashMap<(ConnRef, Arc<str>), u32>,
+    /// command ids and whether they recover.
+    joining: HashMap<(ConnRef, Arc<str>), (u32, bool)>,
+    /// The live stories this shard is home for.
+    stories: Stories,
+    /// Joins waiting for their story to be read back, by channel.
+    story_waiting: HashMap<Arc<str>, Vec<Msg>>,
+    /// How many joins wait, all stories together.
+    story_waiting_count: usize,
+    /// Whether stories are written behind and read back.
+    story_store: bool,
+    /// Unix milliseconds at `origin`.
+    unix_origin_ms: u64,
+    /// Reused buffer for a story call's events.
+    collab_events: Vec<CollabEvent>,
     /// Channels whose deliveries to a peer were refused; the peer is sent
     /// [`Msg::Lost`] for each once the messages owed to it have gone.
     lost: Vec<Vec<Arc<str>>>,
@@ -260,6 +359,12 @@ impl Router {
             next_housekeeping: now + HOUSEKEEPING_EVERY,
             presence_flush: None,
             joining: HashMap::new(),
+            stories: Stories::new(cfg.story_table),
+            story_waiting: HashMap::new(),
+            story_waiting_count: 0,
+            story_store: cfg.story_store,
+            unix_origin_ms: cfg.unix_origin_ms,
+            collab_events: Vec::new(),
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
         }
@@ -295,6 +400,16 @@ impl Router {
             return Err(ErrorCode::InvalidChannel);
         }
         self.options(channel).cloned()
+    }
+
+    /// Checks a channel name from a client and that it is a story (else
+    /// error 122).
+    fn check_story(&self, channel: &str) -> Result<NamespaceOptions, ErrorCode> {
+        match self.check(channel) {
+            Ok(o) if o.collab.is_some() => Ok(o),
+            Ok(_) => Err(ErrorCode::NotCollaborative),
+            Err(code) => Err(code),
+        }
     }
 
     /// Checks a channel name from a client and that its namespace allows
@@ -365,18 +480,39 @@ impl Router {
         if !counted && since.is_none() {
             return self.subscribe_direct(now, conn, id, channel, out);
         }
+        let member = counted.then(|| Box::new(who.get().clone()));
+        self.subscribe_home(now, conn, id, channel, since, member, None, out);
+    }
+
+    /// Subscribes `conn` through the channel's home: holds the channel
+    /// (so its interest stays on) and asks the home, which answers with
+    /// [`Msg::Subscribed`].
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe_home(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        since: Option<Position>,
+        member: Option<Box<ClientInfo>>,
+        collab: Option<CollabAsk>,
+        out: &mut impl Output,
+    ) {
         if self.subs.count(conn) >= self.subs.max_per_conn() {
             return out.reply(conn, id, ReplyBody::Error(ErrorCode::LimitExceeded));
         }
         let channel: Arc<str> = Arc::from(channel);
-        self.joining.insert((conn, channel.clone()), id);
+        self.joining
+            .insert((conn, channel.clone()), (id, since.is_some()));
         if let Some(name) = self.subs.hold(&channel) {
             self.request_interest(now, name, true, out);
         }
         let msg = Msg::Subscribe {
             channel: channel.clone(),
             since,
-            member: counted.then(|| Box::new(who.get().clone())),
+            member,
+            collab,
             from: self.id,
             reply_to: ReplyTo { conn, cmd_id: id },
         };
@@ -404,11 +540,64 @@ impl Router {
             Ok(o) => o,
             Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
         };
+        self.leave_channel(
+            now,
+            conn,
+            id,
+            channel,
+            &opts,
+            ReplyBody::Unsubscribe,
+            who,
+            out,
+        );
+    }
+
+    /// `collab_leave {channel}`: leaves the story (its locks go at once)
+    /// and unsubscribes from its channel.
+    pub fn collab_leave(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        who: &Who<impl Fn() -> ClientInfo>,
+        out: &mut impl Output,
+    ) {
+        let opts = match self.check_story(channel) {
+            Ok(o) => o,
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        };
+        self.leave_channel(
+            now,
+            conn,
+            id,
+            channel,
+            &opts,
+            ReplyBody::CollabLeave,
+            who,
+            out,
+        );
+    }
+
+    /// Ends `conn`'s subscription to `channel` (answering `body`), or the
+    /// one waiting for its home.
+    #[allow(clippy::too_many_arguments)]
+    fn leave_channel(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        opts: &NamespaceOptions,
+        body: ReplyBody<'_>,
+        who: &Who<impl Fn() -> ClientInfo>,
+        out: &mut impl Output,
+    ) {
         if self.take_joining(conn, channel).is_some() {
             // Its answer is still to come: forget it now (the answer is then
             // ignored) and release the hold it had.
-            answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
-            self.leave_home(now, channel, &opts, who, out);
+            answer_conn(out, conn, id, channel, body);
+            self.leave_home(now, conn, channel, opts, false, who, out);
             if let Some(name) = self.subs.unhold(channel) {
                 self.request_interest(now, name, false, out);
             }
@@ -416,8 +605,8 @@ impl Router {
         }
         match self.subs.unsubscribe(conn, channel) {
             Ok(released) => {
-                answer_conn(out, conn, id, channel, ReplyBody::Unsubscribe);
-                self.leave_home(now, channel, &opts, who, out);
+                answer_conn(out, conn, id, channel, body);
+                self.leave_home(now, conn, channel, opts, false, who, out);
                 if let Some(name) = released {
                     self.request_interest(now, name, false, out);
                 }
@@ -535,6 +724,73 @@ impl Router {
         self.ask_home(now, channel, msg, out);
     }
 
+    /// `collab_join {channel, role, queue?, recover?}` from local connection
+    /// `conn`: a subscription through the home that also joins the story;
+    /// from a connection already subscribed, a change of role.
+    #[allow(clippy::too_many_arguments)]
+    pub fn collab_join(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        ask: CollabAsk,
+        recover_since: Option<Position>,
+        who: &Who<impl Fn() -> ClientInfo>,
+        out: &mut impl Output,
+    ) {
+        let opts = match self.check_story(channel) {
+            Ok(o) => o,
+            Err(code) => return out.reply(conn, id, ReplyBody::Error(code)),
+        };
+        if self.subs.is_subscribed(conn, channel) {
+            let msg = Msg::Collab {
+                channel: Arc::from(channel),
+                op: Box::new(CollabOp::Join {
+                    ask,
+                    who: who.get().clone(),
+                }),
+                from: self.id,
+                reply_to: ReplyTo { conn, cmd_id: id },
+            };
+            return self.ask_home(now, channel, msg, out);
+        }
+        if self.is_subscribed(conn, channel) {
+            // Its subscription is still on its way to the home.
+            return out.reply(conn, id, ReplyBody::Error(ErrorCode::AlreadySubscribed));
+        }
+        let since = recover_since.filter(|_| opts.recover && opts.keeps_history());
+        let member = Some(Box::new(who.get().clone()));
+        self.subscribe_home(now, conn, id, channel, since, member, Some(ask), out);
+    }
+
+    /// `lock`, `unlock` or `update` from local connection `conn`: asks the
+    /// story's home. A connection not subscribed to the channel is no
+    /// member (error 120) without asking.
+    pub fn collab_command(
+        &mut self,
+        now: Instant,
+        conn: ConnRef,
+        id: u32,
+        channel: &str,
+        op: CollabOp,
+        out: &mut impl Output,
+    ) {
+        if let Err(code) = self.check_story(channel) {
+            return out.reply(conn, id, ReplyBody::Error(code));
+        }
+        if !self.subs.is_subscribed(conn, channel) {
+            return out.reply(conn, id, ReplyBody::Error(ErrorCode::NotEditor));
+        }
+        let msg = Msg::Collab {
+            channel: Arc::from(channel),
+            op: Box::new(op),
+            from: self.id,
+            reply_to: ReplyTo { conn, cmd_id: id },
+        };
+        self.ask_home(now, channel, msg, out);
+    }
+
     /// Local connection `conn` (who it was: `who`) is gone: drop its
     /// subscriptions, leave the channels whose home counts members, and
     /// tell the homes of channels that lost their last local subscriber.
@@ -565,7 +821,7 @@ impl Router {
         leaving.extend(joining);
         for ch in leaving {
             if let Ok(opts) = self.options(&ch).cloned() {
-                self.leave_home(now, &ch, &opts, who, out);
+                self.leave_home(now, conn, &ch, &opts, true, who, out);
             }
         }
         for name in released {
@@ -573,12 +829,16 @@ impl Router {
         }
     }
 
-    /// Tells the home that a counted member left.
+    /// Tells the home that a counted member left (`disconnect`: its
+    /// connection closed).
+    #[allow(clippy::too_many_arguments)]
     fn leave_home(
         &mut self,
         now: Instant,
+        conn: ConnRef,
         channel: &str,
         opts: &NamespaceOptions,
+        disconnect: bool,
         who: &Who<impl Fn() -> ClientInfo>,
         out: &mut impl Output,
     ) {
@@ -588,6 +848,9 @@ impl Router {
         let msg = Msg::Leave {
             channel: Arc::from(channel),
             client: who.get().client.clone(),
+            conn,
+            from: self.id,
+            disconnect,
         };
         let home = self.home(channel);
         // Never refused (not refusable).
@@ -623,15 +886,17 @@ impl Router {
                 channel,
                 since,
                 member,
+                collab,
                 from,
                 reply_to,
-            } => self.on_subscribe(now, channel, since, member, from, reply_to, out),
+            } => self.on_subscribe(now, channel, since, member, collab, from, reply_to, out),
             Msg::Subscribed {
                 channel,
                 position,
                 result,
+                story,
                 reply_to,
-            } => self.on_subscribed(now, channel, position, result, reply_to, out),
+            } => self.on_subscribed(now, channel, position, result, story, reply_to, out),
             Msg::History {
                 channel,
                 query,
@@ -641,7 +906,24 @@ impl Router {
                 let answer = self.history_home(now, &channel, &query);
                 self.answer(now, from, reply_to, answer, out);
             }
-            Msg::Leave { channel, client } => self.on_leave(now, &channel, &client),
+            Msg::Leave {
+                channel,
+                client,
+                conn,
+                from,
+                disconnect,
+            } => self.on_leave(now, &channel, &client, conn, from, disconnect, out),
+            Msg::Collab {
+                channel,
+                op,
+                from,
+                reply_to,
+            } => self.on_collab(now, channel, *op, from, reply_to, out),
+            Msg::CollabPush {
+                conn,
+                channel,
+                event,
+            } => out.collab_push(conn, &channel, &event),
             Msg::SetState {
                 channel,
                 client,
@@ -717,11 +999,24 @@ impl Router {
     /// Forgets `conn`'s subscription to `channel` waiting for its home, if
     /// there is one; its command id. (No allocation when none is waiting,
     /// the usual case.)
-    fn take_joining(&mut self, conn: ConnRef, channel: &str) -> Option<u32> {
+    fn take_joining(&mut self, conn: ConnRef, channel: &str) -> Option<(u32, bool)> {
         if self.joining.is_empty() {
             return None;
         }
         self.joining.remove(&(conn, Arc::from(channel)))
+    }
+
+    /// The stories this shard is home for: their number and totals.
+    pub fn story_stats(&self) -> StoryStats {
+        StoryStats {
+            stories: self.stories.len(),
+            members: self.stories.members(),
+            locks: self.stories.locks(),
+            bytes: self.stories.bytes(),
+            evictions: self.stories.evictions(),
+            refused: self.stories.refused(),
+            waiting: self.story_waiting_count,
+        }
     }
 
     /// The history store's sizes and eviction counts.
@@ -740,10 +1035,10 @@ fn answer_conn(out: &mut impl Output, conn: ConnRef, id: u32, channel: &str, bod
     }
 }
 
-/// Whether the home keeps a channel's members: for presence, and to
-/// enforce `max_subscribers`.
+/// Whether the home keeps a channel's members: for presence, to enforce
+/// `max_subscribers`, and for stories (a member must leave its story).
 fn counted(opts: &NamespaceOptions) -> bool {
-    opts.presence || opts.max_subscribers > 0
+    opts.presence || opts.max_subscribers > 0 || opts.collab.is_some()
 }
 
 /// Sends a frame to every local subscriber of a push.

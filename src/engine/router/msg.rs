@@ -3,11 +3,16 @@
 //! each kind, its bound and what happens when the inbox is full.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::engine::codes::ErrorCode;
+use crate::engine::collab::{CollabError, DirectedEvent, JoinAs, JoinOk, LockOk, UpdateOk};
 use crate::engine::history::{HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::subs::ConnRef;
+use crate::engine::wire::collab::{CollabJoinReply, ErrorDetail, MemberId};
 use crate::engine::wire::publication::{PubData, Publication, SharedPub};
 use crate::engine::wire::{ClientInfo, PresenceEntry, ReplyBody};
 
@@ -52,8 +57,121 @@ pub enum Answer {
     },
     /// `presence_state`.
     PresenceState,
+    /// `collab_join` of a connection already subscribed to the story's
+    /// channel (a role change): the snapshot and the position it is at.
+    CollabJoin(Box<StoryJoined>),
+    /// `lock`: `expires_ms` is Unix time.
+    Lock(Box<LockOk>),
+    /// `unlock`.
+    Unlock,
+    /// `update`.
+    Update(UpdateOk),
+    /// A story refused the command (its detail goes on the wire for 118
+    /// and 119).
+    CollabError(Box<CollabError>),
     /// An error.
     Error(ErrorCode),
+}
+
+/// What `collab_join` asks of the story.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollabAsk {
+    /// Editor or viewer.
+    pub role: JoinAs,
+    /// An editor beyond the cap waits in line instead of error 117.
+    pub queue: bool,
+}
+
+/// A story command on its way to the story's home; the member is the
+/// asking connection (`from`, `reply_to.conn`).
+#[derive(Debug)]
+pub enum CollabOp {
+    /// `collab_join` from a connection already subscribed to the channel.
+    Join {
+        /// The role asked for.
+        ask: CollabAsk,
+        /// Who the connection is.
+        who: ClientInfo,
+    },
+    /// `lock`.
+    Lock {
+        /// Section id.
+        section: Box<str>,
+        /// Time to live asked for.
+        ttl: Option<Duration>,
+    },
+    /// `unlock`.
+    Unlock {
+        /// Section id.
+        section: Box<str>,
+    },
+    /// `update`.
+    Update {
+        /// Section id.
+        section: Box<str>,
+        /// The version the change was made against.
+        base_version: u64,
+        /// The new data (JSON text).
+        data: Bytes,
+        /// Deduplicates resends.
+        op_id: Box<str>,
+    },
+}
+
+/// A story snapshot for a joining member and the channel position it is
+/// at: story events after `position` follow it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoryJoined {
+    /// Role, place in line, editors, viewers, sections.
+    pub join: JoinOk,
+    /// The story channel's position when the snapshot was taken.
+    pub position: Position,
+}
+
+impl StoryJoined {
+    /// The `collab_join` reply, with what recovery found.
+    pub fn reply<'a>(&'a self, recovery: Option<&'a Recovery>) -> CollabJoinReply<'a> {
+        joined_reply(&self.join, self.position, recovery)
+    }
+}
+
+/// The `collab_join` reply for `join` at `position`, with what recovery
+/// found (`None`: the client did not ask to recover).
+pub fn joined_reply<'a>(
+    join: &'a JoinOk,
+    position: Position,
+    recovery: Option<&'a Recovery>,
+) -> CollabJoinReply<'a> {
+    CollabJoinReply {
+        role: join.role.into(),
+        position: join.position.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+        viewers: u32::try_from(join.viewers).unwrap_or(u32::MAX),
+        epoch: position.epoch,
+        offset: position.offset,
+        story: join,
+        recovering: recovery.is_some(),
+        recovered: recovery.is_some_and(|r| r.recovered),
+        publications: recovery.map_or(&[][..], |r| &r.publications[..]),
+    }
+}
+
+/// The error reply for a story's refusal: 118 and 119 carry their detail.
+pub fn collab_error_body(e: &CollabError) -> ReplyBody<'_> {
+    match e {
+        CollabError::SectionLocked { holder } | CollabError::NotHolder { holder } => {
+            ReplyBody::ErrorDetail(ErrorDetail::SectionLocked {
+                holder: MemberId::from(holder),
+            })
+        }
+        CollabError::VersionConflict { version, data }
+        | CollabError::BadVersion { version, data } => {
+            ReplyBody::ErrorDetail(ErrorDetail::VersionConflict {
+                version: *version,
+                data: if data.is_empty() { b"null" } else { data },
+            })
+        }
+        other => ReplyBody::Error(other.code()),
+    }
 }
 
 impl Answer {
@@ -78,6 +196,18 @@ impl Answer {
                 num_users: *num_users,
             },
             Answer::PresenceState => ReplyBody::PresenceState,
+            Answer::CollabJoin(j) => ReplyBody::CollabJoin(j.reply(None)),
+            Answer::Lock(l) => ReplyBody::Lock {
+                section: &l.section,
+                holder: MemberId::from(&l.holder),
+                expires: l.expires_ms,
+            },
+            Answer::Unlock => ReplyBody::Unlock,
+            Answer::Update(u) => ReplyBody::Update {
+                version: u.version,
+                duplicate: u.duplicate,
+            },
+            Answer::CollabError(e) => collab_error_body(e),
             Answer::Error(code) => ReplyBody::Error(*code),
         }
     }
@@ -143,6 +273,8 @@ pub enum Msg {
         since: Option<Position>,
         /// Who subscribes, when the home counts members.
         member: Option<Box<ClientInfo>>,
+        /// `collab_join`: the story membership asked for.
+        collab: Option<CollabAsk>,
         /// Sending shard.
         from: usize,
         /// The subscribing connection.
@@ -157,6 +289,8 @@ pub enum Msg {
         /// Admitted, with what recovery found (nothing when not
         /// recovering), or refused.
         result: Result<Box<Recovery>, ErrorCode>,
+        /// `collab_join`: the member's snapshot, taken at `position`.
+        story: Option<Box<JoinOk>>,
         /// The subscribing connection.
         reply_to: ReplyTo,
     },
@@ -178,6 +312,35 @@ pub enum Msg {
         channel: Arc<str>,
         /// Its client id.
         client: Arc<str>,
+        /// The connection, on shard `from` (a story member's id).
+        conn: ConnRef,
+        /// Sending shard.
+        from: usize,
+        /// The connection closed (a story editor's locks wait out their
+        /// grace) rather than unsubscribed.
+        disconnect: bool,
+    },
+    /// To a story's home: `lock`, `unlock`, `update`, or a member's
+    /// `collab_join` that changes its role.
+    Collab {
+        /// Channel name.
+        channel: Arc<str>,
+        /// The command.
+        op: Box<CollabOp>,
+        /// Sending shard.
+        from: usize,
+        /// Who gets the reply.
+        reply_to: ReplyTo,
+    },
+    /// Story home → a member's shard: a push for that member alone
+    /// (`promoted`, `conflict`).
+    CollabPush {
+        /// The member's connection.
+        conn: ConnRef,
+        /// The story's channel.
+        channel: Arc<str>,
+        /// What it says.
+        event: Box<DirectedEvent>,
     },
     /// To a channel's home: `presence_state`.
     SetState {
@@ -224,6 +387,8 @@ impl Msg {
             Msg::Leave { .. } => MsgKind::Leave,
             Msg::SetState { .. } => MsgKind::SetState,
             Msg::PresenceQuery { .. } => MsgKind::PresenceQuery,
+            Msg::Collab { .. } => MsgKind::Collab,
+            Msg::CollabPush { .. } => MsgKind::CollabPush,
         }
     }
 
@@ -234,7 +399,8 @@ impl Msg {
             | Msg::Subscribe { reply_to, .. }
             | Msg::History { reply_to, .. }
             | Msg::SetState { reply_to, .. }
-            | Msg::PresenceQuery { reply_to, .. } => Some(*reply_to),
+            | Msg::PresenceQuery { reply_to, .. }
+            | Msg::Collab { reply_to, .. } => Some(*reply_to),
             _ => None,
         }
     }
@@ -255,6 +421,7 @@ impl Msg {
                 | Msg::History { .. }
                 | Msg::SetState { .. }
                 | Msg::PresenceQuery { .. }
+                | Msg::Collab { .. }
         )
     }
 }
@@ -287,6 +454,10 @@ pub enum MsgKind {
     SetState,
     /// [`Msg::PresenceQuery`].
     PresenceQuery,
+    /// [`Msg::Collab`].
+    Collab,
+    /// [`Msg::CollabPush`].
+    CollabPush,
     /// A server API call (the shell's, from the API sidecar).
     Api,
     /// A ticket redemption's answer (the shell's, from the ticket sidecar).
@@ -299,7 +470,7 @@ pub enum MsgKind {
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 16] = [
+    pub const ALL: [MsgKind; 18] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::Publish,
@@ -312,6 +483,8 @@ impl MsgKind {
         MsgKind::Leave,
         MsgKind::SetState,
         MsgKind::PresenceQuery,
+        MsgKind::Collab,
+        MsgKind::CollabPush,
         MsgKind::Api,
         MsgKind::Ticket,
         MsgKind::StoryLoaded,
@@ -333,6 +506,8 @@ impl MsgKind {
             MsgKind::Leave => "leave",
             MsgKind::SetState => "set_state",
             MsgKind::PresenceQuery => "presence_query",
+            MsgKind::Collab => "collab",
+            MsgKind::CollabPush => "collab_push",
             MsgKind::Api => "api",
             MsgKind::Ticket => "ticket",
             MsgKind::StoryLoaded => "story_loaded",

@@ -11,10 +11,14 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use super::*;
+use crate::engine::durable::DurableEvent;
 use crate::engine::namespace::Namespaces;
 use crate::engine::wire::json;
 use crate::engine::wire::publication::PubData;
 use crate::engine::ws::handshake::WireFormat;
+
+/// Unix milliseconds at the simulation's time origin.
+pub(super) const UNIX_ORIGIN_MS: u64 = 1_800_000_000_000;
 
 /// A connection in the simulation: its shard and its slot there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -34,13 +38,27 @@ pub(super) enum Seen {
     Closed(CloseReason),
 }
 
+/// What the routers asked of the story store and the durable sink.
+#[derive(Debug, Default)]
+pub(super) struct StoreLog {
+    /// `story_write`s: (home shard, channel, sections touched, active).
+    pub writes: Vec<(usize, String, Vec<String>, bool)>,
+    /// `story_load`s: (home shard, channel).
+    pub loads: Vec<(usize, String)>,
+    /// `story_evicted`s: (home shard, channel).
+    pub evicted: Vec<(usize, String)>,
+    /// Durable events, in the order the homes emitted them.
+    pub durable: Vec<DurableEvent>,
+}
+
 /// One shard's side of the wiring.
-struct ShardOut<'a> {
+pub(super) struct ShardOut<'a> {
     shard: usize,
     inboxes: &'a mut [VecDeque<(usize, Msg)>],
     cap: usize,
     seen: &'a mut HashMap<SimConn, Vec<Seen>>,
     frames: &'a mut HashMap<SimConn, usize>,
+    store: &'a mut StoreLog,
 }
 
 fn decode_one(bytes: &[u8]) -> Value {
@@ -118,6 +136,48 @@ impl Output for ShardOut<'_> {
         q.push_back((self.shard, msg));
         Ok(())
     }
+
+    fn collab_push(&mut self, conn: ConnRef, channel: &str, event: &DirectedEvent) {
+        let mut w = crate::engine::wire::FrameWriter::new();
+        w.begin(WireFormat::Json);
+        match event {
+            DirectedEvent::Promoted { .. } => w.promoted(channel),
+            DirectedEvent::Conflict {
+                section,
+                version,
+                overwritten,
+                by,
+            } => w.conflict(channel, section, *version, overwritten, by),
+        }
+        let payload = w.finish_with(|_, p| p.to_vec()).expect("one push");
+        let c = SimConn {
+            shard: self.shard,
+            conn,
+        };
+        let push = decode_one(&payload);
+        self.seen.entry(c).or_default().push(Seen::Push(push));
+    }
+
+    fn story_write(&mut self, w: StoryWriteReq<'_>) {
+        self.store.writes.push((
+            self.shard,
+            w.channel.to_string(),
+            w.touched.iter().map(|t| t.to_string()).collect(),
+            w.active,
+        ));
+    }
+
+    fn story_load(&mut self, channel: &Arc<str>) {
+        self.store.loads.push((self.shard, channel.to_string()));
+    }
+
+    fn story_evicted(&mut self, channel: &Arc<str>) {
+        self.store.evicted.push((self.shard, channel.to_string()));
+    }
+
+    fn durable(&mut self, event: DurableEvent) {
+        self.store.durable.push(event);
+    }
 }
 
 /// Several routers, their inboxes, and a virtual clock.
@@ -129,6 +189,8 @@ pub(super) struct Sim {
     pub seen: HashMap<SimConn, Vec<Seen>>,
     /// Frames delivered to each connection.
     pub frames: HashMap<SimConn, usize>,
+    /// What the routers asked of the story store and the durable sink.
+    pub store: StoreLog,
     pub now: Instant,
     users: HashMap<SimConn, String>,
     next_idx: Vec<u32>,
@@ -156,15 +218,29 @@ impl Sim {
             history_max_publications: 300,
             idempotency_window: Duration::from_secs(300),
             idempotency_max_keys: 10_000,
+            story_table: CollabConfig::default(),
+            story_store: false,
+            unix_origin_ms: UNIX_ORIGIN_MS,
         }
     }
 
     pub fn with_namespaces(shards: usize, seed: u64, namespaces: Namespaces) -> Self {
+        Self::with_config(shards, seed, namespaces, |_| {})
+    }
+
+    /// A simulation whose router settings `tweak` adjusts.
+    pub fn with_config(
+        shards: usize,
+        seed: u64,
+        namespaces: Namespaces,
+        tweak: impl Fn(&mut RouterConfig),
+    ) -> Self {
         let now = Instant::now();
         let namespaces = Arc::new(namespaces);
         let routers = (0..shards)
             .map(|i| {
-                let cfg = Self::config(i, shards, &namespaces);
+                let mut cfg = Self::config(i, shards, &namespaces);
+                tweak(&mut cfg);
                 Router::new(&cfg, seed ^ (i as u64) << 56, now)
             })
             .collect();
@@ -174,6 +250,7 @@ impl Sim {
             cap: usize::MAX,
             seen: HashMap::new(),
             frames: HashMap::new(),
+            store: StoreLog::default(),
             now,
             users: HashMap::new(),
             next_idx: vec![0; shards],
@@ -209,18 +286,23 @@ impl Sim {
     }
 
     /// Runs `f` on `shard`'s router with that shard's output.
-    fn on(&mut self, shard: usize, f: impl FnOnce(&mut Router, &mut ShardOut<'_>, Instant)) {
+    pub(super) fn on(
+        &mut self,
+        shard: usize,
+        f: impl FnOnce(&mut Router, &mut ShardOut<'_>, Instant),
+    ) {
         let mut out = ShardOut {
             shard,
             inboxes: &mut self.inboxes,
             cap: self.cap,
             seen: &mut self.seen,
             frames: &mut self.frames,
+            store: &mut self.store,
         };
         f(&mut self.routers[shard], &mut out, self.now);
     }
 
-    fn id(&mut self) -> u32 {
+    pub(super) fn id(&mut self) -> u32 {
         self.next_id += 1;
         self.next_id
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::publication::Publication;
 use super::{ClientInfo, FrameWriter, Method, json};
 use crate::engine::codes::ErrorCode;
 use crate::engine::ws::handshake::WireFormat;
@@ -230,6 +231,17 @@ pub struct CollabJoinReply<'a> {
     pub offset: u64,
     /// The editors and sections.
     pub story: &'a dyn StorySnapshot,
+    /// The join asked to recover (`recover: true`): only then do
+    /// `recovered` and `publications` go on the wire (JSON keys present;
+    /// FlatBuffers `publications` set, possibly empty).
+    pub recovering: bool,
+    /// `recovered`: every event after the client's position is in
+    /// `publications` (sent only when the join asked to recover); the
+    /// snapshot is always the state at `offset`.
+    pub recovered: bool,
+    /// The story events the client missed, oldest first, encoded as in
+    /// the `subscribe` reply (empty unless `recovering`).
+    pub publications: &'a [Publication],
 }
 
 /// An error reply that carries more than its code.

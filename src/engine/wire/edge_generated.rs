@@ -4926,6 +4926,8 @@ impl<'a> CollabJoinResult<'a> {
   pub const VT_SECTIONS: ::flatbuffers::VOffsetT = 12;
   pub const VT_OFFSET: ::flatbuffers::VOffsetT = 14;
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_RECOVERED: ::flatbuffers::VOffsetT = 18;
+  pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -4938,11 +4940,13 @@ impl<'a> CollabJoinResult<'a> {
   ) -> ::flatbuffers::WIPOffset<CollabJoinResult<'bldr>> {
     let mut builder = CollabJoinResultBuilder::new(_fbb);
     builder.add_offset(args.offset);
+    if let Some(x) = args.publications { builder.add_publications(x); }
     if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.sections { builder.add_sections(x); }
     builder.add_viewers(args.viewers);
     if let Some(x) = args.editors { builder.add_editors(x); }
     if let Some(x) = args.position { builder.add_position(x); }
+    builder.add_recovered(args.recovered);
     builder.add_role(args.role);
     builder.finish()
   }
@@ -4997,6 +5001,20 @@ impl<'a> CollabJoinResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(CollabJoinResult::VT_EPOCH, None)}
   }
+  #[inline]
+  pub fn recovered(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(CollabJoinResult::VT_RECOVERED, Some(false)).unwrap()}
+  }
+  #[inline]
+  pub fn publications(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(CollabJoinResult::VT_PUBLICATIONS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CollabJoinResult<'_> {
@@ -5012,6 +5030,8 @@ impl ::flatbuffers::Verifiable for CollabJoinResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<CollabSection>>>>("sections", Self::VT_SECTIONS, false)?
      .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
+     .visit_field::<bool>("recovered", Self::VT_RECOVERED, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
      .finish();
     Ok(())
   }
@@ -5024,6 +5044,8 @@ pub struct CollabJoinResultArgs<'a> {
     pub sections: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<CollabSection<'a>>>>>,
     pub offset: u64,
     pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub recovered: bool,
+    pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
 }
 impl<'a> Default for CollabJoinResultArgs<'a> {
   #[inline]
@@ -5036,6 +5058,8 @@ impl<'a> Default for CollabJoinResultArgs<'a> {
       sections: None,
       offset: 0,
       epoch: None,
+      recovered: false,
+      publications: None,
     }
   }
 }
@@ -5074,6 +5098,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabJoinResultBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_EPOCH, epoch);
   }
   #[inline]
+  pub fn add_recovered(&mut self, recovered: bool) {
+    self.fbb_.push_slot::<bool>(CollabJoinResult::VT_RECOVERED, recovered, false);
+  }
+  #[inline]
+  pub fn add_publications(&mut self, publications: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Publication<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_PUBLICATIONS, publications);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabJoinResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CollabJoinResultBuilder {
@@ -5098,6 +5130,8 @@ impl ::core::fmt::Debug for CollabJoinResult<'_> {
       ds.field("sections", &self.sections());
       ds.field("offset", &self.offset());
       ds.field("epoch", &self.epoch());
+      ds.field("recovered", &self.recovered());
+      ds.field("publications", &self.publications());
       ds.finish()
   }
 }

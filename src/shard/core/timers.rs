@@ -50,6 +50,8 @@ impl Shard {
             *delta += now - before;
         }
         self.evicted_before = evicted;
+        let stories = self.router.story_stats();
+        self.metrics.collab.set(&stories);
         self.flush();
         self.retry_owed();
         self.flush_metrics();
@@ -59,6 +61,7 @@ impl Shard {
     /// metrics.
     pub(crate) fn flush_metrics(&mut self) {
         let (r, encodes) = self.router.take_stats();
+        self.metrics.collab.flush(&r);
         self.stats.publications += r.publications;
         self.stats.deliveries += r.deliveries;
         self.stats.gaps += r.gaps;

@@ -147,7 +147,10 @@ fn grace_gives_the_locks_back_to_the_same_user_only() {
     s.disconnect(m(0), 1_000, &mut ev);
     assert_eq!(
         ev,
-        vec![CollabEvent::Leave { who: who(0) }],
+        vec![CollabEvent::Leave {
+            who: who(0),
+            role: Role::Editor
+        }],
         "locks stay, silently"
     );
     assert_eq!(s.lock_count(), 2);
@@ -307,7 +310,10 @@ fn leave_releases_at_once() {
                 section: "kept".into(),
                 holder: None
             },
-            CollabEvent::Leave { who: who(0) },
+            CollabEvent::Leave {
+                who: who(0),
+                role: Role::Editor
+            },
         ]
     );
     let ids: Vec<_> = s

@@ -466,7 +466,7 @@ impl Run {
                     last_editor_join = (*role == Role::Editor).then(|| who.client.clone());
                     m.roles.insert(who.client.clone(), *role);
                 }
-                CollabEvent::Leave { who } => {
+                CollabEvent::Leave { who, .. } => {
                     assert!(
                         m.roles.remove(&who.client).is_some(),
                         "leave of a stranger {ctx}"

@@ -116,7 +116,10 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     assert_eq!(
         ev,
         vec![
-            CollabEvent::Leave { who: who(0) },
+            CollabEvent::Leave {
+                who: who(0),
+                role: Role::Editor
+            },
             CollabEvent::Join {
                 who: who(2),
                 role: Role::Editor
@@ -138,7 +141,10 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     assert_eq!(
         ev,
         vec![
-            CollabEvent::Leave { who: who(1) },
+            CollabEvent::Leave {
+                who: who(1),
+                role: Role::Editor
+            },
             CollabEvent::Join {
                 who: who(3),
                 role: Role::Editor
@@ -152,7 +158,13 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     // A queued member leaving frees nothing and promotes nobody.
     ev.clear();
     assert!(s.leave(m(4), 30, &mut ev));
-    assert_eq!(ev, vec![CollabEvent::Leave { who: who(4) }]);
+    assert_eq!(
+        ev,
+        vec![CollabEvent::Leave {
+            who: who(4),
+            role: Role::Queued
+        }]
+    );
     // Leaving twice is harmless.
     ev.clear();
     assert!(!s.leave(m(4), 31, &mut ev));

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 
-use super::{channel, client_info_offset, epoch_offset, push_message};
+use super::{channel, client_info_offset, epoch_offset, publications_offset, push_message};
 use crate::engine::codes::ErrorCode;
 use crate::engine::wire::collab::{
     self as c, CollabJoinReply, CollabRole, ErrorDetail, MemberId, MemberRole,
@@ -94,7 +94,8 @@ fn info_offset<'b>(
 pub(super) type ResultTable = (proto::ReplyResult, WIPOffset<UnionWIPOffset>);
 
 /// A `CollabJoinResult`; `sections` sorted by id, so readers can use
-/// `lookup_by_key`.
+/// `lookup_by_key`. `recovered` and `publications` (built as in
+/// `SubscribeResult`) are set only when the join asked to recover.
 pub(super) fn join_result<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     r: &CollabJoinReply<'_>,
@@ -123,6 +124,9 @@ pub(super) fn join_result<'b>(
     let sorted: Vec<_> = sections.into_iter().map(|(_, t)| t).collect();
     let sections = fbb.create_vector(&sorted);
     let epoch = epoch_offset(fbb, r.epoch);
+    let publications = r
+        .recovering
+        .then(|| publications_offset(fbb, r.publications));
     let t = proto::CollabJoinResult::create(
         fbb,
         &proto::CollabJoinResultArgs {
@@ -133,6 +137,8 @@ pub(super) fn join_result<'b>(
             sections: Some(sections),
             offset: r.offset,
             epoch: Some(epoch),
+            recovered: r.recovering && r.recovered,
+            publications,
         },
     );
     (proto::ReplyResult::CollabJoin, t.as_union_value())

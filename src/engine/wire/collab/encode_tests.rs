@@ -83,7 +83,44 @@ fn join_reply(story: &dyn StorySnapshot, role: MemberRole, position: Option<u32>
         epoch: 0xab,
         offset: 41,
         story,
+        recovering: false,
+        recovered: false,
+        publications: &[],
     })
+}
+
+/// A `collab_join` reply; `recovering`: the join asked to recover,
+/// `recovered` and `pubs` (the story events missed) as given.
+fn join_recovery<'a>(
+    story: &'a dyn StorySnapshot,
+    recovering: bool,
+    recovered: bool,
+    pubs: &'a [Publication],
+) -> ReplyBody<'a> {
+    ReplyBody::CollabJoin(CollabJoinReply {
+        role: MemberRole::Editor,
+        position: None,
+        viewers: 2,
+        epoch: 0xab,
+        offset: 9,
+        story,
+        recovering,
+        recovered,
+        publications: pubs,
+    })
+}
+
+/// One editor, one section: short enough for a golden string.
+fn tiny_story() -> StorySnapshotBuf {
+    StorySnapshotBuf {
+        editors: vec![fixtures::client("a.1", "ann", None)],
+        sections: vec![SectionBuf {
+            id: "title".into(),
+            version: 3,
+            data: Bytes::from_static(br#"{"t":1}"#),
+            holder: None,
+        }],
+    }
 }
 
 /// One JSON reply (id 9), parsed; the text must be one line.
@@ -140,6 +177,7 @@ fn collab_join_reply_json() {
     assert_eq!(j["viewers"], 1000);
     assert_eq!(j["offset"], 41);
     assert_eq!(j["epoch"], "00000000000000ab");
+    assert!(j.get("recovered").is_none() && j.get("publications").is_none());
     assert_eq!(
         j["sections"],
         json!({
@@ -168,6 +206,7 @@ fn collab_join_reply_binary() {
         assert_eq!(j.position(), None);
         assert_eq!((j.viewers(), j.offset()), (1000, 41));
         assert_eq!(j.epoch(), Some("00000000000000ab"));
+        assert!(!j.recovered() && j.publications().is_none());
         let editors = j.editors().unwrap();
         assert_eq!(editors.len(), 2);
         assert_eq!(editors.get(0).client(), Some("b.2"));
@@ -197,6 +236,96 @@ fn collab_join_reply_binary() {
         let j = r.result_as_collab_join().unwrap();
         assert_eq!(j.role(), proto::CollabRole::Queued);
         assert_eq!(j.position(), Some(4));
+    });
+}
+
+#[test]
+fn collab_join_recovery_json() {
+    let story = small_story();
+    let pubs = fixtures::pubs();
+    let want = json!([{"offset":7,"data":{"text":"hi"}},{"offset":8,"b64data":"/wA="}]);
+    for recovered in [true, false] {
+        let v = reply_json(join_recovery(&story, true, recovered, &pubs));
+        let j = &v["collab_join"];
+        assert_eq!(j["recovered"], recovered);
+        assert_eq!(j["publications"], want);
+        // The snapshot and position are there as without recovery.
+        assert_eq!(
+            (j["epoch"].as_str(), j["offset"].as_u64()),
+            (Some("00000000000000ab"), Some(9))
+        );
+        assert_eq!(j["sections"].as_object().unwrap().len(), 3);
+        assert_eq!(j["editors"].as_array().unwrap().len(), 2);
+    }
+    // Recovering with nothing missed: the keys are there, the list empty.
+    let v = reply_json(join_recovery(&story, true, true, &[]));
+    assert_eq!(v["collab_join"]["recovered"], true);
+    assert_eq!(v["collab_join"]["publications"], json!([]));
+    // Not recovering: neither key, whatever the other fields hold.
+    let v = reply_json(join_recovery(&story, false, true, &pubs));
+    let j = v["collab_join"].as_object().unwrap();
+    assert!(!j.contains_key("recovered") && !j.contains_key("publications"));
+    assert_eq!(j["offset"], 9);
+}
+
+#[test]
+fn collab_join_recovery_json_golden() {
+    let story = tiny_story();
+    let pubs = fixtures::pubs();
+    let mut out = Vec::new();
+    json::write_reply(&mut out, 9, join_recovery(&story, true, true, &pubs));
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        concat!(
+            r#"{"id":9,"collab_join":{"role":"editor","editors":[{"user":"ann","client":"a.1"}],"#,
+            r#""viewers":2,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
+            r#""epoch":"00000000000000ab","offset":9,"recovered":true,"#,
+            r#""publications":[{"offset":7,"data":{"text":"hi"}},{"offset":8,"b64data":"/wA="}]}}"#,
+        )
+    );
+    out.clear();
+    json::write_reply(&mut out, 9, join_recovery(&story, false, true, &pubs));
+    assert_eq!(
+        std::str::from_utf8(&out).unwrap(),
+        concat!(
+            r#"{"id":9,"collab_join":{"role":"editor","editors":[{"user":"ann","client":"a.1"}],"#,
+            r#""viewers":2,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
+            r#""epoch":"00000000000000ab","offset":9}}"#,
+        )
+    );
+}
+
+#[test]
+fn collab_join_recovery_binary() {
+    let story = small_story();
+    let pubs = fixtures::pubs();
+    for recovered in [true, false] {
+        with_reply_bin(join_recovery(&story, true, recovered, &pubs), |r| {
+            let j = r.result_as_collab_join().unwrap();
+            assert_eq!(j.recovered(), recovered);
+            let p = j.publications().unwrap();
+            assert_eq!(p.len(), 2);
+            assert_eq!(p.get(0).offset(), 7);
+            assert_eq!(p.get(0).data().unwrap().bytes(), br#"{"text":"hi"}"#);
+            assert_eq!(p.get(1).offset(), 8);
+            assert_eq!(p.get(1).data().unwrap().bytes(), &[0xff, 0x00]);
+            assert_eq!((j.epoch(), j.offset()), (Some("00000000000000ab"), 9));
+            assert_eq!(j.sections().unwrap().len(), 3);
+            assert_eq!(j.editors().unwrap().len(), 2);
+        });
+    }
+    // Recovering with nothing missed: the vector is there, empty.
+    with_reply_bin(join_recovery(&story, true, true, &[]), |r| {
+        let j = r.result_as_collab_join().unwrap();
+        assert!(j.recovered());
+        assert_eq!(j.publications().unwrap().len(), 0);
+    });
+    // Not recovering: no vector, `recovered` false, whatever was passed.
+    with_reply_bin(join_recovery(&story, false, true, &pubs), |r| {
+        let j = r.result_as_collab_join().unwrap();
+        assert!(!j.recovered());
+        assert!(j.publications().is_none());
+        assert_eq!(j.offset(), 9);
     });
 }
 

@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{push_client_info, push_head, push_json_str, push_position, push_raw_json, push_u64};
+use super::{
+    push_bool, push_client_info, push_head, push_json_str, push_position, push_publications,
+    push_raw_json, push_u64,
+};
 use crate::engine::codes::ErrorCode;
 use crate::engine::wire::collab::{
     self as c, CollabJoinReply, CollabRole, ErrorDetail, MemberId, MemberRole, StorySnapshot,
@@ -112,7 +115,9 @@ fn push_role(out: &mut Vec<u8>, role: MemberRole) {
     out.push(b'"');
 }
 
-/// `,"collab_join":{…}` (a reply's body).
+/// `,"collab_join":{…}` (a reply's body); `"recovered"` and
+/// `"publications"` (as in the `subscribe` reply) only when the join asked
+/// to recover.
 pub(super) fn write_join_reply(out: &mut Vec<u8>, r: &CollabJoinReply<'_>) {
     out.extend_from_slice(b",\"collab_join\":{\"role\":");
     push_role(out, r.role);
@@ -134,6 +139,12 @@ pub(super) fn write_join_reply(out: &mut Vec<u8>, r: &CollabJoinReply<'_>) {
     push_sections(out, r.story);
     out.extend_from_slice(b"},");
     push_position(out, r.epoch, r.offset);
+    if r.recovering {
+        out.extend_from_slice(b",\"recovered\":");
+        push_bool(out, r.recovered);
+        out.extend_from_slice(b",\"publications\":");
+        push_publications(out, r.publications);
+    }
     out.push(b'}');
 }
 

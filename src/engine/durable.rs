@@ -1,0 +1,145 @@
+//! The durable-events seam: events the backend must keep for good (the
+//! seed's "backend database for permanent storage"), handed to a sink
+//! that a sidecar worker drains to NATS JetStream or Kafka (the durable
+//! events issue). Until that worker exists the node uses [`MemorySink`], a
+//! bounded in-memory buffer, and counts what it holds and drops.
+//!
+//! The engine only produces events (the router emits one per accepted
+//! story update); it never waits on a sink.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// One event for permanent storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurableEvent {
+    /// `story.content.update`: an accepted update of a story section.
+    StoryContentUpdate(StoryUpdate),
+}
+
+impl DurableEvent {
+    /// The event's type name, as the backend sees it.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            DurableEvent::StoryContentUpdate(_) => "story.content.update",
+        }
+    }
+}
+
+/// An accepted story update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoryUpdate {
+    /// The story's channel.
+    pub story: Arc<str>,
+    /// The section written.
+    pub section: Arc<str>,
+    /// Its new version.
+    pub version: u64,
+    /// Who wrote it (user id; empty when anonymous).
+    pub user: Arc<str>,
+    /// The writing connection's client id.
+    pub client: Arc<str>,
+    /// The data written (JSON text).
+    pub data: Bytes,
+    /// When the home accepted it, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// Where durable events go. Never blocks: a sink that cannot take an
+/// event says so, and the caller counts it.
+pub trait DurableSink {
+    /// Takes `event`; false when it was dropped (the sink is full).
+    fn emit(&mut self, event: DurableEvent) -> bool;
+}
+
+/// A bounded buffer of the most recent events: the embedded default
+/// until a broker-backed sink exists, and the sink tests read.
+#[derive(Debug)]
+pub struct MemorySink {
+    events: VecDeque<DurableEvent>,
+    capacity: usize,
+    emitted: u64,
+    dropped: u64,
+}
+
+impl MemorySink {
+    /// A sink keeping at most `capacity` events (the oldest is dropped,
+    /// counted, to make room).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            events: VecDeque::with_capacity(capacity.min(1024)),
+            capacity: capacity.max(1),
+            emitted: 0,
+            dropped: 0,
+        }
+    }
+
+    /// The events held, oldest first.
+    pub fn events(&self) -> impl Iterator<Item = &DurableEvent> {
+        self.events.iter()
+    }
+
+    /// Takes every event held, oldest first.
+    pub fn drain(&mut self) -> Vec<DurableEvent> {
+        self.events.drain(..).collect()
+    }
+
+    /// Events taken so far.
+    pub fn emitted(&self) -> u64 {
+        self.emitted
+    }
+
+    /// Events dropped so far to stay within the capacity.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+impl DurableSink for MemorySink {
+    fn emit(&mut self, event: DurableEvent) -> bool {
+        self.emitted += 1;
+        let kept = self.events.len() < self.capacity;
+        if !kept {
+            self.events.pop_front();
+            self.dropped += 1;
+        }
+        self.events.push_back(event);
+        kept
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(version: u64) -> DurableEvent {
+        DurableEvent::StoryContentUpdate(StoryUpdate {
+            story: "story:1".into(),
+            section: "p1".into(),
+            version,
+            user: "ann".into(),
+            client: "c1".into(),
+            data: Bytes::from_static(b"\"x\""),
+            at_ms: 1,
+        })
+    }
+
+    #[test]
+    fn the_memory_sink_keeps_the_newest_and_counts_the_dropped() {
+        let mut sink = MemorySink::new(2);
+        assert!(sink.emit(update(1)));
+        assert!(sink.emit(update(2)));
+        assert!(!sink.emit(update(3)));
+        assert_eq!((sink.emitted(), sink.dropped()), (3, 1));
+        let versions: Vec<u64> = sink
+            .events()
+            .map(|DurableEvent::StoryContentUpdate(u)| u.version)
+            .collect();
+        assert_eq!(versions, vec![2, 3]);
+        assert_eq!(sink.drain().len(), 2);
+        assert_eq!(sink.events().count(), 0);
+        assert_eq!(update(1).kind(), "story.content.update");
+    }
+}
