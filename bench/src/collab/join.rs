@@ -29,7 +29,7 @@ use crate::driver::{
     CommonArgs, background_busy, check_alive, pin_self, print_line, round, runtime,
     start_server_with, stop_server,
 };
-use crate::procfs::cpu_seconds;
+use crate::procfs::run_seconds;
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::target::Target;
 use crate::wsclient::OP_TEXT;
@@ -81,7 +81,7 @@ struct JoinResult {
     last_reply_viewers: u64,
     join_errors: u64,
     /// Server CPU over the join phase (the connections were opened before),
-    /// per join.
+    /// per join: scheduler run time of its threads (ns precision).
     server_cpu_per_join_us: f64,
     join_phase_s: f64,
     background_busy: (f64, f64),
@@ -239,7 +239,7 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
     let mut times = Vec::with_capacity(conns.len());
     let (mut bytes, mut errors, mut min_sections, mut viewers) = (0u64, 0u64, usize::MAX, 0);
     let mut msg = Vec::new();
-    let cpu0 = cpu_seconds(server.pid)?;
+    let cpu0 = run_seconds(server.pid)?;
     let p0 = mono_ns();
     for conn in conns.iter_mut() {
         msg.clear();
@@ -273,7 +273,7 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
         }
     }
     let phase_s = (mono_ns() - p0) as f64 / 1e9;
-    let cpu = cpu_seconds(server.pid)? - cpu0;
+    let cpu = run_seconds(server.pid)? - cpu0;
     check_alive(&mut server)?;
 
     let first = times.first().copied().unwrap_or(0);
@@ -303,7 +303,7 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
         },
         last_reply_viewers: viewers,
         join_errors: errors,
-        server_cpu_per_join_us: round(cpu * 1e6 / a.samples as f64, 1),
+        server_cpu_per_join_us: round(cpu * 1e6 / a.samples as f64, 2),
         join_phase_s: round(phase_s, 3),
         background_busy: background,
     };

@@ -35,7 +35,7 @@ use crate::driver::{
 use crate::ipc::{Command, Event};
 use crate::presence::stats_all;
 use crate::procfs::{cpu_seconds, rss_bytes};
-use crate::target::Target;
+use crate::target::{Target, metric_sum};
 use crate::worker::Mode;
 use proto::expected_deliveries;
 
@@ -199,6 +199,18 @@ struct CollabResult {
     frames_per_write: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_consumer_drops: Option<u64>,
+    /// wsedge's own figures: Δ`wsedge_collab_updates_total` over the
+    /// window (≈ `updates`), `wsedge_collab_conflicts_total` at the end (0
+    /// here: every editor writes its own section), and the gauges
+    /// `wsedge_collab_members` / `wsedge_collab_stories` at the window's end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_updates: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_conflicts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_members: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_stories: Option<u64>,
     conns_connected: u64,
     conns_failed: u64,
     conns_closed: u64,
@@ -332,6 +344,7 @@ async fn load_async(a: CollabArgs, sc: Scenario) -> Result<()> {
     let (p50, p99, p999, max) = percentiles_us(&m.hist);
     let (a50, a99, _, amax) = percentiles_us(&m.ack_hist);
     let n = ready.ok.max(1) as f64;
+    let metric = |m: &Option<String>, name: &str| m.as_deref().map(|t| metric_sum(t, name) as u64);
     let res = CollabResult {
         workload: sc.name(),
         target: c.target.to_string(),
@@ -382,6 +395,12 @@ async fn load_async(a: CollabArgs, sc: Scenario) -> Result<()> {
         writes: wd.writes,
         frames_per_write: wd.frames_per_write,
         slow_consumer_drops: wd.slow_consumer_drops,
+        server_updates: metric(&s1.metrics, "wsedge_collab_updates_total")
+            .zip(metric(&s0.metrics, "wsedge_collab_updates_total"))
+            .map(|(b, a)| b.saturating_sub(a)),
+        server_conflicts: metric(&s1.metrics, "wsedge_collab_conflicts_total"),
+        server_members: metric(&s1.metrics, "wsedge_collab_members"),
+        server_stories: metric(&s1.metrics, "wsedge_collab_stories"),
         conns_connected: ready.ok,
         conns_failed: ready.failed,
         conns_closed: tot.stats.closed,
