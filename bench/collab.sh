@@ -5,8 +5,11 @@
 #           viewers: update-to-viewer latency, server CPU per update
 #   join    wsbench collab-join: collab_join snapshot round trip for a
 #           story of 200 sections of ~200 B (200 fresh viewers, one at a time)
-#   many    wsbench collab-many: 1,000 stories x (3 editors + 20 viewers),
+#   many    wsbench collab-many: 1,000 stories x (3 editors + 16 viewers),
 #           1 update/s per editor: latency, CPU per update, RSS per connection
+#           (the issue's 20 viewers make 23,000 connections, more than one
+#           wsedge process can hold under a 20,000 open-file limit; with a
+#           higher limit: MANY_ARGS="--viewers 20")
 # and appends each JSON result line, with ts, commit, cmd and scale, to
 # bench/results/collab.jsonl (stderr of a failed run: bench/results/logs/).
 # Each wsbench run starts its own wsedge with a config holding the story
@@ -52,8 +55,8 @@ out="$here/results/collab.jsonl"
 commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 case "$scale" in
-  small) fanout_scale=(--viewers 500); many_scale=(--stories 50); join_scale=(--samples 50) ;;
-  full) fanout_scale=(); many_scale=(); join_scale=() ;;
+  small) fanout_scale=(--viewers 500); many_scale=(--stories 50 --viewers 16); join_scale=(--samples 50) ;;
+  full) fanout_scale=(); many_scale=(--viewers 16); join_scale=() ;;
   *) echo "collab.sh: SCALE is small or full" >&2; exit 2 ;;
 esac
 
@@ -143,11 +146,16 @@ PY
 status=0
 for s in "${scenarios[@]}"; do
   case "$s" in
-    fanout) args=("${fanout_scale[@]}"); read -ra extra <<<"${FANOUT_ARGS:-}" ;;
-    join) args=("${join_scale[@]}"); read -ra extra <<<"${JOIN_ARGS:-}" ;;
-    many) args=("${many_scale[@]}"); read -ra extra <<<"${MANY_ARGS:-}" ;;
+    fanout) scale_args=("${fanout_scale[@]}"); read -ra extra <<<"${FANOUT_ARGS:-}" ;;
+    join) scale_args=("${join_scale[@]}"); read -ra extra <<<"${JOIN_ARGS:-}" ;;
+    many) scale_args=("${many_scale[@]}"); read -ra extra <<<"${MANY_ARGS:-}" ;;
     *) echo "collab.sh: unknown scenario $s (fanout, join, many)" >&2; exit 2 ;;
   esac
+  # The scale's options (pairs), unless the extra options give them again.
+  args=()
+  for ((i = 0; i < ${#scale_args[@]}; i += 2)); do
+    [[ " ${extra[*]} " == *" ${scale_args[i]} "* ]] || args+=("${scale_args[i]}" "${scale_args[i + 1]}")
+  done
   args+=("${extra[@]}")
   cmd="wsbench collab-$s --target wsedge ${args[*]}"
   attempt=0

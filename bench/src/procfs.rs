@@ -70,6 +70,22 @@ pub fn run_seconds(pid: u32) -> Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
+/// This process's soft open-file limit (`Max open files` in
+/// `/proc/self/limits`); `None` when unlimited or unreadable. A server the
+/// driver starts inherits it.
+pub fn open_file_limit() -> Option<u64> {
+    parse_open_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+fn parse_open_file_limit(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The first field of a `schedstat` line: nanoseconds on CPU.
 fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
@@ -205,6 +221,17 @@ pub fn kernel_mem() -> Result<KernelMem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files() {
+        let t = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                 Max processes             95644                95644                processes \n\
+                 Max open files            20000                20000                files     \n";
+        assert_eq!(parse_open_file_limit(t), Some(20_000));
+        let t = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_file_limit(t), None);
+        assert_eq!(parse_open_file_limit(""), None);
+    }
 
     #[test]
     fn schedstat() {

@@ -26,7 +26,7 @@ use super::story_namespace;
 use crate::clock::mono_ns;
 use crate::conn::{Conn, Control, SubOpts, handle_control, open_with};
 use crate::driver::{
-    CommonArgs, background_busy, check_alive, pin_self, print_line, round, runtime,
+    CommonArgs, OnOff, background_busy, check_alive, pin_self, print_line, round, runtime,
     start_server_with, stop_server,
 };
 use crate::procfs::run_seconds;
@@ -53,6 +53,12 @@ pub struct CollabJoinArgs {
     /// The story channel.
     #[arg(long, default_value = "story:join")]
     pub channel: String,
+    /// `off`: the namespace gets `join_leave_max_subscribers = 1`, so a
+    /// viewer's join is not published to the members already there (the
+    /// snapshot alone); `on`: wsedge's default (published while the story
+    /// has at most 1,000 members), so join i also costs i − 1 pushes.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub viewer_events: OnOff,
 }
 
 /// The `collab-join` result line.
@@ -63,6 +69,7 @@ struct JoinResult {
     sections: u64,
     section_bytes: usize,
     samples: u64,
+    viewer_events: &'static str,
     fill_s: f64,
     fill_errors: u64,
     /// `update` replies during the fill whose version was not 1.
@@ -199,7 +206,11 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
         bail!("--samples and --sections must be positive");
     }
     let background = background_busy(c, 1.0).await?;
-    let mut server = start_server_with(c, None, "", &story_namespace(1)).await?;
+    let mut tables = story_namespace(1);
+    if a.viewer_events == OnOff::Off {
+        tables.push_str("join_leave_max_subscribers = 1\n");
+    }
+    let mut server = start_server_with(c, None, "", &tables).await?;
     let local = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let channel_json = serde_json::to_string(&a.channel)?;
 
@@ -287,6 +298,7 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
         sections: a.sections,
         section_bytes: a.section_bytes,
         samples: a.samples,
+        viewer_events: if a.viewer_events == OnOff::On { "on" } else { "off" },
         fill_s: round(fill_s, 3),
         fill_errors,
         fill_version_mismatches: fill_mismatches,

@@ -34,7 +34,7 @@ use crate::driver::{
 };
 use crate::ipc::{Command, Event};
 use crate::presence::stats_all;
-use crate::procfs::{cpu_seconds, rss_bytes};
+use crate::procfs::{cpu_seconds, open_file_limit, rss_bytes};
 use crate::target::{Target, metric_sum};
 use crate::worker::Mode;
 use proto::expected_deliveries;
@@ -52,6 +52,10 @@ pub fn story_namespace(editors: u64) -> String {
     }
     t
 }
+
+/// Descriptors a wsedge process needs besides its client connections
+/// (listeners, admin, event fds, log, Redis), with room to spare.
+const SERVER_SPARE_FDS: u64 = 100;
 
 /// `wsbench collab-fanout` / `collab-many`. Unset options take the
 /// scenario's defaults (fanout / many).
@@ -272,6 +276,17 @@ async fn load_async(a: CollabArgs, sc: Scenario) -> Result<()> {
         bail!("--duration must be positive and --warmup non-negative");
     }
     let total = p.stories * (p.editors + p.viewers);
+    // The server is one process: every member is one of its descriptors.
+    if let Some(limit) = open_file_limit()
+        && total + SERVER_SPARE_FDS > limit
+    {
+        bail!(
+            "{total} story members exceed what one server process can hold: its open-file \
+             limit is {limit} (inherited from here), less ~{SERVER_SPARE_FDS} for its own \
+             descriptors; lower --stories or --viewers (e.g. --viewers {}) or raise the limit",
+            ((limit - SERVER_SPARE_FDS) / p.stories).saturating_sub(p.editors)
+        );
+    }
     let background = background_busy(c, 1.0).await?;
     let mut server = start_server_with(c, None, "", &story_namespace(p.editors)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
