@@ -203,6 +203,13 @@ struct CollabResult {
     frames_per_write: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     slow_consumer_drops: Option<u64>,
+    /// The server's own publish-to-last-write delay over the window (upper
+    /// bound of the bucket, ms), as for `fanout`: a tail here is the
+    /// server's, not the generator's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p99_le_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_write_p999_le_ms: Option<f64>,
     /// wsedge's own figures: Δ`wsedge_collab_updates_total` over the
     /// window (≈ `updates`), `wsedge_collab_conflicts_total` at the end (0
     /// here: every editor writes its own section), and the gauges
@@ -410,6 +417,8 @@ async fn load_async(a: CollabArgs, sc: Scenario) -> Result<()> {
         writes: wd.writes,
         frames_per_write: wd.frames_per_write,
         slow_consumer_drops: wd.slow_consumer_drops,
+        server_write_p99_le_ms: wd.server_write_p99_le_ms,
+        server_write_p999_le_ms: wd.server_write_p999_le_ms,
         server_updates: metric(&s1.metrics, "wsedge_collab_updates_total")
             .zip(metric(&s0.metrics, "wsedge_collab_updates_total"))
             .map(|(b, a)| b.saturating_sub(a)),
