@@ -298,7 +298,11 @@ async fn join_async(a: CollabJoinArgs) -> Result<()> {
         sections: a.sections,
         section_bytes: a.section_bytes,
         samples: a.samples,
-        viewer_events: if a.viewer_events == OnOff::On { "on" } else { "off" },
+        viewer_events: if a.viewer_events == OnOff::On {
+            "on"
+        } else {
+            "off"
+        },
         fill_s: round(fill_s, 3),
         fill_errors,
         fill_version_mismatches: fill_mismatches,
