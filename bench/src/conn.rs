@@ -9,6 +9,7 @@ use tokio::net::TcpSocket;
 
 use crate::tls::{ReadIo, WriteIo};
 
+use crate::collab::proto::{JoinReply, JoinRole, build_join, parse_join_reply};
 use crate::scan::{ServerMsg, classify, for_each_object};
 use crate::wsclient::{
     Deflate, FrameHeader, MaskGen, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, check_response,
@@ -323,6 +324,9 @@ pub struct Conn {
     pub sub_offset: Option<u64>,
     /// The parsed `subscribe` reply, when asked for ([`SubOpts::detail`]).
     pub sub_reply: Option<SubReply>,
+    /// The parsed `collab_join` reply, when the connection joined a story
+    /// ([`SubOpts::collab`]).
+    pub join_reply: Option<JoinReply>,
 }
 
 impl Conn {
@@ -390,6 +394,13 @@ pub struct SubOpts {
     /// Subscribe with `{"recover":true,"epoch":..,"offset":..}` from this
     /// position (implies `detail`).
     pub recover: Option<Position>,
+    /// Join the channel as a story member with `collab_join` in this role
+    /// instead of subscribing; the whole reply is parsed
+    /// ([`Conn::join_reply`]).
+    pub collab: Option<JoinRole>,
+    /// `connect {user}` (taken as given by a node with `[auth] mode =
+    /// "none"`); ignored when a token or ticket is configured.
+    pub user: Option<String>,
 }
 
 /// A stream position: the channel's epoch (16 hex characters) and the
@@ -508,21 +519,29 @@ pub async fn open_with(
         ),
         None => String::new(),
     };
-    let params = connect_params(seed)?;
-    let hello = match channel {
-        Some(ch) => format!(
+    let params = connect_params(seed, sub.user.as_deref())?;
+    let hello = match (channel, sub.collab) {
+        (Some(ch), Some(role)) => {
+            let mut h = format!("{{\"id\":1,\"connect\":{params}}}\n").into_bytes();
+            build_join(&mut h, 2, &serde_json::to_string(ch)?, role);
+            String::from_utf8(h).expect("ASCII and JSON strings")
+        }
+        (Some(ch), None) => format!(
             "{{\"id\":1,\"connect\":{params}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
             serde_json::to_string(ch)?
         ),
-        None => format!("{{\"id\":1,\"connect\":{params}}}"),
+        (None, _) => format!("{{\"id\":1,\"connect\":{params}}}"),
     };
     writer.send(OP_TEXT, hello.as_bytes()).await?;
 
-    let detail = sub.detail || sub.recover.is_some();
+    let collab = sub.collab.is_some();
+    let detail = sub.detail || sub.recover.is_some() || collab;
     let mut connected = false;
     let mut sub_offset = None;
     let mut sub_reply: Option<SubReply> = None;
+    let mut join_reply: Option<JoinReply> = None;
     let mut early = Vec::new();
+    let mut early_objects = Vec::new();
     while !(connected && (channel.is_none() || sub_offset.is_some())) {
         let h = reader.next_frame().await?;
         if let Some(c) = handle_control(&mut reader, &mut writer, &h).await? {
@@ -541,6 +560,13 @@ pub async fn open_with(
         let mut err = None;
         for_each_object(reader.payload(&h), |o| match classify(o) {
             ServerMsg::Reply { id: 1, .. } => connected = true,
+            ServerMsg::Reply { id: 2, .. } if collab => match parse_join_reply(o) {
+                Ok(r) => {
+                    sub_offset = Some(r.offset);
+                    join_reply = Some(r);
+                }
+                Err(e) => err = Some(format!("{e:#}")),
+            },
             ServerMsg::Reply { id: 2, offset } => {
                 sub_offset = offset.or(Some(0));
                 if detail {
@@ -550,6 +576,7 @@ pub async fn open_with(
                     }
                 }
             }
+            ServerMsg::Pub { .. } if collab => early_objects.push(o.to_vec()),
             ServerMsg::Pub { offset, .. } if detail => early.push(offset),
             ServerMsg::Error { id, .. } => {
                 err = Some(format!(
@@ -567,7 +594,9 @@ pub async fn open_with(
             bail!(e);
         }
     }
-    if let Some(r) = sub_reply.as_mut() {
+    if let Some(r) = join_reply.as_mut() {
+        r.early = early_objects;
+    } else if let Some(r) = sub_reply.as_mut() {
         r.early_pushes = early;
     }
     Ok(Conn {
@@ -576,6 +605,7 @@ pub async fn open_with(
         fd,
         sub_offset,
         sub_reply,
+        join_reply,
     })
 }
 
@@ -584,8 +614,9 @@ pub async fn open_with(
 ///   connects against a node with `[auth] mode = "jwt"`);
 /// - `WSBENCH_CONNECT_TICKET_PREFIX`: connection `seed` sends the one-time
 ///   ticket `<prefix><seed>` (`mode = "ticket"`; `bench/auth-connect.sh`
-///   writes `wsedge:ticket:<prefix>1..N` into Redis first).
-fn connect_params(seed: u64) -> Result<String> {
+///   writes `wsedge:ticket:<prefix>1..N` into Redis first);
+/// - otherwise `{"user": user}` when `user` is given, else `{}`.
+fn connect_params(seed: u64, user: Option<&str>) -> Result<String> {
     if let Ok(prefix) = std::env::var("WSBENCH_CONNECT_TICKET_PREFIX") {
         let ticket = format!("{prefix}{seed}");
         return Ok(format!(
@@ -593,9 +624,10 @@ fn connect_params(seed: u64) -> Result<String> {
             serde_json::to_string(&ticket)?
         ));
     }
-    match std::env::var("WSBENCH_CONNECT_TOKEN") {
-        Ok(t) => Ok(format!("{{\"token\":{}}}", serde_json::to_string(&t)?)),
-        Err(_) => Ok("{}".to_string()),
+    match (std::env::var("WSBENCH_CONNECT_TOKEN"), user) {
+        (Ok(t), _) => Ok(format!("{{\"token\":{}}}", serde_json::to_string(&t)?)),
+        (Err(_), Some(u)) => Ok(format!("{{\"user\":{}}}", serde_json::to_string(u)?)),
+        (Err(_), None) => Ok("{}".to_string()),
     }
 }
 

@@ -175,6 +175,8 @@ pub(crate) struct WorkerSpec<'a> {
     pub deflate: bool,
     /// See [`CompressionArgs::inflate_every`] (1 elsewhere).
     pub inflate_every: u64,
+    /// `collab` mode: editors per story (0 elsewhere).
+    pub collab_editors: u64,
 }
 
 impl<'a> WorkerSpec<'a> {
@@ -186,6 +188,7 @@ impl<'a> WorkerSpec<'a> {
             mode,
             deflate: false,
             inflate_every: 1,
+            collab_editors: 0,
         }
     }
 }
@@ -299,8 +302,12 @@ pub(crate) async fn spawn_workers(
                     Mode::Rooms => "rooms",
                     Mode::Storm => "storm",
                     Mode::Recover => "recover",
+                    Mode::Collab => "collab",
                 },
             ]);
+        if spec.mode == Mode::Collab {
+            cmd.args(["--collab-editors", &spec.collab_editors.to_string()]);
+        }
         if spec.deflate {
             cmd.arg("--deflate");
             cmd.args(["--inflate-every", &spec.inflate_every.max(1).to_string()]);
@@ -1008,11 +1015,14 @@ pub(crate) struct Merged {
     pub hist: Histogram<u64>,
     /// Lowest / highest in-window offset seen.
     pub offsets: (u64, u64),
+    /// `collab-*`: merged editor `update` round-trip histogram (ns).
+    pub ack_hist: Histogram<u64>,
 }
 
 /// Collects and merges every worker's [`Report`]; prints their errors.
 pub(crate) async fn collect_reports(workers: &mut [Worker]) -> Result<Merged> {
     let mut hist: Histogram<u64> = new_histogram();
+    let mut ack_hist: Histogram<u64> = new_histogram();
     let mut tot = Report::default();
     let (mut min_off, mut max_off) = (u64::MAX, 0u64);
     for w in workers.iter_mut() {
@@ -1023,6 +1033,10 @@ pub(crate) async fn collect_reports(workers: &mut [Worker]) -> Result<Merged> {
         for (v, n) in &r.hist {
             hist.saturating_record_n(*v, *n);
         }
+        for (v, n) in &r.collab.ack_hist {
+            ack_hist.saturating_record_n(*v, *n);
+        }
+        tot.collab.add_counts(&r.collab);
         tot.stats.received += r.stats.received;
         tot.stats.received_in_window += r.stats.received_in_window;
         tot.stats.received_during_window += r.stats.received_during_window;
@@ -1062,6 +1076,7 @@ pub(crate) async fn collect_reports(workers: &mut [Worker]) -> Result<Merged> {
         tot,
         hist,
         offsets: (min_off, max_off),
+        ack_hist,
     })
 }
 
@@ -1215,6 +1230,7 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         mode: Mode::Subscribe,
         deflate: x.deflate == Some(true),
         inflate_every: x.inflate_every,
+        collab_editors: 0,
     };
     let (mut workers, ready) = connect_all(c, &mut server, a.subs, &spec, "subscribers").await?;
     let publ = open_publisher(&server).await?;

@@ -220,4 +220,37 @@ pub struct Report {
     pub pub_errors: u64,
     /// The first few distinct error messages.
     pub errors: Vec<String>,
+    /// `collab-*`: the editors' figures.
+    #[serde(default)]
+    pub collab: CollabReport,
+}
+
+/// What a worker's story editors saw (`collab-*` workloads). Their
+/// updates reuse [`Report`]'s publish counters: `pubs_sent`,
+/// `pubs_sent_in_window`, `pubs_acked`, `pub_errors`, and `room_pubs`
+/// (per story, accepted updates sent in the window; `room_members` is
+/// per story the viewers).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CollabReport {
+    /// `update` replies whose `version` was not the one expected
+    /// (`base_version + 1`, each editor writing its own section).
+    pub version_mismatches: u64,
+    /// `update` replies with `duplicate: true` (never expected: every
+    /// `op_id` is fresh).
+    pub duplicates: u64,
+    /// Update events whose version did not follow the previous one of the
+    /// same section by exactly 1, as members saw them.
+    pub version_skips: u64,
+    /// Editor-side `update` round trip (send to reply), ns histogram as
+    /// `(value, count)`, over the updates sent in the window.
+    pub ack_hist: Vec<(u64, u64)>,
+}
+
+impl CollabReport {
+    /// Adds `o`'s counters (not the histogram) to these.
+    pub fn add_counts(&mut self, o: &CollabReport) {
+        self.version_mismatches += o.version_mismatches;
+        self.duplicates += o.duplicates;
+        self.version_skips += o.version_skips;
+    }
 }

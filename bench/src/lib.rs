@@ -28,6 +28,8 @@
 //! - [`history_memory`]: the `history-memory` workload (wsedge only).
 //! - [`recover_storm`]: the `recover-storm` workload (wsedge only).
 //! - [`presence`]: the `presence` workload (wsedge only).
+//! - [`collab`]: the story collaboration workloads `collab-fanout`,
+//!   `collab-many` and `collab-join` (wsedge only).
 //! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
@@ -35,6 +37,7 @@
 pub mod baseline;
 pub mod bulk;
 pub mod clock;
+pub mod collab;
 pub mod conn;
 pub mod driver;
 pub mod floor;

@@ -211,7 +211,8 @@ async fn churner(mut c: Conn, i: u64, sch: Schedule, ch: Rc<Churn>) -> Result<()
     }
 }
 
-async fn stats_all(workers: &mut [crate::driver::Worker]) -> Result<Stats> {
+/// Sums every worker's running counters.
+pub(crate) async fn stats_all(workers: &mut [crate::driver::Worker]) -> Result<Stats> {
     let mut t = Stats::default();
     for w in workers.iter_mut() {
         let s = w.stats().await?;

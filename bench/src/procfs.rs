@@ -52,6 +52,45 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((tick(11)? + tick(12)?) / clk_tck())
 }
 
+/// Time on CPU of every thread of `pid` so far, in seconds, from
+/// `/proc/PID/task/*/schedstat` (the scheduler's nanosecond count, where
+/// `/proc/PID/stat` counts 10 ms clock ticks): for phases too short for
+/// [`cpu_seconds`]. A thread that is running at the moment may not have
+/// its current slice counted yet.
+pub fn run_seconds(pid: u32) -> Result<f64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut ns: u64 = 0;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = e?.path().join("schedstat");
+        // A thread may exit between the listing and the read.
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            ns += parse_schedstat(&text).ok_or_else(|| anyhow!("malformed {}", path.display()))?;
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// This process's soft open-file limit (`Max open files` in
+/// `/proc/self/limits`); `None` when unlimited or unreadable. A server the
+/// driver starts inherits it.
+pub fn open_file_limit() -> Option<u64> {
+    parse_open_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+fn parse_open_file_limit(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The first field of a `schedstat` line: nanoseconds on CPU.
+fn parse_schedstat(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// CPUs online (`_SC_NPROCESSORS_ONLN`): unlike
 /// `std::thread::available_parallelism`, not limited by this process's
 /// CPU affinity.
@@ -182,6 +221,28 @@ pub fn kernel_mem() -> Result<KernelMem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files() {
+        let t = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                 Max processes             95644                95644                processes \n\
+                 Max open files            20000                20000                files     \n";
+        assert_eq!(parse_open_file_limit(t), Some(20_000));
+        let t = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(parse_open_file_limit(t), None);
+        assert_eq!(parse_open_file_limit(""), None);
+    }
+
+    #[test]
+    fn schedstat() {
+        assert_eq!(
+            parse_schedstat("232007785 56113952 597\n"),
+            Some(232_007_785)
+        );
+        assert_eq!(parse_schedstat(""), None);
+        let own = run_seconds(std::process::id()).unwrap();
+        assert!(own > 0.0, "{own}");
+    }
 
     #[test]
     fn slab_names() {

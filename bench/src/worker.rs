@@ -5,9 +5,12 @@
 //! Modes ([`Mode`]): `subscribe` (idle, fanout, compression: subscribe and
 //! count pushes), `rooms` (subscribe to a room and publish to it at a fixed
 //! rate), `storm` (subscribe; on [`Command::Drop`] drop every connection
-//! at once and reconnect) and `recover` (`storm` with recovery: reconnect
-//! on [`Command::Reconnect`] and resubscribe from the last position seen).
+//! at once and reconnect), `recover` (`storm` with recovery: reconnect
+//! on [`Command::Reconnect`] and resubscribe from the last position seen)
+//! and `collab` (join a story as an editor or a viewer; editors send
+//! versioned updates when told).
 
+mod collab;
 mod recover;
 mod storm;
 
@@ -26,6 +29,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::LocalSet;
 
 use crate::clock::{mono_ns, to_instant};
+use crate::collab::proto::JoinRole;
 use crate::conn::{Conn, Control, SubOpts, handle_control, open_with};
 use crate::ipc::{Command, Event, Ready, Report, Stats, StormStatus};
 use crate::payload::build_publish;
@@ -46,6 +50,12 @@ pub enum Mode {
     /// [`Command::Reconnect`], then resubscribe with `recover` from the last
     /// position seen and check the replayed publications.
     Recover,
+    /// Join story `{channel}{g % channels}` (or `channel` when `channels`
+    /// is 0) with `collab_join`: the first `--collab-editors` members of
+    /// each story as editors, the others as viewers. Editors send
+    /// `update`s to their own section when told ([`Command::Publish`]);
+    /// viewers time the update events.
+    Collab,
 }
 
 /// Worker settings (given by the driver on the command line).
@@ -91,6 +101,9 @@ pub struct WorkerArgs {
     /// generator's inflate).
     #[arg(long, default_value_t = 1)]
     pub inflate_every: u64,
+    /// `collab` mode: editors per story (the first members of each).
+    #[arg(long, default_value_t = 0)]
+    pub collab_editors: u64,
 }
 
 /// Largest latency the histogram records (1 hour in ns); larger values saturate.
@@ -169,6 +182,8 @@ struct State {
     pub_errors: Cell<u64>,
     // storm
     storm: Storm,
+    // collab
+    collab: collab::CollabState,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -229,6 +244,7 @@ impl State {
             pubs_sent_in_window: self.pubs_sent_in_window.get(),
             pubs_acked: self.pubs_acked.get(),
             pub_errors: self.pub_errors.get(),
+            collab: self.collab.report(),
         }
     }
 
@@ -336,7 +352,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
 }
 
 async fn main_loop(args: WorkerArgs) -> Result<()> {
-    let rooms = if args.mode == Mode::Rooms {
+    let rooms = if matches!(args.mode, Mode::Rooms | Mode::Collab) {
         args.channels.max(1) as usize
     } else {
         0
@@ -384,6 +400,7 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
             sub_hist: RefCell::new(new_histogram()),
             recv_hist: RefCell::new(new_histogram()),
         },
+        collab: collab::CollabState::new(),
     });
     let sem = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.conns {
@@ -498,9 +515,16 @@ async fn connect_one(
 }
 
 async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
+    let seat = crate::collab::proto::seat(g, st.args.channels, st.args.collab_editors);
     let sub = SubOpts {
         detail: st.args.mode == Mode::Recover,
         recover: None,
+        collab: (st.args.mode == Mode::Collab).then_some(if seat.editor {
+            JoinRole::Editor
+        } else {
+            JoinRole::Viewer
+        }),
+        user: (st.args.mode == Mode::Collab).then(|| format!("b{g}")),
     };
     let conn = match connect_one(g + 1, &channel, &st, &sem, &sub).await {
         Ok(c) => c,
@@ -514,7 +538,7 @@ async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
     st.last_ns.set(st.last_ns.get().max(mono_ns()));
     bump(&st.ok, 1);
     bump(&st.live, 1);
-    if st.args.mode == Mode::Rooms {
+    if st.args.mode == Mode::Rooms || (st.args.mode == Mode::Collab && !seat.editor) {
         let room = (g % st.args.channels.max(1)) as usize;
         st.room_members.borrow_mut()[room] += 1;
     }
@@ -529,6 +553,7 @@ async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
         }
         Mode::Rooms => member(conn, &st, g, &channel).await,
         Mode::Storm | Mode::Recover => storm_member(conn, &st, g, &channel, &sem).await,
+        Mode::Collab => collab::collab_member(conn, &st, g, &channel, seat).await,
     };
     let how = match res {
         Ok(code) => format!("close {code}"),

@@ -10,6 +10,9 @@
 //! wsbench history-memory --target wsedge [--channels 10000] [--pubs-per-channel 100]
 //! wsbench recover-storm  --target wsedge [--conns 19000] [--channels 1000] [--missed 20]
 //! wsbench presence       --target wsedge [--subs 5000] [--churn 50] [--join-leave on|off]
+//! wsbench collab-fanout  --target wsedge [--editors 10] [--viewers 5000] [--rate 5]
+//! wsbench collab-many    --target wsedge [--stories 1000] [--editors 3] [--viewers 20] [--rate 1]
+//! wsbench collab-join    --target wsedge [--sections 200] [--samples 200]
 //! wsbench floor       [--sockets 9900] [--batch 1,16] [--frame-bytes 130]
 //! ```
 //! T is one of wsedge, tokio-fastws, tokio-tungstenite, node-ws. Each run
@@ -18,6 +21,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wsbench::collab::join::{self, CollabJoinArgs};
+use wsbench::collab::{self, CollabArgs};
 use wsbench::driver::{self, CompressionArgs, FanoutArgs, IdleArgs};
 use wsbench::floor::{self, FloorArgs};
 use wsbench::history_memory::{self, HistoryMemoryArgs};
@@ -53,6 +58,12 @@ enum Cmd {
     RecoverStorm(RecoverStormArgs),
     /// wsedge only: presence and join/leave cost under subscription churn.
     Presence(PresenceArgs),
+    /// wsedge only: one story, E editors sending updates, V viewers: latency, CPU per update.
+    CollabFanout(CollabArgs),
+    /// wsedge only: K stories of E editors + V viewers each: latency, CPU, memory.
+    CollabMany(CollabArgs),
+    /// wsedge only: `collab_join` snapshot round trip for a story of S sections.
+    CollabJoin(CollabJoinArgs),
     /// Kernel floor: cost of one small write to a loopback socket (no server).
     Floor(FloorArgs),
     /// Internal: a worker process driven over stdin/stdout.
@@ -71,6 +82,9 @@ fn main() -> ExitCode {
         Cmd::HistoryMemory(a) => history_memory::history_memory(a),
         Cmd::RecoverStorm(a) => recover_storm::recover_storm(a),
         Cmd::Presence(a) => presence::presence(a),
+        Cmd::CollabFanout(a) => collab::collab_fanout(a),
+        Cmd::CollabMany(a) => collab::collab_many(a),
+        Cmd::CollabJoin(a) => join::collab_join(a),
         Cmd::Floor(a) => floor::floor(a),
         Cmd::Worker(a) => worker::run(a),
     };

@@ -119,6 +119,7 @@ pub(super) async fn storm_member(
                 epoch: epoch.clone(),
                 offset: last,
             }),
+            ..SubOpts::default()
         };
         match connect_one(seed, channel, st, sem, &sub).await {
             Ok(nc) => {
