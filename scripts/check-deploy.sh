@@ -44,6 +44,11 @@ if command -v systemd-analyze >/dev/null; then
   sed "s#/usr/local/bin/wsedge#$target/release/wsedge#g" systemd/wsedge.service \
     > "$tmp/wsedge.service"
   systemd-analyze verify "$tmp/wsedge.service"
+  # The blue/green template, as an instance.
+  sed "s#/usr/local/bin/wsedge#$target/release/wsedge#g" systemd/wsedge@.service \
+    > "$tmp/wsedge@.service"
+  cp "$tmp/wsedge@.service" "$tmp/wsedge@blue.service"
+  systemd-analyze verify "$tmp/wsedge@blue.service"
   # Exposure 1.4 today (docs/OPERATIONS.md); fail if hardening is lost.
   systemd-analyze security --offline=true --threshold=15 systemd/wsedge.service | tail -1
 else

@@ -287,14 +287,14 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    let admin_listener = match std::net::TcpListener::bind(config.admin_listen) {
+    let admin_listener = match shard::sys::http_listener(config.admin_listen) {
         Ok(l) => l,
         Err(e) => {
             error!(addr = %config.admin_listen, error = %e, "cannot bind the admin listener");
             return ExitCode::FAILURE;
         }
     };
-    let api_listener = match std::net::TcpListener::bind(config.api_listen) {
+    let api_listener = match shard::sys::http_listener(config.api_listen) {
         Ok(l) => l,
         Err(e) => {
             error!(addr = %config.api_listen, error = %e, "cannot bind the server API listener");

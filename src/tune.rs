@@ -42,6 +42,9 @@ pub struct KernelView {
     pub mem_total: Option<u64>,
     /// Whether io_uring is usable.
     pub io_uring: bool,
+    /// net.ipv4.tcp_migrate_req: connections waiting in a closing
+    /// listener's queue move to another listener of the port.
+    pub tcp_migrate_req: Option<u64>,
 }
 
 /// One check's outcome.
@@ -98,6 +101,7 @@ pub fn read_kernel() -> KernelView {
         conntrack_max: read_u64("/proc/sys/net/netfilter/nf_conntrack_max"),
         mem_total,
         io_uring: monoio::utils::detect_uring(),
+        tcp_migrate_req: read_u64("/proc/sys/net/ipv4/tcp_migrate_req"),
     }
 }
 
@@ -171,6 +175,15 @@ pub fn check(k: &KernelView, connections: u64, backlog: u64) -> Vec<Finding> {
                 "sysctl -w net.ipv4.tcp_max_syn_backlog={}",
                 backlog.max(16384)
             ),
+        );
+    }
+    if let Some(v) = k.tcp_migrate_req {
+        push(
+            "net.ipv4.tcp_migrate_req",
+            v.to_string(),
+            "1 (a restart hands queued connections to the new process)".into(),
+            v == 1,
+            "sysctl -w net.ipv4.tcp_migrate_req=1".into(),
         );
     }
     if let Some([_, _, high]) = k.tcp_mem {
@@ -289,7 +302,30 @@ mod tests {
             conntrack_max: None,
             mem_total: Some(24 << 30),
             io_uring: true,
+            tcp_migrate_req: Some(1),
         }
+    }
+
+    #[test]
+    fn a_restart_needs_tcp_migrate_req() {
+        let k = KernelView {
+            tcp_migrate_req: Some(0),
+            ..small_box()
+        };
+        let f = check(&k, 15_000, 512);
+        let m = f
+            .iter()
+            .find(|f| f.name == "net.ipv4.tcp_migrate_req")
+            .expect("checked");
+        assert!(!m.ok);
+        assert_eq!(m.fix, "sysctl -w net.ipv4.tcp_migrate_req=1");
+        let sysctl = include_str!("../tuning/sysctl.d/90-wsedge.conf");
+        assert!(
+            sysctl
+                .lines()
+                .any(|l| l.trim() == "net.ipv4.tcp_migrate_req = 1"),
+            "tuning/ sets what tune --check asks for"
+        );
     }
 
     #[test]

@@ -148,6 +148,20 @@ pub fn listener(addr: SocketAddr, opts: ListenOpts) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// A listener for the node's HTTP sidecars (admin, server API): like the
+/// client listener, `SO_REUSEPORT`, so a new process with the same
+/// configuration can start beside the old one during a restart (docs/
+/// OPERATIONS.md, "Restart without downtime").
+pub fn http_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_cloexec(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
 /// Accepts one connection as a non-blocking, close-on-exec socket
 /// (TCP_NODELAY comes from the listener).
 pub fn accept(listener: RawFd) -> io::Result<OwnedFd> {

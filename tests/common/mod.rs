@@ -43,6 +43,8 @@ pub struct Opts {
     pub nofile: Option<u64>,
     /// Variables the harness would set that this server must not have.
     pub unset: Vec<String>,
+    /// The client listener (default `127.0.0.1:0`: a port of its own).
+    pub listen: String,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             env: Vec::new(),
             nofile: None,
             unset: Vec::new(),
+            listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -78,7 +81,7 @@ impl Server {
 
     pub fn start_with(opts: Opts) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsedge"));
-        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        cmd.args(["--listen", &opts.listen, "--admin-listen", "127.0.0.1:0"])
             .args(&opts.args)
             .env("WSEDGE_LOG_LEVEL", "info")
             // Every server gets its own API port, and no key unless the
