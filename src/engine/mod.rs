@@ -14,6 +14,9 @@
 //! - [`durable`]: events for the backend's permanent storage and the
 //!   in-memory sink that holds them until a broker-backed one exists.
 //! - [`channel`]: channel name rules.
+//! - [`cluster`]: the cluster's no-I/O parts: the live set of nodes from
+//!   heartbeats, a channel's home node by rendezvous hashing, NATS subject
+//!   names and the binary frames between nodes.
 //! - [`namespace`]: per-namespace channel options and the lookup from a
 //!   channel name.
 //! - [`hub`]: home side of channels (offsets, epochs, interest).
@@ -33,6 +36,7 @@
 
 pub mod access;
 pub mod channel;
+pub mod cluster;
 pub mod codes;
 pub mod collab;
 pub mod durable;

@@ -1,0 +1,37 @@
+//! The no-I/O parts of a cluster of edge nodes (docs/ARCHITECTURE.md, "The
+//! cluster"): who is in the cluster, which node is a channel's home, what
+//! the NATS subjects are called and what travels on them. The NATS
+//! transport (`wsedge-cluster` thread) feeds these with received bytes and
+//! the time; nothing here touches a socket, a thread or a clock.
+//!
+//! Each channel has one **home node** and on it one home shard, so the
+//! rule that keeps one node correct, one authority per channel, holds
+//! across nodes: offsets, epoch, history, presence, idempotency keys and
+//! live stories stay at the home.
+//!
+//! Layout:
+//! - [`membership`]: the live set from heartbeats (`node.<name>`, every
+//!   second; a node silent for `node_timeout` leaves; a restarted node is a
+//!   new incarnation), with a generation that changes with the set.
+//! - [`placement`]: the home node of a channel by rendezvous hashing over
+//!   the live set, and its per-generation cache: a join or leave moves only
+//!   the channels the node gains or loses.
+//! - [`subject`]: subject names under `wsedge.<cluster>.` — `ch.<hex>` for
+//!   a channel's deliveries and sync markers (interest routing: a node
+//!   subscribes only while it has local subscribers), `node.<name>` for
+//!   heartbeats, `home.<name>` for requests to a home.
+//! - [`frame`]: the binary messages between nodes — publish requests and
+//!   answers, deliveries, and the sync request/marker pair that tells a
+//!   node the exact position its subscribers start after.
+//!
+//! Heartbeats and frames share one versioned layout and one decode error
+//! ([`DecodeError`]); decoding any bytes gives a value or an error, never a
+//! panic.
+
+mod codec;
+pub mod frame;
+pub mod membership;
+pub mod placement;
+pub mod subject;
+
+pub use codec::{DecodeError, PROTOCOL_VERSION};
