@@ -71,12 +71,10 @@ mod worker;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{mpsc, oneshot};
 
 pub use super::tickets::InboxSink;
 use crate::bridge::ShardMsg;
@@ -354,8 +352,7 @@ impl StoryClient {
 /// waiting); [`StoryWorker::shutdown`] stops it and waits.
 pub struct StoryWorker {
     client: StoryClient,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    worker: super::WorkerThread,
 }
 
 impl StoryWorker {
@@ -367,13 +364,8 @@ impl StoryWorker {
     /// Stops taking requests, answers waiting loads with `Unavailable`,
     /// flushes what is buffered for at most [`StoryOptions::timeout`]
     /// (counting the rest as [`StoryDrop::Stopped`]) and joins the thread.
-    pub fn shutdown(mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the story worker thread panicked");
-        }
+    pub fn shutdown(self) {
+        self.worker.shutdown();
     }
 }
 
@@ -394,20 +386,8 @@ pub fn spawn_story_worker(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // As for tickets: the manager connects on first use; a reconnect tries
-    // twice more, quickly; the worker's own backoff paces the batches.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(opts.timeout))
-        .set_response_timeout(Some(opts.timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    let manager = {
-        let _in_runtime = runtime.enter();
-        ConnectionManager::new_lazy_with_config(client, config).map_err(io::Error::other)?
-    };
+    let manager = super::redis_manager(&runtime, client, opts.timeout)?;
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
-    let (stop_tx, stop_rx) = oneshot::channel();
     let epoch = Arc::new(AtomicU64::new(0));
     let worker = worker::Worker::new(
         manager,
@@ -417,13 +397,11 @@ pub fn spawn_story_worker(
         metrics.clone(),
         epoch.clone(),
     );
-    let thread = std::thread::Builder::new()
-        .name("wsedge-stories".into())
-        .spawn(move || runtime.block_on(worker.run(stop_rx)))?;
+    let worker =
+        super::WorkerThread::spawn("wsedge-stories", runtime, move |stop| worker.run(stop))?;
     Ok(StoryWorker {
         client: StoryClient { tx, epoch, metrics },
-        stop: Some(stop_tx),
-        thread: Some(thread),
+        worker,
     })
 }
 

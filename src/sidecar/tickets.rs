@@ -29,12 +29,11 @@ pub mod claims;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -258,8 +257,7 @@ impl TicketClient {
 /// waiting); [`TicketWorker::shutdown`] stops it and waits.
 pub struct TicketWorker {
     client: TicketClient,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    worker: super::WorkerThread,
 }
 
 impl TicketWorker {
@@ -271,13 +269,8 @@ impl TicketWorker {
     /// Stops taking requests, answers those still queued with
     /// `Unavailable`, waits for the redemptions in flight (at most the
     /// timeout) and joins the thread.
-    pub fn shutdown(mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the ticket worker thread panicked");
-        }
+    pub fn shutdown(self) {
+        self.worker.shutdown();
     }
 }
 
@@ -308,22 +301,10 @@ pub fn spawn_ticket_worker(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // The manager spawns its helper task on the current runtime; it first
-    // connects when the first redemption needs it. A reconnect tries twice
-    // more, quickly: a redemption never waits longer than `timeout`, and
-    // the next one starts a fresh reconnect anyway.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(opts.timeout))
-        .set_response_timeout(Some(opts.timeout))
-        .set_number_of_retries(2)
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_millis(500));
-    let manager = {
-        let _in_runtime = runtime.enter();
-        ConnectionManager::new_lazy_with_config(client, config).map_err(io::Error::other)?
-    };
+    // A redemption never waits longer than `timeout`, and the next one
+    // starts a fresh reconnect anyway.
+    let manager = super::redis_manager(&runtime, client, opts.timeout)?;
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
-    let (stop_tx, stop_rx) = oneshot::channel();
     let shared = Arc::new(Shared {
         sink: Box::new(sink),
         metrics: metrics.clone(),
@@ -331,13 +312,12 @@ pub fn spawn_ticket_worker(
         redis_up: AtomicBool::new(true),
     });
     let max_in_flight = opts.max_in_flight;
-    let thread = std::thread::Builder::new()
-        .name("wsedge-tickets".into())
-        .spawn(move || runtime.block_on(run(manager, rx, stop_rx, shared, max_in_flight)))?;
+    let worker = super::WorkerThread::spawn("wsedge-tickets", runtime, move |stop| {
+        run(manager, rx, stop, shared, max_in_flight)
+    })?;
     Ok(TicketWorker {
         client: TicketClient { tx, metrics },
-        stop: Some(stop_tx),
-        thread: Some(thread),
+        worker,
     })
 }
 
