@@ -295,9 +295,14 @@ impl Story {
         self.bytes
     }
 
-    /// `section` as a snapshot shows it, if it exists (written or locked).
-    pub fn section(&self, section: &str) -> Option<SectionView> {
-        self.sections.get(section).map(Section::view)
+    /// When `section`'s lock lapses unless renewed (ms, the caller's
+    /// clock), if it is locked.
+    pub fn lock_deadline(&self, section: &str) -> Option<u64> {
+        self.sections
+            .get(section)?
+            .lock
+            .as_ref()
+            .map(Lock::deadline)
     }
 
     /// The version of `section` (0 if never written or unknown).

@@ -353,12 +353,12 @@ impl Router {
         let mut due = Vec::new();
         self.stories.tick(ms, &mut due);
         let mut events = std::mem::take(&mut self.collab_events);
-        let mut i = 0;
-        while i < due.len() {
-            let channel = due[i].0.clone();
-            while i < due.len() && due[i].0 == channel {
-                events.push(due[i].1.clone());
-                i += 1;
+        // The events come grouped by story: hand each story's over as one.
+        let mut due = due.into_iter().peekable();
+        while let Some((channel, first)) = due.next() {
+            events.push(first);
+            while let Some((_, e)) = due.next_if(|(c, _)| *c == channel) {
+                events.push(e);
             }
             if let Ok(opts) = self.options(&channel).cloned() {
                 self.after_story(now, &channel, &opts, &mut events, None, out);
@@ -412,8 +412,8 @@ impl Router {
                 }
                 CollabEvent::Lock { section, holder } => {
                     let expires = holder.as_ref().and_then(|_| {
-                        let lock = self.stories.get(channel)?.section(&section)?.lock?;
-                        Some(unix.saturating_add(lock.expires_ms.saturating_sub(ms)))
+                        let expires_ms = self.stories.get(channel)?.lock_deadline(&section)?;
+                        Some(unix.saturating_add(expires_ms.saturating_sub(ms)))
                     });
                     let data = lock_event(&section, holder.as_ref().map(WireMember::from), expires);
                     touched.push(section);
