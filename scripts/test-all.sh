@@ -45,7 +45,11 @@ cargo clippy --all-targets --features test-hooks -- -D warnings
 scripts/gen-flatbuffers.sh --check
 
 step "unit and end-to-end tests (release build, real server processes)"
-cargo test --release
+# Built first, then run under a limit: a test that hangs fails the suite
+# with a message instead of eating CI's whole time budget.
+cargo test --release --no-run
+timeout --foreground 30m cargo test --release || {
+  rc=$?; [ "$rc" = 124 ] && echo "the tests did not finish within 30 minutes (a hang?)"; exit "$rc"; }
 
 step "deploy/: alert rules and their tests, dashboard queries, systemd unit"
 scripts/check-deploy.sh

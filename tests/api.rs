@@ -6,6 +6,7 @@ mod common;
 
 use common::{JsonClient, Opts, RawWs, Server, TIMEOUT, api_post, http_exchange};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const KEY: &str = "test-key-0123";
 
@@ -195,14 +196,16 @@ async fn publish_reaches_subscribers() {
 
 #[test]
 fn api_address_in_use_fails_clearly() {
-    let first = Server::start();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .env("WSEDGE_API_LISTEN", first.api.to_string())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr).unwrap();
+    // wsedge nodes share their ports on purpose (SO_REUSEPORT, for restarts
+    // without downtime); "in use" means another program holds the port.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, err) = common::run_expecting_exit(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("WSEDGE_API_LISTEN", other.local_addr().unwrap().to_string()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot bind the server API listener"), "{err}");
 }
 

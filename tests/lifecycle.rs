@@ -139,15 +139,17 @@ fn check_config_reports_errors_clearly() {
 
 #[test]
 fn address_in_use_fails_clearly() {
-    let first = Server::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_wsedge"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen"])
-        .arg(first.admin.to_string())
-        .env("WSEDGE_API_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8(out.stderr).unwrap();
+    // wsedge nodes share their ports on purpose (SO_REUSEPORT, for restarts
+    // without downtime); "in use" means another program holds the port.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, err) = common::run_expecting_exit(
+        Command::new(env!("CARGO_BIN_EXE_wsedge"))
+            .args(["--listen", "127.0.0.1:0", "--admin-listen"])
+            .arg(other.local_addr().unwrap().to_string())
+            .env("WSEDGE_API_LISTEN", "127.0.0.1:0"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot bind the admin listener"), "{err}");
 }
 
