@@ -115,6 +115,23 @@ impl Hub {
         self.channels.get(name).map_or(0, |c| c.interested)
     }
 
+    /// The channel's current position, if the hub knows it (never
+    /// creates it).
+    pub fn peek(&self, name: &str) -> Option<Position> {
+        self.channels.get(name).map(|c| c.position)
+    }
+
+    /// Every channel the hub knows.
+    pub fn channels(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.channels.keys()
+    }
+
+    /// Forgets a channel (its home moved to another node): if it comes
+    /// back, it starts a new epoch.
+    pub fn forget(&mut self, name: &str) {
+        self.channels.remove(name);
+    }
+
     /// Assigns the next offset to a publication.
     pub fn publish(&mut self, name: &Arc<str>, now: u32) -> Accepted {
         let ch = self.entry(name, now);

@@ -21,7 +21,8 @@ use crate::engine::collab::{DirectedEvent, JoinAs};
 use crate::engine::durable::DurableEvent;
 use crate::engine::outbox::{Frame, OverBudget};
 use crate::engine::router::{
-    CollabAsk, CollabOp, Msg, Output, SERVER_INITIATED, StoryWriteReq, SubscribeRequest, Who,
+    Broadcast, CollabAsk, CollabOp, Msg, Output, SERVER_INITIATED, StoryWriteReq, SubscribeRequest,
+    Who,
 };
 use crate::engine::session::Step;
 use crate::engine::subs::{ConnRef, Subscriber};
@@ -246,6 +247,16 @@ impl Output for ShardOut<'_> {
         let kept = self.stories.durable(event);
         self.metrics.durable_event(kept);
     }
+
+    fn send_remote(&mut self, _to: usize, _channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
+        Err(msg) // not in a cluster yet
+    }
+
+    fn broadcast(&mut self, _channel: &Arc<str>, _what: Broadcast<'_>) -> bool {
+        false
+    }
+
+    fn watch(&mut self, _channel: &Arc<str>, _on: bool) {}
 }
 
 impl Shard {

@@ -31,6 +31,7 @@
 mod codec;
 pub mod frame;
 pub mod membership;
+pub mod nodes;
 pub mod placement;
 pub mod subject;
 

@@ -30,6 +30,9 @@ impl Router {
         on: bool,
         out: &mut impl Output,
     ) {
+        if crate::engine::cluster::nodes::is_remote(from) {
+            return self.on_remote_interest(now, channel, from, on, out);
+        }
         let p = self.hub.set_interest(&channel, from, on, self.tick(now));
         if on {
             let ack = Msg::InterestAck {
@@ -95,7 +98,7 @@ impl Router {
     /// Sends a push to every shard in `mask` (this one directly). A
     /// refused publication makes that shard's subscribers recover
     /// (`lost`); refused presence events are dropped (at most once).
-    fn fan_out(
+    pub(super) fn fan_out(
         &mut self,
         mut mask: u64,
         p: Arc<SharedPub>,
@@ -107,6 +110,8 @@ impl Router {
             mask &= mask - 1;
             if shard == self.id {
                 self.deliver_local(&p, out);
+            } else if shard == super::REMOTE_BIT {
+                self.broadcast_push(&p, out);
             } else if shard < self.shards
                 && out.send(shard, Msg::Deliver(Arc::clone(&p))).is_err()
                 && report_loss
@@ -233,6 +238,7 @@ impl Router {
                 match member {
                     Some(_) if !opts.admits_subscriber(members) => Err(ErrorCode::LimitExceeded),
                     Some(info) => {
+                        let client = info.client.clone();
                         let joined = match collab {
                             None => Ok(()),
                             Some(_) if opts.collab.is_none() => Err(ErrorCode::NotCollaborative),
@@ -251,6 +257,7 @@ impl Router {
                             if self.presence.join(&channel, *info, emit) && emit {
                                 self.schedule_presence(now);
                             }
+                            self.note_remote_member(&channel, &client, reply_to.conn, from, true);
                         })
                     }
                     None => Ok(()),
@@ -305,6 +312,10 @@ impl Router {
         if !counted(&opts) {
             return;
         }
+        if crate::engine::cluster::nodes::is_remote(from) {
+            let client: Arc<str> = Arc::from(client);
+            self.note_remote_member(channel, &client, conn, from, false);
+        }
         let members = self.presence.members(channel);
         let emit = opts.presence && opts.sends_join_leave(members);
         if self.presence.leave(channel, client, emit).is_some() && opts.presence {
@@ -349,6 +360,28 @@ impl Router {
         }
     }
 
+    /// A member from a node that left the cluster leaves (as if its
+    /// connection closed).
+    pub(super) fn leave_for_departed(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        client: &str,
+        conn: ConnRef,
+        from: usize,
+        out: &mut impl Output,
+    ) {
+        self.on_leave(now, channel, client, conn, from, true, out);
+    }
+
+    /// Forgets what this shard kept as `channel`'s home (its home moved to
+    /// another node): position, history, presence.
+    pub(super) fn forget_home_channel(&mut self, channel: &str) {
+        self.hub.forget(channel);
+        self.history.remove(channel);
+        self.presence.remove_channel(channel);
+    }
+
     fn schedule_presence(&mut self, now: Instant) {
         if self.presence_flush.is_none() {
             self.presence_flush = Some(now + PRESENCE_TICK);
@@ -372,6 +405,9 @@ impl Router {
         if let Some(load) = self.story_load_deadline() {
             at = at.min(load);
         }
+        if let Some(c) = self.cluster_deadline() {
+            at = at.min(c);
+        }
         at
     }
 
@@ -387,6 +423,9 @@ impl Router {
         }
         if self.story_load_deadline().is_some_and(|d| d <= now) {
             self.story_load_timeouts(now, out);
+        }
+        if self.cluster_deadline().is_some_and(|d| d <= now) {
+            self.cluster_timeouts(now, out);
         }
         if self.presence_flush.is_some_and(|f| now >= f) {
             self.presence_flush = None;

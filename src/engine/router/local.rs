@@ -85,6 +85,16 @@ impl Router {
         }
     }
 
+    /// The channel's home node did not answer this shard's interest: the
+    /// subscriptions waiting for it fail with 100 (temporary).
+    pub(super) fn on_interest_failed(&mut self, name: &str, out: &mut impl Output) {
+        let mut failed = Vec::new();
+        self.subs.on_interest_failed(name, &mut failed);
+        for (c, id) in failed {
+            out.reply(c, id, ReplyBody::Error(ErrorCode::Internal));
+        }
+    }
+
     /// The home answered this shard's interest: waiting subscribers join.
     pub(super) fn on_interest_ack(
         &mut self,

@@ -64,17 +64,21 @@ use crate::engine::wire::publication::{LocalPub, PubData, PubEncoder, SharedPub}
 use crate::engine::wire::{ClientInfo, ReplyBody};
 use crate::engine::ws::deflate::Compressor;
 
+mod cluster;
 mod home;
 mod local;
 pub mod msg;
 #[cfg(test)]
 mod sim;
 #[cfg(test)]
+mod sim_cluster;
+#[cfg(test)]
 mod sim_collab;
 #[cfg(test)]
 mod sim_features;
 pub mod story;
 
+pub use cluster::{Broadcast, ClusterStats, ClusterView, FromNode, REMOTE_BIT};
 pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
@@ -116,6 +120,18 @@ pub trait Output {
     fn story_evicted(&mut self, channel: &Arc<str>);
     /// An event for the backend's permanent storage.
     fn durable(&mut self, event: DurableEvent);
+    /// Sends `msg`, about `channel`, to shard or node address `to` of
+    /// another node (`crate::engine::cluster::nodes::remote_addr`). Gives
+    /// the message back when the cluster queue refused it. Only called in
+    /// a cluster.
+    fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg>;
+    /// Publishes `what` once on `channel`'s subject, for every node
+    /// interested in it; `false` when the cluster queue refused it. Only
+    /// called in a cluster.
+    fn broadcast(&mut self, channel: &Arc<str>, what: Broadcast<'_>) -> bool;
+    /// This node starts (or stops) listening to `channel`'s subject. Only
+    /// called in a cluster.
+    fn watch(&mut self, channel: &Arc<str>, on: bool);
 }
 
 /// A story's change, for [`Output::story_write`].
@@ -277,6 +293,8 @@ pub struct Router {
     lost: Vec<Vec<Arc<str>>>,
     /// Counts since the last [`Router::take_stats`].
     stats: RouterStats,
+    /// The cluster state, when the node is in one.
+    cluster: Option<Box<cluster::Cluster>>,
 }
 
 /// The command id of a subscription the server makes on a connection's
@@ -368,6 +386,7 @@ impl Router {
             collab_events: Vec::new(),
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
+            cluster: None,
         }
     }
 
@@ -439,6 +458,10 @@ impl Router {
         if to == self.id {
             self.handle(now, msg, out);
             return Ok(());
+        }
+        if crate::engine::cluster::nodes::is_remote(to) {
+            let channel = cluster::channel_of(&msg).clone();
+            return out.send_remote(to, &channel, msg);
         }
         out.send(to, msg)
     }
@@ -863,13 +886,30 @@ impl Router {
 
     // ---- messages from other shards ----------------------------------------
 
-    /// A message from another shard's router (or from this one's).
+    /// A message from another shard's router (or from this one's). In a
+    /// cluster, a message for a channel whose home is another node goes
+    /// on to it (this shard is the channel's relay on this node).
     pub fn handle(&mut self, now: Instant, msg: Msg, out: &mut impl Output) {
+        let msg = if self.cluster.is_some() {
+            match self.relay_if_remote(now, msg, out) {
+                Some(msg) => msg,
+                None => return,
+            }
+        } else {
+            msg
+        };
+        self.handle_here(now, msg, out);
+    }
+
+    /// A message this shard acts on itself (as the channel's home, or as
+    /// a shard with subscribers).
+    fn handle_here(&mut self, now: Instant, msg: Msg, out: &mut impl Output) {
         match msg {
             Msg::Interest { channel, from, on } => self.on_interest(now, channel, from, on, out),
             Msg::InterestAck { channel, position } => {
                 self.on_interest_ack(now, &channel, position, out)
             }
+            Msg::InterestFailed { channel } => self.on_interest_failed(&channel, out),
             Msg::Publish {
                 channel,
                 data,
@@ -877,9 +917,10 @@ impl Router {
                 from,
                 reply_to,
             } => {
+                let via = channel.clone();
                 let answer =
                     self.publish_home(now, channel, data, idempotency_key.as_deref(), false, out);
-                self.answer(now, from, reply_to, answer, out);
+                self.answer(now, &via, from, reply_to, answer, out);
             }
             Msg::Reply { reply_to, answer } => {
                 out.reply(reply_to.conn, reply_to.cmd_id, answer.body())
@@ -908,7 +949,7 @@ impl Router {
                 reply_to,
             } => {
                 let answer = self.history_home(now, &channel, &query);
-                self.answer(now, from, reply_to, answer, out);
+                self.answer(now, &channel, from, reply_to, answer, out);
             }
             Msg::Leave {
                 channel,
@@ -937,7 +978,7 @@ impl Router {
                 reply_to,
             } => {
                 let answer = self.set_state_home(now, &channel, &client, state, ttl_ms);
-                self.answer(now, from, reply_to, answer, out);
+                self.answer(now, &channel, from, reply_to, answer, out);
             }
             Msg::PresenceQuery {
                 channel,
@@ -946,22 +987,30 @@ impl Router {
                 reply_to,
             } => {
                 let answer = self.presence_home(now, &channel, stats);
-                self.answer(now, from, reply_to, answer, out);
+                self.answer(now, &channel, from, reply_to, answer, out);
             }
         }
     }
 
-    /// Sends a home's answer back to the asking shard.
+    /// Sends a home's answer to a request about `channel` back to the
+    /// asking shard (on another node: with the channel, which routes it
+    /// through that node's relay).
     fn answer(
         &mut self,
         now: Instant,
+        channel: &Arc<str>,
         from: usize,
         reply_to: ReplyTo,
         answer: Answer,
         out: &mut impl Output,
     ) {
+        let msg = Msg::Reply { reply_to, answer };
+        if crate::engine::cluster::nodes::is_remote(from) {
+            let _ = out.send_remote(from, channel, msg);
+            return;
+        }
         // Never refused (not refusable): the client waits for it.
-        let _ = self.dispatch(now, from, Msg::Reply { reply_to, answer }, out);
+        let _ = self.dispatch(now, from, msg, out);
     }
 
     /// The loss notices owed to shard `to`, to send once every message

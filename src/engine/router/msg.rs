@@ -233,6 +233,12 @@ pub enum Msg {
         /// Position after which the shard receives every publication.
         position: Position,
     },
+    /// Relay → shard: the channel's home node did not answer this shard's
+    /// interest; the subscriptions waiting for it fail with error 100.
+    InterestFailed {
+        /// Channel name.
+        channel: Arc<str>,
+    },
     /// To a channel's home: publish.
     Publish {
         /// Channel name.
@@ -377,6 +383,7 @@ impl Msg {
         match self {
             Msg::Interest { .. } => MsgKind::Interest,
             Msg::InterestAck { .. } => MsgKind::InterestAck,
+            Msg::InterestFailed { .. } => MsgKind::InterestFailed,
             Msg::Publish { .. } => MsgKind::Publish,
             Msg::Reply { .. } => MsgKind::Reply,
             Msg::Deliver(_) => MsgKind::Deliver,
@@ -434,6 +441,8 @@ pub enum MsgKind {
     Interest,
     /// [`Msg::InterestAck`].
     InterestAck,
+    /// [`Msg::InterestFailed`].
+    InterestFailed,
     /// [`Msg::Publish`].
     Publish,
     /// [`Msg::Reply`].
@@ -470,9 +479,10 @@ pub enum MsgKind {
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 18] = [
+    pub const ALL: [MsgKind; 19] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
+        MsgKind::InterestFailed,
         MsgKind::Publish,
         MsgKind::Reply,
         MsgKind::Deliver,
@@ -496,6 +506,7 @@ impl MsgKind {
         match self {
             MsgKind::Interest => "interest",
             MsgKind::InterestAck => "interest_ack",
+            MsgKind::InterestFailed => "interest_failed",
             MsgKind::Publish => "publish",
             MsgKind::Reply => "reply",
             MsgKind::Deliver => "deliver",

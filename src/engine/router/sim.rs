@@ -59,6 +59,8 @@ pub(super) struct ShardOut<'a> {
     seen: &'a mut HashMap<SimConn, Vec<Seen>>,
     frames: &'a mut HashMap<SimConn, usize>,
     store: &'a mut StoreLog,
+    /// This node's side of a simulated cluster, if it is in one.
+    net: Option<&'a mut super::sim_cluster::NodeNet>,
 }
 
 fn decode_one(bytes: &[u8]) -> Value {
@@ -178,6 +180,21 @@ impl Output for ShardOut<'_> {
     fn durable(&mut self, event: DurableEvent) {
         self.store.durable.push(event);
     }
+
+    fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
+        let net = self.net.as_mut().expect("remote sends only in a cluster");
+        net.send(to, channel, msg)
+    }
+
+    fn broadcast(&mut self, channel: &Arc<str>, what: Broadcast<'_>) -> bool {
+        let net = self.net.as_mut().expect("broadcasts only in a cluster");
+        net.broadcast(channel, what)
+    }
+
+    fn watch(&mut self, channel: &Arc<str>, on: bool) {
+        let net = self.net.as_mut().expect("watches only in a cluster");
+        net.watch(channel, on);
+    }
 }
 
 /// Several routers, their inboxes, and a virtual clock.
@@ -196,6 +213,10 @@ pub(super) struct Sim {
     next_idx: Vec<u32>,
     rng: StdRng,
     next_id: u32,
+    /// This node's side of a simulated cluster, if it is in one.
+    pub(super) net: Option<super::sim_cluster::NodeNet>,
+    /// Prefix of this node's client ids (distinct per simulated node).
+    pub(super) client_prefix: String,
 }
 
 impl Sim {
@@ -256,6 +277,8 @@ impl Sim {
             next_idx: vec![0; shards],
             rng: StdRng::seed_from_u64(seed),
             next_id: 1,
+            net: None,
+            client_prefix: String::new(),
         }
     }
 
@@ -279,7 +302,7 @@ impl Sim {
     /// Who `c` is: its client id and user.
     pub fn who(&self, c: SimConn) -> ClientInfo {
         ClientInfo {
-            client: format!("c{}.{}", c.shard, c.conn.idx).into(),
+            client: format!("{}c{}.{}", self.client_prefix, c.shard, c.conn.idx).into(),
             user: self.users.get(&c).map_or("", String::as_str).into(),
             info: None,
         }
@@ -298,6 +321,7 @@ impl Sim {
             seen: &mut self.seen,
             frames: &mut self.frames,
             store: &mut self.store,
+            net: self.net.as_mut(),
         };
         f(&mut self.routers[shard], &mut out, self.now);
     }
@@ -448,19 +472,29 @@ impl Sim {
     pub fn run(&mut self) {
         loop {
             while self.step() {}
-            let mut any = false;
-            for from in 0..self.routers.len() {
-                for to in 0..self.routers.len() {
-                    for channel in self.routers[from].take_lost(to) {
-                        self.inboxes[to].push_back((from, Msg::Lost { channel }));
-                        any = true;
-                    }
-                }
-            }
-            if !any {
+            if !self.pass_lost() {
                 return;
             }
         }
+    }
+
+    /// Queues the loss notices owed; whether there were any.
+    pub(super) fn pass_lost(&mut self) -> bool {
+        let mut any = false;
+        for from in 0..self.routers.len() {
+            for to in 0..self.routers.len() {
+                for channel in self.routers[from].take_lost(to) {
+                    self.inboxes[to].push_back((from, Msg::Lost { channel }));
+                    any = true;
+                }
+            }
+        }
+        any
+    }
+
+    /// Whether any shard has a message waiting.
+    pub(super) fn busy(&self) -> bool {
+        self.inboxes.iter().any(|q| !q.is_empty())
     }
 
     /// What `c` saw.

@@ -106,8 +106,13 @@ impl Router {
                 // Never refused: the shard holds the channel until it arrives.
                 let _ = self.dispatch(now, from, msg, out);
             }
-            Msg::Collab { from, reply_to, .. } => {
-                self.answer(now, from, reply_to, Answer::Error(code), out);
+            Msg::Collab {
+                channel,
+                from,
+                reply_to,
+                ..
+            } => {
+                self.answer(now, &channel, from, reply_to, Answer::Error(code), out);
             }
             _ => {}
         }
@@ -246,9 +251,11 @@ impl Router {
             Ok(o) if o.collab.is_some() => o.clone(),
             Ok(_) => {
                 let answer = Answer::Error(ErrorCode::NotCollaborative);
-                return self.answer(now, from, reply_to, answer, out);
+                return self.answer(now, &channel, from, reply_to, answer, out);
             }
-            Err(code) => return self.answer(now, from, reply_to, Answer::Error(code), out),
+            Err(code) => {
+                return self.answer(now, &channel, from, reply_to, Answer::Error(code), out);
+            }
         };
         let member = MemberId {
             shard: from,
@@ -271,7 +278,7 @@ impl Router {
                 })),
                 Err(e) => Answer::CollabError(Box::new(e)),
             };
-            return self.answer(now, from, reply_to, answer, out);
+            return self.answer(now, &channel, from, reply_to, answer, out);
         }
         if self.story_waiting.contains_key(&channel) {
             // The story is being read back: a command pipelined behind the
@@ -323,7 +330,7 @@ impl Router {
         self.after_story(now, &channel, &opts, &mut events, renewed, out);
         self.collab_events = events;
         let answer = result.unwrap_or_else(|e| Answer::CollabError(Box::new(e)));
-        self.answer(now, from, reply_to, answer, out);
+        self.answer(now, &channel, from, reply_to, answer, out);
     }
 
     /// When the oldest load waiting for its answer times out.

@@ -1,0 +1,1025 @@
+//! The router's part in a cluster of nodes (docs/ARCHITECTURE.md, "The
+//! cluster"): one authority per channel across nodes.
+//!
+//! Each channel has a home node (rendezvous hashing over the live set,
+//! [`Placement`]) and on every node one home shard (`home_shard`). On the
+//! home node that shard is the channel's home, as on a single node. On
+//! every other node it is the channel's **relay**: the node's shards talk
+//! to it exactly as they talk to a home (interest, publish, subscribe
+//! through the home, history, presence, story commands), and it
+//! - keeps the node's interest: the first local interest subscribes the
+//!   node to the channel's subject ([`Output::watch`]) and asks the home
+//!   node for a *sync marker*; the marker, published on the channel's
+//!   subject in order with the deliveries, gives the position the node's
+//!   subscribers start after (the cluster's `InterestAck`);
+//! - hands each delivery from the subject to the node's shards with
+//!   subscribers, checking epoch and offsets (a jump or a new epoch makes
+//!   them recover: 3004, never a silent gap);
+//! - forwards requests to the home node and the answers back, in order with
+//!   the deliveries, answering error 100 (temporary) when NATS is down or no
+//!   answer comes within `request_timeout`.
+//!
+//! At the home, another node's relay is one more "shard" with interest
+//! (the hub's [`REMOTE_BIT`]): a publication goes out once on the
+//! channel's subject whatever the number of interested nodes, and NATS
+//! delivers one copy to each of them and none to the others.
+//!
+//! When the live set changes, a channel whose home moved makes its
+//! subscribers recover (3004) on every node, and each relay re-asks its
+//! home for a marker (a restarted home lost its interest and its epoch:
+//! the marker shows it, and subscribers recover rather than wait).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Msg, Output, ReplyTo, Router};
+use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, is_remote, remote_addr, remote_parts};
+use crate::engine::cluster::placement::Placement;
+use crate::engine::codes::ErrorCode;
+use crate::engine::hub::Position;
+use crate::engine::subs::ConnRef;
+use crate::engine::wire::publication::{PushBody, SharedPub};
+
+use super::msg::Answer;
+
+/// The hub interest bit that stands for "other nodes' relays": a
+/// publication with it set goes out once on the channel's subject.
+pub const REMOTE_BIT: usize = 63;
+
+/// How soon a marker is tried again after the cluster queue refused one.
+const LOST_RETRY: Duration = Duration::from_millis(50);
+
+/// What a router needs to know about its cluster, fixed at start.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    /// This node's name.
+    pub self_node: Arc<str>,
+    /// Node names by slot (shared with the NATS thread).
+    pub nodes: Arc<NodeTable>,
+    /// How long a request to another node waits for its answer.
+    pub request_timeout: Duration,
+}
+
+/// What goes out once on a channel's subject, to every interested node.
+#[derive(Debug, Clone, Copy)]
+pub enum Broadcast<'a> {
+    /// A publication (with its channel's epoch) or presence events.
+    Push {
+        /// The channel's epoch.
+        epoch: u64,
+        /// The push.
+        push: &'a Arc<SharedPub>,
+    },
+    /// A sync marker: the channel stands at this position.
+    Marker(Position),
+}
+
+/// A message from another node, decoded by the shell.
+#[derive(Debug)]
+pub enum FromNode {
+    /// A router message, about `channel`; `to_shard`: the shard it is
+    /// finally for (answers), or `None` for the channel's home shard. Its
+    /// `from` fields already hold remote addresses.
+    Msg {
+        /// The channel it is about.
+        channel: Arc<str>,
+        /// The shard it is finally for, if not this one.
+        to_shard: Option<usize>,
+        /// The message.
+        msg: Msg,
+    },
+    /// A delivery from a channel's subject.
+    Delivery {
+        /// The channel's epoch at its home.
+        epoch: u64,
+        /// The push.
+        push: Arc<SharedPub>,
+    },
+    /// A sync marker from a channel's subject.
+    Marker {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Where the channel stands at its home.
+        position: Position,
+    },
+}
+
+/// Counts of the cluster paths, moved to metrics with the other stats.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Requests forwarded to a home node.
+    pub forwarded: u64,
+    /// Requests answered 100 because NATS was down, the request could not
+    /// be queued, or no answer came in time.
+    pub failed: u64,
+    /// Answers that came after their request had been answered 100.
+    pub late: u64,
+    /// Channels whose subscribers were told to recover because of the
+    /// cluster (an offset jump or epoch change seen by a relay, a home
+    /// that moved).
+    pub resyncs: u64,
+    /// Requests from other nodes for channels this node is not home for
+    /// (live sets briefly disagreeing), answered 100.
+    pub misrouted: u64,
+}
+
+/// A channel this shard relays for its home on another node.
+#[derive(Debug)]
+struct Relay {
+    home: Arc<str>,
+    slot: u32,
+    /// Local shards with subscribers.
+    mask: u64,
+    /// Local shards waiting for the first marker.
+    waiting: u64,
+    /// Where the node's subscribers stand; `None` until the first marker.
+    position: Option<Position>,
+    /// When the marker is given up on (`None` once synced).
+    deadline: Option<Instant>,
+}
+
+type PendingKey = (usize, ConnRef, u32, Arc<str>);
+
+/// A request forwarded to a home node, waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    slot: u32,
+    subscribe: bool,
+}
+
+/// A member that joined a channel of this home from another node: left
+/// for it if its node leaves the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RemoteMember {
+    channel: Arc<str>,
+    client: Arc<str>,
+    conn: ConnRef,
+    from: usize,
+}
+
+/// The cluster state of one router.
+pub(super) struct Cluster {
+    view: ClusterView,
+    placement: Option<Arc<Placement>>,
+    link_up: bool,
+    relays: HashMap<Arc<str>, Relay>,
+    /// At home: the relays with subscribers, by channel.
+    remote_interest: HashMap<Arc<str>, Vec<usize>>,
+    /// At home: members that joined from other nodes, by node slot.
+    remote_members: HashMap<u32, Vec<RemoteMember>>,
+    pending: HashMap<PendingKey, Pending>,
+    /// Pending keys by deadline (one timeout, so in order).
+    deadlines: VecDeque<(Instant, PendingKey)>,
+    /// Channels whose broadcast could not be queued: a marker goes out
+    /// for each, so relays see the gap.
+    lost_broadcasts: Vec<Arc<str>>,
+    /// When lost broadcasts are retried (`None`: at once).
+    lost_retry: Option<Instant>,
+    stats: ClusterStats,
+}
+
+impl Cluster {
+    pub(super) fn new(view: ClusterView) -> Self {
+        Cluster {
+            view,
+            placement: None,
+            link_up: false,
+            relays: HashMap::new(),
+            remote_interest: HashMap::new(),
+            remote_members: HashMap::new(),
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            lost_broadcasts: Vec::new(),
+            lost_retry: None,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    /// The home node of `channel` when it is another node.
+    fn remote_home(&self, channel: &str) -> Option<&Arc<str>> {
+        let p = self.placement.as_ref()?;
+        (!p.is_home(channel)).then(|| p.home(channel))
+    }
+}
+
+fn bit(shard: usize) -> u64 {
+    1u64 << shard
+}
+
+/// The channel a message is about.
+pub(super) fn channel_of(msg: &Msg) -> &Arc<str> {
+    match msg {
+        Msg::Interest { channel, .. }
+        | Msg::InterestAck { channel, .. }
+        | Msg::InterestFailed { channel }
+        | Msg::Publish { channel, .. }
+        | Msg::Lost { channel }
+        | Msg::Subscribe { channel, .. }
+        | Msg::Subscribed { channel, .. }
+        | Msg::History { channel, .. }
+        | Msg::Leave { channel, .. }
+        | Msg::Collab { channel, .. }
+        | Msg::CollabPush { channel, .. }
+        | Msg::SetState { channel, .. }
+        | Msg::PresenceQuery { channel, .. } => channel,
+        Msg::Deliver(p) => &p.channel,
+        Msg::Reply { .. } => unreachable!("a reply travels with its request's channel"),
+    }
+}
+
+/// Whether a message goes to a channel's home (and so, on a node that is
+/// not the home, to the relay that forwards it).
+fn to_home(msg: &Msg) -> bool {
+    matches!(
+        msg,
+        Msg::Interest { .. }
+            | Msg::Publish { .. }
+            | Msg::Subscribe { .. }
+            | Msg::History { .. }
+            | Msg::Leave { .. }
+            | Msg::Collab { .. }
+            | Msg::SetState { .. }
+            | Msg::PresenceQuery { .. }
+    )
+}
+
+fn sender(msg: &Msg) -> Option<usize> {
+    match msg {
+        Msg::Interest { from, .. }
+        | Msg::Publish { from, .. }
+        | Msg::Subscribe { from, .. }
+        | Msg::History { from, .. }
+        | Msg::Leave { from, .. }
+        | Msg::Collab { from, .. }
+        | Msg::SetState { from, .. }
+        | Msg::PresenceQuery { from, .. } => Some(*from),
+        _ => None,
+    }
+}
+
+impl Router {
+    /// Joins a cluster: from now on channels whose home is another node
+    /// are relayed ([`Router::set_placement`] tells which).
+    pub fn join_cluster(&mut self, view: ClusterView) {
+        self.cluster = Some(Box::new(Cluster::new(view)));
+    }
+
+    /// The cluster's counts since the last call.
+    pub fn take_cluster_stats(&mut self) -> ClusterStats {
+        self.cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.stats))
+            .unwrap_or_default()
+    }
+
+    /// Channels this shard relays for a home on another node.
+    pub fn relayed_channels(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.relays.len())
+    }
+
+    /// Requests forwarded to other nodes still waiting for their answer.
+    pub fn pending_remote(&self) -> usize {
+        self.cluster.as_ref().map_or(0, |c| c.pending.len())
+    }
+
+    /// The home node of `channel` when it is another node (`None`: this
+    /// node, or no cluster).
+    pub fn remote_home(&self, channel: &str) -> Option<&Arc<str>> {
+        self.cluster.as_ref()?.remote_home(channel)
+    }
+
+    /// The NATS connection came up or went down. Down: requests to other
+    /// nodes are answered 100 at once. Up again: every relay asks its home
+    /// for a marker, which shows whether deliveries were lost meanwhile.
+    pub fn set_link(&mut self, now: Instant, up: bool, out: &mut impl Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let was = std::mem::replace(&mut c.link_up, up);
+        if up && !was {
+            self.resync_relays(now, out);
+        }
+    }
+
+    /// The live set changed. Channels whose home moved make their
+    /// subscribers here recover; relays whose home stayed re-ask it for a
+    /// marker (it may have restarted); members and interest of nodes that
+    /// left are dropped.
+    pub fn set_placement(
+        &mut self,
+        now: Instant,
+        placement: Arc<Placement>,
+        out: &mut impl Output,
+    ) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let old = c.placement.replace(placement.clone());
+        // Relays whose home moved (to another node or to this one).
+        let moved: Vec<Arc<str>> = c
+            .relays
+            .iter()
+            .filter(|(ch, r)| placement.is_home(ch) || placement.home(ch) != &r.home)
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for ch in moved {
+            self.drop_relay(now, &ch, true, out);
+        }
+        // Channels this shard was home for that moved away.
+        if old.is_some() {
+            let gone: Vec<Arc<str>> = self
+                .hub
+                .channels()
+                .filter(|ch| !placement.is_home(ch))
+                .cloned()
+                .collect();
+            for ch in gone {
+                self.give_up_home(now, &ch, out);
+            }
+        }
+        // Nodes that left: their interest and members.
+        let live: Vec<u32> = placement
+            .nodes()
+            .filter_map(|n| self.cluster.as_ref()?.view.nodes.slot(n))
+            .collect();
+        self.forget_departed(now, &live, out);
+        self.resync_relays(now, out);
+    }
+
+    /// A message from another node.
+    pub fn handle_remote(&mut self, now: Instant, from_node: FromNode, out: &mut impl Output) {
+        if self.cluster.is_none() {
+            return;
+        }
+        match from_node {
+            FromNode::Delivery { epoch, push } => self.relay_delivery(now, epoch, push, out),
+            FromNode::Marker { channel, position } => {
+                self.relay_marker(now, &channel, position, out)
+            }
+            FromNode::Msg {
+                channel,
+                to_shard,
+                msg,
+            } => match msg {
+                Msg::Reply { .. } | Msg::Subscribed { .. } => {
+                    let to = to_shard.unwrap_or(self.id);
+                    self.answer_arrived(now, to, channel, msg, out)
+                }
+                msg if to_home(&msg) => {
+                    let here = self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.remote_home(&channel).is_none());
+                    if here {
+                        self.handle_here(now, msg, out);
+                    } else {
+                        self.misrouted(now, channel, msg, out);
+                    }
+                }
+                msg => {
+                    let to = to_shard.unwrap_or(self.id);
+                    if to < self.shards {
+                        let _ = self.dispatch(now, to, msg, out);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Whether `msg` (to a channel's home) must go to another node; if
+    /// so, forwards it and returns `None`.
+    pub(super) fn relay_if_remote(
+        &mut self,
+        now: Instant,
+        msg: Msg,
+        out: &mut impl Output,
+    ) -> Option<Msg> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Some(msg);
+        };
+        if !to_home(&msg) {
+            return Some(msg);
+        }
+        let Some(home) = c.remote_home(channel_of(&msg)).cloned() else {
+            return Some(msg);
+        };
+        match msg {
+            Msg::Interest { channel, from, on } => {
+                self.relay_interest(now, channel, home, from, on, out)
+            }
+            msg => self.forward(now, home, msg, out),
+        }
+        None
+    }
+
+    // ---- the relay: interest and deliveries ---------------------------------
+
+    fn relay_interest(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        home: Arc<str>,
+        from: usize,
+        on: bool,
+        out: &mut impl Output,
+    ) {
+        let id = self.id;
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        if !on {
+            let Some(r) = c.relays.get_mut(&channel) else {
+                return;
+            };
+            r.mask &= !bit(from);
+            r.waiting &= !bit(from);
+            if r.mask == 0 && r.waiting == 0 {
+                self.drop_relay(now, &channel, false, out);
+            }
+            return;
+        }
+        let Some(slot) = c.view.nodes.slot(&home) else {
+            return self.interest_failed(now, &channel, bit(from), out);
+        };
+        let timeout = c.view.request_timeout;
+        let link_up = c.link_up;
+        let created = !c.relays.contains_key(&channel);
+        let r = c.relays.entry(channel.clone()).or_insert_with(|| Relay {
+            home,
+            slot,
+            mask: 0,
+            waiting: 0,
+            position: None,
+            deadline: Some(now + timeout),
+        });
+        match r.position {
+            Some(p) => {
+                r.mask |= bit(from);
+                let ack = Msg::InterestAck {
+                    channel,
+                    position: p,
+                };
+                let _ = self.dispatch(now, from, ack, out);
+            }
+            None => {
+                r.waiting |= bit(from);
+                if created {
+                    out.watch(&channel, true);
+                    let asked = link_up && self.ask_marker(&channel, slot, id, out);
+                    if !asked {
+                        self.drop_relay(now, &channel, false, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the home node this relay's interest (its answer: a marker).
+    fn ask_marker(
+        &mut self,
+        channel: &Arc<str>,
+        slot: u32,
+        id: usize,
+        out: &mut impl Output,
+    ) -> bool {
+        let msg = Msg::Interest {
+            channel: channel.clone(),
+            from: id,
+            on: true,
+        };
+        out.send_remote(remote_addr(slot, HOME_SHARD), channel, msg)
+            .is_ok()
+    }
+
+    /// Every relay asks its home for a marker again (after a reconnect or
+    /// a change of the live set).
+    fn resync_relays(&mut self, now: Instant, out: &mut impl Output) {
+        let id = self.id;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        if !c.link_up {
+            return;
+        }
+        let timeout = c.view.request_timeout;
+        let list: Vec<(Arc<str>, u32)> = c
+            .relays
+            .iter_mut()
+            .map(|(ch, r)| {
+                if r.position.is_none() {
+                    r.deadline = Some(now + timeout);
+                }
+                (ch.clone(), r.slot)
+            })
+            .collect();
+        for (ch, slot) in list {
+            self.ask_marker(&ch, slot, id, out);
+        }
+    }
+
+    /// Stops relaying `channel`: the waiting shards' interest fails, and
+    /// when `recover`, its subscribers here recover (their home moved).
+    fn drop_relay(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        recover: bool,
+        out: &mut impl Output,
+    ) {
+        let id = self.id;
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let Some(r) = c.relays.remove(channel) else {
+            return;
+        };
+        out.watch(channel, false);
+        if !recover && c.link_up {
+            let msg = Msg::Interest {
+                channel: channel.clone(),
+                from: id,
+                on: false,
+            };
+            let _ = out.send_remote(remote_addr(r.slot, HOME_SHARD), channel, msg);
+        }
+        if recover && r.mask != 0 {
+            c.stats.resyncs += 1;
+        }
+        self.interest_failed(now, channel, r.waiting, out);
+        if recover {
+            self.tell_lost(now, channel, r.mask, out);
+        }
+    }
+
+    fn interest_failed(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        mut mask: u64,
+        out: &mut impl Output,
+    ) {
+        while mask != 0 {
+            let shard = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let msg = Msg::InterestFailed {
+                channel: channel.clone(),
+            };
+            let _ = self.dispatch(now, shard, msg, out);
+        }
+    }
+
+    /// Tells the shards in `mask` that their subscribers of `channel` must
+    /// recover.
+    fn tell_lost(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        mut mask: u64,
+        out: &mut impl Output,
+    ) {
+        while mask != 0 {
+            let shard = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let msg = Msg::Lost {
+                channel: channel.clone(),
+            };
+            let _ = self.dispatch(now, shard, msg, out);
+        }
+    }
+
+    fn relay_marker(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        p: Position,
+        out: &mut impl Output,
+    ) {
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let Some(r) = c.relays.get_mut(channel) else {
+            return;
+        };
+        match r.position {
+            None => {
+                r.position = Some(p);
+                r.deadline = None;
+                let mut waiting = std::mem::take(&mut r.waiting);
+                r.mask |= waiting;
+                while waiting != 0 {
+                    let shard = waiting.trailing_zeros() as usize;
+                    waiting &= waiting - 1;
+                    let ack = Msg::InterestAck {
+                        channel: channel.clone(),
+                        position: p,
+                    };
+                    let _ = self.dispatch(now, shard, ack, out);
+                }
+            }
+            Some(at) if at.epoch != p.epoch || at.offset < p.offset => {
+                // Deliveries were lost (or the home restarted): the node's
+                // subscribers recover from the home, starting over here.
+                r.position = Some(p);
+                let mask = r.mask;
+                c.stats.resyncs += 1;
+                self.tell_lost(now, channel, mask, out);
+            }
+            Some(_) => {}
+        }
+    }
+
+    fn relay_delivery(
+        &mut self,
+        now: Instant,
+        epoch: u64,
+        push: Arc<SharedPub>,
+        out: &mut impl Output,
+    ) {
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let Some(r) = c.relays.get_mut(&push.channel) else {
+            return;
+        };
+        // Before the first marker, deliveries are not this node's yet.
+        let Some(at) = r.position else {
+            return;
+        };
+        let mask = r.mask;
+        if let PushBody::Pub(publication) = &push.body {
+            if at.epoch != epoch {
+                r.position = Some(Position {
+                    epoch,
+                    offset: publication.offset,
+                });
+                c.stats.resyncs += 1;
+                let channel = push.channel.clone();
+                return self.tell_lost(now, &channel, mask, out);
+            }
+            if publication.offset <= at.offset {
+                return;
+            }
+            r.position = Some(Position {
+                epoch,
+                offset: publication.offset,
+            });
+        }
+        // A jump in offsets reaches the shards as it is: each sees the gap
+        // and makes its subscribers recover.
+        self.fan_out(mask, push, true, out);
+    }
+
+    // ---- the relay: requests and answers ------------------------------------
+
+    /// Forwards a request to the channel's home node and remembers it, or
+    /// answers it at once (100 with NATS down, 112 with the queue full).
+    fn forward(&mut self, now: Instant, home: Arc<str>, msg: Msg, out: &mut impl Output) {
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let channel = channel_of(&msg).clone();
+        let slot = c.view.nodes.slot(&home);
+        let (Some(slot), true) = (slot, c.link_up) else {
+            c.stats.failed += 1;
+            return self.fail(now, msg, ErrorCode::Internal, out);
+        };
+        let key = match (sender(&msg), msg.reply_to()) {
+            (Some(from), Some(r)) => Some((from, r.conn, r.cmd_id, channel.clone())),
+            _ => None,
+        };
+        let subscribe = matches!(msg, Msg::Subscribe { .. });
+        match out.send_remote(remote_addr(slot, HOME_SHARD), &channel, msg) {
+            Ok(()) => {
+                let c = self.cluster.as_mut().expect("relaying in a cluster");
+                c.stats.forwarded += 1;
+                if let Some(key) = key {
+                    let deadline = now + c.view.request_timeout;
+                    c.deadlines.push_back((deadline, key.clone()));
+                    c.pending.insert(key, Pending { slot, subscribe });
+                }
+            }
+            Err(msg) => {
+                let c = self.cluster.as_mut().expect("relaying in a cluster");
+                c.stats.failed += 1;
+                self.fail(now, msg, ErrorCode::Overloaded, out);
+            }
+        }
+    }
+
+    /// Answers a request that cannot reach its home with `code`.
+    fn fail(&mut self, now: Instant, msg: Msg, code: ErrorCode, out: &mut impl Output) {
+        let (Some(from), Some(reply_to)) = (sender(&msg), msg.reply_to()) else {
+            return; // a leave: its home drops the member when the node leaves
+        };
+        let channel = channel_of(&msg).clone();
+        self.fail_request(
+            now,
+            from,
+            channel,
+            reply_to,
+            matches!(msg, Msg::Subscribe { .. }),
+            code,
+            out,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fail_request(
+        &mut self,
+        now: Instant,
+        from: usize,
+        channel: Arc<str>,
+        reply_to: ReplyTo,
+        subscribe: bool,
+        code: ErrorCode,
+        out: &mut impl Output,
+    ) {
+        let msg = if subscribe {
+            Msg::Subscribed {
+                channel: channel.clone(),
+                position: Position {
+                    epoch: 0,
+                    offset: 0,
+                },
+                result: Err(code),
+                story: None,
+                reply_to,
+            }
+        } else {
+            Msg::Reply {
+                reply_to,
+                answer: Answer::Error(code),
+            }
+        };
+        if is_remote(from) {
+            // A node asked this one for a channel it is not home for.
+            let _ = out.send_remote(from, &channel, msg);
+        } else {
+            let _ = self.dispatch(now, from, msg, out);
+        }
+    }
+
+    /// An answer from a home node for local shard `to`: passed on if its
+    /// request still waits (in order with the deliveries this relay sent
+    /// before), dropped if it was already answered 100.
+    fn answer_arrived(
+        &mut self,
+        now: Instant,
+        to: usize,
+        channel: Arc<str>,
+        msg: Msg,
+        out: &mut impl Output,
+    ) {
+        let reply_to = match &msg {
+            Msg::Reply { reply_to, .. } | Msg::Subscribed { reply_to, .. } => *reply_to,
+            _ => return,
+        };
+        let c = self.cluster.as_mut().expect("in a cluster");
+        let key = (to, reply_to.conn, reply_to.cmd_id, channel);
+        if c.pending.remove(&key).is_none() {
+            c.stats.late += 1;
+            return;
+        }
+        if to < self.shards {
+            let _ = self.dispatch(now, to, msg, out);
+        }
+    }
+
+    /// A request from another node for a channel this node is not home
+    /// for (live sets briefly disagree): answered 100; a relay's interest
+    /// gets no marker and its waiters retry.
+    fn misrouted(&mut self, now: Instant, channel: Arc<str>, msg: Msg, out: &mut impl Output) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.stats.misrouted += 1;
+        }
+        if let (Some(from), Some(reply_to)) = (sender(&msg), msg.reply_to()) {
+            let subscribe = matches!(msg, Msg::Subscribe { .. });
+            self.fail_request(
+                now,
+                from,
+                channel,
+                reply_to,
+                subscribe,
+                ErrorCode::Internal,
+                out,
+            );
+        }
+    }
+
+    // ---- the home: other nodes' interest and members ------------------------
+
+    /// At home: another node's relay has (or no longer has) subscribers.
+    /// Its answer is a marker on the channel's subject, in order with the
+    /// deliveries.
+    pub(super) fn on_remote_interest(
+        &mut self,
+        now: Instant,
+        channel: Arc<str>,
+        from: usize,
+        on: bool,
+        out: &mut impl Output,
+    ) {
+        let tick = self.tick(now);
+        let c = self.cluster.as_mut().expect("remote interest in a cluster");
+        let list = c.remote_interest.entry(channel.clone()).or_default();
+        if on {
+            if !list.contains(&from) {
+                list.push(from);
+            }
+        } else {
+            list.retain(|&a| a != from);
+        }
+        let any = !list.is_empty();
+        if !any {
+            c.remote_interest.remove(&channel);
+        }
+        let p = self.hub.set_interest(&channel, REMOTE_BIT, any, tick);
+        if on {
+            self.broadcast_marker(&channel, p, out);
+        }
+    }
+
+    fn broadcast_marker(&mut self, channel: &Arc<str>, p: Position, out: &mut impl Output) {
+        if !out.broadcast(channel, Broadcast::Marker(p))
+            && let Some(c) = self.cluster.as_mut()
+            && !c.lost_broadcasts.contains(channel)
+        {
+            c.lost_broadcasts.push(channel.clone());
+        }
+    }
+
+    /// At home: sends a push once on the channel's subject for every
+    /// interested node. A publication that cannot be queued is followed by
+    /// a marker, so the relays see the gap.
+    pub(super) fn broadcast_push(&mut self, push: &Arc<SharedPub>, out: &mut impl Output) {
+        let Some(epoch) = self.hub.peek(&push.channel).map(|p| p.epoch) else {
+            return;
+        };
+        let sent = out.broadcast(&push.channel, Broadcast::Push { epoch, push });
+        if !sent
+            && matches!(push.body, PushBody::Pub(_))
+            && let Some(c) = self.cluster.as_mut()
+            && !c.lost_broadcasts.contains(&push.channel)
+        {
+            c.lost_broadcasts.push(push.channel.clone());
+        }
+    }
+
+    /// At home: remembers (or forgets) a member that joined from another
+    /// node, to leave for it if its node leaves.
+    pub(super) fn note_remote_member(
+        &mut self,
+        channel: &Arc<str>,
+        client: &Arc<str>,
+        conn: ConnRef,
+        from: usize,
+        joined: bool,
+    ) {
+        let Some((slot, _)) = remote_parts(from) else {
+            return;
+        };
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let m = RemoteMember {
+            channel: channel.clone(),
+            client: client.clone(),
+            conn,
+            from,
+        };
+        let list = c.remote_members.entry(slot).or_default();
+        if joined {
+            list.push(m);
+        } else if let Some(i) = list.iter().position(|x| *x == m) {
+            list.swap_remove(i);
+        }
+    }
+
+    /// Drops the interest and members of nodes not in `live` (slots), and
+    /// answers 100 the requests that waited for them.
+    fn forget_departed(&mut self, now: Instant, live: &[u32], out: &mut impl Output) {
+        let tick = self.tick(now);
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut emptied = Vec::new();
+        for (ch, list) in c.remote_interest.iter_mut() {
+            list.retain(|&a| remote_parts(a).is_some_and(|(s, _)| live.contains(&s)));
+            if list.is_empty() {
+                emptied.push(ch.clone());
+            }
+        }
+        for ch in &emptied {
+            c.remote_interest.remove(ch);
+        }
+        let gone_slots: Vec<u32> = c
+            .remote_members
+            .keys()
+            .filter(|s| !live.contains(s))
+            .copied()
+            .collect();
+        let mut members = Vec::new();
+        for s in gone_slots {
+            members.extend(c.remote_members.remove(&s).unwrap_or_default());
+        }
+        let stale: Vec<PendingKey> = c
+            .pending
+            .iter()
+            .filter(|(_, p)| !live.contains(&p.slot))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for ch in emptied {
+            self.hub.set_interest(&ch, REMOTE_BIT, false, tick);
+        }
+        for m in members {
+            self.leave_for_departed(now, &m.channel, &m.client, m.conn, m.from, out);
+        }
+        for key in stale {
+            self.expire_pending(now, key, out);
+        }
+    }
+
+    fn expire_pending(&mut self, now: Instant, key: PendingKey, out: &mut impl Output) {
+        let c = self.cluster.as_mut().expect("in a cluster");
+        let Some(p) = c.pending.remove(&key) else {
+            return;
+        };
+        c.stats.failed += 1;
+        let (from, conn, cmd_id, channel) = key;
+        let reply_to = ReplyTo { conn, cmd_id };
+        self.fail_request(
+            now,
+            from,
+            channel,
+            reply_to,
+            p.subscribe,
+            ErrorCode::Internal,
+            out,
+        );
+    }
+
+    /// This node stopped being `channel`'s home: its subscribers here
+    /// recover from the new home, and what the channel kept here goes.
+    fn give_up_home(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) {
+        let mask = self.hub.interested(channel) & !bit(REMOTE_BIT);
+        if let Some(c) = self.cluster.as_mut() {
+            c.remote_interest.remove(channel);
+            if mask != 0 {
+                c.stats.resyncs += 1;
+            }
+        }
+        self.forget_home_channel(channel);
+        self.tell_lost(now, channel, mask, out);
+    }
+
+    // ---- time ---------------------------------------------------------------
+
+    /// When the cluster paths next have work.
+    pub(super) fn cluster_deadline(&self) -> Option<Instant> {
+        let c = self.cluster.as_ref()?;
+        let mut at = c.deadlines.front().map(|(d, _)| *d);
+        for r in c.relays.values() {
+            if let Some(d) = r.deadline {
+                at = Some(at.map_or(d, |a| a.min(d)));
+            }
+        }
+        if !c.lost_broadcasts.is_empty() {
+            let d = c.lost_retry.unwrap_or(self.origin);
+            at = Some(at.map_or(d, |a| a.min(d)));
+        }
+        at
+    }
+
+    /// Requests whose answer is overdue get 100; relays still without a
+    /// marker give up (their waiters' interest fails); lost broadcasts
+    /// are followed by a marker.
+    pub(super) fn cluster_timeouts(&mut self, now: Instant, out: &mut impl Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut due = Vec::new();
+        while c.deadlines.front().is_some_and(|(d, _)| *d <= now) {
+            let (_, key) = c.deadlines.pop_front().expect("front exists");
+            if c.pending.contains_key(&key) {
+                due.push(key);
+            }
+        }
+        let stuck: Vec<Arc<str>> = c
+            .relays
+            .iter()
+            .filter(|(_, r)| r.deadline.is_some_and(|d| d <= now))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        let lost = if c.lost_retry.is_none_or(|r| r <= now) {
+            std::mem::take(&mut c.lost_broadcasts)
+        } else {
+            Vec::new()
+        };
+        for key in due {
+            self.expire_pending(now, key, out);
+        }
+        for ch in stuck {
+            self.drop_relay(now, &ch, false, out);
+        }
+        for ch in lost {
+            if let Some(p) = self.hub.peek(&ch) {
+                self.broadcast_marker(&ch, p, out);
+            }
+        }
+        if let Some(c) = self.cluster.as_mut() {
+            // Still full: try again a little later, not every turn.
+            c.lost_retry = (!c.lost_broadcasts.is_empty()).then(|| now + LOST_RETRY);
+        }
+    }
+}
