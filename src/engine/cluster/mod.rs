@@ -23,15 +23,21 @@
 //! - [`frame`]: the binary messages between nodes — publish requests and
 //!   answers, deliveries, and the sync request/marker pair that tells a
 //!   node the exact position its subscribers start after.
+//! - [`envelope`]: any router message (`Msg`) between nodes, in postcard,
+//!   with the limits a client's command is held to checked again.
 //!
-//! Heartbeats and frames share one versioned layout and one decode error
-//! ([`DecodeError`]); decoding any bytes gives a value or an error, never a
-//! panic.
+//! Heartbeats, frames and envelopes start with one version and kind
+//! header and share one decode error ([`DecodeError`]); decoding any bytes
+//! gives a value or an error, never a panic.
 
 mod codec;
+pub mod envelope;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod membership;
 pub mod placement;
 pub mod subject;
 
 pub use codec::{DecodeError, PROTOCOL_VERSION};
+pub use envelope::{Envelope, MAX_ENVELOPE};
