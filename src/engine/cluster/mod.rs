@@ -20,9 +20,10 @@
 //!   a channel's deliveries and sync markers (interest routing: a node
 //!   subscribes only while it has local subscribers), `node.<name>` for
 //!   heartbeats, `home.<name>` for requests to a home.
-//! - [`frame`]: the binary messages between nodes — publish requests and
-//!   answers, deliveries, and the sync request/marker pair that tells a
-//!   node the exact position its subscribers start after.
+//! - [`frame`]: the binary messages on a channel's subject — deliveries of
+//!   publications and the sync marker that tells a node the exact position
+//!   its subscribers start after — and [`decode_any`], the one decode
+//!   entry for what another node sent.
 //! - [`envelope`]: any router message (`Msg`) between nodes, in postcard,
 //!   with the limits a client's command is held to checked again.
 //!
@@ -41,3 +42,4 @@ pub mod subject;
 
 pub use codec::{DecodeError, PROTOCOL_VERSION};
 pub use envelope::{Envelope, MAX_ENVELOPE};
+pub use frame::{Incoming, decode_any};
