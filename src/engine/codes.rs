@@ -15,7 +15,7 @@
 //! docs/PROTOCOL.md mirrors this file; keep both in step.
 
 /// An error reply code (100–199).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ErrorCode {
     /// 100: the server failed internally; retry later.
     Internal,

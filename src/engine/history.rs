@@ -53,7 +53,7 @@ impl HistoryLimits {
 /// [`effective_limit`](Self::effective_limit): the cap `max` is a field
 /// (rather than left to the caller) so that every backend, including one
 /// that reads over the network, can stop at it without fetching more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryQuery {
     /// Most publications wanted: `Some(0)` asks for none (only the
     /// position, which the caller has), `None` for as many as `max` allows.
@@ -80,7 +80,7 @@ impl HistoryQuery {
 }
 
 /// The answer to a recovery: all missed publications, or none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recovery {
     /// Whether the client's stream continues without a gap.
     pub recovered: bool,

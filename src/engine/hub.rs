@@ -24,7 +24,7 @@ pub fn home_shard(name: &str, shards: usize) -> usize {
 }
 
 /// A position in a channel's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Identifies one continuous history of the channel.
     pub epoch: u64,

@@ -49,7 +49,7 @@ use std::sync::Arc;
 use crate::engine::wire::{ClientInfo, PresenceEntry};
 
 /// A presence change, as join, leave and state pushes carry it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PresenceEvent {
     /// The client became a member.
     Join(ClientInfo),

@@ -23,7 +23,7 @@ use crate::engine::codes::ErrorCode;
 use crate::engine::hub::Position;
 
 /// A connection slot and its generation (slots are reused).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct ConnRef {
     /// Slot index in the shard's connection table.
     pub idx: u32,

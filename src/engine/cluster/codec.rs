@@ -2,7 +2,8 @@
 //! error enum both return.
 //!
 //! Every message starts with two bytes: the protocol version
-//! ([`PROTOCOL_VERSION`]) and a kind. Integers are big-endian. A channel
+//! ([`PROTOCOL_VERSION`]) and a kind. In heartbeats and frames integers
+//! are big-endian; an envelope's body is postcard (`super::envelope`). A channel
 //! name is one length byte and its bytes (a valid channel name is at most
 //! 255 bytes, so the byte always suffices). Decoding checks each length
 //! against what is left before reading and refuses trailing bytes: no read
@@ -45,16 +46,24 @@ pub enum DecodeError {
     NodeName,
     /// An idempotency key that is empty, too long or not UTF-8.
     IdempotencyKey,
-    /// A flags byte with bits this version does not define, or a status
-    /// byte that is neither 0 nor 1.
+    /// A flags byte with bits this version does not define.
     Flags(u8),
     /// A heartbeat announcing zero shards.
     ZeroShards,
+    /// An envelope longer than
+    /// [`MAX_ENVELOPE`](super::envelope::MAX_ENVELOPE).
+    TooLarge,
+    /// An envelope body that is not a router message: a bad varint, bool,
+    /// option or enum tag, or a string that is not UTF-8.
+    Malformed,
+    /// A field of a router message beyond the limit a client's command is
+    /// held to (a presence state, a section id, an `op_id`).
+    Field,
 }
 
 impl DecodeError {
     /// Every label, for metrics that pre-register each.
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 13] = [
         "empty",
         "version",
         "kind",
@@ -65,6 +74,9 @@ impl DecodeError {
         "idempotency_key",
         "flags",
         "zero_shards",
+        "too_large",
+        "malformed",
+        "field",
     ];
 
     /// A short name for a metric label.
@@ -80,6 +92,9 @@ impl DecodeError {
             DecodeError::IdempotencyKey => "idempotency_key",
             DecodeError::Flags(_) => "flags",
             DecodeError::ZeroShards => "zero_shards",
+            DecodeError::TooLarge => "too_large",
+            DecodeError::Malformed => "malformed",
+            DecodeError::Field => "field",
         }
     }
 }
@@ -88,7 +103,12 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::Empty => f.write_str("message shorter than its header"),
-            DecodeError::Version(v) => write!(f, "protocol version {v} (this node speaks 1)"),
+            DecodeError::Version(v) => {
+                write!(
+                    f,
+                    "protocol version {v} (this node speaks {PROTOCOL_VERSION})"
+                )
+            }
             DecodeError::Kind(k) => write!(f, "unexpected message kind 0x{k:02x}"),
             DecodeError::Truncated => f.write_str("message ends inside a field"),
             DecodeError::Trailing => f.write_str("bytes after the last field"),
@@ -97,6 +117,9 @@ impl std::fmt::Display for DecodeError {
             DecodeError::IdempotencyKey => f.write_str("invalid idempotency key"),
             DecodeError::Flags(b) => write!(f, "undefined flag bits 0x{b:02x}"),
             DecodeError::ZeroShards => f.write_str("heartbeat with zero shards"),
+            DecodeError::TooLarge => f.write_str("envelope larger than 16 MiB"),
+            DecodeError::Malformed => f.write_str("envelope body is not a router message"),
+            DecodeError::Field => f.write_str("a field beyond its limit"),
         }
     }
 }

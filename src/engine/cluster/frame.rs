@@ -1,71 +1,53 @@
 //! The binary messages nodes send each other over NATS (heartbeats are in
-//! [`super::membership`]).
+//! [`super::membership`]), and [`decode_any`], the one entry for what
+//! arrives.
 //!
-//! | kind   | frame              | subject        | from → to                 |
-//! |--------|--------------------|----------------|---------------------------|
-//! | `0x10` | [`PublishRequest`] | `home.<name>`  | a node → a channel's home |
-//! | `0x11` | [`PublishAnswer`]  | request's reply| home → the asking node    |
-//! | `0x12` | [`Delivery`]       | `ch.<hex>`     | home → interested nodes   |
-//! | `0x13` | [`SyncRequest`]    | `home.<name>`  | a node → a channel's home |
-//! | `0x14` | [`SyncMarker`]     | `ch.<hex>`     | home → interested nodes   |
+//! | kind   | message                 | subject       | from → to                 |
+//! |--------|-------------------------|---------------|---------------------------|
+//! | `0x12` | [`Delivery`]            | `ch.<hex>`    | home → interested nodes   |
+//! | `0x14` | [`SyncMarker`]          | `ch.<hex>`    | home → interested nodes   |
+//! | `0x20` | [`Envelope`]            | `home.<name>` | a node → another node     |
+//!
+//! A publication for a channel's interested nodes is a [`Delivery`]: the
+//! hot path, laid out by hand so that its payload is a slice of the
+//! received buffer. Every other router message ([`Msg`]: a publish for the
+//! home, its answer, interest, subscribe, presence, story commands, and a
+//! delivery of presence events) goes in an [`Envelope`] to one node.
 //!
 //! A node that gains local subscribers of a channel subscribes to its
-//! subject, then sends the home a [`SyncRequest`]; the home answers with a
+//! subject, then sends the home `Msg::Interest`; the home answers with a
 //! [`SyncMarker`] on the channel subject, in order with the deliveries, so
 //! the node learns the exact position its subscribers start after (the
-//! cluster's form of `InterestAck`).
+//! cluster's form of `Msg::InterestAck`).
 //!
-//! Layout: version, kind, then the kind's fields (big-endian integers, a
-//! channel as a length byte and its bytes). A frame with a payload ends
-//! with it, so the payload needs no length and decodes as a slice of the
-//! received buffer without copying. Every length is checked against what
-//! is left and fixed-layout frames refuse trailing bytes; any input gives
-//! a frame or a [`DecodeError`], never a panic. The `is_json` flag is the
-//! home's verdict (it checked the payload once) and is not re-checked.
+//! Layout of the two frames: version, kind, then the kind's fields
+//! (big-endian integers, a channel as a length byte and its bytes). A
+//! delivery ends with its payload, so the payload needs no length. Every
+//! length is checked against what is left and a sync marker refuses
+//! trailing bytes; any input gives a message or a [`DecodeError`], never a
+//! panic. The `is_json` flag is the home's verdict (it checked the payload
+//! once) and is not re-checked.
+//!
+//! [`Msg`]: crate::engine::router::Msg
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{DecodeError, PROTOCOL_VERSION, Reader, channel_len, put_channel};
+use super::envelope::{Envelope, KIND_ENVELOPE};
 use crate::engine::hub::Position;
-use crate::engine::wire::MAX_IDEMPOTENCY_KEY;
-use crate::engine::wire::publication::{PubData, Publication};
+use crate::engine::wire::publication::{PubData, Publication, PushBody, SharedPub};
 
-const KIND_PUBLISH_REQUEST: u8 = 0x10;
-const KIND_PUBLISH_ANSWER: u8 = 0x11;
 const KIND_DELIVERY: u8 = 0x12;
-const KIND_SYNC_REQUEST: u8 = 0x13;
 const KIND_SYNC_MARKER: u8 = 0x14;
 
 /// Flag: the payload is JSON text.
 const FLAG_JSON: u8 = 0x01;
-/// Flag (publish requests): an idempotency key follows the channel.
-const FLAG_KEY: u8 = 0x02;
-
-/// A node asks a channel's home to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublishRequest {
-    /// Matches the answer to the request on the asking node.
-    pub request_id: u64,
-    /// Channel name.
-    pub channel: Arc<str>,
-    /// Drop the publication if this key was seen on the channel within the
-    /// idempotency window (1–256 bytes).
-    pub idempotency_key: Option<Box<str>>,
-    /// The payload and whether it is JSON.
-    pub data: PubData,
-}
-
-/// The home's answer to a [`PublishRequest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishAnswer {
-    /// The request's id.
-    pub request_id: u64,
-    /// The offset assigned (or the original one, for a repeated
-    /// idempotency key), or an error code of `crate::engine::codes`.
-    pub result: Result<u64, u16>,
-}
+/// Flag: the publication is written before normal data already queued
+/// (the namespace's priority, decided at the home).
+const FLAG_HIGH: u8 = 0x02;
 
 /// An accepted publication, published once by the home on the channel's
 /// subject.
@@ -77,218 +59,154 @@ pub struct Delivery {
     pub epoch: u64,
     /// The publication: its offset and payload.
     pub publication: Publication,
+    /// Written before normal data already queued for a connection.
+    pub high_priority: bool,
 }
 
-/// A node that gained subscribers of a channel asks its home where the
-/// channel stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncRequest {
-    /// Channel name.
-    pub channel: Arc<str>,
-    /// Chosen by the asking node; the marker carries it back.
-    pub nonce: u64,
-}
-
-/// The home's answer to a [`SyncRequest`], published on the channel's
-/// subject: every delivery after it follows `position`.
+/// The home's answer to a node's `Msg::Interest`, published on the
+/// channel's subject: every delivery after it follows `position`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncMarker {
     /// Channel name.
     pub channel: Arc<str>,
     /// The channel's position when the home answered.
     pub position: Position,
-    /// The request's nonce.
+    /// Chosen by the asking node; the marker carries it back.
     pub nonce: u64,
 }
 
-/// Any frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Frame {
-    /// See [`PublishRequest`].
-    PublishRequest(PublishRequest),
-    /// See [`PublishAnswer`].
-    PublishAnswer(PublishAnswer),
+/// What arrived from another node, by its kind byte.
+#[derive(Debug)]
+pub enum Incoming {
     /// See [`Delivery`].
     Delivery(Delivery),
-    /// See [`SyncRequest`].
-    SyncRequest(SyncRequest),
     /// See [`SyncMarker`].
     SyncMarker(SyncMarker),
+    /// See [`Envelope`].
+    Envelope(Envelope),
 }
 
-fn json_flag(data: &PubData) -> u8 {
-    if data.is_json { FLAG_JSON } else { 0 }
-}
-
-impl Frame {
+impl Incoming {
     /// A short name for metric labels.
     pub const fn label(&self) -> &'static str {
         match self {
-            Frame::PublishRequest(_) => "publish_request",
-            Frame::PublishAnswer(_) => "publish_answer",
-            Frame::Delivery(_) => "delivery",
-            Frame::SyncRequest(_) => "sync_request",
-            Frame::SyncMarker(_) => "sync_marker",
+            Incoming::Delivery(_) => "delivery",
+            Incoming::SyncMarker(_) => "sync_marker",
+            Incoming::Envelope(_) => "envelope",
+        }
+    }
+}
+
+/// Decodes whatever another node sent: a [`Delivery`] (its payload a slice
+/// of `buf`), a [`SyncMarker`] or an [`Envelope`] (a `Msg::Deliver` in it
+/// accepted at `now`).
+pub fn decode_any(buf: &Bytes, now: Instant) -> Result<Incoming, DecodeError> {
+    let (kind, r) = Reader::open(buf)?;
+    match kind {
+        KIND_DELIVERY => Delivery::decode(r, buf).map(Incoming::Delivery),
+        KIND_SYNC_MARKER => SyncMarker::decode(r).map(Incoming::SyncMarker),
+        KIND_ENVELOPE => Envelope::decode(buf, now).map(Incoming::Envelope),
+        other => Err(DecodeError::Kind(other)),
+    }
+}
+
+impl Delivery {
+    /// The delivery of a shared publication at the channel's `epoch`
+    /// (a publication does not carry its epoch); `None` for presence
+    /// events, which go to each node in an [`Envelope`].
+    pub fn from_shared(p: &SharedPub, epoch: u64) -> Option<Delivery> {
+        match &p.body {
+            PushBody::Pub(publication) => Some(Delivery {
+                channel: Arc::clone(&p.channel),
+                epoch,
+                publication: publication.clone(),
+                high_priority: p.high_priority,
+            }),
+            PushBody::Presence(_) => None,
         }
     }
 
-    /// Bytes [`Frame::encode`] produces.
+    /// The publication as this node's shards share it, accepted at `now`
+    /// (when it reached this node), not yet encoded in any form.
+    pub fn into_shared(self, now: Instant) -> SharedPub {
+        SharedPub::new(self.channel, self.publication, self.high_priority, now)
+    }
+
+    /// Bytes [`Delivery::encode`] produces.
     pub fn encoded_len(&self) -> usize {
-        2 + match self {
-            Frame::PublishRequest(p) => {
-                8 + 1
-                    + channel_len(&p.channel)
-                    + p.idempotency_key
-                        .as_ref()
-                        .map_or(0, |k| 2 + k.len().min(u16::MAX as usize))
-                    + p.data.bytes.len()
-            }
-            Frame::PublishAnswer(a) => 8 + 1 + if a.result.is_ok() { 8 } else { 2 },
-            Frame::Delivery(d) => {
-                8 + 8 + 1 + channel_len(&d.channel) + d.publication.data.bytes.len()
-            }
-            Frame::SyncRequest(s) => 8 + channel_len(&s.channel),
-            Frame::SyncMarker(m) => 8 + 8 + 8 + channel_len(&m.channel),
-        }
+        2 + 8 + 8 + 1 + channel_len(&self.channel) + self.publication.data.bytes.len()
     }
 
     /// The frame's bytes, in one allocation of the exact size.
     pub fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.encoded_len());
         out.put_u8(PROTOCOL_VERSION);
-        match self {
-            Frame::PublishRequest(p) => {
-                out.put_u8(KIND_PUBLISH_REQUEST);
-                out.put_u64(p.request_id);
-                let key = if p.idempotency_key.is_some() {
-                    FLAG_KEY
-                } else {
-                    0
-                };
-                out.put_u8(json_flag(&p.data) | key);
-                put_channel(&mut out, &p.channel);
-                if let Some(k) = &p.idempotency_key {
-                    let k = k.as_bytes();
-                    let n = k.len().min(u16::MAX as usize);
-                    out.put_u16(n as u16);
-                    out.put_slice(&k[..n]);
-                }
-                out.put_slice(&p.data.bytes);
-            }
-            Frame::PublishAnswer(a) => {
-                out.put_u8(KIND_PUBLISH_ANSWER);
-                out.put_u64(a.request_id);
-                match a.result {
-                    Ok(offset) => {
-                        out.put_u8(0);
-                        out.put_u64(offset);
-                    }
-                    Err(code) => {
-                        out.put_u8(1);
-                        out.put_u16(code);
-                    }
-                }
-            }
-            Frame::Delivery(d) => {
-                out.put_u8(KIND_DELIVERY);
-                out.put_u64(d.epoch);
-                out.put_u64(d.publication.offset);
-                out.put_u8(json_flag(&d.publication.data));
-                put_channel(&mut out, &d.channel);
-                out.put_slice(&d.publication.data.bytes);
-            }
-            Frame::SyncRequest(s) => {
-                out.put_u8(KIND_SYNC_REQUEST);
-                out.put_u64(s.nonce);
-                put_channel(&mut out, &s.channel);
-            }
-            Frame::SyncMarker(m) => {
-                out.put_u8(KIND_SYNC_MARKER);
-                out.put_u64(m.position.epoch);
-                out.put_u64(m.position.offset);
-                out.put_u64(m.nonce);
-                put_channel(&mut out, &m.channel);
-            }
-        }
+        out.put_u8(KIND_DELIVERY);
+        out.put_u64(self.epoch);
+        out.put_u64(self.publication.offset);
+        let high = if self.high_priority { FLAG_HIGH } else { 0 };
+        out.put_u8(json_flag(&self.publication.data) | high);
+        put_channel(&mut out, &self.channel);
+        out.put_slice(&self.publication.data.bytes);
         out.freeze()
     }
 
-    /// Decodes a frame received in `buf`; a payload is a slice of `buf`.
-    pub fn decode(buf: &Bytes) -> Result<Frame, DecodeError> {
-        let (kind, mut r) = Reader::open(buf)?;
-        match kind {
-            KIND_PUBLISH_REQUEST => {
-                let request_id = r.u64()?;
-                let flags = flags(r.u8()?, FLAG_JSON | FLAG_KEY)?;
-                let channel = r.channel()?;
-                let idempotency_key = if flags & FLAG_KEY != 0 {
-                    let n = r.u16()? as usize;
-                    let raw = r.bytes(n)?;
-                    match std::str::from_utf8(raw) {
-                        Ok(k) if (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()) => Some(k.into()),
-                        _ => return Err(DecodeError::IdempotencyKey),
-                    }
-                } else {
-                    None
-                };
-                Ok(Frame::PublishRequest(PublishRequest {
-                    request_id,
-                    channel,
-                    idempotency_key,
-                    data: PubData {
-                        bytes: buf.slice(r.position()..),
-                        is_json: flags & FLAG_JSON != 0,
-                    },
-                }))
-            }
-            KIND_PUBLISH_ANSWER => {
-                let request_id = r.u64()?;
-                let result = match r.u8()? {
-                    0 => Ok(r.u64()?),
-                    1 => Err(r.u16()?),
-                    other => return Err(DecodeError::Flags(other)),
-                };
-                r.finish()?;
-                Ok(Frame::PublishAnswer(PublishAnswer { request_id, result }))
-            }
-            KIND_DELIVERY => {
-                let epoch = r.u64()?;
-                let offset = r.u64()?;
-                let flags = flags(r.u8()?, FLAG_JSON)?;
-                let channel = r.channel()?;
-                Ok(Frame::Delivery(Delivery {
-                    channel,
-                    epoch,
-                    publication: Publication {
-                        offset,
-                        data: PubData {
-                            bytes: buf.slice(r.position()..),
-                            is_json: flags & FLAG_JSON != 0,
-                        },
-                    },
-                }))
-            }
-            KIND_SYNC_REQUEST => {
-                let nonce = r.u64()?;
-                let channel = r.channel()?;
-                r.finish()?;
-                Ok(Frame::SyncRequest(SyncRequest { channel, nonce }))
-            }
-            KIND_SYNC_MARKER => {
-                let epoch = r.u64()?;
-                let offset = r.u64()?;
-                let nonce = r.u64()?;
-                let channel = r.channel()?;
-                r.finish()?;
-                Ok(Frame::SyncMarker(SyncMarker {
-                    channel,
-                    position: Position { epoch, offset },
-                    nonce,
-                }))
-            }
-            other => Err(DecodeError::Kind(other)),
-        }
+    /// The fields after the header; the payload is the rest of `buf`.
+    fn decode(mut r: Reader<'_>, buf: &Bytes) -> Result<Delivery, DecodeError> {
+        let epoch = r.u64()?;
+        let offset = r.u64()?;
+        let flags = flags(r.u8()?, FLAG_JSON | FLAG_HIGH)?;
+        let channel = r.channel()?;
+        Ok(Delivery {
+            channel,
+            epoch,
+            publication: Publication {
+                offset,
+                data: PubData {
+                    bytes: buf.slice(r.position()..),
+                    is_json: flags & FLAG_JSON != 0,
+                },
+            },
+            high_priority: flags & FLAG_HIGH != 0,
+        })
     }
+}
+
+impl SyncMarker {
+    /// Bytes [`SyncMarker::encode`] produces.
+    pub fn encoded_len(&self) -> usize {
+        2 + 8 + 8 + 8 + channel_len(&self.channel)
+    }
+
+    /// The frame's bytes, in one allocation of the exact size.
+    pub fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.encoded_len());
+        out.put_u8(PROTOCOL_VERSION);
+        out.put_u8(KIND_SYNC_MARKER);
+        out.put_u64(self.position.epoch);
+        out.put_u64(self.position.offset);
+        out.put_u64(self.nonce);
+        put_channel(&mut out, &self.channel);
+        out.freeze()
+    }
+
+    /// The fields after the header.
+    fn decode(mut r: Reader<'_>) -> Result<SyncMarker, DecodeError> {
+        let epoch = r.u64()?;
+        let offset = r.u64()?;
+        let nonce = r.u64()?;
+        let channel = r.channel()?;
+        r.finish()?;
+        Ok(SyncMarker {
+            channel,
+            position: Position { epoch, offset },
+            nonce,
+        })
+    }
+}
+
+fn json_flag(data: &PubData) -> u8 {
+    if data.is_json { FLAG_JSON } else { 0 }
 }
 
 /// `b` if it sets no bit outside `allowed`.

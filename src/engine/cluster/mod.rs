@@ -20,19 +20,27 @@
 //!   a channel's deliveries and sync markers (interest routing: a node
 //!   subscribes only while it has local subscribers), `node.<name>` for
 //!   heartbeats, `home.<name>` for requests to a home.
-//! - [`frame`]: the binary messages between nodes — publish requests and
-//!   answers, deliveries, and the sync request/marker pair that tells a
-//!   node the exact position its subscribers start after.
+//! - [`frame`]: the binary messages on a channel's subject — deliveries of
+//!   publications and the sync marker that tells a node the exact position
+//!   its subscribers start after — and [`decode_any`], the one decode
+//!   entry for what another node sent.
+//! - [`envelope`]: any router message (`Msg`) between nodes, in postcard,
+//!   with the limits a client's command is held to checked again.
 //!
-//! Heartbeats and frames share one versioned layout and one decode error
-//! ([`DecodeError`]); decoding any bytes gives a value or an error, never a
-//! panic.
+//! Heartbeats, frames and envelopes start with one version and kind
+//! header and share one decode error ([`DecodeError`]); decoding any bytes
+//! gives a value or an error, never a panic.
 
 mod codec;
+pub mod envelope;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 pub mod membership;
 pub mod nodes;
 pub mod placement;
 pub mod subject;
 
 pub use codec::{DecodeError, PROTOCOL_VERSION};
+pub use envelope::{Envelope, MAX_ENVELOPE};
+pub use frame::{Incoming, decode_any};

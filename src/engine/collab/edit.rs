@@ -36,7 +36,7 @@ pub const MAX_VERSION: u64 = (1 << 53) - 1;
 pub const MAX_ID_BYTES: usize = 128;
 
 /// A granted or renewed lock.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockOk {
     /// Section id.
     pub section: Arc<str>,
@@ -47,7 +47,7 @@ pub struct LockOk {
 }
 
 /// An accepted update.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateOk {
     /// The section's version written by this update.
     pub version: u64,

@@ -8,7 +8,7 @@ use crate::engine::codes::ErrorCode;
 use crate::engine::wire::ClientInfo;
 
 /// A refused story command. Refusals change nothing in the story.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CollabError {
     /// The connection has not joined the story (lock, unlock, update).
     NotMember,

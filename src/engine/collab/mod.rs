@@ -70,7 +70,7 @@ pub struct MemberId {
 }
 
 /// The role a client asks for in `collab_join`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum JoinAs {
     /// May lock and update sections (at most `max_editors` at once).
     Editor,
@@ -79,7 +79,7 @@ pub enum JoinAs {
 }
 
 /// A member's role in a story.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     /// May lock and update sections.
     Editor,
@@ -149,7 +149,7 @@ pub enum CollabEvent {
 }
 
 /// An event for one member.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum DirectedEvent {
     /// The member left the queue and now has `role` (always
     /// [`Role::Editor`]): the `promoted` push.

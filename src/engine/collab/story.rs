@@ -62,7 +62,7 @@ pub(super) struct Section {
 }
 
 /// A section as a snapshot shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SectionView {
     /// Section id.
     pub id: Arc<str>,
@@ -75,7 +75,7 @@ pub struct SectionView {
 }
 
 /// A held lock as a snapshot shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockView {
     /// Who holds it (while in grace: the disconnected connection).
     pub holder: ClientInfo,
@@ -85,7 +85,7 @@ pub struct LockView {
 
 /// The answer to a join: the member's role and what a client needs to
 /// render the story at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct JoinOk {
     /// The member's role now.
     pub role: Role,

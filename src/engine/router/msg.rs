@@ -18,7 +18,7 @@ use crate::engine::wire::{ClientInfo, PresenceEntry, ReplyBody};
 
 /// Where the answer to a command goes: a connection on the asking shard
 /// and the command's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplyTo {
     /// The connection.
     pub conn: ConnRef,
@@ -28,7 +28,7 @@ pub struct ReplyTo {
 
 /// The owned answer to a command that the channel's home computed, on
 /// its way back to the asking shard.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Answer {
     /// `publish`: the offset assigned (or the original one, for a repeated
     /// idempotency key).
@@ -74,7 +74,7 @@ pub enum Answer {
 }
 
 /// What `collab_join` asks of the story.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CollabAsk {
     /// Editor or viewer.
     pub role: JoinAs,
@@ -84,7 +84,7 @@ pub struct CollabAsk {
 
 /// A story command on its way to the story's home; the member is the
 /// asking connection (`from`, `reply_to.conn`).
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum CollabOp {
     /// `collab_join` from a connection already subscribed to the channel.
     Join {
@@ -120,7 +120,7 @@ pub enum CollabOp {
 
 /// A story snapshot for a joining member and the channel position it is
 /// at: story events after `position` follow it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoryJoined {
     /// Role, place in line, editors, viewers, sections.
     pub join: JoinOk,
@@ -214,7 +214,7 @@ impl Answer {
 }
 
 /// A message from one shard's router to another's.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Msg {
     /// To a channel's home: shard `from` has (`on`) or no longer has
     /// subscribers for `channel`.
@@ -261,7 +261,9 @@ pub enum Msg {
         answer: Answer,
     },
     /// Home → shard with subscribers: a publication, or presence events.
-    Deliver(Arc<SharedPub>),
+    /// Between nodes without its encoded frames and with the receiver's
+    /// clock (`crate::engine::cluster::envelope::shared_pub`).
+    Deliver(#[serde(with = "crate::engine::cluster::envelope::shared_pub")] Arc<SharedPub>),
     /// Home → shard: a `Deliver` for this channel could not be queued;
     /// its subscribers on the shard must recover.
     Lost {
@@ -430,6 +432,57 @@ impl Msg {
                 | Msg::PresenceQuery { .. }
                 | Msg::Collab { .. }
         )
+    }
+}
+
+// Helpers for the cluster (engine::cluster::envelope): which channel a
+// message is about and which field names the sending shard.
+impl Msg {
+    /// The channel this message is about; `None` for [`Msg::Reply`], which
+    /// goes to a connection rather than a channel's home.
+    pub fn channel(&self) -> Option<&Arc<str>> {
+        match self {
+            Msg::Interest { channel, .. }
+            | Msg::InterestAck { channel, .. }
+            | Msg::Publish { channel, .. }
+            | Msg::Lost { channel }
+            | Msg::Subscribe { channel, .. }
+            | Msg::Subscribed { channel, .. }
+            | Msg::History { channel, .. }
+            | Msg::Leave { channel, .. }
+            | Msg::Collab { channel, .. }
+            | Msg::CollabPush { channel, .. }
+            | Msg::SetState { channel, .. }
+            | Msg::PresenceQuery { channel, .. } => Some(channel),
+            Msg::Deliver(p) => Some(&p.channel),
+            Msg::Reply { .. } => None,
+        }
+    }
+
+    /// The sending shard's index, in the messages that carry one (those to
+    /// a channel's home); a node rewrites it when a message crosses nodes.
+    pub fn from_mut(&mut self) -> Option<&mut usize> {
+        match self {
+            Msg::Interest { from, .. }
+            | Msg::Publish { from, .. }
+            | Msg::Subscribe { from, .. }
+            | Msg::History { from, .. }
+            | Msg::Leave { from, .. }
+            | Msg::Collab { from, .. }
+            | Msg::SetState { from, .. }
+            | Msg::PresenceQuery { from, .. } => Some(from),
+            Msg::InterestAck { .. }
+            | Msg::Reply { .. }
+            | Msg::Deliver(_)
+            | Msg::Lost { .. }
+            | Msg::Subscribed { .. }
+            | Msg::CollabPush { .. } => None,
+        }
+    }
+
+    /// [`Msg::kind`]'s metric label.
+    pub fn kind_label(&self) -> &'static str {
+        self.kind().label()
     }
 }
 

@@ -59,7 +59,7 @@ pub struct ConnectParams<'a> {
 
 /// Who a connection is, as presence reports it and join/leave/state pushes
 /// carry it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientInfo {
     /// Server-assigned client id (unique per connection).
     pub client: std::sync::Arc<str>,
@@ -71,7 +71,7 @@ pub struct ClientInfo {
 
 /// One member of a channel's presence: who it is and its current state
 /// (`viewing`, `typing`, `editing:<section>`…), if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PresenceEntry {
     /// The connection.
     pub info: ClientInfo,

@@ -16,7 +16,7 @@ use crate::engine::ws::deflate::{Compressor, plain_frame};
 use crate::engine::ws::handshake::WireFormat;
 
 /// A publication's payload, owned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PubData {
     /// The payload bytes.
     pub bytes: Bytes,
@@ -50,7 +50,7 @@ pub fn is_json_text(b: &[u8]) -> bool {
 
 /// A publication as history keeps it and recovery replays it: its offset
 /// in the channel's stream and its payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Publication {
     /// Offset assigned by the channel's home.
     pub offset: u64,
@@ -71,7 +71,7 @@ fn form_index(format: WireFormat, deflate: bool) -> usize {
 }
 
 /// What a shared push carries.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum PushBody {
     /// A publication (a `pub` push with its offset).
     Pub(Publication),
@@ -122,7 +122,8 @@ impl SharedPub {
         Self::with_body(channel, PushBody::Presence(events), false, accepted_at)
     }
 
-    fn with_body(
+    /// A publication or presence events (`body`), not yet encoded.
+    pub fn with_body(
         channel: Arc<str>,
         body: PushBody,
         high_priority: bool,
