@@ -74,6 +74,11 @@ pub const MAX_ENVELOPE: usize = 16 << 20;
 pub struct Envelope {
     /// The sending node's name.
     pub from_node: Arc<str>,
+    /// The channel the message is about (a reply: its request's). The
+    /// receiving node hands the message to this channel's home shard
+    /// there, its home or its relay, which passes answers on to
+    /// `to_shard` in order with the channel's deliveries.
+    pub channel: Arc<str>,
     /// The shard on the receiving node the message is finally for, when the
     /// sender knows it (answers: the asking shard); `None`: the channel's
     /// home shard there. The receiver checks it against its shard count.
@@ -122,8 +127,8 @@ impl Envelope {
         if !is_valid_name(&self.from_node) {
             return Err(DecodeError::NodeName);
         }
-        if let Some(channel) = self.msg.channel()
-            && !is_valid_channel(channel)
+        if !is_valid_channel(&self.channel)
+            || self.msg.channel().is_some_and(|c| *c != self.channel)
         {
             return Err(DecodeError::Channel);
         }

@@ -207,25 +207,11 @@ fn bit(shard: usize) -> u64 {
     1u64 << shard
 }
 
-/// The channel a message is about.
+/// The channel a message is about (every message but a reply, which
+/// travels with its request's channel).
 pub(super) fn channel_of(msg: &Msg) -> &Arc<str> {
-    match msg {
-        Msg::Interest { channel, .. }
-        | Msg::InterestAck { channel, .. }
-        | Msg::InterestFailed { channel }
-        | Msg::Publish { channel, .. }
-        | Msg::Lost { channel }
-        | Msg::Subscribe { channel, .. }
-        | Msg::Subscribed { channel, .. }
-        | Msg::History { channel, .. }
-        | Msg::Leave { channel, .. }
-        | Msg::Collab { channel, .. }
-        | Msg::CollabPush { channel, .. }
-        | Msg::SetState { channel, .. }
-        | Msg::PresenceQuery { channel, .. } => channel,
-        Msg::Deliver(p) => &p.channel,
-        Msg::Reply { .. } => unreachable!("a reply travels with its request's channel"),
-    }
+    msg.channel()
+        .expect("a reply travels with its request's channel")
 }
 
 /// Whether a message goes to a channel's home (and so, on a node that is
@@ -242,20 +228,6 @@ fn to_home(msg: &Msg) -> bool {
             | Msg::SetState { .. }
             | Msg::PresenceQuery { .. }
     )
-}
-
-fn sender(msg: &Msg) -> Option<usize> {
-    match msg {
-        Msg::Interest { from, .. }
-        | Msg::Publish { from, .. }
-        | Msg::Subscribe { from, .. }
-        | Msg::History { from, .. }
-        | Msg::Leave { from, .. }
-        | Msg::Collab { from, .. }
-        | Msg::SetState { from, .. }
-        | Msg::PresenceQuery { from, .. } => Some(*from),
-        _ => None,
-    }
 }
 
 impl Router {
@@ -674,7 +646,7 @@ impl Router {
             c.stats.failed += 1;
             return self.fail(now, msg, ErrorCode::Internal, out);
         };
-        let key = match (sender(&msg), msg.reply_to()) {
+        let key = match (msg.sender(), msg.reply_to()) {
             (Some(from), Some(r)) => Some((from, r.conn, r.cmd_id, channel.clone())),
             _ => None,
         };
@@ -699,7 +671,7 @@ impl Router {
 
     /// Answers a request that cannot reach its home with `code`.
     fn fail(&mut self, now: Instant, msg: Msg, code: ErrorCode, out: &mut impl Output) {
-        let (Some(from), Some(reply_to)) = (sender(&msg), msg.reply_to()) else {
+        let (Some(from), Some(reply_to)) = (msg.sender(), msg.reply_to()) else {
             return; // a leave: its home drops the member when the node leaves
         };
         let channel = channel_of(&msg).clone();
@@ -783,7 +755,7 @@ impl Router {
         if let Some(c) = self.cluster.as_mut() {
             c.stats.misrouted += 1;
         }
-        if let (Some(from), Some(reply_to)) = (sender(&msg), msg.reply_to()) {
+        if let (Some(from), Some(reply_to)) = (msg.sender(), msg.reply_to()) {
             let subscribe = matches!(msg, Msg::Subscribe { .. });
             self.fail_request(
                 now,

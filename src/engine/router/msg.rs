@@ -233,12 +233,6 @@ pub enum Msg {
         /// Position after which the shard receives every publication.
         position: Position,
     },
-    /// Relay → shard: the channel's home node did not answer this shard's
-    /// interest; the subscriptions waiting for it fail with error 100.
-    InterestFailed {
-        /// Channel name.
-        channel: Arc<str>,
-    },
     /// To a channel's home: publish.
     Publish {
         /// Channel name.
@@ -377,6 +371,12 @@ pub enum Msg {
         /// Who gets the reply.
         reply_to: ReplyTo,
     },
+    /// Relay → shard: the channel's home node did not answer this shard's
+    /// interest; the subscriptions waiting for it fail with error 100.
+    InterestFailed {
+        /// Channel name.
+        channel: Arc<str>,
+    },
 }
 
 impl Msg {
@@ -453,7 +453,8 @@ impl Msg {
             | Msg::Collab { channel, .. }
             | Msg::CollabPush { channel, .. }
             | Msg::SetState { channel, .. }
-            | Msg::PresenceQuery { channel, .. } => Some(channel),
+            | Msg::PresenceQuery { channel, .. }
+            | Msg::InterestFailed { channel } => Some(channel),
             Msg::Deliver(p) => Some(&p.channel),
             Msg::Reply { .. } => None,
         }
@@ -476,7 +477,23 @@ impl Msg {
             | Msg::Deliver(_)
             | Msg::Lost { .. }
             | Msg::Subscribed { .. }
-            | Msg::CollabPush { .. } => None,
+            | Msg::CollabPush { .. }
+            | Msg::InterestFailed { .. } => None,
+        }
+    }
+
+    /// The sending shard's index (see [`Msg::from_mut`]).
+    pub fn sender(&self) -> Option<usize> {
+        match self {
+            Msg::Interest { from, .. }
+            | Msg::Publish { from, .. }
+            | Msg::Subscribe { from, .. }
+            | Msg::History { from, .. }
+            | Msg::Leave { from, .. }
+            | Msg::Collab { from, .. }
+            | Msg::SetState { from, .. }
+            | Msg::PresenceQuery { from, .. } => Some(*from),
+            _ => None,
         }
     }
 

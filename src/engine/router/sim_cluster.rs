@@ -94,22 +94,6 @@ impl NodeNet {
     }
 }
 
-/// Rewrites a message's sending-shard field (what the receiving node's
-/// decoder does with the sender's node slot).
-fn rewrite_from(msg: &mut Msg, f: impl Fn(usize) -> usize) {
-    match msg {
-        Msg::Interest { from, .. }
-        | Msg::Publish { from, .. }
-        | Msg::Subscribe { from, .. }
-        | Msg::History { from, .. }
-        | Msg::Leave { from, .. }
-        | Msg::Collab { from, .. }
-        | Msg::SetState { from, .. }
-        | Msg::PresenceQuery { from, .. } => *from = f(*from),
-        _ => {}
-    }
-}
-
 /// What each node received from the simulated NATS, by kind.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Received {
@@ -242,7 +226,9 @@ impl ClusterSim {
                         }
                         let net = self.nodes[dest].net.as_ref().unwrap();
                         let slot = net.table.slot(&self.names[n]).unwrap();
-                        rewrite_from(&mut msg, |from| remote_addr(slot, from as u16));
+                        if let Some(from) = msg.from_mut() {
+                            *from = remote_addr(slot, *from as u16);
+                        }
                         self.inbound[dest].push_back(FromNode::Msg {
                             channel,
                             to_shard,

@@ -226,6 +226,9 @@ fn samples(now: Instant) -> Vec<Msg> {
             channel: ch("chat:a"),
             position: pos(u64::MAX, 0),
         },
+        Msg::InterestFailed {
+            channel: ch("chat:a"),
+        },
         Msg::Publish {
             channel: ch("chat:a"),
             data: PubData {
@@ -362,6 +365,10 @@ fn samples(now: Instant) -> Vec<Msg> {
 fn envelope(msg: Msg, i: usize) -> Envelope {
     Envelope {
         from_node: ch("node-a"),
+        channel: msg
+            .channel()
+            .cloned()
+            .unwrap_or_else(|| ch("reply:channel")),
         to_shard: i.is_multiple_of(2).then_some(i as u16),
         msg,
     }
@@ -448,6 +455,7 @@ fn a_delivery_crosses_without_its_caches_and_with_the_receivers_clock() {
     let p = shared(true, sent_at);
     let fresh = Envelope {
         from_node: ch("home"),
+        channel: ch("news:eu"),
         to_shard: None,
         msg: Msg::Deliver(shared(true, sent_at)),
     }
@@ -458,6 +466,7 @@ fn a_delivery_crosses_without_its_caches_and_with_the_receivers_clock() {
     assert!(p.encoded()[0]);
     let b = Envelope {
         from_node: ch("home"),
+        channel: ch("news:eu"),
         to_shard: None,
         msg: Msg::Deliver(Arc::clone(&p)),
     }
@@ -479,6 +488,7 @@ fn a_delivery_crosses_without_its_caches_and_with_the_receivers_clock() {
     // Presence events: no offset, every event kept in order.
     let b = Envelope {
         from_node: ch("home"),
+        channel: ch("room:1"),
         to_shard: Some(1),
         msg: Msg::Deliver(presence_push(sent_at)),
     }
@@ -564,10 +574,10 @@ fn headers_and_trailing_bytes() {
         Some(DecodeError::Trailing)
     );
     // Past the message enum's last variant.
-    let at = 2 + 1 + "node-a".len() + 2;
+    let at = 2 + 1 + "node-a".len() + 1 + "chat:a".len() + 2;
     assert_eq!(b[at], 0, "Interest is variant 0");
     assert_eq!(
-        Envelope::decode(&with(at, 14), now).err(),
+        Envelope::decode(&with(at, 15), now).err(),
         Some(DecodeError::Malformed)
     );
     // A bool that is neither 0 nor 1 (`on`, the last byte).
@@ -584,6 +594,7 @@ fn headers_and_trailing_bytes() {
 fn layout_is_pinned() {
     let e = Envelope {
         from_node: ch("n1"),
+        channel: ch("a:b"),
         to_shard: Some(300),
         msg: Msg::Interest {
             channel: ch("a:b"),
@@ -599,6 +610,10 @@ fn layout_is_pinned() {
             2,
             b'n',
             b'1',
+            3, // the channel
+            b'a',
+            b':',
+            b'b',
             1, // Some
             0xac,
             0x02, // 300, varint
@@ -613,13 +628,26 @@ fn layout_is_pinned() {
     );
     let e = Envelope {
         from_node: ch("n1"),
+        channel: ch("a:b"),
         to_shard: None,
         msg: Msg::Reply {
             reply_to: reply_to(1),
             answer: Answer::Error(ErrorCode::Overloaded),
         },
     };
-    let mut want = vec![PROTOCOL_VERSION, 0x20, 2, b'n', b'1', 0, 3];
+    let mut want = vec![
+        PROTOCOL_VERSION,
+        0x20,
+        2,
+        b'n',
+        b'1',
+        3,
+        b'a',
+        b':',
+        b'b',
+        0,
+        3,
+    ];
     want.extend_from_slice(&[1, 0xfe, 0xff, 0xff, 0xff, 0x0f, 7]); // ReplyTo
     want.extend_from_slice(&[10, 12]); // Answer::Error, ErrorCode::Overloaded
     assert_eq!(e.encode().as_ref(), &want[..]);
@@ -666,11 +694,11 @@ fn forged_lengths_are_refused_without_allocating() {
 
     // A presence push's event count, and a payload's byte length.
     let b = envelope(Msg::Deliver(presence_push(now)), 1).encode();
-    let head = 2 + 1 + "node-a".len() + 1 + 1 + 1 + "room:1".len() + 1;
+    let head = 2 + 1 + "node-a".len() + 1 + "room:1".len() + 1 + 1 + 1 + "room:1".len() + 1;
     assert_eq!(b[head], 4, "four events");
     assert!(Envelope::decode(&huge(&b[..head]), now).is_err());
     let b = envelope(Msg::Deliver(shared(false, now)), 1).encode();
-    let head = 2 + 1 + "node-a".len() + 1 + 1 + 1 + "news:eu".len() + 1 + 1;
+    let head = 2 + 1 + "node-a".len() + 1 + "news:eu".len() + 1 + 1 + 1 + "news:eu".len() + 1 + 1;
     assert_eq!(b[head], 16, "a 16-byte payload");
     assert_eq!(
         Envelope::decode(&huge(&b[..head]), now).err(),
@@ -887,9 +915,10 @@ fn publish_envelope_size() {
     };
     let e = publish(100);
     let len = e.encode().len();
-    // Header 2, node name 1 + 6, to_shard 1, variant 1, channel 1 + 12,
-    // payload 1 + 100, is_json 1, no key 1, from 1, reply_to 2 + 5 + 2.
-    assert_eq!(len, 137);
+    // Header 2, node name 1 + 6, envelope channel 1 + 12, to_shard 1,
+    // variant 1, channel 1 + 12, payload 1 + 100, is_json 1, no key 1,
+    // from 1, reply_to 2 + 5 + 2.
+    assert_eq!(len, 150);
     let e = publish(200);
     let n = 10_000;
     let t = Instant::now();

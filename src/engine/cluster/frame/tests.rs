@@ -268,6 +268,7 @@ fn envelopes_arrive_through_decode_any() {
     let now = Instant::now();
     let e = Envelope {
         from_node: Arc::from("node-b"),
+        channel: Arc::from("chat:a"),
         to_shard: Some(2),
         msg: Msg::Lost {
             channel: Arc::from("chat:a"),
