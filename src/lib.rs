@@ -5,7 +5,8 @@
 //! - [`shard`]: one monoio runtime per core that moves bytes and time in
 //!   and out of the engine.
 //! - [`bridge`]: cross-thread messages and bounded inboxes.
-//! - [`sidecar`]: threads for slow I/O (admin HTTP; brokers later).
+//! - [`sidecar`]: threads for slow I/O (admin HTTP, the server API, Redis
+//!   workers, the cluster's NATS transport).
 //! - [`auth`]: JWT verification (connection and subscription tokens) and
 //!   the `[auth]` configuration.
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.

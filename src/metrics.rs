@@ -131,6 +131,7 @@ pub struct Metrics {
     stories: stories::StoryFamilies,
     ops: ops::OpsFamilies,
     collab: collab::CollabFamilies,
+    cluster: cluster::ClusterFamilies,
 }
 
 impl Default for Metrics {
@@ -353,6 +354,7 @@ impl Metrics {
             stories: stories::StoryFamilies::register(&mut r),
             ops: ops::OpsFamilies::register(&mut r),
             collab: collab::CollabFamilies::register(&mut r),
+            cluster: cluster::ClusterFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -855,10 +857,14 @@ impl ShardMetrics {
     }
 }
 
+mod cluster;
 mod collab;
 mod ops;
 mod stories;
 mod tls;
+pub use cluster::{
+    ClusterDrop, ClusterMetrics, HeartbeatRefusal, KindLabel, OpLabel, Received, Sent,
+};
 pub use collab::CollabShardMetrics;
 pub use ops::LivenessMetrics;
 pub use stories::{ErrorLabel, ReasonLabel};

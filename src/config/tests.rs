@@ -538,3 +538,195 @@ fn inconsistent_story_limits_are_refused_by_name() {
         Ok(())
     });
 }
+
+#[test]
+fn cluster_defaults_mean_one_node_and_options_carry_every_key() {
+    let c = Config::default();
+    assert!(!c.cluster.enabled(), "no nats_url: no cluster");
+    assert_eq!(c.cluster.options(), None);
+    assert_eq!(c.cluster.cluster_name, "wsedge");
+    assert_eq!(c.cluster.node_timeout, Duration::from_secs(3));
+    assert_eq!(c.cluster.heartbeat_interval, Duration::from_secs(1));
+    assert_eq!(c.cluster.request_timeout, Duration::from_secs(2));
+    assert_eq!(c.cluster.queue_capacity, 65_536);
+    let mut c = c.cluster;
+    c.nats_url = Some("nats://n1:4222, nats://n2:4222".into());
+    c.node_name = Some("edge-1".into());
+    c.token = Some("t".into());
+    c.validate().unwrap();
+    let o = c.options().unwrap();
+    assert_eq!(o.servers, ["nats://n1:4222", "nats://n2:4222"]);
+    assert_eq!(&*o.node_name, "edge-1");
+    assert_eq!(&*o.cluster_name, "wsedge");
+    assert_eq!(
+        o.auth,
+        crate::sidecar::cluster::ClusterAuth::Token("t".into())
+    );
+    assert_eq!(o.node_timeout, Duration::from_secs(3));
+    assert_eq!(o.queue_capacity, 65_536);
+    // Without node_name: the host name if it is a valid name, else a
+    // random one, always a valid name.
+    c.node_name = None;
+    let name = c.options().unwrap().node_name;
+    assert!(
+        crate::engine::cluster::subject::is_valid_name(&name),
+        "{name}"
+    );
+    match host_name().filter(|h| crate::engine::cluster::subject::is_valid_name(h)) {
+        Some(host) => assert_eq!(&*name, host),
+        None => assert!(name.starts_with("wsedge-"), "{name}"),
+    }
+}
+
+#[test]
+fn cluster_section_from_file_and_environment_verbatim_and_redacted() {
+    figment::Jail::expect_with(|jail| {
+        let c = load_str(
+            jail,
+            "[cluster]\nnats_url = \"nats://file:4222\"\nnode_name = \"n1\"\n\
+             heartbeat_interval = \"500ms\"\nnode_timeout = \"2s\"\n",
+        )
+        .map_err(|e| e.to_string())?;
+        assert_eq!(c.cluster.nats_url.as_deref(), Some("nats://file:4222"));
+        assert_eq!(c.cluster.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.cluster.node_timeout, Duration::from_secs(2));
+        jail.set_env(
+            "WSEDGE_CLUSTER_NATS_URL",
+            "nats://u:pw-in-url@a:4222,nats://b:4222",
+        );
+        // Digits stay text (the generic provider would make them numbers).
+        jail.set_env("WSEDGE_CLUSTER_NODE_NAME", "0123");
+        jail.set_env("WSEDGE_CLUSTER_CLUSTER_NAME", "prod");
+        jail.set_env("WSEDGE_CLUSTER_REQUEST_TIMEOUT", "750ms");
+        jail.set_env("WSEDGE_CLUSTER_QUEUE_CAPACITY", "1024");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.cluster.node_name.as_deref(), Some("0123"));
+        assert_eq!(c.cluster.cluster_name, "prod");
+        assert_eq!(c.cluster.request_timeout, Duration::from_millis(750));
+        assert_eq!(c.cluster.queue_capacity, 1024);
+        let toml = c.to_toml();
+        assert!(!toml.contains("pw-in-url"), "{toml}");
+        assert!(
+            toml.contains("nats://<redacted>@a:4222,nats://b:4222"),
+            "{toml}"
+        );
+        assert!(!format!("{:?}", c.cluster).contains("pw-in-url"));
+        // Secrets: verbatim, never shown.
+        jail.set_env("WSEDGE_CLUSTER_NATS_URL", "nats://a:4222");
+        jail.set_env("WSEDGE_CLUSTER_TOKEN", "000777");
+        let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+        assert_eq!(c.cluster.token.as_deref(), Some("000777"));
+        let toml = c.to_toml();
+        assert!(!toml.contains("000777"), "{toml}");
+        assert!(toml.contains(&format!("token = \"{REDACTED}\"")), "{toml}");
+        assert!(!format!("{:?}", c.cluster).contains("000777"));
+        jail.set_env("WSEDGE_CLUSTER_TOKEN", "");
+        let e = Config::load(None, &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("cluster.token"), "{e}");
+        jail.set_env("WSEDGE_CLUSTER_TOKEN", "x");
+        jail.set_env("WSEDGE_CLUSTER_UNKNOWN_KEY", "1");
+        let e = Config::load(None, &Overrides::default()).unwrap_err().0;
+        assert!(e.contains("unknown_key"), "{e}");
+        Ok(())
+    });
+}
+
+#[test]
+fn cluster_refusals_name_their_keys() {
+    let refused = |edit: &dyn Fn(&mut cluster::ClusterConfig)| -> String {
+        let mut c = Config::default();
+        c.cluster.nats_url = Some("nats://127.0.0.1:4222".into());
+        edit(&mut c.cluster);
+        c.validate().unwrap_err().0
+    };
+    type Edit = dyn Fn(&mut cluster::ClusterConfig);
+    let cases: [(&Edit, &[&str]); 14] = [
+        (
+            &|c| c.nats_url = Some(" ".into()),
+            &["cluster.nats_url", "empty"],
+        ),
+        (
+            &|c| c.nats_url = Some("http://h".into()),
+            &["cluster.nats_url"],
+        ),
+        (
+            &|c| c.nats_url = Some("ws://h:80".into()),
+            &["cluster.nats_url", "WebSocket"],
+        ),
+        (
+            &|c| c.node_name = Some("a.b".into()),
+            &["cluster.node_name"],
+        ),
+        (
+            &|c| c.node_name = Some("x".repeat(65)),
+            &["cluster.node_name"],
+        ),
+        (
+            &|c| c.cluster_name = "a b".into(),
+            &["cluster.cluster_name"],
+        ),
+        (
+            &|c| {
+                c.credentials_file = Some("/x.creds".into());
+                c.token = Some("t".into());
+            },
+            &["cluster.credentials_file", "cluster.token", "alternatives"],
+        ),
+        (
+            &|c| {
+                c.user = Some("u".into());
+                c.password = Some("p".into());
+                c.token = Some("t".into());
+            },
+            &["cluster.user/cluster.password", "cluster.token"],
+        ),
+        (
+            &|c| {
+                c.nats_url = Some("nats://u:p@h:4222".into());
+                c.token = Some("t".into());
+            },
+            &["user:password@ in cluster.nats_url", "cluster.token"],
+        ),
+        (
+            &|c| c.user = Some("u".into()),
+            &["cluster.user and cluster.password"],
+        ),
+        (
+            &|c| c.heartbeat_interval = c.node_timeout,
+            &["cluster.heartbeat_interval", "below cluster.node_timeout"],
+        ),
+        (
+            &|c| c.heartbeat_interval = Duration::from_millis(1),
+            &["cluster.heartbeat_interval"],
+        ),
+        (
+            &|c| c.request_timeout = Duration::ZERO,
+            &["cluster.request_timeout"],
+        ),
+        (&|c| c.queue_capacity = 10, &["cluster.queue_capacity"]),
+    ];
+    for (edit, words) in cases {
+        let e = refused(edit);
+        for w in words {
+            assert!(e.contains(w), "{e:?} should say {w:?}");
+        }
+        assert!(!e.contains("p@h"), "no credentials in {e}");
+    }
+    // The keys are checked without nats_url too: a typo is an error
+    // before the cluster is switched on.
+    let mut c = Config::default();
+    c.cluster.node_timeout = Duration::from_millis(500);
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .0
+            .contains("cluster.heartbeat_interval")
+    );
+    // One kind each is fine.
+    let mut c = Config::default();
+    c.cluster.nats_url = Some("tls://h:4443".into());
+    c.cluster.user = Some("u".into());
+    c.cluster.password = Some("p".into());
+    c.cluster.tls_ca_file = Some("/etc/ca.pem".into());
+    c.validate().unwrap();
+}
