@@ -17,8 +17,10 @@ use wsedge::config::{Config, Driver, LogFormat, Overrides};
 use wsedge::metrics::Metrics;
 use wsedge::service::{LogFilterReload, Notifier, Reloader, Watch};
 use wsedge::shard::auth::Credentials;
+use wsedge::shard::cluster::{ClusterShared, ShardSink};
 use wsedge::shard::tls::ktls::ktls_supported;
 use wsedge::shard::{self, Shared, TlsServing};
+use wsedge::sidecar::cluster::{ClusterWorker, spawn_cluster_worker};
 use wsedge::sidecar::stories::{StoryOptions, StoryWorker, spawn_story_worker};
 use wsedge::sidecar::tickets::{InboxSink, TicketOptions, TicketWorker, spawn_ticket_worker};
 use wsedge::sidecar::{admin, api};
@@ -234,6 +236,25 @@ fn story_worker(
     Ok(Some(worker))
 }
 
+/// The cluster worker (`wsedge-cluster`), when `[cluster] nats_url` is
+/// set: NATS joins this node to the others.
+fn cluster_worker(
+    config: &Config,
+    inboxes: &Arc<[Arc<wsedge::bridge::Inbox>]>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<(ClusterWorker, Arc<ClusterShared>)>, String> {
+    let Some(opts) = config.cluster.options() else {
+        return Ok(None);
+    };
+    let shared = ClusterShared::new(opts.node_name.clone(), opts.request_timeout);
+    let sink = ShardSink::new(shared.clone(), inboxes.clone(), metrics.cluster());
+    let (node, cluster) = (opts.node_name.clone(), opts.cluster_name.clone());
+    let worker = spawn_cluster_worker(opts, inboxes.len() as u16, sink, metrics.cluster())
+        .map_err(|e| format!("cluster worker: {e}"))?;
+    info!(node = %node, cluster = %cluster, "joining the cluster through NATS");
+    Ok(Some((worker, shared)))
+}
+
 /// What `[tls]` asks for: the certificate loaded (a bad file stops the
 /// node) and, with `ktls = "auto"`, the kernel probed for kTLS once, here
 /// on the main thread rather than on a shard's first connection.
@@ -324,6 +345,14 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
+    // Kept alive for the life of the node; shards get its queue.
+    let cluster = match cluster_worker(&config, &inboxes, &metrics) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot start the cluster worker");
+            return ExitCode::FAILURE;
+        }
+    };
     let shards = match shard::start(
         config.clone(),
         shared.clone(),
@@ -332,6 +361,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         credentials,
         tls.clone(),
         stories.as_ref().map(StoryWorker::client),
+        cluster.as_ref().map(|(w, s)| (s.clone(), w.client())),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -465,6 +495,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
     // The stories' last changes reach Redis before the process goes (the
     // worker flushes for at most its timeout, 2 s).
     if let Some(w) = stories {
+        w.shutdown();
+    }
+    if let Some((w, _)) = cluster {
         w.shutdown();
     }
     info!("drained; exiting");

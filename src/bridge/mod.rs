@@ -36,6 +36,12 @@ pub enum ShardMsg {
     StoryLoaded(Box<StoryLoadAnswer>),
     /// Control → shard: stop accepting and drain every client.
     Drain,
+    /// From the NATS worker: a message from another node, for the
+    /// channel's home shard on this node (its home or its relay).
+    Cluster(Box<crate::engine::router::FromNode>),
+    /// From the NATS worker: the live set or the link changed; the shard
+    /// reads the new state (`shard::cluster::ShardCluster::changes`).
+    ClusterChanged,
 }
 
 impl ShardMsg {
@@ -47,6 +53,8 @@ impl ShardMsg {
             ShardMsg::Ticket(_) => ShardMsgKind::Ticket,
             ShardMsg::StoryLoaded(_) => ShardMsgKind::StoryLoaded,
             ShardMsg::Drain => ShardMsgKind::Drain,
+            ShardMsg::Cluster(_) => ShardMsgKind::Cluster,
+            ShardMsg::ClusterChanged => ShardMsgKind::ClusterChanged,
         }
     }
 }

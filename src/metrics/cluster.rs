@@ -181,9 +181,35 @@ pub struct ClusterMetrics {
     dropped: [Counter; 6],
     reconnects: Counter,
     refused: [Counter; 4],
+    /// forwarded, failed, late, misrouted.
+    requests: [Counter; 4],
+    resyncs: Counter,
+    decode_errors: Counter,
 }
 
 impl ClusterMetrics {
+    /// Moves a router's cluster counts to `wsedge_cluster_requests_total`
+    /// and `wsedge_cluster_resyncs_total`.
+    pub fn router(&self, s: &crate::engine::router::ClusterStats) {
+        for (c, n) in self
+            .requests
+            .iter()
+            .zip([s.forwarded, s.failed, s.late, s.misrouted])
+        {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+        if s.resyncs > 0 {
+            self.resyncs.inc_by(s.resyncs);
+        }
+    }
+
+    /// Counts bytes from another node that were not a valid message.
+    pub fn decode_error(&self) {
+        self.decode_errors.inc();
+    }
+
     /// Sets `wsedge_cluster_nats_up`.
     pub fn set_up(&self, up: bool) {
         self.nats_up.set(i64::from(up));
@@ -295,6 +321,15 @@ pub(super) struct ClusterFamilies {
     dropped: Family<ReasonLabel, Counter>,
     reconnects: Counter,
     refused: Family<ReasonLabel, Counter>,
+    requests: Family<ResultLabel, Counter>,
+    resyncs: Counter,
+    decode_errors: Counter,
+}
+
+/// The `result` label of `wsedge_cluster_requests_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ResultLabel {
+    result: String,
 }
 
 impl ClusterFamilies {
@@ -312,7 +347,25 @@ impl ClusterFamilies {
             dropped: Family::default(),
             reconnects: Counter::default(),
             refused: Family::default(),
+            requests: Family::default(),
+            resyncs: Counter::default(),
+            decode_errors: Counter::default(),
         };
+        r.register(
+            "cluster_requests",
+            "Requests for channels homed on another node, by result: forwarded, failed (answered 100: NATS down, queue full, or no answer within request_timeout), late (an answer after its request was answered 100), misrouted (a request from another node for a channel not homed here, answered 100)",
+            f.requests.clone(),
+        );
+        r.register(
+            "cluster_resyncs",
+            "Times a channel's subscribers on this node were told to recover (3004) because of the cluster: a delivery gap or new epoch seen by a relay, or a channel whose home moved",
+            f.resyncs.clone(),
+        );
+        r.register(
+            "cluster_decode_errors",
+            "Messages from other nodes that were not valid (dropped)",
+            f.decode_errors.clone(),
+        );
         r.register(
             "cluster_nats_up",
             "1 while the node's NATS connection is up (0 without a cluster, or while NATS is unreachable)",
@@ -399,6 +452,13 @@ impl Metrics {
             dropped: ClusterDrop::ALL.map(|d| reason(&f.dropped, d.label())),
             reconnects: f.reconnects.clone(),
             refused: HeartbeatRefusal::ALL.map(|r| reason(&f.refused, r.label())),
+            requests: ["forwarded", "failed", "late", "misrouted"].map(|r| {
+                f.requests
+                    .get_or_create(&ResultLabel { result: r.into() })
+                    .clone()
+            }),
+            resyncs: f.resyncs.clone(),
+            decode_errors: f.decode_errors.clone(),
         }
     }
 }

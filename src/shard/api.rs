@@ -41,6 +41,20 @@ impl Shard {
     /// Carries out one server API call and answers it.
     pub(crate) fn handle_api(&mut self, call: ApiCall) {
         let now = Instant::now();
+        // In a cluster, a channel homed on another node is not this node's
+        // to act on (forwarding API calls across nodes is not built yet).
+        let channel = match &call.op {
+            ApiOp::Publish { channel, .. }
+            | ApiOp::History { channel, .. }
+            | ApiOp::HistoryRemove { channel }
+            | ApiOp::Presence { channel, .. } => Some(channel),
+            _ => None,
+        };
+        if let Some(home) = channel.and_then(|c| self.router.remote_home(c)) {
+            tracing::debug!(%home, "server API call for a channel homed on another node");
+            let _ = call.reply.send(Err(ErrorCode::Internal));
+            return;
+        }
         let answer = match call.op {
             ApiOp::Publish {
                 channel,

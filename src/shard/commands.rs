@@ -75,6 +75,8 @@ pub(crate) struct ShardOut<'a> {
     pub(crate) stories: &'a mut ShardStories,
     /// This shard's index.
     pub(crate) shard: usize,
+    /// The cluster, when the node is in one.
+    pub(crate) cluster: Option<&'a super::cluster::ShardCluster>,
 }
 
 /// A [`ShardOut`] over `$s`'s fields (a macro, so the borrows stay
@@ -95,6 +97,7 @@ macro_rules! shard_out {
             closes: &mut $s.closes,
             stories: &mut $s.stories,
             shard: $s.id,
+            cluster: $s.cluster.as_ref(),
         }
     };
 }
@@ -248,15 +251,22 @@ impl Output for ShardOut<'_> {
         self.metrics.durable_event(kept);
     }
 
-    fn send_remote(&mut self, _to: usize, _channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
-        Err(msg) // not in a cluster yet
+    fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
+        match self.cluster {
+            Some(c) => c.send_remote(to, channel, msg),
+            None => Err(msg),
+        }
     }
 
-    fn broadcast(&mut self, _channel: &Arc<str>, _what: Broadcast<'_>) -> bool {
-        false
+    fn broadcast(&mut self, channel: &Arc<str>, what: Broadcast<'_>) -> bool {
+        self.cluster.is_some_and(|c| c.broadcast(channel, what))
     }
 
-    fn watch(&mut self, _channel: &Arc<str>, _on: bool) {}
+    fn watch(&mut self, channel: &Arc<str>, on: bool) {
+        if let Some(c) = self.cluster {
+            c.watch(channel, on);
+        }
+    }
 }
 
 impl Shard {
@@ -533,7 +543,33 @@ impl Shard {
             ShardMsg::Ticket(answer) => self.on_ticket(*answer),
             ShardMsg::StoryLoaded(answer) => self.on_story_loaded(*answer),
             ShardMsg::Drain => self.start_drain(),
+            ShardMsg::Cluster(m) => {
+                let mut out = shard_out!(self);
+                self.router.handle_remote(Instant::now(), *m, &mut out);
+                self.apply_closes();
+            }
+            // The turn reads the new state (`cluster_changes`).
+            ShardMsg::ClusterChanged => {}
         }
+    }
+
+    /// Hands the router the live set and link state when they changed.
+    pub(crate) fn cluster_changes(&mut self, now: Instant) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let (placement, link) = c.changes();
+        if placement.is_none() && link.is_none() {
+            return;
+        }
+        let mut out = shard_out!(self);
+        if let Some(up) = link {
+            self.router.set_link(now, up, &mut out);
+        }
+        if let Some(p) = placement {
+            self.router.set_placement(now, p, &mut out);
+        }
+        self.apply_closes();
     }
 
     /// Queues a data frame for `c`, dropping the connection as a slow

@@ -145,6 +145,8 @@ pub struct Shard {
     tls: Option<TlsShard>,
     /// Story persistence and durable events.
     pub(crate) stories: super::story::ShardStories,
+    /// The cluster, when the node is in one.
+    pub(crate) cluster: Option<super::cluster::ShardCluster>,
 }
 
 impl Shard {
@@ -184,30 +186,40 @@ impl Shard {
                 .compression
                 .then(|| Compressor::new(cfg.compression_level, cfg.compression_min_size)),
             inflater: cfg.compression.then(Inflater::default),
-            router: Router::new(
-                &RouterConfig {
-                    shard: id,
-                    shards: peers,
-                    max_subscriptions: cfg.max_subscriptions,
-                    channel_idle_ttl: cfg.channel_idle_ttl,
-                    compression: cfg
-                        .compression
-                        .then_some((cfg.compression_level, cfg.compression_min_size)),
-                    expected_connections: per_shard,
-                    namespaces: ctx.namespaces.clone(),
-                    // Node-wide bounds, split evenly between the shards.
-                    history_memory_limit: (cfg.history_memory_limit / peers as u64) as usize,
-                    recovery_max_publications: cfg.recovery_max_publications,
-                    history_max_publications: cfg.history_max_publications,
-                    idempotency_window: cfg.idempotency_window,
-                    idempotency_max_keys: cfg.idempotency_max_keys.div_ceil(peers),
-                    story_table: cfg.collab.story_table(peers),
-                    story_store: ctx.stories.is_some(),
-                    unix_origin_ms: super::story::unix_now_ms(),
-                },
-                seed,
-                Instant::now(),
+            router: in_cluster(
+                &ctx,
+                Router::new(
+                    &RouterConfig {
+                        shard: id,
+                        shards: peers,
+                        max_subscriptions: cfg.max_subscriptions,
+                        channel_idle_ttl: cfg.channel_idle_ttl,
+                        compression: cfg
+                            .compression
+                            .then_some((cfg.compression_level, cfg.compression_min_size)),
+                        expected_connections: per_shard,
+                        namespaces: ctx.namespaces.clone(),
+                        // Node-wide bounds, split evenly between the shards.
+                        history_memory_limit: (cfg.history_memory_limit / peers as u64) as usize,
+                        recovery_max_publications: cfg.recovery_max_publications,
+                        history_max_publications: cfg.history_max_publications,
+                        idempotency_window: cfg.idempotency_window,
+                        idempotency_max_keys: cfg.idempotency_max_keys.div_ceil(peers),
+                        story_table: cfg.collab.story_table(peers),
+                        story_store: ctx.stories.is_some(),
+                        unix_origin_ms: super::story::unix_now_ms(),
+                    },
+                    seed,
+                    Instant::now(),
+                ),
             ),
+            cluster: ctx.cluster.as_ref().map(|(shared, client)| {
+                super::cluster::ShardCluster::new(
+                    shared.clone(),
+                    client.clone(),
+                    ctx.metrics.cluster(),
+                )
+            }),
             stories: super::story::ShardStories::new(ctx.stories.clone()),
             closes: Vec::new(),
             users: HashMap::new(),
@@ -330,7 +342,9 @@ impl Shard {
         if !self.due.is_empty() {
             self.run_deadlines();
         }
-        self.router_timers(Instant::now());
+        let now = Instant::now();
+        self.cluster_changes(now);
+        self.router_timers(now);
         self.flush();
         self.retry_owed();
         self.flush_metrics();
@@ -557,4 +571,12 @@ impl Shard {
 /// unique per process run, shard and connection.
 pub(crate) fn client_id(node_nonce: u32, shard: usize, generation: u32) -> String {
     format!("{node_nonce:08x}.{shard}.{generation}")
+}
+
+/// The router, joined to the node's cluster when there is one.
+fn in_cluster(ctx: &ShardContext, mut router: Router) -> Router {
+    if let Some((shared, _)) = &ctx.cluster {
+        router.join_cluster(shared.view());
+    }
+    router
 }

@@ -55,6 +55,7 @@ mod accept;
 pub mod access;
 mod api;
 pub mod auth;
+pub mod cluster;
 mod commands;
 mod conn;
 pub mod core;
@@ -183,6 +184,12 @@ pub struct ShardContext {
     /// The story write-behind sidecar, when a namespace is collaborative
     /// and a Redis is configured (none: stories live in memory only).
     pub stories: Option<crate::sidecar::stories::StoryClient>,
+    /// The cluster's shared state and the NATS worker's queue, when
+    /// `[cluster] nats_url` is set.
+    pub cluster: Option<(
+        Arc<cluster::ClusterShared>,
+        crate::sidecar::cluster::ClusterClient,
+    )>,
 }
 
 /// Running shards.
@@ -214,6 +221,10 @@ pub fn start(
     credentials: auth::Credentials,
     tls: Option<TlsServing>,
     stories: Option<crate::sidecar::stories::StoryClient>,
+    cluster: Option<(
+        Arc<cluster::ClusterShared>,
+        crate::sidecar::cluster::ClusterClient,
+    )>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -248,6 +259,7 @@ pub fn start(
         credentials,
         tls,
         stories,
+        cluster,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

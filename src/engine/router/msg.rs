@@ -545,11 +545,15 @@ pub enum MsgKind {
     StoryLoaded,
     /// The shell's control message that starts a drain.
     Drain,
+    /// A message from another node (the shell's, from the NATS worker).
+    Cluster,
+    /// The live set or the NATS link changed (the shell's).
+    ClusterChanged,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 19] = [
+    pub const ALL: [MsgKind; 21] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::InterestFailed,
@@ -569,6 +573,8 @@ impl MsgKind {
         MsgKind::Ticket,
         MsgKind::StoryLoaded,
         MsgKind::Drain,
+        MsgKind::Cluster,
+        MsgKind::ClusterChanged,
     ];
 
     /// Short name for metrics (the `kind` label).
@@ -593,6 +599,8 @@ impl MsgKind {
             MsgKind::Ticket => "ticket",
             MsgKind::StoryLoaded => "story_loaded",
             MsgKind::Drain => "drain",
+            MsgKind::Cluster => "cluster",
+            MsgKind::ClusterChanged => "cluster_changed",
         }
     }
 }

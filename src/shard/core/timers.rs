@@ -61,6 +61,9 @@ impl Shard {
     /// metrics.
     pub(crate) fn flush_metrics(&mut self) {
         let (r, encodes) = self.router.take_stats();
+        if let Some(c) = &self.cluster {
+            c.flush(&self.router.take_cluster_stats());
+        }
         self.metrics.collab.flush(&r);
         self.stats.publications += r.publications;
         self.stats.deliveries += r.deliveries;

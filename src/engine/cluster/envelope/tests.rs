@@ -412,7 +412,12 @@ fn samples_cover_every_variant() {
         .filter(|k| {
             !matches!(
                 k,
-                MsgKind::Api | MsgKind::Ticket | MsgKind::StoryLoaded | MsgKind::Drain
+                MsgKind::Api
+                    | MsgKind::Ticket
+                    | MsgKind::StoryLoaded
+                    | MsgKind::Drain
+                    | MsgKind::Cluster
+                    | MsgKind::ClusterChanged
             )
         })
         .map(|k| k.label())
