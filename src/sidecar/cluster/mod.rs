@@ -34,13 +34,13 @@
 //!   own publications. A [`ToCluster::ToNode`] addressed to this node is
 //!   handed straight to the sink as if it had arrived on `home.<self>`.
 //!
-//! Layout: [`interest`] (the channel counts and the subscriptions they
+//! Layout: `interest` (the channel counts and the subscriptions they
 //! call for; no I/O), `worker` (the thread's loop), `connect` (the
 //! `async-nats` options from [`ClusterOptions`]). Metrics:
 //! [`crate::metrics::ClusterMetrics`] (`wsedge_cluster_*`).
 
 mod connect;
-pub mod interest;
+mod interest;
 mod worker;
 
 use std::io;

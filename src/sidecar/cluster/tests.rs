@@ -28,7 +28,7 @@ fn have_nats() -> bool {
         return true;
     }
     eprintln!(
-        "\n*** SKIPPED: no nats-server binary ({} unset, none in .tools/venv or on PATH); \
+        "\n*** SKIPPED: no nats-server binary ({} unset or not a file, none in .tools/venv or on PATH); \
          run scripts/test-all.sh once to install it ***\n",
         nats_server::NATS_SERVER_ENV
     );
