@@ -213,6 +213,7 @@ pub fn inboxes(config: &Config) -> std::io::Result<Arc<[Arc<Inbox>]>> {
 
 /// Binds every shard's listener (so address errors surface before any
 /// thread starts) and starts the shard threads.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     config: Arc<Config>,
     shared: Arc<Shared>,
