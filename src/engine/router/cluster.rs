@@ -520,40 +520,41 @@ impl Router {
         }
     }
 
+    /// Sends the message `make` builds to each shard in `mask`.
+    fn send_each(
+        &mut self,
+        now: Instant,
+        mut mask: u64,
+        make: impl Fn() -> Msg,
+        out: &mut impl Output,
+    ) {
+        while mask != 0 {
+            let shard = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let _ = self.dispatch(now, shard, make(), out);
+        }
+    }
+
     fn interest_failed(
         &mut self,
         now: Instant,
         channel: &Arc<str>,
-        mut mask: u64,
+        mask: u64,
         out: &mut impl Output,
     ) {
-        while mask != 0 {
-            let shard = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            let msg = Msg::InterestFailed {
-                channel: channel.clone(),
-            };
-            let _ = self.dispatch(now, shard, msg, out);
-        }
+        let make = || Msg::InterestFailed {
+            channel: channel.clone(),
+        };
+        self.send_each(now, mask, make, out);
     }
 
     /// Tells the shards in `mask` that their subscribers of `channel` must
     /// recover.
-    fn tell_lost(
-        &mut self,
-        now: Instant,
-        channel: &Arc<str>,
-        mut mask: u64,
-        out: &mut impl Output,
-    ) {
-        while mask != 0 {
-            let shard = mask.trailing_zeros() as usize;
-            mask &= mask - 1;
-            let msg = Msg::Lost {
-                channel: channel.clone(),
-            };
-            let _ = self.dispatch(now, shard, msg, out);
-        }
+    fn tell_lost(&mut self, now: Instant, channel: &Arc<str>, mask: u64, out: &mut impl Output) {
+        let make = || Msg::Lost {
+            channel: channel.clone(),
+        };
+        self.send_each(now, mask, make, out);
     }
 
     fn relay_marker(
@@ -571,17 +572,13 @@ impl Router {
             None => {
                 r.position = Some(p);
                 r.deadline = None;
-                let mut waiting = std::mem::take(&mut r.waiting);
+                let waiting = std::mem::take(&mut r.waiting);
                 r.mask |= waiting;
-                while waiting != 0 {
-                    let shard = waiting.trailing_zeros() as usize;
-                    waiting &= waiting - 1;
-                    let ack = Msg::InterestAck {
-                        channel: channel.clone(),
-                        position: p,
-                    };
-                    let _ = self.dispatch(now, shard, ack, out);
-                }
+                let ack = || Msg::InterestAck {
+                    channel: channel.clone(),
+                    position: p,
+                };
+                self.send_each(now, waiting, ack, out);
             }
             Some(at) if at.epoch != p.epoch || at.offset < p.offset => {
                 // Deliveries were lost (or the home restarted): the node's
