@@ -30,6 +30,8 @@
 //! - [`presence`]: the `presence` workload (wsedge only).
 //! - [`collab`]: the story collaboration workloads `collab-fanout`,
 //!   `collab-many` and `collab-join` (wsedge only).
+//! - [`nats`]: a `nats-server` for the cluster workloads, its `/varz` counters.
+//! - [`placement`]: wsedge's channel placement (rendezvous hashing) over nodes.
 //! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
@@ -43,7 +45,9 @@ pub mod driver;
 pub mod floor;
 pub mod history_memory;
 pub mod ipc;
+pub mod nats;
 pub mod payload;
+pub mod placement;
 pub mod presence;
 pub mod procfs;
 pub mod recover_storm;

@@ -216,6 +216,20 @@ impl Server {
         compression: Option<bool>,
         config: Option<&Path>,
     ) -> Result<Server> {
+        Server::start_named(target, opts, compression, config, &[], &target.to_string()).await
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. a cluster
+    /// node's `WSEDGE_CLUSTER_*`) and a `label` naming its log,
+    /// `/tmp/wsbench-<driver pid>-<label>.log` (several servers in one run).
+    pub async fn start_named(
+        target: Target,
+        opts: &TargetOpts,
+        compression: Option<bool>,
+        config: Option<&Path>,
+        env: &[(String, String)],
+        label: &str,
+    ) -> Result<Server> {
         let bin = match target {
             Target::Wsedge => opts.wsedge_bin.clone(),
             Target::TokioFastws => match &opts.baseline_bin {
@@ -246,7 +260,7 @@ impl Server {
         if target != Target::Wsedge && (config.is_some() || opts.wsedge_config_extra.is_some()) {
             bail!("a wsedge configuration applies to wsedge only");
         }
-        let log = std::env::temp_dir().join(format!("wsbench-{}-{target}.log", std::process::id()));
+        let log = std::env::temp_dir().join(format!("wsbench-{}-{label}.log", std::process::id()));
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let cpus: Vec<String> = opts.server_cpus().iter().map(|c| c.to_string()).collect();
@@ -295,6 +309,7 @@ impl Server {
             }
             Target::TokioFastws | Target::TokioTungstenite => {}
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file)
@@ -345,6 +360,16 @@ impl Server {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILL (a node crashing), and waits for the process to be gone.
+    pub async fn kill(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL)
+                .context("SIGKILL to the server")?;
+        }
+        self.child.wait().await?;
+        Ok(())
+    }
+
     /// SIGTERM, then waits up to `grace` before SIGKILL. Returns the exit
     /// status and whether it had to be killed.
     pub async fn stop(mut self, grace: Duration) -> Result<(ExitStatus, bool)> {
@@ -386,10 +411,16 @@ pub fn write_config(text: &str) -> Result<PathBuf> {
 
 /// Fetches `/metrics` from a wsedge admin address.
 pub async fn scrape(admin: SocketAddr) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(admin)
+    http_get(admin, "/metrics").await
+}
+
+/// The body of an HTTP/1.0 `GET path` to `addr` (wsedge's admin port,
+/// nats-server's monitoring port).
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr)
         .await
-        .context("connecting to admin")?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .with_context(|| format!("connecting to {addr}"))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
