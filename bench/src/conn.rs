@@ -511,14 +511,6 @@ pub async fn open_with(
         reader.set_deflate(d);
     }
 
-    let recover = match &sub.recover {
-        Some(p) => format!(
-            ",\"recover\":true,\"epoch\":{},\"offset\":{}",
-            serde_json::to_string(&p.epoch)?,
-            p.offset
-        ),
-        None => String::new(),
-    };
     let params = connect_params(seed, sub.user.as_deref())?;
     let hello = match (channel, sub.collab) {
         (Some(ch), Some(role)) => {
@@ -527,24 +519,87 @@ pub async fn open_with(
             String::from_utf8(h).expect("ASCII and JSON strings")
         }
         (Some(ch), None) => format!(
-            "{{\"id\":1,\"connect\":{params}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":{}{recover}}}}}",
-            serde_json::to_string(ch)?
+            "{{\"id\":1,\"connect\":{params}}}\n{}",
+            subscribe_cmd(2, ch, sub.recover.as_ref())?
         ),
         (None, _) => format!("{{\"id\":1,\"connect\":{params}}}"),
     };
     writer.send(OP_TEXT, hello.as_bytes()).await?;
+    let s = await_setup(&mut reader, &mut writer, true, channel.map(|_| 2), sub).await?;
+    Ok(Conn {
+        reader,
+        writer,
+        fd,
+        sub_offset: s.sub_offset,
+        sub_reply: s.sub_reply,
+        join_reply: s.join_reply,
+    })
+}
 
+/// A command the server answered with an error (during [`open_with`] or
+/// [`Conn::resubscribe`]); callers may look at `code` (e.g. 100, temporary:
+/// try again) with `anyhow::Error::downcast_ref`.
+#[derive(Debug, Clone)]
+pub struct CommandFailed {
+    /// The command's id.
+    pub id: u64,
+    /// The error code.
+    pub code: u64,
+    /// The error reply as received.
+    pub reply: String,
+}
+
+impl std::fmt::Display for CommandFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "command {} failed: {}", self.id, self.reply)
+    }
+}
+
+impl std::error::Error for CommandFailed {}
+
+/// `{"id":<id>,"subscribe":{"channel":..[,"recover":true,"epoch":..,"offset":..]}}`.
+fn subscribe_cmd(id: u64, channel: &str, recover: Option<&Position>) -> Result<String> {
+    let recover = match recover {
+        Some(p) => format!(
+            ",\"recover\":true,\"epoch\":{},\"offset\":{}",
+            serde_json::to_string(&p.epoch)?,
+            p.offset
+        ),
+        None => String::new(),
+    };
+    Ok(format!(
+        "{{\"id\":{id},\"subscribe\":{{\"channel\":{}{recover}}}}}",
+        serde_json::to_string(channel)?
+    ))
+}
+
+/// What the setup replies said.
+#[derive(Default)]
+struct Setup {
+    sub_offset: Option<u64>,
+    sub_reply: Option<SubReply>,
+    join_reply: Option<JoinReply>,
+}
+
+/// Reads until the `connect` reply (id 1, if `connect`) and the reply to
+/// command `sub_id` (a `subscribe`, or a `collab_join` with `sub.collab`)
+/// have arrived; `pub` pushes that come with them are kept for the caller.
+async fn await_setup(
+    reader: &mut FrameReader<ReadIo>,
+    writer: &mut FrameWriter<WriteIo>,
+    connect: bool,
+    sub_id: Option<u64>,
+    sub: &SubOpts,
+) -> Result<Setup> {
     let collab = sub.collab.is_some();
     let detail = sub.detail || sub.recover.is_some() || collab;
-    let mut connected = false;
-    let mut sub_offset = None;
-    let mut sub_reply: Option<SubReply> = None;
-    let mut join_reply: Option<JoinReply> = None;
+    let mut connected = !connect;
+    let mut s = Setup::default();
     let mut early = Vec::new();
     let mut early_objects = Vec::new();
-    while !(connected && (channel.is_none() || sub_offset.is_some())) {
+    while !(connected && (sub_id.is_none() || s.sub_offset.is_some())) {
         let h = reader.next_frame().await?;
-        if let Some(c) = handle_control(&mut reader, &mut writer, &h).await? {
+        if let Some(c) = handle_control(reader, writer, &h).await? {
             if let Control::Closed(code) = c {
                 bail!("closed by the server during setup (code {code})");
             }
@@ -557,56 +612,68 @@ pub async fn open_with(
                 h.fin
             );
         }
-        let mut err = None;
+        let mut err: Option<anyhow::Error> = None;
         for_each_object(reader.payload(&h), |o| match classify(o) {
-            ServerMsg::Reply { id: 1, .. } => connected = true,
-            ServerMsg::Reply { id: 2, .. } if collab => match parse_join_reply(o) {
-                Ok(r) => {
-                    sub_offset = Some(r.offset);
-                    join_reply = Some(r);
+            ServerMsg::Reply { id: 1, .. } if connect => connected = true,
+            ServerMsg::Reply { id, .. } if collab && Some(id) == sub_id => {
+                match parse_join_reply(o) {
+                    Ok(r) => {
+                        s.sub_offset = Some(r.offset);
+                        s.join_reply = Some(r);
+                    }
+                    Err(e) => err = Some(e),
                 }
-                Err(e) => err = Some(format!("{e:#}")),
-            },
-            ServerMsg::Reply { id: 2, offset } => {
-                sub_offset = offset.or(Some(0));
+            }
+            ServerMsg::Reply { id, offset } if Some(id) == sub_id => {
+                s.sub_offset = offset.or(Some(0));
                 if detail {
                     match parse_sub_reply(o) {
-                        Ok(r) => sub_reply = Some(r),
-                        Err(e) => err = Some(format!("{e:#}")),
+                        Ok(r) => s.sub_reply = Some(r),
+                        Err(e) => err = Some(e),
                     }
                 }
             }
             ServerMsg::Pub { .. } if collab => early_objects.push(o.to_vec()),
             ServerMsg::Pub { offset, .. } if detail => early.push(offset),
-            ServerMsg::Error { id, .. } => {
-                err = Some(format!(
-                    "command {id} failed: {}",
-                    String::from_utf8_lossy(o)
-                ));
+            ServerMsg::Error { id, code } => {
+                err = Some(anyhow::Error::new(CommandFailed {
+                    id,
+                    code,
+                    reply: String::from_utf8_lossy(o).into_owned(),
+                }));
             }
             ServerMsg::Disconnect { code } => {
-                err = Some(format!("disconnect push {code} during setup"))
+                err = Some(anyhow::anyhow!("disconnect push {code} during setup"))
             }
             _ => {}
         });
         reader.consume(&h);
         if let Some(e) = err {
-            bail!(e);
+            return Err(e);
         }
     }
-    if let Some(r) = join_reply.as_mut() {
+    if let Some(r) = s.join_reply.as_mut() {
         r.early = early_objects;
-    } else if let Some(r) = sub_reply.as_mut() {
+    } else if let Some(r) = s.sub_reply.as_mut() {
         r.early_pushes = early;
     }
-    Ok(Conn {
-        reader,
-        writer,
-        fd,
-        sub_offset,
-        sub_reply,
-        join_reply,
-    })
+    Ok(s)
+}
+
+impl Conn {
+    /// Subscribes this (connected) connection to `channel` with command id
+    /// `id`, as `sub` says (recovery position, detail), and waits for the
+    /// reply: `sub_offset` and `sub_reply` are then the new ones. What a
+    /// client does after a temporary (100) refusal: try again on the same
+    /// connection.
+    pub async fn resubscribe(&mut self, id: u64, channel: &str, sub: &SubOpts) -> Result<()> {
+        let cmd = subscribe_cmd(id, channel, sub.recover.as_ref())?;
+        self.writer.send(OP_TEXT, cmd.as_bytes()).await?;
+        let s = await_setup(&mut self.reader, &mut self.writer, false, Some(id), sub).await?;
+        self.sub_offset = s.sub_offset;
+        self.sub_reply = s.sub_reply;
+        Ok(())
+    }
 }
 
 /// The `connect` parameters from the environment:

@@ -177,6 +177,8 @@ pub(crate) struct WorkerSpec<'a> {
     pub inflate_every: u64,
     /// `collab` mode: editors per story (0 elsewhere).
     pub collab_editors: u64,
+    /// `failover` mode: where the connections reconnect (empty elsewhere).
+    pub reconnect_to: Vec<SocketAddr>,
 }
 
 impl<'a> WorkerSpec<'a> {
@@ -189,6 +191,7 @@ impl<'a> WorkerSpec<'a> {
             deflate: false,
             inflate_every: 1,
             collab_editors: 0,
+            reconnect_to: Vec::new(),
         }
     }
 }
@@ -302,11 +305,16 @@ pub(crate) async fn spawn_workers(
                     Mode::Rooms => "rooms",
                     Mode::Storm => "storm",
                     Mode::Recover => "recover",
+                    Mode::Failover => "failover",
                     Mode::Collab => "collab",
                 },
             ]);
         if spec.mode == Mode::Collab {
             cmd.args(["--collab-editors", &spec.collab_editors.to_string()]);
+        }
+        if !spec.reconnect_to.is_empty() {
+            let to: Vec<String> = spec.reconnect_to.iter().map(|a| a.to_string()).collect();
+            cmd.args(["--reconnect-to", &to.join(",")]);
         }
         if spec.deflate {
             cmd.arg("--deflate");
@@ -642,16 +650,22 @@ pub(crate) struct PubStats {
     pub sent: u64,
     /// Publish error replies.
     pub errors: u64,
+    /// Of those, error 100 (temporary).
+    pub temporary_errors: u64,
     /// The first error reply.
     pub first_error: Option<String>,
     /// Unacknowledged after the drain.
     pub unacked: u64,
-    in_window: u64,
+    /// Publications sent with `t` in the window.
+    pub in_window: u64,
     first_win_id: Option<u64>,
     last_win_id: u64,
-    lo: Option<u64>,
-    hi: Option<u64>,
-    acked: u64,
+    /// Lowest offset acknowledged for an in-window publication.
+    pub lo: Option<u64>,
+    /// Highest offset acknowledged for an in-window publication.
+    pub hi: Option<u64>,
+    /// Publish replies (success).
+    pub acked: u64,
 }
 
 /// What each publication's `data` is.
@@ -665,8 +679,8 @@ pub(crate) enum PubData {
 
 /// Publisher settings.
 pub(crate) struct PubCfg {
-    /// The channel, JSON-quoted.
-    pub channel_json: String,
+    /// The channels, JSON-quoted: publication k goes to the (k mod n)-th.
+    pub channels_json: Vec<String>,
     /// The `data` of each publication.
     pub data: PubData,
     /// Publications per second, or flat out.
@@ -705,9 +719,12 @@ pub(crate) async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
                         st.hi = Some(st.hi.map_or(off, |h| h.max(off)));
                     }
                 }
-                ServerMsg::Error { .. } => {
+                ServerMsg::Error { code, .. } => {
                     *inflight = inflight.saturating_sub(1);
                     st.errors += 1;
+                    if code == 100 {
+                        st.temporary_errors += 1;
+                    }
                     if st.first_error.is_none() {
                         st.first_error = Some(String::from_utf8_lossy(o).into_owned());
                     }
@@ -736,13 +753,15 @@ pub(crate) async fn publisher(mut c: Conn, cfg: PubCfg) -> Result<PubStats> {
             if t >= end_ns {
                 break;
             }
+            let channel_json =
+                &cfg.channels_json[(st.sent % cfg.channels_json.len() as u64) as usize];
             msg.clear();
             match &cfg.data {
-                PubData::Padded(n) => build_publish(&mut msg, next_id, &cfg.channel_json, t, *n),
+                PubData::Padded(n) => build_publish(&mut msg, next_id, channel_json, t, *n),
                 PubData::Items(items) => build_publish_rest(
                     &mut msg,
                     next_id,
-                    &cfg.channel_json,
+                    channel_json,
                     t,
                     &items[(next_id as usize) % items.len()],
                 ),
@@ -897,7 +916,7 @@ pub(crate) fn cpu_window(s0: &Sample, s1: &Sample, c: &CommonArgs, secs: f64) ->
 }
 
 /// Sums the lines of metric `name` whose labels contain `label`.
-fn metric_labeled(text: &str, name: &str, label: &str) -> f64 {
+pub(crate) fn metric_labeled(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
@@ -1055,6 +1074,8 @@ pub(crate) async fn collect_reports(workers: &mut [Worker]) -> Result<Merged> {
         for (dst, src) in [
             (&mut tot.room_pubs, &r.room_pubs),
             (&mut tot.room_members, &r.room_members),
+            (&mut tot.channel_recovered, &r.channel_recovered),
+            (&mut tot.channel_not_recovered, &r.channel_not_recovered),
         ] {
             if dst.len() < src.len() {
                 dst.resize(src.len(), 0);
@@ -1231,6 +1252,7 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         deflate: x.deflate == Some(true),
         inflate_every: x.inflate_every,
         collab_editors: 0,
+        reconnect_to: Vec::new(),
     };
     let (mut workers, ready) = connect_all(c, &mut server, a.subs, &spec, "subscribers").await?;
     let publ = open_publisher(&server).await?;
@@ -1243,7 +1265,7 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         }
     }
     let cfg = PubCfg {
-        channel_json: serde_json::to_string(&a.channel)?,
+        channels_json: vec![serde_json::to_string(&a.channel)?],
         data: x.data.clone(),
         rate: a.rate,
         window: a.window.max(1),

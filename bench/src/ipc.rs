@@ -122,6 +122,21 @@ pub struct StormStatus {
     /// Pushes not above the previous offset (duplicates or reordering).
     #[serde(default)]
     pub dups: u64,
+    /// `failover`: connections lost and not subscribed again yet.
+    #[serde(default)]
+    pub lost_now: u64,
+    /// `failover`: losses of a connection after its first one (a close
+    /// such as 3004 after it had resubscribed), each followed by another
+    /// reconnection.
+    #[serde(default)]
+    pub lost_again: u64,
+    /// `failover`: subscribes refused with 100 (temporary) and tried again.
+    #[serde(default)]
+    pub sub_retries: u64,
+    /// `failover`: reconnection attempts that failed otherwise (and were
+    /// tried again).
+    #[serde(default)]
+    pub reconnect_errors: u64,
 }
 
 /// The result of the connection phase.
@@ -223,6 +238,14 @@ pub struct Report {
     /// `collab-*`: the editors' figures.
     #[serde(default)]
     pub collab: CollabReport,
+    /// `failover` mode: per channel index, recovering `subscribe` replies
+    /// with `recovered: true` in the same epoch.
+    #[serde(default)]
+    pub channel_recovered: Vec<u64>,
+    /// `failover` mode: per channel index, recovering replies that did not
+    /// recover.
+    #[serde(default)]
+    pub channel_not_recovered: Vec<u64>,
 }
 
 /// What a worker's story editors saw (`collab-*` workloads). Their

@@ -32,6 +32,8 @@
 //!   `collab-many` and `collab-join` (wsedge only).
 //! - [`nats`]: a `nats-server` for the cluster workloads, its `/varz` counters.
 //! - [`placement`]: wsedge's channel placement (rendezvous hashing) over nodes.
+//! - [`cluster`]: the cluster workloads `cluster-latency` and
+//!   `cluster-storm` (wsedge nodes on NATS).
 //! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
@@ -39,6 +41,7 @@
 pub mod baseline;
 pub mod bulk;
 pub mod clock;
+pub mod cluster;
 pub mod collab;
 pub mod conn;
 pub mod driver;

@@ -128,7 +128,7 @@ async fn storm_async(a: StormArgs) -> Result<()> {
     let publ = open_publisher(&server).await?;
     let end = Rc::new(Cell::new(u64::MAX));
     let cfg = PubCfg {
-        channel_json: "\"storm\"".to_string(),
+        channels_json: vec!["\"storm\"".to_string()],
         data: PubData::Padded(60),
         rate: Some(1000.0 / a.interval_ms.max(1) as f64),
         window: 64,

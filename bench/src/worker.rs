@@ -50,6 +50,14 @@ pub enum Mode {
     /// [`Command::Reconnect`], then resubscribe with `recover` from the last
     /// position seen and check the replayed publications.
     Recover,
+    /// `Recover` without a drop command: the server itself goes away (a
+    /// cluster node killed). A connection that loses its server (EOF,
+    /// reset, or a close such as 3004) reconnects at once to
+    /// `--reconnect-to` (connection g to the (g mod n)-th address),
+    /// `connect`s, then subscribes with `recover` from the last position
+    /// seen, trying again on the same connection after a temporary (100)
+    /// refusal (`cluster-storm`).
+    Failover,
     /// Join story `{channel}{g % channels}` (or `channel` when `channels`
     /// is 0) with `collab_join`: the first `--collab-editors` members of
     /// each story as editors, the others as viewers. Editors send
@@ -104,6 +112,10 @@ pub struct WorkerArgs {
     /// `collab` mode: editors per story (the first members of each).
     #[arg(long, default_value_t = 0)]
     pub collab_editors: u64,
+    /// `failover` mode: where connections reconnect (comma-separated;
+    /// connection g to the (g mod n)-th); default `--server`.
+    #[arg(long, value_delimiter = ',')]
+    pub reconnect_to: Vec<SocketAddr>,
 }
 
 /// Largest latency the histogram records (1 hour in ns); larger values saturate.
@@ -184,6 +196,10 @@ struct State {
     storm: Storm,
     // collab
     collab: collab::CollabState,
+    // failover: per channel (`g % channels`), recovering replies that
+    // recovered / did not
+    chan_recovered: RefCell<Vec<u64>>,
+    chan_not_recovered: RefCell<Vec<u64>>,
 }
 
 fn bump(c: &Cell<u64>, n: u64) {
@@ -245,6 +261,8 @@ impl State {
             pubs_acked: self.pubs_acked.get(),
             pub_errors: self.pub_errors.get(),
             collab: self.collab.report(),
+            channel_recovered: self.chan_recovered.borrow().clone(),
+            channel_not_recovered: self.chan_not_recovered.borrow().clone(),
         }
     }
 
@@ -357,6 +375,11 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
     } else {
         0
     };
+    let per_channel = if args.mode == Mode::Failover {
+        args.channels as usize
+    } else {
+        0
+    };
     let st = Rc::new(State {
         args: args.clone(),
         window: Cell::new((u64::MAX, 0)),
@@ -401,6 +424,8 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
             recv_hist: RefCell::new(new_histogram()),
         },
         collab: collab::CollabState::new(),
+        chan_recovered: RefCell::new(vec![0; per_channel]),
+        chan_not_recovered: RefCell::new(vec![0; per_channel]),
     });
     let sem = Rc::new(Semaphore::new(args.concurrency.max(1)));
     for i in 0..args.conns {
@@ -456,7 +481,7 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
                     }
                 }
                 st.storm.drop_tx.send_modify(|g| *g += 1);
-                if st.live.get() == 0 && st.args.mode != Mode::Recover {
+                if st.live.get() == 0 && st.args.mode == Mode::Storm {
                     st.storm.reconnect_tx.send_modify(|g| *g += 1);
                 }
                 emit(&Event::Ack)?;
@@ -475,10 +500,12 @@ async fn main_loop(args: WorkerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Opens one connection (under the handshake semaphore and the timeout).
+/// Opens one connection to `addr` (under the handshake semaphore and the
+/// timeout), subscribed to `channel` if given.
 async fn connect_one(
+    addr: SocketAddr,
     seed: u64,
-    channel: &str,
+    channel: Option<&str>,
     st: &State,
     sem: &Semaphore,
     sub: &SubOpts,
@@ -491,14 +518,7 @@ async fn connect_one(
     }
     let res = tokio::time::timeout(
         Duration::from_secs(args.timeout_s),
-        open_with(
-            args.server,
-            Some(args.src),
-            seed,
-            Some(channel),
-            args.deflate,
-            sub,
-        ),
+        open_with(addr, Some(args.src), seed, channel, args.deflate, sub),
     )
     .await;
     drop(permit);
@@ -517,7 +537,7 @@ async fn connect_one(
 async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
     let seat = crate::collab::proto::seat(g, st.args.channels, st.args.collab_editors);
     let sub = SubOpts {
-        detail: st.args.mode == Mode::Recover,
+        detail: matches!(st.args.mode, Mode::Recover | Mode::Failover),
         recover: None,
         collab: (st.args.mode == Mode::Collab).then_some(if seat.editor {
             JoinRole::Editor
@@ -526,7 +546,7 @@ async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
         }),
         user: (st.args.mode == Mode::Collab).then(|| format!("b{g}")),
     };
-    let conn = match connect_one(g + 1, &channel, &st, &sem, &sub).await {
+    let conn = match connect_one(st.args.server, g + 1, Some(&channel), &st, &sem, &sub).await {
         Ok(c) => c,
         Err(e) => {
             st.note_error(format!("{e:#}"));
@@ -552,7 +572,9 @@ async fn conn_task(g: u64, channel: String, st: Rc<State>, sem: Rc<Semaphore>) {
             subscriber(conn, &st, verify).await
         }
         Mode::Rooms => member(conn, &st, g, &channel).await,
-        Mode::Storm | Mode::Recover => storm_member(conn, &st, g, &channel, &sem).await,
+        Mode::Storm | Mode::Recover | Mode::Failover => {
+            storm_member(conn, &st, g, &channel, &sem).await
+        }
         Mode::Collab => collab::collab_member(conn, &st, g, &channel, seat).await,
     };
     let how = match res {

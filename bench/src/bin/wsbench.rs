@@ -13,6 +13,8 @@
 //! wsbench collab-fanout  --target wsedge [--editors 10] [--viewers 5000] [--rate 5]
 //! wsbench collab-many    --target wsedge [--stories 1000] [--editors 3] [--viewers 20] [--rate 1]
 //! wsbench collab-join    --target wsedge [--sections 200] [--samples 200]
+//! wsbench cluster-latency --target wsedge [--nodes 2] [--local-subs 100] [--remote-subs 100] [--rate 1000]
+//! wsbench cluster-storm   --target wsedge [--conns 19000] [--channels 1000] [--history-backend memory]
 //! wsbench floor       [--sockets 9900] [--batch 1,16] [--frame-bytes 130]
 //! ```
 //! T is one of wsedge, tokio-fastws, tokio-tungstenite, node-ws. Each run
@@ -21,6 +23,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wsbench::cluster::latency::{self, ClusterLatencyArgs};
+use wsbench::cluster::storm::{self as cluster_storm, ClusterStormArgs};
 use wsbench::collab::join::{self, CollabJoinArgs};
 use wsbench::collab::{self, CollabArgs};
 use wsbench::driver::{self, CompressionArgs, FanoutArgs, IdleArgs};
@@ -64,6 +68,10 @@ enum Cmd {
     CollabMany(CollabArgs),
     /// wsedge only: `collab_join` snapshot round trip for a story of S sections.
     CollabJoin(CollabJoinArgs),
+    /// wsedge only: nodes on NATS; local vs cross-node latency, NATS messages per publication.
+    ClusterLatency(ClusterLatencyArgs),
+    /// wsedge only: 3 nodes, the one holding every client is killed; failover and recovery.
+    ClusterStorm(ClusterStormArgs),
     /// Kernel floor: cost of one small write to a loopback socket (no server).
     Floor(FloorArgs),
     /// Internal: a worker process driven over stdin/stdout.
@@ -85,6 +93,8 @@ fn main() -> ExitCode {
         Cmd::CollabFanout(a) => collab::collab_fanout(a),
         Cmd::CollabMany(a) => collab::collab_many(a),
         Cmd::CollabJoin(a) => join::collab_join(a),
+        Cmd::ClusterLatency(a) => latency::cluster_latency(a),
+        Cmd::ClusterStorm(a) => cluster_storm::cluster_storm(a),
         Cmd::Floor(a) => floor::floor(a),
         Cmd::Worker(a) => worker::run(a),
     };

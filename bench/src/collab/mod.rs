@@ -306,6 +306,7 @@ async fn load_async(a: CollabArgs, sc: Scenario) -> Result<()> {
         deflate: false,
         inflate_every: 1,
         collab_editors: p.editors,
+        reconnect_to: Vec::new(),
     };
     let t_setup = mono_ns();
     let (mut workers, ready) = connect_all(c, &mut server, total, &spec, "story members").await?;
