@@ -52,8 +52,8 @@ pub enum Mode {
     Recover,
     /// `Recover` without a drop command: the server itself goes away (a
     /// cluster node killed). A connection that loses its server (EOF,
-    /// reset, or a close such as 3004) reconnects at once to
-    /// `--reconnect-to` (connection g to the (g mod n)-th address),
+    /// reset, or a close such as 3004) reconnects at once to one of
+    /// `--reconnect-to` (alternating),
     /// `connect`s, then subscribes with `recover` from the last position
     /// seen, trying again on the same connection after a temporary (100)
     /// refusal (`cluster-storm`).
@@ -113,7 +113,8 @@ pub struct WorkerArgs {
     #[arg(long, default_value_t = 0)]
     pub collab_editors: u64,
     /// `failover` mode: where connections reconnect (comma-separated;
-    /// connection g to the (g mod n)-th); default `--server`.
+    /// connection g to the ((g + g / channels) mod n)-th, so that every
+    /// channel's clients alternate too); default `--server`.
     #[arg(long, value_delimiter = ',')]
     pub reconnect_to: Vec<SocketAddr>,
 }

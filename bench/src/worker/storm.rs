@@ -269,7 +269,7 @@ fn backoff(n: u32, g: u64) -> Duration {
 }
 
 /// Failover reconnection of connection `g` after its `losses`-th loss: to
-/// `--reconnect-to` (the (g mod n)-th address), `connect`, then `subscribe`
+/// `--reconnect-to` (alternating, see below), `connect`, then `subscribe`
 /// as `sub` says on that connection, as a client library does. A subscribe
 /// refused with 100 (temporary: the channel's home is unreachable or
 /// moving) is tried again on the same connection after a backoff; any other
@@ -283,10 +283,14 @@ async fn failover_reconnect(
     sub: &SubOpts,
 ) -> Result<Conn> {
     let to = &st.args.reconnect_to;
+    // Alternating, and shifted by one every `channels` clients so that the
+    // clients of one channel (g, g + K, g + 2K, …) alternate too: with an
+    // even K, plain g mod 2 would send all of a channel's clients to one
+    // node.
     let addr = if to.is_empty() {
         st.args.server
     } else {
-        to[(g % to.len() as u64) as usize]
+        to[((g + g / st.args.channels.max(1)) % to.len() as u64) as usize]
     };
     let timeout = Duration::from_secs(st.args.timeout_s);
     let mut attempt: u32 = 0;
