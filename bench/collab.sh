@@ -60,66 +60,11 @@ case "$scale" in
   *) echo "collab.sh: SCALE is small or full" >&2; exit 2 ;;
 esac
 
-noise_max="${NOISE_MAX:-0.10}"
-retries="${RETRIES:-2}"
-
-# wait_quiet: until both CPUs are >= 90 % idle over 2 s (QUIET_WAIT s at most).
-wait_quiet() {
-  local deadline=$((SECONDS + ${QUIET_WAIT:-300}))
-  while ((SECONDS < deadline)); do
-    python3 - <<'PY' && return 0
-import time
-def snap():
-    out = {}
-    for l in open("/proc/stat"):
-        f = l.split()
-        if f[0].startswith("cpu") and f[0] != "cpu":
-            v = list(map(int, f[1:]))
-            out[f[0]] = (sum(v), v[3] + v[4])
-    return out
-a = snap(); time.sleep(2); b = snap()
-busy = max(1 - (b[c][1] - a[c][1]) / max(1, b[c][0] - a[c][0]) for c in a)
-raise SystemExit(0 if busy < 0.10 else 1)
-PY
-    sleep 3
-  done
-  echo "collab.sh: the CPUs are still busy after ${QUIET_WAIT:-300} s; running anyway" >&2
-}
-
-# is_noisy JSON_LINE: background_busy above NOISE_MAX on either CPU.
-is_noisy() {
-  python3 - "$1" "$noise_max" <<'PY'
-import json, sys
-try:
-    b = json.loads(sys.argv[1]).get("background_busy", [0, 0])
-except ValueError:
-    b = [0, 0]
-sys.exit(0 if max(b) > float(sys.argv[2]) else 1)
-PY
-}
-
-# annotate JSON_LINE CMD NOISY: the line with ts, commit, cmd, scale (and
-# noisy) added.
-annotate() {
-  python3 - "$1" "$commit" "$2" "$scale" "$3" <<'PY'
-import json, os, sys, datetime
-line, commit, cmd, scale, noisy = sys.argv[1:6]
-try:
-    d = json.loads(line)
-except ValueError:
-    d = {"error": "unparsable output", "output": line[:500]}
-d["ts"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-d["commit"] = commit
-d["cmd"] = cmd
-d["scale"] = scale
-env = {k: v for k, v in os.environ.items() if k.startswith(("WSEDGE_", "MIMALLOC_"))}
-if env:
-    d["env"] = env
-if noisy == "1":
-    d["noisy"] = True
-print(json.dumps(d, separators=(",", ":")))
-PY
-}
+prog=collab.sh
+logs="$here/results/logs"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+extras=("scale=$scale")
 
 # summary JSON_LINE: one human line per result.
 summary() {
@@ -158,36 +103,7 @@ for s in "${scenarios[@]}"; do
   done
   args+=("${extra[@]}")
   cmd="wsbench collab-$s --target wsedge ${args[*]}"
-  attempt=0
-  while :; do
-    attempt=$((attempt + 1))
-    wait_quiet
-    log="$here/results/logs/collab-$s-$(date +%Y%m%d-%H%M%S)-$$.err"
-    echo "collab.sh: $cmd" >&2
-    line="$("$wsbench" "collab-$s" --target wsedge --wsedge-bin "$bin" "${args[@]}" 2>"$log" | tail -n 1)"
-    rc=${PIPESTATUS[0]}
-    noisy=0
-    if [[ $rc -ne 0 || -z "$line" ]]; then
-      echo "collab.sh: collab-$s FAILED (exit $rc); stderr in $log:" >&2
-      tail -n 8 "$log" >&2
-      err="$(tail -n 3 "$log" | tr '\n' ' ' | cut -c1-400)"
-      line="$(python3 -c 'import json,sys; print(json.dumps({"workload": sys.argv[1], "error": "exit " + sys.argv[2], "stderr": sys.argv[3]}))' "collab-$s" "$rc" "$err")"
-      status=1
-    else
-      grep -E "WARNING|error|still arriving" "$log" >&2 || true
-      rm -f "$log"
-      if is_noisy "$line"; then
-        if [[ $attempt -le $retries ]]; then
-          echo "collab.sh: noisy run (background_busy above $noise_max), retrying" >&2
-          continue
-        fi
-        noisy=1
-      fi
-    fi
-    break
-  done
-  line="$(annotate "$line" "$cmd" "$noisy")"
-  echo "$line" >>"$out"
-  summary "$line"
+  record "collab-$s" "$cmd" "$wsbench" "collab-$s" --target wsedge --wsedge-bin "$bin" "${args[@]}" || status=1
+  summary "$last_line"
 done
 exit $status
