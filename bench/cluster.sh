@@ -22,6 +22,8 @@
 #   bench/cluster.sh [latency|latency-remote|latency-idle|storm|storm-jetstream ...]
 #   LATENCY_ARGS="--rate 500" STORM_ARGS="--conns 5000" bench/cluster.sh
 #   WSEDGE_BIN=path/to/wsedge NATS_SERVER=path/to/nats-server bench/cluster.sh
+# Each line also records the wsedge binary's sha256 (16 hex) and mtime: the
+# commit alone does not say what target/release/wsedge was built from.
 #   SKIP_BUILD=1 bench/cluster.sh          use the wsbench binary as it is
 #
 # wsedge is never rebuilt here: the script uses target/release/wsedge (or
@@ -66,13 +68,19 @@ commit="$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
 mkdir -p "$logs"
 # shellcheck source=lib.sh
 . "$here/lib.sh"
+# The binary itself, not only the commit: target/release/wsedge may hold a
+# build of uncommitted work.
+extras=("wsedge_sha256=$(sha256sum "$bin" | cut -c1-16)"
+  "wsedge_mtime=$(date -u -r "$bin" +%Y-%m-%dT%H:%M:%SZ)")
 
 # jetstream_ok: the wsedge binary accepts history_backend = "jetstream".
 jetstream_ok() {
   local f
   f="$(mktemp --suffix=.toml)"
   printf '[[namespace]]\nname = "chat"\nhistory_size = 100\nhistory_ttl = "60s"\nrecover = true\nhistory_backend = "jetstream"\n' >"$f"
-  "$bin" check-config --config "$f" >/dev/null 2>&1
+  # history_backend = "jetstream" needs [cluster] nats_url; check-config
+  # does not connect.
+  WSEDGE_CLUSTER_NATS_URL=nats://127.0.0.1:4222 timeout 20 "$bin" check-config --config "$f" >/dev/null 2>&1
   local rc=$?
   rm -f "$f"
   return $rc
