@@ -13,6 +13,9 @@
 #                             as run in $last_cmdline; returns 1 on failure.
 #   extras=(key=value ...)    extra string fields for annotate (e.g. scale).
 
+# WSEDGE_BIN names the binary for the scripts; wsedge would read it as a
+# configuration key (`bin`, refused) if it reached it.
+unset WSEDGE_BIN
 noise_max="${NOISE_MAX:-0.10}"
 retries="${RETRIES:-2}"
 extras=()
