@@ -5,6 +5,9 @@
 #                   100 subscribers on each, publisher on n0 at 1,000/s for
 #                   10 s: local vs cross-node latency, NATS messages per
 #                   publication
+#   latency-light   the same at 200 publications/s (40,000 deliveries/s): at
+#                   1,000/s the servers' shared core is saturated, so the
+#                   default run's latency is mostly queueing
 #   latency-remote  the same with the 100 subscribers on n1 only (none on n0)
 #   latency-idle    the same with a third node n2 without subscribers (its
 #                   wsedge_cluster_messages_received_total must not grow)
@@ -19,7 +22,7 @@
 # bench/results/cluster.jsonl (stderr of a failed run: bench/results/logs/),
 # printing a summary and, at the end, the command lines it ran.
 #
-#   bench/cluster.sh [latency|latency-remote|latency-idle|storm|storm-jetstream ...]
+#   bench/cluster.sh [latency|latency-light|latency-remote|latency-idle|storm|storm-jetstream ...]
 #   LATENCY_ARGS="--rate 500" STORM_ARGS="--conns 5000" bench/cluster.sh
 #   WSEDGE_BIN=path/to/wsedge NATS_SERVER=path/to/nats-server bench/cluster.sh
 # Each line also records the wsedge binary's sha256 (16 hex) and mtime: the
@@ -40,7 +43,7 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(latency latency-remote latency-idle storm storm-jetstream)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(latency latency-light latency-remote latency-idle storm storm-jetstream)
 export QUIET_WAIT="${QUIET_WAIT:-60}" RETRIES="${RETRIES:-1}"
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
@@ -124,6 +127,7 @@ ran=()
 for s in "${scenarios[@]}"; do
   case "$s" in
     latency) w=cluster-latency; args=("${lat_extra[@]}") ;;
+    latency-light) w=cluster-latency; args=(--rate 200 "${lat_extra[@]}") ;;
     latency-remote) w=cluster-latency; args=(--local-subs 0 "${lat_extra[@]}") ;;
     latency-idle) w=cluster-latency; args=(--nodes 3 "${lat_extra[@]}") ;;
     storm) w=cluster-storm; args=(--history-backend memory "${storm_extra[@]}") ;;

@@ -207,9 +207,14 @@ pub(super) async fn storm_member(
                         // Not a new epoch, yet not recovered: worth a look.
                         st.note_error(format!(
                             "{channel}: not recovered in the same epoch {epoch} from offset \
-                             {last} (reply offset {}, {} publications)",
+                             {last} (reply offset {}, {} publications; via {})",
                             r.offset,
-                            r.publications.len()
+                            r.publications.len(),
+                            if failover {
+                                failover_addr(st, g)
+                            } else {
+                                st.args.server
+                            }
                         ));
                     }
                     let new_last = recover::on_recovery(st, &mut s, &epoch, last, r, now);
@@ -268,6 +273,19 @@ fn backoff(n: u32, g: u64) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
+/// Where connection `g` reconnects in failover mode: `--reconnect-to`
+/// alternating, and shifted by one every `channels` clients so that the
+/// clients of one channel (g, g + K, g + 2K, …) alternate too: with an even
+/// K, plain g mod 2 would send all of a channel's clients to one node.
+fn failover_addr(st: &State, g: u64) -> std::net::SocketAddr {
+    let to = &st.args.reconnect_to;
+    if to.is_empty() {
+        st.args.server
+    } else {
+        to[((g + g / st.args.channels.max(1)) % to.len() as u64) as usize]
+    }
+}
+
 /// Failover reconnection of connection `g` after its `losses`-th loss: to
 /// `--reconnect-to` (alternating, see below), `connect`, then `subscribe`
 /// as `sub` says on that connection, as a client library does. A subscribe
@@ -282,16 +300,7 @@ async fn failover_reconnect(
     sem: &Semaphore,
     sub: &SubOpts,
 ) -> Result<Conn> {
-    let to = &st.args.reconnect_to;
-    // Alternating, and shifted by one every `channels` clients so that the
-    // clients of one channel (g, g + K, g + 2K, …) alternate too: with an
-    // even K, plain g mod 2 would send all of a channel's clients to one
-    // node.
-    let addr = if to.is_empty() {
-        st.args.server
-    } else {
-        to[((g + g / st.args.channels.max(1)) % to.len() as u64) as usize]
-    };
+    let addr = failover_addr(st, g);
     let timeout = Duration::from_secs(st.args.timeout_s);
     let mut attempt: u32 = 0;
     let mut last_err = anyhow!("no attempt");
