@@ -18,7 +18,8 @@ use crate::auth::AuthConfig;
 use crate::engine::access::AccessConfig;
 use crate::engine::channel;
 use crate::engine::namespace::{
-    DEFAULT_NAMESPACE, NamespaceError, NamespaceOptions, Namespaces, Priority, SubscribeMode,
+    DEFAULT_NAMESPACE, HistoryBackend, NamespaceError, NamespaceOptions, Namespaces, Priority,
+    SubscribeMode,
 };
 use crate::tls::TlsConfig;
 use cluster::ClusterConfig;
@@ -54,6 +55,16 @@ pub enum NamespacePriority {
     Normal,
     /// Ahead of normal publications.
     High,
+}
+
+/// Where a namespace's history is kept (`history_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceHistoryBackend {
+    /// The home shard's memory.
+    Memory,
+    /// A JetStream stream of the cluster (needs `[cluster] nats_url`).
+    Jetstream,
 }
 
 /// Who may subscribe to a namespace's channels (`subscribe`).
@@ -168,6 +179,11 @@ pub struct NamespaceConfig {
     /// Editors per story at once; more wait in line or get error 117.
     /// Default 10 (the product's cap); viewers are unlimited.
     pub max_editors: usize,
+    /// Where the history is kept: `memory` (default: the channel's home
+    /// shard; lost with the node) or `jetstream` (a stream per namespace in
+    /// the cluster's NATS, written before delivery, so a client whose node
+    /// died recovers on another; needs `[cluster] nats_url`).
+    pub history_backend: NamespaceHistoryBackend,
 }
 
 impl Default for NamespaceConfig {
@@ -188,6 +204,7 @@ impl Default for NamespaceConfig {
             collaboration: false,
             conflict: NamespaceConflict::Lww,
             max_editors: 10,
+            history_backend: NamespaceHistoryBackend::Memory,
         }
     }
 }
@@ -216,6 +233,10 @@ impl NamespaceConfig {
             collab: self
                 .collaboration
                 .then(|| collab.story_limits(self.conflict.into(), self.max_editors)),
+            history_backend: match self.history_backend {
+                NamespaceHistoryBackend::Memory => HistoryBackend::Memory,
+                NamespaceHistoryBackend::Jetstream => HistoryBackend::Jetstream,
+            },
         }
     }
 }
@@ -664,6 +685,16 @@ impl Config {
         {
             return err(format!(
                 "history_memory_limit = 0 leaves no room for the history of namespace {name:?}"
+            ));
+        }
+        if self.cluster.nats_url.is_none()
+            && let Some((_, name, _)) = namespaces
+                .iter()
+                .find(|(_, _, o)| o.history_backend == HistoryBackend::Jetstream)
+        {
+            return err(format!(
+                "namespace {name:?}: history_backend = \"jetstream\" needs [cluster] nats_url \
+                 (the history is kept in the cluster's JetStream)"
             ));
         }
         if self.recovery_max_publications == 0 || self.history_max_publications == 0 {

@@ -243,9 +243,10 @@ fn cluster_worker(
     inboxes: &Arc<[Arc<wsedge::bridge::Inbox>]>,
     metrics: &Arc<Metrics>,
 ) -> Result<Option<(ClusterWorker, Arc<ClusterShared>)>, String> {
-    let Some(opts) = config.cluster.options() else {
+    let Some(mut opts) = config.cluster.options() else {
         return Ok(None);
     };
+    opts.history_streams = history_streams(config)?;
     let shared = ClusterShared::new(opts.node_name.clone(), opts.request_timeout);
     let sink = ShardSink::new(shared.clone(), inboxes.clone(), metrics.cluster());
     let (node, cluster) = (opts.node_name.clone(), opts.cluster_name.clone());
@@ -253,6 +254,29 @@ fn cluster_worker(
         .map_err(|e| format!("cluster worker: {e}"))?;
     info!(node = %node, cluster = %cluster, "joining the cluster through NATS");
     Ok(Some((worker, shared)))
+}
+
+/// The JetStream stream of each namespace with `history_backend =
+/// "jetstream"`, by the namespace index the shards use.
+fn history_streams(
+    config: &Config,
+) -> Result<Vec<Option<wsedge::sidecar::cluster::HistoryStream>>, String> {
+    use wsedge::engine::namespace::{HistoryBackend, Namespaces};
+    let namespaces = Namespaces::from_config(config).map_err(|e| e.to_string())?;
+    let mut streams = Vec::new();
+    for (id, name, o) in namespaces.iter() {
+        if streams.len() <= id.index() {
+            streams.resize(id.index() + 1, None);
+        }
+        if o.history_backend == HistoryBackend::Jetstream {
+            streams[id.index()] = Some(wsedge::sidecar::cluster::HistoryStream {
+                namespace: std::sync::Arc::from(name),
+                size: o.history_size,
+                ttl: std::time::Duration::from_millis(o.history_ttl_ms),
+            });
+        }
+    }
+    Ok(streams)
 }
 
 /// What `[tls]` asks for: the certificate loaded (a bad file stops the

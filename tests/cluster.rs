@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::nats_server::NatsServer;
 use common::raw_json::RawJson;
-use common::{Opts, Server};
+use common::{Opts, Server, api_post};
 use serde_json::json;
 
 /// The namespaces every node runs.
@@ -29,7 +29,18 @@ recover = true
 name = "room"
 presence = true
 join_leave = true
+
+# History in JetStream: written before delivery, read back by a new home.
+[[namespace]]
+name = "feed"
+history_size = 1000
+history_ttl = "300s"
+recover = true
+history_backend = "jetstream"
 "#;
+
+/// The server API key of every node.
+const API_KEY: &str = "cluster-test-key";
 
 /// Starts `n` nodes named `n0`… with [`CONFIG`] on the cluster of `nats`,
 /// and waits until each sees all of them.
@@ -47,7 +58,8 @@ fn cluster(nats: &NatsServer, n: usize, test: &str) -> Vec<Server> {
                 }
                 .env("WSEDGE_CLUSTER_NATS_URL", &nats.url())
                 .env("WSEDGE_CLUSTER_NODE_NAME", &format!("n{i}"))
-                .env("WSEDGE_CLUSTER_CLUSTER_NAME", "test"),
+                .env("WSEDGE_CLUSTER_CLUSTER_NAME", "test")
+                .env("WSEDGE_API_KEY", API_KEY),
             )
         })
         .collect();
@@ -250,4 +262,325 @@ fn with_nats_down_publishes_to_another_nodes_channel_get_100_and_work_again_afte
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Publishes `{"n": n}` on `channel` until it is accepted (error 100 is
+/// temporary: NATS down, a home moving), with `n` as the idempotency key
+/// so a retry of a publication that was stored after all is not a second
+/// one. Returns its offset.
+fn publish_until_accepted(c: &mut RawJson, channel: &str, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.call(
+            "publish",
+            json!({"channel": channel, "data": {"n": n}, "idempotency_key": format!("m{n}")}),
+        );
+        if let Some(offset) = r["publish"]["offset"].as_u64() {
+            return offset;
+        }
+        assert_eq!(
+            r["error"]["code"], 100,
+            "only a temporary error is expected: {r}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "publication {n} never accepted: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_client_of_a_killed_node_recovers_its_channel_on_another_node_from_jetstream() {
+    let nats = NatsServer::start();
+    let mut nodes = cluster(&nats, 3, "killed");
+    // The channel's home is the node that dies: its history must come
+    // from JetStream, not from any survivor's memory.
+    let channel = channel_homed_at("feed", 2, 3);
+    let mut victim_client = RawJson::anon(&nodes[2]);
+    let r = victim_client.call("subscribe", json!({"channel": channel}));
+    let epoch = r["subscribe"]["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{r}"))
+        .to_string();
+    let mut publisher = RawJson::anon(&nodes[0]);
+    for n in 1..=50 {
+        let r = publisher.call("publish", json!({"channel": channel, "data": {"n": n}}));
+        assert_eq!(r["publish"]["offset"], n, "{r}");
+    }
+    assert_eq!(victim_client.pubs_through(&channel, 50).len(), 50);
+    let written = nodes[2].metric("wsedge_cluster_history_writes_total{result=\"ok\"}");
+    assert_eq!(written, 50.0, "each publication written once by its home");
+
+    nodes[2].signal(libc::SIGKILL);
+    assert!(nodes[2].wait_exit(Duration::from_secs(10)).is_some());
+    for s in &nodes[..2] {
+        s.wait_for("the dead node to leave", || {
+            s.metric("wsedge_cluster_nodes") == 2.0
+        });
+    }
+    // The new home continues the same epoch at the next offset.
+    for n in 51..=80 {
+        assert_eq!(publish_until_accepted(&mut publisher, &channel, n), n);
+    }
+    let new_home = home_of_live(&channel, &[0, 1]);
+    assert!(
+        nodes[new_home].metric("wsedge_cluster_history_loads_total{result=\"ok\"}") >= 1.0,
+        "the new home read the tail back"
+    );
+    // The victim's client comes back on the survivor that is not the home.
+    let other = 1 - new_home;
+    let mut back = RawJson::anon(&nodes[other]);
+    let r = back.call(
+        "subscribe",
+        json!({"channel": channel, "recover": true, "epoch": epoch, "offset": 50}),
+    );
+    let s = &r["subscribe"];
+    assert_eq!(s["recovered"], true, "{r}");
+    assert_eq!(s["epoch"], epoch.as_str(), "{r}");
+    assert_eq!(s["offset"], 80, "{r}");
+    let missed: Vec<(u64, u64)> = s["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| {
+            (
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        missed,
+        (51..=80).map(|n| (n, n)).collect::<Vec<_>>(),
+        "every missed publication once, in order"
+    );
+    // And it is live again.
+    publish_until_accepted(&mut publisher, &channel, 81);
+    let live = back.pubs_through(&channel, 81);
+    assert_eq!(live.len(), 1, "{live:?}");
+}
+
+/// The home node of `channel` among the live nodes `live` (indices of
+/// `n0`…).
+fn home_of_live(channel: &str, live: &[usize]) -> usize {
+    let names: Vec<std::sync::Arc<str>> = live.iter().map(|i| format!("n{i}").into()).collect();
+    let home = wsedge::engine::cluster::placement::home_node(channel, &names).unwrap();
+    live[names.iter().position(|x| x == home).unwrap()]
+}
+
+/// A subscriber that survives being told to recover: on a close with
+/// 3004 it reconnects and resubscribes from the last publication it got.
+struct Follower {
+    node: usize,
+    channel: String,
+    conn: RawJson,
+    epoch: String,
+    offset: u64,
+    /// `n` of each publication received, in order.
+    got: Vec<u64>,
+    /// Times it was told to recover (3004).
+    told: usize,
+    /// Recoveries that came back `recovered: false`.
+    unrecovered: usize,
+}
+
+impl Follower {
+    fn new(nodes: &[Server], node: usize, channel: &str) -> Follower {
+        let mut conn = RawJson::anon(&nodes[node]);
+        let r = conn.call("subscribe", json!({"channel": channel}));
+        Follower {
+            node,
+            channel: channel.to_string(),
+            conn,
+            epoch: r["subscribe"]["epoch"].as_str().unwrap().to_string(),
+            offset: r["subscribe"]["offset"].as_u64().unwrap(),
+            got: Vec::new(),
+            told: 0,
+            unrecovered: 0,
+        }
+    }
+
+    fn take(&mut self, p: &serde_json::Value) {
+        let offset = p["offset"].as_u64().unwrap();
+        assert_eq!(
+            offset,
+            self.offset + 1,
+            "node {}: offsets are contiguous unless the client is told; got {p}",
+            self.node
+        );
+        self.offset = offset;
+        self.got.push(p["data"]["n"].as_u64().unwrap());
+    }
+
+    /// Reads until `until` (or the publication with `n == last`).
+    fn read(&mut self, nodes: &[Server], last: u64, until: Instant) {
+        while self.got.last() != Some(&last) && Instant::now() < until {
+            match self.conn.next_event(until) {
+                Ok(None) => return,
+                Ok(Some(v)) => {
+                    if v["push"]["channel"] == self.channel.as_str()
+                        && v["push"].get("pub").is_some()
+                    {
+                        let p = v["push"]["pub"].clone();
+                        self.take(&p);
+                    }
+                }
+                Err(code) => {
+                    assert_eq!(code, Some(3004), "node {}: only 3004 may end it", self.node);
+                    self.told += 1;
+                    self.resubscribe(nodes);
+                }
+            }
+        }
+    }
+
+    fn resubscribe(&mut self, nodes: &[Server]) {
+        self.conn = RawJson::anon(&nodes[self.node]);
+        let r = self.conn.call(
+            "subscribe",
+            json!({"channel": self.channel, "recover": true, "epoch": self.epoch,
+                   "offset": self.offset}),
+        );
+        let s = &r["subscribe"];
+        assert!(s.is_object(), "{r}");
+        if s["recovered"] == true {
+            for p in s["publications"].as_array().unwrap().clone() {
+                self.take(&p);
+            }
+        } else {
+            self.unrecovered += 1;
+            self.epoch = s["epoch"].as_str().unwrap().to_string();
+            self.offset = s["offset"].as_u64().unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_nats_restart_mid_stream_loses_nothing_silently_and_repeats_nothing() {
+    let mut nats = Some(NatsServer::start());
+    let nodes = cluster(nats.as_ref().unwrap(), 2, "natsrestart");
+    let channel = channel_homed_at("feed", 0, 2);
+    // One subscriber at the home, one across NATS.
+    let mut followers = vec![
+        Follower::new(&nodes, 0, &channel),
+        Follower::new(&nodes, 1, &channel),
+    ];
+    let mut publisher = RawJson::anon(&nodes[0]);
+    let total = 300u64;
+    let mut offsets = Vec::new();
+    let mut restarted = None;
+    for n in 1..=total {
+        if n == 100 {
+            let mut nats = nats.take().expect("running");
+            nats.stop();
+            nodes[0].wait_for("the link down", || {
+                nodes[0].metric("wsedge_cluster_nats_up") == 0.0
+            });
+            // While NATS is down a publication is refused at once, never
+            // accepted and then lost.
+            let r = publisher.call(
+                "publish",
+                json!({"channel": channel, "data": {"n": 0}, "idempotency_key": "down"}),
+            );
+            assert_eq!(r["error"]["code"], 100, "{r}");
+            // NATS comes back while the publisher keeps retrying.
+            restarted = Some(std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(1));
+                nats.restart();
+                nats
+            }));
+        }
+        offsets.push(publish_until_accepted(&mut publisher, &channel, n));
+        for f in &mut followers {
+            f.read(&nodes, 0, Instant::now());
+        }
+    }
+    let _nats = restarted.expect("restarted").join().expect("restart");
+    let mut distinct = offsets.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        offsets.len(),
+        "one offset per publication: {offsets:?}"
+    );
+    // The window was real: writes failed while NATS was away.
+    let failed = nodes[0].metric("wsedge_cluster_history_writes_total{result=\"failed\"}");
+    assert!(failed >= 1.0, "no write failed: {failed}");
+    let until = Instant::now() + Duration::from_secs(20);
+    for f in &mut followers {
+        f.read(&nodes, total, until);
+        eprintln!("node {}: told to recover {} times", f.node, f.told);
+        assert_eq!(
+            f.unrecovered, 0,
+            "node {}: JetStream kept everything",
+            f.node
+        );
+        assert_eq!(
+            f.got,
+            (1..=total).collect::<Vec<_>>(),
+            "node {}: every publication once, in order (told to recover {} times)",
+            f.node,
+            f.told
+        );
+    }
+}
+
+#[test]
+fn the_server_api_on_any_node_acts_on_channels_homed_on_another() {
+    let nats = NatsServer::start();
+    let nodes = cluster(&nats, 3, "api");
+    let call = |node: usize, method: &str, body: serde_json::Value| {
+        let (status, reply) = api_post(&nodes[node], method, Some(API_KEY), &body.to_string());
+        assert_eq!(status, 200, "{method} on n{node}: {reply}");
+        reply
+    };
+    // A memory-history channel homed at n0 and a JetStream one homed at
+    // n1, published through n2's API; subscribers on n0.
+    let chat = channel_homed_at("chat", 0, 3);
+    let feed = channel_homed_at("feed", 1, 3);
+    let mut sub = RawJson::anon(&nodes[0]);
+    for ch in [&chat, &feed] {
+        let r = sub.call("subscribe", json!({"channel": ch}));
+        assert!(r["subscribe"].is_object(), "{r}");
+    }
+    for ch in [&chat, &feed] {
+        for i in 1..=3u64 {
+            let r = call(2, "publish", json!({"channel": ch, "data": {"i": i}}));
+            assert_eq!(r["result"]["offset"], i, "{ch}: {r}");
+        }
+        assert_eq!(sub.pubs_through(ch, 3).len(), 3, "{ch}");
+        // History through the third node's API too.
+        let r = call(2, "history", json!({"channel": ch, "limit": 10}));
+        let offsets: Vec<u64> = r["result"]["publications"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, vec![1, 2, 3], "{ch}: {r}");
+    }
+    // An idempotency key is honoured across nodes: n0's API repeats it.
+    let first = call(
+        1,
+        "publish",
+        json!({"channel": chat, "data": 9, "idempotency_key": "k"}),
+    );
+    let again = call(
+        0,
+        "publish",
+        json!({"channel": chat, "data": 9, "idempotency_key": "k"}),
+    );
+    assert_eq!(first["result"]["offset"], 4, "{first}");
+    assert_eq!(again["result"]["offset"], 4, "{again}");
+    // Presence of a channel homed elsewhere.
+    let room = channel_homed_at("room", 0, 3);
+    let mut x = RawJson::user(&nodes[1], "ann", None);
+    let r = x.call("subscribe", json!({"channel": room}));
+    assert!(r["subscribe"].is_object(), "{r}");
+    let r = call(2, "presence_stats", json!({"channel": room}));
+    assert_eq!(r["result"]["num_clients"], 1, "{r}");
+    // Calls a namespace refuses are refused the same way.
+    let r = call(2, "presence", json!({"channel": chat}));
+    assert_eq!(r["error"]["code"], 103, "{r}");
 }

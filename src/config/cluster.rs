@@ -92,6 +92,11 @@ pub struct ClusterConfig {
     /// only if it is starved; a full queue gives the request back to the
     /// shard, counted.
     pub queue_capacity: usize,
+    /// Replicas of each JetStream history stream (namespaces with
+    /// `history_backend = "jetstream"`). Default 1: right for one NATS
+    /// server; on a JetStream cluster set 3, so losing a NATS server loses
+    /// no history. 1 to 5, as JetStream allows.
+    pub history_replicas: usize,
 }
 
 impl Default for ClusterConfig {
@@ -109,6 +114,7 @@ impl Default for ClusterConfig {
             heartbeat_interval: Duration::from_secs(1),
             request_timeout: Duration::from_secs(2),
             queue_capacity: 65_536,
+            history_replicas: 1,
         }
     }
 }
@@ -133,6 +139,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("request_timeout", &self.request_timeout)
             .field("queue_capacity", &self.queue_capacity)
+            .field("history_replicas", &self.history_replicas)
             .finish()
     }
 }
@@ -195,6 +202,9 @@ impl ClusterConfig {
             return Err(format!(
                 "cluster.queue_capacity must be at least {MIN_QUEUE_CAPACITY}"
             ));
+        }
+        if !(1..=5).contains(&self.history_replicas) {
+            return Err("cluster.history_replicas must be between 1 and 5".into());
         }
         Ok(())
     }
@@ -287,6 +297,7 @@ impl ClusterConfig {
             heartbeat_interval: self.heartbeat_interval,
             request_timeout: self.request_timeout,
             queue_capacity: self.queue_capacity,
+            history_replicas: self.history_replicas,
             ..ClusterOptions::new(url, &node)
         })
     }

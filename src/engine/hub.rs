@@ -132,6 +132,14 @@ impl Hub {
         self.channels.remove(name);
     }
 
+    /// Sets a channel's position (read back from a store), creating the
+    /// channel if the hub does not know it; its interest stays.
+    pub fn restore(&mut self, name: &Arc<str>, position: Position, now: u32) {
+        let ch = self.entry(name, now);
+        ch.position = position;
+        ch.touched = now;
+    }
+
     /// Assigns the next offset to a publication.
     pub fn publish(&mut self, name: &Arc<str>, now: u32) -> Accepted {
         let ch = self.entry(name, now);

@@ -117,6 +117,20 @@ impl IdempotencyWindow {
         self.compact();
     }
 
+    /// Forgets `key` of `channel` (its publication failed: a retry must
+    /// publish). Its FIFO record is skipped when met.
+    pub fn remove(&mut self, channel: &str, key: &str) {
+        let Some(keys) = self.keys.get_mut(channel) else {
+            return;
+        };
+        if keys.remove(key).is_some() {
+            self.len -= 1;
+        }
+        if keys.is_empty() {
+            self.keys.remove(channel);
+        }
+    }
+
     /// Forgets keys whose window has passed. Returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let mut n = 0;

@@ -79,6 +79,21 @@ pub struct NamespaceOptions {
     /// `Some` when the namespace's channels are live stories
     /// (`collaboration = true`), with their limits and conflict policy.
     pub collab: Option<CollabConfig>,
+    /// Where the history is kept (`history_backend`).
+    pub history_backend: HistoryBackend,
+}
+
+/// Where a namespace's history is kept (`history_backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HistoryBackend {
+    /// In the memory of the channel's home shard: lost with the node (a
+    /// new epoch when the channel comes back).
+    #[default]
+    Memory,
+    /// In a JetStream stream of the cluster's NATS: written before it is
+    /// delivered, read back by whichever node becomes the channel's home,
+    /// so offsets, epoch and history survive a node's death.
+    Jetstream,
 }
 
 impl Default for NamespaceOptions {
@@ -95,6 +110,7 @@ impl Default for NamespaceOptions {
             max_subscribers: 0,
             subscribe: SubscribeMode::Public,
             collab: None,
+            history_backend: HistoryBackend::Memory,
         }
     }
 }
@@ -136,6 +152,9 @@ impl NamespaceOptions {
         if self.join_leave && !self.presence {
             return Err(OptionsError::JoinLeaveWithoutPresence);
         }
+        if self.history_backend == HistoryBackend::Jetstream && !self.keeps_history() {
+            return Err(OptionsError::JetstreamWithoutHistory);
+        }
         if let Some(c) = &self.collab {
             c.validate().map_err(|_| OptionsError::CollabLimits)?;
         }
@@ -154,6 +173,8 @@ pub enum OptionsError {
     RecoverWithoutHistory,
     /// `join_leave` without `presence`.
     JoinLeaveWithoutPresence,
+    /// `history_backend = "jetstream"` without history.
+    JetstreamWithoutHistory,
     /// The story limits are inconsistent (`max_editors` of 0, or the
     /// `[collab]` limits; [`CollabConfig::validate`] names the key).
     CollabLimits,
@@ -172,6 +193,9 @@ impl fmt::Display for OptionsError {
                 "recover needs history (history_size and history_ttl above 0)"
             }
             OptionsError::JoinLeaveWithoutPresence => "join_leave needs presence = true",
+            OptionsError::JetstreamWithoutHistory => {
+                "history_backend = \"jetstream\" needs history (history_size and history_ttl above 0)"
+            }
             OptionsError::CollabLimits => {
                 "collaboration limits are inconsistent (max_editors must be at least 1)"
             }

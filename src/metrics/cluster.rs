@@ -185,6 +185,11 @@ pub struct ClusterMetrics {
     requests: [Counter; 4],
     resyncs: Counter,
     decode_errors: Counter,
+    /// Writes: ok, failed.
+    history_writes: [Counter; 2],
+    /// Read-backs: ok, failed.
+    history_loads: [Counter; 2],
+    history_resets: Counter,
 }
 
 impl ClusterMetrics {
@@ -202,6 +207,20 @@ impl ClusterMetrics {
         }
         if s.resyncs > 0 {
             self.resyncs.inc_by(s.resyncs);
+        }
+        let h = &s.stored;
+        for (c, n) in self.history_writes.iter().zip([h.writes, h.write_failures]) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+        for (c, n) in self.history_loads.iter().zip([h.loads, h.load_failures]) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+        if h.resets > 0 {
+            self.history_resets.inc_by(h.resets);
         }
     }
 
@@ -324,6 +343,9 @@ pub(super) struct ClusterFamilies {
     requests: Family<ResultLabel, Counter>,
     resyncs: Counter,
     decode_errors: Counter,
+    history_writes: Family<ResultLabel, Counter>,
+    history_loads: Family<ResultLabel, Counter>,
+    history_resets: Counter,
 }
 
 /// The `result` label of `wsedge_cluster_requests_total`.
@@ -350,7 +372,25 @@ impl ClusterFamilies {
             requests: Family::default(),
             resyncs: Counter::default(),
             decode_errors: Counter::default(),
+            history_writes: Family::default(),
+            history_loads: Family::default(),
+            history_resets: Counter::default(),
         };
+        r.register(
+            "cluster_history_writes",
+            "Publications of history_backend = \"jetstream\" channels written to JetStream by their home here, by result: ok (acknowledged, then delivered), failed (NATS down, refused, no acknowledgement within the timeout, or failed behind one that did; the publisher got 100)",
+            f.history_writes.clone(),
+        );
+        r.register(
+            "cluster_history_loads",
+            "Stored channel tails read back from JetStream by a home here (a first use, a new home, a reload after a failed write), by result: ok, failed (the waiting requests got 100)",
+            f.history_loads.clone(),
+        );
+        r.register(
+            "cluster_history_resets",
+            "Stored channels whose state read back from JetStream differed from what their subscribers had (a hole after a failed write, lost history): the subscribers were told to recover",
+            f.history_resets.clone(),
+        );
         r.register(
             "cluster_requests",
             "Requests for channels homed on another node, by result: forwarded, failed (answered 100: NATS down, queue full, or no answer within request_timeout), late (an answer after its request was answered 100), misrouted (a request from another node for a channel not homed here, answered 100)",
@@ -459,6 +499,17 @@ impl Metrics {
             }),
             resyncs: f.resyncs.clone(),
             decode_errors: f.decode_errors.clone(),
+            history_writes: ["ok", "failed"].map(|r| {
+                f.history_writes
+                    .get_or_create(&ResultLabel { result: r.into() })
+                    .clone()
+            }),
+            history_loads: ["ok", "failed"].map(|r| {
+                f.history_loads
+                    .get_or_create(&ResultLabel { result: r.into() })
+                    .clone()
+            }),
+            history_resets: f.history_resets.clone(),
         }
     }
 }

@@ -16,10 +16,50 @@ use crate::engine::router::{Answer, SERVER_INITIATED, SubscribeRequest};
 use crate::engine::subs::ConnRef;
 use crate::engine::wire::json::write_reply;
 
+/// The pseudo-connection server API calls answered later reply to: the
+/// router answers it like a client's command, and the shard hands the
+/// reply to the waiting call ([`ApiWaiting`]).
+pub(crate) const API_CONN: ConnRef = ConnRef {
+    idx: u32::MAX,
+    generation: u32::MAX,
+};
+
+/// Server API calls waiting for the router's answer, by command id on
+/// [`API_CONN`]. Every request gets an answer (the home's, or 100 when a
+/// node or JetStream does not answer in time), so entries do not stay.
+#[derive(Default)]
+pub(crate) struct ApiWaiting {
+    calls: std::collections::HashMap<u32, tokio::sync::oneshot::Sender<ApiAnswer>>,
+    next: u32,
+}
+
+impl ApiWaiting {
+    fn add(&mut self, reply: tokio::sync::oneshot::Sender<ApiAnswer>) -> u32 {
+        self.next = self.next.wrapping_add(1);
+        if self.next == crate::engine::router::SERVER_INITIATED {
+            self.next = 1;
+        }
+        self.calls.insert(self.next, reply);
+        self.next
+    }
+
+    /// The router's reply to call `id`.
+    pub(crate) fn answer(&mut self, id: u32, body: crate::engine::wire::ReplyBody<'_>) {
+        if let Some(reply) = self.calls.remove(&id) {
+            // The sidecar may have given up (timeout): nothing to do then.
+            let _ = reply.send(body_json(body));
+        }
+    }
+}
+
 /// The `result` object of an answer, as the JSON form of the wire
 /// protocol writes the reply body (one encoder for both).
 fn result_json(answer: &Answer) -> ApiAnswer {
-    let body = answer.body();
+    body_json(answer.body())
+}
+
+/// The `result` object of a reply body.
+fn body_json(body: crate::engine::wire::ReplyBody<'_>) -> ApiAnswer {
     if let crate::engine::wire::ReplyBody::Error(code) = body {
         return Err(code);
     }
@@ -38,20 +78,90 @@ fn result_json(answer: &Answer) -> ApiAnswer {
 }
 
 impl Shard {
+    /// Sends a channel call to the channel's home as a request on
+    /// [`API_CONN`], with the checks `Router::api_*` make at the home.
+    fn defer_api(&mut self, now: Instant, call: ApiCall) {
+        use crate::engine::router::{Msg, ReplyTo};
+        let ApiCall { op, reply } = call;
+        let channel = match &op {
+            ApiOp::Publish { channel, .. }
+            | ApiOp::History { channel, .. }
+            | ApiOp::Presence { channel, .. } => channel.clone(),
+            _ => unreachable!("only channel calls are deferred"),
+        };
+        let refused = match (&op, self.router.namespace_options(&channel)) {
+            (_, None) => Some(ErrorCode::UnknownChannel),
+            (ApiOp::History { .. }, Some(o)) if !o.keeps_history() => {
+                Some(ErrorCode::PermissionDenied)
+            }
+            (ApiOp::Presence { .. }, Some(o)) if !o.presence => Some(ErrorCode::PermissionDenied),
+            _ => None,
+        };
+        if let Some(code) = refused {
+            let _ = reply.send(Err(code));
+            return;
+        }
+        let id = self.api_waiting.add(reply);
+        let reply_to = ReplyTo {
+            conn: API_CONN,
+            cmd_id: id,
+        };
+        let from = self.id;
+        let msg = match op {
+            // `high` is not carried across (the namespace's priority
+            // applies).
+            ApiOp::Publish {
+                channel,
+                data,
+                idempotency_key,
+                ..
+            } => Msg::Publish {
+                channel,
+                data,
+                idempotency_key,
+                from,
+                reply_to,
+            },
+            ApiOp::History { channel, query } => Msg::History {
+                channel,
+                query: Box::new(query),
+                from,
+                reply_to,
+            },
+            ApiOp::Presence { channel, stats } => Msg::PresenceQuery {
+                channel,
+                stats,
+                from,
+                reply_to,
+            },
+            _ => unreachable!("only channel calls are deferred"),
+        };
+        let mut out = shard_out!(self);
+        self.router.request(now, msg, &mut out);
+        self.apply_closes();
+    }
+
     /// Carries out one server API call and answers it.
     pub(crate) fn handle_api(&mut self, call: ApiCall) {
         let now = Instant::now();
-        // In a cluster, a channel homed on another node is not this node's
-        // to act on (forwarding API calls across nodes is not built yet).
-        let channel = match &call.op {
+        // A channel homed on another node, or kept in JetStream, is asked
+        // like a client's command would be (through its relay or its
+        // read-back); the answer comes to `API_CONN` later.
+        let deferred = match &call.op {
             ApiOp::Publish { channel, .. }
             | ApiOp::History { channel, .. }
-            | ApiOp::HistoryRemove { channel }
-            | ApiOp::Presence { channel, .. } => Some(channel),
-            _ => None,
+            | ApiOp::Presence { channel, .. } => {
+                self.router.remote_home(channel).is_some() || self.router.is_stored(channel)
+            }
+            _ => false,
         };
-        if let Some(home) = channel.and_then(|c| self.router.remote_home(c)) {
-            tracing::debug!(%home, "server API call for a channel homed on another node");
+        if deferred {
+            return self.defer_api(now, call);
+        }
+        if let ApiOp::HistoryRemove { channel } = &call.op
+            && (self.router.remote_home(channel).is_some() || self.router.is_stored(channel))
+        {
+            tracing::debug!(%channel, "server API history_remove for a channel homed elsewhere or kept in JetStream");
             let _ = call.reply.send(Err(ErrorCode::Internal));
             return;
         }

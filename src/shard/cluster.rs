@@ -20,6 +20,7 @@ use crate::engine::cluster::envelope::Envelope;
 use crate::engine::cluster::frame::{Delivery, Incoming, SyncMarker, decode_any};
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
+use crate::engine::cluster::stored::StoreAnswer;
 use crate::engine::hub::home_shard;
 use crate::engine::router::{Broadcast, ClusterView, FromNode, Msg};
 use crate::engine::wire::publication::PushBody;
@@ -126,6 +127,36 @@ impl ShardCluster {
             Ok(()) => Ok(()),
             Err(_) => Err(envelope.msg),
         }
+    }
+
+    /// Writes a stored channel's publication to its JetStream stream.
+    pub fn persist(
+        &self,
+        ns: usize,
+        channel: &Arc<str>,
+        epoch: u64,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> bool {
+        self.client
+            .send(ToCluster::Persist {
+                ns,
+                channel: channel.clone(),
+                epoch,
+                offset,
+                body: body.into(),
+            })
+            .is_ok()
+    }
+
+    /// Reads a stored channel's tail back.
+    pub fn load_stored(&self, ns: usize, channel: &Arc<str>) -> bool {
+        self.client
+            .send(ToCluster::Load {
+                ns,
+                channel: channel.clone(),
+            })
+            .is_ok()
     }
 
     /// Publishes a push or a marker once on the channel's subject.
@@ -237,21 +268,21 @@ impl ShardSink {
     }
 }
 
-fn channel_of(m: &FromNode) -> &str {
-    match m {
-        FromNode::Msg { channel, .. } | FromNode::Marker { channel, .. } => channel,
-        FromNode::Delivery { push, .. } => &push.channel,
-    }
-}
-
 impl ClusterSink for ShardSink {
     fn received(&self, _channel: Option<Arc<str>>, payload: Bytes) -> Result<(), ()> {
         let Some(m) = self.decode(&payload) else {
             return Ok(());
         };
-        let shard = home_shard(channel_of(&m), self.inboxes.len());
+        let shard = home_shard(m.channel(), self.inboxes.len());
         self.inboxes[shard]
             .push(ShardMsg::Cluster(Box::new(m)))
+            .map_err(|_| ())
+    }
+
+    fn stored(&self, answer: StoreAnswer) -> Result<(), ()> {
+        let shard = home_shard(answer.channel(), self.inboxes.len());
+        self.inboxes[shard]
+            .push(ShardMsg::Cluster(Box::new(FromNode::Stored(answer))))
             .map_err(|_| ())
     }
 

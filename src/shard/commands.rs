@@ -77,6 +77,8 @@ pub(crate) struct ShardOut<'a> {
     pub(crate) shard: usize,
     /// The cluster, when the node is in one.
     pub(crate) cluster: Option<&'a super::cluster::ShardCluster>,
+    /// Server API calls waiting for their answer.
+    pub(crate) api_waiting: &'a mut super::api::ApiWaiting,
 }
 
 /// A [`ShardOut`] over `$s`'s fields (a macro, so the borrows stay
@@ -98,6 +100,7 @@ macro_rules! shard_out {
             stories: &mut $s.stories,
             shard: $s.id,
             cluster: $s.cluster.as_ref(),
+            api_waiting: &mut $s.api_waiting,
         }
     };
 }
@@ -122,6 +125,9 @@ impl Output for ShardOut<'_> {
         }
         if id == SERVER_INITIATED {
             return; // the server's own subscription: no one asked
+        }
+        if c == super::api::API_CONN {
+            return self.api_waiting.answer(id, body);
         }
         if self.current == Some(c) {
             self.writer.reply(id, body);
@@ -266,6 +272,22 @@ impl Output for ShardOut<'_> {
         if let Some(c) = self.cluster {
             c.watch(channel, on);
         }
+    }
+
+    fn persist(
+        &mut self,
+        ns: usize,
+        channel: &Arc<str>,
+        epoch: u64,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> bool {
+        self.cluster
+            .is_some_and(|c| c.persist(ns, channel, epoch, offset, body))
+    }
+
+    fn load_stored(&mut self, ns: usize, channel: &Arc<str>) -> bool {
+        self.cluster.is_some_and(|c| c.load_stored(ns, channel))
     }
 }
 

@@ -147,6 +147,9 @@ pub struct Shard {
     pub(crate) stories: super::story::ShardStories,
     /// The cluster, when the node is in one.
     pub(crate) cluster: Option<super::cluster::ShardCluster>,
+    /// Server API calls answered later (a channel homed on another node,
+    /// or kept in JetStream), by their id on the API's pseudo-connection.
+    pub(crate) api_waiting: super::api::ApiWaiting,
 }
 
 impl Shard {
@@ -221,6 +224,7 @@ impl Shard {
                 )
             }),
             stories: super::story::ShardStories::new(ctx.stories.clone()),
+            api_waiting: Default::default(),
             closes: Vec::new(),
             users: HashMap::new(),
             sub_expiries: Default::default(),

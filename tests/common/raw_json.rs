@@ -128,6 +128,40 @@ impl RawJson {
         true
     }
 
+    /// The next object received by `deadline`, `Err(code)` if the server
+    /// closed the connection (its close code), `Ok(None)` if nothing came.
+    /// For clients that must survive a close (reconnect and recover).
+    #[allow(dead_code)]
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Option<Value>, Option<u16>> {
+        loop {
+            if let Some((v, _)) = self.pending.pop_front() {
+                return Ok(Some(v));
+            }
+            let frame = match self.raw.read_frame_before(deadline) {
+                Err(TimedOut) => return Ok(None),
+                Ok(None) => return Err(None),
+                Ok(Some(f)) => f,
+            };
+            match frame.opcode {
+                8 => {
+                    let code = (frame.payload.len() >= 2)
+                        .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
+                    return Err(code);
+                }
+                9 => self.raw.send_frame(true, 10, &frame.payload),
+                1 => {
+                    let text = String::from_utf8(frame.payload).expect("text frames are UTF-8");
+                    self.log.push(text.clone());
+                    for line in text.split('\n') {
+                        let v: Value = serde_json::from_str(line).expect("one JSON value a line");
+                        self.pending.push_back((v, 1));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     pub fn seen(&self) -> String {
         self.log.join("\n---\n")
     }

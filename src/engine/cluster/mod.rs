@@ -24,6 +24,8 @@
 //!   publications and the sync marker that tells a node the exact position
 //!   its subscribers start after — and [`decode_any`], the one decode
 //!   entry for what another node sent.
+//! - [`stored`]: history kept in JetStream — the stored publication, the
+//!   stream and message-id names, what the worker answers a home.
 //! - [`envelope`]: any router message (`Msg`) between nodes, in postcard,
 //!   with the limits a client's command is held to checked again.
 //!
@@ -39,6 +41,7 @@ mod fuzz;
 pub mod membership;
 pub mod nodes;
 pub mod placement;
+pub mod stored;
 pub mod subject;
 
 pub use codec::{DecodeError, PROTOCOL_VERSION};

@@ -5,6 +5,7 @@
 //! | `ch.<channel, hex>`      | a channel's deliveries and sync markers      |
 //! | `node.<name>`            | a node's heartbeats                          |
 //! | `home.<name>`            | requests to a node as a home (publish, sync) |
+//! | `hist.<ns>.<hex>`        | a channel's history in JetStream (stream `wsedge_<cluster>_<ns>`) |
 //!
 //! A channel name may hold `.` (a NATS token separator) and other
 //! characters subjects may not, so the channel token is the name's bytes in
@@ -28,6 +29,7 @@ pub const MAX_SUBJECT_LEN: usize =
 const CHANNEL: &str = "ch";
 const NODE: &str = "node";
 const HOME: &str = "home";
+const HISTORY: &str = "hist";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Whether `s` can be a cluster or node name: 1–64 bytes of
@@ -181,6 +183,26 @@ impl Subjects {
     pub fn home(&self, name: &str) -> String {
         let mut s = self.with(HOME, name.len());
         s.push_str(name);
+        s
+    }
+
+    /// The subject a channel's kept history is stored under, in the stream
+    /// of namespace `ns` (`history_backend = "jetstream"`):
+    /// `wsedge.<cluster>.hist.<ns>.<hex>`. `ns` must be a valid namespace
+    /// name (`A–Z a–z 0–9 _ -`).
+    pub fn history(&self, ns: &str, channel: &str) -> String {
+        let mut s = self.with(HISTORY, ns.len() + 1 + 2 * channel.len());
+        s.push_str(ns);
+        s.push('.');
+        push_hex(&mut s, channel.as_bytes());
+        s
+    }
+
+    /// Every history subject of namespace `ns`: what its stream holds.
+    pub fn history_all(&self, ns: &str) -> String {
+        let mut s = self.with(HISTORY, ns.len() + 2);
+        s.push_str(ns);
+        s.push_str(".>");
         s
     }
 

@@ -103,6 +103,20 @@ pub enum FromNode {
         /// Where the channel stands at its home.
         position: Position,
     },
+    /// The NATS worker's answer about a channel whose history is kept in
+    /// JetStream (for the channel's home shard here).
+    Stored(crate::engine::cluster::stored::StoreAnswer),
+}
+
+impl FromNode {
+    /// The channel it is about (its home shard on this node takes it).
+    pub fn channel(&self) -> &Arc<str> {
+        match self {
+            FromNode::Msg { channel, .. } | FromNode::Marker { channel, .. } => channel,
+            FromNode::Delivery { push, .. } => &push.channel,
+            FromNode::Stored(a) => a.channel(),
+        }
+    }
 }
 
 /// Counts of the cluster paths, moved to metrics with the other stats.
@@ -122,6 +136,8 @@ pub struct ClusterStats {
     /// Requests from other nodes for channels this node is not home for
     /// (live sets briefly disagreeing), answered 100.
     pub misrouted: u64,
+    /// The stored channels' counts (`history_backend = "jetstream"`).
+    pub stored: super::StoredStats,
 }
 
 /// A channel this shard relays for its home on another node.
@@ -216,7 +232,7 @@ pub(super) fn channel_of(msg: &Msg) -> &Arc<str> {
 
 /// Whether a message goes to a channel's home (and so, on a node that is
 /// not the home, to the relay that forwards it).
-fn to_home(msg: &Msg) -> bool {
+pub(super) fn to_home(msg: &Msg) -> bool {
     matches!(
         msg,
         Msg::Interest { .. }
@@ -235,14 +251,23 @@ impl Router {
     /// are relayed ([`Router::set_placement`] tells which).
     pub fn join_cluster(&mut self, view: ClusterView) {
         self.cluster = Some(Box::new(Cluster::new(view)));
+        let stored = self.namespaces.iter().any(|(_, _, o)| {
+            o.history_backend == crate::engine::namespace::HistoryBackend::Jetstream
+        });
+        if stored {
+            self.stored = Some(Box::default());
+        }
     }
 
     /// The cluster's counts since the last call.
     pub fn take_cluster_stats(&mut self) -> ClusterStats {
-        self.cluster
+        let mut stats = self
+            .cluster
             .as_mut()
             .map(|c| std::mem::take(&mut c.stats))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        stats.stored = self.take_stored_stats();
+        stats
     }
 
     /// Channels this shard relays for a home on another node.
@@ -325,6 +350,7 @@ impl Router {
             return;
         }
         match from_node {
+            FromNode::Stored(answer) => self.stored_answer(now, answer, out),
             FromNode::Delivery { epoch, push } => self.relay_delivery(now, epoch, push, out),
             FromNode::Marker { channel, position } => {
                 self.relay_marker(now, &channel, position, out)
@@ -344,7 +370,9 @@ impl Router {
                         .as_ref()
                         .is_some_and(|c| c.remote_home(&channel).is_none());
                     if here {
-                        self.handle_here(now, msg, out);
+                        if let Some(msg) = self.park_until_loaded(now, msg, out) {
+                            self.handle_here(now, msg, out);
+                        }
                     } else {
                         self.misrouted(now, channel, msg, out);
                     }
@@ -550,7 +578,13 @@ impl Router {
 
     /// Tells the shards in `mask` that their subscribers of `channel` must
     /// recover.
-    fn tell_lost(&mut self, now: Instant, channel: &Arc<str>, mask: u64, out: &mut impl Output) {
+    pub(super) fn tell_lost(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        mask: u64,
+        out: &mut impl Output,
+    ) {
         let make = || Msg::Lost {
             channel: channel.clone(),
         };
@@ -799,7 +833,12 @@ impl Router {
         }
     }
 
-    fn broadcast_marker(&mut self, channel: &Arc<str>, p: Position, out: &mut impl Output) {
+    pub(super) fn broadcast_marker(
+        &mut self,
+        channel: &Arc<str>,
+        p: Position,
+        out: &mut impl Output,
+    ) {
         if !out.broadcast(channel, Broadcast::Marker(p))
             && let Some(c) = self.cluster.as_mut()
             && !c.lost_broadcasts.contains(channel)
@@ -930,6 +969,10 @@ impl Router {
         }
         self.forget_home_channel(channel);
         self.tell_lost(now, channel, mask, out);
+        // What waited for the channel's stored tail goes to its new home.
+        for msg in self.forget_stored(now, channel, out) {
+            self.handle(now, msg, out);
+        }
     }
 
     // ---- time ---------------------------------------------------------------

@@ -408,6 +408,9 @@ impl Router {
         if let Some(c) = self.cluster_deadline() {
             at = at.min(c);
         }
+        if let Some(s) = self.stored_deadline() {
+            at = at.min(s);
+        }
         at
     }
 
@@ -427,6 +430,9 @@ impl Router {
         if self.cluster_deadline().is_some_and(|d| d <= now) {
             self.cluster_timeouts(now, out);
         }
+        if self.stored_deadline().is_some_and(|d| d <= now) {
+            self.stored_timeouts(now, out);
+        }
         if self.presence_flush.is_some_and(|f| now >= f) {
             self.presence_flush = None;
             self.flush_presence(now, out);
@@ -441,11 +447,18 @@ impl Router {
             let ttl = self.idle_ttl.as_secs() as u32;
             let mut forgotten = Vec::new();
             let history = &self.history;
-            self.hub
-                .sweep(self.tick(now), ttl, |c| history.holds(c), &mut forgotten);
+            let stored = self.stored.as_deref();
+            // A stored channel is read back when it comes again, so only
+            // its writes and load in flight keep it.
+            let keep = |c: &str| match stored {
+                Some(s) if s.holds(c) => true,
+                _ => history.holds(c),
+            };
+            self.hub.sweep(self.tick(now), ttl, keep, &mut forgotten);
             for c in forgotten {
                 self.history.remove(&c);
                 self.presence.remove_channel(&c);
+                self.stored_swept(&c);
             }
         }
     }

@@ -76,10 +76,12 @@ mod sim_cluster;
 mod sim_collab;
 #[cfg(test)]
 mod sim_features;
+mod stored;
 pub mod story;
 
 pub use cluster::{Broadcast, ClusterStats, ClusterView, FromNode, REMOTE_BIT};
 pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined};
+pub use stored::{STORE_TIMEOUT, StoredStats};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
 /// inboxes) and by the deterministic tests (in-memory queues).
@@ -132,6 +134,22 @@ pub trait Output {
     /// This node starts (or stops) listening to `channel`'s subject. Only
     /// called in a cluster.
     fn watch(&mut self, channel: &Arc<str>, on: bool);
+    /// Writes publication `offset` of `channel` (epoch `epoch`, namespace
+    /// index `ns`, `body` a `StoredPub`) to the channel's JetStream stream;
+    /// the acknowledgement comes to [`Router::stored_answer`]. `false`:
+    /// the cluster queue refused it. Only called for stored channels.
+    fn persist(
+        &mut self,
+        ns: usize,
+        channel: &Arc<str>,
+        epoch: u64,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> bool;
+    /// Reads `channel`'s stored tail back; the answer comes to
+    /// [`Router::stored_answer`]. `false`: the cluster queue refused it.
+    /// Only called for stored channels.
+    fn load_stored(&mut self, ns: usize, channel: &Arc<str>) -> bool;
 }
 
 /// A story's change, for [`Output::story_write`].
@@ -295,6 +313,9 @@ pub struct Router {
     stats: RouterStats,
     /// The cluster state, when the node is in one.
     cluster: Option<Box<cluster::Cluster>>,
+    /// Channels whose history is kept in JetStream, when a namespace asks
+    /// for it (set when the router joins a cluster).
+    stored: Option<Box<stored::Stored>>,
 }
 
 /// The command id of a subscription the server makes on a connection's
@@ -387,6 +408,7 @@ impl Router {
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
             cluster: None,
+            stored: None,
         }
     }
 
@@ -475,6 +497,22 @@ impl Router {
         {
             out.reply(r.conn, r.cmd_id, ReplyBody::Error(ErrorCode::Overloaded));
         }
+    }
+
+    /// A request made on the server's behalf (the server API's
+    /// pseudo-connection in `reply_to`): sent to the channel's home like a
+    /// client's command, its answer coming to [`Output::reply`].
+    pub fn request(&mut self, now: Instant, msg: Msg, out: &mut impl Output) {
+        let Some(channel) = msg.channel().cloned() else {
+            return;
+        };
+        self.ask_home(now, &channel, msg, out);
+    }
+
+    /// The options of `channel`'s namespace (`None`: an unknown namespace
+    /// under strict namespaces).
+    pub fn namespace_options(&self, channel: &str) -> Option<&NamespaceOptions> {
+        self.options(channel).ok()
     }
 
     // ---- commands of local connections -------------------------------------
@@ -898,6 +936,9 @@ impl Router {
         } else {
             msg
         };
+        let Some(msg) = self.park_until_loaded(now, msg, out) else {
+            return;
+        };
         self.handle_here(now, msg, out);
     }
 
@@ -917,6 +958,11 @@ impl Router {
                 from,
                 reply_to,
             } => {
+                if self.is_stored(&channel) {
+                    let key = idempotency_key.as_deref();
+                    return self
+                        .publish_stored(now, channel, data, key, false, from, reply_to, out);
+                }
                 let via = channel.clone();
                 let answer =
                     self.publish_home(now, channel, data, idempotency_key.as_deref(), false, out);

@@ -49,7 +49,16 @@ pub(super) struct StoreLog {
     pub evicted: Vec<(usize, String)>,
     /// Durable events, in the order the homes emitted them.
     pub durable: Vec<DurableEvent>,
+    /// Stored-history writes asked for, in order.
+    pub persists: Vec<SimPersist>,
+    /// Stored-history read-backs asked for: (home shard, channel).
+    pub tail_loads: Vec<(usize, Arc<str>)>,
+    /// Refuse stored-history requests (the cluster queue is full).
+    pub refuse_store: bool,
 }
+
+/// A stored-history write: (home shard, channel, epoch, offset, body).
+pub(super) type SimPersist = (usize, Arc<str>, u64, u64, Vec<u8>);
 
 /// One shard's side of the wiring.
 pub(super) struct ShardOut<'a> {
@@ -194,6 +203,31 @@ impl Output for ShardOut<'_> {
     fn watch(&mut self, channel: &Arc<str>, on: bool) {
         let net = self.net.as_mut().expect("watches only in a cluster");
         net.watch(channel, on);
+    }
+
+    fn persist(
+        &mut self,
+        _ns: usize,
+        channel: &Arc<str>,
+        epoch: u64,
+        offset: u64,
+        body: Vec<u8>,
+    ) -> bool {
+        if self.store.refuse_store {
+            return false;
+        }
+        self.store
+            .persists
+            .push((self.shard, channel.clone(), epoch, offset, body));
+        true
+    }
+
+    fn load_stored(&mut self, _ns: usize, channel: &Arc<str>) -> bool {
+        if self.store.refuse_store {
+            return false;
+        }
+        self.store.tail_loads.push((self.shard, channel.clone()));
+        true
     }
 }
 

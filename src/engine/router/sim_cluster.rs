@@ -17,6 +17,7 @@ use super::*;
 use crate::engine::cluster::membership::{Heartbeat, Membership};
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
+use crate::engine::cluster::stored::{StoreAnswer, StoreUnavailable, StoredPub};
 use crate::engine::namespace::Namespaces;
 
 /// What one node handed its NATS connection.
@@ -110,6 +111,10 @@ pub(super) struct ClusterSim {
     /// Nodes that are down: they send and receive nothing.
     pub down: Vec<bool>,
     pub received: Vec<Received>,
+    /// The simulated JetStream: each stored channel's messages, in order.
+    pub stream: HashMap<Arc<str>, Vec<StoredPub>>,
+    /// JetStream refuses (NATS down): writes and read-backs fail.
+    pub stream_down: bool,
     rng: StdRng,
 }
 
@@ -147,6 +152,8 @@ impl ClusterSim {
             inbound: (0..nodes).map(|_| VecDeque::new()).collect(),
             down: vec![false; nodes],
             received: vec![Received::default(); nodes],
+            stream: HashMap::new(),
+            stream_down: false,
             rng: StdRng::seed_from_u64(seed),
         };
         for n in 0..nodes {
@@ -205,8 +212,46 @@ impl ClusterSim {
         self.names.iter().position(|n| n == home).unwrap()
     }
 
-    /// Moves what each node sent to the nodes that get it.
+    /// The first channel `<prefix>:<i>` whose home is node `n`.
+    pub fn channel_homed_at(&self, prefix: &str, n: usize) -> String {
+        (0..)
+            .map(|i| format!("{prefix}:{i}"))
+            .find(|ch| self.home_node(ch) == n)
+            .expect("some channel is homed at every node")
+    }
+
+    /// Moves what each node sent to the nodes that get it, and answers
+    /// what it asked of JetStream.
     fn pump(&mut self) {
+        for n in 0..self.nodes.len() {
+            let persists = std::mem::take(&mut self.nodes[n].store.persists);
+            let loads = std::mem::take(&mut self.nodes[n].store.tail_loads);
+            if self.down[n] {
+                continue;
+            }
+            for (_, channel, _, offset, body) in persists {
+                let ok = !self.stream_down;
+                if ok {
+                    let p = StoredPub::decode(&body).expect("a stored publication");
+                    self.stream.entry(channel.clone()).or_default().push(p);
+                }
+                let answer = StoreAnswer::Persisted {
+                    channel,
+                    offset,
+                    ok,
+                };
+                self.inbound[n].push_back(FromNode::Stored(answer));
+            }
+            for (_, channel) in loads {
+                let result = if self.stream_down {
+                    Err(StoreUnavailable)
+                } else {
+                    Ok(self.stream.get(&channel).cloned().unwrap_or_default())
+                };
+                let answer = StoreAnswer::Loaded { channel, result };
+                self.inbound[n].push_back(FromNode::Stored(answer));
+            }
+        }
         for n in 0..self.nodes.len() {
             let packets = std::mem::take(&mut self.nodes[n].net.as_mut().unwrap().outbox);
             if self.down[n] {
@@ -289,15 +334,13 @@ impl ClusterSim {
             self.nodes[n].step();
         } else {
             let item = self.inbound[n].pop_front().expect("non-empty");
-            let channel = match &item {
-                FromNode::Msg { channel, .. } | FromNode::Marker { channel, .. } => channel,
-                FromNode::Delivery { push, .. } => &push.channel,
-            };
+            let channel = item.channel();
             let r = &mut self.received[n];
             match &item {
                 FromNode::Msg { .. } => r.messages += 1,
                 FromNode::Delivery { .. } => r.pushes += 1,
                 FromNode::Marker { .. } => r.markers += 1,
+                FromNode::Stored(_) => {}
             }
             let shard = home_shard(channel, self.nodes[n].routers.len());
             self.nodes[n].on(shard, |r, out, now| r.handle_remote(now, item, out));
@@ -451,10 +494,7 @@ fn publishers_on_three_nodes_make_one_order_every_subscriber_sees() {
 fn a_node_without_subscribers_receives_none_of_a_channels_traffic() {
     let mut c = ClusterSim::new(3, 2, 5, ns());
     // A channel homed on node 0, subscribed on node 1 only.
-    let channel = (0..)
-        .map(|i| format!("feed:{i}"))
-        .find(|ch| c.home_node(ch) == 0)
-        .unwrap();
+    let channel = c.channel_homed_at("feed", 0);
     let sub = c.connect(1, 0);
     let publisher = c.connect(0, 1);
     subscribe(&mut c, sub, &channel);
@@ -492,10 +532,7 @@ fn a_node_without_subscribers_receives_none_of_a_channels_traffic() {
 fn a_late_subscriber_on_another_node_starts_at_the_homes_position() {
     for seed in 0..10 {
         let mut c = ClusterSim::new(2, 2, seed, ns());
-        let channel = (0..)
-            .map(|i| format!("late:{i}"))
-            .find(|ch| c.home_node(ch) == 0)
-            .unwrap();
+        let channel = c.channel_homed_at("late", 0);
         let early = c.connect(1, 0);
         let publisher = c.connect(0, 0);
         subscribe(&mut c, early, &channel);
@@ -523,10 +560,7 @@ fn a_late_subscriber_on_another_node_starts_at_the_homes_position() {
 #[test]
 fn recovery_history_and_presence_work_through_a_home_on_another_node() {
     let mut c = ClusterSim::new(3, 2, 9, presence_ns());
-    let channel = (0..)
-        .map(|i| format!("room:{i}"))
-        .find(|ch| c.home_node(ch) == 2)
-        .unwrap();
+    let channel = c.channel_homed_at("room", 2);
     let a = c.connect(0, 0);
     let b = c.connect(1, 1);
     let pa = subscribe(&mut c, a, &channel);
@@ -579,10 +613,7 @@ fn recovery_history_and_presence_work_through_a_home_on_another_node() {
 #[test]
 fn lost_broadcasts_make_remote_subscribers_recover_never_a_silent_gap() {
     let mut c = ClusterSim::new(2, 1, 3, ns());
-    let channel = (0..)
-        .map(|i| format!("gap:{i}"))
-        .find(|ch| c.home_node(ch) == 0)
-        .unwrap();
+    let channel = c.channel_homed_at("gap", 0);
     let sub = c.connect(1, 0);
     let publisher = c.connect(0, 0);
     subscribe(&mut c, sub, &channel);
@@ -603,10 +634,7 @@ fn lost_broadcasts_make_remote_subscribers_recover_never_a_silent_gap() {
 #[test]
 fn with_nats_down_requests_to_other_nodes_get_100_at_once() {
     let mut c = ClusterSim::new(2, 2, 4, ns());
-    let channel = (0..)
-        .map(|i| format!("down:{i}"))
-        .find(|ch| c.home_node(ch) == 0)
-        .unwrap();
+    let channel = c.channel_homed_at("down", 0);
     let x = c.connect(1, 0);
     c.set_link(1, false);
     let p = publish(&mut c, x, &channel, "1");
@@ -627,10 +655,7 @@ fn with_nats_down_requests_to_other_nodes_get_100_at_once() {
 #[test]
 fn a_home_that_does_not_answer_gets_requests_answered_100_after_the_timeout() {
     let mut c = ClusterSim::new(2, 1, 6, ns());
-    let channel = (0..)
-        .map(|i| format!("mute:{i}"))
-        .find(|ch| c.home_node(ch) == 0)
-        .unwrap();
+    let channel = c.channel_homed_at("mute", 0);
     let x = c.connect(1, 0);
     c.down[0] = true;
     let p = publish(&mut c, x, &channel, "1");
@@ -646,10 +671,7 @@ fn a_home_that_does_not_answer_gets_requests_answered_100_after_the_timeout() {
 #[test]
 fn when_a_home_node_leaves_its_channels_rehome_and_subscribers_recover() {
     let mut c = ClusterSim::new(3, 2, 8, presence_ns());
-    let channel = (0..)
-        .map(|i| format!("room:{i}"))
-        .find(|ch| c.home_node(ch) == 2)
-        .unwrap();
+    let channel = c.channel_homed_at("room", 2);
     let a = c.connect(0, 0);
     let gone = c.connect(2, 1);
     subscribe(&mut c, a, &channel);
@@ -678,10 +700,7 @@ fn when_a_home_node_leaves_its_channels_rehome_and_subscribers_recover() {
 #[test]
 fn members_of_a_node_that_leaves_leave_presence_at_the_home() {
     let mut c = ClusterSim::new(3, 1, 2, presence_ns());
-    let channel = (0..)
-        .map(|i| format!("room:{i}"))
-        .find(|ch| c.home_node(ch) == 0)
-        .unwrap();
+    let channel = c.channel_homed_at("room", 0);
     let a = c.connect(0, 0);
     let b = c.connect(1, 0);
     let z = c.connect(2, 0);
@@ -699,4 +718,139 @@ fn members_of_a_node_that_leaves_leave_presence_at_the_home() {
     c.run();
     assert_eq!(reply(&c, a, id)["presence_stats"]["num_clients"], 2);
     assert_eq!(closed(&c, a), None, "the home did not move");
+}
+
+fn stored_ns() -> Namespaces {
+    let feed = crate::engine::namespace::NamespaceOptions {
+        history_size: 100,
+        history_ttl_ms: 600_000,
+        recover: true,
+        history_backend: crate::engine::namespace::HistoryBackend::Jetstream,
+        ..Default::default()
+    };
+    Namespaces::new(false, [("feed", feed)]).unwrap()
+}
+
+fn hex_epoch(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().expect("epoch"), 16).expect("hex epoch")
+}
+
+#[test]
+fn a_stored_channel_outlives_its_home_and_its_clients_recover_on_another_node() {
+    for seed in 0..8 {
+        let mut c = ClusterSim::new(3, 2, seed, stored_ns());
+        let channel = c.channel_homed_at("feed", 2);
+        let victim = c.connect(2, 0);
+        let publisher = c.connect(0, 1);
+        let id = subscribe(&mut c, victim, &channel);
+        c.run();
+        let epoch = reply(&c, victim, id)["subscribe"]["epoch"].clone();
+        for i in 1..=5 {
+            publish(&mut c, publisher, &channel, &i.to_string());
+        }
+        c.run();
+        assert_eq!(
+            offsets(&c, victim, &channel),
+            vec![1, 2, 3, 4, 5],
+            "seed {seed}"
+        );
+        assert_eq!(
+            c.stream[channel.as_str()].len(),
+            5,
+            "written before delivered"
+        );
+        c.down[2] = true;
+        c.set_live(&[0, 1]);
+        c.run();
+        for i in 6..=8 {
+            let id = publish(&mut c, publisher, &channel, &i.to_string());
+            c.run();
+            assert_eq!(
+                reply(&c, publisher, id)["publish"]["offset"],
+                i,
+                "seed {seed}"
+            );
+        }
+        // The victim's client recovers on node 1 from offset 5.
+        let back = c.connect(1, 1);
+        let since = Position {
+            epoch: hex_epoch(&epoch),
+            offset: 5,
+        };
+        let id = c.on(1, |sim| sim.subscribe_from(back.1, &channel, Some(since)));
+        c.run();
+        let v = reply(&c, back, id);
+        assert_eq!(v["subscribe"]["recovered"], true, "seed {seed}: {v}");
+        assert_eq!(v["subscribe"]["epoch"], epoch, "seed {seed}: {v}");
+        let offs: Vec<u64> = v["subscribe"]["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offs, vec![6, 7, 8], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_failed_write_is_answered_100_delivers_nothing_and_the_channel_goes_on() {
+    let mut c = ClusterSim::new(2, 2, 4, stored_ns());
+    let channel = c.channel_homed_at("feed", 0);
+    let local = c.connect(0, 1);
+    let remote = c.connect(1, 0);
+    subscribe(&mut c, local, &channel);
+    subscribe(&mut c, remote, &channel);
+    c.run();
+    let id = publish(&mut c, local, &channel, "1");
+    c.run();
+    assert_eq!(reply(&c, local, id)["publish"]["offset"], 1);
+    c.stream_down = true;
+    let id = publish(&mut c, local, &channel, "2");
+    c.run();
+    assert_eq!(reply(&c, local, id)["error"]["code"], 100);
+    c.stream_down = false;
+    let id = publish(&mut c, local, &channel, "3");
+    c.run();
+    assert_eq!(
+        reply(&c, local, id)["publish"]["offset"],
+        2,
+        "the failed one took no offset"
+    );
+    for sub in [local, remote] {
+        assert_eq!(offsets(&c, sub, &channel), vec![1, 2]);
+        assert_eq!(closed(&c, sub), None, "nothing was lost, nobody recovers");
+    }
+    let kept: Vec<u64> = c.stream[channel.as_str()]
+        .iter()
+        .map(|p| p.offset)
+        .collect();
+    assert_eq!(kept, vec![1, 2]);
+}
+
+#[test]
+fn a_write_stored_after_its_failure_was_reported_is_delivered_not_lost() {
+    // The write's acknowledgement was lost (timeout), but JetStream kept
+    // it: the reload finds it and delivers it in order.
+    let mut c = ClusterSim::new(1, 1, 5, stored_ns());
+    let channel = "feed:x";
+    let sub = c.connect(0, 0);
+    subscribe(&mut c, sub, channel);
+    c.run();
+    let id = publish(&mut c, sub, channel, "1");
+    // Keep the write, drop its answer: the home times it out.
+    c.pump();
+    c.inbound[0].retain(|m| !matches!(m, FromNode::Stored(StoreAnswer::Persisted { .. })));
+    c.advance(STORE_TIMEOUT + Duration::from_secs(1));
+    c.run();
+    assert_eq!(reply(&c, sub, id)["error"]["code"], 100);
+    assert_eq!(
+        offsets(&c, sub, channel),
+        vec![1],
+        "delivered after the read-back"
+    );
+    let id = publish(&mut c, sub, channel, "2");
+    c.run();
+    assert_eq!(reply(&c, sub, id)["publish"]["offset"], 2);
+    assert_eq!(offsets(&c, sub, channel), vec![1, 2]);
+    assert_eq!(closed(&c, sub), None);
 }

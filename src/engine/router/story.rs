@@ -86,8 +86,15 @@ impl Router {
         }
     }
 
-    /// Answers a parked join with `code`.
-    fn refuse_waiting(&mut self, now: Instant, msg: Msg, code: ErrorCode, out: &mut impl Output) {
+    /// Answers a parked message with `code` (requests get the error,
+    /// interest fails; leaves and interest-off run).
+    pub(super) fn refuse_waiting(
+        &mut self,
+        now: Instant,
+        msg: Msg,
+        code: ErrorCode,
+        out: &mut impl Output,
+    ) {
         match msg {
             Msg::Subscribe {
                 channel,
@@ -106,15 +113,22 @@ impl Router {
                 // Never refused: the shard holds the channel until it arrives.
                 let _ = self.dispatch(now, from, msg, out);
             }
-            Msg::Collab {
+            Msg::Interest {
                 channel,
                 from,
-                reply_to,
-                ..
+                on: true,
             } => {
-                self.answer(now, &channel, from, reply_to, Answer::Error(code), out);
+                // Never refused (not refusable): the asking shard waits.
+                let _ = self.dispatch(now, from, Msg::InterestFailed { channel }, out);
             }
-            _ => {}
+            msg => match (msg.reply_to(), msg.sender(), msg.channel().cloned()) {
+                (Some(reply_to), Some(from), Some(channel)) => {
+                    self.answer(now, &channel, from, reply_to, Answer::Error(code), out);
+                }
+                // Not a request (a leave, interest off): it needs no
+                // answer and no state that was refused; it runs.
+                _ => self.handle_here(now, msg, out),
+            },
         }
     }
 

@@ -41,6 +41,7 @@
 
 mod connect;
 mod interest;
+mod store;
 mod worker;
 
 use std::io;
@@ -54,6 +55,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::engine::cluster::placement::Placement;
+use crate::engine::cluster::stored::StoreAnswer;
 use crate::engine::cluster::subject::{Subjects, is_valid_name};
 use crate::metrics::ClusterDrop;
 pub use crate::metrics::ClusterMetrics;
@@ -91,6 +93,30 @@ pub enum ToCluster {
         /// The frame.
         payload: Bytes,
     },
+    /// Write publication `offset` of a stored channel to its namespace's
+    /// JetStream stream (`history_backend = "jetstream"`); the
+    /// acknowledgement goes to [`ClusterSink::stored`]. Writes are sent in
+    /// queue order.
+    Persist {
+        /// The namespace's index ([`ClusterOptions::history_streams`]).
+        ns: usize,
+        /// The channel.
+        channel: Arc<str>,
+        /// The channel's epoch (with `offset`, the message id).
+        epoch: u64,
+        /// The publication's offset.
+        offset: u64,
+        /// A `StoredPub`, encoded.
+        body: Bytes,
+    },
+    /// Read a stored channel's tail back; the answer goes to
+    /// [`ClusterSink::stored`].
+    Load {
+        /// The namespace's index.
+        ns: usize,
+        /// The channel.
+        channel: Arc<str>,
+    },
 }
 
 /// Where the worker hands what arrives. Implemented by the node over the
@@ -105,6 +131,10 @@ pub trait ClusterSink: Send + Sync + 'static {
     /// only counts it.)
     #[allow(clippy::result_unit_err)]
     fn received(&self, channel: Option<Arc<str>>, payload: Bytes) -> Result<(), ()>;
+    /// The answer about a stored channel (for its home shard). Err: the
+    /// inbox was full (counted; the home times the request out).
+    #[allow(clippy::result_unit_err)]
+    fn stored(&self, answer: StoreAnswer) -> Result<(), ()>;
     /// The live set changed: the new placement (every shard gets it).
     fn placement(&self, placement: Arc<Placement>);
     /// The NATS connection came up (true) or was lost (false).
@@ -182,6 +212,24 @@ pub struct ClusterOptions {
     /// pairs; a second of a channel's traffic that nobody here wants is
     /// the price.
     pub unwatch_linger: Duration,
+    /// The JetStream stream of each namespace, by namespace index
+    /// (`NsId::index`): `Some` for `history_backend = "jetstream"`.
+    pub history_streams: Vec<Option<HistoryStream>>,
+    /// Replicas of each history stream (1 on a single NATS server; 3 on a
+    /// JetStream cluster of 3 or more, so a NATS server's loss loses no
+    /// history).
+    pub history_replicas: usize,
+}
+
+/// A namespace whose history is kept in JetStream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryStream {
+    /// The namespace's name (in the stream's name and subjects).
+    pub namespace: Arc<str>,
+    /// `history_size`: messages kept per channel.
+    pub size: usize,
+    /// `history_ttl`: how long a message is kept.
+    pub ttl: Duration,
 }
 
 impl ClusterOptions {
@@ -203,6 +251,8 @@ impl ClusterOptions {
             request_timeout: Duration::from_secs(2),
             queue_capacity: 65_536,
             unwatch_linger: Duration::from_secs(1),
+            history_streams: Vec::new(),
+            history_replicas: 1,
         }
     }
 

@@ -46,6 +46,7 @@ enum Got {
     Msg(Option<String>, Bytes),
     Placement(Vec<String>),
     Link(bool),
+    Stored(crate::engine::cluster::stored::StoreAnswer),
 }
 
 /// Lets a test hold the worker's thread inside the sink.
@@ -86,6 +87,11 @@ impl ClusterSink for TestSink {
 
     fn link(&self, up: bool) {
         self.push(Got::Link(up));
+    }
+
+    fn stored(&self, answer: crate::engine::cluster::stored::StoreAnswer) -> Result<(), ()> {
+        self.push(Got::Stored(answer));
+        Ok(())
     }
 }
 

@@ -16,9 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::interest::{Interest, Op};
+use super::store::Store;
 use super::{ClusterOptions, ClusterSink, SHUTDOWN_FLUSH, ToCluster};
 use crate::engine::cluster::membership::{Change, Heartbeat, Membership, Refusal};
 use crate::engine::cluster::placement::Placement;
+use crate::engine::cluster::stored::{StoreAnswer, StoreUnavailable};
 use crate::engine::cluster::subject::{Subject, Subjects};
 use crate::metrics::{ClusterDrop, ClusterMetrics, HeartbeatRefusal, Received, Sent};
 
@@ -58,6 +60,10 @@ pub(super) struct Worker {
     /// Zero of the membership clock (ms since the worker started).
     epoch: Instant,
     outgoing: Vec<Outgoing>,
+    /// Writes and read-backs for the JetStream store, in queue order.
+    store_ops: Vec<ToCluster>,
+    /// The JetStream side, when a namespace keeps its history there.
+    store: Option<Store>,
     connected_once: bool,
     /// Whether a connect failure was logged since the link was last up.
     failure_logged: bool,
@@ -90,6 +96,8 @@ impl Worker {
             subs: HashMap::new(),
             epoch: Instant::now(),
             outgoing: Vec::new(),
+            store_ops: Vec::new(),
+            store: None,
             connected_once: false,
             failure_logged: false,
             clash_logged: false,
@@ -116,6 +124,13 @@ impl Worker {
                 return;
             }
         };
+        self.store = Store::new(
+            &client,
+            &self.opts,
+            self.subjects.clone(),
+            self.sink.clone(),
+            self.metrics.clone(),
+        );
         let (mut heartbeats, mut home) = match self.subscribe_own(&client).await {
             Ok(subs) => subs,
             Err(e) => {
@@ -198,6 +213,9 @@ impl Worker {
     async fn on_event(&mut self, event: Event, client: &Client) {
         match event {
             Event::Connected => {
+                if let Some(store) = &self.store {
+                    store.reconnected();
+                }
                 self.up.store(true, Ordering::Release);
                 self.metrics.set_up(true);
                 if self.connected_once {
@@ -267,6 +285,45 @@ impl Worker {
             self.publish(client, msg).await;
         }
         self.outgoing = outgoing;
+        let mut ops = std::mem::take(&mut self.store_ops);
+        for op in ops.drain(..) {
+            self.store_op(op).await;
+        }
+        self.store_ops = ops;
+    }
+
+    /// Sends a write (in queue order) or starts a read-back.
+    async fn store_op(&self, op: ToCluster) {
+        let up = self.up.load(Ordering::Acquire);
+        let Some(store) = &self.store else {
+            let answer = match op {
+                ToCluster::Persist {
+                    channel, offset, ..
+                } => StoreAnswer::Persisted {
+                    channel,
+                    offset,
+                    ok: false,
+                },
+                ToCluster::Load { channel, .. } => StoreAnswer::Loaded {
+                    channel,
+                    result: Err(StoreUnavailable),
+                },
+                _ => return,
+            };
+            let _ = self.sink.stored(answer);
+            return;
+        };
+        match op {
+            ToCluster::Persist {
+                ns,
+                channel,
+                epoch,
+                offset,
+                body,
+            } => store.persist(up, ns, channel, epoch, offset, body).await,
+            ToCluster::Load { ns, channel } => store.load(up, ns, channel),
+            _ => {}
+        }
     }
 
     fn take(&mut self, req: ToCluster) {
@@ -294,6 +351,7 @@ impl Worker {
                 payload,
                 kind: Sent::ToNode,
             }),
+            op @ (ToCluster::Persist { .. } | ToCluster::Load { .. }) => self.store_ops.push(op),
         }
     }
 

@@ -1,0 +1,181 @@
+//! History kept in JetStream (`history_backend = "jetstream"`): what one
+//! stored publication looks like, the names of its stream and message id,
+//! and the answers the NATS worker gives the channel's home.
+//!
+//! Each namespace with the backend has one stream,
+//! `wsedge_<cluster>_<namespace>`, over `wsedge.<cluster>.hist.<ns>.>`,
+//! with `max_messages_per_subject` = `history_size` and `max_age` =
+//! `history_ttl`: JetStream trims each channel's subject to the history a
+//! home shard would keep in memory. A message is one [`StoredPub`] in
+//! postcard; its `Nats-Msg-Id` is [`msg_id`] (epoch and offset), so a
+//! write repeated after a lost acknowledgement is stored once.
+//!
+//! The home writes a publication before it delivers it and delivers in
+//! offset order as the acknowledgements come back, so everything a client
+//! has seen is in the stream; a node that becomes the channel's home reads
+//! the stream's tail back ([`StoreAnswer::Loaded`]) and continues the same
+//! epoch at the next offset.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::wire::publication::PubData;
+
+/// One publication as stored in the channel's subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPub {
+    /// The channel's epoch when it was published.
+    pub epoch: u64,
+    /// Its offset.
+    pub offset: u64,
+    /// Its payload.
+    pub data: PubData,
+    /// The publisher's idempotency key, if it gave one: a home that reads
+    /// the tail back remembers it, so a retry after a node's death is
+    /// still answered with the original offset.
+    pub key: Option<Box<str>>,
+}
+
+impl StoredPub {
+    /// The message body (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("a StoredPub always serialises")
+    }
+
+    /// Reads a message body back; `None` for bytes that are not one.
+    pub fn decode(bytes: &[u8]) -> Option<StoredPub> {
+        postcard::from_bytes(bytes).ok()
+    }
+}
+
+/// The `Nats-Msg-Id` of a stored publication: its epoch and offset. Unique
+/// per publication, so only a repeated write of the same publication is
+/// dropped by JetStream's duplicate window.
+pub fn msg_id(epoch: u64, offset: u64) -> String {
+    format!("{epoch:016x}.{offset}")
+}
+
+/// The stream that keeps namespace `ns`'s history in cluster `cluster`.
+pub fn stream_name(cluster: &str, ns: &str) -> String {
+    format!("wsedge_{cluster}_{ns}")
+}
+
+/// What the NATS worker answers the channel's home shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreAnswer {
+    /// The write of `channel`'s publication at `offset` was acknowledged
+    /// (`ok`) or failed (NATS down, timeout, refused).
+    Persisted {
+        /// The channel.
+        channel: Arc<str>,
+        /// The publication's offset.
+        offset: u64,
+        /// Whether JetStream stored it.
+        ok: bool,
+    },
+    /// `channel`'s stored tail, oldest first (every message of its subject
+    /// that decoded), or `Err` when it could not be read.
+    Loaded {
+        /// The channel.
+        channel: Arc<str>,
+        /// The tail.
+        result: Result<Vec<StoredPub>, StoreUnavailable>,
+    },
+}
+
+impl StoreAnswer {
+    /// The channel it is about.
+    pub fn channel(&self) -> &Arc<str> {
+        match self {
+            StoreAnswer::Persisted { channel, .. } | StoreAnswer::Loaded { channel, .. } => channel,
+        }
+    }
+}
+
+/// The stream could not be read (NATS down, timeout, no stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnavailable;
+
+/// What a home makes of a stored tail: the epoch and the offsets it can
+/// continue from. The usable tail is the newest epoch's publications after
+/// the last hole (a hole is a publication that was never stored, or that
+/// was written but failed; nothing before it may be offered as complete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// The epoch to continue (the newest stored one).
+    pub epoch: u64,
+    /// The publications to keep as history, contiguous, oldest first.
+    pub publications: Vec<StoredPub>,
+}
+
+impl Tail {
+    /// The usable tail of `stored` (oldest first, as read); `None` when
+    /// nothing is stored.
+    pub fn of(mut stored: Vec<StoredPub>) -> Option<Tail> {
+        let epoch = stored.last()?.epoch;
+        stored.retain(|p| p.epoch == epoch);
+        // After the last break in the offsets.
+        let start = stored
+            .windows(2)
+            .rposition(|w| w[1].offset != w[0].offset + 1)
+            .map_or(0, |i| i + 1);
+        stored.drain(..start);
+        Some(Tail {
+            epoch,
+            publications: stored,
+        })
+    }
+
+    /// The offset of the newest publication.
+    pub fn top(&self) -> u64 {
+        self.publications.last().map_or(0, |p| p.offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn p(epoch: u64, offset: u64) -> StoredPub {
+        StoredPub {
+            epoch,
+            offset,
+            data: PubData {
+                bytes: Bytes::from_static(b"{}"),
+                is_json: true,
+            },
+            key: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_publication_round_trips_and_garbage_is_refused() {
+        let mut s = p(7, 42);
+        s.key = Some("k-1".into());
+        assert_eq!(StoredPub::decode(&s.encode()), Some(s));
+        assert_eq!(StoredPub::decode(&[0xff; 3]), None);
+        assert_eq!(StoredPub::decode(&[]), None);
+    }
+
+    #[test]
+    fn the_tail_is_the_newest_epoch_after_its_last_hole() {
+        assert_eq!(Tail::of(Vec::new()), None);
+        let t = Tail::of(vec![p(1, 5), p(1, 6), p(2, 1), p(2, 2), p(2, 4), p(2, 5)]).unwrap();
+        assert_eq!(t.epoch, 2);
+        let offsets: Vec<u64> = t.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, vec![4, 5]);
+        assert_eq!(t.top(), 5);
+        let whole = Tail::of(vec![p(3, 8), p(3, 9), p(3, 10)]).unwrap();
+        assert_eq!(whole.publications.len(), 3);
+        assert_eq!(whole.top(), 10);
+    }
+
+    #[test]
+    fn names_are_what_the_stream_and_dedupe_need() {
+        assert_eq!(stream_name("prod", "chat"), "wsedge_prod_chat");
+        assert_eq!(msg_id(0xab, 3), "00000000000000ab.3");
+        assert_ne!(msg_id(1, 23), msg_id(12, 3));
+    }
+}

@@ -1,0 +1,272 @@
+//! History kept in JetStream, on the worker's side: the stream of each
+//! namespace with `history_backend = "jetstream"`, the writes of the homes
+//! and the read-backs of a channel's tail (the model and its reasons are
+//! in [`crate::engine::cluster::stored`]; the home's side is in the
+//! router).
+//!
+//! - **Streams** are created (or updated to the configuration) before the
+//!   first write or read of their namespace after each (re)connection:
+//!   `wsedge_<cluster>_<ns>` over `wsedge.<cluster>.hist.<ns>.>`, file
+//!   storage, `max_messages_per_subject` = `history_size`, `max_age` =
+//!   `history_ttl`, direct gets allowed, `history_replicas` replicas.
+//! - **Writes** are published in queue order on the one connection (so a
+//!   channel's writes reach the stream in offset order) with
+//!   `Nats-Msg-Id` = epoch and offset; the acknowledgement is awaited
+//!   beside the loop and handed to the sink. While NATS is down a write
+//!   fails at once: the home answers 100 rather than let the client wait.
+//! - **A read-back** walks the channel's subject with direct gets, oldest
+//!   first, up to the newest message as it was when the read began (at
+//!   most `history_size` + 1 requests).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use tokio::sync::Mutex;
+
+use super::{ClusterOptions, ClusterSink, HistoryStream};
+use crate::engine::cluster::stored::{
+    StoreAnswer, StoreUnavailable, StoredPub, msg_id, stream_name,
+};
+use crate::engine::cluster::subject::Subjects;
+use crate::metrics::ClusterMetrics;
+
+/// Longest a stream's duplicate window is (JetStream's default): a write
+/// repeated within it is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// One namespace's stream.
+struct Slot {
+    spec: HistoryStream,
+    name: String,
+    /// The stream, once created on the current connection.
+    stream: Mutex<Option<stream::Stream<()>>>,
+}
+
+/// The worker's JetStream side.
+#[derive(Clone)]
+pub(super) struct Store {
+    js: jetstream::Context,
+    subjects: Subjects,
+    slots: Arc<Vec<Option<Arc<Slot>>>>,
+    replicas: usize,
+    sink: Arc<dyn ClusterSink>,
+    metrics: ClusterMetrics,
+}
+
+impl Store {
+    /// The store over `client`, or `None` when no namespace keeps its
+    /// history in JetStream.
+    pub(super) fn new(
+        client: &async_nats::Client,
+        opts: &ClusterOptions,
+        subjects: Subjects,
+        sink: Arc<dyn ClusterSink>,
+        metrics: ClusterMetrics,
+    ) -> Option<Store> {
+        let streams = &opts.history_streams;
+        if streams.iter().all(Option::is_none) {
+            return None;
+        }
+        let (cluster, replicas, timeout) = (
+            &opts.cluster_name,
+            opts.history_replicas,
+            opts.request_timeout,
+        );
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .ack_timeout(timeout)
+            // The shards' queue bounds what is in flight already.
+            .max_ack_inflight(1 << 20)
+            .build(client.clone());
+        let slots = streams
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|spec| {
+                    Arc::new(Slot {
+                        name: stream_name(cluster, &spec.namespace),
+                        spec: spec.clone(),
+                        stream: Mutex::new(None),
+                    })
+                })
+            })
+            .collect();
+        Some(Store {
+            js,
+            subjects,
+            slots: Arc::new(slots),
+            replicas,
+            sink,
+            metrics,
+        })
+    }
+
+    /// The connection came back: streams are checked again before use (a
+    /// NATS server without persistent storage may have lost them).
+    pub(super) fn reconnected(&self) {
+        for slot in self.slots.iter().flatten() {
+            if let Ok(mut s) = slot.stream.try_lock() {
+                *s = None;
+            }
+        }
+    }
+
+    fn slot(&self, ns: usize) -> Option<Arc<Slot>> {
+        self.slots.get(ns).cloned().flatten()
+    }
+
+    /// The namespace's stream, created or updated to the configuration if
+    /// this connection has not done it yet.
+    async fn stream(&self, slot: &Slot) -> Option<stream::Stream<()>> {
+        let mut held = slot.stream.lock().await;
+        if let Some(s) = held.as_ref() {
+            return Some(s.clone());
+        }
+        let ttl = slot.spec.ttl;
+        let config = stream::Config {
+            name: slot.name.clone(),
+            subjects: vec![self.subjects.history_all(&slot.spec.namespace)],
+            max_messages_per_subject: i64::try_from(slot.spec.size).unwrap_or(i64::MAX),
+            max_age: ttl,
+            duplicate_window: DUPLICATE_WINDOW.min(ttl),
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::Old,
+            description: Some(format!(
+                "wsedge history of namespace {:?} (history_backend = \"jetstream\")",
+                slot.spec.namespace
+            )),
+            ..Default::default()
+        };
+        match self.js.create_or_update_stream(config).await {
+            Ok(_) => {
+                let s = self.js.get_stream_no_info(&slot.name).await.ok()?;
+                tracing::info!(stream = %slot.name, "cluster: history stream ready");
+                *held = Some(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(stream = %slot.name, error = %e, "cluster: cannot create the history stream");
+                None
+            }
+        }
+    }
+
+    /// Sends one write (in queue order: the caller awaits this before the
+    /// next) and awaits its acknowledgement beside the loop.
+    pub(super) async fn persist(
+        &self,
+        up: bool,
+        ns: usize,
+        channel: Arc<str>,
+        epoch: u64,
+        offset: u64,
+        body: Bytes,
+    ) {
+        let answer = {
+            let channel = channel.clone();
+            move |ok: bool| StoreAnswer::Persisted {
+                channel: channel.clone(),
+                offset,
+                ok,
+            }
+        };
+        let Some(slot) = self.slot(ns).filter(|_| up) else {
+            return self.answer(answer(false));
+        };
+        if self.stream(&slot).await.is_none() {
+            return self.answer(answer(false));
+        }
+        let subject = self.subjects.history(&slot.spec.namespace, &channel);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            msg_id(epoch, offset).as_str(),
+        );
+        match self.js.publish_with_headers(subject, headers, body).await {
+            Ok(ack) => {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let ok = match ack.await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cluster: a history write failed");
+                            false
+                        }
+                    };
+                    this.answer(answer(ok));
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cluster: a history write was not sent");
+                self.answer(answer(false));
+            }
+        }
+    }
+
+    /// Reads the channel's tail back, beside the loop.
+    pub(super) fn load(&self, up: bool, ns: usize, channel: Arc<str>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = match this.slot(ns).filter(|_| up) {
+                Some(slot) => this.read_tail(&slot, &channel).await,
+                None => Err(StoreUnavailable),
+            };
+            this.answer(StoreAnswer::Loaded { channel, result });
+        });
+    }
+
+    async fn read_tail(
+        &self,
+        slot: &Slot,
+        channel: &str,
+    ) -> Result<Vec<StoredPub>, StoreUnavailable> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let stream = self.stream(slot).await.ok_or(StoreUnavailable)?;
+        let subject = self.subjects.history(&slot.spec.namespace, channel);
+        let last = match stream.direct_get_last_for_subject(subject.clone()).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "cluster: cannot read a history tail");
+                return Err(StoreUnavailable);
+            }
+        };
+        let mut tail = Vec::new();
+        let mut from = 1;
+        // The subject holds at most `size` messages; the bound only guards
+        // against a stream configured by someone else.
+        for _ in 0..=slot.spec.size {
+            let m = match stream
+                .direct_get_next_for_subject(subject.clone(), Some(from))
+                .await
+            {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "cluster: cannot read a history tail");
+                    return Err(StoreUnavailable);
+                }
+            };
+            match StoredPub::decode(&m.payload) {
+                Some(p) => tail.push(p),
+                None => self.metrics.decode_error(),
+            }
+            if m.sequence >= last {
+                break;
+            }
+            from = m.sequence + 1;
+        }
+        Ok(tail)
+    }
+
+    fn answer(&self, answer: StoreAnswer) {
+        if self.sink.stored(answer).is_err() {
+            self.metrics
+                .dropped(crate::metrics::ClusterDrop::InboxFull, 1);
+        }
+    }
+}
