@@ -80,6 +80,9 @@ struct ClusterStormResult {
     interval_ms: u64,
     payload: usize,
     victim: String,
+    /// Client address of every node (to read the stderr diagnostics, which
+    /// name the address a client came back through).
+    node_addrs: std::collections::BTreeMap<String, String>,
     /// Channels homed on the victim (placement over the three nodes).
     victim_channels: u64,
     /// Clients subscribed to those.
@@ -171,6 +174,12 @@ async fn received(workers: &mut [Worker]) -> Result<u64> {
 
 async fn run(a: &ClusterStormArgs, cl: &mut Cluster, background: (f64, f64)) -> Result<()> {
     let c = &a.common;
+    let node_addrs = cl
+        .names
+        .iter()
+        .zip(&cl.nodes)
+        .filter_map(|(n, s)| Some((n.clone(), s.as_ref()?.client.to_string())))
+        .collect();
     let victim_homed: Vec<bool> = (0..a.channels)
         .map(|k| home_index(&format!("chat:{k}"), &cl.names) == Some(VICTIM))
         .collect();
@@ -337,6 +346,7 @@ async fn run(a: &ClusterStormArgs, cl: &mut Cluster, background: (f64, f64)) -> 
         interval_ms: a.interval_ms,
         payload: a.payload,
         victim: cl.names[VICTIM].clone(),
+        node_addrs,
         victim_channels,
         victim_clients,
         connected: ready.ok,
