@@ -8,6 +8,8 @@
 #   latency-light   the same at 200 publications/s (40,000 deliveries/s): at
 #                   1,000/s the servers' shared core is saturated, so the
 #                   default run's latency is mostly queueing
+#   latency-hop     10 subscribers on each node at 200/s (4,000 deliveries/s):
+#                   the NATS hop itself, with the shared core nearly idle
 #   latency-remote  the same with the 100 subscribers on n1 only (none on n0)
 #   latency-idle    the same with a third node n2 without subscribers (its
 #                   wsedge_cluster_messages_received_total must not grow)
@@ -22,7 +24,7 @@
 # bench/results/cluster.jsonl (stderr of a failed run: bench/results/logs/),
 # printing a summary and, at the end, the command lines it ran.
 #
-#   bench/cluster.sh [latency|latency-light|latency-remote|latency-idle|storm|storm-jetstream ...]
+#   bench/cluster.sh [latency|latency-light|latency-hop|latency-remote|latency-idle|storm|storm-jetstream ...]
 #   LATENCY_ARGS="--rate 500" STORM_ARGS="--conns 5000" bench/cluster.sh
 #   WSEDGE_BIN=path/to/wsedge NATS_SERVER=path/to/nats-server bench/cluster.sh
 # Each line also records the wsedge binary's sha256 (16 hex) and mtime: the
@@ -43,7 +45,7 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(latency latency-light latency-remote latency-idle storm storm-jetstream)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(latency latency-light latency-hop latency-remote latency-idle storm storm-jetstream)
 export QUIET_WAIT="${QUIET_WAIT:-60}" RETRIES="${RETRIES:-1}"
 
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
@@ -106,7 +108,8 @@ elif w.startswith("cluster-latency"):
           f"{m.get('lat_p999_us')} us, added p50 {r['added_p50_us']} p99 {r['added_p99_us']} us; "
           f"NATS in/out per pub {r['nats_in_per_pub_net']}/{r['nats_out_per_pub_net']}; "
           f"idle nodes received {r['idle_nodes_received']}; losses {l.get('losses', 0)}+{m.get('losses', 0)}; "
-          f"cores busy {r['cpu']['cores_busy']}, gen saturated {r['cpu']['generator_saturated']}")
+          f"cores busy {r['cpu']['cores_busy']} (other {r['cpu'].get('other_cpu_s')} s), "
+          f"gen saturated {r['cpu']['generator_saturated']}")
 else:
     print(f"{w} ({r['history_backend']}): {r['connected']} clients, {r['victim_clients']} on "
           f"{r['victim_channels']} channels homed on {r['victim']}: all resubscribed "
@@ -128,6 +131,7 @@ for s in "${scenarios[@]}"; do
   case "$s" in
     latency) w=cluster-latency; args=("${lat_extra[@]}") ;;
     latency-light) w=cluster-latency; args=(--rate 200 "${lat_extra[@]}") ;;
+    latency-hop) w=cluster-latency; args=(--rate 200 --local-subs 10 --remote-subs 10 "${lat_extra[@]}") ;;
     latency-remote) w=cluster-latency; args=(--local-subs 0 "${lat_extra[@]}") ;;
     latency-idle) w=cluster-latency; args=(--nodes 3 "${lat_extra[@]}") ;;
     storm) w=cluster-storm; args=(--history-backend memory "${storm_extra[@]}") ;;

@@ -114,6 +114,10 @@ pub(crate) struct ClusterCpu {
     /// Σ busy fraction of the servers' CPUs (nodes and NATS), when the
     /// generator has a CPU of its own; ≥ 0.95 means the servers saturated.
     pub server_core_busy: Option<f64>,
+    /// Busy CPU time of all CPUs not accounted for by the nodes, NATS and
+    /// the generator: other processes (and kernel work outside them)
+    /// during the run; `background_busy` only looks before it.
+    pub other_cpu_s: f64,
 }
 
 impl Cluster {
@@ -290,7 +294,17 @@ pub(crate) fn cluster_cpu(
             3,
         )
     });
+    let ours: f64 = s0
+        .node_cpu
+        .iter()
+        .zip(&s1.node_cpu)
+        .filter_map(|(a, b)| Some((*b)? - (*a)?))
+        .sum::<f64>()
+        + (s1.nats_cpu - s0.nats_cpu)
+        + gen_cpu_s;
+    let other_cpu_s = round((cores_busy.iter().sum::<f64>() * secs - ours).max(0.0), 2);
     ClusterCpu {
+        other_cpu_s,
         node_cpu_s: s0
             .node_cpu
             .iter()
