@@ -580,6 +580,9 @@ fn the_server_api_on_any_node_acts_on_channels_homed_on_another() {
     assert!(r["subscribe"].is_object(), "{r}");
     let r = call(2, "presence_stats", json!({"channel": room}));
     assert_eq!(r["result"]["num_clients"], 1, "{r}");
+    // `info` lists the live nodes.
+    let r = call(1, "info", json!({}));
+    assert_eq!(r["result"]["nodes"], json!(["n0", "n1", "n2"]), "{r}");
     // Calls a namespace refuses are refused the same way.
     let r = call(2, "presence", json!({"channel": chat}));
     assert_eq!(r["error"]["code"], 103, "{r}");

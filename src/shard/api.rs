@@ -226,12 +226,18 @@ impl Shard {
                     .collect();
                 Ok(json!({ "channels": channels }))
             }
-            ApiOp::Info => Ok(json!({
-                "shard": self.id,
-                "connections": self.conns.len(),
-                "channels_local": self.router.local_channels(),
-                "channels_home": self.router.home_channels(),
-            })),
+            ApiOp::Info => {
+                let mut info = json!({
+                    "shard": self.id,
+                    "connections": self.conns.len(),
+                    "channels_local": self.router.local_channels(),
+                    "channels_home": self.router.home_channels(),
+                });
+                if let Some(c) = &self.cluster {
+                    info["cluster_nodes"] = json!(c.live_nodes());
+                }
+                Ok(info)
+            }
         };
         // The sidecar may have given up (timeout): nothing to do then.
         let _ = call.reply.send(answer);

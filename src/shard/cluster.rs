@@ -129,6 +129,19 @@ impl ShardCluster {
         }
     }
 
+    /// The live set as this node sees it (names, sorted).
+    pub fn live_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .shared
+            .placement
+            .load()
+            .as_ref()
+            .map(|p| p.nodes().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
+        nodes.sort();
+        nodes
+    }
+
     /// Writes a stored channel's publication to its JetStream stream.
     pub fn persist(
         &self,

@@ -211,18 +211,30 @@ pub fn merge_channels(answers: Vec<Reply>, pattern: Option<&str>) -> Reply {
 
 /// The node's `info` from every shard's counts; the first error if a
 /// shard failed.
+/// In a cluster, `nodes` lists the live nodes (as the first shard saw
+/// them; each shard reports the live set it read last).
 pub fn merge_info(answers: Vec<Reply>, node: &str, uptime_seconds: u64) -> Reply {
-    let shards = answers.into_iter().collect::<Result<Vec<Value>, _>>()?;
+    let mut shards = answers.into_iter().collect::<Result<Vec<Value>, _>>()?;
     let connections: u64 = shards
         .iter()
         .filter_map(|s| s.get("connections").and_then(Value::as_u64))
         .sum();
-    Ok(json!({
+    let mut nodes = None;
+    for s in &mut shards {
+        if let Some(n) = s.as_object_mut().and_then(|o| o.remove("cluster_nodes")) {
+            nodes.get_or_insert(n);
+        }
+    }
+    let mut info = json!({
         "node": node,
         "uptime_seconds": uptime_seconds,
         "shards": shards,
         "connections": connections,
-    }))
+    });
+    if let Some(nodes) = nodes {
+        info["nodes"] = nodes;
+    }
+    Ok(info)
 }
 
 /// Whether `name` matches the glob `pattern`: `*` matches any run of
