@@ -12,7 +12,9 @@
 //! - **Writes** are published in queue order on the one connection (so a
 //!   channel's writes reach the stream in offset order) with
 //!   `Nats-Msg-Id` = epoch and offset; the acknowledgement is awaited
-//!   beside the loop and handed to the sink. While NATS is down a write
+//!   beside the loop and handed to the sink. An acknowledgement marked
+//!   duplicate is a failure: writes are never re-sent, so another home
+//!   stored that offset first (the id fences two homes of one channel). While NATS is down a write
 //!   fails at once: the home answers 100 rather than let the client wait.
 //! - **A read-back** walks the channel's subject with direct gets, oldest
 //!   first, up to the newest message as it was when the read began (at
@@ -191,6 +193,15 @@ impl Store {
                 let this = self.clone();
                 tokio::spawn(async move {
                     let ok = match ack.await {
+                        // A duplicate of `<epoch>.<offset>` is never our
+                        // own retry (writes are not re-sent): another home
+                        // stored that offset first (two homes while live
+                        // sets disagree). The id fences them: this one
+                        // fails and its home reads the tail back.
+                        Ok(ack) if ack.duplicate => {
+                            tracing::warn!(%channel, offset, "cluster: a history write lost to another home's write of the same offset");
+                            false
+                        }
                         Ok(_) => true,
                         Err(e) => {
                             tracing::debug!(error = %e, "cluster: a history write failed");

@@ -598,3 +598,110 @@ fn bad_options_are_refused_at_spawn() {
     };
     assert!(!format!("{o:?}").contains("pw-456"));
 }
+
+/// A node whose namespace 0 keeps its history in JetStream (5 per channel).
+fn history_node(url: &str, name: &str) -> Node {
+    Node::start(url, name, |o| {
+        o.history_streams = vec![Some(HistoryStream {
+            namespace: Arc::from("feed"),
+            size: 5,
+            ttl: Duration::from_secs(60),
+        })];
+    })
+}
+
+fn persist(n: &Node, channel: &str, epoch: u64, offset: u64) {
+    let p = crate::engine::cluster::stored::StoredPub {
+        epoch,
+        offset,
+        data: crate::engine::wire::publication::PubData {
+            bytes: Bytes::from(format!("{{\"o\":{offset}}}")),
+            is_json: true,
+        },
+        key: None,
+    };
+    n.send(ToCluster::Persist {
+        ns: 0,
+        channel: Arc::from(channel),
+        epoch,
+        offset,
+        body: p.encode().into(),
+    });
+}
+
+fn persisted(n: &Node, want: u64) -> bool {
+    use crate::engine::cluster::stored::StoreAnswer;
+    n.wait(&format!("the answer for offset {want}"), |g| match g {
+        Got::Stored(StoreAnswer::Persisted { offset, ok, .. }) if *offset == want => Some(*ok),
+        _ => None,
+    })
+}
+
+fn tail(n: &Node, channel: &str) -> Vec<u64> {
+    use crate::engine::cluster::stored::StoreAnswer;
+    n.send(ToCluster::Load {
+        ns: 0,
+        channel: Arc::from(channel),
+    });
+    n.wait("the tail", |g| match g {
+        Got::Stored(StoreAnswer::Loaded { result, .. }) => Some(
+            result
+                .as_ref()
+                .expect("read back")
+                .iter()
+                .map(|p| p.offset)
+                .collect(),
+        ),
+        _ => None,
+    })
+}
+
+#[test]
+fn history_writes_are_read_back_trimmed_and_a_second_writer_of_an_offset_is_fenced() {
+    let Some(nats) = nats() else { return };
+    let mut a = history_node(&nats.url(), "a");
+    let mut b = history_node(&nats.url(), "b");
+    a.wait_link(true);
+    b.wait_link(true);
+    // Nothing stored yet: an empty tail, not an error.
+    assert_eq!(tail(&a, "feed:x"), Vec::<u64>::new());
+    for offset in 1..=7 {
+        persist(&a, "feed:x", 9, offset);
+    }
+    for offset in 1..=7 {
+        assert!(persisted(&a, offset), "offset {offset} stored");
+    }
+    // `history_size` = 5 per channel: the oldest two are gone; another
+    // node reads the same tail.
+    assert_eq!(tail(&b, "feed:x"), vec![3, 4, 5, 6, 7]);
+    assert_eq!(tail(&a, "feed:y"), Vec::<u64>::new(), "channels are apart");
+    // A second home writing an offset already stored is refused, and the
+    // stream keeps the first.
+    persist(&b, "feed:x", 9, 7);
+    assert!(!persisted(&b, 7), "the duplicate offset is fenced");
+    assert_eq!(tail(&a, "feed:x"), vec![3, 4, 5, 6, 7]);
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn history_requests_fail_at_once_while_nats_is_down() {
+    let Some(mut nats) = nats() else { return };
+    let mut a = history_node(&nats.url(), "a");
+    a.wait_link(true);
+    nats.stop();
+    a.wait_link(false);
+    persist(&a, "feed:z", 1, 1);
+    assert!(!persisted(&a, 1));
+    use crate::engine::cluster::stored::StoreAnswer;
+    a.send(ToCluster::Load {
+        ns: 0,
+        channel: Arc::from("feed:z"),
+    });
+    let failed = a.wait("the failed read-back", |g| match g {
+        Got::Stored(StoreAnswer::Loaded { result, .. }) => Some(result.is_err()),
+        _ => None,
+    });
+    assert!(failed);
+    a.shutdown();
+}
