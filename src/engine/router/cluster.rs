@@ -37,9 +37,10 @@ use super::{Msg, Output, ReplyTo, Router};
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, is_remote, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
 use crate::engine::codes::ErrorCode;
+use crate::engine::history::Recovery;
 use crate::engine::hub::Position;
 use crate::engine::subs::ConnRef;
-use crate::engine::wire::publication::{PushBody, SharedPub};
+use crate::engine::wire::publication::{Publication, PushBody, SharedPub};
 
 use super::msg::Answer;
 
@@ -153,7 +154,16 @@ struct Relay {
     position: Option<Position>,
     /// When the marker is given up on (`None` once synced).
     deadline: Option<Instant>,
+    /// The last publications handed to the node's shards (at most
+    /// [`RECENT`]), to extend a subscribe answer they overtook.
+    recent: VecDeque<Arc<SharedPub>>,
 }
+
+/// Publications a relay keeps to extend overtaken subscribe answers: the
+/// answer (on the home node's subject) and the deliveries (on the
+/// channel's) travel on two NATS subscriptions, so a delivery sent after
+/// an answer can reach the node first.
+const RECENT: usize = 128;
 
 type PendingKey = (usize, ConnRef, u32, Arc<str>);
 
@@ -232,6 +242,49 @@ pub(super) fn channel_of(msg: &Msg) -> &Arc<str> {
 
 /// Whether a message goes to a channel's home (and so, on a node that is
 /// not the home, to the relay that forwards it).
+/// A subscribe answer that deliveries overtook on the way (the relay has
+/// handed its node's shards publications after the answer's position):
+/// its recovery is extended with them and it is moved to the relay's
+/// position, so the shard, which is there, sees the answer follow on. A
+/// recovery the relay cannot extend (publications no longer kept) stays
+/// as it was; the shard then refuses to claim it.
+fn catch_up(
+    r: &Relay,
+    position: Position,
+    result: Result<Box<Recovery>, ErrorCode>,
+) -> (Position, Result<Box<Recovery>, ErrorCode>) {
+    let Some(at) = r.position else {
+        return (position, result);
+    };
+    if at.epoch != position.epoch || at.offset <= position.offset {
+        return (position, result);
+    }
+    let Ok(mut recovery) = result else {
+        return (position, result);
+    };
+    let missing: Vec<Publication> = r
+        .recent
+        .iter()
+        .filter_map(|p| match &p.body {
+            PushBody::Pub(publication) if publication.offset > position.offset => {
+                Some(publication.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let complete = missing.len() as u64 == at.offset - position.offset
+        && missing
+            .first()
+            .is_some_and(|p| p.offset == position.offset + 1);
+    if !complete {
+        return (position, Ok(recovery));
+    }
+    if recovery.recovered {
+        recovery.publications.extend(missing);
+    }
+    (at, Ok(recovery))
+}
+
 pub(super) fn to_home(msg: &Msg) -> bool {
     matches!(
         msg,
@@ -450,6 +503,7 @@ impl Router {
             waiting: 0,
             position: None,
             deadline: Some(now + timeout),
+            recent: VecDeque::new(),
         });
         match r.position {
             Some(p) => {
@@ -648,6 +702,7 @@ impl Router {
                     epoch,
                     offset: publication.offset,
                 });
+                r.recent.clear();
                 c.stats.resyncs += 1;
                 let channel = push.channel.clone();
                 return self.tell_lost(now, &channel, mask, out);
@@ -659,6 +714,10 @@ impl Router {
                 epoch,
                 offset: publication.offset,
             });
+            if r.recent.len() == RECENT {
+                r.recent.pop_front();
+            }
+            r.recent.push_back(push.clone());
         }
         // A jump in offsets reaches the shards as it is: each sees the gap
         // and makes its subscribers recover.
@@ -774,6 +833,28 @@ impl Router {
             c.stats.late += 1;
             return;
         }
+        let msg = match msg {
+            Msg::Subscribed {
+                channel,
+                position,
+                result,
+                story: None,
+                reply_to,
+            } => {
+                let (position, result) = match c.relays.get(&channel) {
+                    Some(r) => catch_up(r, position, result),
+                    None => (position, result),
+                };
+                Msg::Subscribed {
+                    channel,
+                    position,
+                    result,
+                    story: None,
+                    reply_to,
+                }
+            }
+            msg => msg,
+        };
         if to < self.shards {
             let _ = self.dispatch(now, to, msg, out);
         }

@@ -349,6 +349,22 @@ impl ClusterSim {
         true
     }
 
+    /// Runs node `n` alone until it has no work: its shards' messages and
+    /// what arrived from the network, in order; what it sends is moved.
+    pub fn run_node(&mut self, n: usize) {
+        loop {
+            while self.nodes[n].step() {
+                self.pump();
+            }
+            let Some(item) = self.inbound[n].pop_front() else {
+                return;
+            };
+            let shard = home_shard(item.channel(), self.nodes[n].routers.len());
+            self.nodes[n].on(shard, |r, out, now| r.handle_remote(now, item, out));
+            self.pump();
+        }
+    }
+
     /// Runs until no node has work (loss notices included).
     pub fn run(&mut self) {
         loop {
@@ -853,4 +869,63 @@ fn a_write_stored_after_its_failure_was_reported_is_delivered_not_lost() {
     assert_eq!(reply(&c, sub, id)["publish"]["offset"], 2);
     assert_eq!(offsets(&c, sub, channel), vec![1, 2]);
     assert_eq!(closed(&c, sub), None);
+}
+
+#[test]
+fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
+    // The answer travels on the home node's subject, deliveries on the
+    // channel's: on the way to the relay a later delivery can arrive first.
+    let mut c = ClusterSim::new(2, 1, 11, presence_ns());
+    let channel = c.channel_homed_at("room", 0);
+    let publisher = c.connect(0, 0);
+    let first = c.connect(1, 0);
+    let id = subscribe(&mut c, first, &channel);
+    c.run();
+    let epoch = reply(&c, first, id)["subscribe"]["epoch"].clone();
+    for i in 1..=3 {
+        publish(&mut c, publisher, &channel, &i.to_string());
+    }
+    c.run();
+    assert_eq!(offsets(&c, first, &channel), vec![1, 2, 3]);
+    // A second client on node 1 recovers from offset 2 (missed 3).
+    let second = c.connect(1, 0);
+    let since = Position {
+        epoch: hex_epoch(&epoch),
+        offset: 2,
+    };
+    let id = c.on(1, |sim| sim.subscribe_from(second.1, &channel, Some(since)));
+    c.run_node(1);
+    c.run_node(0); // the home answers at offset 3
+    publish(&mut c, publisher, &channel, "4");
+    c.run_node(0); // and publishes 4
+    // Delivery 4 overtakes the answer on the way to node 1.
+    let answer = c.inbound[1]
+        .iter()
+        .position(|m| matches!(m, FromNode::Msg { .. }))
+        .expect("the answer is on its way");
+    let delivery = c.inbound[1]
+        .iter()
+        .position(|m| matches!(m, FromNode::Delivery { .. }))
+        .expect("the delivery is on its way");
+    assert!(answer < delivery);
+    c.inbound[1].swap(answer, delivery);
+    c.run();
+    let v = reply(&c, second, id);
+    assert_eq!(v["subscribe"]["recovered"], true, "{v}");
+    assert_eq!(v["subscribe"]["offset"], 4, "{v}");
+    let offs: Vec<u64> = v["subscribe"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        offs,
+        vec![3, 4],
+        "what it missed, and what overtook the answer"
+    );
+    publish(&mut c, publisher, &channel, "5");
+    c.run();
+    assert_eq!(offsets(&c, second, &channel), vec![5], "then live");
+    assert_eq!(closed(&c, second), None);
 }
