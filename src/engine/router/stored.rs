@@ -334,9 +334,21 @@ impl Router {
     /// (their keys are forgotten, so a retry publishes), and the channel
     /// reads its tail back.
     fn fail_writes(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) {
-        let s = self.stored.as_mut().expect("stored channels");
-        let Some(writes) = s.ready.remove(channel) else {
+        if !self.drop_writes(now, channel, out) {
             return;
+        }
+        tracing::debug!(%channel, "stored history: a write failed; reading the tail back");
+        self.start_load(now, channel, out);
+    }
+
+    /// Ends `channel`'s writes in flight: each gets 100 and its idempotency
+    /// key is forgotten (a retry must publish). Whether it had a queue.
+    fn drop_writes(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) -> bool {
+        let Some(s) = self.stored.as_mut() else {
+            return false;
+        };
+        let Some(writes) = s.ready.remove(channel) else {
+            return false;
         };
         s.stats.write_failures += writes.len() as u64;
         s.writing -= writes.len();
@@ -347,8 +359,7 @@ impl Router {
             let answer = Answer::Error(ErrorCode::Internal);
             self.answer(now, channel, w.from, w.reply_to, answer, out);
         }
-        tracing::debug!(%channel, "stored history: a write failed; reading the tail back");
-        self.start_load(now, channel, out);
+        true
     }
 
     /// `channel`'s tail is here (`Some`; `Some(None)`: nothing stored) or
@@ -496,14 +507,7 @@ impl Router {
             }
             None => Vec::new(),
         };
-        if let Some(writes) = s.ready.remove(channel) {
-            s.stats.write_failures += writes.len() as u64;
-            s.writing -= writes.len();
-            for w in writes {
-                let answer = Answer::Error(ErrorCode::Internal);
-                self.answer(now, channel, w.from, w.reply_to, answer, out);
-            }
-        }
+        self.drop_writes(now, channel, out);
         parked
     }
 
