@@ -406,6 +406,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         shards.inboxes.clone(),
         shared.clone(),
         &metrics,
+        cluster.as_ref().map(|(w, _)| w),
     ) {
         Ok(a) => a,
         Err(e) => {

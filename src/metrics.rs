@@ -863,7 +863,8 @@ mod ops;
 mod stories;
 mod tls;
 pub use cluster::{
-    ClusterDrop, ClusterMetrics, HeartbeatRefusal, KindLabel, OpLabel, Received, Sent,
+    ApiCall, ApiServed, ClusterDrop, ClusterMetrics, HeartbeatRefusal, KindLabel, OpLabel,
+    Received, Sent,
 };
 pub use collab::CollabShardMetrics;
 pub use ops::LivenessMetrics;

@@ -45,22 +45,26 @@ const API_KEY: &str = "cluster-test-key";
 /// Starts `n` nodes named `n0`… with [`CONFIG`] on the cluster of `nats`,
 /// and waits until each sees all of them.
 fn cluster(nats: &NatsServer, n: usize, test: &str) -> Vec<Server> {
+    cluster_with(nats, n, test, &[])
+}
+
+/// [`cluster`], with more environment for every node.
+fn cluster_with(nats: &NatsServer, n: usize, test: &str, env: &[(&str, &str)]) -> Vec<Server> {
     let dir = std::env::temp_dir().join(format!("wsedge-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{test}.toml"));
     std::fs::write(&path, CONFIG).unwrap();
     let nodes: Vec<Server> = (0..n)
         .map(|i| {
-            Server::start_with(
-                Opts {
-                    args: vec!["--config".into(), path.to_str().unwrap().into()],
-                    ..Opts::default()
-                }
-                .env("WSEDGE_CLUSTER_NATS_URL", &nats.url())
-                .env("WSEDGE_CLUSTER_NODE_NAME", &format!("n{i}"))
-                .env("WSEDGE_CLUSTER_CLUSTER_NAME", "test")
-                .env("WSEDGE_API_KEY", API_KEY),
-            )
+            let opts = Opts {
+                args: vec!["--config".into(), path.to_str().unwrap().into()],
+                ..Opts::default()
+            }
+            .env("WSEDGE_CLUSTER_NATS_URL", &nats.url())
+            .env("WSEDGE_CLUSTER_NODE_NAME", &format!("n{i}"))
+            .env("WSEDGE_CLUSTER_CLUSTER_NAME", "test")
+            .env("WSEDGE_API_KEY", API_KEY);
+            Server::start_with(env.iter().fold(opts, |o, (k, v)| o.env(k, v)))
         })
         .collect();
     for s in &nodes {
@@ -586,4 +590,121 @@ fn the_server_api_on_any_node_acts_on_channels_homed_on_another() {
     // Calls a namespace refuses are refused the same way.
     let r = call(2, "presence", json!({"channel": chat}));
     assert_eq!(r["error"]["code"], 103, "{r}");
+}
+
+/// `subscribe`, `unsubscribe` and `disconnect` of a user through one
+/// node's API act on the user's connections on every node, and `channels`
+/// counts them all — each push and close code read off the wire; a node
+/// that cannot answer is named in the error instead of being skipped.
+#[test]
+fn user_calls_and_channels_through_one_nodes_api_act_on_every_node() {
+    let nats = NatsServer::start();
+    // A stopped node stays in the live set for the whole test (30 s
+    // node timeout) and each call waits 1 s for the others' answers.
+    let nodes = cluster_with(
+        &nats,
+        3,
+        "user-calls",
+        &[
+            ("WSEDGE_CLUSTER_NODE_TIMEOUT", "30s"),
+            ("WSEDGE_CLUSTER_REQUEST_TIMEOUT", "1s"),
+        ],
+    );
+    let call = |node: usize, method: &str, body: serde_json::Value| {
+        let (status, reply) = api_post(&nodes[node], method, Some(API_KEY), &body.to_string());
+        assert_eq!(status, 200, "{method} on n{node}: {reply}");
+        reply
+    };
+    // ann on n1 and n2, bob on n1; the calls go to n0, which has none.
+    let mut ann1 = RawJson::user(&nodes[1], "ann", None);
+    let mut ann2 = RawJson::user(&nodes[2], "ann", None);
+    let mut bob = RawJson::user(&nodes[1], "bob", None);
+    let channel = "chat:together";
+
+    let r = call(0, "subscribe", json!({"user": "ann", "channel": channel}));
+    assert_eq!(r, json!({"result": {}}));
+    for (name, c) in [("ann@n1", &mut ann1), ("ann@n2", &mut ann2)] {
+        let p = c.wait("subscribe push", |v| !v["push"]["subscribe"].is_null());
+        assert_eq!(p["push"]["channel"], channel, "{name}: {p}");
+    }
+    let r = call(0, "publish", json!({"channel": channel, "data": "hi"}));
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    for c in [&mut ann1, &mut ann2] {
+        let got = c.pubs_through(channel, 1);
+        assert_eq!(got[0]["push"]["pub"]["data"], "hi", "{got:?}");
+    }
+
+    // Counted on both nodes, asked on the third.
+    let r = call(0, "channels", json!({"pattern": "chat:*"}));
+    assert_eq!(
+        r["result"]["channels"],
+        json!({ channel: {"num_clients": 2} }),
+        "{r}"
+    );
+
+    let r = call(2, "unsubscribe", json!({"user": "ann", "channel": channel}));
+    assert_eq!(r, json!({"result": {}}));
+    for c in [&mut ann1, &mut ann2] {
+        let p = c.wait("unsubscribe push", |v| !v["push"]["unsubscribe"].is_null());
+        assert_eq!(p, json!({"push": {"channel": channel, "unsubscribe": {}}}));
+    }
+    let r = call(1, "channels", json!({"pattern": "chat:*"}));
+    assert_eq!(r["result"]["channels"], json!({}), "{r}");
+
+    let r = call(
+        0,
+        "disconnect",
+        json!({"user": "ann", "code": 4501, "reason": "banned"}),
+    );
+    assert_eq!(r, json!({"result": {}}));
+    for (name, c) in [("ann@n1", &mut ann1), ("ann@n2", &mut ann2)] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            match c.next_event(deadline) {
+                Ok(Some(v)) if !v["push"]["disconnect"].is_null() => assert_eq!(
+                    v["push"]["disconnect"],
+                    json!({"code": 4501, "reason": "banned", "reconnect": false}),
+                    "{name}"
+                ),
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{name}: no close within 10 s: {}", c.seen()),
+                Err(code) => break code,
+            }
+        };
+        assert_eq!(code, Some(4501), "{name}");
+    }
+    // Another user on the same node is untouched.
+    let r = bob.call("subscribe", json!({"channel": "chat:bob"}));
+    assert!(r["subscribe"].is_object(), "{r}");
+
+    // A node that does not answer (stopped, still in the live set): the
+    // call acts on the others and says which node it could not reach.
+    nodes[2].signal(libc::SIGSTOP);
+    let r = call(
+        0,
+        "subscribe",
+        json!({"user": "bob", "channel": "chat:more"}),
+    );
+    nodes[2].signal(libc::SIGCONT);
+    assert_eq!(r["error"]["code"], 100, "{r}");
+    let message = r["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("n2"), "{r}");
+    let p = bob.wait("subscribe push", |v| !v["push"]["subscribe"].is_null());
+    assert_eq!(p["push"]["channel"], "chat:more", "{p}");
+    assert_eq!(
+        nodes[0].metric("wsedge_api_requests_total{method=\"subscribe\",status=\"error\"}"),
+        1.0
+    );
+    // n0 asked four times (subscribe, channels, disconnect: all answered;
+    // the last one partly); n1 ran five calls from others.
+    let calls = |result: &str| {
+        nodes[0].metric(&format!(
+            "wsedge_cluster_api_calls_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!((calls("complete"), calls("partial")), (3.0, 1.0));
+    assert_eq!(
+        nodes[1].metric("wsedge_cluster_api_served_total{result=\"ok\"}"),
+        5.0
+    );
 }

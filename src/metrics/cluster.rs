@@ -166,6 +166,66 @@ impl HeartbeatRefusal {
     }
 }
 
+/// How a server API call sent to every other node ended, for
+/// `wsedge_cluster_api_calls_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiCall {
+    /// Every live node answered.
+    Complete,
+    /// Some did not answer within `request_timeout`.
+    Partial,
+    /// Not sent: NATS unreachable.
+    Unreachable,
+    /// Not sent: the queue to the worker was full.
+    Busy,
+}
+
+impl ApiCall {
+    /// Every result, in slot order.
+    pub const ALL: [ApiCall; 4] = [
+        ApiCall::Complete,
+        ApiCall::Partial,
+        ApiCall::Unreachable,
+        ApiCall::Busy,
+    ];
+
+    /// The `result` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ApiCall::Complete => "complete",
+            ApiCall::Partial => "partial",
+            ApiCall::Unreachable => "unreachable",
+            ApiCall::Busy => "busy",
+        }
+    }
+}
+
+/// How another node's server API call run here ended, for
+/// `wsedge_cluster_api_served_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiServed {
+    /// Answered with a result.
+    Ok,
+    /// Answered with an error from the call itself.
+    Error,
+    /// Refused with 112: too many peer calls running.
+    Busy,
+}
+
+impl ApiServed {
+    /// Every result, in slot order.
+    pub const ALL: [ApiServed; 3] = [ApiServed::Ok, ApiServed::Error, ApiServed::Busy];
+
+    /// The `result` label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ApiServed::Ok => "ok",
+            ApiServed::Error => "error",
+            ApiServed::Busy => "busy",
+        }
+    }
+}
+
 /// The cluster transport's counters and gauges. Cheap to clone (every
 /// handle is shared).
 #[derive(Debug, Clone, Default)]
@@ -190,9 +250,21 @@ pub struct ClusterMetrics {
     /// Read-backs: ok, failed.
     history_loads: [Counter; 2],
     history_resets: Counter,
+    api_calls: [Counter; 4],
+    api_served: [Counter; 3],
 }
 
 impl ClusterMetrics {
+    /// Counts a server API call sent to every other node.
+    pub fn api_call(&self, result: ApiCall) {
+        self.api_calls[result as usize].inc();
+    }
+
+    /// Counts another node's server API call run here.
+    pub fn api_served(&self, result: ApiServed) {
+        self.api_served[result as usize].inc();
+    }
+
     /// Moves a router's cluster counts to `wsedge_cluster_requests_total`
     /// and `wsedge_cluster_resyncs_total`.
     pub fn router(&self, s: &crate::engine::router::ClusterStats) {
@@ -346,6 +418,8 @@ pub(super) struct ClusterFamilies {
     history_writes: Family<ResultLabel, Counter>,
     history_loads: Family<ResultLabel, Counter>,
     history_resets: Counter,
+    api_calls: Family<ResultLabel, Counter>,
+    api_served: Family<ResultLabel, Counter>,
 }
 
 /// The `result` label of `wsedge_cluster_requests_total`.
@@ -375,7 +449,19 @@ impl ClusterFamilies {
             history_writes: Family::default(),
             history_loads: Family::default(),
             history_resets: Counter::default(),
+            api_calls: Family::default(),
+            api_served: Family::default(),
         };
+        r.register(
+            "cluster_api_calls",
+            "Server API calls that act on every node (subscribe, unsubscribe, disconnect, channels) sent from here to the other nodes, by result: complete (every live node answered), partial (some did not answer within request_timeout; the caller got 100 naming them), unreachable (NATS down: acted on this node only, the caller got 100), busy (the queue to the cluster worker was full: the caller got 112)",
+            f.api_calls.clone(),
+        );
+        r.register(
+            "cluster_api_served",
+            "Other nodes' server API calls run on this node's shards, by result: ok, error (the call's own error, sent back), busy (more than 64 running at once: answered 112)",
+            f.api_served.clone(),
+        );
         r.register(
             "cluster_history_writes",
             "Publications of history_backend = \"jetstream\" channels written to JetStream by their home here, by result: ok (acknowledged, then delivered), failed (NATS down, refused, no acknowledgement within the timeout, or failed behind one that did; the publisher got 100)",
@@ -510,6 +596,20 @@ impl Metrics {
                     .clone()
             }),
             history_resets: f.history_resets.clone(),
+            api_calls: ApiCall::ALL.map(|r| {
+                f.api_calls
+                    .get_or_create(&ResultLabel {
+                        result: r.label().into(),
+                    })
+                    .clone()
+            }),
+            api_served: ApiServed::ALL.map(|r| {
+                f.api_served
+                    .get_or_create(&ResultLabel {
+                        result: r.label().into(),
+                    })
+                    .clone()
+            }),
         }
     }
 }
@@ -531,6 +631,12 @@ mod tests {
         }
         for (i, r) in HeartbeatRefusal::ALL.into_iter().enumerate() {
             assert_eq!(r.slot(), i);
+        }
+        for (i, r) in ApiCall::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
+        }
+        for (i, r) in ApiServed::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i);
         }
         let m = Metrics::new();
         let c = m.cluster();
@@ -560,6 +666,10 @@ mod tests {
             "wsedge_cluster_membership_refused_total{reason=\"name_clash\"} 0",
             "wsedge_cluster_membership_refused_total{reason=\"stale_incarnation\"} 0",
             "wsedge_cluster_membership_refused_total{reason=\"malformed\"} 0",
+            "wsedge_cluster_api_calls_total{result=\"complete\"} 0",
+            "wsedge_cluster_api_calls_total{result=\"busy\"} 0",
+            "wsedge_cluster_api_served_total{result=\"ok\"} 0",
+            "wsedge_cluster_api_served_total{result=\"busy\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }
@@ -570,6 +680,8 @@ mod tests {
         c.subscribe_op(false);
         c.dropped(ClusterDrop::InboxFull, 2);
         c.refused(HeartbeatRefusal::Membership(Refusal::NameClash));
+        c.api_call(ApiCall::Partial);
+        c.api_served(ApiServed::Error);
         let text = m.encode();
         for line in [
             "wsedge_cluster_nats_up 1",
@@ -581,6 +693,8 @@ mod tests {
             "wsedge_cluster_subscribe_ops_total{op=\"unsub\"} 1",
             "wsedge_cluster_dropped_total{reason=\"inbox_full\"} 2",
             "wsedge_cluster_membership_refused_total{reason=\"name_clash\"} 1",
+            "wsedge_cluster_api_calls_total{result=\"partial\"} 1",
+            "wsedge_cluster_api_served_total{result=\"error\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }

@@ -35,6 +35,7 @@ use crate::config::Config;
 use crate::engine::namespace::Namespaces;
 use crate::metrics::{ApiMetrics, Metrics};
 use crate::shard::Shared;
+use crate::sidecar::cluster::{ClusterWorker, NodeApi};
 
 /// How a request ended, for `wsedge_api_requests_total{status}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,16 +245,73 @@ impl Api {
     }
 }
 
+/// Other nodes' calls, run on this node's shards only (the cluster
+/// worker's [`NodeApi`]): checked like a caller's, then only the
+/// methods that act on every node are taken.
+#[derive(Clone)]
+struct PeerApi {
+    checker: Arc<Checker>,
+    dispatcher: Arc<Dispatcher>,
+}
+
+impl NodeApi for PeerApi {
+    fn call(
+        &self,
+        request: Bytes,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>> {
+        let this = self.clone();
+        Box::pin(async move { reply_json(&this.run(&request).await) })
+    }
+}
+
+impl PeerApi {
+    async fn run(&self, request: &[u8]) -> Reply {
+        #[derive(serde::Deserialize)]
+        struct PeerCall<'a> {
+            method: String,
+            #[serde(borrow)]
+            params: &'a RawValue,
+        }
+        let call: PeerCall = serde_json::from_slice(request)
+            .map_err(|e| ApiError::bad_request(format!("unreadable peer call: {e}")))?;
+        let method = Method::from_name(&call.method)
+            .filter(|m| {
+                matches!(
+                    m,
+                    Method::Subscribe | Method::Unsubscribe | Method::Disconnect | Method::Channels
+                )
+            })
+            .ok_or(crate::engine::codes::ErrorCode::UnknownMethod)?;
+        let cmd = self.checker.check(method, call.params.get())?;
+        self.dispatcher.on_this_node(cmd).await
+    }
+}
+
 /// Starts the server API on its own thread; returns the bound address.
-/// `inboxes` are the shards', in shard order.
+/// `inboxes` are the shards', in shard order. In a cluster, the calls
+/// that act on every node also go to the other nodes through `cluster`,
+/// and theirs are run here.
 pub fn start(
     listener: std::net::TcpListener,
     config: &Config,
     inboxes: Arc<[Arc<Inbox>]>,
     shared: Arc<Shared>,
     metrics: &Metrics,
+    cluster: Option<&ClusterWorker>,
 ) -> std::io::Result<SocketAddr> {
     let namespaces = Namespaces::from_config(config).map_err(std::io::Error::other)?;
+    let mut dispatcher = Dispatcher::new(inboxes.clone(), shared.clone(), config.node_name.clone());
+    if let Some(worker) = cluster {
+        dispatcher = dispatcher.with_cluster(worker.caller());
+        let peer: Arc<dyn NodeApi> = Arc::new(PeerApi {
+            checker: Arc::new(Checker::new(
+                namespaces.clone(),
+                config.history_max_publications,
+            )),
+            dispatcher: Arc::new(Dispatcher::new(inboxes, shared, config.node_name.clone())),
+        });
+        worker.answer_calls(peer);
+    }
     let mut methods: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
     methods.push(UNKNOWN_METHOD_LABEL);
     let statuses = Status::ALL.map(Status::label);
@@ -264,7 +322,7 @@ pub fn start(
             .map(|k| k.as_bytes().to_vec().into_boxed_slice()),
         max_body: config.api_max_body,
         checker: Checker::new(namespaces, config.history_max_publications),
-        dispatcher: Dispatcher::new(inboxes, shared, config.node_name.clone()),
+        dispatcher,
         metrics: metrics.api(&methods, &statuses),
     });
     super::http::serve("wsedge-api", listener, move |req| api.clone().handle(req))

@@ -186,6 +186,15 @@ impl Subjects {
         s
     }
 
+    /// The subject server API calls that act on every node go to:
+    /// `wsedge.<cluster>.api` (every node subscribes).
+    pub fn api(&self) -> String {
+        let mut s = String::with_capacity(self.prefix.len() + 3);
+        s.push_str(&self.prefix);
+        s.push_str("api");
+        s
+    }
+
     /// The subject a channel's kept history is stored under, in the stream
     /// of namespace `ns` (`history_backend = "jetstream"`):
     /// `wsedge.<cluster>.hist.<ns>.<hex>`. `ns` must be a valid namespace

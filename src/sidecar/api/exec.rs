@@ -14,12 +14,15 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value, json};
 use tokio::sync::oneshot;
 
+use bytes::Bytes;
+
 use super::command::{ApiError, Command, Reply, reply_json};
 use crate::bridge::{ApiAnswer, ApiCall, ApiOp, Inbox, ShardMsg};
 use crate::engine::codes::ErrorCode;
 use crate::engine::hub::home_shard;
 use crate::engine::wire::publication::PubData;
 use crate::shard::Shared;
+use crate::sidecar::cluster::{CallRefused, NodeCaller};
 
 /// Pushes tried on a full inbox before answering 112.
 const PUSH_ATTEMPTS: u32 = 5;
@@ -35,6 +38,9 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     node: String,
     started: Instant,
+    /// In a cluster: the way to the other nodes, for the calls that act on
+    /// every node (`subscribe`, `unsubscribe`, `disconnect`, `channels`).
+    cluster: Option<NodeCaller>,
 }
 
 type Pending = Result<oneshot::Receiver<ApiAnswer>, ApiError>;
@@ -48,7 +54,15 @@ impl Dispatcher {
             shared,
             node,
             started: Instant::now(),
+            cluster: None,
         }
+    }
+
+    /// The same dispatcher, also acting on the other nodes of a cluster
+    /// through `caller`.
+    pub fn with_cluster(mut self, caller: NodeCaller) -> Self {
+        self.cluster = Some(caller);
+        self
     }
 
     /// Queues `op` on `shard`: 113 while draining, 112 if its inbox stays
@@ -162,9 +176,21 @@ impl Dispatcher {
                 }
                 Ok(json!({ "responses": responses }))
             }
-            Command::Everywhere(op) => merge_all_ok(self.everywhere(op).await),
+            Command::Everywhere(op) => {
+                let request = peer_request(&op);
+                let (mut answers, peers) =
+                    tokio::join!(self.everywhere(op), self.on_peers(request));
+                answers.extend(peers);
+                merge_all_ok(answers)
+            }
             Command::Channels { pattern } => {
-                merge_channels(self.everywhere(ApiOp::Channels).await, pattern.as_deref())
+                let request = json!({ "method": "channels", "params": { "pattern": &pattern } });
+                let (mut answers, peers) = tokio::join!(
+                    self.everywhere(ApiOp::Channels),
+                    self.on_peers(Some(request))
+                );
+                answers.extend(peers);
+                merge_channels(answers, pattern.as_deref())
             }
             Command::Info => merge_info(
                 self.everywhere(ApiOp::Info).await,
@@ -174,6 +200,120 @@ impl Dispatcher {
             Command::Batch(_) => Err(ApiError::bad_request("a batch cannot hold a batch")),
         }
     }
+}
+
+impl Dispatcher {
+    /// Runs a peer node's call on this node's shards only: `subscribe`,
+    /// `unsubscribe`, `disconnect` and `channels` (any other method is
+    /// refused with 104: a peer never sends one).
+    pub async fn on_this_node(&self, cmd: Command) -> Reply {
+        match cmd {
+            Command::Everywhere(op) => merge_all_ok(self.everywhere(op).await),
+            Command::Channels { pattern } => {
+                merge_channels(self.everywhere(ApiOp::Channels).await, pattern.as_deref())
+            }
+            _ => Err(ErrorCode::UnknownMethod.into()),
+        }
+    }
+
+    /// The replies of the other live nodes of the cluster to `request`
+    /// (`{"method", "params"}`), one per node; an error stands for the
+    /// nodes that did not answer, or for all of them when NATS is
+    /// unreachable. Nothing outside a cluster.
+    async fn on_peers(&self, request: Option<Value>) -> Vec<Reply> {
+        let (Some(caller), Some(request)) = (&self.cluster, request) else {
+            return Vec::new();
+        };
+        let answers = match caller.call(Bytes::from(request.to_string())).await {
+            Ok(a) => a,
+            Err(CallRefused::Unreachable) => {
+                return vec![Err(ApiError {
+                    code: ErrorCode::Internal,
+                    detail: Some("NATS is unreachable: the call acted on this node only".into()),
+                })];
+            }
+            Err(CallRefused::Busy) => {
+                return vec![Err(ApiError {
+                    code: ErrorCode::Overloaded,
+                    detail: Some(
+                        "too many calls to the other nodes: the call acted on this node only"
+                            .into(),
+                    ),
+                })];
+            }
+        };
+        let mut replies: Vec<Reply> = answers
+            .answers
+            .into_iter()
+            .map(|(node, reply)| peer_reply(&node, reply))
+            .collect();
+        if !answers.missing.is_empty() {
+            let names: Vec<&str> = answers.missing.iter().map(|n| &**n).collect();
+            replies.push(Err(ApiError {
+                code: ErrorCode::Internal,
+                detail: Some(format!(
+                    "no answer from node(s) {} in time: the call may have acted on some nodes only",
+                    names.join(", ")
+                )),
+            }));
+        }
+        replies
+    }
+}
+
+/// What a peer is sent for a call that acts on every node: the server
+/// API's own `{"method", "params"}`, checked there like a caller's.
+fn peer_request(op: &ApiOp) -> Option<Value> {
+    let (method, params) = match op {
+        ApiOp::Subscribe { user, channel } => (
+            "subscribe",
+            json!({ "user": &**user, "channel": &**channel }),
+        ),
+        ApiOp::Unsubscribe { user, channel } => (
+            "unsubscribe",
+            json!({ "user": &**user, "channel": &**channel }),
+        ),
+        ApiOp::Disconnect { user, code, reason } => (
+            "disconnect",
+            json!({ "user": &**user, "code": code, "reason": reason.as_deref() }),
+        ),
+        _ => return None,
+    };
+    Some(json!({ "method": method, "params": params }))
+}
+
+/// A peer's `{"result"}` or `{"error"}` as a [`Reply`]; an error names the
+/// node.
+fn peer_reply(node: &str, reply: Value) -> Reply {
+    if let Some(result) = reply.get("result") {
+        return Ok(result.clone());
+    }
+    let error = reply.get("error");
+    let code = error
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_u64)
+        .and_then(|n| {
+            ErrorCode::ALL
+                .into_iter()
+                .find(|c| u64::from(c.code()) == n)
+        })
+        .unwrap_or(ErrorCode::Internal);
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    // The peer's message starts with the code's own; keep only its detail.
+    let detail = message
+        .strip_prefix(code.message())
+        .map_or(message, |rest| rest.trim_start_matches(": "));
+    Err(ApiError {
+        code,
+        detail: Some(if detail.is_empty() {
+            format!("on node {node}")
+        } else {
+            format!("on node {node}: {detail}")
+        }),
+    })
 }
 
 /// `{}` when every shard succeeded, else the first error.
@@ -345,6 +485,76 @@ mod tests {
             merge_info(vec![Ok(s0.clone()), Ok(s1.clone())], "n1", 7).unwrap(),
             json!({"node": "n1", "uptime_seconds": 7, "shards": [s0, s1], "connections": 10})
         );
+    }
+
+    /// A peer is sent what a caller would send, and the peer's checker
+    /// reads it back as the same command.
+    #[test]
+    fn peer_request_is_the_api_call_itself() {
+        use crate::engine::namespace::Namespaces;
+        use crate::sidecar::api::command::{Checker, Method};
+        let checker = Checker::new(Namespaces::from_config(&Config::default()).unwrap(), 100);
+        let ops = [
+            ApiOp::Subscribe {
+                user: "u1".into(),
+                channel: "room".into(),
+            },
+            ApiOp::Unsubscribe {
+                user: "u1".into(),
+                channel: "room".into(),
+            },
+            ApiOp::Disconnect {
+                user: "u1".into(),
+                code: 4001,
+                reason: Some("banned".into()),
+            },
+            ApiOp::Disconnect {
+                user: "u2".into(),
+                code: 3007,
+                reason: None,
+            },
+        ];
+        for op in ops {
+            let req = peer_request(&op).unwrap();
+            let method = Method::from_name(req["method"].as_str().unwrap()).unwrap();
+            let cmd = checker
+                .check(method, &req["params"].to_string())
+                .unwrap_or_else(|e| panic!("{req}: {e:?}"));
+            let Command::Everywhere(back) = cmd else {
+                panic!("{req} is not a call on every node");
+            };
+            assert_eq!(format!("{back:?}"), format!("{op:?}"));
+        }
+        assert!(
+            peer_request(&ApiOp::Info).is_none(),
+            "info stays on one node"
+        );
+    }
+
+    #[test]
+    fn peer_reply_keeps_the_code_and_names_the_node() {
+        assert_eq!(
+            peer_reply("n2", json!({"result": {"x": 1}})),
+            Ok(json!({"x": 1}))
+        );
+        let e: ApiError = ApiError {
+            code: ErrorCode::Overloaded,
+            detail: Some("shard 1".into()),
+        };
+        let back = peer_reply("n2", reply_json(&Err(e))).unwrap_err();
+        assert_eq!(back.code, ErrorCode::Overloaded);
+        assert_eq!(back.detail.as_deref(), Some("on node n2: shard 1"));
+        let bare = peer_reply("n3", reply_json(&Err(ErrorCode::ShuttingDown.into())));
+        assert_eq!(
+            bare.unwrap_err(),
+            ApiError {
+                code: ErrorCode::ShuttingDown,
+                detail: Some("on node n3".into())
+            }
+        );
+        let junk = peer_reply("n4", json!({"error": {"code": 9999}})).unwrap_err();
+        assert_eq!(junk.code, ErrorCode::Internal);
+        assert!(peer_reply("n4", json!("nonsense")).is_err());
     }
 
     fn dispatcher(capacity: usize, shards: usize) -> (Dispatcher, Arc<[Arc<Inbox>]>) {

@@ -33,12 +33,21 @@
 //! - **Echo**: the connection is `no_echo`: this node never receives its
 //!   own publications. A [`ToCluster::ToNode`] addressed to this node is
 //!   handed straight to the sink as if it had arrived on `home.<self>`.
+//! - **Server API calls on every node** (`subscribe`, `unsubscribe`,
+//!   `disconnect`, `channels`): the API thread hands them to the worker
+//!   through [`NodeCaller`] (a bounded queue); the worker publishes them
+//!   on `api` with a reply inbox and collects one answer per live node
+//!   within `request_timeout`; other nodes' calls are run here through
+//!   the [`NodeApi`] the server API sets with
+//!   [`ClusterWorker::answer_calls`].
 //!
 //! Layout: `interest` (the channel counts and the subscriptions they
-//! call for; no I/O), `worker` (the thread's loop), `connect` (the
-//! `async-nats` options from [`ClusterOptions`]). Metrics:
+//! call for; no I/O), `worker` (the thread's loop), `calls` (server API
+//! calls to and from the other nodes), `connect` (the `async-nats`
+//! options from [`ClusterOptions`]). Metrics:
 //! [`crate::metrics::ClusterMetrics`] (`wsedge_cluster_*`).
 
+mod calls;
 mod connect;
 mod interest;
 mod store;
@@ -46,8 +55,8 @@ mod worker;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -59,6 +68,7 @@ use crate::engine::cluster::stored::StoreAnswer;
 use crate::engine::cluster::subject::{Subjects, is_valid_name};
 use crate::metrics::ClusterDrop;
 pub use crate::metrics::ClusterMetrics;
+pub use calls::{CallRefused, NodeAnswers, NodeApi, NodeCaller};
 pub use connect::{parse_servers, redacted_servers};
 
 /// What a shard asks of the NATS worker. Never blocks the shard.
@@ -200,8 +210,9 @@ pub struct ClusterOptions {
     /// pings an idle server, so a dead connection is noticed within a few
     /// intervals).
     pub heartbeat_interval: Duration,
-    /// How long a shard waits for a home node's answer (carried for the
-    /// shards; the worker does not use it).
+    /// How long a shard waits for a home node's answer, and the worker
+    /// for every node's answer to a server API call that acts on every
+    /// node.
     pub request_timeout: Duration,
     /// Bound of the shards → worker queue.
     pub queue_capacity: usize,
@@ -317,6 +328,8 @@ pub struct ClusterWorker {
     node_name: Arc<str>,
     incarnation: u64,
     subjects: Subjects,
+    caller: NodeCaller,
+    node_api: Arc<OnceLock<Arc<dyn NodeApi>>>,
     worker: super::WorkerThread,
 }
 
@@ -324,6 +337,18 @@ impl ClusterWorker {
     /// A handle for a shard.
     pub fn client(&self) -> ClusterClient {
         self.client.clone()
+    }
+
+    /// The server API's handle for calls that act on every node.
+    pub fn caller(&self) -> NodeCaller {
+        self.caller.clone()
+    }
+
+    /// Lets other nodes' server API calls run here through `api` (until
+    /// it is set, they are answered with error 100). Set once; later
+    /// calls are ignored.
+    pub fn answer_calls(&self, api: Arc<dyn NodeApi>) {
+        let _ = self.node_api.set(api);
     }
 
     /// This node's name in the cluster.
@@ -376,6 +401,8 @@ pub fn spawn_cluster_worker(
         .enable_all()
         .build()?;
     let (tx, rx) = mpsc::channel(opts.queue_capacity);
+    let (calls_tx, calls_rx) = mpsc::channel(calls::CALL_QUEUE);
+    let node_api = Arc::new(OnceLock::new());
     let incarnation = rand::random::<u64>();
     metrics.set_up(false);
     let node_name = opts.node_name.clone();
@@ -386,6 +413,8 @@ pub fn spawn_cluster_worker(
             incarnation,
             subjects: subjects.clone(),
             up: up.clone(),
+            calls: calls_rx,
+            node_api: node_api.clone(),
         },
         rx,
         Arc::new(sink),
@@ -395,6 +424,12 @@ pub fn spawn_cluster_worker(
         worker.run(servers, connect, events_rx, stop)
     })?;
     Ok(ClusterWorker {
+        caller: NodeCaller {
+            tx: calls_tx,
+            up: up.clone(),
+            metrics: metrics.clone(),
+        },
+        node_api,
         client: ClusterClient { tx, up, metrics },
         node_name,
         incarnation,

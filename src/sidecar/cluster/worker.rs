@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::client::PublishErrorKind;
@@ -15,6 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use super::calls::{self, NodeApi, NodeCall};
 use super::interest::{Interest, Op};
 use super::store::Store;
 use super::{ClusterOptions, ClusterSink, SHUTDOWN_FLUSH, ToCluster};
@@ -22,7 +24,7 @@ use crate::engine::cluster::membership::{Change, Heartbeat, Membership, Refusal}
 use crate::engine::cluster::placement::Placement;
 use crate::engine::cluster::stored::{StoreAnswer, StoreUnavailable};
 use crate::engine::cluster::subject::{Subject, Subjects};
-use crate::metrics::{ClusterDrop, ClusterMetrics, HeartbeatRefusal, Received, Sent};
+use crate::metrics::{ApiCall, ClusterDrop, ClusterMetrics, HeartbeatRefusal, Received, Sent};
 
 /// Requests taken off the queue in one drain (one batch of interest
 /// changes) before the loop looks at its other sources again.
@@ -35,6 +37,10 @@ pub(super) struct Setup {
     pub(super) incarnation: u64,
     pub(super) subjects: Subjects,
     pub(super) up: Arc<AtomicBool>,
+    /// Server API calls to send to every other node.
+    pub(super) calls: mpsc::Receiver<NodeCall>,
+    /// Runs other nodes' calls here, once the server API is up.
+    pub(super) node_api: Arc<OnceLock<Arc<dyn NodeApi>>>,
 }
 
 /// A message to publish, in queue order.
@@ -69,6 +75,10 @@ pub(super) struct Worker {
     failure_logged: bool,
     /// Whether a name clash was logged (it repeats every heartbeat).
     clash_logged: bool,
+    calls: mpsc::Receiver<NodeCall>,
+    node_api: Arc<OnceLock<Arc<dyn NodeApi>>>,
+    /// Peer calls running now (bounded by `calls::MAX_SERVING`).
+    serving: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -101,6 +111,9 @@ impl Worker {
             connected_once: false,
             failure_logged: false,
             clash_logged: false,
+            calls: setup.calls,
+            node_api: setup.node_api,
+            serving: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -131,7 +144,7 @@ impl Worker {
             self.sink.clone(),
             self.metrics.clone(),
         );
-        let (mut heartbeats, mut home) = match self.subscribe_own(&client).await {
+        let (mut heartbeats, mut home, mut api) = match self.subscribe_own(&client).await {
             Ok(subs) => subs,
             Err(e) => {
                 tracing::error!(error = %e, "cluster: cannot subscribe; this node stays alone");
@@ -162,6 +175,15 @@ impl Worker {
                 },
                 Some(msg) = home.next() => self.on_home(msg),
                 Some(msg) = heartbeats.next() => self.on_heartbeat(&msg),
+                Some(msg) = api.next() => calls::serve(
+                    &client,
+                    msg,
+                    self.opts.node_name.clone(),
+                    self.node_api.get().cloned(),
+                    &self.serving,
+                    &self.metrics,
+                ),
+                Some(call) = self.calls.recv() => self.ask(call, &client),
                 _ = beat.tick() => self.send_heartbeat(&client).await,
                 _ = tokio::time::sleep_until(member_due.unwrap_or(now + far).into()),
                     if member_due.is_some() => self.expire_members(),
@@ -193,12 +215,49 @@ impl Worker {
     async fn subscribe_own(
         &self,
         client: &Client,
-    ) -> Result<(Subscriber, Subscriber), async_nats::SubscribeError> {
+    ) -> Result<(Subscriber, Subscriber, Subscriber), async_nats::SubscribeError> {
         let heartbeats = client.subscribe(self.subjects.all_nodes()).await?;
         let home = client
             .subscribe(self.subjects.home(&self.opts.node_name))
             .await?;
-        Ok((heartbeats, home))
+        let api = client.subscribe(self.subjects.api()).await?;
+        Ok((heartbeats, home, api))
+    }
+
+    /// Sends a server API call to every other live node (in its own task,
+    /// so the loop goes on while the answers come).
+    fn ask(&self, call: NodeCall, client: &Client) {
+        if !self.up.load(Ordering::Acquire) {
+            self.metrics.api_call(ApiCall::Unreachable);
+            let _ = call.reply.send(Err(calls::CallRefused::Unreachable));
+            return;
+        }
+        let expected: Vec<Arc<str>> = self
+            .membership
+            .live()
+            .iter()
+            .filter(|n| ***n != *self.opts.node_name)
+            .cloned()
+            .collect();
+        let ask = calls::ask(
+            client.clone(),
+            self.opts.node_name.clone(),
+            self.subjects.api(),
+            call.request,
+            expected,
+            self.opts.request_timeout,
+        );
+        let reply = call.reply;
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let answers = ask.await;
+            metrics.api_call(match &answers {
+                Ok(a) if a.missing.is_empty() => ApiCall::Complete,
+                Ok(_) => ApiCall::Partial,
+                Err(_) => ApiCall::Unreachable,
+            });
+            let _ = reply.send(answers);
+        });
     }
 
     /// The membership clock: ms since the worker started.
