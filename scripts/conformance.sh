@@ -3,10 +3,15 @@
 # build: RFC 6455 cases 1-7, 9, 10 and RFC 7692 (permessage-deflate) cases
 # 12 and 13, zero failures required.
 #   scripts/conformance.sh [extra case patterns...]
+# WSEDGE_BIN=<path> runs that binary instead of building one (the test
+# suite passes the release build it has just made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet
-bin=target/release/wsedge
+bin=${WSEDGE_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet
+  bin=target/release/wsedge
+fi
 log=$(mktemp /tmp/wsedge-conformance.XXXXXX.log)
 # 9.* sends messages of up to 16 MiB.
 WSEDGE_API_LISTEN=127.0.0.1:0 \
