@@ -307,6 +307,12 @@ fn a_client_of_a_killed_node_recovers_its_channel_on_another_node_from_jetstream
         .as_str()
         .unwrap_or_else(|| panic!("{r}"))
         .to_string();
+    // A subscriber on the survivor that will not be the new home: its
+    // node relays the channel throughout, and keeps it across the move.
+    let new_home = home_of_live(&channel, &[0, 1]);
+    let mut watcher = RawJson::anon(&nodes[1 - new_home]);
+    let r = watcher.call("subscribe", json!({"channel": channel}));
+    assert_eq!(r["subscribe"]["offset"], 0, "{r}");
     let mut publisher = RawJson::anon(&nodes[0]);
     for n in 1..=50 {
         let r = publisher.call("publish", json!({"channel": channel, "data": {"n": n}}));
@@ -327,7 +333,19 @@ fn a_client_of_a_killed_node_recovers_its_channel_on_another_node_from_jetstream
     for n in 51..=80 {
         assert_eq!(publish_until_accepted(&mut publisher, &channel, n), n);
     }
-    let new_home = home_of_live(&channel, &[0, 1]);
+    // The survivor's subscriber was not told to recover: the new home's
+    // marker confirmed its position, and every publication came once, in
+    // order, on the same connection.
+    let seen: Vec<u64> = watcher
+        .pubs_through(&channel, 80)
+        .iter()
+        .map(|v| v["push"]["pub"]["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seen, (1..=80).collect::<Vec<_>>());
+    assert_eq!(
+        nodes[1 - new_home].metric("wsedge_cluster_resyncs_total"),
+        0.0
+    );
     assert!(
         nodes[new_home].metric("wsedge_cluster_history_loads_total{result=\"ok\"}") >= 1.0,
         "the new home read the tail back"

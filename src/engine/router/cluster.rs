@@ -24,10 +24,15 @@
 //! channel's subject whatever the number of interested nodes, and NATS
 //! delivers one copy to each of them and none to the others.
 //!
-//! When the live set changes, a channel whose home moved makes its
-//! subscribers recover (3004) on every node, and each relay re-asks its
-//! home for a marker (a restarted home lost its interest and its epoch:
-//! the marker shows it, and subscribers recover rather than wait).
+//! When the live set changes, each relay re-asks its home for a marker (a
+//! restarted home lost its interest and its epoch: the marker shows it,
+//! and subscribers recover rather than wait). A channel whose home moved
+//! makes its subscribers recover (3004) on every node, except a channel
+//! whose history is in JetStream and that keeps no presence: the new home
+//! continues its epoch from the stream, so its relays (and its old home,
+//! which becomes a relay) keep their subscribers and position and ask the
+//! new home for a marker; only a marker that does not follow on (or none
+//! after [`CONFIRM_ATTEMPTS`] tries) makes them recover.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -157,7 +162,17 @@ struct Relay {
     /// The last publications handed to the node's shards (at most
     /// [`RECENT`]), to extend a subscribe answer they overtook.
     recent: VecDeque<Arc<SharedPub>>,
+    /// Markers asked of a new home since the channel moved with its
+    /// position kept (0: not moved, or confirmed): until the new home's
+    /// marker shows it continues from `position`, the relay re-asks, then
+    /// makes the subscribers recover.
+    confirming: u8,
 }
+
+/// Markers a relay asks of a channel's new home before it gives up and
+/// makes the subscribers recover (the new home may learn of the move a
+/// heartbeat later and refuse the first as misrouted).
+const CONFIRM_ATTEMPTS: u8 = 3;
 
 /// Publications a relay keeps to extend overtaken subscribe answers: the
 /// answer (on the home node's subject) and the deliveries (on the
@@ -374,7 +389,9 @@ impl Router {
             .map(|(ch, _)| ch.clone())
             .collect();
         for ch in moved {
-            self.drop_relay(now, &ch, true, out);
+            if !self.repoint_relay(now, &ch) {
+                self.drop_relay(now, &ch, true, out);
+            }
         }
         // Channels this shard was home for that moved away.
         if old.is_some() {
@@ -504,6 +521,7 @@ impl Router {
             position: None,
             deadline: Some(now + timeout),
             recent: VecDeque::new(),
+            confirming: 0,
         });
         match r.position {
             Some(p) => {
@@ -542,6 +560,87 @@ impl Router {
         };
         out.send_remote(remote_addr(slot, HOME_SHARD), channel, msg)
             .is_ok()
+    }
+
+    /// Whether `channel`'s subscribers can follow it to a new home without
+    /// recovering: its history is in JetStream (the new home continues
+    /// the same epoch from the stream) and no presence is kept at the
+    /// home (members would have to join the new home again).
+    fn follows_its_home(&self, channel: &str) -> bool {
+        self.is_stored(channel)
+            && self
+                .options(channel)
+                .is_ok_and(|o| !o.presence && !o.join_leave)
+    }
+
+    /// The new home of `channel`, if it is another node this relay can
+    /// reach now and the channel's subscribers can follow it there.
+    fn new_remote_home(&self, channel: &str) -> Option<(Arc<str>, u32)> {
+        let c = self.cluster.as_ref()?;
+        if !c.link_up || !self.follows_its_home(channel) {
+            return None;
+        }
+        let home = c.remote_home(channel)?.clone();
+        let slot = c.view.nodes.slot(&home)?;
+        Some((home, slot))
+    }
+
+    /// The home of a relayed channel moved to another node: the relay
+    /// keeps its subscribers and position and asks the new home for a
+    /// marker (sent by [`Router::resync_relays`]), which shows whether
+    /// anything was missed. `false` if the channel cannot follow (then
+    /// the caller makes its subscribers recover).
+    fn repoint_relay(&mut self, now: Instant, channel: &Arc<str>) -> bool {
+        let Some((home, slot)) = self.new_remote_home(channel) else {
+            return false;
+        };
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let timeout = c.view.request_timeout;
+        let Some(r) = c.relays.get_mut(channel) else {
+            return false;
+        };
+        if r.position.is_none() {
+            return false;
+        }
+        r.home = home;
+        r.slot = slot;
+        r.deadline = Some(now + timeout);
+        r.confirming = 1;
+        true
+    }
+
+    /// This shard stopped being `channel`'s home for another node: when
+    /// the channel's subscribers here can follow it, the shard becomes its
+    /// relay at the position they have (confirmed by the new home's
+    /// marker, as for a moved relay). `false` if they must recover.
+    fn relay_instead(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        mask: u64,
+        position: Position,
+        out: &mut impl Output,
+    ) -> bool {
+        let Some((home, slot)) = self.new_remote_home(channel) else {
+            return false;
+        };
+        let c = self.cluster.as_mut().expect("in a cluster");
+        let timeout = c.view.request_timeout;
+        c.relays.insert(
+            channel.clone(),
+            Relay {
+                home,
+                slot,
+                mask,
+                waiting: 0,
+                position: Some(position),
+                deadline: Some(now + timeout),
+                recent: VecDeque::new(),
+                confirming: 1,
+            },
+        );
+        out.watch(channel, true);
+        true
     }
 
     /// Every relay asks its home for a marker again (after a reconnect or
@@ -668,15 +767,30 @@ impl Router {
                 };
                 self.send_each(now, waiting, ack, out);
             }
-            Some(at) if at.epoch != p.epoch || at.offset < p.offset => {
+            // A new home behind the position its subscribers have would
+            // number its next publications as ones they already saw.
+            Some(at)
+                if at.epoch != p.epoch
+                    || at.offset < p.offset
+                    || (r.confirming > 0 && at.offset > p.offset) =>
+            {
                 // Deliveries were lost (or the home restarted): the node's
                 // subscribers recover from the home, starting over here.
                 r.position = Some(p);
+                r.confirming = 0;
+                r.deadline = None;
                 let mask = r.mask;
                 c.stats.resyncs += 1;
                 self.tell_lost(now, channel, mask, out);
             }
-            Some(_) => {}
+            Some(_) => {
+                // A moved channel's new home continues where its
+                // subscribers are: nothing to recover.
+                if r.confirming > 0 {
+                    r.confirming = 0;
+                    r.deadline = None;
+                }
+            }
         }
     }
 
@@ -1042,18 +1156,49 @@ impl Router {
     /// recover from the new home, and what the channel kept here goes.
     fn give_up_home(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) {
         let mask = self.hub.interested(channel) & !bit(REMOTE_BIT);
+        let position = self.hub.peek(channel);
         if let Some(c) = self.cluster.as_mut() {
             c.remote_interest.remove(channel);
-            if mask != 0 {
-                c.stats.resyncs += 1;
-            }
         }
         self.forget_home_channel(channel);
-        self.tell_lost(now, channel, mask, out);
+        let follows =
+            mask != 0 && position.is_some_and(|p| self.relay_instead(now, channel, mask, p, out));
+        if !follows {
+            if mask != 0
+                && let Some(c) = self.cluster.as_mut()
+            {
+                c.stats.resyncs += 1;
+            }
+            self.tell_lost(now, channel, mask, out);
+        }
         // What waited for the channel's stored tail goes to its new home.
         for msg in self.forget_stored(now, channel, out) {
             self.handle(now, msg, out);
         }
+    }
+
+    /// A relay's marker did not come in time. Never synced: the waiting
+    /// shards' interest fails. A moved channel not yet confirmed by its
+    /// new home: asked again, up to [`CONFIRM_ATTEMPTS`] times, then its
+    /// subscribers recover.
+    fn relay_overdue(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) {
+        let id = self.id;
+        let c = self.cluster.as_mut().expect("relaying in a cluster");
+        let timeout = c.view.request_timeout;
+        let link_up = c.link_up;
+        let Some(r) = c.relays.get_mut(channel) else {
+            return;
+        };
+        if r.confirming == 0 {
+            return self.drop_relay(now, channel, false, out);
+        }
+        if r.confirming >= CONFIRM_ATTEMPTS || !link_up {
+            return self.drop_relay(now, channel, true, out);
+        }
+        r.confirming += 1;
+        r.deadline = Some(now + timeout);
+        let slot = r.slot;
+        self.ask_marker(channel, slot, id, out);
     }
 
     // ---- time ---------------------------------------------------------------
@@ -1103,7 +1248,7 @@ impl Router {
             self.expire_pending(now, key, out);
         }
         for ch in stuck {
-            self.drop_relay(now, &ch, false, out);
+            self.relay_overdue(now, &ch, out);
         }
         for ch in lost {
             if let Some(p) = self.hub.peek(&ch) {

@@ -167,7 +167,13 @@ impl ClusterSim {
     /// Every live node's routers get the placement of `live` (each from
     /// its own membership, as heartbeats would build it).
     pub fn set_live(&mut self, live: &[usize]) {
-        for &n in live {
+        self.set_live_on(live, live);
+    }
+
+    /// Only nodes `on` learn that the live set is `live` (the others
+    /// learn it later: heartbeats do not reach every node at once).
+    pub fn set_live_on(&mut self, on: &[usize], live: &[usize]) {
+        for &n in on {
             let mut m = Membership::new(self.names[n].clone(), 1, 3_000);
             for &o in live {
                 if o != n {
@@ -747,6 +753,26 @@ fn stored_ns() -> Namespaces {
     Namespaces::new(false, [("feed", feed)]).unwrap()
 }
 
+/// Publishes `range` (each its own number as data) one at a time, each
+/// accepted at that offset.
+fn publish_each(
+    c: &mut ClusterSim,
+    publisher: Conn,
+    channel: &str,
+    range: std::ops::RangeInclusive<u64>,
+    seed: u64,
+) {
+    for i in range {
+        let id = publish(c, publisher, channel, &i.to_string());
+        c.run();
+        assert_eq!(
+            reply(c, publisher, id)["publish"]["offset"],
+            i,
+            "seed {seed}"
+        );
+    }
+}
+
 fn hex_epoch(v: &Value) -> u64 {
     u64::from_str_radix(v.as_str().expect("epoch"), 16).expect("hex epoch")
 }
@@ -778,15 +804,7 @@ fn a_stored_channel_outlives_its_home_and_its_clients_recover_on_another_node() 
         c.down[2] = true;
         c.set_live(&[0, 1]);
         c.run();
-        for i in 6..=8 {
-            let id = publish(&mut c, publisher, &channel, &i.to_string());
-            c.run();
-            assert_eq!(
-                reply(&c, publisher, id)["publish"]["offset"],
-                i,
-                "seed {seed}"
-            );
-        }
+        publish_each(&mut c, publisher, &channel, 6..=8, seed);
         // The victim's client recovers on node 1 from offset 5.
         let back = c.connect(1, 1);
         let since = Position {
@@ -928,4 +946,172 @@ fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
     c.run();
     assert_eq!(offsets(&c, second, &channel), vec![5], "then live");
     assert_eq!(closed(&c, second), None);
+}
+
+/// A channel `prefix:<i>` homed at `before` among the nodes of
+/// `live_before` and at `after` among those of `live_after`.
+fn channel_moving(
+    c: &ClusterSim,
+    prefix: &str,
+    (live_before, before): (&[usize], usize),
+    (live_after, after): (&[usize], usize),
+) -> String {
+    let home = |ch: &str, live: &[usize]| {
+        let names: Vec<Arc<str>> = live.iter().map(|&n| c.names[n].clone()).collect();
+        let h = crate::engine::cluster::placement::home_node(ch, &names).unwrap();
+        c.names.iter().position(|n| n == h).unwrap()
+    };
+    (0..)
+        .map(|i| format!("{prefix}:{i}"))
+        .find(|ch| home(ch, live_before) == before && home(ch, live_after) == after)
+        .expect("some channel moves that way")
+}
+
+#[test]
+fn a_stored_channel_whose_home_dies_keeps_its_remote_subscribers_without_a_recovery() {
+    for seed in 0..8 {
+        let mut c = ClusterSim::new(3, 2, seed, stored_ns());
+        // Homed at node 2, then at node 1: node 0 relays it throughout.
+        let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+        let sub = c.connect(0, 1);
+        let publisher = c.connect(1, 0);
+        subscribe(&mut c, sub, &channel);
+        c.run();
+        for i in 1..=5 {
+            publish(&mut c, publisher, &channel, &i.to_string());
+        }
+        c.run();
+        assert_eq!(offsets(&c, sub, &channel), vec![1, 2, 3, 4, 5]);
+        c.down[2] = true;
+        c.set_live(&[0, 1]);
+        c.run();
+        publish_each(&mut c, publisher, &channel, 6..=8, seed);
+        assert_eq!(closed(&c, sub), None, "seed {seed}: no gap, no 3004");
+        assert_eq!(
+            offsets(&c, sub, &channel),
+            (1..=8).collect::<Vec<_>>(),
+            "seed {seed}: every publication once, in order, across the move"
+        );
+        let resyncs: u64 = (0..2)
+            .map(|s| c.nodes[0].routers[s].take_cluster_stats().resyncs)
+            .sum();
+        assert_eq!(resyncs, 0, "seed {seed}");
+    }
+}
+
+#[test]
+fn a_stored_channel_moving_off_a_live_home_keeps_subscribers_on_both_nodes() {
+    for seed in 0..8 {
+        let mut c = ClusterSim::new(3, 2, seed, stored_ns());
+        // Node 2 is away; the channel lives at node 0, and moves to node 2
+        // when it joins.
+        let channel = channel_moving(&c, "feed", (&[0, 1], 0), (&[0, 1, 2], 2));
+        c.down[2] = true;
+        c.set_live(&[0, 1]);
+        let at_home = c.connect(0, 0);
+        let relayed = c.connect(1, 1);
+        let publisher = c.connect(1, 0);
+        subscribe(&mut c, at_home, &channel);
+        subscribe(&mut c, relayed, &channel);
+        c.run();
+        for i in 1..=3 {
+            publish(&mut c, publisher, &channel, &i.to_string());
+        }
+        c.run();
+        c.down[2] = false;
+        c.set_live(&[0, 1, 2]);
+        c.run();
+        publish_each(&mut c, publisher, &channel, 4..=6, seed);
+        for (name, x) in [("old home", at_home), ("relay", relayed)] {
+            assert_eq!(closed(&c, x), None, "seed {seed}: {name}");
+            assert_eq!(
+                offsets(&c, x, &channel),
+                (1..=6).collect::<Vec<_>>(),
+                "seed {seed}: {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_new_home_behind_its_moved_subscribers_makes_them_recover() {
+    let mut c = ClusterSim::new(3, 2, 5, stored_ns());
+    let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+    let sub = c.connect(0, 1);
+    let publisher = c.connect(1, 0);
+    subscribe(&mut c, sub, &channel);
+    c.run();
+    for i in 1..=4 {
+        publish(&mut c, publisher, &channel, &i.to_string());
+    }
+    c.run();
+    assert_eq!(offsets(&c, sub, &channel), vec![1, 2, 3, 4]);
+    // The stream lost its last message (a truncated stream): the new home
+    // continues from offset 3, and its next publication would reuse 4.
+    c.stream.get_mut(channel.as_str()).unwrap().pop();
+    c.down[2] = true;
+    c.set_live(&[0, 1]);
+    c.run();
+    assert_eq!(closed(&c, sub), Some(CloseReason::InsufficientState));
+}
+
+#[test]
+fn memory_and_presence_channels_still_recover_when_their_home_moves() {
+    // A stored namespace with presence: members live at the home, so its
+    // subscribers re-join the new home by recovering.
+    let feed = crate::engine::namespace::NamespaceOptions {
+        history_size: 100,
+        history_ttl_ms: 600_000,
+        recover: true,
+        presence: true,
+        history_backend: crate::engine::namespace::HistoryBackend::Jetstream,
+        ..Default::default()
+    };
+    let mut c = ClusterSim::new(3, 2, 3, Namespaces::new(false, [("feed", feed)]).unwrap());
+    let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+    let sub = c.connect(0, 1);
+    subscribe(&mut c, sub, &channel);
+    c.run();
+    c.down[2] = true;
+    c.set_live(&[0, 1]);
+    c.run();
+    assert_eq!(closed(&c, sub), Some(CloseReason::InsufficientState));
+}
+
+#[test]
+fn a_relay_asks_a_new_home_again_until_it_knows_it_is_home() {
+    for learns in [true, false] {
+        let mut c = ClusterSim::new(3, 2, 11, stored_ns());
+        let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+        let sub = c.connect(0, 1);
+        let publisher = c.connect(1, 0);
+        subscribe(&mut c, sub, &channel);
+        c.run();
+        publish(&mut c, publisher, &channel, "1");
+        c.run();
+        assert_eq!(offsets(&c, sub, &channel), vec![1]);
+        // Node 0 sees node 2 go first: its marker request reaches node 1,
+        // which does not think it is home yet (misrouted, no marker).
+        c.down[2] = true;
+        c.set_live_on(&[0], &[0, 1]);
+        c.run();
+        assert_eq!(closed(&c, sub), None);
+        if learns {
+            c.set_live_on(&[1], &[0, 1]);
+            c.run();
+            // The relay asks again after request_timeout and is confirmed.
+            c.advance(Duration::from_secs(3));
+            let id = publish(&mut c, publisher, &channel, "2");
+            c.run();
+            assert_eq!(reply(&c, publisher, id)["publish"]["offset"], 2);
+            assert_eq!(closed(&c, sub), None);
+            assert_eq!(offsets(&c, sub, &channel), vec![1, 2]);
+        } else {
+            // No marker after three tries: the subscribers recover.
+            c.advance(Duration::from_secs(5));
+            assert_eq!(closed(&c, sub), None, "still asking");
+            c.advance(Duration::from_secs(2));
+            assert_eq!(closed(&c, sub), Some(CloseReason::InsufficientState));
+        }
+    }
 }
