@@ -57,7 +57,13 @@ fn send_text(s: &mut TcpStream, text: &str) {
 /// Everything the client reads until end of stream, a little at a time,
 /// with the time end of stream came. Panics on a reset, which would mean
 /// the server threw away bytes it had already queued.
-fn read_slowly(mut s: TcpStream, chunk: usize, pause: Duration) -> (Vec<u8>, Instant) {
+/// It pauses `pause(time since the first read)` after each chunk.
+fn read_slowly(
+    mut s: TcpStream,
+    chunk: usize,
+    pause: impl Fn(Duration) -> Duration,
+) -> (Vec<u8>, Instant) {
+    let start = Instant::now();
     let mut all = Vec::new();
     let mut buf = vec![0u8; chunk];
     loop {
@@ -70,7 +76,7 @@ fn read_slowly(mut s: TcpStream, chunk: usize, pause: Duration) -> (Vec<u8>, Ins
                 all.len()
             ),
         }
-        std::thread::sleep(pause);
+        std::thread::sleep(pause(start.elapsed()));
     }
 }
 
@@ -149,17 +155,28 @@ async fn drop_a_slow_consumer() -> (Server, TcpStream, JsonClient, usize) {
 #[tokio::test]
 async fn dropped_slow_consumer_reads_whole_frames_then_disconnect_close_and_fin() {
     let (server, slow, _publisher, published) = drop_a_slow_consumer().await;
-    // It reads nothing for twice close_timeout after the drop, then
-    // everything, slowly: the server must hold the socket until its close
-    // is out. (The pause, not the amount queued, makes the read outlast
-    // close_timeout: how much the kernel buffers varies with load.)
+    // It reads everything, slowly: a chunk every 300 ms for the first
+    // 3 s (progress well within each close_timeout, so the server must not
+    // give up on it), then faster. The pace, not the amount queued (which
+    // varies with load), makes the read outlast close_timeout, the case
+    // under test: the server holds the socket until its close is out.
     let started = Instant::now();
     let (bytes, eof_at) = tokio::task::spawn_blocking(move || {
-        std::thread::sleep(Duration::from_secs(2));
-        read_slowly(slow, 4096, Duration::from_millis(10))
+        read_slowly(slow, 4096, |read_for| {
+            if read_for < Duration::from_secs(3) {
+                Duration::from_millis(300)
+            } else {
+                Duration::from_millis(10)
+            }
+        })
     })
     .await
     .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took > Duration::from_secs(3),
+        "read back in {took:?}: less than 40 KB was queued, not a slow consumer's backlog"
+    );
     // Walk every frame boundary.
     let mut at = 0;
     let mut data = Vec::new();
@@ -208,7 +225,7 @@ async fn dropped_slow_consumer_reads_whole_frames_then_disconnect_close_and_fin(
     }
     assert!(pubs.len() < published, "queued data was dropped");
     eprintln!(
-        "read {} bytes ({} publications of {published}); eof {:?} after the drop",
+        "read {} bytes ({} publications of {published}) in {took:?}; eof {:?} after start",
         bytes.len(),
         pubs.len(),
         eof_at.duration_since(started)
