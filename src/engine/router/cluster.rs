@@ -32,7 +32,10 @@
 //! continues its epoch from the stream, so its relays (and its old home,
 //! which becomes a relay) keep their subscribers and position and ask the
 //! new home for a marker; only a marker that does not follow on (or none
-//! after [`CONFIRM_ATTEMPTS`] tries) makes them recover.
+//! after [`CONFIRM_ATTEMPTS`] tries) makes them recover. A relay whose
+//! node becomes the home turns into the home at its subscribers' position
+//! and reads the stream back, which either follows on or makes them
+//! recover.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -389,7 +392,7 @@ impl Router {
             .map(|(ch, _)| ch.clone())
             .collect();
         for ch in moved {
-            if !self.repoint_relay(now, &ch) {
+            if !self.repoint_relay(now, &ch) && !self.relay_to_home(now, &ch, out) {
                 self.drop_relay(now, &ch, true, out);
             }
         }
@@ -606,6 +609,29 @@ impl Router {
         r.slot = slot;
         r.deadline = Some(now + timeout);
         r.confirming = 1;
+        true
+    }
+
+    /// The home of a relayed channel moved to this node: when its
+    /// subscribers can follow it, the shard becomes its home at their
+    /// position and reads the stored tail back
+    /// ([`Router::take_stored_home`]). `false` if they must recover.
+    fn relay_to_home(&mut self, now: Instant, channel: &Arc<str>, out: &mut impl Output) -> bool {
+        let Some(c) = self.cluster.as_ref() else {
+            return false;
+        };
+        let ready = c.link_up
+            && c.relays
+                .get(channel)
+                .is_some_and(|r| r.position.is_some() && r.waiting == 0);
+        if !ready || !self.follows_its_home(channel) {
+            return false;
+        }
+        let c = self.cluster.as_mut().expect("checked above");
+        let r = c.relays.remove(channel).expect("checked above");
+        out.watch(channel, false);
+        let position = r.position.expect("checked above");
+        self.take_stored_home(now, channel, position, r.mask, out);
         true
     }
 

@@ -616,16 +616,8 @@ fn recovery_history_and_presence_work_through_a_home_on_another_node() {
         epoch: u64::from_str_radix(epoch.as_str().expect("epoch"), 16).expect("hex epoch"),
         offset: 1,
     };
-    let id = c.on(0, |sim| sim.subscribe_from(r.1, &channel, Some(since)));
-    c.run();
-    let v = reply(&c, r, id);
+    let (v, offs) = recover_from(&mut c, r, &channel, since);
     assert_eq!(v["subscribe"]["recovered"], true, "{v}");
-    let offs: Vec<u64> = v["subscribe"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["offset"].as_u64().unwrap())
-        .collect();
     assert_eq!(offs, vec![2, 3, 4]);
     publish(&mut c, a, &channel, "5");
     c.run();
@@ -771,6 +763,24 @@ fn publish_each(
             "seed {seed}"
         );
     }
+}
+
+/// A subscribe on `conn` recovering from `since`: the reply and the
+/// offsets of the publications it recovered.
+fn recover_from(
+    c: &mut ClusterSim,
+    (n, s): Conn,
+    channel: &str,
+    since: Position,
+) -> (Value, Vec<u64>) {
+    let id = c.on(n, |sim| sim.subscribe_from(s, channel, Some(since)));
+    c.run();
+    let v = reply(c, (n, s), id);
+    let offs = v["subscribe"]["publications"]
+        .as_array()
+        .map(|a| a.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default();
+    (v, offs)
 }
 
 fn hex_epoch(v: &Value) -> u64 {
@@ -968,14 +978,17 @@ fn channel_moving(
 }
 
 #[test]
-fn a_stored_channel_whose_home_dies_keeps_its_remote_subscribers_without_a_recovery() {
+fn a_stored_channel_whose_home_dies_keeps_its_subscribers_without_a_recovery() {
     for seed in 0..8 {
         let mut c = ClusterSim::new(3, 2, seed, stored_ns());
-        // Homed at node 2, then at node 1: node 0 relays it throughout.
+        // Homed at node 2, then at node 1: node 0 relays it throughout,
+        // node 1 relays it, then becomes its home.
         let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
         let sub = c.connect(0, 1);
+        let at_new_home = c.connect(1, 1);
         let publisher = c.connect(1, 0);
-        subscribe(&mut c, sub, &channel);
+        let sid = subscribe(&mut c, sub, &channel);
+        subscribe(&mut c, at_new_home, &channel);
         c.run();
         for i in 1..=5 {
             publish(&mut c, publisher, &channel, &i.to_string());
@@ -986,16 +999,29 @@ fn a_stored_channel_whose_home_dies_keeps_its_remote_subscribers_without_a_recov
         c.set_live(&[0, 1]);
         c.run();
         publish_each(&mut c, publisher, &channel, 6..=8, seed);
-        assert_eq!(closed(&c, sub), None, "seed {seed}: no gap, no 3004");
-        assert_eq!(
-            offsets(&c, sub, &channel),
-            (1..=8).collect::<Vec<_>>(),
-            "seed {seed}: every publication once, in order, across the move"
-        );
-        let resyncs: u64 = (0..2)
-            .map(|s| c.nodes[0].routers[s].take_cluster_stats().resyncs)
-            .sum();
-        assert_eq!(resyncs, 0, "seed {seed}");
+        for (name, x) in [("relay", sub), ("new home", at_new_home)] {
+            assert_eq!(closed(&c, x), None, "seed {seed}: {name}: no gap, no 3004");
+            assert_eq!(
+                offsets(&c, x, &channel),
+                (1..=8).collect::<Vec<_>>(),
+                "seed {seed}: {name}: every publication once, in order, across the move"
+            );
+        }
+        for n in [0, 1] {
+            let resyncs: u64 = (0..2)
+                .map(|s| c.nodes[n].routers[s].take_cluster_stats().resyncs)
+                .sum();
+            assert_eq!(resyncs, 0, "seed {seed}: node {n}");
+        }
+        // The new home serves a recovery from before the move.
+        let late = c.connect(0, 0);
+        let since = Position {
+            epoch: hex_epoch(&reply(&c, sub, sid)["subscribe"]["epoch"]),
+            offset: 2,
+        };
+        let (v, offs) = recover_from(&mut c, late, &channel, since);
+        assert_eq!(v["subscribe"]["recovered"], true, "seed {seed}: {v}");
+        assert_eq!(offs, (3..=8).collect::<Vec<_>>(), "seed {seed}");
     }
 }
 

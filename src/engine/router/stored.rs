@@ -412,6 +412,27 @@ impl Router {
                 .first()
                 .is_some_and(|f| f.offset <= p.offset + 1)
         {
+            // A home that starts at its subscribers' position (it relayed
+            // the channel before) has no cache yet: what they had goes in
+            // first, so a recovery from before the position is served.
+            if !self.history.holds(channel)
+                && let Ok(opts) = self.options(channel).cloned()
+            {
+                let limits = HistoryLimits {
+                    size: opts.history_size,
+                    ttl_ms: opts.history_ttl_ms,
+                };
+                let ms = self.ms(now);
+                for sp in t.publications.iter().filter(|sp| sp.offset <= p.offset) {
+                    self.remember_key(now, channel, sp);
+                    let publication = Publication {
+                        offset: sp.offset,
+                        data: sp.data.clone(),
+                    };
+                    self.history
+                        .append(channel, t.epoch, publication, limits, ms);
+                }
+            }
             let next: Vec<StoredPub> = t
                 .publications
                 .iter()
@@ -509,6 +530,26 @@ impl Router {
         };
         self.drop_writes(now, channel, out);
         parked
+    }
+
+    /// This shard becomes the home of `channel`, which it relayed with its
+    /// subscribers (shards in `mask`) at `position`: it starts there and
+    /// reads the stored tail back, which either follows on (what was
+    /// stored after `position` is delivered) or makes them recover.
+    pub(super) fn take_stored_home(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        position: Position,
+        mask: u64,
+        out: &mut impl Output,
+    ) {
+        let tick = self.tick(now);
+        self.hub.restore(channel, position, tick);
+        for shard in bits(mask) {
+            self.hub.set_interest(channel, shard, true, tick);
+        }
+        self.start_load(now, channel, out);
     }
 
     /// The idle sweep forgot `channel`: it reads its tail again next time.
