@@ -3,11 +3,11 @@
 # build: RFC 6455 cases 1-7, 9, 10 and RFC 7692 (permessage-deflate) cases
 # 12 and 13, zero failures required.
 #   scripts/conformance.sh [extra case patterns...]
-# WSEDGE_BIN=<path> runs that binary instead of building one (the test
+# CONFORMANCE_BIN=<path> runs that binary instead of building one (the test
 # suite passes the release build it has just made).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${WSEDGE_BIN:-}
+bin=${CONFORMANCE_BIN:-}
 if [ -z "$bin" ]; then
   cargo build --release --quiet
   bin=target/release/wsedge

@@ -62,7 +62,7 @@ cargo test --release --features test-hooks --no-run
 
 step "Autobahn conformance (1-7, 9, 10, 12, 13), in the background"
 conformance_log=$(mktemp /tmp/wsedge-conformance-run.XXXXXX.log)
-WSEDGE_BIN=target/release/wsedge scripts/conformance.sh >"$conformance_log" 2>&1 &
+CONFORMANCE_BIN=target/release/wsedge scripts/conformance.sh >"$conformance_log" 2>&1 &
 conformance_pid=$!
 trap 'kill "$conformance_pid" 2>/dev/null || true' EXIT
 echo "log: $conformance_log"
