@@ -220,6 +220,10 @@ pub(super) struct Cluster {
     lost_broadcasts: Vec<Arc<str>>,
     /// When lost broadcasts are retried (`None`: at once).
     lost_retry: Option<Instant>,
+    /// Stored channels this shard has just become home for, and until
+    /// when their publications go out on the channel's subject without a
+    /// relay having asked (in deadline order: one window for all).
+    assumed: VecDeque<(Instant, Arc<str>)>,
     stats: ClusterStats,
 }
 
@@ -236,6 +240,7 @@ impl Cluster {
             deadlines: VecDeque::new(),
             lost_broadcasts: Vec::new(),
             lost_retry: None,
+            assumed: VecDeque::new(),
             stats: ClusterStats::default(),
         }
     }
@@ -1242,7 +1247,28 @@ impl Router {
             let d = c.lost_retry.unwrap_or(self.origin);
             at = Some(at.map_or(d, |a| a.min(d)));
         }
+        if let Some((d, _)) = c.assumed.front() {
+            at = Some(at.map_or(*d, |a| a.min(*d)));
+        }
         at
+    }
+
+    /// This shard has just become the home of stored `channel` (its tail
+    /// was read back): relays of its old home on other nodes may still be
+    /// on their way (a node that learns of the move before this one has
+    /// its marker request refused as misrouted, and asks again only after
+    /// `request_timeout`). So that they miss nothing meanwhile, the
+    /// channel's publications go out on its subject, which those relays
+    /// still watch, for as long as they may take to ask
+    /// ([`CONFIRM_ATTEMPTS`] + 1 request timeouts) even if none has asked.
+    pub(super) fn assume_remote_interest(&mut self, now: Instant, channel: &Arc<str>) {
+        let tick = self.tick(now);
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let until = now + c.view.request_timeout * (u32::from(CONFIRM_ATTEMPTS) + 1);
+        c.assumed.push_back((until, channel.clone()));
+        self.hub.set_interest(channel, REMOTE_BIT, true, tick);
     }
 
     /// Requests whose answer is overdue get 100; relays still without a
@@ -1279,6 +1305,17 @@ impl Router {
         for ch in lost {
             if let Some(p) = self.hub.peek(&ch) {
                 self.broadcast_marker(&ch, p, out);
+            }
+        }
+        // Assumed interest no relay confirmed: the channel stops going out
+        // on its subject.
+        let tick = self.tick(now);
+        if let Some(c) = self.cluster.as_mut() {
+            while c.assumed.front().is_some_and(|(d, _)| *d <= now) {
+                let (_, ch) = c.assumed.pop_front().expect("front exists");
+                if !c.remote_interest.contains_key(&ch) && self.hub.peek(&ch).is_some() {
+                    self.hub.set_interest(&ch, REMOTE_BIT, false, tick);
+                }
             }
         }
         if let Some(c) = self.cluster.as_mut() {

@@ -1141,3 +1141,60 @@ fn a_relay_asks_a_new_home_again_until_it_knows_it_is_home() {
         }
     }
 }
+
+#[test]
+fn a_relay_that_learns_of_the_move_last_misses_nothing_the_new_home_accepted_first() {
+    let mut c = ClusterSim::new(3, 2, 13, stored_ns());
+    let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+    let sub = c.connect(0, 1);
+    let publisher = c.connect(1, 0);
+    subscribe(&mut c, sub, &channel);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 1..=3, 13);
+    // Node 1 sees node 2 go first and takes the channel at its first
+    // publication; node 0 still thinks node 2 is the home and has not
+    // asked node 1 for anything.
+    c.down[2] = true;
+    c.set_live_on(&[1], &[0, 1]);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 4..=6, 13);
+    assert_eq!(offsets(&c, sub, &channel), (1..=6).collect::<Vec<_>>());
+    // Then node 0 learns it: its relay's marker request confirms.
+    c.set_live_on(&[0], &[0, 1]);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 7..=8, 13);
+    assert_eq!(closed(&c, sub), None);
+    assert_eq!(offsets(&c, sub, &channel), (1..=8).collect::<Vec<_>>());
+    assert!(sends_to_other_nodes(&c, 1, &channel));
+    // Node 0's relay asked, so the channel keeps going out after the
+    // window; once that relay leaves it stops.
+    c.advance(Duration::from_secs(10));
+    assert!(sends_to_other_nodes(&c, 1, &channel));
+    let _ = c.on(0, |sim| sim.unsubscribe(sub.1, &channel));
+    c.run();
+    assert!(!sends_to_other_nodes(&c, 1, &channel));
+}
+
+/// Whether node `n`, as `channel`'s home, sends its publications on the
+/// channel's subject (the hub's remote-interest bit).
+fn sends_to_other_nodes(c: &ClusterSim, n: usize, channel: &str) -> bool {
+    c.nodes[n]
+        .routers
+        .iter()
+        .any(|r| r.hub.interested(channel) & (1 << REMOTE_BIT) != 0)
+}
+
+#[test]
+fn a_new_home_nobody_relays_stops_sending_on_the_subject_after_the_window() {
+    let mut c = ClusterSim::new(3, 2, 17, stored_ns());
+    let channel = c.channel_homed_at("feed", 1);
+    let publisher = c.connect(1, 0);
+    publish_each(&mut c, publisher, &channel, 1..=2, 17);
+    // A first load: relays of an old home may exist, so it sends.
+    assert!(sends_to_other_nodes(&c, 1, &channel));
+    c.advance(Duration::from_secs(7));
+    assert!(sends_to_other_nodes(&c, 1, &channel), "within 4 × 2 s");
+    c.advance(Duration::from_secs(2));
+    assert!(!sends_to_other_nodes(&c, 1, &channel));
+    publish_each(&mut c, publisher, &channel, 3..=3, 17);
+}

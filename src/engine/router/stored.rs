@@ -386,7 +386,11 @@ impl Router {
         };
         s.stats.loads += 1;
         s.ready.insert(channel.clone(), VecDeque::new());
+        let fresh = self.hub.peek(channel).is_none();
         self.adopt(now, channel, tail, out);
+        if fresh {
+            self.assume_remote_interest(now, channel);
+        }
         for msg in parked {
             self.handle_here(now, msg, out);
         }
@@ -549,6 +553,7 @@ impl Router {
         for shard in bits(mask) {
             self.hub.set_interest(channel, shard, true, tick);
         }
+        self.assume_remote_interest(now, channel);
         self.start_load(now, channel, out);
     }
 
