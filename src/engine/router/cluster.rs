@@ -170,6 +170,11 @@ struct Relay {
     /// marker shows it continues from `position`, the relay re-asks, then
     /// makes the subscribers recover.
     confirming: u8,
+    /// Subscribe answers that came ahead of deliveries the home sent
+    /// before them (the answer and the deliveries travel on two NATS
+    /// subscriptions): each waits, for its shard, until the relay's
+    /// position reaches the answer's, or until the time given.
+    held: Vec<(Instant, usize, Msg)>,
 }
 
 /// Markers a relay asks of a channel's new home before it gives up and
@@ -308,6 +313,37 @@ fn catch_up(
     (at, Ok(recovery))
 }
 
+/// Whether a relay at `at` has not yet handed its shards what the home
+/// had sent when it answered at `answer` (same epoch, lower offset, or no
+/// position yet).
+fn behind(at: Option<Position>, answer: Position) -> bool {
+    at.is_none_or(|at| at.epoch == answer.epoch && at.offset < answer.offset)
+}
+
+/// A subscribe answer, extended by [`catch_up`] with what the relay has
+/// handed its shards since.
+fn caught_up(r: &Relay, msg: Msg) -> Msg {
+    match msg {
+        Msg::Subscribed {
+            channel,
+            position,
+            result,
+            story,
+            reply_to,
+        } => {
+            let (position, result) = catch_up(r, position, result);
+            Msg::Subscribed {
+                channel,
+                position,
+                result,
+                story,
+                reply_to,
+            }
+        }
+        msg => msg,
+    }
+}
+
 pub(super) fn to_home(msg: &Msg) -> bool {
     matches!(
         msg,
@@ -429,9 +465,14 @@ impl Router {
         }
         match from_node {
             FromNode::Stored(answer) => self.stored_answer(now, answer, out),
-            FromNode::Delivery { epoch, push } => self.relay_delivery(now, epoch, push, out),
+            FromNode::Delivery { epoch, push } => {
+                let channel = push.channel.clone();
+                self.relay_delivery(now, epoch, push, out);
+                self.release_held(now, &channel, false, out);
+            }
             FromNode::Marker { channel, position } => {
-                self.relay_marker(now, &channel, position, out)
+                self.relay_marker(now, &channel, position, out);
+                self.release_held(now, &channel, false, out);
             }
             FromNode::Msg {
                 channel,
@@ -530,6 +571,7 @@ impl Router {
             deadline: Some(now + timeout),
             recent: VecDeque::new(),
             confirming: 0,
+            held: Vec::new(),
         });
         match r.position {
             Some(p) => {
@@ -668,6 +710,7 @@ impl Router {
                 deadline: Some(now + timeout),
                 recent: VecDeque::new(),
                 confirming: 1,
+                held: Vec::new(),
             },
         );
         out.watch(channel, true);
@@ -710,6 +753,7 @@ impl Router {
         out: &mut impl Output,
     ) {
         let id = self.id;
+        self.release_held(now, channel, true, out);
         let c = self.cluster.as_mut().expect("relaying in a cluster");
         let Some(r) = c.relays.remove(channel) else {
             return;
@@ -729,6 +773,37 @@ impl Router {
         self.interest_failed(now, channel, r.waiting, out);
         if recover {
             self.tell_lost(now, channel, r.mask, out);
+        }
+    }
+
+    /// Hands on the held subscribe answers of `channel`'s relay that its
+    /// position has reached (or, `all`, every one: its time is up or the
+    /// relay is going), each extended with what overtook it.
+    fn release_held(&mut self, now: Instant, channel: &Arc<str>, all: bool, out: &mut impl Output) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(r) = c.relays.get_mut(channel) else {
+            return;
+        };
+        if r.held.is_empty() {
+            return;
+        }
+        let at = r.position;
+        let (ready, wait): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut r.held)
+                .into_iter()
+                .partition(|(until, _, msg)| {
+                    all || *until <= now
+                        || !matches!(msg, Msg::Subscribed { position, .. } if behind(at, *position))
+                });
+        r.held = wait;
+        let ready: Vec<(usize, Msg)> = ready
+            .into_iter()
+            .map(|(_, to, msg)| (to, caught_up(r, msg)))
+            .collect();
+        for (to, msg) in ready {
+            let _ = self.dispatch(now, to, msg, out);
         }
     }
 
@@ -978,6 +1053,7 @@ impl Router {
             c.stats.late += 1;
             return;
         }
+        let timeout = c.view.request_timeout;
         let msg = match msg {
             Msg::Subscribed {
                 channel,
@@ -986,16 +1062,23 @@ impl Router {
                 story: None,
                 reply_to,
             } => {
-                let (position, result) = match c.relays.get(&channel) {
-                    Some(r) => catch_up(r, position, result),
-                    None => (position, result),
-                };
-                Msg::Subscribed {
-                    channel,
+                let msg = Msg::Subscribed {
+                    channel: channel.clone(),
                     position,
                     result,
                     story: None,
                     reply_to,
+                };
+                match c.relays.get_mut(&channel) {
+                    // Deliveries the home sent before this answer are
+                    // still on their way: it waits for them, so the shard
+                    // sees them first and the answer follow on.
+                    Some(r) if behind(r.position, position) => {
+                        r.held.push((now + timeout, to, msg));
+                        return;
+                    }
+                    Some(r) => caught_up(r, msg),
+                    None => msg,
                 }
             }
             msg => msg,
@@ -1250,6 +1333,11 @@ impl Router {
         if let Some((d, _)) = c.assumed.front() {
             at = Some(at.map_or(*d, |a| a.min(*d)));
         }
+        for r in c.relays.values() {
+            if let Some(d) = r.held.iter().map(|(d, _, _)| *d).min() {
+                at = Some(at.map_or(d, |a| a.min(d)));
+            }
+        }
         at
     }
 
@@ -1301,6 +1389,18 @@ impl Router {
         }
         for ch in stuck {
             self.relay_overdue(now, &ch, out);
+        }
+        // Answers whose deliveries never came (lost on the way): the shard
+        // gets them as they are and tells the client what it can claim.
+        let overdue: Vec<Arc<str>> = self.cluster.as_ref().map_or(Vec::new(), |c| {
+            c.relays
+                .iter()
+                .filter(|(_, r)| r.held.iter().any(|(d, _, _)| *d <= now))
+                .map(|(ch, _)| ch.clone())
+                .collect()
+        });
+        for ch in overdue {
+            self.release_held(now, &ch, false, out);
         }
         for ch in lost {
             if let Some(p) = self.hub.peek(&ch) {

@@ -903,6 +903,23 @@ fn a_write_stored_after_its_failure_was_reported_is_delivered_not_lost() {
 fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
     // The answer travels on the home node's subject, deliveries on the
     // channel's: on the way to the relay a later delivery can arrive first.
+    answer_and_delivery_cross(false);
+}
+
+#[test]
+fn a_subscribe_answer_ahead_of_deliveries_sent_before_it_waits_for_them() {
+    // The mirror case: the home published 4 and then answered at 4, and
+    // the answer reached the relay before delivery 4.
+    answer_and_delivery_cross(true);
+}
+
+/// A client on node 1 recovers from offset 2 of a channel homed on node 0
+/// (missing 3) while 4 is published; the home's answer and delivery 4
+/// reach node 1 in the opposite order to the one they were sent in
+/// (`published_first`: 4 went out before the answer, at offset 4; else
+/// after it, at offset 3). Either way the client gets 3 and 4 in its
+/// recovery, then 5 live, once.
+fn answer_and_delivery_cross(published_first: bool) {
     let mut c = ClusterSim::new(2, 1, 11, presence_ns());
     let channel = c.channel_homed_at("room", 0);
     let publisher = c.connect(0, 0);
@@ -910,12 +927,8 @@ fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
     let id = subscribe(&mut c, first, &channel);
     c.run();
     let epoch = reply(&c, first, id)["subscribe"]["epoch"].clone();
-    for i in 1..=3 {
-        publish(&mut c, publisher, &channel, &i.to_string());
-    }
-    c.run();
+    publish_each(&mut c, publisher, &channel, 1..=3, 11);
     assert_eq!(offsets(&c, first, &channel), vec![1, 2, 3]);
-    // A second client on node 1 recovers from offset 2 (missed 3).
     let second = c.connect(1, 0);
     let since = Position {
         epoch: hex_epoch(&epoch),
@@ -923,10 +936,14 @@ fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
     };
     let id = c.on(1, |sim| sim.subscribe_from(second.1, &channel, Some(since)));
     c.run_node(1);
-    c.run_node(0); // the home answers at offset 3
-    publish(&mut c, publisher, &channel, "4");
-    c.run_node(0); // and publishes 4
-    // Delivery 4 overtakes the answer on the way to node 1.
+    if published_first {
+        publish(&mut c, publisher, &channel, "4");
+        c.run_node(0); // the answer, at offset 4
+    } else {
+        c.run_node(0); // the answer, at offset 3
+        publish(&mut c, publisher, &channel, "4");
+        c.run_node(0);
+    }
     let answer = c.inbound[1]
         .iter()
         .position(|m| matches!(m, FromNode::Msg { .. }))
@@ -935,7 +952,7 @@ fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
         .iter()
         .position(|m| matches!(m, FromNode::Delivery { .. }))
         .expect("the delivery is on its way");
-    assert!(answer < delivery);
+    assert_eq!(delivery < answer, published_first);
     c.inbound[1].swap(answer, delivery);
     c.run();
     let v = reply(&c, second, id);
@@ -950,11 +967,12 @@ fn a_delivery_that_overtakes_a_subscribe_answer_is_added_to_its_recovery() {
     assert_eq!(
         offs,
         vec![3, 4],
-        "what it missed, and what overtook the answer"
+        "what it missed, and what crossed the answer"
     );
+    assert_eq!(offsets(&c, first, &channel), vec![1, 2, 3, 4]);
     publish(&mut c, publisher, &channel, "5");
     c.run();
-    assert_eq!(offsets(&c, second, &channel), vec![5], "then live");
+    assert_eq!(offsets(&c, second, &channel), vec![5], "then live, once");
     assert_eq!(closed(&c, second), None);
 }
 
