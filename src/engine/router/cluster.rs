@@ -1054,34 +1054,25 @@ impl Router {
             return;
         }
         let timeout = c.view.request_timeout;
-        let msg = match msg {
+        let subscribed = match &msg {
             Msg::Subscribed {
                 channel,
                 position,
-                result,
                 story: None,
-                reply_to,
-            } => {
-                let msg = Msg::Subscribed {
-                    channel: channel.clone(),
-                    position,
-                    result,
-                    story: None,
-                    reply_to,
-                };
-                match c.relays.get_mut(&channel) {
-                    // Deliveries the home sent before this answer are
-                    // still on their way: it waits for them, so the shard
-                    // sees them first and the answer follow on.
-                    Some(r) if behind(r.position, position) => {
-                        r.held.push((now + timeout, to, msg));
-                        return;
-                    }
-                    Some(r) => caught_up(r, msg),
-                    None => msg,
-                }
+                ..
+            } => Some((channel.clone(), *position)),
+            _ => None,
+        };
+        let msg = match subscribed.and_then(|(ch, p)| Some((c.relays.get_mut(&ch)?, p))) {
+            // Deliveries the home sent before this answer are still on
+            // their way: it waits for them, so the shard sees them first
+            // and the answer follow on.
+            Some((r, position)) if behind(r.position, position) => {
+                r.held.push((now + timeout, to, msg));
+                return;
             }
-            msg => msg,
+            Some((r, _)) => caught_up(r, msg),
+            None => msg,
         };
         if to < self.shards {
             let _ = self.dispatch(now, to, msg, out);
