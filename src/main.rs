@@ -273,6 +273,7 @@ fn history_streams(
                 namespace: std::sync::Arc::from(name),
                 size: o.history_size,
                 ttl: std::time::Duration::from_millis(o.history_ttl_ms),
+                members: o.mirrors_members(),
             });
         }
     }

@@ -37,6 +37,16 @@ history_size = 1000
 history_ttl = "300s"
 recover = true
 history_backend = "jetstream"
+
+# History in JetStream and presence: members kept in the presence bucket.
+[[namespace]]
+name = "lobby"
+history_size = 100
+history_ttl = "300s"
+recover = true
+presence = true
+join_leave = true
+history_backend = "jetstream"
 "#;
 
 /// The server API key of every node.
@@ -408,6 +418,8 @@ fn home_of_live(channel: &str, live: &[usize]) -> usize {
 /// 3004 it reconnects and resubscribes from the last publication it got.
 struct Follower {
     node: usize,
+    /// The user it connects as (`None`: anonymous).
+    user: Option<String>,
     channel: String,
     conn: RawJson,
     epoch: String,
@@ -422,10 +434,15 @@ struct Follower {
 
 impl Follower {
     fn new(nodes: &[Server], node: usize, channel: &str) -> Follower {
-        let mut conn = RawJson::anon(&nodes[node]);
+        Follower::as_user(nodes, node, channel, None)
+    }
+
+    fn as_user(nodes: &[Server], node: usize, channel: &str, user: Option<&str>) -> Follower {
+        let mut conn = Follower::connect(&nodes[node], user);
         let r = conn.call("subscribe", json!({"channel": channel}));
         Follower {
             node,
+            user: user.map(String::from),
             channel: channel.to_string(),
             conn,
             epoch: r["subscribe"]["epoch"].as_str().unwrap().to_string(),
@@ -433,6 +450,13 @@ impl Follower {
             got: Vec::new(),
             told: 0,
             unrecovered: 0,
+        }
+    }
+
+    fn connect(server: &Server, user: Option<&str>) -> RawJson {
+        match user {
+            Some(u) => RawJson::user(server, u, None),
+            None => RawJson::anon(server),
         }
     }
 
@@ -471,7 +495,7 @@ impl Follower {
     }
 
     fn resubscribe(&mut self, nodes: &[Server]) {
-        self.conn = RawJson::anon(&nodes[self.node]);
+        self.conn = Follower::connect(&nodes[self.node], self.user.as_deref());
         let r = self.conn.call(
             "subscribe",
             json!({"channel": self.channel, "recover": true, "epoch": self.epoch,
@@ -489,6 +513,110 @@ impl Follower {
             self.offset = s["offset"].as_u64().unwrap();
         }
     }
+}
+
+/// `presence` of `channel` asked on `q` until it answers (a request that
+/// meets a home moving gets 100): the members' users, sorted.
+fn presence_users(q: &mut RawJson, channel: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = q.call("presence", json!({"channel": channel}));
+        if let Some(clients) = r["presence"]["clients"].as_object() {
+            let mut users: Vec<String> = clients
+                .values()
+                .map(|c| c["user"].as_str().unwrap_or_default().to_string())
+                .collect();
+            users.sort();
+            return users;
+        }
+        assert!(Instant::now() < deadline, "presence never answered: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `presence` of `channel` until its users are `want`.
+fn presence_becomes(q: &mut RawJson, channel: &str, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let users = presence_users(q, channel);
+        if users == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence {users:?}, wanted {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_presence_channel_in_jetstream_keeps_its_members_and_subscribers_when_its_home_is_killed() {
+    let nats = NatsServer::start();
+    let mut nodes = cluster(&nats, 3, "members");
+    let channel = channel_homed_at("lobby", 2, 3);
+    let new_home = home_of_live(&channel, &[0, 1]);
+    let other = 1 - new_home;
+    // Members on each node: ann is relayed, bob is on the node that
+    // becomes the home, zed is on the home that dies.
+    let mut ann = Follower::as_user(&nodes, other, &channel, Some("ann"));
+    let mut bob = Follower::as_user(&nodes, new_home, &channel, Some("bob"));
+    let mut zed = RawJson::user(&nodes[2], "zed", None);
+    let r = zed.call("subscribe", json!({"channel": channel}));
+    assert!(r["subscribe"].is_object(), "{r}");
+    let mut q = RawJson::anon(&nodes[other]);
+    presence_becomes(&mut q, &channel, &["ann", "bob", "zed"]);
+    let mut publisher = RawJson::anon(&nodes[other]);
+    for n in 1..=10 {
+        let r = publisher.call("publish", json!({"channel": channel, "data": {"n": n}}));
+        assert_eq!(r["publish"]["offset"], n, "{r}");
+    }
+    // The joins are written behind with the 50 ms presence tick; give
+    // the last one time to reach the bucket before the home dies.
+    nodes[2].wait_for("the members written to the bucket", || {
+        nodes[2].metric("wsedge_cluster_presence_writes_total{result=\"delta\"}") >= 1.0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    nodes[2].signal(libc::SIGKILL);
+    assert!(nodes[2].wait_exit(Duration::from_secs(10)).is_some());
+    for s in &nodes[..2] {
+        s.wait_for("the dead node to leave", || {
+            s.metric("wsedge_cluster_nodes") == 2.0
+        });
+    }
+    for n in 11..=20 {
+        assert_eq!(publish_until_accepted(&mut publisher, &channel, n), n);
+    }
+    // Both live members keep their subscription: every publication once,
+    // in order, never told to recover.
+    for (name, f) in [("ann", &mut ann), ("bob", &mut bob)] {
+        f.read(&nodes, 20, Instant::now() + Duration::from_secs(20));
+        assert_eq!(f.got, (1..=20).collect::<Vec<_>>(), "{name}");
+        assert_eq!((f.told, f.unrecovered), (0, 0), "{name}");
+    }
+    for i in [0, 1] {
+        assert_eq!(nodes[i].metric("wsedge_cluster_resyncs_total"), 0.0, "n{i}");
+    }
+    // The new home read the members back: the two live ones without a
+    // join again, the dead node's dropped.
+    presence_becomes(&mut q, &channel, &["ann", "bob"]);
+    let read = |r: &str| {
+        nodes[new_home].metric(&format!(
+            "wsedge_cluster_presence_read_total{{result=\"{r}\"}}"
+        ))
+    };
+    assert_eq!((read("restored"), read("stale")), (2.0, 1.0));
+    // Members the new home restored leave as any other: bob (on the new
+    // home's node), then ann (relayed); a new member joins.
+    bob.conn.close();
+    presence_becomes(&mut q, &channel, &["ann"]);
+    let mut cy = RawJson::user(&nodes[new_home], "cy", None);
+    let r = cy.call("subscribe", json!({"channel": channel}));
+    assert!(r["subscribe"].is_object(), "{r}");
+    presence_becomes(&mut q, &channel, &["ann", "cy"]);
+    ann.conn.close();
+    presence_becomes(&mut q, &channel, &["cy"]);
 }
 
 #[test]

@@ -130,6 +130,22 @@ impl NamespaceOptions {
                 || subscribers <= self.join_leave_max_subscribers)
     }
 
+    /// Whether the channel's home counts its members (presence, a
+    /// subscriber limit, a story's editors): subscribes go through the
+    /// home and closes tell it.
+    pub fn counts_members(&self) -> bool {
+        self.presence || self.max_subscribers > 0 || self.collab.is_some()
+    }
+
+    /// Whether a channel's members are kept in the cluster's presence
+    /// bucket beside its stored history, so that they follow it to a new
+    /// home (stories aside: their editors join the new home again).
+    pub fn mirrors_members(&self) -> bool {
+        self.history_backend == HistoryBackend::Jetstream
+            && self.counts_members()
+            && self.collab.is_none()
+    }
+
     /// Whether a channel that has `subscribers` subscribers may take one
     /// more.
     pub fn admits_subscriber(&self, subscribers: usize) -> bool {

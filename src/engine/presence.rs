@@ -46,6 +46,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::engine::subs::ConnRef;
 use crate::engine::wire::{ClientInfo, PresenceEntry};
 
 /// A presence change, as join, leave and state pushes carry it.
@@ -92,6 +93,29 @@ impl State {
 struct Member {
     info: ClientInfo,
     state: Option<State>,
+    origin: Option<Origin>,
+}
+
+/// Where a member's connection is, as the home's router names it: the
+/// shard (or another node's address) it joined from, and the connection
+/// there. Kept so the member can be written to a store and found again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// The shard index, or a remote address (`engine::cluster::nodes`).
+    pub from: usize,
+    /// The connection on that shard.
+    pub conn: ConnRef,
+}
+
+/// One member as [`Presence::member`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct MemberView<'a> {
+    /// Who it is.
+    pub info: &'a ClientInfo,
+    /// Its state and when that expires (`now_ms` clock), if it has one.
+    pub state: Option<(&'a Arc<str>, Option<u64>)>,
+    /// Where its connection is, if the join said.
+    pub origin: Option<Origin>,
 }
 
 /// What one client did in a channel since the last `take_events`.
@@ -300,17 +324,21 @@ impl Presence {
     /// Adds `info.client` to `channel`. Returns false (and changes
     /// nothing) if it is already a member. `emit` records a `Join` event.
     pub fn join(&mut self, channel: &Arc<str>, info: ClientInfo, emit: bool) -> bool {
-        let ch = self
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(|| Channel::new(channel.clone()));
-        if ch.members.contains_key(&info.client) {
+        self.join_from(channel, info, emit, None)
+    }
+
+    /// [`join`](Self::join), remembering where the connection is.
+    pub fn join_from(
+        &mut self,
+        channel: &Arc<str>,
+        info: ClientInfo,
+        emit: bool,
+        origin: Option<Origin>,
+    ) -> bool {
+        let Some(client) = self.insert_member(channel, info, origin) else {
             return false;
-        }
-        ch.add_user(&info.user);
-        let client = info.client.clone();
-        ch.members
-            .insert(client.clone(), Member { info, state: None });
+        };
+        let ch = self.channels.get_mut(channel).expect("just inserted");
         let newly_dirty = ch.record(&client, |p| {
             p.joined_in_tick = true;
             p.join = emit;
@@ -319,6 +347,32 @@ impl Presence {
             self.dirty.push(channel.clone());
         }
         true
+    }
+
+    /// Adds a member without a state or an event; `None` if `info.client`
+    /// is a member already.
+    fn insert_member(
+        &mut self,
+        channel: &Arc<str>,
+        info: ClientInfo,
+        origin: Option<Origin>,
+    ) -> Option<Arc<str>> {
+        let ch = self
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| Channel::new(channel.clone()));
+        if ch.members.contains_key(&info.client) {
+            return None;
+        }
+        ch.add_user(&info.user);
+        let client = info.client.clone();
+        let member = Member {
+            info,
+            state: None,
+            origin,
+        };
+        ch.members.insert(client.clone(), member);
+        Some(client)
     }
 
     /// Removes `client` from `channel`, with its state. Returns its info,
@@ -463,6 +517,63 @@ impl Presence {
             }
         }
         out
+    }
+
+    /// Puts back a member read from a store (the channel moved here):
+    /// with its state, expiring at `state_expires` (`now_ms` clock), and
+    /// no event (observers knew it already). Returns false (and changes
+    /// nothing) if it is already a member.
+    pub fn restore(
+        &mut self,
+        channel: &Arc<str>,
+        info: ClientInfo,
+        origin: Origin,
+        state: Option<(Arc<str>, Option<u64>)>,
+    ) -> bool {
+        let Some(client) = self.insert_member(channel, info, Some(origin)) else {
+            return false;
+        };
+        let Some((value, expires_at)) = state.filter(|(v, _)| !v.is_empty()) else {
+            return true;
+        };
+        self.generation += 1;
+        if let Some(at) = expires_at {
+            self.deadlines.push(Reverse(Deadline {
+                at,
+                generation: self.generation,
+                channel: channel.clone(),
+                client: client.clone(),
+            }));
+        }
+        let member = self
+            .channels
+            .get_mut(channel)
+            .and_then(|ch| ch.members.get_mut(&client))
+            .expect("just inserted");
+        member.state = Some(State {
+            value,
+            expires_at,
+            generation: self.generation,
+        });
+        true
+    }
+
+    /// One member of `channel`.
+    pub fn member(&self, channel: &str, client: &str) -> Option<MemberView<'_>> {
+        let m = self.channels.get(channel)?.members.get(client)?;
+        Some(MemberView {
+            info: &m.info,
+            state: m.state.as_ref().map(|s| (&s.value, s.expires_at)),
+            origin: m.origin,
+        })
+    }
+
+    /// The client ids of `channel`'s members, in no particular order.
+    pub fn clients(&self, channel: &str) -> Vec<Arc<str>> {
+        self.channels
+            .get(channel)
+            .map(|c| c.members.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The members of `channel` and their states, in no particular order.

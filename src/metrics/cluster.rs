@@ -250,6 +250,10 @@ pub struct ClusterMetrics {
     /// Read-backs: ok, failed.
     history_loads: [Counter; 2],
     history_resets: Counter,
+    /// Presence bucket writes: delta, whole, lost.
+    presence_writes: [Counter; 3],
+    /// Members read back: restored, stale.
+    presence_read: [Counter; 2],
     api_calls: [Counter; 4],
     api_served: [Counter; 3],
 }
@@ -293,6 +297,18 @@ impl ClusterMetrics {
         }
         if h.resets > 0 {
             self.history_resets.inc_by(h.resets);
+        }
+        let m = &s.mirror;
+        let delta = m.writes.saturating_sub(m.whole);
+        for (c, n) in self.presence_writes.iter().zip([delta, m.whole, m.lost]) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+        for (c, n) in self.presence_read.iter().zip([m.restored, m.stale]) {
+            if n > 0 {
+                c.inc_by(n);
+            }
         }
     }
 
@@ -418,6 +434,8 @@ pub(super) struct ClusterFamilies {
     history_writes: Family<ResultLabel, Counter>,
     history_loads: Family<ResultLabel, Counter>,
     history_resets: Counter,
+    presence_writes: Family<ResultLabel, Counter>,
+    presence_read: Family<ResultLabel, Counter>,
     api_calls: Family<ResultLabel, Counter>,
     api_served: Family<ResultLabel, Counter>,
 }
@@ -449,6 +467,8 @@ impl ClusterFamilies {
             history_writes: Family::default(),
             history_loads: Family::default(),
             history_resets: Counter::default(),
+            presence_writes: Family::default(),
+            presence_read: Family::default(),
             api_calls: Family::default(),
             api_served: Family::default(),
         };
@@ -476,6 +496,16 @@ impl ClusterFamilies {
             "cluster_history_resets",
             "Stored channels whose state read back from JetStream differed from what their subscribers had (a hole after a failed write, lost history): the subscribers were told to recover",
             f.history_resets.clone(),
+        );
+        r.register(
+            "cluster_presence_writes",
+            "Writes of a stored channel's members to the presence bucket by their home here (one per channel per 50 ms tick with changes), by result: delta (the changed members), whole (every member: after a lost write, or the refresh every 8 h), lost (the cluster queue refused a write or JetStream did not acknowledge one it took: the channel's next write is whole)",
+            f.presence_writes.clone(),
+        );
+        r.register(
+            "cluster_presence_read",
+            "Members read back from the presence bucket by a home here that took a stored channel, by result: restored (their node is live: put back without a join event), stale (their node, or that incarnation of it, is gone: removed from the bucket)",
+            f.presence_read.clone(),
         );
         r.register(
             "cluster_requests",
@@ -596,6 +626,16 @@ impl Metrics {
                     .clone()
             }),
             history_resets: f.history_resets.clone(),
+            presence_writes: ["delta", "whole", "lost"].map(|r| {
+                f.presence_writes
+                    .get_or_create(&ResultLabel { result: r.into() })
+                    .clone()
+            }),
+            presence_read: ["restored", "stale"].map(|r| {
+                f.presence_read
+                    .get_or_create(&ResultLabel { result: r.into() })
+                    .clone()
+            }),
             api_calls: ApiCall::ALL.map(|r| {
                 f.api_calls
                     .get_or_create(&ResultLabel {

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use crate::bridge::{Inbox, ShardMsg};
 use crate::engine::cluster::envelope::Envelope;
 use crate::engine::cluster::frame::{Delivery, Incoming, SyncMarker, decode_any};
+use crate::engine::cluster::members::MemberWrite;
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
 use crate::engine::cluster::stored::StoreAnswer;
@@ -170,6 +171,12 @@ impl ShardCluster {
                 channel: channel.clone(),
             })
             .is_ok()
+    }
+
+    /// Writes changes to a stored channel's members to the presence
+    /// bucket.
+    pub fn mirror_members(&self, write: MemberWrite) -> bool {
+        self.client.send(ToCluster::Members { write }).is_ok()
     }
 
     /// Publishes a push or a marker once on the channel's subject.

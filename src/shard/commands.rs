@@ -16,6 +16,7 @@ use super::peers::Peers;
 use super::story::ShardStories;
 use super::write::WriteQueue;
 use crate::bridge::ShardMsg;
+use crate::engine::cluster::members::MemberWrite;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::collab::{DirectedEvent, JoinAs};
 use crate::engine::durable::DurableEvent;
@@ -288,6 +289,10 @@ impl Output for ShardOut<'_> {
 
     fn load_stored(&mut self, ns: usize, channel: &Arc<str>) -> bool {
         self.cluster.is_some_and(|c| c.load_stored(ns, channel))
+    }
+
+    fn mirror_members(&mut self, write: MemberWrite) -> bool {
+        self.cluster.is_some_and(|c| c.mirror_members(write))
     }
 }
 

@@ -26,6 +26,8 @@
 //!   entry for what another node sent.
 //! - [`stored`]: history kept in JetStream — the stored publication, the
 //!   stream and message-id names, what the worker answers a home.
+//! - [`members`]: presence kept beside stored history — the member
+//!   record, its key in the presence bucket, the changes a home writes.
 //! - [`envelope`]: any router message (`Msg`) between nodes, in postcard,
 //!   with the limits a client's command is held to checked again.
 //!
@@ -38,6 +40,7 @@ pub mod envelope;
 pub mod frame;
 #[cfg(test)]
 mod fuzz;
+pub mod members;
 pub mod membership;
 pub mod nodes;
 pub mod placement;

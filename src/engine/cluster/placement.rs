@@ -83,6 +83,8 @@ pub struct Placement {
     generation: u64,
     /// Live nodes (sorted by name) and their hashes.
     nodes: Arc<[(Arc<str>, u64)]>,
+    /// Each live node's incarnation, in the order of `nodes`.
+    incarnations: Arc<[u64]>,
     self_index: usize,
 }
 
@@ -96,9 +98,17 @@ impl Placement {
             .collect();
         let me = membership.self_name();
         let self_index = nodes.iter().position(|(n, _)| n == me).unwrap_or_default();
+        let incarnations = nodes
+            .iter()
+            .map(|(n, _)| match membership.node(n) {
+                Some(info) => info.incarnation,
+                None => membership.incarnation(),
+            })
+            .collect();
         Placement {
             generation: membership.generation(),
             nodes,
+            incarnations,
             self_index,
         }
     }
@@ -121,6 +131,18 @@ impl Placement {
     /// The live nodes, sorted by name.
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = &Arc<str>> {
         self.nodes.iter().map(|(n, _)| n)
+    }
+
+    /// The incarnation of live node `node` (this node's own included);
+    /// `None` if it is not live.
+    pub fn incarnation(&self, node: &str) -> Option<u64> {
+        let i = self.nodes.binary_search_by(|(n, _)| (**n).cmp(node)).ok()?;
+        self.incarnations.get(i).copied()
+    }
+
+    /// This node's own incarnation.
+    pub fn self_incarnation(&self) -> u64 {
+        self.incarnations[self.self_index]
     }
 
     fn home_index(&self, channel: &str) -> usize {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::members::StoredMember;
 use crate::engine::wire::publication::PubData;
 
 /// One publication as stored in the channel's subject.
@@ -81,6 +82,16 @@ pub enum StoreAnswer {
         channel: Arc<str>,
         /// The tail.
         result: Result<Vec<StoredPub>, StoreUnavailable>,
+        /// Its members in the presence bucket (`crate::engine::cluster::members`),
+        /// read with the tail for a namespace that counts members; empty
+        /// otherwise, or when the tail could not be read.
+        members: Vec<StoredMember>,
+    },
+    /// A write of `channel`'s members to the presence bucket was not
+    /// acknowledged (NATS down, timeout): the home writes them whole.
+    MembersUnwritten {
+        /// The channel.
+        channel: Arc<str>,
     },
 }
 
@@ -88,7 +99,9 @@ impl StoreAnswer {
     /// The channel it is about.
     pub fn channel(&self) -> &Arc<str> {
         match self {
-            StoreAnswer::Persisted { channel, .. } | StoreAnswer::Loaded { channel, .. } => channel,
+            StoreAnswer::Persisted { channel, .. }
+            | StoreAnswer::Loaded { channel, .. }
+            | StoreAnswer::MembersUnwritten { channel } => channel,
         }
     }
 }

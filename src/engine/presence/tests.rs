@@ -645,3 +645,55 @@ fn churn_matches_model_and_observers_with_join_leave_off() {
 fn churn_matches_model_with_join_leave_toggling() {
     churn(0x5eed_0003, Emit::Random);
 }
+
+#[test]
+fn restored_members_come_back_silently_with_their_origin_and_expiring_state() {
+    let mut p = Presence::new();
+    let ch = name("feed:1");
+    let origin = Origin {
+        from: 3,
+        conn: ConnRef {
+            idx: 9,
+            generation: 2,
+        },
+    };
+    assert!(p.restore(
+        &ch,
+        info("c1", "ann"),
+        origin,
+        Some((st("typing"), Some(500)))
+    ));
+    assert!(p.restore(&ch, info("c2", "ann"), origin, None));
+    assert!(
+        !p.restore(&ch, info("c2", "bob"), origin, None),
+        "already a member"
+    );
+    assert!(
+        events(&mut p).is_empty(),
+        "no join events for restored members"
+    );
+    assert_eq!(p.stats("feed:1"), (2, 1));
+    let m = p.member("feed:1", "c1").expect("restored");
+    assert_eq!(m.origin, Some(origin));
+    assert_eq!(
+        m.state.map(|(s, at)| (s.to_string(), at)),
+        Some(("typing".into(), Some(500)))
+    );
+    assert_eq!(p.next_deadline(), Some(500));
+    // The restored state expires like any other, with its event.
+    assert_eq!(p.expire(500), 1);
+    assert_eq!(
+        events(&mut p),
+        vec![PresenceEvent::State(info("c1", "ann"), st(""))]
+    );
+    // A member joined with an origin keeps it; one joined without has none.
+    p.join_from(&ch, info("c3", "cy"), false, Some(origin));
+    p.join(&ch, info("c4", "di"), false);
+    assert_eq!(p.member("feed:1", "c3").unwrap().origin, Some(origin));
+    assert_eq!(p.member("feed:1", "c4").unwrap().origin, None);
+    let mut clients: Vec<String> = p.clients("feed:1").iter().map(|c| c.to_string()).collect();
+    clients.sort();
+    assert_eq!(clients, ["c1", "c2", "c3", "c4"]);
+    assert!(p.member("feed:1", "nobody").is_none());
+    assert!(p.clients("feed:2").is_empty());
+}

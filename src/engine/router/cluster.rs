@@ -147,6 +147,8 @@ pub struct ClusterStats {
     pub misrouted: u64,
     /// The stored channels' counts (`history_backend = "jetstream"`).
     pub stored: super::StoredStats,
+    /// The presence bucket's counts.
+    pub mirror: super::MirrorStats,
 }
 
 /// A channel this shard relays for its home on another node.
@@ -379,6 +381,7 @@ impl Router {
             .map(|c| std::mem::take(&mut c.stats))
             .unwrap_or_default();
         stats.stored = self.take_stored_stats();
+        stats.mirror = self.take_mirror_stats();
         stats
     }
 
@@ -614,13 +617,14 @@ impl Router {
 
     /// Whether `channel`'s subscribers can follow it to a new home without
     /// recovering: its history is in JetStream (the new home continues
-    /// the same epoch from the stream) and no presence is kept at the
-    /// home (members would have to join the new home again).
+    /// the same epoch from the stream) and its members, if it counts them,
+    /// are in the presence bucket (the new home reads them back). Stories
+    /// do not follow: a story's editors join its new home again.
     fn follows_its_home(&self, channel: &str) -> bool {
         self.is_stored(channel)
             && self
                 .options(channel)
-                .is_ok_and(|o| !o.presence && !o.join_leave)
+                .is_ok_and(|o| o.collab.is_none() && (!super::counted(o) || self.mirrors(channel)))
     }
 
     /// The new home of `channel`, if it is another node this relay can
@@ -1194,6 +1198,43 @@ impl Router {
         }
     }
 
+    /// The node, its incarnation and the shard of a member that joined
+    /// from `from` (a local shard or another node's address), as the
+    /// presence bucket names them.
+    pub(super) fn origin_node(&self, from: usize) -> Option<(Arc<str>, u64, u32)> {
+        let c = self.cluster.as_ref()?;
+        let p = c.placement.as_ref()?;
+        match remote_parts(from) {
+            Some((slot, shard)) => {
+                let node = c.view.nodes.name(slot)?;
+                let incarnation = p.incarnation(&node)?;
+                Some((node, incarnation, u32::from(shard)))
+            }
+            None => Some((
+                c.view.self_node.clone(),
+                p.self_incarnation(),
+                u32::try_from(from).ok()?,
+            )),
+        }
+    }
+
+    /// Where a member read from the presence bucket is now, if its node
+    /// (that incarnation of it) is live: a local shard, or a remote
+    /// address.
+    pub(super) fn member_origin(&self, node: &str, incarnation: u64, shard: u32) -> Option<usize> {
+        let c = self.cluster.as_ref()?;
+        let p = c.placement.as_ref()?;
+        if p.incarnation(node) != Some(incarnation) {
+            return None;
+        }
+        if node == &*c.view.self_node {
+            let shard = usize::try_from(shard).ok()?;
+            return (shard < self.shards).then_some(shard);
+        }
+        let slot = c.view.nodes.slot(node)?;
+        Some(remote_addr(slot, u16::try_from(shard).ok()?))
+    }
+
     /// Drops the interest and members of nodes not in `live` (slots), and
     /// answers 100 the requests that waited for them.
     fn forget_departed(&mut self, now: Instant, live: &[u32], out: &mut impl Output) {
@@ -1265,6 +1306,8 @@ impl Router {
         if let Some(c) = self.cluster.as_mut() {
             c.remote_interest.remove(channel);
         }
+        // Its last member changes go out before the new home reads them.
+        self.mirror_release(now, channel, out);
         self.forget_home_channel(channel);
         let follows =
             mask != 0 && position.is_some_and(|p| self.relay_instead(now, channel, mask, p, out));

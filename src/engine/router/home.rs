@@ -14,6 +14,7 @@ use crate::engine::collab::MemberId;
 use crate::engine::history::{HistoryLimits, HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::namespace::Priority;
+use crate::engine::presence::Origin;
 use crate::engine::subs::ConnRef;
 use crate::engine::wire::ClientInfo;
 use crate::engine::wire::publication::{PubData, Publication, SharedPub};
@@ -254,9 +255,15 @@ impl Router {
                         };
                         joined.map(|()| {
                             let emit = opts.presence && opts.sends_join_leave(members + 1);
-                            if self.presence.join(&channel, *info, emit) && emit {
+                            let origin = Origin {
+                                from,
+                                conn: reply_to.conn,
+                            };
+                            if self.presence.join_from(&channel, *info, emit, Some(origin)) && emit
+                            {
                                 self.schedule_presence(now);
                             }
+                            self.mirror_touch(now, &channel, &client);
                             self.note_remote_member(&channel, &client, reply_to.conn, from, true);
                         })
                     }
@@ -318,8 +325,11 @@ impl Router {
         }
         let members = self.presence.members(channel);
         let emit = opts.presence && opts.sends_join_leave(members);
-        if self.presence.leave(channel, client, emit).is_some() && opts.presence {
-            self.schedule_presence(now);
+        if let Some(info) = self.presence.leave(channel, client, emit) {
+            if opts.presence {
+                self.schedule_presence(now);
+            }
+            self.mirror_touch(now, channel, &info.client);
         }
         if opts.collab.is_some() {
             let member = MemberId { shard: from, conn };
@@ -340,6 +350,7 @@ impl Router {
         match self.presence.set_state(channel, client, state, ttl_ms, ms) {
             Ok(()) => {
                 self.schedule_presence(now);
+                self.mirror_touch(now, channel, client);
                 Answer::PresenceState
             }
             Err(_) => Answer::Error(ErrorCode::NotSubscribed),
@@ -382,7 +393,7 @@ impl Router {
         self.presence.remove_channel(channel);
     }
 
-    fn schedule_presence(&mut self, now: Instant) {
+    pub(super) fn schedule_presence(&mut self, now: Instant) {
         if self.presence_flush.is_none() {
             self.presence_flush = Some(now + PRESENCE_TICK);
         }
@@ -441,6 +452,7 @@ impl Router {
             self.next_housekeeping = now + HOUSEKEEPING_EVERY;
             self.history.expire(ms);
             self.idempotency.expire(ms);
+            self.mirror_housekeeping(now, out);
         }
         if now >= self.next_sweep {
             self.next_sweep = now + SWEEP_EVERY;
@@ -459,6 +471,7 @@ impl Router {
                 self.history.remove(&c);
                 self.presence.remove_channel(&c);
                 self.stored_swept(&c);
+                self.mirror_forget(&c);
             }
         }
     }
@@ -478,5 +491,6 @@ impl Router {
             let p = Arc::new(SharedPub::presence(channel, events, now));
             self.fan_out(mask, p, false, out);
         }
+        self.flush_mirror(now, out);
     }
 }

@@ -51,6 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::engine::channel::is_valid_channel;
+use crate::engine::cluster::members::MemberWrite;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::collab::{CollabConfig, CollabEvent, DirectedEvent, Stories, Story};
 use crate::engine::durable::DurableEvent;
@@ -67,6 +68,7 @@ use crate::engine::ws::deflate::Compressor;
 mod cluster;
 mod home;
 mod local;
+mod mirror;
 pub mod msg;
 #[cfg(test)]
 mod sim;
@@ -80,6 +82,7 @@ mod stored;
 pub mod story;
 
 pub use cluster::{Broadcast, ClusterStats, ClusterView, FromNode, REMOTE_BIT};
+pub use mirror::MirrorStats;
 pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined};
 pub use stored::{STORE_TIMEOUT, StoredStats};
 
@@ -150,6 +153,14 @@ pub trait Output {
     /// [`Router::stored_answer`]. `false`: the cluster queue refused it.
     /// Only called for stored channels.
     fn load_stored(&mut self, ns: usize, channel: &Arc<str>) -> bool;
+    /// Writes the changes to a channel's members to the presence bucket
+    /// (`crate::engine::cluster::members`); a write JetStream did not
+    /// acknowledge comes back as [`StoreAnswer::MembersUnwritten`]. `false`:
+    /// the cluster queue refused it. Only called for stored channels in a
+    /// cluster.
+    ///
+    /// [`StoreAnswer::MembersUnwritten`]: crate::engine::cluster::stored::StoreAnswer::MembersUnwritten
+    fn mirror_members(&mut self, write: MemberWrite) -> bool;
 }
 
 /// A story's change, for [`Output::story_write`].
@@ -316,6 +327,8 @@ pub struct Router {
     /// Channels whose history is kept in JetStream, when a namespace asks
     /// for it (set when the router joins a cluster).
     stored: Option<Box<stored::Stored>>,
+    /// Members owed to the presence bucket (stored channels in a cluster).
+    mirror: mirror::Mirror,
 }
 
 /// The command id of a subscription the server makes on a connection's
@@ -409,6 +422,7 @@ impl Router {
             stats: RouterStats::default(),
             cluster: None,
             stored: None,
+            mirror: mirror::Mirror::default(),
         }
     }
 
@@ -1137,7 +1151,7 @@ fn answer_conn(out: &mut impl Output, conn: ConnRef, id: u32, channel: &str, bod
 /// Whether the home keeps a channel's members: for presence, to enforce
 /// `max_subscribers`, and for stories (a member must leave its story).
 fn counted(opts: &NamespaceOptions) -> bool {
-    opts.presence || opts.max_subscribers > 0 || opts.collab.is_some()
+    opts.counts_members()
 }
 
 /// Sends a frame to every local subscriber of a push.

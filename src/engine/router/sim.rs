@@ -11,6 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
 use super::*;
+use crate::engine::cluster::members::MemberWrite;
 use crate::engine::durable::DurableEvent;
 use crate::engine::namespace::Namespaces;
 use crate::engine::wire::json;
@@ -55,6 +56,8 @@ pub(super) struct StoreLog {
     pub tail_loads: Vec<(usize, Arc<str>)>,
     /// Refuse stored-history requests (the cluster queue is full).
     pub refuse_store: bool,
+    /// Writes to the presence bucket asked for, in order.
+    pub member_writes: Vec<MemberWrite>,
 }
 
 /// A stored-history write: (home shard, channel, epoch, offset, body).
@@ -227,6 +230,14 @@ impl Output for ShardOut<'_> {
             return false;
         }
         self.store.tail_loads.push((self.shard, channel.clone()));
+        true
+    }
+
+    fn mirror_members(&mut self, write: MemberWrite) -> bool {
+        if self.store.refuse_store {
+            return false;
+        }
+        self.store.member_writes.push(write);
         true
     }
 }

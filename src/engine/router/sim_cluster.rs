@@ -5,7 +5,7 @@
 //! The order in which nodes and shards take their turns is drawn from a
 //! seeded RNG.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use super::sim::{Seen, Sim, SimConn};
 use super::*;
+use crate::engine::cluster::members::{MemberChange, StoredMember};
 use crate::engine::cluster::membership::{Heartbeat, Membership};
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
@@ -113,6 +114,8 @@ pub(super) struct ClusterSim {
     pub received: Vec<Received>,
     /// The simulated JetStream: each stored channel's messages, in order.
     pub stream: HashMap<Arc<str>, Vec<StoredPub>>,
+    /// The presence bucket: members by channel and client.
+    pub bucket: HashMap<Arc<str>, BTreeMap<Arc<str>, StoredMember>>,
     /// JetStream refuses (NATS down): writes and read-backs fail.
     pub stream_down: bool,
     rng: StdRng,
@@ -153,6 +156,7 @@ impl ClusterSim {
             down: vec![false; nodes],
             received: vec![Received::default(); nodes],
             stream: HashMap::new(),
+            bucket: HashMap::new(),
             stream_down: false,
             rng: StdRng::seed_from_u64(seed),
         };
@@ -232,8 +236,26 @@ impl ClusterSim {
         for n in 0..self.nodes.len() {
             let persists = std::mem::take(&mut self.nodes[n].store.persists);
             let loads = std::mem::take(&mut self.nodes[n].store.tail_loads);
+            let member_writes = std::mem::take(&mut self.nodes[n].store.member_writes);
             if self.down[n] {
                 continue;
+            }
+            for w in member_writes {
+                if self.stream_down {
+                    let answer = StoreAnswer::MembersUnwritten { channel: w.channel };
+                    self.inbound[n].push_back(FromNode::Stored(answer));
+                    continue;
+                }
+                let b = self.bucket.entry(w.channel).or_default();
+                if w.whole {
+                    b.clear();
+                }
+                for c in w.changes {
+                    match c {
+                        MemberChange::Put(m) => b.insert(m.client.clone(), m),
+                        MemberChange::Remove(client) => b.remove(&client),
+                    };
+                }
             }
             for (_, channel, _, offset, body) in persists {
                 let ok = !self.stream_down;
@@ -254,7 +276,19 @@ impl ClusterSim {
                 } else {
                     Ok(self.stream.get(&channel).cloned().unwrap_or_default())
                 };
-                let answer = StoreAnswer::Loaded { channel, result };
+                let members = match &result {
+                    Ok(_) => self
+                        .bucket
+                        .get(&channel)
+                        .map(|b| b.values().cloned().collect())
+                        .unwrap_or_default(),
+                    Err(_) => Vec::new(),
+                };
+                let answer = StoreAnswer::Loaded {
+                    channel,
+                    result,
+                    members,
+                };
                 self.inbound[n].push_back(FromNode::Stored(answer));
             }
         }

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Answer, Msg, Output, REMOTE_BIT, ReplyTo, Router, cluster};
+use crate::engine::cluster::members::StoredMember;
 use crate::engine::cluster::stored::{StoreAnswer, StoredPub, Tail};
 use crate::engine::codes::ErrorCode;
 use crate::engine::history::HistoryLimits;
@@ -243,9 +244,15 @@ impl Router {
                 offset,
                 ok,
             } => self.persisted(now, &channel, offset, ok, out),
-            StoreAnswer::Loaded { channel, result } => {
-                self.loaded(now, &channel, result.ok().map(Tail::of), out)
+            StoreAnswer::Loaded {
+                channel,
+                result,
+                members,
+            } => {
+                let tail = result.ok().map(|t| (Tail::of(t), members));
+                self.loaded(now, &channel, tail, out)
             }
+            StoreAnswer::MembersUnwritten { channel } => self.members_unwritten(&channel),
         }
     }
 
@@ -368,7 +375,7 @@ impl Router {
         &mut self,
         now: Instant,
         channel: &Arc<str>,
-        tail: Option<Option<Tail>>,
+        tail: Option<(Option<Tail>, Vec<StoredMember>)>,
         out: &mut impl Output,
     ) {
         let s = self.stored.as_mut().expect("stored channels");
@@ -376,7 +383,7 @@ impl Router {
             return; // answered already (timed out), or stale
         };
         s.parked -= parked.len();
-        let Some(tail) = tail else {
+        let Some((tail, members)) = tail else {
             s.stats.load_failures += 1;
             tracing::debug!(%channel, "stored history: the tail could not be read");
             for msg in parked {
@@ -387,6 +394,9 @@ impl Router {
         s.stats.loads += 1;
         s.ready.insert(channel.clone(), VecDeque::new());
         let fresh = self.hub.peek(channel).is_none();
+        if self.restores_members(channel) {
+            self.restore_members(now, channel, members, out);
+        }
         self.adopt(now, channel, tail, out);
         if fresh {
             self.assume_remote_interest(now, channel);

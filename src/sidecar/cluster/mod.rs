@@ -63,6 +63,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::engine::cluster::members::MemberWrite;
 use crate::engine::cluster::placement::Placement;
 use crate::engine::cluster::stored::StoreAnswer;
 use crate::engine::cluster::subject::{Subjects, is_valid_name};
@@ -126,6 +127,13 @@ pub enum ToCluster {
         ns: usize,
         /// The channel.
         channel: Arc<str>,
+    },
+    /// Write changes to a stored channel's members to the presence bucket
+    /// (in queue order); a write not acknowledged is answered with
+    /// `StoreAnswer::MembersUnwritten` through [`ClusterSink::stored`].
+    Members {
+        /// The changes.
+        write: MemberWrite,
     },
 }
 
@@ -241,6 +249,10 @@ pub struct HistoryStream {
     pub size: usize,
     /// `history_ttl`: how long a message is kept.
     pub ttl: Duration,
+    /// Whether the namespace counts members (`presence`,
+    /// `max_subscribers`): a read-back also reads the channel's members
+    /// from the presence bucket.
+    pub members: bool,
 }
 
 impl ClusterOptions {

@@ -19,16 +19,32 @@
 //! - **A read-back** walks the channel's subject with direct gets, oldest
 //!   first, up to the newest message as it was when the read began (at
 //!   most `history_size` + 1 requests).
+//! - **Members** of a stored channel that counts them live in the KV
+//!   bucket `wsedge_<cluster>_presence` ([`crate::engine::cluster::members`]),
+//!   created (or updated) before first use after each (re)connection:
+//!   history 1, file storage, `max_age` [`RECORD_MAX_AGE`], per-message
+//!   TTLs allowed (nats-server 2.11+). A write's puts and delete markers
+//!   (`KV-Operation: DEL`, `Nats-TTL` [`MARKER_TTL`]) are published in
+//!   order and their acknowledgements awaited beside the loop; any failure
+//!   is answered [`StoreAnswer::MembersUnwritten`]. A whole write purges
+//!   the channel's keys first. The read-back of such a channel also reads
+//!   its members: an ordered consumer over `<channel hex>.>` delivering
+//!   the last value per key, up to the pending count it started with.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::Mutex;
 
 use super::{ClusterOptions, ClusterSink, HistoryStream};
+use crate::engine::cluster::members::{
+    MARKER_TTL, MemberChange, MemberWrite, RECORD_MAX_AGE, StoredMember, bucket_name,
+    channel_prefix, member_key,
+};
 use crate::engine::cluster::stored::{
     StoreAnswer, StoreUnavailable, StoredPub, msg_id, stream_name,
 };
@@ -47,12 +63,26 @@ struct Slot {
     stream: Mutex<Option<stream::Stream<()>>>,
 }
 
+/// Most members one channel's read-back takes: a bound against a bucket
+/// filled by someone else.
+const MAX_MEMBERS_READ: u64 = 1 << 20;
+
+/// The presence bucket.
+struct Bucket {
+    name: String,
+    /// The bucket's stream, once created on the current connection.
+    stream: Mutex<Option<stream::Stream<()>>>,
+}
+
 /// The worker's JetStream side.
 #[derive(Clone)]
 pub(super) struct Store {
     js: jetstream::Context,
     subjects: Subjects,
     slots: Arc<Vec<Option<Arc<Slot>>>>,
+    /// The presence bucket, when a stored namespace counts members.
+    bucket: Option<Arc<Bucket>>,
+    timeout: Duration,
     replicas: usize,
     sink: Arc<dyn ClusterSink>,
     metrics: ClusterMetrics,
@@ -95,10 +125,18 @@ impl Store {
                 })
             })
             .collect();
+        let bucket = streams.iter().flatten().any(|s| s.members).then(|| {
+            Arc::new(Bucket {
+                name: bucket_name(cluster),
+                stream: Mutex::new(None),
+            })
+        });
         Some(Store {
             js,
             subjects,
             slots: Arc::new(slots),
+            bucket,
+            timeout,
             replicas,
             sink,
             metrics,
@@ -112,6 +150,11 @@ impl Store {
             if let Ok(mut s) = slot.stream.try_lock() {
                 *s = None;
             }
+        }
+        if let Some(b) = &self.bucket
+            && let Ok(mut s) = b.stream.try_lock()
+        {
+            *s = None;
         }
     }
 
@@ -218,16 +261,191 @@ impl Store {
         }
     }
 
-    /// Reads the channel's tail back, beside the loop.
+    /// Reads the channel's tail back (and its members, if its namespace
+    /// counts them), beside the loop.
     pub(super) fn load(&self, up: bool, ns: usize, channel: Arc<str>) {
         let this = self.clone();
         tokio::spawn(async move {
+            let mut members = Vec::new();
             let result = match this.slot(ns).filter(|_| up) {
-                Some(slot) => this.read_tail(&slot, &channel).await,
+                Some(slot) => match this.read_tail(&slot, &channel).await {
+                    Ok(tail) if slot.spec.members => match this.read_members(&channel).await {
+                        Ok(m) => {
+                            members = m;
+                            Ok(tail)
+                        }
+                        Err(e) => Err(e),
+                    },
+                    r => r,
+                },
                 None => Err(StoreUnavailable),
             };
-            this.answer(StoreAnswer::Loaded { channel, result });
+            this.answer(StoreAnswer::Loaded {
+                channel,
+                result,
+                members,
+            });
         });
+    }
+
+    /// The presence bucket's stream, created or updated to the
+    /// configuration if this connection has not done it yet.
+    async fn bucket(&self) -> Option<stream::Stream<()>> {
+        let b = self.bucket.as_ref()?;
+        let mut held = b.stream.lock().await;
+        if let Some(s) = held.as_ref() {
+            return Some(s.clone());
+        }
+        let config = kv::Config {
+            bucket: b.name.clone(),
+            description: "wsedge presence of stored channels".into(),
+            history: 1,
+            max_age: RECORD_MAX_AGE,
+            storage: stream::StorageType::File,
+            num_replicas: self.replicas,
+            limit_markers: Some(MARKER_TTL),
+            ..Default::default()
+        };
+        match self.js.create_or_update_key_value(config).await {
+            Ok(_) => {
+                let s = self
+                    .js
+                    .get_stream_no_info(format!("KV_{}", b.name))
+                    .await
+                    .ok()?;
+                tracing::info!(bucket = %b.name, "cluster: presence bucket ready");
+                *held = Some(s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %b.name, error = %e, "cluster: cannot create the presence bucket (nats-server 2.11+ is needed)");
+                None
+            }
+        }
+    }
+
+    fn key_subject(&self, key: &str) -> String {
+        let name = self.bucket.as_ref().map_or("", |b| b.name.as_str());
+        format!("$KV.{name}.{key}")
+    }
+
+    /// Sends one channel's member changes (in queue order) and awaits the
+    /// acknowledgements beside the loop.
+    pub(super) async fn write_members(&self, up: bool, write: MemberWrite) {
+        let channel = write.channel.clone();
+        let unwritten = || StoreAnswer::MembersUnwritten {
+            channel: channel.clone(),
+        };
+        if !up {
+            return self.answer(unwritten());
+        }
+        let Some(stream) = self.bucket().await else {
+            return self.answer(unwritten());
+        };
+        if write.whole {
+            let filter = self.key_subject(&format!("{}>", channel_prefix(&channel)));
+            if let Err(e) = stream.purge().filter(filter).await {
+                tracing::debug!(%channel, error = %e, "cluster: cannot clear a channel's members");
+                return self.answer(unwritten());
+            }
+        }
+        let mut acks = Vec::with_capacity(write.changes.len());
+        for change in write.changes {
+            let (key, headers, body) = match change {
+                MemberChange::Put(m) => (
+                    member_key(&channel, &m.client),
+                    HeaderMap::new(),
+                    Bytes::from(m.encode()),
+                ),
+                MemberChange::Remove(client) => {
+                    let mut h = HeaderMap::new();
+                    h.insert("KV-Operation", "DEL");
+                    h.insert(
+                        async_nats::header::NATS_MESSAGE_TTL,
+                        MARKER_TTL.as_secs().to_string().as_str(),
+                    );
+                    (member_key(&channel, &client), h, Bytes::new())
+                }
+            };
+            match self
+                .js
+                .publish_with_headers(self.key_subject(&key), headers, body)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "cluster: a member write was not sent");
+                    return self.answer(unwritten());
+                }
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for ack in acks {
+                if let Err(e) = ack.await {
+                    tracing::debug!(%channel, error = %e, "cluster: a member write failed");
+                    return this.answer(StoreAnswer::MembersUnwritten { channel });
+                }
+            }
+        });
+    }
+
+    /// The members of `channel` in the bucket: the last value of each of
+    /// its keys, delete markers left out, records that do not decode
+    /// counted and skipped.
+    async fn read_members(&self, channel: &str) -> Result<Vec<StoredMember>, StoreUnavailable> {
+        let stream = self.bucket().await.ok_or(StoreUnavailable)?;
+        let filter = self.key_subject(&format!("{}>", channel_prefix(channel)));
+        let read = async {
+            let consumer = stream
+                .create_consumer(consumer::push::OrderedConfig {
+                    deliver_subject: self.js.client().new_inbox(),
+                    filter_subject: filter,
+                    deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                    replay_policy: consumer::ReplayPolicy::Instant,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut members = Vec::new();
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(members);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+            for _ in 0..MAX_MEMBERS_READ {
+                let Some(m) = messages.next().await else {
+                    return Err("the consumer ended".to_string());
+                };
+                let m = m.map_err(|e| e.to_string())?;
+                let pending = m.info().map_err(|e| e.to_string())?.pending;
+                let deleted = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE");
+                if !deleted {
+                    match StoredMember::decode(&m.payload) {
+                        Some(member) => members.push(member),
+                        None => self.metrics.decode_error(),
+                    }
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok::<_, String>(members)
+        };
+        match tokio::time::timeout(self.timeout, read).await {
+            Ok(Ok(members)) => Ok(members),
+            Ok(Err(e)) => {
+                tracing::debug!(%channel, error = %e, "cluster: cannot read a channel's members");
+                Err(StoreUnavailable)
+            }
+            Err(_) => {
+                tracing::debug!(%channel, "cluster: reading a channel's members timed out");
+                Err(StoreUnavailable)
+            }
+        }
     }
 
     async fn read_tail(

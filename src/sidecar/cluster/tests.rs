@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
+use crate::engine::cluster::members::{MemberChange, StoredMember};
 use crate::metrics::{ClusterDrop, Received, Sent};
 
 #[allow(dead_code)]
@@ -606,6 +607,7 @@ fn history_node(url: &str, name: &str) -> Node {
             namespace: Arc::from("feed"),
             size: 5,
             ttl: Duration::from_secs(60),
+            members: true,
         })];
     })
 }
@@ -703,5 +705,129 @@ fn history_requests_fail_at_once_while_nats_is_down() {
         _ => None,
     });
     assert!(failed);
+    write_members(&a, "feed:z", false, vec![put("c1", None)]);
+    a.wait("the unwritten members", |g| {
+        matches!(g, Got::Stored(StoreAnswer::MembersUnwritten { channel }) if &**channel == "feed:z")
+            .then_some(())
+    });
     a.shutdown();
+}
+
+fn put(client: &str, state: Option<&str>) -> MemberChange {
+    MemberChange::Put(StoredMember {
+        client: Arc::from(client),
+        user: Arc::from("ann"),
+        info: None,
+        state: state.map(Arc::from),
+        state_ttl_ms: None,
+        node: Arc::from("a"),
+        incarnation: 5,
+        shard: 0,
+        conn: crate::engine::subs::ConnRef {
+            idx: 1,
+            generation: 1,
+        },
+    })
+}
+
+fn write_members(n: &Node, channel: &str, whole: bool, changes: Vec<MemberChange>) {
+    n.send(ToCluster::Members {
+        write: MemberWrite {
+            channel: Arc::from(channel),
+            whole,
+            changes,
+        },
+    });
+}
+
+/// The members read back with `channel`'s tail: (client, state), sorted.
+fn members(n: &Node, channel: &str) -> Vec<(String, Option<String>)> {
+    use crate::engine::cluster::stored::StoreAnswer;
+    n.send(ToCluster::Load {
+        ns: 0,
+        channel: Arc::from(channel),
+    });
+    let mut m = n.wait("the members", |g| match g {
+        Got::Stored(StoreAnswer::Loaded {
+            result, members, ..
+        }) => {
+            assert!(result.is_ok(), "read back");
+            Some(
+                members
+                    .iter()
+                    .map(|m| (m.client.to_string(), m.state.as_deref().map(String::from)))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        _ => None,
+    });
+    m.sort();
+    m
+}
+
+/// Reads `channel`'s members from `n` until they are `want` (another
+/// node's writes land in the bucket a moment after they are sent).
+fn members_become(n: &Node, channel: &str, want: &[(&str, Option<&str>)]) {
+    let want: Vec<(String, Option<String>)> = want
+        .iter()
+        .map(|(c, s)| (c.to_string(), s.map(String::from)))
+        .collect();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let got = members(n, channel);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "members {got:?}, wanted {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn members_are_written_removed_rewritten_whole_and_read_back_with_the_tail() {
+    use crate::engine::cluster::stored::StoreAnswer;
+    let Some(nats) = nats() else { return };
+    let mut a = history_node(&nats.url(), "a");
+    let mut b = history_node(&nats.url(), "b");
+    a.wait_link(true);
+    b.wait_link(true);
+    assert_eq!(
+        members(&b, "feed:m"),
+        vec![],
+        "an empty bucket reads as none"
+    );
+    write_members(
+        &a,
+        "feed:m",
+        false,
+        vec![put("c1", None), put("c2", None), put("c3", None)],
+    );
+    write_members(
+        &a,
+        "feed:m",
+        false,
+        vec![
+            MemberChange::Remove(Arc::from("c2")),
+            put("c1", Some("typing")),
+        ],
+    );
+    // Read by another node: the last value per member, the removed one
+    // gone.
+    members_become(&b, "feed:m", &[("c1", Some("typing")), ("c3", None)]);
+    assert_eq!(members(&b, "feed:n"), vec![], "channels are apart");
+    // A whole write replaces everything the channel had.
+    write_members(&a, "feed:m", true, vec![put("c9", None)]);
+    members_become(&b, "feed:m", &[("c9", None)]);
+    // Nothing came back unwritten.
+    assert!(
+        a.wait_for(Duration::from_millis(200), |g| {
+            matches!(g, Got::Stored(StoreAnswer::MembersUnwritten { .. })).then_some(())
+        })
+        .is_none()
+    );
+    a.shutdown();
+    b.shutdown();
 }

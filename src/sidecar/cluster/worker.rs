@@ -366,6 +366,10 @@ impl Worker {
                 ToCluster::Load { channel, .. } => StoreAnswer::Loaded {
                     channel,
                     result: Err(StoreUnavailable),
+                    members: Vec::new(),
+                },
+                ToCluster::Members { write } => StoreAnswer::MembersUnwritten {
+                    channel: write.channel,
                 },
                 _ => return,
             };
@@ -381,6 +385,7 @@ impl Worker {
                 body,
             } => store.persist(up, ns, channel, epoch, offset, body).await,
             ToCluster::Load { ns, channel } => store.load(up, ns, channel),
+            ToCluster::Members { write } => store.write_members(up, write).await,
             _ => {}
         }
     }
@@ -410,7 +415,9 @@ impl Worker {
                 payload,
                 kind: Sent::ToNode,
             }),
-            op @ (ToCluster::Persist { .. } | ToCluster::Load { .. }) => self.store_ops.push(op),
+            op @ (ToCluster::Persist { .. }
+            | ToCluster::Load { .. }
+            | ToCluster::Members { .. }) => self.store_ops.push(op),
         }
     }
 

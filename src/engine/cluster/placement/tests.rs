@@ -218,3 +218,24 @@ fn placement_follows_the_generation() {
     assert!(chs.iter().all(|c| p.is_home(c)));
     assert!(chs.iter().any(|c| !old.is_home(c)));
 }
+
+#[test]
+fn placement_knows_each_live_nodes_incarnation() {
+    let live = nodes(3);
+    let mut m = membership("edge-0", &live);
+    let p = Placement::new(&m);
+    assert_eq!(p.self_incarnation(), 1);
+    assert_eq!(p.incarnation("edge-1"), Some(1));
+    assert_eq!(p.incarnation("edge-9"), None);
+    // edge-1 restarts: a new placement names its new incarnation.
+    let hb = Heartbeat {
+        node: live[1].clone(),
+        incarnation: 2,
+        shards: 1,
+        sent_ms: 10,
+    };
+    m.on_heartbeat(&hb, 10);
+    let q = Placement::new(&m);
+    assert_eq!(q.incarnation("edge-1"), Some(2));
+    assert_eq!(p.incarnation("edge-1"), Some(1), "the old one is unchanged");
+}

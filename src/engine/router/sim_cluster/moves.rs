@@ -1,6 +1,7 @@
 //! Moves of a channel's home between nodes: JetStream channels keep
 //! their subscribers (relays re-point, the old home becomes a relay, a
-//! relay becomes the home); presence and memory channels recover.
+//! relay becomes the home) and, through the presence bucket, their
+//! members; memory channels recover.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,27 +131,133 @@ fn a_new_home_behind_its_moved_subscribers_makes_them_recover() {
     assert_eq!(closed(&c, sub), Some(CloseReason::InsufficientState));
 }
 
-#[test]
-fn memory_and_presence_channels_still_recover_when_their_home_moves() {
-    // A stored namespace with presence: members live at the home, so its
-    // subscribers re-join the new home by recovering.
+/// A stored namespace that keeps presence with join/leave pushes.
+fn stored_presence_ns() -> Namespaces {
     let feed = crate::engine::namespace::NamespaceOptions {
         history_size: 100,
         history_ttl_ms: 600_000,
         recover: true,
         presence: true,
+        join_leave: true,
         history_backend: crate::engine::namespace::HistoryBackend::Jetstream,
         ..Default::default()
     };
-    let mut c = ClusterSim::new(3, 2, 3, Namespaces::new(false, [("feed", feed)]).unwrap());
-    let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
-    let sub = c.connect(0, 1);
-    subscribe(&mut c, sub, &channel);
+    Namespaces::new(false, [("feed", feed)]).unwrap()
+}
+
+/// `presence_stats` of `channel` asked by `q`: (clients, users).
+fn stats(c: &mut ClusterSim, q: Conn, channel: &str) -> (u64, u64) {
+    let id = c.on(q.0, |sim| sim.presence(q.1, channel, true));
     c.run();
+    let v = reply(c, q, id);
+    let s = &v["presence_stats"];
+    (
+        s["num_clients"].as_u64().unwrap_or_else(|| panic!("{v}")),
+        s["num_users"].as_u64().unwrap(),
+    )
+}
+
+/// The members of `channel` the presence bucket holds: their nodes, sorted.
+fn bucket_nodes(c: &ClusterSim, channel: &str) -> Vec<String> {
+    let mut v: Vec<String> = c
+        .bucket
+        .get(channel)
+        .map(|b| b.values().map(|m| m.node.to_string()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_stored_presence_channel_whose_home_dies_keeps_its_live_members_and_subscribers() {
+    for seed in 0..6 {
+        let mut c = ClusterSim::new(3, 2, seed, stored_presence_ns());
+        // Homed at node 2 (which dies), then at node 1.
+        let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+        let relayed = c.connect(0, 1);
+        let at_new_home = c.connect(1, 1);
+        let on_dead = c.connect(2, 0);
+        let publisher = c.connect(1, 0);
+        for x in [relayed, at_new_home, on_dead] {
+            subscribe(&mut c, x, &channel);
+        }
+        c.run();
+        c.advance(PRESENCE_TICK * 2);
+        assert_eq!(
+            bucket_nodes(&c, &channel),
+            ["node0", "node1", "node2"],
+            "seed {seed}"
+        );
+        publish_each(&mut c, publisher, &channel, 1..=3, seed);
+        c.down[2] = true;
+        c.set_live(&[0, 1]);
+        c.run();
+        publish_each(&mut c, publisher, &channel, 4..=6, seed);
+        for (name, x) in [("relay", relayed), ("new home", at_new_home)] {
+            assert_eq!(closed(&c, x), None, "seed {seed}: {name}: no 3004");
+            assert_eq!(
+                offsets(&c, x, &channel),
+                (1..=6).collect::<Vec<_>>(),
+                "seed {seed}: {name}"
+            );
+        }
+        // The new home read the members back: the dead node's is gone,
+        // in memory and in the bucket.
+        let q = c.connect(0, 0);
+        assert_eq!(stats(&mut c, q, &channel).0, 2, "seed {seed}");
+        c.advance(PRESENCE_TICK * 2);
+        assert_eq!(
+            bucket_nodes(&c, &channel),
+            ["node0", "node1"],
+            "seed {seed}"
+        );
+        // Both kinds of restored member leave as they would have before:
+        // the local one, then the one on another node.
+        let _ = c.on(1, |sim| sim.unsubscribe(at_new_home.1, &channel));
+        c.run();
+        assert_eq!(stats(&mut c, q, &channel).0, 1, "seed {seed}");
+        let _ = c.on(0, |sim| sim.unsubscribe(relayed.1, &channel));
+        c.run();
+        assert_eq!(stats(&mut c, q, &channel).0, 0, "seed {seed}");
+        c.advance(PRESENCE_TICK * 2);
+        assert_eq!(
+            bucket_nodes(&c, &channel),
+            Vec::<String>::new(),
+            "seed {seed}"
+        );
+    }
+}
+
+#[test]
+fn members_follow_a_stored_channel_off_a_live_home_and_its_node_leaving_still_counts() {
+    let mut c = ClusterSim::new(3, 2, 4, stored_presence_ns());
+    // At node 0 while node 2 is away, then at node 2.
+    let channel = channel_moving(&c, "feed", (&[0, 1], 0), (&[0, 1, 2], 2));
     c.down[2] = true;
     c.set_live(&[0, 1]);
+    let at_old_home = c.connect(0, 0);
+    let relayed = c.connect(1, 1);
+    subscribe(&mut c, at_old_home, &channel);
+    subscribe(&mut c, relayed, &channel);
     c.run();
-    assert_eq!(closed(&c, sub), Some(CloseReason::InsufficientState));
+    let publisher = c.connect(1, 0);
+    publish_each(&mut c, publisher, &channel, 1..=2, 4);
+    c.down[2] = false;
+    c.set_live(&[0, 1, 2]);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 3..=4, 4);
+    for x in [at_old_home, relayed] {
+        assert_eq!(closed(&c, x), None);
+        assert_eq!(offsets(&c, x, &channel), vec![1, 2, 3, 4]);
+    }
+    let q = c.connect(2, 0);
+    assert_eq!(stats(&mut c, q, &channel).0, 2, "both followed to node 2");
+    // Node 1 leaves: its member leaves the new home too.
+    c.down[1] = true;
+    c.set_live(&[0, 2]);
+    c.run();
+    assert_eq!(stats(&mut c, q, &channel).0, 1);
+    assert_eq!(closed(&c, at_old_home), None);
 }
 
 #[test]
