@@ -749,6 +749,25 @@ fn the_server_api_on_any_node_acts_on_channels_homed_on_another() {
     // Calls a namespace refuses are refused the same way.
     let r = call(2, "presence", json!({"channel": chat}));
     assert_eq!(r["error"]["code"], 103, "{r}");
+    // `history_remove` through n2 of both: the history goes (for the
+    // JetStream one, from the stream), the position stays.
+    let history = |ch: &str| -> Vec<u64> {
+        let r = call(2, "history", json!({"channel": ch, "limit": 10}));
+        r["result"]["publications"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect()
+    };
+    for (ch, next) in [(&chat, 5), (&feed, 4)] {
+        let r = call(2, "history_remove", json!({"channel": ch}));
+        assert_eq!(r["result"], json!({}), "{ch}: {r}");
+        assert_eq!(history(ch), Vec::<u64>::new(), "{ch}");
+        let r = call(0, "publish", json!({"channel": ch, "data": {"i": next}}));
+        assert_eq!(r["result"]["offset"], next, "{ch}: {r}");
+        assert_eq!(history(ch), vec![next], "{ch}");
+    }
 }
 
 /// `subscribe`, `unsubscribe` and `disconnect` of a user through one

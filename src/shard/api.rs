@@ -86,6 +86,7 @@ impl Shard {
         let channel = match &op {
             ApiOp::Publish { channel, .. }
             | ApiOp::History { channel, .. }
+            | ApiOp::HistoryRemove { channel }
             | ApiOp::Presence { channel, .. } => channel.clone(),
             _ => unreachable!("only channel calls are deferred"),
         };
@@ -134,6 +135,11 @@ impl Shard {
                 from,
                 reply_to,
             },
+            ApiOp::HistoryRemove { channel } => Msg::HistoryRemove {
+                channel,
+                from,
+                reply_to,
+            },
             _ => unreachable!("only channel calls are deferred"),
         };
         let mut out = shard_out!(self);
@@ -150,6 +156,7 @@ impl Shard {
         let deferred = match &call.op {
             ApiOp::Publish { channel, .. }
             | ApiOp::History { channel, .. }
+            | ApiOp::HistoryRemove { channel }
             | ApiOp::Presence { channel, .. } => {
                 self.router.remote_home(channel).is_some() || self.router.is_stored(channel)
             }
@@ -157,13 +164,6 @@ impl Shard {
         };
         if deferred {
             return self.defer_api(now, call);
-        }
-        if let ApiOp::HistoryRemove { channel } = &call.op
-            && (self.router.remote_home(channel).is_some() || self.router.is_stored(channel))
-        {
-            tracing::debug!(%channel, "server API history_remove for a channel homed elsewhere or kept in JetStream");
-            let _ = call.reply.send(Err(ErrorCode::Internal));
-            return;
         }
         let answer = match call.op {
             ApiOp::Publish {

@@ -22,7 +22,7 @@ use crate::engine::cluster::members::MemberWrite;
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
 use crate::engine::cluster::stored::StoreAnswer;
-use crate::engine::hub::home_shard;
+use crate::engine::hub::{Position, home_shard};
 use crate::engine::router::{Broadcast, ClusterView, FromNode, Msg};
 use crate::engine::wire::publication::PushBody;
 use crate::metrics::ClusterMetrics;
@@ -169,6 +169,18 @@ impl ShardCluster {
             .send(ToCluster::Load {
                 ns,
                 channel: channel.clone(),
+            })
+            .is_ok()
+    }
+
+    /// `history_remove` of a stored channel: a floor marker, and a purge
+    /// of what is before it.
+    pub fn purge_stored(&self, ns: usize, channel: &Arc<str>, floor: Position) -> bool {
+        self.client
+            .send(ToCluster::Purge {
+                ns,
+                channel: channel.clone(),
+                floor,
             })
             .is_ok()
     }

@@ -20,6 +20,7 @@ use crate::engine::cluster::members::MemberWrite;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::collab::{DirectedEvent, JoinAs};
 use crate::engine::durable::DurableEvent;
+use crate::engine::hub::Position;
 use crate::engine::outbox::{Frame, OverBudget};
 use crate::engine::router::{
     Broadcast, CollabAsk, CollabOp, Msg, Output, SERVER_INITIATED, StoryWriteReq, SubscribeRequest,
@@ -289,6 +290,11 @@ impl Output for ShardOut<'_> {
 
     fn load_stored(&mut self, ns: usize, channel: &Arc<str>) -> bool {
         self.cluster.is_some_and(|c| c.load_stored(ns, channel))
+    }
+
+    fn purge_stored(&mut self, ns: usize, channel: &Arc<str>, floor: Position) -> bool {
+        self.cluster
+            .is_some_and(|c| c.purge_stored(ns, channel, floor))
     }
 
     fn mirror_members(&mut self, write: MemberWrite) -> bool {

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::members::StoredMember;
+use crate::engine::hub::Position;
 use crate::engine::wire::publication::PubData;
 
 /// One publication as stored in the channel's subject.
@@ -48,6 +49,16 @@ impl StoredPub {
     pub fn decode(bytes: &[u8]) -> Option<StoredPub> {
         postcard::from_bytes(bytes).ok()
     }
+}
+
+/// The header that marks a stored message as the floor `history_remove`
+/// left (a [`StoredPub`] with no data at the channel's position then),
+/// not a publication.
+pub const FLOOR_HEADER: &str = "Wsedge-Floor";
+
+/// The `Nats-Msg-Id` of a floor marker at `epoch`, `offset`.
+pub fn floor_id(epoch: u64, offset: u64) -> String {
+    format!("{epoch:016x}.{offset}.floor")
 }
 
 /// The `Nats-Msg-Id` of a stored publication: its epoch and offset. Unique
@@ -80,8 +91,12 @@ pub enum StoreAnswer {
     Loaded {
         /// The channel.
         channel: Arc<str>,
-        /// The tail.
+        /// The tail (publications only; a floor left by `history_remove`
+        /// is in `floor`).
         result: Result<Vec<StoredPub>, StoreUnavailable>,
+        /// Where `history_remove` cut the channel's history, if its
+        /// marker is still in the stream: nothing at or before it is.
+        floor: Option<Position>,
         /// Its members in the presence bucket (`crate::engine::cluster::members`),
         /// read with the tail for a namespace that counts members; empty
         /// otherwise, or when the tail could not be read.
@@ -93,6 +108,14 @@ pub enum StoreAnswer {
         /// The channel.
         channel: Arc<str>,
     },
+    /// `history_remove` of a stored channel: its floor marker was written
+    /// and everything before it purged (`ok`), or not.
+    Purged {
+        /// The channel.
+        channel: Arc<str>,
+        /// Whether the stream holds nothing before the floor now.
+        ok: bool,
+    },
 }
 
 impl StoreAnswer {
@@ -101,7 +124,8 @@ impl StoreAnswer {
         match self {
             StoreAnswer::Persisted { channel, .. }
             | StoreAnswer::Loaded { channel, .. }
-            | StoreAnswer::MembersUnwritten { channel } => channel,
+            | StoreAnswer::MembersUnwritten { channel }
+            | StoreAnswer::Purged { channel, .. } => channel,
         }
     }
 }
@@ -120,29 +144,65 @@ pub struct Tail {
     pub epoch: u64,
     /// The publications to keep as history, contiguous, oldest first.
     pub publications: Vec<StoredPub>,
+    /// The offset `history_remove` cut the history at, when the
+    /// publications follow on from it (0: none): it counts as the
+    /// position before the first publication.
+    pub floor: u64,
 }
 
 impl Tail {
     /// The usable tail of `stored` (oldest first, as read); `None` when
     /// nothing is stored.
-    pub fn of(mut stored: Vec<StoredPub>) -> Option<Tail> {
-        let epoch = stored.last()?.epoch;
+    pub fn of(stored: Vec<StoredPub>) -> Option<Tail> {
+        Tail::with_floor(stored, None)
+    }
+
+    /// [`Tail::of`], with the floor marker read beside the publications:
+    /// a floor of the tail's epoch that the publications follow on from
+    /// is the position before them (with none after it, the tail's top).
+    pub fn with_floor(mut stored: Vec<StoredPub>, floor: Option<Position>) -> Option<Tail> {
+        let epoch = match (stored.last(), floor) {
+            (Some(p), _) => p.epoch,
+            (None, Some(f)) => f.epoch,
+            (None, None) => return None,
+        };
         stored.retain(|p| p.epoch == epoch);
+        let floor = floor.filter(|f| f.epoch == epoch).map(|f| f.offset);
+        if let Some(f) = floor {
+            stored.retain(|p| p.offset > f);
+        }
         // After the last break in the offsets.
         let start = stored
             .windows(2)
             .rposition(|w| w[1].offset != w[0].offset + 1)
             .map_or(0, |i| i + 1);
         stored.drain(..start);
+        let floor = match (floor, stored.first()) {
+            (Some(f), None) => f,
+            (Some(f), Some(first)) if start == 0 && first.offset == f + 1 => f,
+            _ => 0,
+        };
         Some(Tail {
             epoch,
             publications: stored,
+            floor,
         })
     }
 
-    /// The offset of the newest publication.
+    /// The offset of the newest publication (or the floor, with none
+    /// after it).
     pub fn top(&self) -> u64 {
-        self.publications.last().map_or(0, |p| p.offset)
+        self.publications.last().map_or(self.floor, |p| p.offset)
+    }
+
+    /// The first offset the tail accounts for: its first publication's,
+    /// or the one after its floor.
+    pub fn first(&self) -> Option<u64> {
+        match self.publications.first() {
+            Some(p) => Some(p.offset),
+            None if self.floor > 0 => Some(self.floor + 1),
+            None => None,
+        }
     }
 }
 
@@ -183,6 +243,26 @@ mod tests {
         let whole = Tail::of(vec![p(3, 8), p(3, 9), p(3, 10)]).unwrap();
         assert_eq!(whole.publications.len(), 3);
         assert_eq!(whole.top(), 10);
+    }
+
+    #[test]
+    fn a_floor_is_the_position_before_what_follows_it() {
+        let at = |epoch, offset| Some(Position { epoch, offset });
+        // Removed at 7 with nothing after: the tail stands at 7.
+        let t = Tail::with_floor(Vec::new(), at(3, 7)).unwrap();
+        assert_eq!((t.epoch, t.top(), t.first()), (3, 7, Some(8)));
+        assert!(t.publications.is_empty());
+        // Publications after it follow on.
+        let t = Tail::with_floor(vec![p(3, 8), p(3, 9)], at(3, 7)).unwrap();
+        assert_eq!((t.floor, t.top(), t.first()), (7, 9, Some(8)));
+        // A hole after the floor: the floor no longer accounts for it.
+        let t = Tail::with_floor(vec![p(3, 9), p(3, 10)], at(3, 7)).unwrap();
+        assert_eq!((t.floor, t.first()), (0, Some(9)));
+        // A floor of an older epoch does not count.
+        let t = Tail::with_floor(vec![p(4, 1)], at(3, 7)).unwrap();
+        assert_eq!((t.epoch, t.floor, t.top()), (4, 0, 1));
+        assert_eq!(Tail::with_floor(Vec::new(), None), None);
+        assert_ne!(floor_id(3, 7), msg_id(3, 7));
     }
 
     #[test]

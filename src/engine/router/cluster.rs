@@ -357,6 +357,7 @@ pub(super) fn to_home(msg: &Msg) -> bool {
             | Msg::Collab { .. }
             | Msg::SetState { .. }
             | Msg::PresenceQuery { .. }
+            | Msg::HistoryRemove { .. }
     )
 }
 

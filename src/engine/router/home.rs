@@ -158,6 +158,23 @@ impl Router {
         Answer::PresenceState
     }
 
+    /// `history_remove` asked through the channel's home (from another
+    /// shard or node, or for a stored channel).
+    pub(super) fn history_remove_home(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        from: usize,
+        reply_to: ReplyTo,
+        out: &mut impl Output,
+    ) {
+        if self.is_stored(channel) {
+            return self.remove_stored_history(now, channel, from, reply_to, out);
+        }
+        let answer = self.api_history_remove(channel);
+        self.answer(now, channel, from, reply_to, answer, out);
+    }
+
     /// Server API `presence` / `presence_stats` at the channel's home.
     pub fn api_presence(&mut self, now: Instant, channel: &str, stats: bool) -> Answer {
         match self.options(channel) {

@@ -161,6 +161,11 @@ pub trait Output {
     ///
     /// [`StoreAnswer::MembersUnwritten`]: crate::engine::cluster::stored::StoreAnswer::MembersUnwritten
     fn mirror_members(&mut self, write: MemberWrite) -> bool;
+    /// `history_remove` of a stored channel: writes a floor marker at
+    /// `floor` to its stream and purges everything before it; the answer
+    /// comes to [`Router::stored_answer`]. `false`: the cluster queue
+    /// refused it. Only called for stored channels.
+    fn purge_stored(&mut self, ns: usize, channel: &Arc<str>, floor: Position) -> bool;
 }
 
 /// A story's change, for [`Output::story_write`].
@@ -1049,6 +1054,11 @@ impl Router {
                 let answer = self.presence_home(now, &channel, stats);
                 self.answer(now, &channel, from, reply_to, answer, out);
             }
+            Msg::HistoryRemove {
+                channel,
+                from,
+                reply_to,
+            } => self.history_remove_home(now, &channel, from, reply_to, out),
         }
     }
 

@@ -377,6 +377,17 @@ pub enum Msg {
         /// Channel name.
         channel: Arc<str>,
     },
+    /// To a channel's home: the server API's `history_remove` (the
+    /// publications go, the position stays). Last, so the variants before
+    /// it keep their index on the wire between nodes.
+    HistoryRemove {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Sending shard.
+        from: usize,
+        /// Who gets the reply.
+        reply_to: ReplyTo,
+    },
 }
 
 impl Msg {
@@ -398,6 +409,7 @@ impl Msg {
             Msg::PresenceQuery { .. } => MsgKind::PresenceQuery,
             Msg::Collab { .. } => MsgKind::Collab,
             Msg::CollabPush { .. } => MsgKind::CollabPush,
+            Msg::HistoryRemove { .. } => MsgKind::HistoryRemove,
         }
     }
 
@@ -409,6 +421,7 @@ impl Msg {
             | Msg::History { reply_to, .. }
             | Msg::SetState { reply_to, .. }
             | Msg::PresenceQuery { reply_to, .. }
+            | Msg::HistoryRemove { reply_to, .. }
             | Msg::Collab { reply_to, .. } => Some(*reply_to),
             _ => None,
         }
@@ -430,6 +443,7 @@ impl Msg {
                 | Msg::History { .. }
                 | Msg::SetState { .. }
                 | Msg::PresenceQuery { .. }
+                | Msg::HistoryRemove { .. }
                 | Msg::Collab { .. }
         )
     }
@@ -454,6 +468,7 @@ impl Msg {
             | Msg::CollabPush { channel, .. }
             | Msg::SetState { channel, .. }
             | Msg::PresenceQuery { channel, .. }
+            | Msg::HistoryRemove { channel, .. }
             | Msg::InterestFailed { channel } => Some(channel),
             Msg::Deliver(p) => Some(&p.channel),
             Msg::Reply { .. } => None,
@@ -471,7 +486,8 @@ impl Msg {
             | Msg::Leave { from, .. }
             | Msg::Collab { from, .. }
             | Msg::SetState { from, .. }
-            | Msg::PresenceQuery { from, .. } => Some(from),
+            | Msg::PresenceQuery { from, .. }
+            | Msg::HistoryRemove { from, .. } => Some(from),
             Msg::InterestAck { .. }
             | Msg::Reply { .. }
             | Msg::Deliver(_)
@@ -492,7 +508,8 @@ impl Msg {
             | Msg::Leave { from, .. }
             | Msg::Collab { from, .. }
             | Msg::SetState { from, .. }
-            | Msg::PresenceQuery { from, .. } => Some(*from),
+            | Msg::PresenceQuery { from, .. }
+            | Msg::HistoryRemove { from, .. } => Some(*from),
             _ => None,
         }
     }
@@ -537,6 +554,8 @@ pub enum MsgKind {
     Collab,
     /// [`Msg::CollabPush`].
     CollabPush,
+    /// [`Msg::HistoryRemove`].
+    HistoryRemove,
     /// A server API call (the shell's, from the API sidecar).
     Api,
     /// A ticket redemption's answer (the shell's, from the ticket sidecar).
@@ -553,7 +572,7 @@ pub enum MsgKind {
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 21] = [
+    pub const ALL: [MsgKind; 22] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::InterestFailed,
@@ -569,6 +588,7 @@ impl MsgKind {
         MsgKind::PresenceQuery,
         MsgKind::Collab,
         MsgKind::CollabPush,
+        MsgKind::HistoryRemove,
         MsgKind::Api,
         MsgKind::Ticket,
         MsgKind::StoryLoaded,
@@ -595,6 +615,7 @@ impl MsgKind {
             MsgKind::PresenceQuery => "presence_query",
             MsgKind::Collab => "collab",
             MsgKind::CollabPush => "collab_push",
+            MsgKind::HistoryRemove => "history_remove",
             MsgKind::Api => "api",
             MsgKind::Ticket => "ticket",
             MsgKind::StoryLoaded => "story_loaded",

@@ -58,6 +58,8 @@ pub(super) struct StoreLog {
     pub refuse_store: bool,
     /// Writes to the presence bucket asked for, in order.
     pub member_writes: Vec<MemberWrite>,
+    /// `history_remove` purges asked for: (channel, floor).
+    pub purges: Vec<(Arc<str>, Position)>,
 }
 
 /// A stored-history write: (home shard, channel, epoch, offset, body).
@@ -230,6 +232,14 @@ impl Output for ShardOut<'_> {
             return false;
         }
         self.store.tail_loads.push((self.shard, channel.clone()));
+        true
+    }
+
+    fn purge_stored(&mut self, _ns: usize, channel: &Arc<str>, floor: Position) -> bool {
+        if self.store.refuse_store {
+            return false;
+        }
+        self.store.purges.push((channel.clone(), floor));
         true
     }
 
@@ -433,6 +443,22 @@ impl Sim {
         self.on(c.shard, |r, out, now| {
             r.history(now, c.conn, id, channel, limit, since, reverse, out)
         });
+        id
+    }
+
+    /// The server API's `history_remove`, asked through `c`'s shard (its
+    /// answer comes to `c` as a reply).
+    pub fn history_remove(&mut self, c: SimConn, channel: &str) -> u32 {
+        let id = self.id();
+        let msg = Msg::HistoryRemove {
+            channel: Arc::from(channel),
+            from: c.shard,
+            reply_to: ReplyTo {
+                conn: c.conn,
+                cmd_id: id,
+            },
+        };
+        self.on(c.shard, |r, out, now| r.request(now, msg, out));
         id
     }
 

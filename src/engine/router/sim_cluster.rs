@@ -114,6 +114,8 @@ pub(super) struct ClusterSim {
     pub received: Vec<Received>,
     /// The simulated JetStream: each stored channel's messages, in order.
     pub stream: HashMap<Arc<str>, Vec<StoredPub>>,
+    /// Floors `history_remove` left in the stream, by channel.
+    pub floors: HashMap<Arc<str>, Position>,
     /// The presence bucket: members by channel and client.
     pub bucket: HashMap<Arc<str>, BTreeMap<Arc<str>, StoredMember>>,
     /// JetStream refuses (NATS down): writes and read-backs fail.
@@ -157,6 +159,7 @@ impl ClusterSim {
             received: vec![Received::default(); nodes],
             stream: HashMap::new(),
             bucket: HashMap::new(),
+            floors: HashMap::new(),
             stream_down: false,
             rng: StdRng::seed_from_u64(seed),
         };
@@ -237,6 +240,7 @@ impl ClusterSim {
             let persists = std::mem::take(&mut self.nodes[n].store.persists);
             let loads = std::mem::take(&mut self.nodes[n].store.tail_loads);
             let member_writes = std::mem::take(&mut self.nodes[n].store.member_writes);
+            let purges = std::mem::take(&mut self.nodes[n].store.purges);
             if self.down[n] {
                 continue;
             }
@@ -270,6 +274,19 @@ impl ClusterSim {
                 };
                 self.inbound[n].push_back(FromNode::Stored(answer));
             }
+            // Writes before a purge are in the stream when it is purged
+            // (one connection, in order).
+            for (channel, floor) in purges {
+                let ok = !self.stream_down;
+                if ok {
+                    if let Some(s) = self.stream.get_mut(&channel) {
+                        s.retain(|p| p.epoch != floor.epoch || p.offset > floor.offset);
+                    }
+                    self.floors.insert(channel.clone(), floor);
+                }
+                let answer = StoreAnswer::Purged { channel, ok };
+                self.inbound[n].push_back(FromNode::Stored(answer));
+            }
             for (_, channel) in loads {
                 let result = if self.stream_down {
                     Err(StoreUnavailable)
@@ -284,9 +301,11 @@ impl ClusterSim {
                         .unwrap_or_default(),
                     Err(_) => Vec::new(),
                 };
+                let floor = self.floors.get(&channel).copied();
                 let answer = StoreAnswer::Loaded {
                     channel,
                     result,
+                    floor,
                     members,
                 };
                 self.inbound[n].push_back(FromNode::Stored(answer));

@@ -79,6 +79,12 @@ pub(super) struct Stored {
     writing: usize,
     /// When the writes' ages are next checked (while any are in flight).
     next_scan: Option<Instant>,
+    /// Channels whose history `history_remove` cut at this offset while
+    /// writes at or below it were in flight: those are delivered but not
+    /// kept in the history cache.
+    floors: HashMap<Arc<str>, u64>,
+    /// `history_remove` calls waiting for the stream's purge, by channel.
+    removing: HashMap<Arc<str>, Vec<(usize, ReplyTo)>>,
     stats: StoredStats,
 }
 
@@ -247,12 +253,14 @@ impl Router {
             StoreAnswer::Loaded {
                 channel,
                 result,
+                floor,
                 members,
             } => {
-                let tail = result.ok().map(|t| (Tail::of(t), members));
+                let tail = result.ok().map(|t| (Tail::with_floor(t, floor), members));
                 self.loaded(now, &channel, tail, out)
             }
             StoreAnswer::MembersUnwritten { channel } => self.members_unwritten(&channel),
+            StoreAnswer::Purged { channel, ok } => self.purged(now, &channel, ok, out),
         }
     }
 
@@ -328,8 +336,20 @@ impl Router {
             ttl_ms: opts.history_ttl_ms,
         };
         let ms = self.ms(now);
-        self.history
-            .append(channel, acc.position.epoch, publication.clone(), limits, ms);
+        let s = self.stored.as_mut().expect("stored channels");
+        let removed = match s.floors.get(channel) {
+            Some(&floor) if offset <= floor => {
+                if offset == floor {
+                    s.floors.remove(channel);
+                }
+                true
+            }
+            _ => false,
+        };
+        if !removed {
+            self.history
+                .append(channel, acc.position.epoch, publication.clone(), limits, ms);
+        }
         if acc.interested != 0 {
             let high = high || opts.priority == Priority::High;
             let p = Arc::new(SharedPub::new(channel.clone(), publication, high, now));
@@ -422,9 +442,7 @@ impl Router {
         if let (Some(p), Some(t)) = (held, &tail)
             && p.epoch == t.epoch
             && t.top() >= p.offset
-            && t.publications
-                .first()
-                .is_some_and(|f| f.offset <= p.offset + 1)
+            && t.first().is_some_and(|f| f <= p.offset + 1)
         {
             // A home that starts at its subscribers' position (it relayed
             // the channel before) has no cache yet: what they had goes in
@@ -523,6 +541,70 @@ impl Router {
         }
     }
 
+    /// `history_remove` at a stored channel's home: the history cache is
+    /// emptied now, and the stream gets a floor marker at the last offset
+    /// given out (writes in flight included) with everything before it
+    /// purged; the caller is answered when the worker has done it. The
+    /// position stays, and a home that reads the stream back later
+    /// continues from the floor.
+    pub(super) fn remove_stored_history(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        from: usize,
+        reply_to: ReplyTo,
+        out: &mut impl Output,
+    ) {
+        let Some(position) = self.hub.peek(channel) else {
+            // Nothing was ever published.
+            return self.answer(now, channel, from, reply_to, Answer::PresenceState, out);
+        };
+        let ns = self.ns_index(channel);
+        let s = self.stored.as_mut().expect("stored channels");
+        let in_flight = s
+            .ready
+            .get(channel)
+            .and_then(|w| w.back())
+            .map(|w| w.offset);
+        let floor = Position {
+            epoch: position.epoch,
+            offset: in_flight.unwrap_or(position.offset),
+        };
+        if floor.offset == 0 {
+            return self.answer(now, channel, from, reply_to, Answer::PresenceState, out);
+        }
+        if !out.purge_stored(ns, channel, floor) {
+            let answer = Answer::Error(ErrorCode::Overloaded);
+            return self.answer(now, channel, from, reply_to, answer, out);
+        }
+        let s = self.stored.as_mut().expect("stored channels");
+        if in_flight.is_some() {
+            s.floors.insert(channel.clone(), floor.offset);
+        }
+        s.removing
+            .entry(channel.clone())
+            .or_default()
+            .push((from, reply_to));
+        self.history.remove(channel);
+    }
+
+    /// The worker purged `channel`'s stream below its floor (`ok`), or
+    /// could not (the callers get 100: some of the history may remain).
+    fn purged(&mut self, now: Instant, channel: &Arc<str>, ok: bool, out: &mut impl Output) {
+        let s = self.stored.as_mut().expect("stored channels");
+        let Some(waiting) = s.removing.remove(channel) else {
+            return;
+        };
+        for (from, reply_to) in waiting {
+            let answer = if ok {
+                Answer::PresenceState
+            } else {
+                Answer::Error(ErrorCode::Internal)
+            };
+            self.answer(now, channel, from, reply_to, answer, out);
+        }
+    }
+
     /// The channel is no longer this shard's (its home moved, or it was
     /// forgotten): its state goes. Writes in flight get 100; messages
     /// waiting for its tail are handed back to be routed again.
@@ -542,6 +624,9 @@ impl Router {
             }
             None => Vec::new(),
         };
+        s.floors.remove(channel);
+        // Whether the purge happened is not known here: 100, repeat it.
+        self.purged(now, channel, false, out);
         self.drop_writes(now, channel, out);
         parked
     }

@@ -128,6 +128,18 @@ pub enum ToCluster {
         /// The channel.
         channel: Arc<str>,
     },
+    /// `history_remove` of a stored channel: write a floor marker at
+    /// `floor` (in queue order, after the channel's writes) and purge the
+    /// channel's subject below it; the answer (`StoreAnswer::Purged`) goes
+    /// to [`ClusterSink::stored`].
+    Purge {
+        /// The namespace's index.
+        ns: usize,
+        /// The channel.
+        channel: Arc<str>,
+        /// The channel's epoch and the last offset given out.
+        floor: crate::engine::hub::Position,
+    },
     /// Write changes to a stored channel's members to the presence bucket
     /// (in queue order); a write not acknowledged is answered with
     /// `StoreAnswer::MembersUnwritten` through [`ClusterSink::stored`].

@@ -46,9 +46,11 @@ use crate::engine::cluster::members::{
     channel_prefix, member_key,
 };
 use crate::engine::cluster::stored::{
-    StoreAnswer, StoreUnavailable, StoredPub, msg_id, stream_name,
+    FLOOR_HEADER, StoreAnswer, StoreUnavailable, StoredPub, floor_id, msg_id, stream_name,
 };
 use crate::engine::cluster::subject::Subjects;
+use crate::engine::hub::Position;
+use crate::engine::wire::publication::PubData;
 use crate::metrics::ClusterMetrics;
 
 /// Longest a stream's duplicate window is (JetStream's default): a write
@@ -261,28 +263,93 @@ impl Store {
         }
     }
 
+    /// `history_remove`: publishes a floor marker at `floor` (in queue
+    /// order, after the channel's writes) and, once it is acknowledged,
+    /// purges the channel's subject below it, beside the loop.
+    pub(super) async fn purge(&self, up: bool, ns: usize, channel: Arc<str>, floor: Position) {
+        let purged = |ok| StoreAnswer::Purged {
+            channel: channel.clone(),
+            ok,
+        };
+        let Some(slot) = self.slot(ns).filter(|_| up) else {
+            return self.answer(purged(false));
+        };
+        let Some(stream) = self.stream(&slot).await else {
+            return self.answer(purged(false));
+        };
+        let subject = self.subjects.history(&slot.spec.namespace, &channel);
+        let marker = StoredPub {
+            epoch: floor.epoch,
+            offset: floor.offset,
+            data: PubData {
+                bytes: Bytes::new(),
+                is_json: false,
+            },
+            key: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            floor_id(floor.epoch, floor.offset).as_str(),
+        );
+        headers.insert(FLOOR_HEADER, "1");
+        let ack = match self
+            .js
+            .publish_with_headers(subject.clone(), headers, marker.encode().into())
+            .await
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, "cluster: a history floor was not sent");
+                return self.answer(purged(false));
+            }
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let ok = match ack.await {
+                Ok(ack) => match stream.purge().filter(subject).sequence(ack.sequence).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(%channel, error = %e, "cluster: cannot purge below a history floor");
+                        false
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(%channel, error = %e, "cluster: a history floor was not stored");
+                    false
+                }
+            };
+            this.answer(StoreAnswer::Purged { channel, ok });
+        });
+    }
+
     /// Reads the channel's tail back (and its members, if its namespace
     /// counts them), beside the loop.
     pub(super) fn load(&self, up: bool, ns: usize, channel: Arc<str>) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut members = Vec::new();
+            let mut floor = None;
             let result = match this.slot(ns).filter(|_| up) {
                 Some(slot) => match this.read_tail(&slot, &channel).await {
-                    Ok(tail) if slot.spec.members => match this.read_members(&channel).await {
-                        Ok(m) => {
-                            members = m;
-                            Ok(tail)
+                    Ok((tail, f)) => {
+                        floor = f;
+                        match slot.spec.members {
+                            true => this.read_members(&channel).await.map(|m| {
+                                members = m;
+                                tail
+                            }),
+                            false => Ok(tail),
                         }
-                        Err(e) => Err(e),
-                    },
-                    r => r,
+                    }
+                    Err(e) => Err(e),
                 },
                 None => Err(StoreUnavailable),
             };
             this.answer(StoreAnswer::Loaded {
                 channel,
                 result,
+                floor,
                 members,
             });
         });
@@ -448,23 +515,26 @@ impl Store {
         }
     }
 
+    /// The channel's publications, oldest first, and the floor marker
+    /// `history_remove` left, if it is still there.
     async fn read_tail(
         &self,
         slot: &Slot,
         channel: &str,
-    ) -> Result<Vec<StoredPub>, StoreUnavailable> {
+    ) -> Result<(Vec<StoredPub>, Option<Position>), StoreUnavailable> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let stream = self.stream(slot).await.ok_or(StoreUnavailable)?;
         let subject = self.subjects.history(&slot.spec.namespace, channel);
         let last = match stream.direct_get_last_for_subject(subject.clone()).await {
             Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((Vec::new(), None)),
             Err(e) => {
                 tracing::debug!(%channel, error = %e, "cluster: cannot read a history tail");
                 return Err(StoreUnavailable);
             }
         };
         let mut tail = Vec::new();
+        let mut floor = None;
         let mut from = 1;
         // The subject holds at most `size` messages; the bound only guards
         // against a stream configured by someone else.
@@ -480,7 +550,14 @@ impl Store {
                     return Err(StoreUnavailable);
                 }
             };
+            let is_floor = m.headers.get(FLOOR_HEADER).is_some();
             match StoredPub::decode(&m.payload) {
+                Some(p) if is_floor => {
+                    floor = Some(Position {
+                        epoch: p.epoch,
+                        offset: p.offset,
+                    })
+                }
                 Some(p) => tail.push(p),
                 None => self.metrics.decode_error(),
             }
@@ -489,7 +566,7 @@ impl Store {
             }
             from = m.sequence + 1;
         }
-        Ok(tail)
+        Ok((tail, floor))
     }
 
     fn answer(&self, answer: StoreAnswer) {

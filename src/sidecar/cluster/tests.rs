@@ -640,22 +640,7 @@ fn persisted(n: &Node, want: u64) -> bool {
 }
 
 fn tail(n: &Node, channel: &str) -> Vec<u64> {
-    use crate::engine::cluster::stored::StoreAnswer;
-    n.send(ToCluster::Load {
-        ns: 0,
-        channel: Arc::from(channel),
-    });
-    n.wait("the tail", |g| match g {
-        Got::Stored(StoreAnswer::Loaded { result, .. }) => Some(
-            result
-                .as_ref()
-                .expect("read back")
-                .iter()
-                .map(|p| p.offset)
-                .collect(),
-        ),
-        _ => None,
-    })
+    tail_and_floor(n, channel).0
 }
 
 #[test]
@@ -684,6 +669,66 @@ fn history_writes_are_read_back_trimmed_and_a_second_writer_of_an_offset_is_fenc
     assert_eq!(tail(&a, "feed:x"), vec![3, 4, 5, 6, 7]);
     a.shutdown();
     b.shutdown();
+}
+
+/// The tail's offsets and the floor's offset.
+fn tail_and_floor(n: &Node, channel: &str) -> (Vec<u64>, Option<u64>) {
+    use crate::engine::cluster::stored::StoreAnswer;
+    n.send(ToCluster::Load {
+        ns: 0,
+        channel: Arc::from(channel),
+    });
+    n.wait("the tail", |g| match g {
+        Got::Stored(StoreAnswer::Loaded { result, floor, .. }) => Some((
+            result
+                .as_ref()
+                .expect("read back")
+                .iter()
+                .map(|p| p.offset)
+                .collect(),
+            floor.map(|f| f.offset),
+        )),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_history_floor_purges_what_is_before_it_and_stays_until_trimmed() {
+    use crate::engine::cluster::stored::StoreAnswer;
+    let Some(nats) = nats() else { return };
+    let mut a = history_node(&nats.url(), "a");
+    a.wait_link(true);
+    for offset in 1..=3 {
+        persist(&a, "feed:f", 4, offset);
+    }
+    // The purge is queued behind the writes: it covers them.
+    a.send(ToCluster::Purge {
+        ns: 0,
+        channel: Arc::from("feed:f"),
+        floor: crate::engine::hub::Position {
+            epoch: 4,
+            offset: 3,
+        },
+    });
+    for offset in 1..=3 {
+        assert!(persisted(&a, offset));
+    }
+    let ok = a.wait("the purge", |g| match g {
+        Got::Stored(StoreAnswer::Purged { ok, .. }) => Some(*ok),
+        _ => None,
+    });
+    assert!(ok);
+    assert_eq!(tail_and_floor(&a, "feed:f"), (vec![], Some(3)));
+    persist(&a, "feed:f", 4, 4);
+    assert!(persisted(&a, 4));
+    assert_eq!(tail_and_floor(&a, "feed:f"), (vec![4], Some(3)));
+    // `history_size` (5) trims the floor away like any old message.
+    for offset in 5..=8 {
+        persist(&a, "feed:f", 4, offset);
+        assert!(persisted(&a, offset));
+    }
+    assert_eq!(tail_and_floor(&a, "feed:f"), (vec![4, 5, 6, 7, 8], None));
+    a.shutdown();
 }
 
 #[test]

@@ -366,11 +366,13 @@ impl Worker {
                 ToCluster::Load { channel, .. } => StoreAnswer::Loaded {
                     channel,
                     result: Err(StoreUnavailable),
+                    floor: None,
                     members: Vec::new(),
                 },
                 ToCluster::Members { write } => StoreAnswer::MembersUnwritten {
                     channel: write.channel,
                 },
+                ToCluster::Purge { channel, .. } => StoreAnswer::Purged { channel, ok: false },
                 _ => return,
             };
             let _ = self.sink.stored(answer);
@@ -386,6 +388,7 @@ impl Worker {
             } => store.persist(up, ns, channel, epoch, offset, body).await,
             ToCluster::Load { ns, channel } => store.load(up, ns, channel),
             ToCluster::Members { write } => store.write_members(up, write).await,
+            ToCluster::Purge { ns, channel, floor } => store.purge(up, ns, channel, floor).await,
             _ => {}
         }
     }
@@ -417,7 +420,8 @@ impl Worker {
             }),
             op @ (ToCluster::Persist { .. }
             | ToCluster::Load { .. }
-            | ToCluster::Members { .. }) => self.store_ops.push(op),
+            | ToCluster::Members { .. }
+            | ToCluster::Purge { .. }) => self.store_ops.push(op),
         }
     }
 

@@ -344,6 +344,11 @@ fn samples(now: Instant) -> Vec<Msg> {
             from: 1,
             reply_to: reply_to(13),
         },
+        Msg::HistoryRemove {
+            channel: ch("chat:a"),
+            from: 1,
+            reply_to: reply_to(14),
+        },
     ];
     for (i, answer) in answers().into_iter().enumerate() {
         v.push(Msg::Reply {
@@ -884,6 +889,7 @@ fn channel_and_sending_shard_helpers() {
                 | Msg::Collab { .. }
                 | Msg::SetState { .. }
                 | Msg::PresenceQuery { .. }
+                | Msg::HistoryRemove { .. }
         );
         match msg.from_mut() {
             Some(from) => {

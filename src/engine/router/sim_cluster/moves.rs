@@ -354,3 +354,94 @@ fn a_new_home_nobody_relays_stops_sending_on_the_subject_after_the_window() {
     assert!(!sends_to_other_nodes(&c, 1, &channel));
     publish_each(&mut c, publisher, &channel, 3..=3, 17);
 }
+
+/// The offsets `history` on `x` returns for `channel`.
+fn history_offsets(c: &mut ClusterSim, x: Conn, channel: &str) -> Vec<u64> {
+    let id = c.on(x.0, |sim| sim.history(x.1, channel, Some(100), None, false));
+    c.run();
+    let v = reply(c, x, id);
+    v["history"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn history_remove_through_another_node_cuts_a_stored_channels_history_for_good() {
+    let mut c = ClusterSim::new(3, 2, 21, stored_ns());
+    let channel = channel_moving(&c, "feed", (&[0, 1, 2], 2), (&[0, 1], 1));
+    let sub = c.connect(0, 1);
+    let publisher = c.connect(1, 0);
+    subscribe(&mut c, sub, &channel);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 1..=4, 21);
+    assert_eq!(history_offsets(&mut c, sub, &channel), vec![1, 2, 3, 4]);
+    // Asked on node 0 of a channel homed at node 2.
+    let id = c.on(0, |sim| sim.history_remove(sub.1, &channel));
+    c.run();
+    assert_eq!(
+        reply(&c, sub, id)["error"],
+        Value::Null,
+        "{}",
+        reply(&c, sub, id)
+    );
+    assert_eq!(history_offsets(&mut c, sub, &channel), Vec::<u64>::new());
+    assert_eq!(c.floors.get(channel.as_str()).map(|f| f.offset), Some(4));
+    assert!(
+        c.stream[channel.as_str()].is_empty(),
+        "purged below the floor"
+    );
+    // The position stays: the next publication is 5.
+    publish_each(&mut c, publisher, &channel, 5..=6, 21);
+    assert_eq!(history_offsets(&mut c, sub, &channel), vec![5, 6]);
+    // The home dies: its successor reads the floor and the two after it,
+    // continues the epoch, and the subscriber carries on.
+    c.down[2] = true;
+    c.set_live(&[0, 1]);
+    c.run();
+    publish_each(&mut c, publisher, &channel, 7..=7, 21);
+    assert_eq!(closed(&c, sub), None);
+    assert_eq!(offsets(&c, sub, &channel), (1..=7).collect::<Vec<_>>());
+    assert_eq!(history_offsets(&mut c, sub, &channel), vec![5, 6, 7]);
+    // With nothing published after a removal, the floor alone keeps the
+    // position for the next home.
+    let id = c.on(0, |sim| sim.history_remove(sub.1, &channel));
+    c.run();
+    assert_eq!(reply(&c, sub, id)["error"], Value::Null);
+    assert_eq!(history_offsets(&mut c, sub, &channel), Vec::<u64>::new());
+    assert!(c.stream[channel.as_str()].is_empty());
+    c.down[1] = true;
+    c.set_live(&[0]);
+    c.run();
+    let publisher = c.connect(0, 0);
+    publish_each(&mut c, publisher, &channel, 8..=8, 21);
+    assert_eq!(
+        closed(&c, sub),
+        None,
+        "the floor kept the epoch and position"
+    );
+    assert_eq!(offsets(&c, sub, &channel), (1..=8).collect::<Vec<_>>());
+}
+
+#[test]
+fn history_remove_of_a_memory_channel_homed_on_another_node_reaches_its_home() {
+    let mut c = ClusterSim::new(3, 2, 22, presence_ns());
+    let channel = c.channel_homed_at("room", 2);
+    let x = c.connect(0, 0);
+    subscribe(&mut c, x, &channel);
+    c.run();
+    for i in 0..3 {
+        publish(&mut c, x, &channel, &i.to_string());
+    }
+    c.run();
+    assert_eq!(history_offsets(&mut c, x, &channel), vec![1, 2, 3]);
+    let id = c.on(0, |sim| sim.history_remove(x.1, &channel));
+    c.run();
+    assert_eq!(reply(&c, x, id)["error"], Value::Null);
+    assert_eq!(history_offsets(&mut c, x, &channel), Vec::<u64>::new());
+    publish(&mut c, x, &channel, "4");
+    c.run();
+    assert_eq!(history_offsets(&mut c, x, &channel), vec![4]);
+}
