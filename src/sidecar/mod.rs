@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod api;
 pub mod cluster;
+pub mod durable;
 pub mod http;
 pub mod stories;
 pub mod tickets;
