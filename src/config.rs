@@ -237,6 +237,9 @@ impl NamespaceConfig {
                 NamespaceHistoryBackend::Memory => HistoryBackend::Memory,
                 NamespaceHistoryBackend::Jetstream => HistoryBackend::Jetstream,
             },
+            // No `durable` key yet: the sinks' worker is not wired
+            // (docs/drafts/durable-events.md).
+            durable: false,
         }
     }
 }

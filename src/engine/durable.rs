@@ -17,6 +17,9 @@ use bytes::Bytes;
 pub enum DurableEvent {
     /// `story.content.update`: an accepted update of a story section.
     StoryContentUpdate(StoryUpdate),
+    /// `publication`: a publication of a `durable` namespace, made by its
+    /// home before it accepted it.
+    Publication(Box<PublicationEvent>),
 }
 
 impl DurableEvent {
@@ -24,7 +27,39 @@ impl DurableEvent {
     pub const fn kind(&self) -> &'static str {
         match self {
             DurableEvent::StoryContentUpdate(_) => "story.content.update",
+            DurableEvent::Publication(_) => "publication",
         }
+    }
+}
+
+/// A publication of a `durable` namespace. Its id, unique for good, is
+/// `(channel, epoch, offset)`: a sink deduplicates on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationEvent {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The channel's epoch.
+    pub epoch: u64,
+    /// The publication's offset in that epoch.
+    pub offset: u64,
+    /// The publisher's user id (empty: anonymous, or the server API).
+    pub user: Arc<str>,
+    /// The publishing connection's client id (empty: the server API).
+    pub client: Arc<str>,
+    /// When the home made it, Unix milliseconds.
+    pub at_ms: u64,
+    /// The payload, as published.
+    pub data: crate::engine::wire::publication::PubData,
+    /// The publisher's idempotency key, if it gave one.
+    pub idempotency_key: Option<Box<str>>,
+}
+
+impl PublicationEvent {
+    /// The event's id as one string: `<channel>:<epoch, 16 hex>:<offset>`
+    /// (a channel name may hold `:`, but the last two fields are fixed, so
+    /// the id reads back unambiguously from the right).
+    pub fn id(&self) -> String {
+        format!("{}:{:016x}:{}", self.channel, self.epoch, self.offset)
     }
 }
 
@@ -135,7 +170,10 @@ mod tests {
         assert_eq!((sink.emitted(), sink.dropped()), (3, 1));
         let versions: Vec<u64> = sink
             .events()
-            .map(|DurableEvent::StoryContentUpdate(u)| u.version)
+            .map(|e| match e {
+                DurableEvent::StoryContentUpdate(u) => u.version,
+                DurableEvent::Publication(p) => p.offset,
+            })
             .collect();
         assert_eq!(versions, vec![2, 3]);
         assert_eq!(sink.drain().len(), 2);

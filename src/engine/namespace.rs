@@ -81,6 +81,12 @@ pub struct NamespaceOptions {
     pub collab: Option<CollabConfig>,
     /// Where the history is kept (`history_backend`).
     pub history_backend: HistoryBackend,
+    /// Every accepted publication is also a durable event
+    /// ([`crate::engine::durable::DurableEvent::Publication`]), made by the
+    /// home before it accepts the publication: a sink that cannot take it
+    /// makes the publish fail with 112 instead. The sink itself is the
+    /// shell's (`durable = "jetstream:…" | "kafka:…"`, issue 11).
+    pub durable: bool,
 }
 
 /// Where a namespace's history is kept (`history_backend`).
@@ -111,6 +117,7 @@ impl Default for NamespaceOptions {
             subscribe: SubscribeMode::Public,
             collab: None,
             history_backend: HistoryBackend::Memory,
+            durable: false,
         }
     }
 }

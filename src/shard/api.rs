@@ -120,6 +120,7 @@ impl Shard {
                 channel,
                 data,
                 idempotency_key,
+                publisher: None,
                 from,
                 reply_to,
             },

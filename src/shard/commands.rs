@@ -254,9 +254,13 @@ impl Output for ShardOut<'_> {
         self.stories.evicted(channel);
     }
 
-    fn durable(&mut self, event: DurableEvent) {
+    fn durable(&mut self, event: DurableEvent) -> bool {
+        // The embedded buffer always takes the new event (it drops the
+        // oldest when full, counted). No namespace can be `durable` before
+        // the sinks' worker exists, so no publication waits on this.
         let kept = self.stories.durable(event);
         self.metrics.durable_event(kept);
+        true
     }
 
     fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
@@ -459,6 +463,7 @@ impl Shard {
                 &channel,
                 PubData::from_data(data),
                 idempotency_key.as_deref(),
+                &who,
                 &mut out,
             ),
             Method::History {

@@ -386,8 +386,11 @@ mod tests {
         assert_eq!(Heartbeat::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(Heartbeat::decode(&good[..1]), Err(DecodeError::Empty));
         let mut v = good.to_vec();
-        v[0] = 2;
-        assert_eq!(Heartbeat::decode(&v), Err(DecodeError::Version(2)));
+        v[0] = PROTOCOL_VERSION + 1;
+        assert_eq!(
+            Heartbeat::decode(&v),
+            Err(DecodeError::Version(PROTOCOL_VERSION + 1))
+        );
         let mut v = good.to_vec();
         v[1] = 0x10;
         assert_eq!(Heartbeat::decode(&v), Err(DecodeError::Kind(0x10)));

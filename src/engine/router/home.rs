@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    CollabAsk, HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, ReplyTo, Router, SWEEP_EVERY,
-    counted,
+    CollabAsk, HOUSEKEEPING_EVERY, Msg, Output, PRESENCE_TICK, PublishReq, ReplyTo, Router,
+    SWEEP_EVERY, counted,
 };
 use crate::engine::codes::ErrorCode;
 use crate::engine::collab::MemberId;
+use crate::engine::durable::{DurableEvent, PublicationEvent};
 use crate::engine::history::{HistoryLimits, HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::namespace::Priority;
@@ -54,19 +55,29 @@ impl Router {
         now: Instant,
         channel: Arc<str>,
         data: PubData,
-        idempotency_key: Option<&str>,
-        force_high: bool,
+        req: PublishReq<'_>,
         out: &mut impl Output,
     ) -> Answer {
         let Ok(opts) = self.options(&channel).cloned() else {
             return Answer::Error(ErrorCode::UnknownChannel);
         };
+        let (idempotency_key, force_high) = (req.key, req.high);
         let ms = self.ms(now);
         if let Some(key) = idempotency_key
             && let Some(offset) = self.idempotency.check(&channel, key, ms)
         {
             self.stats.duplicates += 1;
             return Answer::Publish { offset };
+        }
+        if opts.durable {
+            let next = self.hub.position(&channel, self.tick(now));
+            let at = Position {
+                epoch: next.epoch,
+                offset: next.offset + 1,
+            };
+            if !self.emit_publication(now, &channel, at, &data, req, out) {
+                return Answer::Error(ErrorCode::Overloaded);
+            }
         }
         let acc = self.hub.publish(&channel, self.tick(now));
         self.stats.publications += 1;
@@ -134,7 +145,48 @@ impl Router {
         high: bool,
         out: &mut impl Output,
     ) -> Answer {
-        self.publish_home(now, channel, data, idempotency_key, high, out)
+        let req = PublishReq {
+            key: idempotency_key,
+            publisher: None,
+            high,
+        };
+        self.publish_home(now, channel, data, req, out)
+    }
+
+    /// Hands the durable event of the publication about to be accepted at
+    /// `at` to the sink; `false` (counted) when the sink cannot take it:
+    /// the publication must then not be accepted.
+    pub(super) fn emit_publication(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        at: Position,
+        data: &PubData,
+        req: PublishReq<'_>,
+        out: &mut impl Output,
+    ) -> bool {
+        let empty = || Arc::<str>::from("");
+        let (user, client) = match req.publisher {
+            Some(p) => (p.user.clone(), p.client.clone()),
+            None => (empty(), empty()),
+        };
+        let event = PublicationEvent {
+            channel: channel.clone(),
+            epoch: at.epoch,
+            offset: at.offset,
+            user,
+            client,
+            at_ms: self.unix_ms(self.ms(now)),
+            data: data.clone(),
+            idempotency_key: req.key.map(Box::from),
+        };
+        let taken = out.durable(DurableEvent::Publication(Box::new(event)));
+        if taken {
+            self.stats.durable_events += 1;
+        } else {
+            self.stats.durable_refused += 1;
+        }
+        taken
     }
 
     /// Server API `history` at the channel's home.

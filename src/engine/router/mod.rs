@@ -123,8 +123,11 @@ pub trait Output {
     /// `channel`'s story left memory (idle, or to make room): forget what
     /// was kept for writing it.
     fn story_evicted(&mut self, channel: &Arc<str>);
-    /// An event for the backend's permanent storage.
-    fn durable(&mut self, event: DurableEvent);
+    /// An event for the backend's permanent storage; `false` when the
+    /// sink cannot take it now (its queue and spill are full). A
+    /// publication's event is made before the publication is accepted, so
+    /// a refusal is answered 112 and nothing is lost.
+    fn durable(&mut self, event: DurableEvent) -> bool;
     /// Sends `msg`, about `channel`, to shard or node address `to` of
     /// another node (`crate::engine::cluster::nodes::remote_addr`). Gives
     /// the message back when the cluster queue refused it. Only called in
@@ -255,6 +258,11 @@ pub struct RouterStats {
     pub story_load_failures: u64,
     /// Sections of loaded stories skipped for breaking the limits.
     pub story_import_skipped: u64,
+    /// Durable events of publications the sink took.
+    pub durable_events: u64,
+    /// Publications refused (112) because the durable sink could not take
+    /// their event.
+    pub durable_refused: u64,
 }
 
 /// The stories a shard is home for, for metrics.
@@ -362,6 +370,17 @@ impl<F: Fn() -> ClientInfo> Who<F> {
     pub fn get(&self) -> &ClientInfo {
         self.made.get_or_init(&self.make)
     }
+}
+
+/// What a publication carries to its home besides its channel and data.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PublishReq<'a> {
+    /// The publisher's idempotency key.
+    pub key: Option<&'a str>,
+    /// Who publishes (a `durable` namespace's event); `None`: the server.
+    pub publisher: Option<&'a ClientInfo>,
+    /// Deliver ahead of normal data (the server API's `priority`).
+    pub high: bool,
 }
 
 /// A `subscribe` command.
@@ -697,9 +716,9 @@ impl Router {
     }
 
     /// `publish {channel, data, idempotency_key?}` from local connection
-    /// `conn`.
+    /// `conn` (who it is: `who`, read only for a `durable` namespace).
     #[allow(clippy::too_many_arguments)]
-    pub fn publish(
+    pub fn publish<F: Fn() -> ClientInfo>(
         &mut self,
         now: Instant,
         conn: ConnRef,
@@ -707,15 +726,25 @@ impl Router {
         channel: &str,
         data: PubData,
         idempotency_key: Option<&str>,
+        who: &Who<F>,
         out: &mut impl Output,
     ) {
         if let Err(code) = self.permit(channel, |o| o.client_publish) {
             return out.reply(conn, id, ReplyBody::Error(code));
         }
+        let publisher = self.options(channel).is_ok_and(|o| o.durable).then(|| {
+            let w = who.get();
+            Box::new(ClientInfo {
+                client: w.client.clone(),
+                user: w.user.clone(),
+                info: None,
+            })
+        });
         let msg = Msg::Publish {
             channel: Arc::from(channel),
             data,
             idempotency_key: idempotency_key.map(Box::from),
+            publisher,
             from: self.id,
             reply_to: ReplyTo { conn, cmd_id: id },
         };
@@ -974,17 +1003,20 @@ impl Router {
                 channel,
                 data,
                 idempotency_key,
+                publisher,
                 from,
                 reply_to,
             } => {
+                let req = PublishReq {
+                    key: idempotency_key.as_deref(),
+                    publisher: publisher.as_deref(),
+                    high: false,
+                };
                 if self.is_stored(&channel) {
-                    let key = idempotency_key.as_deref();
-                    return self
-                        .publish_stored(now, channel, data, key, false, from, reply_to, out);
+                    return self.publish_stored(now, channel, data, req, from, reply_to, out);
                 }
                 let via = channel.clone();
-                let answer =
-                    self.publish_home(now, channel, data, idempotency_key.as_deref(), false, out);
+                let answer = self.publish_home(now, channel, data, req, out);
                 self.answer(now, &via, from, reply_to, answer, out);
             }
             Msg::Reply { reply_to, answer } => {

@@ -242,6 +242,9 @@ pub enum Msg {
         /// Drop the publication if this key was seen on the channel within
         /// the idempotency window.
         idempotency_key: Option<Box<str>>,
+        /// Who publishes (its user and client id), for a `durable`
+        /// namespace's event; `None` elsewhere and for the server API.
+        publisher: Option<Box<ClientInfo>>,
         /// Sending shard.
         from: usize,
         /// Who gets the reply.

@@ -56,6 +56,8 @@ pub(super) struct StoreLog {
     pub tail_loads: Vec<(usize, Arc<str>)>,
     /// Refuse stored-history requests (the cluster queue is full).
     pub refuse_store: bool,
+    /// Refuse durable events (the sink's queue and spill are full).
+    pub refuse_durable: bool,
     /// Writes to the presence bucket asked for, in order.
     pub member_writes: Vec<MemberWrite>,
     /// `history_remove` purges asked for: (channel, floor).
@@ -191,8 +193,12 @@ impl Output for ShardOut<'_> {
         self.store.evicted.push((self.shard, channel.to_string()));
     }
 
-    fn durable(&mut self, event: DurableEvent) {
+    fn durable(&mut self, event: DurableEvent) -> bool {
+        if self.store.refuse_durable {
+            return false;
+        }
         self.store.durable.push(event);
+        true
     }
 
     fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
@@ -424,8 +430,18 @@ impl Sim {
             bytes: bytes::Bytes::copy_from_slice(json.as_bytes()),
             is_json: true,
         };
+        let who = self.who(c);
         self.on(c.shard, |r, out, now| {
-            r.publish(now, c.conn, id, channel, data, key, out)
+            r.publish(
+                now,
+                c.conn,
+                id,
+                channel,
+                data,
+                key,
+                &Who::new(|| who.clone()),
+                out,
+            )
         });
         id
     }

@@ -1031,3 +1031,44 @@ fn answer_and_delivery_cross(published_first: bool) {
 
 /// A channel's home moving between nodes: who keeps its subscribers.
 mod moves;
+
+#[test]
+fn a_durable_publication_through_another_node_carries_its_publisher_to_the_homes_event() {
+    for backend in [
+        crate::engine::namespace::HistoryBackend::Memory,
+        crate::engine::namespace::HistoryBackend::Jetstream,
+    ] {
+        let feed = crate::engine::namespace::NamespaceOptions {
+            history_size: 100,
+            history_ttl_ms: 600_000,
+            recover: true,
+            history_backend: backend,
+            durable: true,
+            ..Default::default()
+        };
+        let ns = Namespaces::new(false, [("feed", feed)]).unwrap();
+        let mut c = ClusterSim::new(3, 2, 41, ns);
+        let channel = c.channel_homed_at("feed", 2);
+        let ann = (0, c.on(0, |sim| sim.connect_as(1, "ann")));
+        publish_each(&mut c, ann, &channel, 1..=3, 41);
+        let events: Vec<(u64, String)> = c.nodes[2]
+            .store
+            .durable
+            .iter()
+            .filter_map(|e| match e {
+                crate::engine::durable::DurableEvent::Publication(p) => {
+                    Some((p.offset, p.user.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            vec![(1, "ann".into()), (2, "ann".into()), (3, "ann".into())],
+            "{backend:?}: made once each, at the home, with the publisher"
+        );
+        for n in [0, 1] {
+            assert!(c.nodes[n].store.durable.is_empty(), "{backend:?}: node {n}");
+        }
+    }
+}

@@ -339,7 +339,10 @@ fn lww_alerts_the_overwritten_editor_on_its_own_shard_and_reject_refuses() {
         .store
         .durable
         .iter()
-        .map(|DurableEvent::StoryContentUpdate(u)| u.version)
+        .filter_map(|e| match e {
+            DurableEvent::StoryContentUpdate(u) => Some(u.version),
+            DurableEvent::Publication(_) => None,
+        })
         .collect();
     assert_eq!(versions, vec![1, 2]);
     // A resend of the same op_id is answered again, changes nothing, and

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 
 use super::sim::{Seen, Sim, SimConn};
 use crate::engine::codes::ErrorCode;
+use crate::engine::durable::DurableEvent;
 use crate::engine::hub::{Position, home_shard};
 use crate::engine::namespace::{NamespaceOptions, Namespaces, Priority};
 
@@ -50,6 +51,13 @@ fn namespaces() -> Namespaces {
                     client_publish: false,
                     priority: Priority::High,
                     ..Default::default()
+                },
+            ),
+            (
+                "kept",
+                NamespaceOptions {
+                    durable: true,
+                    ..history.clone()
                 },
             ),
         ],
@@ -468,4 +476,97 @@ fn only_the_server_may_publish_where_clients_may_not() {
     let c = sim.connect(0);
     let id = sim.publish(c, "news:x", "1");
     assert_eq!(code(sim.reply(c, id)), 103);
+}
+
+/// The publication events the sink took: (id, user, client, data).
+fn publication_events(sim: &Sim) -> Vec<(String, String, String, String)> {
+    sim.store
+        .durable
+        .iter()
+        .filter_map(|e| match e {
+            DurableEvent::Publication(p) => Some((
+                p.id(),
+                p.user.to_string(),
+                p.client.to_string(),
+                String::from_utf8_lossy(&p.data.bytes).into_owned(),
+            )),
+            DurableEvent::StoryContentUpdate(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_durable_namespace_makes_one_event_per_accepted_publication_in_order() {
+    let mut sim = sim(2, 31);
+    let s = sim.connect(1);
+    let sid = sim.subscribe(s, "kept:1");
+    sim.run();
+    let epoch = format!("{:016x}", position(&sim.reply(s, sid)["subscribe"]).epoch);
+    // Publishers on both shards: the home makes the events in offset order.
+    let ann = sim.connect_as(0, "ann");
+    let bob = sim.connect_as(1, "bob");
+    let a = sim.publish_key(ann, "kept:1", "1", Some("k1"));
+    let b = sim.publish(bob, "kept:1", "2");
+    // A repeat of an idempotency key is no second publication: no event.
+    let again = sim.publish_key(ann, "kept:1", "1", Some("k1"));
+    sim.run();
+    assert_eq!(sim.reply(ann, a)["publish"]["offset"], 1);
+    assert_eq!(sim.reply(bob, b)["publish"]["offset"], 2);
+    assert_eq!(sim.reply(ann, again)["publish"]["offset"], 1);
+    let ann_client = sim.who(ann).client.to_string();
+    let bob_client = sim.who(bob).client.to_string();
+    assert_eq!(
+        publication_events(&sim),
+        vec![
+            (
+                format!("kept:1:{epoch}:1"),
+                "ann".into(),
+                ann_client,
+                "1".into()
+            ),
+            (
+                format!("kept:1:{epoch}:2"),
+                "bob".into(),
+                bob_client,
+                "2".into()
+            ),
+        ]
+    );
+    // Other namespaces make none.
+    let c = sim.publish(ann, "chat:1", "3");
+    sim.run();
+    assert_eq!(sim.reply(ann, c)["publish"]["offset"], 1);
+    assert_eq!(publication_events(&sim).len(), 2);
+}
+
+#[test]
+fn a_sink_that_cannot_take_the_event_refuses_the_publication_whole() {
+    let mut sim = sim(2, 32);
+    let s = sim.connect(1);
+    sim.subscribe(s, "kept:2");
+    sim.run();
+    let p = sim.connect_as(0, "ann");
+    let a = sim.publish(p, "kept:2", "1");
+    sim.run();
+    sim.store.refuse_durable = true;
+    let b = sim.publish_key(p, "kept:2", "2", Some("k2"));
+    sim.run();
+    assert_eq!(
+        sim.reply(p, b)["error"]["code"],
+        ErrorCode::Overloaded.code()
+    );
+    sim.store.refuse_durable = false;
+    // Nothing was published: the retry (same key) takes offset 2.
+    let c = sim.publish_key(p, "kept:2", "2", Some("k2"));
+    sim.run();
+    assert_eq!(sim.reply(p, a)["publish"]["offset"], 1);
+    assert_eq!(sim.reply(p, c)["publish"]["offset"], 2);
+    assert_eq!(
+        sim.offsets(s, "kept:2"),
+        vec![1, 2],
+        "no gap, no lost event"
+    );
+    let ids: Vec<String> = publication_events(&sim).into_iter().map(|e| e.0).collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[1].ends_with(":2"), "{ids:?}");
 }

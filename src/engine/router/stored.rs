@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Answer, Msg, Output, REMOTE_BIT, ReplyTo, Router, cluster};
+use super::{Answer, Msg, Output, PublishReq, REMOTE_BIT, ReplyTo, Router, cluster};
 use crate::engine::cluster::members::StoredMember;
 use crate::engine::cluster::stored::{StoreAnswer, StoredPub, Tail};
 use crate::engine::codes::ErrorCode;
@@ -186,12 +186,12 @@ impl Router {
         now: Instant,
         channel: Arc<str>,
         data: PubData,
-        key: Option<&str>,
-        high: bool,
+        req: PublishReq<'_>,
         from: usize,
         reply_to: ReplyTo,
         out: &mut impl Output,
     ) {
+        let (key, high) = (req.key, req.high);
         let ms = self.ms(now);
         if let Some(k) = key
             && let Some(offset) = self.idempotency.check(&channel, k, ms)
@@ -211,6 +211,17 @@ impl Router {
         let s = self.stored.as_mut().expect("stored channels");
         let writes = s.ready.get(&channel).map_or(0, VecDeque::len);
         let offset = position.offset + writes as u64 + 1;
+        let durable = self.options(&channel).is_ok_and(|o| o.durable);
+        let at = Position {
+            epoch: position.epoch,
+            offset,
+        };
+        // The event is made with the write (docs/drafts/durable-events.md):
+        // a write that then fails leaves an event whose publisher got 100.
+        if durable && !self.emit_publication(now, &channel, at, &data, req, out) {
+            let answer = Answer::Error(ErrorCode::Overloaded);
+            return self.answer(now, &channel, from, reply_to, answer, out);
+        }
         let stored = StoredPub {
             epoch: position.epoch,
             offset,

@@ -50,7 +50,7 @@ pub struct StoryUnavailable;
 
 impl Router {
     /// Unix milliseconds of the router clock's `ms`.
-    fn unix_ms(&self, ms: u64) -> u64 {
+    pub(super) fn unix_ms(&self, ms: u64) -> u64 {
         self.unix_origin_ms.saturating_add(ms)
     }
 
@@ -448,7 +448,9 @@ impl Router {
                 } => {
                     self.stats.story_updates += 1;
                     let event = update_event(&section, version, &data, &by);
-                    out.durable(DurableEvent::StoryContentUpdate(StoryUpdate {
+                    // Counted by the shell; a story update is accepted
+                    // either way (its sink is the embedded buffer).
+                    let _ = out.durable(DurableEvent::StoryContentUpdate(StoryUpdate {
                         story: channel.clone(),
                         section: section.clone(),
                         version,
@@ -504,7 +506,13 @@ impl Router {
             bytes,
             is_json: true,
         };
-        self.publish_home(now, channel.clone(), data, None, false, out);
+        self.publish_home(
+            now,
+            channel.clone(),
+            data,
+            super::PublishReq::default(),
+            out,
+        );
     }
 }
 

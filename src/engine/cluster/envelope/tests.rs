@@ -236,6 +236,11 @@ fn samples(now: Instant) -> Vec<Msg> {
                 is_json: true,
             },
             idempotency_key: Some("k".repeat(MAX_IDEMPOTENCY_KEY).into()),
+            publisher: Some(Box::new(ClientInfo {
+                client: ch("c-9"),
+                user: ch("ann"),
+                info: None,
+            })),
             from: 1,
             reply_to: reply_to(1),
         },
@@ -246,6 +251,7 @@ fn samples(now: Instant) -> Vec<Msg> {
                 is_json: false,
             },
             idempotency_key: None,
+            publisher: None,
             from: 63,
             reply_to: reply_to(2),
         },
@@ -562,8 +568,8 @@ fn headers_and_trailing_bytes() {
         m
     };
     assert_eq!(
-        Envelope::decode(&with(0, 2), now).err(),
-        Some(DecodeError::Version(2))
+        Envelope::decode(&with(0, PROTOCOL_VERSION + 1), now).err(),
+        Some(DecodeError::Version(PROTOCOL_VERSION + 1))
     );
     assert_eq!(
         Envelope::decode(&with(0, 0), now).err(),
@@ -586,8 +592,9 @@ fn headers_and_trailing_bytes() {
     // Past the message enum's last variant.
     let at = 2 + 1 + "node-a".len() + 1 + "chat:a".len() + 2;
     assert_eq!(b[at], 0, "Interest is variant 0");
+    // 16 variants (`HistoryRemove` is 15, the last).
     assert_eq!(
-        Envelope::decode(&with(at, 15), now).err(),
+        Envelope::decode(&with(at, 16), now).err(),
         Some(DecodeError::Malformed)
     );
     // A bool that is neither 0 nor 1 (`on`, the last byte).
@@ -743,6 +750,7 @@ fn fields_beyond_client_limits_are_refused() {
             is_json: true,
         },
         idempotency_key: key.map(Into::into),
+        publisher: None,
         from: 0,
         reply_to: reply_to(1),
     };
@@ -918,6 +926,7 @@ fn publish_envelope_size() {
                     is_json: false,
                 },
                 idempotency_key: None,
+                publisher: None,
                 from: 1,
                 reply_to: reply_to(1000),
             },
@@ -928,8 +937,8 @@ fn publish_envelope_size() {
     let len = e.encode().len();
     // Header 2, node name 1 + 6, envelope channel 1 + 12, to_shard 1,
     // variant 1, channel 1 + 12, payload 1 + 100, is_json 1, no key 1,
-    // from 1, reply_to 2 + 5 + 2.
-    assert_eq!(len, 150);
+    // no publisher 1, from 1, reply_to 2 + 5 + 2.
+    assert_eq!(len, 151);
     let e = publish(200);
     let n = 10_000;
     let t = Instant::now();

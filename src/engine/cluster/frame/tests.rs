@@ -213,7 +213,10 @@ fn defined_refusals() {
         m[i] = v;
         m
     };
-    assert_eq!(decode(with(0, 2)), Some(DecodeError::Version(2)));
+    assert_eq!(
+        decode(with(0, PROTOCOL_VERSION + 1)),
+        Some(DecodeError::Version(PROTOCOL_VERSION + 1))
+    );
     for kind in [0x10, 0x11, 0x13, 0x15, 0x21, 0xff] {
         assert_eq!(decode(with(1, kind)), Some(DecodeError::Kind(kind)));
     }
