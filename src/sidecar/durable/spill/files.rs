@@ -27,15 +27,26 @@ pub(super) fn lock_dir(dir: &Path) -> io::Result<File> {
         .truncate(false)
         .write(true)
         .open(dir.join(LOCK_FILE))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!("spill directory {} is held by another spill", dir.display()),
-        )),
-        Err(TryLockError::Error(e)) => Err(e),
+    // A lock just released can still be held for a moment by a child
+    // process between its fork and its exec (it shares the lock file's
+    // description until exec closes it): wait a little before refusing.
+    for _ in 0..LOCK_ATTEMPTS {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) => std::thread::sleep(LOCK_RETRY),
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
     }
+    Err(io::Error::new(
+        io::ErrorKind::WouldBlock,
+        format!("spill directory {} is held by another spill", dir.display()),
+    ))
 }
+
+/// Tries at taking the directory's lock before [`lock_dir`] refuses.
+const LOCK_ATTEMPTS: u32 = 20;
+/// Pause between them (so at most ~200 ms in all).
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// `spill-<seq, 20 digits>.log`.
 pub(super) fn segment_name(first: u64) -> String {
