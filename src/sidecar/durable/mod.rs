@@ -2,7 +2,15 @@
 //! broker is slow or down are kept on local disk until the broker has
 //! them, then sent in order.
 //!
-//! Layout: for now only the on-disk log itself, [`spill`] (synchronous,
-//! owned by the worker thread); the worker and its broker come later.
+//! Layout: [`spill`], the on-disk log itself (synchronous, owned by the
+//! worker thread); [`record`], a record for the sink and its encoding in
+//! the spill; [`worker`], the thread that sends records to JetStream
+//! (direct while it answers, through the spill while it does not), with
+//! its client handle and options; [`metrics`], its counters. The
+//! engine's side (building records at the home, `durable_ack`) and a
+//! Kafka sink come later.
 
+pub mod metrics;
+pub mod record;
 pub mod spill;
+pub mod worker;

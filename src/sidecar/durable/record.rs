@@ -1,0 +1,278 @@
+//! A durable record: what the worker sends to the sink (a subject, a
+//! message id the sink deduplicates on, the payload), and its stable
+//! binary form in the spill.
+//!
+//! The worker knows nothing of events: the engine builds the record
+//! (subject from the namespace's `jetstream:<subject>` sink, message id
+//! `<channel>:<epoch hex>:<offset>`, the payload the encoded event).
+//!
+//! # Encoding (version 1)
+//!
+//! ```text
+//! [version: u8 = 1][queued at, Unix ms: u64 LE]
+//! [subject len: u16 LE][msg id len: u16 LE][subject][msg id][payload]
+//! ```
+//!
+//! The payload is the rest (the spill frames and checksums each record).
+//! The queued-at time travels with the record so the age of the oldest
+//! unsent record survives a restart. Decoding checks every length before
+//! it reads and the text fields' UTF-8: garbage is an error, never a
+//! panic.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+/// The version byte this code writes and reads.
+pub const RECORD_VERSION: u8 = 1;
+
+/// Bytes of an encoding before its text fields: version, time, the two
+/// lengths.
+pub const ENCODED_HEADER: usize = 1 + 8 + 2 + 2;
+
+/// One record for the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableRecord {
+    /// Where it goes (a JetStream subject, a Kafka topic).
+    pub subject: String,
+    /// Its id for idempotent producing (`Nats-Msg-Id`): the same record
+    /// sent twice within the sink's window is stored once.
+    pub msg_id: String,
+    /// The bytes stored.
+    pub payload: Bytes,
+}
+
+/// Why bytes are not a record, or a record has no encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordError {
+    /// Fewer bytes than the header, or than the lengths in it say.
+    Short {
+        /// Bytes needed at least.
+        need: usize,
+        /// Bytes there.
+        have: usize,
+    },
+    /// A version this code does not read.
+    Version(u8),
+    /// A text field is longer than its u16 length allows (encoding only).
+    FieldTooLong {
+        /// `subject` or `msg_id`.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// A text field is not UTF-8.
+    NotUtf8(&'static str),
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecordError::Short { need, have } => {
+                write!(f, "a durable record needs {need} bytes, has {have}")
+            }
+            RecordError::Version(v) => {
+                write!(f, "durable record version {v} is not {RECORD_VERSION}")
+            }
+            RecordError::FieldTooLong { field, len } => write!(
+                f,
+                "a durable record's {field} of {len} bytes is over {} bytes",
+                u16::MAX
+            ),
+            RecordError::NotUtf8(field) => write!(f, "a durable record's {field} is not UTF-8"),
+        }
+    }
+}
+
+impl std::error::Error for RecordError {}
+
+impl DurableRecord {
+    /// A record.
+    pub fn new(subject: impl Into<String>, msg_id: impl Into<String>, payload: Bytes) -> Self {
+        Self {
+            subject: subject.into(),
+            msg_id: msg_id.into(),
+            payload,
+        }
+    }
+
+    /// Bytes of its encoding.
+    pub fn encoded_len(&self) -> usize {
+        ENCODED_HEADER + self.subject.len() + self.msg_id.len() + self.payload.len()
+    }
+
+    /// Its encoding, queued at `queued_ms` (Unix ms); fails only on a
+    /// text field over 65,535 bytes.
+    pub fn encode(&self, queued_ms: u64) -> Result<Vec<u8>, RecordError> {
+        let len16 = |field, s: &str| {
+            u16::try_from(s.len()).map_err(|_| RecordError::FieldTooLong {
+                field,
+                len: s.len(),
+            })
+        };
+        let subject_len = len16("subject", &self.subject)?;
+        let id_len = len16("msg_id", &self.msg_id)?;
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.push(RECORD_VERSION);
+        out.extend_from_slice(&queued_ms.to_le_bytes());
+        out.extend_from_slice(&subject_len.to_le_bytes());
+        out.extend_from_slice(&id_len.to_le_bytes());
+        out.extend_from_slice(self.subject.as_bytes());
+        out.extend_from_slice(self.msg_id.as_bytes());
+        out.extend_from_slice(&self.payload);
+        Ok(out)
+    }
+
+    /// The record in `bytes` and when it was queued (Unix ms). The
+    /// payload shares `bytes` (no copy).
+    pub fn decode(bytes: Bytes) -> Result<(DurableRecord, u64), RecordError> {
+        let short = |need| RecordError::Short {
+            need,
+            have: bytes.len(),
+        };
+        if bytes.len() < ENCODED_HEADER {
+            return Err(short(ENCODED_HEADER));
+        }
+        if bytes[0] != RECORD_VERSION {
+            return Err(RecordError::Version(bytes[0]));
+        }
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&bytes[1..9]);
+        let subject_len = usize::from(u16::from_le_bytes([bytes[9], bytes[10]]));
+        let id_len = usize::from(u16::from_le_bytes([bytes[11], bytes[12]]));
+        let id_at = ENCODED_HEADER + subject_len;
+        let payload_at = id_at + id_len;
+        if bytes.len() < payload_at {
+            return Err(short(payload_at));
+        }
+        let text = |range: std::ops::Range<usize>, field| {
+            std::str::from_utf8(&bytes[range])
+                .map(str::to_owned)
+                .map_err(|_| RecordError::NotUtf8(field))
+        };
+        let subject = text(ENCODED_HEADER..id_at, "subject")?;
+        let msg_id = text(id_at..payload_at, "msg_id")?;
+        let record = DurableRecord {
+            subject,
+            msg_id,
+            payload: bytes.slice(payload_at..),
+        };
+        Ok((record, u64::from_le_bytes(ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn record() -> DurableRecord {
+        DurableRecord::new(
+            "evt.chat.6368",
+            "chat:room:1f:42",
+            Bytes::from_static(b"{\"data\":1}"),
+        )
+    }
+
+    #[test]
+    fn a_record_round_trips_with_its_time() {
+        let r = record();
+        let bytes = r.encode(1_700_000_000_123).unwrap();
+        assert_eq!(bytes.len(), r.encoded_len());
+        let (back, ms) = DurableRecord::decode(Bytes::from(bytes)).unwrap();
+        assert_eq!((back, ms), (r, 1_700_000_000_123));
+        let empty = DurableRecord::new("", "", Bytes::new());
+        let bytes = empty.encode(0).unwrap();
+        assert_eq!(bytes.len(), ENCODED_HEADER);
+        assert_eq!(
+            DurableRecord::decode(Bytes::from(bytes)).unwrap(),
+            (empty, 0)
+        );
+    }
+
+    #[test]
+    fn the_encoding_is_stable() {
+        let r = DurableRecord::new("s", "id", Bytes::from_static(b"xy"));
+        assert_eq!(
+            r.encode(0x0102).unwrap(),
+            [
+                1, 2, 1, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, b's', b'i', b'd', b'x', b'y'
+            ]
+        );
+    }
+
+    #[test]
+    fn over_long_fields_have_no_encoding() {
+        let mut r = record();
+        r.msg_id = "x".repeat(usize::from(u16::MAX) + 1);
+        assert_eq!(
+            r.encode(0),
+            Err(RecordError::FieldTooLong {
+                field: "msg_id",
+                len: 65_536
+            })
+        );
+        r.msg_id = "x".repeat(usize::from(u16::MAX));
+        let bytes = r.encode(0).unwrap();
+        assert_eq!(DurableRecord::decode(Bytes::from(bytes)).unwrap().0, r);
+    }
+
+    #[test]
+    fn every_cut_of_an_encoding_is_an_error_up_to_the_payload() {
+        let r = record();
+        let bytes = r.encode(7).unwrap();
+        let payload_at = bytes.len() - r.payload.len();
+        for cut in 0..bytes.len() {
+            let got = DurableRecord::decode(Bytes::copy_from_slice(&bytes[..cut]));
+            if cut < payload_at {
+                assert!(
+                    matches!(got, Err(RecordError::Short { .. })),
+                    "{cut}: {got:?}"
+                );
+            } else {
+                // A cut payload is still a record: the spill's CRC guards
+                // the whole.
+                assert_eq!(got.unwrap().0.payload, r.payload[..cut - payload_at]);
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_versions_and_bad_utf8_are_errors() {
+        let mut bytes = record().encode(0).unwrap();
+        bytes[0] = 2;
+        assert_eq!(
+            DurableRecord::decode(Bytes::from(bytes.clone())),
+            Err(RecordError::Version(2))
+        );
+        bytes[0] = RECORD_VERSION;
+        bytes[ENCODED_HEADER] = 0xff;
+        assert_eq!(
+            DurableRecord::decode(Bytes::from(bytes)),
+            Err(RecordError::NotUtf8("subject"))
+        );
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let good = record().encode(5).unwrap();
+        for _ in 0..20_000 {
+            let bytes: Vec<u8> = if rng.random_bool(0.5) {
+                let len = rng.random_range(0..64);
+                (0..len).map(|_| rng.random()).collect()
+            } else {
+                // A valid encoding with a few bytes flipped.
+                let mut b = good.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let i = rng.random_range(0..b.len());
+                    b[i] = rng.random();
+                }
+                b
+            };
+            let _ = DurableRecord::decode(Bytes::from(bytes));
+        }
+    }
+}
