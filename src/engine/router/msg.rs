@@ -629,6 +629,40 @@ impl MsgKind {
     }
 }
 
+/// Who a local connection is, built only when a channel needs it (presence
+/// and member counts): most subscribes and closes never do, so they pay no
+/// client id formatting or allocation.
+pub struct Who<F> {
+    make: F,
+    made: std::cell::OnceCell<ClientInfo>,
+}
+
+impl<F: Fn() -> ClientInfo> Who<F> {
+    /// Builds the identity with `make`, at most once, when first asked.
+    pub fn new(make: F) -> Self {
+        Self {
+            make,
+            made: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The identity.
+    pub fn get(&self) -> &ClientInfo {
+        self.made.get_or_init(&self.make)
+    }
+}
+
+/// What a publication carries to its home besides its channel and data.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PublishReq<'a> {
+    /// The publisher's idempotency key.
+    pub key: Option<&'a str>,
+    /// Who publishes (a `durable` namespace's event); `None`: the server.
+    pub publisher: Option<&'a ClientInfo>,
+    /// Deliver ahead of normal data (the server API's `priority`).
+    pub high: bool,
+}
+
 #[cfg(test)]
 mod size {
     /// Every inbox slot is one message: keep it small (the big parts of

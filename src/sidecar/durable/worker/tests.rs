@@ -31,18 +31,9 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 const STREAM: &str = "EVT";
 const SUBJECTS: &str = "evt.>";
 
-/// Whether there is a `nats-server` to test against; says loudly when
-/// there is none.
+/// Whether there is a `nats-server` to test against.
 fn have_nats() -> bool {
-    if NatsServer::binary().is_some() {
-        return true;
-    }
-    eprintln!(
-        "\n*** SKIPPED: no nats-server binary ({} unset or not a file, none in .tools/venv or on PATH); \
-         run scripts/test-all.sh once to install it ***\n",
-        nats_server::NATS_SERVER_ENV
-    );
-    false
+    NatsServer::available()
 }
 
 /// A fresh directory, removed on drop.
