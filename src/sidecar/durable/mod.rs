@@ -4,12 +4,15 @@
 //!
 //! Layout: [`spill`], the on-disk log itself (synchronous, owned by the
 //! worker thread); [`record`], a record for the sink and its encoding in
-//! the spill; [`worker`], the thread that sends records to JetStream
-//! (direct while it answers, through the spill while it does not), with
-//! its client handle and options; [`metrics`], its counters. The
-//! engine's side (building records at the home, `durable_ack`) and a
-//! Kafka sink come later.
+//! the spill; [`worker`], the thread that sends records to JetStream or
+//! Kafka (direct while the broker answers, through the spill while it
+//! does not), with its client handle and options; [`metrics`], its
+//! counters; [`inbound`], the other direction: a Kafka consumer group
+//! whose records the node publishes, committing what the homes
+//! accepted. The engine's side (building records at the home,
+//! `durable_ack`) lives in the shard.
 
+pub mod inbound;
 pub mod metrics;
 pub mod record;
 pub mod spill;

@@ -1,17 +1,22 @@
-//! A durable record: what the worker sends to the sink (a subject, a
-//! message id the sink deduplicates on, the payload), and its stable
-//! binary form in the spill.
+//! A durable record: what the worker sends to the sink (a subject or
+//! topic, a key, a message id the sink deduplicates on, the payload),
+//! and its stable binary form in the spill.
 //!
 //! The worker knows nothing of events: the engine builds the record
-//! (subject from the namespace's `jetstream:<subject>` sink, message id
+//! (subject or topic from the namespace's `jetstream:<subject>` or
+//! `kafka:<topic>` sink, the channel as the key, message id
 //! `<channel>:<epoch hex>:<offset>`, the payload the encoded event).
 //!
-//! # Encoding (version 1)
+//! # Encoding (version 2)
 //!
 //! ```text
-//! [version: u8 = 1][queued at, Unix ms: u64 LE]
-//! [subject len: u16 LE][msg id len: u16 LE][subject][msg id][payload]
+//! [version: u8 = 2][queued at, Unix ms: u64 LE]
+//! [subject len: u16 LE][key len: u16 LE][msg id len: u16 LE]
+//! [subject][key][msg id][payload]
 //! ```
+//!
+//! Version 1 (no key) was never released; this code reads version 2
+//! only.
 //!
 //! The payload is the rest (the spill frames and checksums each record).
 //! The queued-at time travels with the record so the age of the oldest
@@ -24,19 +29,23 @@ use std::fmt;
 use bytes::Bytes;
 
 /// The version byte this code writes and reads.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
-/// Bytes of an encoding before its text fields: version, time, the two
-/// lengths.
-pub const ENCODED_HEADER: usize = 1 + 8 + 2 + 2;
+/// Bytes of an encoding before its text fields: version, time, the
+/// three lengths.
+pub const ENCODED_HEADER: usize = 1 + 8 + 2 + 2 + 2;
 
 /// One record for the sink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DurableRecord {
     /// Where it goes (a JetStream subject, a Kafka topic).
     pub subject: String,
-    /// Its id for idempotent producing (`Nats-Msg-Id`): the same record
-    /// sent twice within the sink's window is stored once.
+    /// The Kafka message key (the channel: a channel's records stay in
+    /// one partition, in order); empty for none. JetStream ignores it.
+    pub key: String,
+    /// Its id (`Nats-Msg-Id`, Kafka header `wsedge-id`): JetStream
+    /// stores the same record sent twice within the stream's duplicate
+    /// window once; consumers deduplicate on it otherwise.
     pub msg_id: String,
     /// The bytes stored.
     pub payload: Bytes,
@@ -56,7 +65,7 @@ pub enum RecordError {
     Version(u8),
     /// A text field is longer than its u16 length allows (encoding only).
     FieldTooLong {
-        /// `subject` or `msg_id`.
+        /// `subject`, `key` or `msg_id`.
         field: &'static str,
         /// Its length.
         len: usize,
@@ -87,18 +96,37 @@ impl fmt::Display for RecordError {
 impl std::error::Error for RecordError {}
 
 impl DurableRecord {
-    /// A record.
+    /// A record without a key.
     pub fn new(subject: impl Into<String>, msg_id: impl Into<String>, payload: Bytes) -> Self {
         Self {
             subject: subject.into(),
+            key: String::new(),
             msg_id: msg_id.into(),
             payload,
         }
     }
 
+    /// The same record with `key` (the Kafka message key).
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = key.into();
+        self
+    }
+
     /// Bytes of its encoding.
     pub fn encoded_len(&self) -> usize {
-        ENCODED_HEADER + self.subject.len() + self.msg_id.len() + self.payload.len()
+        ENCODED_HEADER
+            + self.subject.len()
+            + self.key.len()
+            + self.msg_id.len()
+            + self.payload.len()
+    }
+
+    /// The longest of its text fields (each must fit a u16 length).
+    pub fn longest_field(&self) -> usize {
+        self.subject
+            .len()
+            .max(self.key.len())
+            .max(self.msg_id.len())
     }
 
     /// Its encoding, queued at `queued_ms` (Unix ms); fails only on a
@@ -111,13 +139,16 @@ impl DurableRecord {
             })
         };
         let subject_len = len16("subject", &self.subject)?;
+        let key_len = len16("key", &self.key)?;
         let id_len = len16("msg_id", &self.msg_id)?;
         let mut out = Vec::with_capacity(self.encoded_len());
         out.push(RECORD_VERSION);
         out.extend_from_slice(&queued_ms.to_le_bytes());
         out.extend_from_slice(&subject_len.to_le_bytes());
+        out.extend_from_slice(&key_len.to_le_bytes());
         out.extend_from_slice(&id_len.to_le_bytes());
         out.extend_from_slice(self.subject.as_bytes());
+        out.extend_from_slice(self.key.as_bytes());
         out.extend_from_slice(self.msg_id.as_bytes());
         out.extend_from_slice(&self.payload);
         Ok(out)
@@ -138,10 +169,10 @@ impl DurableRecord {
         }
         let mut ms = [0u8; 8];
         ms.copy_from_slice(&bytes[1..9]);
-        let subject_len = usize::from(u16::from_le_bytes([bytes[9], bytes[10]]));
-        let id_len = usize::from(u16::from_le_bytes([bytes[11], bytes[12]]));
-        let id_at = ENCODED_HEADER + subject_len;
-        let payload_at = id_at + id_len;
+        let len_at = |i: usize| usize::from(u16::from_le_bytes([bytes[i], bytes[i + 1]]));
+        let key_at = ENCODED_HEADER + len_at(9);
+        let id_at = key_at + len_at(11);
+        let payload_at = id_at + len_at(13);
         if bytes.len() < payload_at {
             return Err(short(payload_at));
         }
@@ -150,10 +181,12 @@ impl DurableRecord {
                 .map(str::to_owned)
                 .map_err(|_| RecordError::NotUtf8(field))
         };
-        let subject = text(ENCODED_HEADER..id_at, "subject")?;
+        let subject = text(ENCODED_HEADER..key_at, "subject")?;
+        let key = text(key_at..id_at, "key")?;
         let msg_id = text(id_at..payload_at, "msg_id")?;
         let record = DurableRecord {
             subject,
+            key,
             msg_id,
             payload: bytes.slice(payload_at..),
         };
@@ -174,6 +207,7 @@ mod tests {
             "chat:room:1f:42",
             Bytes::from_static(b"{\"data\":1}"),
         )
+        .with_key("chat:room")
     }
 
     #[test]
@@ -194,11 +228,11 @@ mod tests {
 
     #[test]
     fn the_encoding_is_stable() {
-        let r = DurableRecord::new("s", "id", Bytes::from_static(b"xy"));
+        let r = DurableRecord::new("s", "id", Bytes::from_static(b"xy")).with_key("k");
         assert_eq!(
             r.encode(0x0102).unwrap(),
             [
-                1, 2, 1, 0, 0, 0, 0, 0, 0, 1, 0, 2, 0, b's', b'i', b'd', b'x', b'y'
+                2, 2, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 2, 0, b's', b'k', b'i', b'd', b'x', b'y'
             ]
         );
     }
@@ -217,6 +251,15 @@ mod tests {
         r.msg_id = "x".repeat(usize::from(u16::MAX));
         let bytes = r.encode(0).unwrap();
         assert_eq!(DurableRecord::decode(Bytes::from(bytes)).unwrap().0, r);
+        r.key = "k".repeat(usize::from(u16::MAX) + 1);
+        assert_eq!(
+            r.encode(0),
+            Err(RecordError::FieldTooLong {
+                field: "key",
+                len: 65_536
+            })
+        );
+        assert_eq!(r.longest_field(), 65_536);
     }
 
     #[test]
@@ -242,12 +285,22 @@ mod tests {
     #[test]
     fn wrong_versions_and_bad_utf8_are_errors() {
         let mut bytes = record().encode(0).unwrap();
-        bytes[0] = 2;
-        assert_eq!(
-            DurableRecord::decode(Bytes::from(bytes.clone())),
-            Err(RecordError::Version(2))
-        );
+        // Version 1 (no key) was never released.
+        for v in [0, 1, 3] {
+            bytes[0] = v;
+            assert_eq!(
+                DurableRecord::decode(Bytes::from(bytes.clone())),
+                Err(RecordError::Version(v))
+            );
+        }
         bytes[0] = RECORD_VERSION;
+        let subject_len = record().subject.len();
+        let mut bad_key = bytes.clone();
+        bad_key[ENCODED_HEADER + subject_len] = 0xff;
+        assert_eq!(
+            DurableRecord::decode(Bytes::from(bad_key)),
+            Err(RecordError::NotUtf8("key"))
+        );
         bytes[ENCODED_HEADER] = 0xff;
         assert_eq!(
             DurableRecord::decode(Bytes::from(bytes)),

@@ -1,19 +1,24 @@
-//! The durable-events worker for a JetStream sink, on its own thread
-//! (`wsedge-durable`, a current-thread tokio runtime): the homes hand it
-//! [`DurableRecord`]s over one bounded queue ([`DurableClient`], never
-//! blocks); it sends them to JetStream in order, with `Nats-Msg-Id`, and
-//! keeps them in the [`Spill`] while JetStream is slow or down.
+//! The durable-events worker, on its own thread (`wsedge-durable`, a
+//! current-thread tokio runtime): the homes hand it [`DurableRecord`]s
+//! over one bounded queue ([`DurableClient`], never blocks); it sends
+//! them in order to the sink, JetStream (with `Nats-Msg-Id`) or Kafka
+//! (an idempotent producer, header `wsedge-id`), and keeps them in the
+//! [`Spill`] while the broker is slow or down. One loop
+//! (`worker/run.rs`) does the same for both; a transport
+//! (`worker/transport.rs`: `jetstream.rs`, `kafka.rs`) connects, creates
+//! the sinks that are missing, sends a batch and says what is permanent.
 //!
-//! The worker makes its own connections from [`DurableOptions::nats_url`]
-//! and an options factory (credentials, TLS) rather than take a shared
-//! `async_nats::Client`: only a client it owns alone can be dropped at a
-//! connection loss, which is what keeps order (below).
+//! The worker makes its own connections (from [`JetStreamSink::nats_url`]
+//! and an options factory for credentials and TLS; from
+//! [`KafkaSink::brokers`] and [`KafkaSink::config`]) rather than share a
+//! client: only a client it owns alone can be dropped at a failure, which
+//! is what keeps order (below).
 //!
 //! # Modes
 //!
 //! - **Direct** (the spill is empty and a connection is up): records are
 //!   taken off the queue into batches (at most [`DurableOptions::batch_max`],
-//!   waiting at most [`DurableOptions::linger`] for more), published in
+//!   waiting at most [`DurableOptions::linger`] for more), sent in
 //!   order on the one connection and their acknowledgements awaited
 //!   together (pipelined, [`DurableOptions::ack_timeout`]); one batch is in
 //!   flight at a time. All acknowledged: the waiters of
@@ -28,7 +33,7 @@
 //!   record (the worker syncs at once when a waiter waits, else the
 //!   spill's [`FsyncPolicy`](super::spill::FsyncPolicy) applies). A replay
 //!   loop reads the spill from its first record the broker does not have
-//!   yet, publishes with the same message ids, and moves the spill's
+//!   yet, sends with the same message ids, and moves the spill's
 //!   cursor up to the last record done (two fsyncs each time, so at most
 //!   every 50 ms while the replay is behind, at once when it catches up,
 //!   fails or stops; a crash resends what the cursor had not reached,
@@ -45,33 +50,64 @@
 //! once a record is in the spill, every later one goes behind it, and
 //! direct mode resumes only when the spill is empty. After any failure,
 //! and on every new connection, batches start at one record and double
-//! up to `batch_max` (slow start), so while JetStream is coming back (a
-//! stream without a leader yet) a failure costs one record, not a batch.
+//! up to `batch_max` (slow start), so while the broker is coming back (a
+//! stream or partition without a leader yet) a failure costs one
+//! record, not a batch.
 //!
-//! What a connection loss could do to order is fenced off: each
-//! connection is its own `async-nats` client whose automatic reconnect is
-//! disabled (its reconnect delay is "never"), on its own I/O thread
-//! (`wsedge-durable-io`). When it is lost, an acknowledgement times out
-//! or a publish fails in the client, the worker drops the client and its
-//! thread, and with them
-//! whatever they still held: a record queued before the loss can never
-//! go out on a later connection, behind records sent again. Every
-//! connection therefore carries the records in order from the first one
-//! not yet acknowledged, and no record reaches the stream before an
-//! earlier one was sent on the same connection or acknowledged. The one
-//! remaining way to disorder is JetStream refusing one record for now
-//! (e.g. a stream leader election) and storing the next of the same
-//! batch; slow start keeps that to rare single records, and the message
-//! id (`<channel>:<epoch>:<offset>`) lets consumers see it.
+//! What a connection loss could do to order is fenced off: when a
+//! connection is lost, a batch times out or fails, the worker drops the
+//! connection and whatever it still held, and makes a new one. A record
+//! queued before the failure can never go out on a later connection,
+//! behind records sent again. Every connection therefore carries the
+//! records in order from the first one not yet acknowledged, and no
+//! record reaches the sink before an earlier one was sent on the same
+//! connection or acknowledged.
+//!
+//! - **JetStream**: each connection is its own `async-nats` client whose
+//!   automatic reconnect is disabled (its reconnect delay is "never"),
+//!   on its own I/O thread (`wsedge-durable-io`); dropping the client
+//!   and its thread is the fence. A failure JetStream answers for now
+//!   (no responders, a JetStream error) keeps the connection. The one
+//!   remaining way to disorder is JetStream refusing one record for now
+//!   (e.g. a stream leader election) and storing the next of the same
+//!   batch; slow start keeps that to rare single records, and the
+//!   message id (`<channel>:<epoch>:<offset>`) lets consumers see it.
+//! - **Kafka**: each connection is a librdkafka producer with
+//!   `enable.idempotence=true` (so `acks=all`, at most 5 requests in
+//!   flight per broker, unlimited internal retries, FIFO queueing),
+//!   `message.timeout.ms` = [`DurableOptions::ack_timeout`], zstd
+//!   compression, `allow.auto.create.topics=false`, `linger.ms=1` (the
+//!   worker batches already). Within one producer, librdkafka's own
+//!   retries (a request timed out, a broker reconnected, a leader moved)
+//!   neither reorder nor duplicate: the broker checks each partition's
+//!   sequence numbers, drops a batch it has (`DUPLICATE_SEQUENCE_NUMBER`,
+//!   reported as delivered) and refuses one after a gap
+//!   (`OUT_OF_ORDER_SEQUENCE_NUMBER`), so no record is stored after an
+//!   earlier one of its partition failed. Any failure the worker retries
+//!   (a delivery error that is not permanent, the batch's deadline, all
+//!   brokers down, a fatal producer error) retires the producer: it is
+//!   purged (what it still had queued fails locally and is never sent;
+//!   what was in flight may land) and destroyed on a blocking thread,
+//!   and the next producer is created only once that is done. Without
+//!   the fence, librdkafka could still deliver a record queued behind
+//!   one that timed out, ahead of the resend. A channel's records share
+//!   a key, so one partition: Kafka's order per partition is the
+//!   channel's order. There is no order across partitions (nor across
+//!   channels), by design.
 //!
 //! # Duplicates
 //!
 //! A record sent again (its acknowledgement lost, a batch in flight when
-//! the spill took over, a replay after a restart) has the same
-//! `Nats-Msg-Id`: JetStream stores it once if it arrives within the
-//! stream's duplicate window (2 min by default). A record stored, its
-//! acknowledgement lost, and sent again only after a longer outage is
-//! stored twice; consumers deduplicate by id.
+//! the spill took over, a replay after a restart) has the same message
+//! id. JetStream stores it once if it arrives within the stream's
+//! duplicate window (2 min by default). Kafka's idempotence covers one
+//! producer only: a resend on the next producer (after a failure whose
+//! outcome is unknown: a timeout, a connection lost with the request in
+//! flight) can be stored twice, as can a record stored, its
+//! acknowledgement lost, and sent again after a longer outage on
+//! JetStream. Consumers deduplicate by id (`Nats-Msg-Id`, Kafka header
+//! `wsedge-id`); first copies are in order (but for the JetStream case
+//! under Order).
 //!
 //! # Refusals and rejections
 //!
@@ -79,20 +115,43 @@
 //! full or the spill is full (a flag the worker sets), so the home
 //! answers 112 and publishes nothing: no accepted record is lost for
 //! lack of room. Errors that cannot succeed on retry are **permanent**:
-//! the record goes to [`DurableOptions::dead_letter_subject`] (a core
-//! NATS publish, headers `Wsedge-Dlq-Reason`, `Wsedge-Dlq-Subject`,
-//! `Wsedge-Dlq-Msg-Id` and `Nats-Msg-Id`; the payload left out, with
-//! `Wsedge-Dlq-Payload-Bytes` giving its size, when it would not fit the
-//! server; the connection flushed before the record counts as done),
-//! counted, never retried. Permanent: the message is over the server's
-//! `max_payload` (`MaxPayloadExceeded`, checked by `async-nats` against
-//! the connected server), JetStream errors 10054 (over the stream's
-//! `max_msg_size`) and 10097 (headers too large), wrong-last-id/sequence
-//! (never asked for here), an invalid subject. Everything else is retried:
-//! timeouts, a lost connection, no responders (no stream over the
-//! subject, or JetStream not ready: a missing stream fills the spill and
-//! then refuses, visibly, rather than drop), any other JetStream error
-//! (storage full, no leader).
+//! the record goes to [`DurableOptions::dead_letter_subject`], counted,
+//! never retried; a dead letter counts as done only once it left this
+//! process (JetStream: the connection flushed; Kafka: delivered).
+//!
+//! - **JetStream**: a core NATS publish, headers `Wsedge-Dlq-Reason`,
+//!   `Wsedge-Dlq-Subject`, `Wsedge-Dlq-Msg-Id` and `Nats-Msg-Id`; the
+//!   payload left out, with `Wsedge-Dlq-Payload-Bytes` giving its size,
+//!   when it would not fit the server. Permanent: the message is over
+//!   the server's `max_payload` (`MaxPayloadExceeded`, checked by
+//!   `async-nats` against the connected server), JetStream errors 10054
+//!   (over the stream's `max_msg_size`) and 10097 (headers too large),
+//!   wrong-last-id/sequence (never asked for here), an invalid subject.
+//!   Everything else is retried: timeouts, a lost connection, no
+//!   responders (no stream over the subject, or JetStream not ready: a
+//!   missing stream fills the spill and then refuses, visibly, rather
+//!   than drop), any other JetStream error (storage full, no leader).
+//! - **Kafka**: a record on the dead-letter topic (same key), headers
+//!   `wsedge-dlq-reason`, `wsedge-dlq-topic`, `wsedge-id`; the payload
+//!   left out, with `wsedge-dlq-payload-bytes` giving its size, when it
+//!   would not fit [`KafkaSink::max_message_bytes`]. Permanent: over
+//!   `message.max.bytes` (refused locally by librdkafka, or by the
+//!   broker: `MESSAGE_TOO_LARGE`, `RECORD_LIST_TOO_LARGE`,
+//!   `INVALID_MESSAGE_SIZE`), an invalid topic name (checked before
+//!   sending, or `INVALID_TOPIC_EXCEPTION`), `INVALID_RECORD`.
+//!   Everything else is retried: timeouts, brokers down, no leader,
+//!   not enough replicas, an unknown topic or partition (a missing
+//!   topic fills the spill visibly, as a missing stream does),
+//!   authorization (an operator can fix it), a fatal producer error.
+//!
+//! # Creating sinks
+//!
+//! Streams ([`JetStreamSink::streams`]) and topics
+//! ([`KafkaSink::topics`], and the Kafka dead-letter topic) are created
+//! on each new connection when missing, before anything is sent; one
+//! that exists is never changed (its retention is the operator's). A
+//! sink that cannot be created fails the connection attempt (retried,
+//! counted, logged): the spill fills, visibly.
 //!
 //! # The spill full
 //!
@@ -112,17 +171,26 @@
 //!
 //! At start the spill is opened (recovery logged if not clean); records
 //! in it are sent first (spill mode). Records that come before the first
-//! connection is up go to the spill too. On stop the worker takes no more, writes every
-//! record in memory to the spill and syncs it; records still waiting for
-//! room are retried until [`DurableOptions::shutdown_grace`] ends, then
-//! counted `lost` and logged (only possible when the spill is full at
-//! the stop).
+//! connection is up go to the spill too. On stop the worker takes no
+//! more, writes every record in memory to the spill and syncs it;
+//! records still waiting for room are retried until
+//! [`DurableOptions::shutdown_grace`] ends, then counted `lost` and
+//! logged (only possible when the spill is full at the stop).
 //!
-//! Layout: the API here; `worker/run.rs` (the loop), `worker/session.rs`
-//! (the connection, a batch in flight, what is permanent).
+//! Layout: the API here; `worker/options.rs` (the options and their
+//! checks); `worker/run.rs` (the loop); `worker/transport.rs` (the seam
+//! and a batch's types); `worker/jetstream.rs` and `worker/kafka.rs`
+//! (the transports: connections, sinks, a batch in flight, what is
+//! permanent).
 
+mod jetstream;
+pub(super) mod kafka;
+pub(super) mod options;
 mod run;
-mod session;
+pub(super) mod transport;
+
+#[cfg(test)]
+mod kafka_tests;
 #[cfg(test)]
 mod tests;
 
@@ -130,119 +198,21 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_nats::ConnectOptions;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::options::{
+    DEFAULT_DEAD_LETTER, DurableOptions, JetStreamSink, KAFKA_RESERVED, KafkaSink, SinkOptions,
+    StreamSpec, TopicSpec,
+};
 use super::metrics::DurableMetrics;
 use super::record::DurableRecord;
-use super::spill::{Spill, SpillOptions};
+use super::spill::Spill;
 use crate::sidecar::WorkerThread;
 use crate::sidecar::cluster::parse_servers;
-
-/// The worker's bounds and timings, validated once by
-/// [`DurableOptions::validate`] (and by [`start`]). Every default states
-/// its reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DurableOptions {
-    /// The NATS servers, comma-separated (`nats://host:port`,
-    /// `tls://…`, `host[:port]`).
-    pub nats_url: String,
-    /// The spill (its directory, bounds and fsync policy).
-    pub spill: SpillOptions,
-    /// Records waiting for the worker. Default 16,384: at 50,000 durable
-    /// events a second, a third of a second of slack while the worker
-    /// moves a slow broker's load to the spill (it does so at half full);
-    /// a few MB at most.
-    pub queue_capacity: usize,
-    /// Records per batch at most (in direct mode and in replay). Default
-    /// 256: one batch is in flight at a time, so at a 2 ms round trip
-    /// about 128,000 records a second, while a failed batch resends
-    /// little.
-    pub batch_max: usize,
-    /// Payload bytes a replay batch reads from the spill at most (but
-    /// always one record). Default 1 MiB: a batch of large records stays
-    /// within the connection's buffers.
-    pub batch_bytes: usize,
-    /// Longest a record waits for more to fill its batch. Default 2 ms:
-    /// well under what a `durable_ack` publisher notices, long enough to
-    /// batch a burst.
-    pub linger: Duration,
-    /// Longest wait for a batch's acknowledgements (and for a flush of
-    /// the connection). Default 2 s: far above a healthy JetStream
-    /// round trip (replicated streams included), short enough that a
-    /// half-dead connection is dropped quickly; it is also how long
-    /// records of a batch can wait before they go to the spill.
-    pub ack_timeout: Duration,
-    /// First pause after a failure (to send, to connect). Default 50 ms.
-    pub retry_min: Duration,
-    /// Longest pause between attempts while the broker is down. Default
-    /// 2 s: the spill drains within about two seconds of the broker
-    /// coming back, at one attempt every two seconds while it is down.
-    pub retry_max: Duration,
-    /// Where records the sink refuses for good go (a core NATS publish).
-    /// Default `wsedge.durable.dlq`.
-    pub dead_letter_subject: String,
-    /// Longest the stop waits for room in a full spill for records still
-    /// in memory. Default 2 s.
-    pub shutdown_grace: Duration,
-}
-
-impl DurableOptions {
-    /// The defaults, for the servers in `nats_url`, spilling in
-    /// `spill_dir`.
-    pub fn new(nats_url: impl Into<String>, spill_dir: impl Into<std::path::PathBuf>) -> Self {
-        Self {
-            nats_url: nats_url.into(),
-            spill: SpillOptions::new(spill_dir),
-            queue_capacity: 16_384,
-            batch_max: 256,
-            batch_bytes: 1 << 20,
-            linger: Duration::from_millis(2),
-            ack_timeout: Duration::from_secs(2),
-            retry_min: Duration::from_millis(50),
-            retry_max: Duration::from_secs(2),
-            dead_letter_subject: "wsedge.durable.dlq".into(),
-            shutdown_grace: Duration::from_secs(2),
-        }
-    }
-
-    /// Checks every bound; the error names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.nats_url.trim().is_empty() {
-            return Err("durable nats_url is empty".into());
-        }
-        parse_servers(&self.nats_url).map_err(|e| format!("durable nats_url: {e}"))?;
-        self.spill.validate()?;
-        for (name, v) in [
-            ("queue_capacity", self.queue_capacity),
-            ("batch_max", self.batch_max),
-            ("batch_bytes", self.batch_bytes),
-        ] {
-            if v == 0 {
-                return Err(format!("durable {name} must be at least 1"));
-            }
-        }
-        if self.queue_capacity < 2 {
-            return Err("durable queue_capacity must be at least 2".into());
-        }
-        if self.ack_timeout.is_zero() {
-            return Err("durable ack_timeout must be above 0".into());
-        }
-        if self.retry_min.is_zero() || self.retry_max < self.retry_min {
-            return Err("durable retry_min must be above 0 and retry_max ≥ retry_min".into());
-        }
-        if !session::is_valid_subject(&self.dead_letter_subject) {
-            return Err(format!(
-                "durable dead_letter_subject {:?} is not a NATS subject",
-                self.dead_letter_subject
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// Why a record was not taken. The home answers the publisher with an
 /// error and publishes nothing: no accepted record is lost.
@@ -253,8 +223,9 @@ pub enum Refused {
     /// The worker has stopped.
     Stopped,
     /// The record is longer than a spill record may be
-    /// ([`SpillOptions::max_record`]), or a text field is over 65,535
-    /// bytes: it could never be kept through an outage.
+    /// ([`SpillOptions::max_record`](super::spill::SpillOptions::max_record)),
+    /// or a text field is over 65,535 bytes: it could never be kept
+    /// through an outage.
     TooLarge {
         /// Its encoded length.
         len: usize,
@@ -282,7 +253,7 @@ impl std::error::Error for Refused {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DurableError {
     /// The sink refused it for good; it went to the dead-letter subject
-    /// with this reason.
+    /// or topic with this reason.
     DeadLettered(String),
     /// It is in the spill and will be sent, but the spill's sync failed:
     /// not confirmed on disk.
@@ -304,8 +275,55 @@ impl fmt::Display for DurableError {
 
 impl std::error::Error for DurableError {}
 
-/// Where the answer to an [`DurableClient::emit_acked`] goes.
-pub type AckSender = oneshot::Sender<Result<(), DurableError>>;
+/// A record's outcome, for its waiter.
+pub type AckResult = Result<(), DurableError>;
+
+/// Where the answer to an [`DurableClient::emit_acked`] goes: a oneshot
+/// channel (`From`), or a callback the worker runs on its own thread
+/// ([`AckSender::callback`]: it must not block; the shards hand it to
+/// their inbox).
+pub struct AckSender(AckTo);
+
+enum AckTo {
+    Channel(oneshot::Sender<AckResult>),
+    Call(Box<dyn FnOnce(AckResult) + Send>),
+}
+
+impl AckSender {
+    /// A waiter that runs `f` with the outcome, once. Dropped without an
+    /// outcome (a refusal, the worker gone), it is never run: a caller
+    /// that must hear of that puts a drop guard in `f`.
+    pub fn callback(f: impl FnOnce(AckResult) + Send + 'static) -> Self {
+        AckSender(AckTo::Call(Box::new(f)))
+    }
+
+    /// Answers; `Err` gives the outcome back when a channel's receiver is
+    /// gone.
+    pub fn send(self, result: AckResult) -> Result<(), AckResult> {
+        match self.0 {
+            AckTo::Channel(tx) => tx.send(result),
+            AckTo::Call(f) => {
+                f(result);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<AckResult>> for AckSender {
+    fn from(tx: oneshot::Sender<AckResult>) -> Self {
+        AckSender(AckTo::Channel(tx))
+    }
+}
+
+impl fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            AckTo::Channel(_) => "AckSender::Channel",
+            AckTo::Call(_) => "AckSender::Callback",
+        })
+    }
+}
 
 /// A record on its way, with its waiter.
 #[derive(Debug)]
@@ -346,8 +364,12 @@ impl DurableClient {
     /// dead-lettered (only known in direct mode: a record answered from
     /// the spill and dead-lettered later is only counted and logged). On a
     /// refusal `done` is dropped unanswered.
-    pub fn emit_acked(&self, record: DurableRecord, done: AckSender) -> Result<(), Refused> {
-        self.queue(record, Some(done))
+    pub fn emit_acked(
+        &self,
+        record: DurableRecord,
+        done: impl Into<AckSender>,
+    ) -> Result<(), Refused> {
+        self.queue(record, Some(done.into()))
     }
 
     /// The worker's counters.
@@ -373,9 +395,9 @@ impl DurableClient {
                 max: self.max_record,
             });
         }
-        if record.subject.len() > field_max || record.msg_id.len() > field_max {
+        if record.longest_field() > field_max {
             return refuse(Refused::TooLarge {
-                len: record.subject.len().max(record.msg_id.len()),
+                len: record.longest_field(),
                 max: field_max,
             });
         }
@@ -411,14 +433,15 @@ pub fn default_connect_options() -> ConnectOptions {
 
 /// Starts the worker thread (`wsedge-durable`): opens the spill (so a
 /// spill another process holds, or that cannot be opened, fails the
-/// start), and connects in the background, retrying until NATS answers.
+/// start), and connects in the background, retrying until the broker
+/// answers. [`DurableOptions::sink`] picks the broker.
 ///
-/// `connect` makes the `async-nats` options for each connection
-/// (credentials, TLS, name; [`default_connect_options`] when there are
-/// none). The worker sets on top of them its event callback, its
-/// reconnect delay (the fence: a connection is never re-made by
-/// `async-nats`; see the module doc) and the client's command capacity;
-/// `connect` must not set `retry_on_initial_connect` or a
+/// `connect` makes the `async-nats` options for each JetStream
+/// connection (credentials, TLS, name; [`default_connect_options`] when
+/// there are none; unused for Kafka). The worker sets on top of them its
+/// event callback, its reconnect delay (the fence: a connection is never
+/// re-made by `async-nats`; see the module doc) and the client's command
+/// capacity; `connect` must not set `retry_on_initial_connect` or a
 /// reconnect-to-server callback, which would undo the fence.
 pub fn start(
     opts: DurableOptions,
@@ -426,16 +449,45 @@ pub fn start(
 ) -> io::Result<(DurableClient, WorkerThread)> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
     opts.validate().map_err(invalid)?;
-    let servers = parse_servers(&opts.nats_url).map_err(invalid)?;
+    match &opts.sink {
+        SinkOptions::JetStream(sink) => {
+            let transport = jetstream::JetStream {
+                servers: parse_servers(&sink.nats_url).map_err(invalid)?,
+                connect: Box::new(connect),
+                spec: jetstream::ConnectSpec {
+                    // A batch in flight, one left behind by the spill
+                    // taking over, dead letters, pings.
+                    capacity: (4 * opts.batch_max).max(2048),
+                    timeout: opts.ack_timeout,
+                },
+                streams: sink.streams.clone(),
+                dlq: Arc::from(opts.dead_letter_subject.as_str()),
+            };
+            spawn(opts, transport)
+        }
+        SinkOptions::Kafka(sink) => {
+            let transport = kafka::Kafka::new(sink, &opts);
+            spawn(opts, transport)
+        }
+    }
+}
+
+/// Opens the spill and starts the loop over `transport`.
+fn spawn<T: transport::Transport>(
+    opts: DurableOptions,
+    transport: T,
+) -> io::Result<(DurableClient, WorkerThread)> {
     let (spill, recovery) = Spill::open(opts.spill.clone())?;
     if recovery.is_clean() {
         tracing::info!(
+            broker = T::BROKER,
             dir = %opts.spill.dir.display(),
             pending = recovery.pending_records,
             "durable: spill opened"
         );
     } else {
         tracing::warn!(
+            broker = T::BROKER,
             dir = %opts.spill.dir.display(),
             ?recovery,
             "durable: the spill was repaired at open"
@@ -455,8 +507,7 @@ pub fn start(
     };
     let worker = run::Worker::new(run::Setup {
         opts,
-        servers,
-        connect: Box::new(connect),
+        transport,
         rx,
         full,
         metrics,

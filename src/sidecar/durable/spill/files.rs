@@ -17,7 +17,7 @@ const CURSOR_LEN: usize = 12;
 const LOCK_FILE: &str = "lock";
 /// Segment file names: prefix, 20 digits, suffix.
 const SEGMENT_PREFIX: &str = "spill-";
-const SEGMENT_SUFFIX: &str = ".log";
+pub(super) const SEGMENT_SUFFIX: &str = ".log";
 const SEGMENT_DIGITS: usize = 20;
 
 /// Locks the directory's lock file, or says who holds it.

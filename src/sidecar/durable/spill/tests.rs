@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::files::{CURSOR_FILE, CURSOR_TMP};
+use super::files::{CURSOR_FILE, CURSOR_TMP, SEGMENT_SUFFIX};
 use super::*;
 
 /// A fresh directory, removed on drop.
@@ -843,4 +843,36 @@ fn damage_after_open_is_a_read_error() {
         err.to_string().contains(&format!("record {}", first + 1)),
         "{err}"
     );
+}
+
+/// After `write_out` every appended record is in the segment files (the
+/// kernel has them: a kill of the process loses none), before any sync.
+#[test]
+fn write_out_puts_buffered_appends_in_the_files_without_a_sync() {
+    let tmp = TempDir::new("write-out");
+    let opts = SpillOptions {
+        fsync: FsyncPolicy::Never,
+        ..SpillOptions::new(tmp.path())
+    };
+    let (mut spill, _) = open(&opts);
+    for seq in 1..=10 {
+        spill.append(&payload(seq, 10)).unwrap();
+    }
+    let on_disk = |dir: &Path| -> u64 {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(SEGMENT_SUFFIX))
+            .map(|e| e.metadata().unwrap().len())
+            .sum()
+    };
+    let before = on_disk(tmp.path());
+    assert!(
+        before < spill.disk_bytes(),
+        "appends are buffered ({before} of {})",
+        spill.disk_bytes()
+    );
+    spill.write_out().unwrap();
+    assert_eq!(on_disk(tmp.path()), spill.disk_bytes());
+    assert_eq!(spill.synced_through(), Seq(0), "written, not synced");
 }

@@ -6,17 +6,14 @@
 //! deadline, the stop). See the parent module for the rules.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::{ConnectOptions, ServerAddr};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::session::{self, ConnectSpec, Connecting, Done, Failure, Landed, Outgoing, Session};
+use super::transport::{Connecting, Done, Failure, Landed, Landing, Outgoing, Transport};
 use super::{AckSender, DurableError, DurableOptions, Item, unix_ms};
 use crate::sidecar::durable::metrics::DurableMetrics;
 use crate::sidecar::durable::record::DurableRecord;
@@ -34,10 +31,9 @@ const TICK: Duration = Duration::from_millis(20);
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What [`super::start`] hands the loop.
-pub(super) struct Setup {
+pub(super) struct Setup<T> {
     pub(super) opts: DurableOptions,
-    pub(super) servers: Vec<ServerAddr>,
-    pub(super) connect: Box<dyn Fn() -> ConnectOptions + Send>,
+    pub(super) transport: T,
     pub(super) rx: mpsc::Receiver<Item>,
     pub(super) full: Arc<AtomicBool>,
     pub(super) metrics: Arc<DurableMetrics>,
@@ -63,7 +59,7 @@ enum Cargo {
 /// The batch in flight.
 struct Flight {
     cargo: Cargo,
-    landing: Pin<Box<dyn Future<Output = Landed> + Send>>,
+    landing: Landing,
 }
 
 /// Why a record could not be written to the spill.
@@ -74,10 +70,9 @@ enum Unwritten {
     Lost(String),
 }
 
-pub(super) struct Worker {
+pub(super) struct Worker<T: Transport> {
     opts: DurableOptions,
-    servers: Vec<ServerAddr>,
-    connect: Box<dyn Fn() -> ConnectOptions + Send>,
+    transport: T,
     rx: mpsc::Receiver<Item>,
     /// The queue is closed and empty.
     queue_closed: bool,
@@ -85,7 +80,6 @@ pub(super) struct Worker {
     full: Arc<AtomicBool>,
     metrics: Arc<DurableMetrics>,
     spill: Spill,
-    dlq: Arc<str>,
     mode: Mode,
     /// Direct mode: taken off the queue, waiting for their batch.
     batch: Vec<Item>,
@@ -100,8 +94,8 @@ pub(super) struct Worker {
     /// tried at every turn: the check costs nothing).
     held_retry_at: Option<Instant>,
     flight: Option<Flight>,
-    session: Option<Session>,
-    connecting: Option<Connecting>,
+    session: Option<T::Session>,
+    connecting: Option<Connecting<T::Session>>,
     /// No connection attempt before this.
     connect_at: Option<Instant>,
     /// No replay before this (backoff after a failure).
@@ -124,12 +118,11 @@ pub(super) struct Worker {
     down_logged: bool,
 }
 
-impl Worker {
-    pub(super) fn new(setup: Setup) -> Self {
+impl<T: Transport> Worker<T> {
+    pub(super) fn new(setup: Setup<T>) -> Self {
         let Setup {
             opts,
-            servers,
-            connect,
+            transport,
             rx,
             full,
             metrics,
@@ -138,11 +131,9 @@ impl Worker {
         Worker {
             done_upto: spill.acked(),
             acked_at: Instant::now(),
-            dlq: Arc::from(opts.dead_letter_subject.as_str()),
             backoff: opts.retry_min,
             opts,
-            servers,
-            connect,
+            transport,
             rx,
             queue_closed: false,
             full,
@@ -193,7 +184,7 @@ impl Worker {
                 n = self.rx.recv_many(&mut taken, take), if take > 0 => self.take(&mut taken, n),
                 landed = wait_landing(&mut self.flight) => self.landed(landed, Instant::now()),
                 outcome = wait_connected(&mut self.connecting) => self.connected(outcome, Instant::now()),
-                reason = wait_lost(&mut self.session) => self.lost(reason, Instant::now()),
+                reason = wait_lost::<T>(&mut self.session) => self.lost(reason, Instant::now()),
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = tick.tick() => self.housekeeping(Instant::now()),
             }
@@ -348,27 +339,22 @@ impl Worker {
 
     fn start_connect(&mut self, now: Instant) {
         self.connect_at = None;
-        let spec = ConnectSpec {
-            // A batch in flight, one left behind by the spill taking
-            // over, dead letters, pings.
-            capacity: (4 * self.opts.batch_max).max(2048),
-            timeout: self.opts.ack_timeout,
-        };
-        match session::connect((self.connect)(), self.servers.clone(), spec) {
+        match self.transport.connect() {
             Ok(c) => self.connecting = Some(c),
             Err(e) => {
-                tracing::error!(error = %e, "durable: cannot start a NATS connection thread");
+                tracing::error!(broker = T::BROKER, error = %e, "durable: cannot start a connection");
                 self.connect_at = Some(now + self.next_backoff());
             }
         }
     }
 
-    fn connected(&mut self, outcome: Result<Session, String>, now: Instant) {
+    fn connected(&mut self, outcome: Result<T::Session, String>, now: Instant) {
         match outcome {
             Ok(session) => {
                 tracing::info!(
+                    broker = T::BROKER,
                     pending = self.spill.pending_records(),
-                    "durable: connected to NATS"
+                    "durable: connected"
                 );
                 self.session = Some(session);
                 self.window = 1;
@@ -379,9 +365,9 @@ impl Worker {
                 DurableMetrics::add(&self.metrics.retries, 1);
                 if !self.down_logged {
                     self.down_logged = true;
-                    tracing::warn!(error = %e, "durable: cannot connect to NATS; records go to the spill until it answers");
+                    tracing::warn!(broker = T::BROKER, error = %e, "durable: cannot connect; records go to the spill until the broker answers");
                 } else {
-                    tracing::debug!(error = %e, "durable: cannot connect to NATS");
+                    tracing::debug!(broker = T::BROKER, error = %e, "durable: cannot connect");
                 }
                 self.connect_at = Some(now + self.next_backoff());
             }
@@ -401,13 +387,15 @@ impl Worker {
     }
 
     fn drop_session(&mut self, reason: &str) {
-        if self.session.take().is_some() {
+        if let Some(session) = self.session.take() {
+            self.transport.retire(session);
             self.metrics.up.store(false, Ordering::Relaxed);
             if !self.down_logged {
                 self.down_logged = true;
                 tracing::warn!(
+                    broker = T::BROKER,
                     reason,
-                    "durable: NATS connection dropped; records go to the spill until it is back"
+                    "durable: connection dropped; records go to the spill until the broker is back"
                 );
             }
         }
@@ -431,12 +419,13 @@ impl Worker {
             .iter()
             .map(|i| Outgoing {
                 subject: i.record.subject.clone(),
+                key: i.record.key.clone(),
                 msg_id: i.record.msg_id.clone(),
                 payload: i.record.payload.clone(),
                 reject: None,
             })
             .collect();
-        let landing = session::fly(session, out, self.dlq.clone(), self.opts.ack_timeout);
+        let landing = self.transport.fly(session, out);
         self.flight = Some(Flight {
             cargo: Cargo::Direct(items),
             landing,
@@ -472,6 +461,7 @@ impl Worker {
                     }
                     Outgoing {
                         subject: r.subject,
+                        key: r.key,
                         msg_id: r.msg_id,
                         payload: r.payload,
                         reject: None,
@@ -479,6 +469,7 @@ impl Worker {
                 }
                 Err(e) => Outgoing {
                     subject: String::new(),
+                    key: String::new(),
                     msg_id: format!("spill-seq-{seq}"),
                     payload: bytes,
                     reject: Some(format!("a spilled record does not decode: {e}")),
@@ -488,7 +479,7 @@ impl Worker {
         if out.is_empty() {
             return;
         }
-        let landing = session::fly(session, out, self.dlq.clone(), self.opts.ack_timeout);
+        let landing = self.transport.fly(session, out);
         self.flight = Some(Flight {
             cargo: Cargo::Replay(seqs),
             landing,
@@ -612,6 +603,11 @@ impl Worker {
                     item.answer(Err(DurableError::Lost(reason)));
                 }
             }
+        }
+        // Into the kernel now (not only the spill's buffer): a kill of the
+        // process loses none of them; the fsync policy covers power cuts.
+        if let Err(e) = self.spill.write_out() {
+            tracing::warn!(error = %e, "durable: writing to the spill failed; retried with the next records");
         }
         self.full.store(!self.held.is_empty(), Ordering::Release);
         let synced = match waiters.is_empty() {
@@ -760,7 +756,9 @@ impl Worker {
         if let Err(e) = self.spill.sync() {
             tracing::error!(error = %e, "durable: the spill's last sync failed");
         }
-        self.session = None;
+        if let Some(session) = self.session.take() {
+            self.transport.retire(session);
+        }
         self.connecting = None;
         self.metrics.up.store(false, Ordering::Relaxed);
         self.refresh_gauges();
@@ -776,21 +774,21 @@ async fn wait_landing(flight: &mut Option<Flight>) -> Landed {
     }
 }
 
-/// The connection attempt's outcome, as a session (never, when there is
-/// none). Takes the attempt once it is done.
-async fn wait_connected(connecting: &mut Option<Connecting>) -> Result<Session, String> {
+/// The connection attempt's outcome (never, when there is none). Takes
+/// the attempt once it is done.
+async fn wait_connected<S>(connecting: &mut Option<Connecting<S>>) -> Result<S, String> {
     let Some(c) = connecting else {
         return std::future::pending().await;
     };
-    let outcome = c.outcome().await;
-    let c = connecting.take().expect("still connecting");
-    outcome.map(|(client, js)| c.into_session(client, js))
+    let outcome = c.as_mut().await;
+    *connecting = None;
+    outcome
 }
 
 /// The session ending (never, when there is none).
-async fn wait_lost(session: &mut Option<Session>) -> String {
+async fn wait_lost<T: Transport>(session: &mut Option<T::Session>) -> String {
     match session {
-        Some(s) => s.lost().await,
+        Some(s) => T::lost(s).await,
         None => std::future::pending().await,
     }
 }

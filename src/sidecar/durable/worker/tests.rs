@@ -14,7 +14,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-use super::session::{DLQ_MSG_ID, DLQ_PAYLOAD_BYTES, DLQ_REASON, DLQ_SUBJECT};
+use super::jetstream::{
+    self as nats_transport, DLQ_MSG_ID, DLQ_PAYLOAD_BYTES, DLQ_REASON, DLQ_SUBJECT,
+};
 use super::*;
 use crate::sidecar::cluster::parse_servers;
 use crate::sidecar::durable::spill::{FsyncPolicy, Seq, Spill, SpillOptions};
@@ -37,10 +39,10 @@ fn have_nats() -> bool {
 }
 
 /// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let path = std::env::temp_dir().join(format!(
             "wsedge-durable-{}-{name}-{}",
@@ -52,7 +54,7 @@ impl TempDir {
         Self(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -204,7 +206,7 @@ fn emit(client: &DurableClient, r: DurableRecord) {
 }
 
 /// Polls `f` until it holds.
-fn eventually(what: &str, f: impl Fn() -> bool) {
+pub(super) fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -488,6 +490,8 @@ fn refusals_and_option_checks_need_no_broker() {
     bad.batch_max = 1;
     bad.dead_letter_subject = "a b".into();
     assert!(bad.validate().unwrap_err().contains("dead_letter_subject"));
+    bad.dead_letter_subject = "dlq.*".into();
+    assert!(bad.validate().unwrap_err().contains("dead_letter_subject"));
     bad.dead_letter_subject = "dlq".into();
     bad.retry_max = Duration::from_millis(1);
     assert!(bad.validate().is_err());
@@ -528,12 +532,12 @@ fn a_fenced_connection_never_comes_back() {
         return;
     };
     let servers = parse_servers(&broker.url()).unwrap();
-    let spec = session::ConnectSpec {
+    let spec = nats_transport::ConnectSpec {
         capacity: 64,
         timeout: Duration::from_secs(1),
     };
-    let mut connecting =
-        session::connect(default_connect_options(), servers, spec).expect("a connection thread");
+    let mut connecting = nats_transport::connect(default_connect_options(), servers, spec)
+        .expect("a connection thread");
     let mut session = broker.block_on(async {
         let (client, js) = connecting.outcome().await.expect("connected");
         connecting.into_session(client, js)
@@ -620,4 +624,48 @@ fn a_stop_writes_what_is_in_memory_to_the_spill_and_counts_what_finds_no_room() 
     let m = client.metrics().snapshot();
     assert!(lost > 0 && kept > 0, "kept {kept}, lost {lost}");
     assert_eq!((m.lost, m.spilled, m.queued), (lost, kept, 0), "{m:?}");
+}
+
+#[test]
+fn missing_streams_are_created_and_existing_ones_left_alone() {
+    // `EVT` exists (the operator's, with its own limits); `AUDIT` does not.
+    let Some(broker) = Broker::start() else {
+        return;
+    };
+    let dir = TempDir::new("streams");
+    let (client, thread) = worker(&broker.url(), dir.path(), |o| {
+        let SinkOptions::JetStream(sink) = &mut o.sink else {
+            unreachable!()
+        };
+        sink.streams = vec![
+            StreamSpec::new(STREAM, ["evt.other.>"]),
+            StreamSpec::new("AUDIT", ["audit.>"]),
+        ];
+    });
+    wait_up(&client);
+    emit(
+        &client,
+        DurableRecord::new("audit.login", "a-1", Bytes::from_static(b"x")),
+    );
+    emit(&client, rec(0));
+    eventually("both records sent", || {
+        client.metrics().snapshot().sent == 2
+    });
+    broker.block_on(async {
+        let js = broker.js().await;
+        let mut audit = js.get_stream("AUDIT").await.expect("AUDIT was created");
+        let info = audit.info().await.unwrap();
+        assert_eq!(info.config.subjects, ["audit.>"]);
+        assert_eq!(info.config.storage, stream::StorageType::File);
+        assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
+        assert!(info.config.description.is_some());
+        assert_eq!(info.state.messages, 1);
+        let mut evt = js.get_stream(STREAM).await.unwrap();
+        let info = evt.info().await.unwrap();
+        // Untouched: its subjects are still the operator's.
+        assert_eq!(info.config.subjects, [SUBJECTS]);
+        assert_eq!(info.config.description, None);
+    });
+    assert_eq!(broker.count(), 1);
+    thread.shutdown();
 }

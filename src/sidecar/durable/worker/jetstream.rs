@@ -1,17 +1,16 @@
-//! One connection to NATS and what travels on it: the fenced client on
-//! its own I/O thread, a batch in flight (publish in order, await the
+//! The JetStream transport: one connection to NATS and what travels on
+//! it: the fenced client on its own I/O thread, the streams created when
+//! missing, a batch in flight (publish in order, await the
 //! acknowledgements, dead-letter what is refused for good), and which
 //! errors are permanent (see the parent module's doc for the rules).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::client::PublishErrorKind as CorePublishErrorKind;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::{self, ErrorCode};
+use async_nats::jetstream::context::{CreateStreamErrorKind, PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, ErrorCode, stream};
 use async_nats::{
     Client, ConnectError, ConnectOptions, Event, HeaderMap, ServerAddr, SubjectError,
 };
@@ -19,12 +18,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::options::{StreamSpec, is_nats_subject};
+use super::transport::{self, Done, Failure, Landed, Landing, Outgoing, Transport, clean};
+
 /// The reconnect delay of a fenced client: never, in effect (the worker
 /// drops the client, and its I/O thread, long before).
 const NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Longest a dead-letter reason header is.
-const MAX_REASON: usize = 512;
+/// The duplicate window of the streams the worker creates: JetStream's
+/// default, stated (a record sent again within it is stored once).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Headers of a dead letter.
 pub(super) const DLQ_REASON: &str = "Wsedge-Dlq-Reason";
@@ -42,14 +45,64 @@ const PERMANENT_CODES: [ErrorCode; 2] = [
     ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
 ];
 
-/// Whether `s` is a subject NATS takes: not empty, no whitespace, no
-/// empty token.
-pub(super) fn is_valid_subject(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('.')
-        && !s.ends_with('.')
-        && !s.contains("..")
-        && !s.bytes().any(|b| b.is_ascii_whitespace())
+/// The JetStream transport: how to connect (servers, the caller's
+/// options factory), the streams to create, where dead letters go.
+pub(super) struct JetStream {
+    pub(super) servers: Vec<ServerAddr>,
+    pub(super) connect: Box<dyn Fn() -> ConnectOptions + Send>,
+    pub(super) spec: ConnectSpec,
+    pub(super) streams: Vec<StreamSpec>,
+    pub(super) dlq: Arc<str>,
+}
+
+impl Transport for JetStream {
+    type Session = Session;
+    const BROKER: &'static str = "NATS";
+
+    fn connect(&mut self) -> std::io::Result<transport::Connecting<Session>> {
+        let mut attempt = connect((self.connect)(), self.servers.clone(), self.spec.clone())?;
+        let streams = self.streams.clone();
+        Ok(Box::pin(async move {
+            let (client, js) = attempt.outcome().await?;
+            create_streams(&js, &streams).await?;
+            Ok(attempt.into_session(client, js))
+        }))
+    }
+
+    async fn lost(session: &mut Session) -> String {
+        session.lost().await
+    }
+
+    fn fly(&self, session: &Session, batch: Vec<Outgoing>) -> Landing {
+        fly(session, batch, self.dlq.clone(), self.spec.timeout)
+    }
+}
+
+/// Creates each of `streams` that does not exist (file storage, the
+/// duplicate window, a description); one that exists is left as it is.
+async fn create_streams(js: &jetstream::Context, streams: &[StreamSpec]) -> Result<(), String> {
+    for spec in streams {
+        let config = stream::Config {
+            name: spec.name.clone(),
+            subjects: spec.subjects.clone(),
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            description: Some(
+                "wsedge durable events (created by wsedge when missing; never changed by it)"
+                    .into(),
+            ),
+            ..Default::default()
+        };
+        // Looks the stream up first and creates it only on a 404.
+        match js.get_or_create_stream(config).await {
+            Ok(_) => {}
+            // Created by another node in between.
+            Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+                {}
+            Err(e) => return Err(format!("cannot create stream {:?}: {e}", spec.name)),
+        }
+    }
+    Ok(())
 }
 
 /// A current-thread runtime on its own thread, running one client's
@@ -82,7 +135,7 @@ impl IoThread {
 }
 
 /// A connection being made.
-pub(super) struct Connecting {
+pub(super) struct Attempt {
     io: IoThread,
     join: JoinHandle<Result<(Client, jetstream::Context), ConnectError>>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -98,6 +151,7 @@ pub(super) struct Session {
 }
 
 /// What a connection attempt needs besides the servers.
+#[derive(Debug, Clone)]
 pub(super) struct ConnectSpec {
     /// Commands the client may hold: what the worker has in flight.
     pub(super) capacity: usize,
@@ -110,7 +164,7 @@ pub(super) fn connect(
     options: ConnectOptions,
     servers: Vec<ServerAddr>,
     spec: ConnectSpec,
-) -> std::io::Result<Connecting> {
+) -> std::io::Result<Attempt> {
     let io = IoThread::spawn()?;
     let (events_tx, events) = mpsc::unbounded_channel();
     let fenced = Arc::new(AtomicBool::new(false));
@@ -137,7 +191,7 @@ pub(super) fn connect(
             .build(client.clone());
         Ok((client, js))
     });
-    Ok(Connecting {
+    Ok(Attempt {
         io,
         join,
         events,
@@ -145,7 +199,7 @@ pub(super) fn connect(
     })
 }
 
-impl Connecting {
+impl Attempt {
     /// Waits for the attempt's outcome (cancel-safe).
     pub(super) async fn outcome(&mut self) -> Result<(Client, jetstream::Context), String> {
         match (&mut self.join).await {
@@ -155,7 +209,7 @@ impl Connecting {
         }
     }
 
-    /// The session, once [`Connecting::outcome`] gave the client: from
+    /// The session, once [`Attempt::outcome`] gave the client: from
     /// now on the client never reconnects.
     pub(super) fn into_session(self, client: Client, js: jetstream::Context) -> Session {
         self.fenced.store(true, Ordering::Release);
@@ -183,45 +237,6 @@ impl Session {
             }
         }
     }
-}
-
-/// One record to send; `reject` set when it must not be sent (it is
-/// dead-lettered at once with that reason).
-#[derive(Debug, Clone)]
-pub(super) struct Outgoing {
-    pub(super) subject: String,
-    pub(super) msg_id: String,
-    pub(super) payload: Bytes,
-    pub(super) reject: Option<String>,
-}
-
-/// What became of one record of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Done {
-    /// The stream has it (`duplicate`: it had it already).
-    Stored {
-        /// The acknowledgement said duplicate.
-        duplicate: bool,
-    },
-    /// Refused for good; published to the dead-letter subject.
-    DeadLettered(String),
-}
-
-/// How a batch failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Failure {
-    /// The connection is suspect (lost, timed out): drop it.
-    Connection(String),
-    /// The broker answered no for now; the connection is fine.
-    Broker(String),
-}
-
-/// A batch's outcome: what became of its first records, in order, and
-/// why the rest (if any) were not done.
-#[derive(Debug, Default)]
-pub(super) struct Landed {
-    pub(super) done: Vec<Done>,
-    pub(super) failure: Option<Failure>,
 }
 
 /// How an error is handled.
@@ -277,7 +292,7 @@ pub(super) fn fly(
     batch: Vec<Outgoing>,
     dlq: Arc<str>,
     timeout: Duration,
-) -> Pin<Box<dyn Future<Output = Landed> + Send>> {
+) -> Landing {
     let (client, js) = (session.client.clone(), session.js.clone());
     Box::pin(async move {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -287,7 +302,7 @@ pub(super) fn fly(
                 sent.push(Sent::Rejected(reason.clone()));
                 continue;
             }
-            if !is_valid_subject(&rec.subject) {
+            if !is_nats_subject(&rec.subject) {
                 sent.push(Sent::Rejected(format!(
                     "invalid subject {:?}",
                     clean(&rec.subject)
@@ -411,42 +426,9 @@ async fn dead_letter(
         .await
 }
 
-/// `s` safe for a header value: control characters replaced, at most
-/// [`MAX_REASON`] bytes.
-fn clean(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if out.len() > MAX_REASON {
-        let mut end = MAX_REASON;
-        while !out.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.truncate(end);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subjects_are_checked_like_nats_does() {
-        for ok in ["a", "evt.chat", "wsedge.durable.dlq", "a.*.>"] {
-            assert!(is_valid_subject(ok), "{ok}");
-        }
-        for bad in ["", ".a", "a.", "a..b", "a b", "a\r\nb", "a\tb"] {
-            assert!(!is_valid_subject(bad), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn header_values_are_cleaned_and_bounded() {
-        assert_eq!(clean("a\r\nb"), "a  b");
-        assert_eq!(clean(&"é".repeat(400)).len(), MAX_REASON);
-    }
 
     #[test]
     fn permanent_and_retried_errors() {
