@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod cluster;
 pub mod collab;
+pub mod durable;
 
 use crate::auth::AuthConfig;
 use crate::engine::access::AccessConfig;
@@ -24,6 +25,7 @@ use crate::engine::namespace::{
 use crate::tls::TlsConfig;
 use cluster::ClusterConfig;
 use collab::CollabConfig;
+use durable::{DurableConfig, DurableTarget};
 
 /// Which io driver the shard runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -184,6 +186,12 @@ pub struct NamespaceConfig {
     /// the cluster's NATS, written before delivery, so a client whose node
     /// died recovers on another; needs `[cluster] nats_url`).
     pub history_backend: NamespaceHistoryBackend,
+    /// Keep every publication for good too: `"jetstream:<subject>"` (a
+    /// JetStream record on `<subject>.<channel hex>`) or `"kafka:<topic>"`
+    /// (a Kafka record keyed by channel), written through the `[durable]`
+    /// spill while the broker is down. Default unset: a durable event
+    /// costs a broker write per publication.
+    pub durable: Option<String>,
 }
 
 impl Default for NamespaceConfig {
@@ -205,6 +213,7 @@ impl Default for NamespaceConfig {
             conflict: NamespaceConflict::Lww,
             max_editors: 10,
             history_backend: NamespaceHistoryBackend::Memory,
+            durable: None,
         }
     }
 }
@@ -237,9 +246,7 @@ impl NamespaceConfig {
                 NamespaceHistoryBackend::Memory => HistoryBackend::Memory,
                 NamespaceHistoryBackend::Jetstream => HistoryBackend::Jetstream,
             },
-            // No `durable` key yet: the sinks' worker is not wired
-            // (docs/drafts/durable-events.md).
-            durable: false,
+            durable: self.durable.is_some(),
         }
     }
 }
@@ -406,6 +413,9 @@ pub struct Config {
     /// `[cluster]`: joining other nodes through NATS. Default: no
     /// `nats_url`, the node is alone and needs nothing external.
     pub cluster: ClusterConfig,
+    /// `[durable]`: the spill and connections of the namespaces'
+    /// `durable` sinks. Unused without a durable namespace.
+    pub durable: DurableConfig,
 }
 
 impl Default for Config {
@@ -455,6 +465,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             collab: CollabConfig::default(),
             cluster: ClusterConfig::default(),
+            durable: DurableConfig::default(),
         }
     }
 }
@@ -510,7 +521,9 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The sections whose keys come from `WSEDGE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 5] = ["auth_", "access_", "tls_", "collab_", "cluster_"];
+const SECTIONS: [&str; 6] = [
+    "auth_", "access_", "tls_", "collab_", "cluster_", "durable_",
+];
 
 /// Largest number of shards (home interest sets are 64-bit masks).
 pub const MAX_SHARDS: usize = 64;
@@ -571,7 +584,7 @@ impl Config {
                     !SECTIONS.iter().any(|s| k.starts_with(s))
                 }),
         );
-        for section in ["access", "tls", "collab"] {
+        for section in ["access", "tls", "collab", "durable"] {
             let prefix = format!("WSEDGE_{}_", section.to_ascii_uppercase());
             fig = fig.merge(Env::prefixed(&prefix).map(move |k| format!("{section}.{k}").into()));
         }
@@ -671,6 +684,7 @@ impl Config {
         self.validate_api()?;
         self.validate_security()?;
         self.cluster.validate().map_err(ConfigError)?;
+        self.validate_durable()?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level {:?}: {e}", self.log_level)))?;
         Ok(())
@@ -732,6 +746,45 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The namespaces' `durable` sinks and the `[durable]` section.
+    fn validate_durable(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        self.durable.validate().map_err(ConfigError)?;
+        for (name, target) in self.durable_targets()? {
+            match target {
+                DurableTarget::Jetstream(_)
+                    if self.durable.nats_url.is_none() && self.cluster.nats_url.is_none() =>
+                {
+                    return err(format!(
+                        "namespace {name:?}: a jetstream durable sink needs [durable] nats_url \
+                         or [cluster] nats_url"
+                    ));
+                }
+                DurableTarget::Jetstream(_) => {}
+                DurableTarget::Kafka(_) => {
+                    return err(format!(
+                        "namespace {name:?}: kafka durable sinks are not available in this build \
+                         yet; use jetstream:<subject>"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Each durable namespace's name and sink, in configuration order.
+    pub fn durable_targets(&self) -> Result<Vec<(&str, DurableTarget)>, ConfigError> {
+        self.namespace
+            .iter()
+            .filter_map(|n| n.durable.as_deref().map(|d| (n.name.as_str(), d)))
+            .map(|(name, d)| {
+                DurableTarget::parse(d)
+                    .map(|t| (name, t))
+                    .map_err(|e| ConfigError(format!("namespace {name:?}: {e}")))
+            })
+            .collect()
     }
 
     /// The `[auth]`, `[access]` and `[tls]` sections.
@@ -811,6 +864,7 @@ impl Config {
             *url = redact_url_credentials(url);
         }
         shown.cluster = shown.cluster.redacted();
+        shown.durable = shown.durable.redacted();
         toml::to_string_pretty(&shown).expect("config serializes")
     }
 }

@@ -378,6 +378,23 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
+    // Before the shards: a durable namespace's publication is refused
+    // unless its worker (and spill) is running. Stopped after the shards
+    // drained, so every event they queued reaches the spill.
+    let durable = match shard::durable::DurableRoutes::start(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            error!(error = %e, "cannot start the durable events worker");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some((routes, _)) = &durable {
+        metrics.durable_sinks(routes.sinks());
+    }
+    let (durable_routes, durable_workers) = match durable {
+        Some((r, w)) => (Some(Arc::new(r)), Some(w)),
+        None => (None, None),
+    };
     let shards = match shard::start(
         config.clone(),
         shared.clone(),
@@ -387,6 +404,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         tls.clone(),
         stories.as_ref().map(StoryWorker::client),
         cluster.as_ref().map(|(w, s)| (s.clone(), w.client())),
+        durable_routes,
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -524,6 +542,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         w.shutdown();
     }
     if let Some((w, _)) = cluster {
+        w.shutdown();
+    }
+    if let Some(w) = durable_workers {
         w.shutdown();
     }
     info!("drained; exiting");

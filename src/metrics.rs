@@ -132,6 +132,7 @@ pub struct Metrics {
     ops: ops::OpsFamilies,
     collab: collab::CollabFamilies,
     cluster: cluster::ClusterFamilies,
+    durable: durable::DurableFamilies,
 }
 
 impl Default for Metrics {
@@ -355,8 +356,18 @@ impl Metrics {
             ops: ops::OpsFamilies::register(&mut r),
             collab: collab::CollabFamilies::register(&mut r),
             cluster: cluster::ClusterFamilies::register(&mut r),
+            durable: durable::DurableFamilies::register(&mut r),
             registry: r,
         }
+    }
+
+    /// Exports the running durable sinks' worker metrics
+    /// (`wsedge_durable_*{sink}`), read at each scrape.
+    pub fn durable_sinks(
+        &self,
+        sinks: &[(&'static str, crate::sidecar::durable::worker::DurableClient)],
+    ) {
+        self.durable.sources.set(sinks);
     }
 
     /// The text exposition of every metric.
@@ -430,6 +441,8 @@ impl Metrics {
             inbox_depth: self.inbox_depth.get_or_create(&l).clone(),
             latency: self.latency.get_or_create(&l).clone(),
             collab: self.collab.shard(&l),
+            durable: ["queued", "refused"]
+                .map(|k| kind_counter(&self.durable.publications, &l.shard, k)),
             shard: l.shard,
         }
     }
@@ -736,6 +749,8 @@ pub struct ShardMetrics {
     queue_full: Series<ShardMsgKind>,
     /// Live stories.
     pub collab: CollabShardMetrics,
+    /// Durable publications queued, refused.
+    durable: [Counter; 2],
 }
 
 impl ShardMetrics {
@@ -820,6 +835,12 @@ impl ShardMetrics {
         self.count(&self.error_replies, code, || code.code().to_string());
     }
 
+    /// A durable namespace's publication went to its sink's queue
+    /// (`queued`), or was refused (its publisher gets 112).
+    pub fn durable_publication(&self, queued: bool) {
+        self.durable[usize::from(!queued)].inc();
+    }
+
     /// A durable event went to the sink (`kept`), or pushed out the oldest.
     pub fn durable_event(&self, kept: bool) {
         self.collab.durable_event(kept);
@@ -859,6 +880,7 @@ impl ShardMetrics {
 
 mod cluster;
 mod collab;
+mod durable;
 mod ops;
 mod stories;
 mod tls;

@@ -195,6 +195,7 @@ async fn binary_protocol_round_trip() {
             channel: "bin:1".into(),
             data: Data::Bytes(&payload),
             idempotency_key: None,
+            durable_ack: false,
         },
     )]);
     ws.send(Message::binary(frame)).await.unwrap();
@@ -265,6 +266,7 @@ async fn json_and_binary_subscribers_see_the_same_publication() {
             channel: "mix".into(),
             data: Data::Bytes(&[0xff, 0x00]),
             idempotency_key: None,
+            durable_ack: false,
         },
     )])))
     .await

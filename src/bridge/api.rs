@@ -34,6 +34,9 @@ pub enum ApiOp {
         idempotency_key: Option<Box<str>>,
         /// Deliver ahead of normal data.
         high: bool,
+        /// Answer once the durable sink confirmed the event (a `durable`
+        /// namespace).
+        durable_ack: bool,
     },
     /// At the channel's home: read history.
     History {

@@ -8,13 +8,18 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use super::ShardMsg;
 
 /// A bounded multi-producer queue owned by one shard.
 pub struct Inbox {
     queue: ArrayQueue<ShardMsg>,
+    /// Durable sinks' confirmations for publishers waiting on this shard
+    /// (`durable_ack`): (wait token, confirmed). Apart from the bounded
+    /// queue so none is ever refused: there are at most as many as events
+    /// the sinks hold for waiting publishers.
+    confirmations: SegQueue<(u64, bool)>,
     doorbell: OwnedFd,
     rung: AtomicBool,
 }
@@ -30,6 +35,7 @@ impl Inbox {
         }
         Ok(Self {
             queue: ArrayQueue::new(capacity),
+            confirmations: SegQueue::new(),
             // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
             doorbell: unsafe { OwnedFd::from_raw_fd(fd) },
             rung: AtomicBool::new(false),
@@ -40,6 +46,23 @@ impl Inbox {
     /// when the inbox is full.
     pub fn push(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
         self.queue.push(msg)?;
+        self.ring();
+        Ok(())
+    }
+
+    /// Hands the shard a durable sink's outcome for wait `token` (never
+    /// refused), ringing the doorbell if needed.
+    pub fn confirm_durable(&self, token: u64, ok: bool) {
+        self.confirmations.push((token, ok));
+        self.ring();
+    }
+
+    /// Owner only: takes the next durable confirmation.
+    pub fn pop_confirmation(&self) -> Option<(u64, bool)> {
+        self.confirmations.pop()
+    }
+
+    fn ring(&self) {
         if !self.rung.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our own eventfd. A
@@ -49,7 +72,6 @@ impl Inbox {
                 libc::write(self.doorbell.as_raw_fd(), (&one as *const u64).cast(), 8);
             }
         }
-        Ok(())
     }
 
     /// The descriptor the owner watches for readability.

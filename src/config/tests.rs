@@ -730,3 +730,58 @@ fn cluster_refusals_name_their_keys() {
     c.cluster.tls_ca_file = Some("/etc/ca.pem".into());
     c.validate().unwrap();
 }
+
+#[test]
+fn durable_namespaces_from_file_and_environment_and_their_refusals() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("WSEDGE_DURABLE_DIR", "/var/spool/edge");
+        jail.set_env("WSEDGE_DURABLE_NATS_URL", "nats://127.0.0.1:4222");
+        let cfg = load_str(
+            jail,
+            r#"
+            [[namespace]]
+            name = "chat"
+            durable = "jetstream:events.chat"
+
+            [durable]
+            max_bytes = 2097152
+            fsync = "always"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.durable.dir, Some("/var/spool/edge".into()));
+        assert_eq!(cfg.durable.max_bytes, 2 << 20);
+        assert_eq!(
+            cfg.durable.fsync_policy(),
+            crate::sidecar::durable::spill::FsyncPolicy::Always
+        );
+        assert!(cfg.namespace[0].options().durable);
+        assert_eq!(
+            cfg.durable_targets().unwrap(),
+            vec![("chat", DurableTarget::Jetstream("events.chat".into()))]
+        );
+        Ok(())
+    });
+    let e = invalid(
+        &[ns("chat", |n| n.durable = Some("jetstream:events".into()))],
+        |_| {},
+    );
+    assert!(
+        e.contains("needs [durable] nats_url or [cluster] nats_url"),
+        "{e}"
+    );
+    let e = invalid(&[ns("chat", |n| n.durable = Some("events".into()))], |c| {
+        c.durable.nats_url = Some("nats://x".into())
+    });
+    assert!(
+        e.starts_with("namespace \"chat\": durable = \"events\""),
+        "{e}"
+    );
+    let e = invalid(
+        &[ns("chat", |n| n.durable = Some("kafka:chat".into()))],
+        |_| {},
+    );
+    assert!(e.contains("kafka"), "{e}");
+    let e = invalid(&[], |c| c.durable.max_bytes = 10);
+    assert!(e.contains("max_bytes"), "{e}");
+}

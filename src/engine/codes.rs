@@ -69,11 +69,15 @@ pub enum ErrorCode {
     StoryLimit,
     /// 122: the channel's namespace is not collaborative.
     NotCollaborative,
+    /// 123: a `publish` with `durable_ack` was published, but its durable
+    /// sink did not confirm the event (refused it for good, or the spill
+    /// could not be synced).
+    NotDurable,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -97,6 +101,7 @@ impl ErrorCode {
         ErrorCode::NotEditor,
         ErrorCode::StoryLimit,
         ErrorCode::NotCollaborative,
+        ErrorCode::NotDurable,
     ];
 
     /// The numeric code on the wire.
@@ -125,6 +130,7 @@ impl ErrorCode {
             ErrorCode::NotEditor => 120,
             ErrorCode::StoryLimit => 121,
             ErrorCode::NotCollaborative => 122,
+            ErrorCode::NotDurable => 123,
         }
     }
 
@@ -154,6 +160,7 @@ impl ErrorCode {
             ErrorCode::NotEditor => "not an editor",
             ErrorCode::StoryLimit => "story limit",
             ErrorCode::NotCollaborative => "not a collaborative channel",
+            ErrorCode::NotDurable => "published, but the durable sink did not confirm it",
         }
     }
 

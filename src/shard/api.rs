@@ -115,12 +115,14 @@ impl Shard {
                 channel,
                 data,
                 idempotency_key,
+                durable_ack,
                 ..
             } => Msg::Publish {
                 channel,
                 data,
                 idempotency_key,
                 publisher: None,
+                durable_ack,
                 from,
                 reply_to,
             },
@@ -155,6 +157,11 @@ impl Shard {
         // like a client's command would be (through its relay or its
         // read-back); the answer comes to `API_CONN` later.
         let deferred = match &call.op {
+            // A durable_ack publish waits at the home for the sink's
+            // confirmation: its answer comes later too.
+            ApiOp::Publish {
+                durable_ack: true, ..
+            } => true,
             ApiOp::Publish { channel, .. }
             | ApiOp::History { channel, .. }
             | ApiOp::HistoryRemove { channel }
@@ -172,6 +179,7 @@ impl Shard {
                 data,
                 idempotency_key,
                 high,
+                ..
             } => {
                 let mut out = shard_out!(self);
                 let a = self.router.api_publish(

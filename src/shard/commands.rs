@@ -81,6 +81,11 @@ pub(crate) struct ShardOut<'a> {
     pub(crate) cluster: Option<&'a super::cluster::ShardCluster>,
     /// Server API calls waiting for their answer.
     pub(crate) api_waiting: &'a mut super::api::ApiWaiting,
+    /// The durable namespaces' sinks, and the namespaces to find them.
+    pub(crate) durable: Option<&'a super::durable::DurableRoutes>,
+    pub(crate) namespaces: &'a crate::engine::namespace::Namespaces,
+    /// This shard's inbox (durable confirmations come back through it).
+    pub(crate) inbox: &'a std::sync::Arc<crate::bridge::Inbox>,
 }
 
 /// A [`ShardOut`] over `$s`'s fields (a macro, so the borrows stay
@@ -103,6 +108,9 @@ macro_rules! shard_out {
             shard: $s.id,
             cluster: $s.cluster.as_ref(),
             api_waiting: &mut $s.api_waiting,
+            durable: $s.ctx.durable.as_deref(),
+            namespaces: &$s.ctx.namespaces,
+            inbox: &$s.ctx.inboxes[$s.id],
         }
     };
 }
@@ -254,13 +262,31 @@ impl Output for ShardOut<'_> {
         self.stories.evicted(channel);
     }
 
-    fn durable(&mut self, event: DurableEvent) -> bool {
-        // The embedded buffer always takes the new event (it drops the
-        // oldest when full, counted). No namespace can be `durable` before
-        // the sinks' worker exists, so no publication waits on this.
-        let kept = self.stories.durable(event);
-        self.metrics.durable_event(kept);
-        true
+    fn durable(&mut self, event: DurableEvent, ack: Option<u64>) -> bool {
+        match event {
+            DurableEvent::Publication(p) => {
+                // A durable namespace always has a route (the node does
+                // not start without its worker); none refuses, visibly.
+                let ns = self
+                    .namespaces
+                    .resolve(&p.channel)
+                    .map(|(id, _)| id.index());
+                let done = ack.map(|token| super::durable::confirmation(self.inbox.clone(), token));
+                let taken = match (self.durable, ns) {
+                    (Some(routes), Some(ns)) => routes.emit(ns, &p, done).is_ok(),
+                    _ => false,
+                };
+                self.metrics.durable_publication(taken);
+                taken
+            }
+            story @ DurableEvent::StoryContentUpdate(_) => {
+                // The embedded buffer always takes a story event (it drops
+                // the oldest when full, counted).
+                let kept = self.stories.durable(story);
+                self.metrics.durable_event(kept);
+                true
+            }
+        }
     }
 
     fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
@@ -456,6 +482,7 @@ impl Shard {
                 channel,
                 data,
                 idempotency_key,
+                durable_ack,
             } => r.publish(
                 now,
                 c,
@@ -463,6 +490,7 @@ impl Shard {
                 &channel,
                 PubData::from_data(data),
                 idempotency_key.as_deref(),
+                durable_ack,
                 &who,
                 &mut out,
             ),

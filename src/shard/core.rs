@@ -362,6 +362,13 @@ impl Shard {
     fn drain_inbox(&mut self) {
         self.inbox().clear_doorbell();
         self.inbox_pending = false;
+        // Few (one per waiting publisher), and each only answers one.
+        while let Some((token, ok)) = self.inbox().pop_confirmation() {
+            let mut out = shard_out!(self);
+            self.router
+                .durable_confirmed(Instant::now(), token, ok, &mut out);
+            self.apply_closes();
+        }
         for _ in 0..INBOX_BATCH {
             let Some(msg) = self.inbox().pop() else {
                 return;

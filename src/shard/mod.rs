@@ -60,6 +60,7 @@ mod commands;
 mod conn;
 pub mod core;
 mod drain;
+pub mod durable;
 mod held;
 pub mod live;
 mod peers;
@@ -190,6 +191,8 @@ pub struct ShardContext {
         Arc<cluster::ClusterShared>,
         crate::sidecar::cluster::ClusterClient,
     )>,
+    /// The durable namespaces' sinks, when a namespace is `durable`.
+    pub durable: Option<Arc<durable::DurableRoutes>>,
 }
 
 /// Running shards.
@@ -226,6 +229,7 @@ pub fn start(
         Arc<cluster::ClusterShared>,
         crate::sidecar::cluster::ClusterClient,
     )>,
+    durable: Option<Arc<durable::DurableRoutes>>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -261,6 +265,7 @@ pub fn start(
         tls,
         stories,
         cluster,
+        durable,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

@@ -19,7 +19,7 @@ use crate::engine::channel::is_valid_channel;
 /// message of another version is refused ([`DecodeError::Version`]): a
 /// cluster runs one protocol version, and changing the layout means a new
 /// number here.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Kind byte of a heartbeat.
 pub(super) const KIND_HEARTBEAT: u8 = 0x01;

@@ -149,6 +149,7 @@ impl Router {
             key: idempotency_key,
             publisher: None,
             high,
+            ack: None,
         };
         self.publish_home(now, channel, data, req, out)
     }
@@ -180,9 +181,12 @@ impl Router {
             data: data.clone(),
             idempotency_key: req.key.map(Box::from),
         };
-        let taken = out.durable(DurableEvent::Publication(Box::new(event)));
+        let taken = out.durable(DurableEvent::Publication(Box::new(event)), req.ack);
         if taken {
             self.stats.durable_events += 1;
+            if let Some(t) = req.ack {
+                self.durable_waits.emitted(t);
+            }
         } else {
             self.stats.durable_refused += 1;
         }

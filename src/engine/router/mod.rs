@@ -66,6 +66,7 @@ use crate::engine::wire::{ClientInfo, ReplyBody};
 use crate::engine::ws::deflate::Compressor;
 
 mod cluster;
+mod durable_ack;
 mod home;
 mod local;
 mod mirror;
@@ -128,7 +129,11 @@ pub trait Output {
     /// sink cannot take it now (its queue and spill are full). A
     /// publication's event is made before the publication is accepted, so
     /// a refusal is answered 112 and nothing is lost.
-    fn durable(&mut self, event: DurableEvent) -> bool;
+    ///
+    /// With `ack` (a publisher's `durable_ack` wait), the sink's outcome
+    /// comes back to [`Router::durable_confirmed`] with that token, once,
+    /// if it took the event.
+    fn durable(&mut self, event: DurableEvent, ack: Option<u64>) -> bool;
     /// Sends `msg`, about `channel`, to shard or node address `to` of
     /// another node (`crate::engine::cluster::nodes::remote_addr`). Gives
     /// the message back when the cluster queue refused it. Only called in
@@ -264,6 +269,9 @@ pub struct RouterStats {
     /// Publications refused (112) because the durable sink could not take
     /// their event.
     pub durable_refused: u64,
+    /// Durable events the sink did not confirm to a waiting publisher
+    /// (answered 123).
+    pub durable_unconfirmed: u64,
 }
 
 /// The stories a shard is home for, for metrics.
@@ -336,6 +344,8 @@ pub struct Router {
     lost: Vec<Vec<Arc<str>>>,
     /// Counts since the last [`Router::take_stats`].
     stats: RouterStats,
+    /// Publishers waiting for their event's durable confirmation.
+    durable_waits: durable_ack::DurableWaits,
     /// The cluster state, when the node is in one.
     cluster: Option<Box<cluster::Cluster>>,
     /// Channels whose history is kept in JetStream, when a namespace asks
@@ -411,6 +421,7 @@ impl Router {
             collab_events: Vec::new(),
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
+            durable_waits: Default::default(),
             cluster: None,
             stored: None,
             mirror: mirror::Mirror::default(),
@@ -682,8 +693,9 @@ impl Router {
         }
     }
 
-    /// `publish {channel, data, idempotency_key?}` from local connection
-    /// `conn` (who it is: `who`, read only for a `durable` namespace).
+    /// `publish {channel, data, idempotency_key?, durable_ack?}` from
+    /// local connection `conn` (who it is: `who`, read only for a
+    /// `durable` namespace).
     #[allow(clippy::too_many_arguments)]
     pub fn publish<F: Fn() -> ClientInfo>(
         &mut self,
@@ -693,6 +705,7 @@ impl Router {
         channel: &str,
         data: PubData,
         idempotency_key: Option<&str>,
+        durable_ack: bool,
         who: &Who<F>,
         out: &mut impl Output,
     ) {
@@ -712,6 +725,7 @@ impl Router {
             data,
             idempotency_key: idempotency_key.map(Box::from),
             publisher,
+            durable_ack,
             from: self.id,
             reply_to: ReplyTo { conn, cmd_id: id },
         };
@@ -971,20 +985,24 @@ impl Router {
                 data,
                 idempotency_key,
                 publisher,
+                durable_ack,
                 from,
                 reply_to,
             } => {
+                let ack = (durable_ack && self.options(&channel).is_ok_and(|o| o.durable))
+                    .then(|| self.durable_waits.open(channel.clone(), from, reply_to));
                 let req = PublishReq {
                     key: idempotency_key.as_deref(),
                     publisher: publisher.as_deref(),
                     high: false,
+                    ack,
                 };
                 if self.is_stored(&channel) {
                     return self.publish_stored(now, channel, data, req, from, reply_to, out);
                 }
                 let via = channel.clone();
                 let answer = self.publish_home(now, channel, data, req, out);
-                self.answer(now, &via, from, reply_to, answer, out);
+                self.answer_publish(now, &via, from, reply_to, ack, answer, out);
             }
             Msg::Reply { reply_to, answer } => {
                 out.reply(reply_to.conn, reply_to.cmd_id, answer.body())

@@ -245,6 +245,9 @@ pub enum Msg {
         /// Who publishes (its user and client id), for a `durable`
         /// namespace's event; `None` elsewhere and for the server API.
         publisher: Option<Box<ClientInfo>>,
+        /// Answer only once the durable sink confirmed the event (a
+        /// `durable` namespace; ignored elsewhere).
+        durable_ack: bool,
         /// Sending shard.
         from: usize,
         /// Who gets the reply.
@@ -661,6 +664,8 @@ pub(crate) struct PublishReq<'a> {
     pub publisher: Option<&'a ClientInfo>,
     /// Deliver ahead of normal data (the server API's `priority`).
     pub high: bool,
+    /// The publisher's durable wait (`durable_ack`), if any.
+    pub ack: Option<u64>,
 }
 
 #[cfg(test)]

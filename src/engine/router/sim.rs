@@ -50,6 +50,8 @@ pub(super) struct StoreLog {
     pub evicted: Vec<(usize, String)>,
     /// Durable events, in the order the homes emitted them.
     pub durable: Vec<DurableEvent>,
+    /// The `durable_ack` tokens of the events taken: (home shard, token).
+    pub durable_acks: Vec<(usize, u64)>,
     /// Stored-history writes asked for, in order.
     pub persists: Vec<SimPersist>,
     /// Stored-history read-backs asked for: (home shard, channel).
@@ -193,11 +195,14 @@ impl Output for ShardOut<'_> {
         self.store.evicted.push((self.shard, channel.to_string()));
     }
 
-    fn durable(&mut self, event: DurableEvent) -> bool {
+    fn durable(&mut self, event: DurableEvent, ack: Option<u64>) -> bool {
         if self.store.refuse_durable {
             return false;
         }
         self.store.durable.push(event);
+        if let Some(t) = ack {
+            self.store.durable_acks.push((self.shard, t));
+        }
         true
     }
 
@@ -425,6 +430,18 @@ impl Sim {
 
     /// `publish` with an idempotency key.
     pub fn publish_key(&mut self, c: SimConn, channel: &str, json: &str, key: Option<&str>) -> u32 {
+        self.publish_with(c, channel, json, key, false)
+    }
+
+    /// `publish` with an idempotency key and `durable_ack`.
+    pub fn publish_with(
+        &mut self,
+        c: SimConn,
+        channel: &str,
+        json: &str,
+        key: Option<&str>,
+        durable_ack: bool,
+    ) -> u32 {
         let id = self.id();
         let data = PubData {
             bytes: bytes::Bytes::copy_from_slice(json.as_bytes()),
@@ -439,11 +456,19 @@ impl Sim {
                 channel,
                 data,
                 key,
+                durable_ack,
                 &Who::new(|| who.clone()),
                 out,
             )
         });
         id
+    }
+
+    /// The sink's outcome for durable wait `token` at `shard`.
+    pub fn durable_confirmed(&mut self, shard: usize, token: u64, ok: bool) {
+        self.on(shard, |r, out, now| {
+            r.durable_confirmed(now, token, ok, out)
+        });
     }
 
     /// `history`.

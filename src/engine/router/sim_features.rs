@@ -570,3 +570,79 @@ fn a_sink_that_cannot_take_the_event_refuses_the_publication_whole() {
     assert_eq!(ids.len(), 2);
     assert!(ids[1].ends_with(":2"), "{ids:?}");
 }
+
+/// Whether `c` has the reply to `id` yet.
+fn replied(sim: &Sim, c: SimConn, id: u32) -> bool {
+    sim.seen(c)
+        .iter()
+        .any(|s| matches!(s, Seen::Reply(v) if v["id"] == id))
+}
+
+#[test]
+fn a_durable_ack_publish_is_answered_only_once_the_sink_confirmed_it() {
+    for seed in 0..6 {
+        let mut sim = sim(2, 40 + seed);
+        let s = sim.connect(1);
+        sim.subscribe(s, "kept:3");
+        sim.run();
+        let p = sim.connect_as(0, "ann");
+        let a = sim.publish_with(p, "kept:3", "1", None, true);
+        let b = sim.publish_with(p, "kept:3", "2", Some("k"), true);
+        // Without durable_ack: answered at once, as before.
+        let c = sim.publish(p, "kept:3", "3");
+        sim.run();
+        assert!(
+            !replied(&sim, p, a),
+            "seed {seed}: no answer before the sink's"
+        );
+        assert!(!replied(&sim, p, b), "seed {seed}");
+        assert_eq!(sim.reply(p, c)["publish"]["offset"], 3, "seed {seed}");
+        // Delivered at once all the same.
+        assert_eq!(sim.offsets(s, "kept:3"), vec![1, 2, 3], "seed {seed}");
+        let acks = sim.store.durable_acks.clone();
+        assert_eq!(
+            acks.len(),
+            2,
+            "seed {seed}: one token per waiting publisher"
+        );
+        let home = home_shard("kept:3", 2);
+        assert!(acks.iter().all(|(shard, _)| *shard == home));
+        // The second is confirmed first, the first is not confirmed.
+        sim.durable_confirmed(home, acks[1].1, true);
+        sim.run();
+        assert_eq!(sim.reply(p, b)["publish"]["offset"], 2, "seed {seed}");
+        assert!(!replied(&sim, p, a));
+        sim.durable_confirmed(home, acks[0].1, false);
+        sim.run();
+        assert_eq!(
+            code(sim.reply(p, a)),
+            u64::from(ErrorCode::NotDurable.code()),
+            "seed {seed}"
+        );
+        // A repeat of the key answers at once (it made no event), and a
+        // late or unknown confirmation changes nothing.
+        let d = sim.publish_with(p, "kept:3", "2", Some("k"), true);
+        sim.durable_confirmed(home, acks[1].1, true);
+        sim.durable_confirmed(home, 999, true);
+        sim.run();
+        assert_eq!(sim.reply(p, d)["publish"]["offset"], 2);
+        assert_eq!(sim.store.durable_acks.len(), 2);
+    }
+}
+
+#[test]
+fn durable_ack_outside_a_durable_namespace_and_on_refusal_answers_at_once() {
+    let mut sim = sim(2, 50);
+    let p = sim.connect_as(0, "ann");
+    let a = sim.publish_with(p, "chat:9", "1", None, true);
+    sim.run();
+    assert_eq!(sim.reply(p, a)["publish"]["offset"], 1);
+    sim.store.refuse_durable = true;
+    let b = sim.publish_with(p, "kept:9", "1", None, true);
+    sim.run();
+    assert_eq!(
+        code(sim.reply(p, b)),
+        u64::from(ErrorCode::Overloaded.code())
+    );
+    assert!(sim.store.durable_acks.is_empty());
+}

@@ -58,6 +58,8 @@ struct Write {
     high: bool,
     from: usize,
     reply_to: ReplyTo,
+    /// The publisher's durable wait (`durable_ack`), if any.
+    ack: Option<u64>,
     acked: Option<bool>,
     asked: Instant,
 }
@@ -191,20 +193,14 @@ impl Router {
         reply_to: ReplyTo,
         out: &mut impl Output,
     ) {
-        let (key, high) = (req.key, req.high);
+        let (key, high, ack) = (req.key, req.high, req.ack);
         let ms = self.ms(now);
         if let Some(k) = key
             && let Some(offset) = self.idempotency.check(&channel, k, ms)
         {
             self.stats.duplicates += 1;
-            return self.answer(
-                now,
-                &channel,
-                from,
-                reply_to,
-                Answer::Publish { offset },
-                out,
-            );
+            let answer = Answer::Publish { offset };
+            return self.answer_publish(now, &channel, from, reply_to, ack, answer, out);
         }
         let position = self.hub.position(&channel, self.tick(now));
         let ns = self.ns_index(&channel);
@@ -220,7 +216,7 @@ impl Router {
         // a write that then fails leaves an event whose publisher got 100.
         if durable && !self.emit_publication(now, &channel, at, &data, req, out) {
             let answer = Answer::Error(ErrorCode::Overloaded);
-            return self.answer(now, &channel, from, reply_to, answer, out);
+            return self.answer_publish(now, &channel, from, reply_to, ack, answer, out);
         }
         let stored = StoredPub {
             epoch: position.epoch,
@@ -230,7 +226,7 @@ impl Router {
         };
         if !out.persist(ns, &channel, position.epoch, offset, stored.encode()) {
             let answer = Answer::Error(ErrorCode::Overloaded);
-            return self.answer(now, &channel, from, reply_to, answer, out);
+            return self.answer_publish(now, &channel, from, reply_to, ack, answer, out);
         }
         if let Some(k) = key {
             self.idempotency.record(&channel, k, offset, ms);
@@ -245,6 +241,7 @@ impl Router {
             high,
             from,
             reply_to,
+            ack,
             acked: None,
             asked: now,
         });
@@ -318,7 +315,7 @@ impl Router {
                     s.stats.writes += 1;
                     self.take_stored(now, channel, w.offset, w.data, w.high, out);
                     let answer = Answer::Publish { offset: w.offset };
-                    self.answer(now, channel, w.from, w.reply_to, answer, out);
+                    self.answer_publish(now, channel, w.from, w.reply_to, w.ack, answer, out);
                 }
             }
         }
@@ -395,7 +392,7 @@ impl Router {
                 self.idempotency.remove(channel, k);
             }
             let answer = Answer::Error(ErrorCode::Internal);
-            self.answer(now, channel, w.from, w.reply_to, answer, out);
+            self.answer_publish(now, channel, w.from, w.reply_to, w.ack, answer, out);
         }
         true
     }

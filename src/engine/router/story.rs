@@ -450,15 +450,18 @@ impl Router {
                     let event = update_event(&section, version, &data, &by);
                     // Counted by the shell; a story update is accepted
                     // either way (its sink is the embedded buffer).
-                    let _ = out.durable(DurableEvent::StoryContentUpdate(StoryUpdate {
-                        story: channel.clone(),
-                        section: section.clone(),
-                        version,
-                        user: by.user.clone(),
-                        client: by.client.clone(),
-                        data,
-                        at_ms: unix,
-                    }));
+                    let _ = out.durable(
+                        DurableEvent::StoryContentUpdate(StoryUpdate {
+                            story: channel.clone(),
+                            section: section.clone(),
+                            version,
+                            user: by.user.clone(),
+                            client: by.client.clone(),
+                            data,
+                            at_ms: unix,
+                        }),
+                        None,
+                    );
                     touched.push(section);
                     event
                 }

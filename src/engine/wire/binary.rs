@@ -87,7 +87,7 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
             let p = cmd.method_as_publish().ok_or(bad)?;
             let data = Data::Bytes(p.data().map(|d| d.bytes()).unwrap_or(&[]));
             let key = p.idempotency_key().map(Cow::Borrowed);
-            super::publish(channel(p.channel())?, data, key)?
+            super::publish(channel(p.channel())?, data, key, p.durable_ack())?
         }
         M::History => {
             let h = cmd.method_as_history().ok_or(bad)?;

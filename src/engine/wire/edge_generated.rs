@@ -968,6 +968,7 @@ impl<'a> PublishRequest<'a> {
   pub const VT_CHANNEL: ::flatbuffers::VOffsetT = 4;
   pub const VT_DATA: ::flatbuffers::VOffsetT = 6;
   pub const VT_IDEMPOTENCY_KEY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_DURABLE_ACK: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -982,6 +983,7 @@ impl<'a> PublishRequest<'a> {
     if let Some(x) = args.idempotency_key { builder.add_idempotency_key(x); }
     if let Some(x) = args.data { builder.add_data(x); }
     if let Some(x) = args.channel { builder.add_channel(x); }
+    builder.add_durable_ack(args.durable_ack);
     builder.finish()
   }
 
@@ -1007,6 +1009,13 @@ impl<'a> PublishRequest<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(PublishRequest::VT_IDEMPOTENCY_KEY, None)}
   }
+  #[inline]
+  pub fn durable_ack(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(PublishRequest::VT_DURABLE_ACK, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PublishRequest<'_> {
@@ -1018,6 +1027,7 @@ impl ::flatbuffers::Verifiable for PublishRequest<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("channel", Self::VT_CHANNEL, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("idempotency_key", Self::VT_IDEMPOTENCY_KEY, false)?
+     .visit_field::<bool>("durable_ack", Self::VT_DURABLE_ACK, false)?
      .finish();
     Ok(())
   }
@@ -1026,6 +1036,7 @@ pub struct PublishRequestArgs<'a> {
     pub channel: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub idempotency_key: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub durable_ack: bool,
 }
 impl<'a> Default for PublishRequestArgs<'a> {
   #[inline]
@@ -1034,6 +1045,7 @@ impl<'a> Default for PublishRequestArgs<'a> {
       channel: None,
       data: None,
       idempotency_key: None,
+      durable_ack: false,
     }
   }
 }
@@ -1056,6 +1068,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PublishRequestBuilder<'a, 'b,
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PublishRequest::VT_IDEMPOTENCY_KEY, idempotency_key);
   }
   #[inline]
+  pub fn add_durable_ack(&mut self, durable_ack: bool) {
+    self.fbb_.push_slot::<bool>(PublishRequest::VT_DURABLE_ACK, durable_ack, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PublishRequestBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PublishRequestBuilder {
@@ -1076,6 +1092,7 @@ impl ::core::fmt::Debug for PublishRequest<'_> {
       ds.field("channel", &self.channel());
       ds.field("data", &self.data());
       ds.field("idempotency_key", &self.idempotency_key());
+      ds.field("durable_ack", &self.durable_ack());
       ds.finish()
   }
 }

@@ -126,6 +126,8 @@ struct PublishJson<'a> {
     data: &'a RawValue,
     #[serde(borrow, default)]
     idempotency_key: Option<Cow<'a, str>>,
+    #[serde(default)]
+    durable_ack: bool,
 }
 
 #[derive(Deserialize)]
@@ -187,7 +189,7 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
         "publish" => {
             let pj: PublishJson<'a> = serde_json::from_str(p).map_err(bad)?;
             let data = Data::Json(pj.data.get().as_bytes());
-            super::publish(pj.channel, data, pj.idempotency_key)?
+            super::publish(pj.channel, data, pj.idempotency_key, pj.durable_ack)?
         }
         "history" => {
             let h: HistoryJson<'a> = serde_json::from_str(p).map_err(bad)?;

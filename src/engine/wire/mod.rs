@@ -132,7 +132,7 @@ pub enum Method<'a> {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
     },
-    /// `publish {channel, data, idempotency_key?}`.
+    /// `publish {channel, data, idempotency_key?, durable_ack?}`.
     Publish {
         /// Channel name (not yet validated).
         channel: Cow<'a, str>,
@@ -140,6 +140,9 @@ pub enum Method<'a> {
         data: Data<'a>,
         /// Deduplication key for retried publishes (1..=256 bytes).
         idempotency_key: Option<Cow<'a, str>>,
+        /// Answer only once the durable sink (or the synced spill) has
+        /// the publication's event.
+        durable_ack: bool,
     },
     /// `history {channel, limit?, since?, reverse?}`.
     History {
@@ -304,6 +307,7 @@ fn publish<'a>(
     channel: Cow<'a, str>,
     data: Data<'a>,
     idempotency_key: Option<Cow<'a, str>>,
+    durable_ack: bool,
 ) -> Result<Method<'a>, ErrorCode> {
     if let Some(k) = &idempotency_key
         && !(1..=MAX_IDEMPOTENCY_KEY).contains(&k.len())
@@ -314,6 +318,7 @@ fn publish<'a>(
         channel,
         data,
         idempotency_key,
+        durable_ack,
     })
 }
 

@@ -171,6 +171,8 @@ pub enum Command {
         idempotency_key: Option<Box<str>>,
         /// `priority: "high"`, for every channel.
         high: bool,
+        /// `durable_ack`, for every channel.
+        durable_ack: bool,
     },
     /// The same call to every shard, merged to `{}` or the first error
     /// (`subscribe`, `unsubscribe`, `disconnect`).
@@ -209,6 +211,8 @@ struct PublishP<'a> {
     data: &'a RawValue,
     idempotency_key: Option<String>,
     priority: Option<PriorityP>,
+    #[serde(default)]
+    durable_ack: bool,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +222,8 @@ struct BroadcastP<'a> {
     data: &'a RawValue,
     idempotency_key: Option<String>,
     priority: Option<PriorityP>,
+    #[serde(default)]
+    durable_ack: bool,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +339,7 @@ impl Checker {
                     data: payload(p.data),
                     idempotency_key: idempotency_key(p.idempotency_key)?,
                     high: matches!(p.priority, Some(PriorityP::High)),
+                    durable_ack: p.durable_ack,
                 };
                 Ok(Command::Home { channel, op })
             }
@@ -346,6 +353,7 @@ impl Checker {
                 Ok(Command::Broadcast {
                     idempotency_key: idempotency_key(p.idempotency_key)?,
                     high: matches!(p.priority, Some(PriorityP::High)),
+                    durable_ack: p.durable_ack,
                     data: payload(p.data),
                     channels: p.channels.into_iter().map(|c| self.channel(c)).collect(),
                 })

@@ -106,12 +106,14 @@ impl Dispatcher {
         data: PubData,
         key: Option<Box<str>>,
         high: bool,
+        durable_ack: bool,
     ) -> Pending {
         let op = ApiOp::Publish {
             channel: channel.into(),
             data,
             idempotency_key: key,
             high,
+            durable_ack,
         };
         self.send(home_shard(channel, self.inboxes.len()), op).await
     }
@@ -159,13 +161,20 @@ impl Dispatcher {
                 data,
                 idempotency_key,
                 high,
+                durable_ack,
             } => {
                 let mut pending = Vec::with_capacity(channels.len());
                 for c in channels {
                     pending.push(match c {
                         Ok(c) => {
-                            self.publish_home(&c, data.clone(), idempotency_key.clone(), high)
-                                .await
+                            self.publish_home(
+                                &c,
+                                data.clone(),
+                                idempotency_key.clone(),
+                                high,
+                                durable_ack,
+                            )
+                            .await
                         }
                         Err(e) => Err(e),
                     });
@@ -645,6 +654,7 @@ mod tests {
                 data,
                 idempotency_key: None,
                 high: false,
+                durable_ack: false,
             }))
             .unwrap();
         assert_eq!(r["responses"][0], json!({"result": {"offset": 1}}));

@@ -53,6 +53,88 @@ pub fn redacted_servers(nats_url: &str) -> String {
         .join(",")
 }
 
+/// The cluster's credentials and CA, read and checked once, to put on
+/// any NATS connection's options (the cluster worker's, the durable
+/// worker's).
+#[derive(Clone)]
+pub struct NatsAuth {
+    auth: ClusterAuth,
+    /// The `.creds` file's text, for [`ClusterAuth::CredentialsFile`].
+    creds: Option<String>,
+    tls_ca_file: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsAuth")
+            .field("auth", &self.auth)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsAuth {
+    /// Reads the credentials file and checks the CA file of `opts` now,
+    /// so a bad one fails the start.
+    pub fn from_options(opts: &ClusterOptions) -> io::Result<NatsAuth> {
+        let creds = match &opts.auth {
+            ClusterAuth::CredentialsFile(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cluster credentials_file {}: {e}", path.display()),
+                    )
+                })?;
+                // Parsed once here, so `apply` cannot fail later.
+                ConnectOptions::new().credentials(&text).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("cluster credentials_file {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text)
+            }
+            _ => None,
+        };
+        if let Some(ca) = &opts.tls_ca_file {
+            crate::tls::load_certs(ca).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cluster tls_ca_file: {e}"),
+                )
+            })?;
+        }
+        Ok(NatsAuth {
+            auth: opts.auth.clone(),
+            creds,
+            tls_ca_file: opts.tls_ca_file.clone(),
+        })
+    }
+
+    /// `o` with these credentials and CA.
+    pub fn apply(&self, mut o: ConnectOptions) -> ConnectOptions {
+        o = match &self.auth {
+            ClusterAuth::None => o,
+            ClusterAuth::CredentialsFile(_) => {
+                let text = self.creds.as_deref().unwrap_or_default();
+                // Checked in `from_options`.
+                match o.clone().credentials(text) {
+                    Ok(with) => with,
+                    Err(_) => o,
+                }
+            }
+            ClusterAuth::UserPassword { user, password } => {
+                o.user_and_password(user.clone(), password.clone())
+            }
+            ClusterAuth::Token(token) => o.token(token.clone()),
+        };
+        if let Some(ca) = &self.tls_ca_file {
+            o = o.add_root_certificates(ca.clone());
+        }
+        o
+    }
+}
+
 /// Pause before reconnect attempt `attempts` (1 = the first after a loss:
 /// at once), doubling from 10 ms to [`MAX_RECONNECT_DELAY`].
 fn reconnect_delay(attempts: usize) -> Duration {
@@ -69,7 +151,7 @@ pub(super) fn connect_options(
     opts: &ClusterOptions,
     events: mpsc::UnboundedSender<Event>,
 ) -> io::Result<ConnectOptions> {
-    let mut o = ConnectOptions::new()
+    let o = ConnectOptions::new()
         .name(format!("wsedge {}/{}", opts.cluster_name, opts.node_name))
         .no_echo()
         .retry_on_initial_connect()
@@ -83,37 +165,7 @@ pub(super) fn connect_options(
             let _ = events.send(event);
             std::future::ready(())
         });
-    o = match &opts.auth {
-        ClusterAuth::None => o,
-        ClusterAuth::CredentialsFile(path) => {
-            let creds = std::fs::read_to_string(path).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cluster credentials_file {}: {e}", path.display()),
-                )
-            })?;
-            o.credentials(&creds).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("cluster credentials_file {}: {e}", path.display()),
-                )
-            })?
-        }
-        ClusterAuth::UserPassword { user, password } => {
-            o.user_and_password(user.clone(), password.clone())
-        }
-        ClusterAuth::Token(token) => o.token(token.clone()),
-    };
-    if let Some(ca) = &opts.tls_ca_file {
-        crate::tls::load_certs(ca).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("cluster tls_ca_file: {e}"),
-            )
-        })?;
-        o = o.add_root_certificates(ca.clone());
-    }
-    Ok(o)
+    Ok(NatsAuth::from_options(opts)?.apply(o))
 }
 
 #[cfg(test)]

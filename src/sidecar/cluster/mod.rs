@@ -70,7 +70,7 @@ use crate::engine::cluster::subject::{Subjects, is_valid_name};
 use crate::metrics::ClusterDrop;
 pub use crate::metrics::ClusterMetrics;
 pub use calls::{CallRefused, NodeAnswers, NodeApi, NodeCaller};
-pub use connect::{parse_servers, redacted_servers};
+pub use connect::{NatsAuth, parse_servers, redacted_servers};
 
 /// What a shard asks of the NATS worker. Never blocks the shard.
 #[derive(Debug, Clone, PartialEq, Eq)]

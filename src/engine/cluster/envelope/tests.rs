@@ -241,6 +241,7 @@ fn samples(now: Instant) -> Vec<Msg> {
                 user: ch("ann"),
                 info: None,
             })),
+            durable_ack: true,
             from: 1,
             reply_to: reply_to(1),
         },
@@ -252,6 +253,7 @@ fn samples(now: Instant) -> Vec<Msg> {
             },
             idempotency_key: None,
             publisher: None,
+            durable_ack: false,
             from: 63,
             reply_to: reply_to(2),
         },
@@ -751,6 +753,7 @@ fn fields_beyond_client_limits_are_refused() {
         },
         idempotency_key: key.map(Into::into),
         publisher: None,
+        durable_ack: false,
         from: 0,
         reply_to: reply_to(1),
     };
@@ -927,6 +930,7 @@ fn publish_envelope_size() {
                 },
                 idempotency_key: None,
                 publisher: None,
+                durable_ack: false,
                 from: 1,
                 reply_to: reply_to(1000),
             },
@@ -937,8 +941,8 @@ fn publish_envelope_size() {
     let len = e.encode().len();
     // Header 2, node name 1 + 6, envelope channel 1 + 12, to_shard 1,
     // variant 1, channel 1 + 12, payload 1 + 100, is_json 1, no key 1,
-    // no publisher 1, from 1, reply_to 2 + 5 + 2.
-    assert_eq!(len, 151);
+    // no publisher 1, durable_ack 1, from 1, reply_to 2 + 5 + 2.
+    assert_eq!(len, 152);
     let e = publish(200);
     let n = 10_000;
     let t = Instant::now();

@@ -111,6 +111,7 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
             channel,
             data,
             idempotency_key,
+            durable_ack,
         } => {
             let c = fbb.create_string(channel);
             let d = fbb.create_vector(data.as_bytes());
@@ -121,6 +122,7 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
                     channel: Some(c),
                     data: Some(d),
                     idempotency_key: key,
+                    durable_ack: *durable_ack,
                 },
             );
             (M::Publish, r.as_union_value())

@@ -78,11 +78,13 @@ fn client_frame_round_trip() {
             channel: "a:b".into(),
             data: Data::Bytes(&[1, 2, 3]),
             idempotency_key: None,
+            durable_ack: false,
         },
         Method::Publish {
             channel: "a:b".into(),
             data: Data::Bytes(&[]),
             idempotency_key: Some("k".repeat(256).into()),
+            durable_ack: true,
         },
         Method::History {
             channel: "a:b".into(),
@@ -137,11 +139,13 @@ fn bad_parameters_are_107() {
             channel: "c".into(),
             data: Data::Bytes(b"1"),
             idempotency_key: Some("".into()),
+            durable_ack: false,
         },
         Method::Publish {
             channel: "c".into(),
             data: Data::Bytes(b"1"),
             idempotency_key: Some("k".repeat(257).into()),
+            durable_ack: false,
         },
         Method::PresenceState {
             channel: "c".into(),

@@ -66,6 +66,7 @@ fn decodes_every_method() {
             channel: "chat:1".into(),
             data: Data::Json(b"{\"a\":[1,2]}"),
             idempotency_key: None,
+            durable_ack: false,
         })
     );
     assert_eq!(cmds[4].method, Ok(Method::Ping));
@@ -127,6 +128,17 @@ fn publish_idempotency_key() {
             channel: "c".into(),
             data: Data::Json(b"1"),
             idempotency_key: Some(key.as_str().into()),
+            durable_ack: false,
+        })
+    );
+    let line = r#"{"id":1,"publish":{"channel":"c","data":1,"durable_ack":true}}"#;
+    assert_eq!(
+        one(line),
+        Ok(Method::Publish {
+            channel: "c".into(),
+            data: Data::Json(b"1"),
+            idempotency_key: None,
+            durable_ack: true,
         })
     );
 }

@@ -1,0 +1,181 @@
+//! Durable-events metrics (`wsedge_durable_*`): per shard, the
+//! publications handed to a sink's queue or refused; per sink (`sink =
+//! jetstream | kafka`), the worker's own counters and gauges, read from
+//! its atomics at each scrape (a [`Collector`]), so nothing is copied
+//! while no one looks.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::KindCounters;
+use crate::sidecar::durable::metrics::DurableMetricsSnapshot;
+use crate::sidecar::durable::worker::DurableClient;
+
+/// `{sink}` of the per-sink series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabel {
+    sink: String,
+}
+
+/// The sinks whose workers are running, read at each scrape.
+#[derive(Debug, Default, Clone)]
+pub(super) struct SinkSources(Arc<Mutex<Vec<(&'static str, DurableClient)>>>);
+
+impl SinkSources {
+    pub(super) fn set(&self, sinks: &[(&'static str, DurableClient)]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = sinks.to_vec();
+    }
+}
+
+/// The registered durable families.
+pub(super) struct DurableFamilies {
+    /// `{shard, result}`: queued, refused.
+    pub(super) publications: KindCounters,
+    pub(super) sources: SinkSources,
+}
+
+impl DurableFamilies {
+    pub(super) fn register(r: &mut Registry) -> Self {
+        let publications = KindCounters::default();
+        r.register(
+            "durable_publications",
+            "Publications of durable namespaces handed to their sink's queue at the home (result \
+             queued), or refused because the queue or the spill was full (result refused: the \
+             publisher got error 112 and nothing was published)",
+            publications.clone(),
+        );
+        let sources = SinkSources::default();
+        r.register_collector(Box::new(SinkCollector(sources.clone())));
+        Self {
+            publications,
+            sources,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SinkCollector(SinkSources);
+
+/// A per-sink series: its name, help, and how it reads a snapshot.
+type Series = (
+    &'static str,
+    &'static str,
+    fn(&DurableMetricsSnapshot) -> u64,
+);
+
+const GAUGES: [Series; 5] = [
+    (
+        "durable_queued",
+        "Durable events accepted and held in memory, not yet with the sink nor in the spill",
+        |s| s.queued,
+    ),
+    (
+        "durable_spill_records",
+        "Durable events in the spill the sink does not have yet",
+        |s| s.in_spill_records,
+    ),
+    (
+        "durable_spill_bytes",
+        "Bytes of the spill's segment files on disk",
+        |s| s.spill_bytes,
+    ),
+    (
+        "durable_oldest_unsent_milliseconds",
+        "Age of the oldest durable event the sink has not acknowledged (0: none)",
+        |s| s.oldest_unsent_age_ms,
+    ),
+    (
+        "durable_up",
+        "Whether the sink's worker has a connection to its broker (1) or not (0)",
+        |s| u64::from(s.up),
+    ),
+];
+
+const COUNTERS: [Series; 7] = [
+    (
+        "durable_sent",
+        "Durable events the sink acknowledged (duplicates included)",
+        |s| s.sent,
+    ),
+    (
+        "durable_duplicates",
+        "Acknowledgements the sink marked duplicate (an event sent again, stored once)",
+        |s| s.duplicates,
+    ),
+    (
+        "durable_spilled",
+        "Durable events written to the spill",
+        |s| s.spilled,
+    ),
+    (
+        "durable_retries",
+        "Failed attempts to send or connect, retried after a backoff",
+        |s| s.retries,
+    ),
+    (
+        "durable_dead_lettered",
+        "Durable events the sink refused for good, sent to the dead-letter subject or topic",
+        |s| s.dead_lettered,
+    ),
+    (
+        "durable_refused",
+        "Durable events the worker's queue refused (queue or spill full, too large, stopped)",
+        |s| s.refused,
+    ),
+    (
+        "durable_lost",
+        "Accepted durable events lost after all (spill full at a stop, damaged on disk); each is logged",
+        |s| s.lost,
+    ),
+];
+
+impl Collector for SinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let sinks: Vec<(&'static str, DurableMetricsSnapshot)> = self
+            .0
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, c)| (*k, c.metrics().snapshot()))
+            .collect();
+        if sinks.is_empty() {
+            return Ok(());
+        }
+        for (name, help, read) in GAUGES {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (sink, snap) in &sinks {
+                let label = SinkLabel {
+                    sink: (*sink).into(),
+                };
+                let value = i64::try_from(read(snap)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&label)?)?;
+            }
+        }
+        for (name, help, read) in COUNTERS {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (sink, snap) in &sinks {
+                let label = SinkLabel {
+                    sink: (*sink).into(),
+                };
+                ConstCounter::new(read(snap)).encode(family.encode_family(&label)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,351 @@
+//! The shell's side of durable events: the node's sinks as the shards see
+//! them ([`DurableRoutes`]: per namespace, the worker's queue and where
+//! its records go) and the record built from an engine event.
+//!
+//! The engine makes a [`PublicationEvent`] at the channel's home before it
+//! accepts the publication; the shard turns it into a [`DurableRecord`]
+//! here and queues it with the namespace's worker. A refusal (queue or
+//! spill full, worker stopped) goes back to the engine, which answers the
+//! publisher 112 and publishes nothing.
+//!
+//! # The record
+//!
+//! - JetStream subject `<subject>.<channel token>` (the channel's
+//!   subject token, [`channel_token`]: consumers can filter one
+//!   channel); Kafka topic `<topic>`, key = the channel (a channel's
+//!   events in one partition, in order).
+//! - Message id (`Nats-Msg-Id`, Kafka header `wsedge-id`): the event id
+//!   `<channel>:<epoch, 16 hex>:<offset>`.
+//! - Payload, JSON: `{"type":"publication","id","channel","epoch",
+//!   "offset","user","client","time","data"|"b64data","idempotency_key"?}`
+//!   (`data` when the payload is JSON, else `b64data`, standard base64;
+//!   `time` in Unix ms; `user`/`client` empty for the server API).
+
+use std::io;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::bridge::Inbox;
+use crate::config::Config;
+use crate::config::durable::DurableTarget;
+use crate::engine::cluster::subject::channel_token;
+use crate::engine::durable::PublicationEvent;
+use crate::engine::namespace::Namespaces;
+use crate::engine::wire::epoch_str;
+use crate::sidecar::WorkerThread;
+use crate::sidecar::durable::record::DurableRecord;
+use crate::sidecar::durable::spill::SpillOptions;
+use crate::sidecar::durable::worker::{
+    AckSender, DurableClient, DurableOptions, Refused, default_connect_options,
+};
+
+/// One namespace's sink.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The worker's queue.
+    pub client: DurableClient,
+    /// Where the records go.
+    pub target: DurableTarget,
+}
+
+/// The node's durable sinks, by namespace index.
+#[derive(Debug, Default)]
+pub struct DurableRoutes {
+    by_ns: Vec<Option<Route>>,
+    /// The workers' clients with their sink kind, for metrics.
+    sinks: Vec<(&'static str, DurableClient)>,
+}
+
+/// The running workers (stop them after the shards drained, so every
+/// event the shards queued reaches the spill).
+pub struct DurableWorkers {
+    threads: Vec<(&'static str, WorkerThread)>,
+}
+
+impl DurableWorkers {
+    /// Stops every worker: each writes what it holds to its spill and
+    /// syncs it.
+    pub fn shutdown(self) {
+        for (kind, t) in self.threads {
+            tracing::info!(sink = kind, "durable: stopping the worker");
+            t.shutdown();
+        }
+    }
+}
+
+impl DurableRoutes {
+    /// Starts a worker per sink kind that a namespace uses and routes
+    /// each durable namespace to it; `None` when no namespace is durable.
+    /// The NATS connection of `jetstream:` sinks is `[durable] nats_url`,
+    /// else `[cluster] nats_url` with the cluster's credentials.
+    pub fn start(config: &Config) -> io::Result<Option<(DurableRoutes, DurableWorkers)>> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        let targets = config.durable_targets().map_err(|e| invalid(e.0))?;
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        let namespaces = Namespaces::from_config(config).map_err(|e| invalid(e.to_string()))?;
+        let d = &config.durable;
+        let base = d.spill_dir();
+        let mut routes = DurableRoutes::default();
+        let mut workers = DurableWorkers {
+            threads: Vec::new(),
+        };
+        let mut jetstream: Option<DurableClient> = None;
+        for (name, target) in targets {
+            let client = match &target {
+                DurableTarget::Jetstream(_) => match &jetstream {
+                    Some(c) => c.clone(),
+                    None => {
+                        let (url, connect) = nats_connection(config)?;
+                        let mut opts = DurableOptions::new(url, base.join("jetstream"));
+                        opts.spill = spill_options(config, base.join("jetstream"));
+                        opts.queue_capacity = d.queue_capacity;
+                        opts.dead_letter_subject = d.dead_letter.clone();
+                        let (client, thread) =
+                            crate::sidecar::durable::worker::start(opts, connect)?;
+                        workers.threads.push(("jetstream", thread));
+                        routes.sinks.push(("jetstream", client.clone()));
+                        jetstream = Some(client.clone());
+                        client
+                    }
+                },
+                DurableTarget::Kafka(_) => {
+                    return Err(invalid(format!(
+                        "namespace {name:?}: kafka durable sinks are not available yet"
+                    )));
+                }
+            };
+            let Some((id, _)) = namespaces
+                .iter()
+                .find(|(_, n, _)| *n == name)
+                .map(|(id, n, o)| (id, (n, o)))
+            else {
+                continue;
+            };
+            let i = id.index();
+            if routes.by_ns.len() <= i {
+                routes.by_ns.resize(i + 1, None);
+            }
+            tracing::info!(namespace = name, sink = ?target, "durable: namespace routed");
+            routes.by_ns[i] = Some(Route { client, target });
+        }
+        Ok(Some((routes, workers)))
+    }
+
+    /// The route of namespace index `ns`, if it is durable.
+    pub fn route(&self, ns: usize) -> Option<&Route> {
+        self.by_ns.get(ns).and_then(Option::as_ref)
+    }
+
+    /// The workers' clients, with their sink kind.
+    pub fn sinks(&self) -> &[(&'static str, DurableClient)] {
+        &self.sinks
+    }
+
+    /// Queues `event` with namespace `ns`'s worker (`ack`: answered when
+    /// the sink or the synced spill has it).
+    pub fn emit(
+        &self,
+        ns: usize,
+        event: &PublicationEvent,
+        ack: Option<AckSender>,
+    ) -> Result<(), Refused> {
+        let Some(route) = self.route(ns) else {
+            return Err(Refused::Stopped);
+        };
+        let record = record(event, &route.target);
+        match ack {
+            Some(done) => route.client.emit_acked(record, done),
+            None => route.client.emit(record),
+        }
+    }
+}
+
+/// A sink's spill in `dir`, sized from `[durable]`: a record holds a
+/// largest message (base64 adds a third) and its envelope; segments are a
+/// sixteenth of `max_bytes` (so acknowledged records pin little of it),
+/// between one record and 64 MiB.
+pub fn spill_options(config: &Config, dir: std::path::PathBuf) -> SpillOptions {
+    let d = &config.durable;
+    let max_record = config.max_message_size / 3 * 4 + 64 * 1024;
+    let header = crate::sidecar::durable::spill::RECORD_HEADER as u64;
+    SpillOptions {
+        max_bytes: d.max_bytes,
+        segment_bytes: (d.max_bytes / 16)
+            .min(64 << 20)
+            .max(max_record as u64 + header),
+        max_record,
+        fsync: d.fsync_policy(),
+        ..SpillOptions::new(dir)
+    }
+}
+
+/// The JetStream sinks' servers and connect options.
+#[allow(clippy::type_complexity)]
+fn nats_connection(
+    config: &Config,
+) -> io::Result<(String, Box<dyn Fn() -> async_nats::ConnectOptions + Send>)> {
+    if let Some(url) = &config.durable.nats_url {
+        return Ok((url.clone(), Box::new(default_connect_options)));
+    }
+    let cluster = config.cluster.options().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a jetstream durable sink needs [durable] nats_url or [cluster] nats_url",
+        )
+    })?;
+    let auth = crate::sidecar::cluster::NatsAuth::from_options(&cluster)?;
+    let name = format!("wsedge durable {}", cluster.node_name);
+    Ok((
+        cluster.servers.join(","),
+        Box::new(move || auth.apply(async_nats::ConnectOptions::new().name(&name))),
+    ))
+}
+
+/// The waiter of a `durable_ack` publisher's event: the sink's outcome
+/// goes to the home shard's inbox (never refused) as wait `token`'s
+/// confirmation. If the worker drops it unanswered (a refusal, a stop),
+/// the shard hears "not confirmed": a wait is never left open.
+pub fn confirmation(inbox: Arc<Inbox>, token: u64) -> AckSender {
+    struct Guard {
+        inbox: Arc<Inbox>,
+        token: u64,
+        sent: bool,
+    }
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if !self.sent {
+                self.inbox.confirm_durable(self.token, false);
+            }
+        }
+    }
+    let mut guard = Guard {
+        inbox,
+        token,
+        sent: false,
+    };
+    AckSender::callback(move |outcome| {
+        if let Err(e) = &outcome {
+            tracing::debug!(error = %e, "durable: an event a publisher waits for is not confirmed");
+        }
+        guard.sent = true;
+        guard.inbox.confirm_durable(guard.token, outcome.is_ok());
+    })
+}
+
+/// The JSON payload of a publication's record.
+#[derive(Serialize)]
+struct Payload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    channel: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    user: &'a str,
+    client: &'a str,
+    time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+/// The record of `event` for `target` (see the module doc).
+pub fn record(event: &PublicationEvent, target: &DurableTarget) -> DurableRecord {
+    let id = event.id();
+    let mut epoch = [0u8; 16];
+    let json = event
+        .data
+        .is_json
+        .then(|| std::str::from_utf8(&event.data.bytes).ok())
+        .flatten()
+        .and_then(|s| serde_json::from_str::<&RawValue>(s).ok());
+    let payload = Payload {
+        kind: "publication",
+        id: &id,
+        channel: &event.channel,
+        epoch: epoch_str(event.epoch, &mut epoch),
+        offset: event.offset,
+        user: &event.user,
+        client: &event.client,
+        time: event.at_ms,
+        data: json,
+        b64data: json
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&event.data.bytes)),
+        idempotency_key: event.idempotency_key.as_deref(),
+    };
+    let bytes = serde_json::to_vec(&payload).expect("a payload serializes");
+    let subject = match target {
+        DurableTarget::Jetstream(s) => format!("{s}.{}", channel_token(&event.channel)),
+        DurableTarget::Kafka(t) => t.clone(),
+    };
+    DurableRecord::new(subject, id, Bytes::from(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::wire::publication::PubData;
+
+    fn event(data: &[u8], is_json: bool) -> PublicationEvent {
+        PublicationEvent {
+            channel: Arc::from("chat:room 1"),
+            epoch: 0xab,
+            offset: 7,
+            user: Arc::from("alice"),
+            client: Arc::from("c1"),
+            at_ms: 1_700_000_000_000,
+            data: PubData {
+                bytes: Bytes::copy_from_slice(data),
+                is_json,
+            },
+            idempotency_key: Some("k1".into()),
+        }
+    }
+
+    #[test]
+    fn a_json_publication_becomes_a_jetstream_record() {
+        let e = event(br#"{"text":"hi"}"#, true);
+        let r = record(&e, &DurableTarget::Jetstream("events.chat".into()));
+        assert_eq!(r.msg_id, "chat:room 1:00000000000000ab:7");
+        assert_eq!(
+            r.subject,
+            format!("events.chat.{}", channel_token("chat:room 1"))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "publication",
+                "id": "chat:room 1:00000000000000ab:7",
+                "channel": "chat:room 1",
+                "epoch": "00000000000000ab",
+                "offset": 7,
+                "user": "alice",
+                "client": "c1",
+                "time": 1_700_000_000_000u64,
+                "data": {"text": "hi"},
+                "idempotency_key": "k1",
+            })
+        );
+    }
+
+    #[test]
+    fn binary_data_is_base64_and_kafka_keeps_the_topic() {
+        let e = event(&[0, 159, 146, 150], false);
+        let r = record(&e, &DurableTarget::Kafka("chat".into()));
+        assert_eq!(r.subject, "chat");
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["b64data"], "AJ+Slg==");
+        assert!(v.get("data").is_none());
+    }
+}

@@ -1,0 +1,464 @@
+//! Durable namespaces against a real `nats-server`: every publication
+//! accepted is in the JetStream sink once, in order per channel, through
+//! a broker outage (spilled, then replayed) and through a `kill -9` of
+//! wsedge with events in its spill. Publishes are read as raw frames; the
+//! sink is read back with an ordered consumer.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use common::nats_server::NatsServer;
+use common::raw_json::RawJson;
+use common::{Opts, Server};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// The stream over the sink's subjects (created here the way an
+/// operator would; wsedge writes into it).
+const STREAM: &str = "EVENTS";
+
+/// A node with namespace `chat` durable to `jetstream:events.chat`,
+/// spilling in `dir`, on `nats`.
+fn node(nats: &NatsServer, dir: &Path, test: &str) -> Server {
+    let config = format!(
+        r#"
+shards = 2
+max_commands_per_second = 0
+
+[[namespace]]
+name = "chat"
+durable = "jetstream:events.chat"
+
+[durable]
+dir = "{}"
+nats_url = "{}"
+"#,
+        dir.display(),
+        nats.url()
+    );
+    let path = dir.with_extension(format!("{test}.toml"));
+    std::fs::write(&path, config).unwrap();
+    Server::start_with(Opts {
+        args: vec!["--config".into(), path.to_str().unwrap().into()],
+        ..Opts::default()
+    })
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsedge-durable-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn js(nats: &NatsServer) -> jetstream::Context {
+    jetstream::new(async_nats::connect(nats.url()).await.unwrap())
+}
+
+fn create_stream(nats: &NatsServer) {
+    runtime().block_on(async {
+        js(nats)
+            .await
+            .create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec!["events.>".into()],
+                storage: stream::StorageType::File,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+}
+
+fn stream_count(nats: &NatsServer) -> u64 {
+    runtime().block_on(async {
+        let mut s = js(nats).await.get_stream(STREAM).await.unwrap();
+        s.info().await.unwrap().state.messages
+    })
+}
+
+/// Waits until the stream holds `n` messages (or fails after `limit`).
+fn wait_for_count(nats: &NatsServer, n: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = stream_count(nats);
+        if c >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the stream has {c} of {n}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One record read back: subject, `Nats-Msg-Id`, payload.
+struct Stored {
+    subject: String,
+    msg_id: String,
+    payload: Value,
+}
+
+/// Every message of the stream, in stream order.
+fn read_stream(nats: &NatsServer) -> Vec<Stored> {
+    let total = stream_count(nats) as usize;
+    runtime().block_on(async {
+        let s = js(nats).await.get_stream(STREAM).await.unwrap();
+        let c = s
+            .create_consumer(consumer::pull::OrderedConfig::default())
+            .await
+            .unwrap();
+        let mut messages = c.messages().await.unwrap();
+        let mut out = Vec::with_capacity(total);
+        while out.len() < total {
+            let m = tokio::time::timeout(Duration::from_secs(20), messages.next())
+                .await
+                .expect("the stream's messages in time")
+                .expect("more messages")
+                .expect("a message");
+            let msg_id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default();
+            out.push(Stored {
+                subject: m.subject.to_string(),
+                msg_id,
+                payload: serde_json::from_slice(&m.payload).expect("a JSON payload"),
+            });
+        }
+        out
+    })
+}
+
+/// Publishes `{"n": i}` for `i` in `range` on the channels in turn,
+/// `window` at a time without waiting; every publish must be accepted.
+/// Calls `between(i)` before sending publication `i`. Returns each
+/// channel's offsets in the order they were given.
+fn publish_all(
+    c: &mut RawJson,
+    channels: &[&str],
+    range: std::ops::Range<u64>,
+    window: u64,
+    durable_ack: bool,
+    mut between: impl FnMut(u64),
+) -> HashMap<String, Vec<u64>> {
+    let mut offsets: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut i = range.start;
+    while i < range.end {
+        let end = (i + window).min(range.end);
+        let mut sent = Vec::new();
+        for n in i..end {
+            between(n);
+            let ch = channels[(n % channels.len() as u64) as usize];
+            let id = c.send(
+                "publish",
+                json!({"channel": ch, "data": {"n": n}, "durable_ack": durable_ack}),
+            );
+            sent.push((id, ch));
+        }
+        for (id, ch) in sent {
+            let r = c.wait(&format!("reply #{id}"), |v| v["id"] == id);
+            let offset = r["publish"]["offset"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("publish #{id} refused: {r}"));
+            offsets.entry(ch.to_owned()).or_default().push(offset);
+        }
+        i = end;
+    }
+    offsets
+}
+
+/// Checks that the stream holds exactly the publications of `offsets`:
+/// one record per (channel, offset), in order per channel, each with its
+/// id as `Nats-Msg-Id` and its data.
+fn check_exactly_once(stored: &[Stored], offsets: &HashMap<String, Vec<u64>>, total: u64) {
+    assert_eq!(stored.len() as u64, total, "one record per publication");
+    let mut seen: HashMap<&str, Vec<u64>> = HashMap::new();
+    for s in stored {
+        let p = &s.payload;
+        let channel = p["channel"].as_str().expect("channel");
+        let offset = p["offset"].as_u64().expect("offset");
+        assert_eq!(p["type"], "publication");
+        assert_eq!(s.msg_id, p["id"].as_str().unwrap(), "Nats-Msg-Id is the id");
+        assert_eq!(
+            s.msg_id,
+            format!("{channel}:{}:{offset}", p["epoch"].as_str().unwrap())
+        );
+        assert!(
+            s.subject.starts_with("events.chat."),
+            "subject {}",
+            s.subject
+        );
+        assert!(p["data"]["n"].is_u64(), "{p}");
+        seen.entry(channel).or_default().push(offset);
+    }
+    for (channel, want) in offsets {
+        let got = seen.get(channel.as_str()).cloned().unwrap_or_default();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{channel}: one record per publication"
+        );
+        assert_eq!(&got, want, "{channel}: in offset order, none twice");
+    }
+}
+
+#[test]
+fn every_durable_publication_reaches_jetstream_once_in_order_through_a_broker_kill() {
+    if !NatsServer::available() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    create_stream(&nats);
+    let dir = scratch("outage");
+    let server = node(&nats, &dir, "outage");
+    let mut c = RawJson::user(&server, "alice", None);
+    let channels = ["chat:a", "chat:b", "chat:c"];
+    let total = 100_000u64;
+    let (kill_at, back_at) = (30_000, 60_000);
+    let mut down_seen = false;
+    let offsets = publish_all(&mut c, &channels, 0..total, 500, false, |n| {
+        if n == kill_at {
+            nats.stop();
+        }
+        if n == back_at {
+            // The worker saw the broker go and spilled meanwhile.
+            down_seen = server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 0.0;
+            nats.restart();
+        }
+    });
+    assert!(down_seen, "the worker noticed the broker was down");
+    wait_for_count(&nats, total, Duration::from_secs(120));
+    // Nothing more comes (no duplicate after the count was reached).
+    std::thread::sleep(Duration::from_millis(500));
+    let stored = read_stream(&nats);
+    check_exactly_once(&stored, &offsets, total);
+    let spilled = server.metric("wsedge_durable_spilled_total{sink=\"jetstream\"}");
+    assert!(spilled > 0.0, "the outage went through the spill");
+    assert_eq!(
+        server.metric("wsedge_durable_publications_total{kind=\"queued\"}"),
+        total as f64
+    );
+    assert_eq!(
+        server.metric("wsedge_durable_lost_total{sink=\"jetstream\"}"),
+        0.0
+    );
+    server.wait_for("the spill drained", || {
+        server.metric("wsedge_durable_spill_records{sink=\"jetstream\"}") == 0.0
+            && server.metric("wsedge_durable_queued{sink=\"jetstream\"}") == 0.0
+    });
+    eprintln!(
+        "spilled {spilled}, sent {}, duplicates {}, retries {}",
+        server.metric("wsedge_durable_sent_total{sink=\"jetstream\"}"),
+        server.metric("wsedge_durable_duplicates_total{sink=\"jetstream\"}"),
+        server.metric("wsedge_durable_retries_total{sink=\"jetstream\"}")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn events_spilled_by_a_node_killed_with_sigkill_are_sent_by_its_next_start() {
+    if !NatsServer::available() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    create_stream(&nats);
+    let dir = scratch("sigkill");
+    let mut server = node(&nats, &dir, "sigkill");
+    nats.stop();
+    server.wait_for("the worker sees the broker down", || {
+        server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 0.0
+    });
+    let mut c = RawJson::user(&server, "bob", None);
+    // Without durable_ack: answered at once; the events reach the spill
+    // file within the worker's turn.
+    let total = 5_000u64;
+    let mut offsets = publish_all(&mut c, &["chat:x", "chat:y"], 0..total, 250, false, |_| {});
+    server.wait_for("every event in the spill", || {
+        server.metric("wsedge_durable_spill_records{sink=\"jetstream\"}") == total as f64
+    });
+    // With durable_ack: each answer means the event is in the synced
+    // spill, so the node is killed the moment the last answer arrives.
+    let acked = publish_all(
+        &mut c,
+        &["chat:x", "chat:y"],
+        total..2 * total,
+        250,
+        true,
+        |_| {},
+    );
+    for (ch, o) in acked {
+        offsets.entry(ch).or_default().extend(o);
+    }
+    server.signal(libc::SIGKILL);
+    server.wait_exit(Duration::from_secs(10));
+    nats.restart();
+    let again = node(&nats, &dir, "sigkill");
+    wait_for_count(&nats, 2 * total, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(500));
+    let stored = read_stream(&nats);
+    check_exactly_once(&stored, &offsets, 2 * total);
+    again.wait_for("the spill drained", || {
+        again.metric("wsedge_durable_spill_records{sink=\"jetstream\"}") == 0.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn durable_ack_answers_after_the_sink_has_the_event_from_clients_and_the_server_api() {
+    if !NatsServer::available() {
+        return;
+    }
+    let nats = NatsServer::start();
+    create_stream(&nats);
+    let dir = scratch("ack");
+    let config = format!(
+        r#"
+shards = 2
+max_commands_per_second = 0
+api_key = "k"
+
+[[namespace]]
+name = "chat"
+durable = "jetstream:events.chat"
+
+[durable]
+dir = "{}"
+nats_url = "{}"
+"#,
+        dir.display(),
+        nats.url()
+    );
+    let path = dir.with_extension("ack.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start_with(Opts {
+        args: vec!["--config".into(), path.to_str().unwrap().into()],
+        ..Opts::default()
+    });
+    server.wait_for("the sink connected", || {
+        server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 1.0
+    });
+    let mut c = RawJson::user(&server, "eve", None);
+    for n in 1..=20u64 {
+        let r = c.call(
+            "publish",
+            json!({"channel": "chat:ack", "data": {"n": n}, "durable_ack": true}),
+        );
+        assert_eq!(r["publish"]["offset"], n, "{r}");
+        // Answered only once JetStream had it.
+        assert_eq!(stream_count(&nats), n);
+    }
+    let (status, body) = common::api_post(
+        &server,
+        "publish",
+        Some("k"),
+        r#"{"channel":"chat:ack","data":{"n":21},"durable_ack":true}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"]["offset"], 21, "{body}");
+    assert_eq!(stream_count(&nats), 21);
+    // durable_ack outside a durable namespace is answered as usual.
+    let r = c.call(
+        "publish",
+        json!({"channel": "plain", "data": 1, "durable_ack": true}),
+    );
+    assert_eq!(r["publish"]["offset"], 1, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_spill_refuses_durable_publishes_with_112_and_publishes_nothing() {
+    if !NatsServer::available() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    create_stream(&nats);
+    let dir = scratch("full");
+    let config = format!(
+        r#"
+shards = 1
+max_commands_per_second = 0
+
+[[namespace]]
+name = "chat"
+durable = "jetstream:events.chat"
+history_size = 10
+history_ttl = "60s"
+
+[durable]
+dir = "{}"
+nats_url = "{}"
+max_bytes = 1048576
+queue_capacity = 64
+"#,
+        dir.display(),
+        nats.url()
+    );
+    let path = dir.with_extension("full.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start_with(Opts {
+        args: vec!["--config".into(), path.to_str().unwrap().into()],
+        ..Opts::default()
+    });
+    nats.stop();
+    server.wait_for("the worker sees the broker down", || {
+        server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 0.0
+    });
+    let mut c = RawJson::user(&server, "carol", None);
+    let mut sub = RawJson::user(&server, "dave", None);
+    let r = sub.call("subscribe", json!({"channel": "chat:full"}));
+    assert!(r.get("error").is_none(), "{r}");
+    // 8 KiB publications fill the 1 MiB spill within ~130.
+    let big = "x".repeat(8 * 1024);
+    let mut accepted = 0u64;
+    let mut refused = None;
+    for n in 0..1_000u64 {
+        let r = c.call(
+            "publish",
+            json!({"channel": "chat:full", "data": {"n": n, "pad": big}}),
+        );
+        if r["publish"]["offset"].is_u64() {
+            accepted += 1;
+            continue;
+        }
+        refused = Some(r);
+        break;
+    }
+    let r = refused.expect("the spill filled up and publishes were refused");
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    assert!(accepted > 50, "the spill took {accepted} first");
+    // What was refused was not published: the subscriber got exactly the
+    // accepted ones, and history ends at the last accepted offset.
+    let pubs = sub.pubs_through("chat:full", accepted);
+    assert_eq!(pubs.len() as u64, accepted);
+    assert!(
+        matches!(
+            sub.next_event(Instant::now() + Duration::from_millis(300)),
+            Ok(None)
+        ),
+        "nothing after the accepted publications"
+    );
+    let h = c.call("history", json!({"channel": "chat:full", "limit": 1}));
+    assert_eq!(h["history"]["offset"], accepted, "{h}");
+    assert!(server.metric("wsedge_durable_publications_total{kind=\"refused\"}") >= 1.0);
+    assert!(server.metric("wsedge_durable_refused_total{sink=\"jetstream\"}") >= 1.0);
+    // The broker back: the spill drains, and publishes are accepted again.
+    nats.restart();
+    wait_for_count(&nats, accepted, Duration::from_secs(60));
+    server.wait_for("room in the spill again", || {
+        c.call("publish", json!({"channel": "chat:full", "data": {"n": 0}}))["publish"]["offset"]
+            .is_u64()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
