@@ -762,13 +762,12 @@ impl Config {
                          or [cluster] nats_url"
                     ));
                 }
-                DurableTarget::Jetstream(_) => {}
-                DurableTarget::Kafka(_) => {
+                DurableTarget::Kafka(_) if self.durable.kafka_brokers.is_none() => {
                     return err(format!(
-                        "namespace {name:?}: kafka durable sinks are not available in this build \
-                         yet; use jetstream:<subject>"
+                        "namespace {name:?}: a kafka durable sink needs [durable] kafka_brokers"
                     ));
                 }
+                DurableTarget::Jetstream(_) | DurableTarget::Kafka(_) => {}
             }
         }
         Ok(())

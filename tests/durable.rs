@@ -1,4 +1,5 @@
-//! Durable namespaces against a real `nats-server`: every publication
+//! Durable namespaces against a real `nats-server` (and a real
+//! Kafka-protocol broker, tansu): every publication
 //! accepted is in the JetStream sink once, in order per channel, through
 //! a broker outage (spilled, then replayed) and through a `kill -9` of
 //! wsedge with events in its spill. Publishes are read as raw frames; the
@@ -11,10 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
+use common::kafka_broker::KafkaBroker;
 use common::nats_server::NatsServer;
 use common::raw_json::RawJson;
 use common::{Opts, Server};
 use futures_util::StreamExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 /// The stream over the sink's subjects (created here the way an
@@ -82,8 +88,12 @@ fn create_stream(nats: &NatsServer) {
 }
 
 fn stream_count(nats: &NatsServer) -> u64 {
+    stream_count_of(nats, STREAM)
+}
+
+fn stream_count_of(nats: &NatsServer, name: &str) -> u64 {
     runtime().block_on(async {
-        let mut s = js(nats).await.get_stream(STREAM).await.unwrap();
+        let mut s = js(nats).await.get_stream(name).await.unwrap();
         s.info().await.unwrap().state.messages
     })
 }
@@ -320,8 +330,9 @@ fn durable_ack_answers_after_the_sink_has_the_event_from_clients_and_the_server_
     if !NatsServer::available() {
         return;
     }
+    // No stream: the node creates its own over the sink's subjects.
     let nats = NatsServer::start();
-    create_stream(&nats);
+    let created = "WSEDGE_DURABLE_EVENTS_CHAT";
     let dir = scratch("ack");
     let config = format!(
         r#"
@@ -357,7 +368,7 @@ nats_url = "{}"
         );
         assert_eq!(r["publish"]["offset"], n, "{r}");
         // Answered only once JetStream had it.
-        assert_eq!(stream_count(&nats), n);
+        assert_eq!(stream_count_of(&nats, created), n);
     }
     let (status, body) = common::api_post(
         &server,
@@ -367,7 +378,7 @@ nats_url = "{}"
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["result"]["offset"], 21, "{body}");
-    assert_eq!(stream_count(&nats), 21);
+    assert_eq!(stream_count_of(&nats, created), 21);
     // durable_ack outside a durable namespace is answered as usual.
     let r = c.call(
         "publish",
@@ -460,5 +471,142 @@ queue_capacity = 64
         c.call("publish", json!({"channel": "chat:full", "data": {"n": 0}}))["publish"]["offset"]
             .is_u64()
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Kafka consumer of `topic`'s `partitions` from their beginning
+/// (`assign()`: a group's first join takes ~23 s on the test broker).
+fn kafka_reader(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "wsedge-e2e-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("a consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).expect("assign");
+    c
+}
+
+/// (partition, key, `wsedge-id` header, payload) of every record, until
+/// `n` came and half a second more passed quietly.
+fn kafka_read(c: &BaseConsumer, n: usize) -> Vec<(i32, String, String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut quiet_until = None;
+    loop {
+        if out.len() >= n {
+            let q = *quiet_until.get_or_insert(Instant::now() + Duration::from_millis(500));
+            if Instant::now() > q {
+                return out;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} of {n} records", out.len());
+        let Some(m) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("consumer: {e}");
+                continue;
+            }
+        };
+        let id = m
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "wsedge-id"))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default();
+        out.push((
+            m.partition(),
+            String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            id,
+            serde_json::from_slice(m.payload().unwrap_or_default()).expect("JSON"),
+        ));
+    }
+}
+
+#[test]
+fn a_kafka_sink_gets_every_publication_once_keyed_by_channel_through_a_broker_outage() {
+    if !KafkaBroker::available() {
+        return;
+    }
+    let mut kafka = KafkaBroker::start();
+    let dir = scratch("kafka");
+    let config = format!(
+        r#"
+shards = 2
+max_commands_per_second = 0
+
+[[namespace]]
+name = "chat"
+durable = "kafka:chat-events"
+
+[durable]
+dir = "{}"
+kafka_brokers = "{}"
+kafka_partitions = 3
+"#,
+        dir.display(),
+        kafka.bootstrap()
+    );
+    let path = dir.with_extension("kafka.toml");
+    std::fs::write(&path, config).unwrap();
+    // The broker is down when the node starts: events go to the spill,
+    // and the topic is created when it comes up.
+    kafka.kill();
+    let server = Server::start_with(Opts {
+        args: vec!["--config".into(), path.to_str().unwrap().into()],
+        ..Opts::default()
+    });
+    let mut c = RawJson::user(&server, "kim", None);
+    let channels = ["chat:k1", "chat:k2", "chat:k3", "chat:k4"];
+    let down = 2_000u64;
+    let mut offsets = publish_all(&mut c, &channels, 0..down, 250, false, |_| {});
+    server.wait_for("the first events in the spill", || {
+        server.metric("wsedge_durable_spill_records{sink=\"kafka\"}") == down as f64
+    });
+    kafka.restart();
+    // Publishing goes on while the spill drains: nothing overtakes it.
+    let total = 10_000u64;
+    let more = publish_all(&mut c, &channels, down..total, 250, false, |_| {});
+    for (ch, o) in more {
+        offsets.entry(ch).or_default().extend(o);
+    }
+    let reader = kafka_reader(&kafka.bootstrap(), "chat-events", 3);
+    let got = kafka_read(&reader, total as usize);
+    assert_eq!(got.len() as u64, total, "every publication once");
+    let mut by_channel: HashMap<String, Vec<u64>> = HashMap::new();
+    let mut partition_of: HashMap<String, i32> = HashMap::new();
+    for (partition, key, id, p) in &got {
+        let channel = p["channel"].as_str().unwrap().to_owned();
+        assert_eq!(key, &channel, "keyed by channel");
+        assert_eq!(id, p["id"].as_str().unwrap());
+        assert_eq!(
+            *partition_of.entry(channel.clone()).or_insert(*partition),
+            *partition,
+            "{channel}: one partition"
+        );
+        by_channel
+            .entry(channel)
+            .or_default()
+            .push(p["offset"].as_u64().unwrap());
+    }
+    for (ch, want) in &offsets {
+        assert_eq!(by_channel.get(ch), Some(want), "{ch}: in order, none twice");
+    }
+    server.wait_for("the spill drained", || {
+        server.metric("wsedge_durable_spill_records{sink=\"kafka\"}") == 0.0
+    });
+    assert_eq!(
+        server.metric("wsedge_durable_lost_total{sink=\"kafka\"}"),
+        0.0
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

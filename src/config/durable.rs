@@ -120,6 +120,23 @@ pub struct DurableConfig {
     /// (with the cluster's credentials and CA); set it for a single node
     /// or to keep durable traffic on another NATS.
     pub nats_url: Option<String>,
+    /// Kafka brokers for `kafka:` sinks (`host:port`, comma-separated).
+    /// Required when a namespace uses one.
+    pub kafka_brokers: Option<String>,
+    /// Create each sink's stream (JetStream: `WSEDGE_DURABLE_<SUBJECT>`
+    /// over `<subject>.>`, file storage, 2 min duplicate window) or topic
+    /// (Kafka) when it is missing; an existing one is never changed, and a
+    /// JetStream stream of the operator's that already takes the subjects
+    /// is the sink. Default true: a node works out of the box; set false
+    /// where wsedge's credentials may not create streams or topics.
+    pub create_sinks: bool,
+    /// Partitions of a Kafka topic wsedge creates. Default 6: a
+    /// channel's events stay in one partition (keyed by channel), so this
+    /// bounds the consumers that share a topic's load.
+    pub kafka_partitions: u32,
+    /// Replication of a Kafka topic wsedge creates. Default 1 (a single
+    /// broker can create it); set 3 on a production cluster.
+    pub kafka_replication: u32,
     /// Events waiting for the sink's worker, per sink. Default 16,384:
     /// at 50,000 durable events a second a third of a second of slack
     /// while the worker moves a slow broker's load to the spill.
@@ -137,6 +154,10 @@ impl Default for DurableConfig {
             fsync: DurableFsync::Interval,
             fsync_interval: Duration::from_secs(1),
             nats_url: None,
+            kafka_brokers: None,
+            create_sinks: true,
+            kafka_partitions: 6,
+            kafka_replication: 1,
             queue_capacity: 16_384,
             dead_letter: "wsedge.durable.dlq".into(),
         }
@@ -195,6 +216,22 @@ impl DurableConfig {
         if let Some(url) = &self.nats_url {
             crate::sidecar::cluster::parse_servers(url)
                 .map_err(|e| format!("durable nats_url: {e}"))?;
+        }
+        if let Some(b) = &self.kafka_brokers
+            && (b.trim().is_empty()
+                || b.split(',')
+                    .any(|h| h.trim().is_empty() || h.contains("://")))
+        {
+            return Err(format!(
+                "durable kafka_brokers = {b:?} must be host:port entries, comma-separated"
+            ));
+        }
+        if !(1..=10_000).contains(&self.kafka_partitions)
+            || !(1..=16).contains(&self.kafka_replication)
+        {
+            return Err(
+                "durable kafka_partitions must be 1-10000 and kafka_replication 1-16".into(),
+            );
         }
         if !(2..=1 << 22).contains(&self.queue_capacity) {
             return Err("durable queue_capacity must be between 2 and 4194304".into());

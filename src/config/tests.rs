@@ -781,7 +781,13 @@ fn durable_namespaces_from_file_and_environment_and_their_refusals() {
         &[ns("chat", |n| n.durable = Some("kafka:chat".into()))],
         |_| {},
     );
-    assert!(e.contains("kafka"), "{e}");
+    assert!(e.contains("needs [durable] kafka_brokers"), "{e}");
+    let e = invalid(&[], |c| {
+        c.durable.kafka_brokers = Some("kafka://a:9092".into())
+    });
+    assert!(e.contains("kafka_brokers"), "{e}");
+    let e = invalid(&[], |c| c.durable.kafka_partitions = 0);
+    assert!(e.contains("kafka_partitions"), "{e}");
     let e = invalid(&[], |c| c.durable.max_bytes = 10);
     assert!(e.contains("max_bytes"), "{e}");
 }

@@ -40,7 +40,8 @@ use crate::sidecar::WorkerThread;
 use crate::sidecar::durable::record::DurableRecord;
 use crate::sidecar::durable::spill::SpillOptions;
 use crate::sidecar::durable::worker::{
-    AckSender, DurableClient, DurableOptions, Refused, default_connect_options,
+    AckSender, DurableClient, DurableOptions, Refused, SinkOptions, StreamSpec, TopicSpec,
+    default_connect_options,
 };
 
 /// One namespace's sink.
@@ -95,35 +96,67 @@ impl DurableRoutes {
         let mut workers = DurableWorkers {
             threads: Vec::new(),
         };
-        let mut jetstream: Option<DurableClient> = None;
-        for (name, target) in targets {
-            let client = match &target {
-                DurableTarget::Jetstream(_) => match &jetstream {
-                    Some(c) => c.clone(),
-                    None => {
-                        let (url, connect) = nats_connection(config)?;
-                        let mut opts = DurableOptions::new(url, base.join("jetstream"));
-                        opts.spill = spill_options(config, base.join("jetstream"));
-                        opts.queue_capacity = d.queue_capacity;
-                        opts.dead_letter_subject = d.dead_letter.clone();
-                        let (client, thread) =
-                            crate::sidecar::durable::worker::start(opts, connect)?;
-                        workers.threads.push(("jetstream", thread));
-                        routes.sinks.push(("jetstream", client.clone()));
-                        jetstream = Some(client.clone());
-                        client
+        // One worker per kind, creating the sinks every namespace of that
+        // kind names.
+        let mut clients: Vec<(&'static str, DurableClient)> = Vec::new();
+        for kind in ["jetstream", "kafka"] {
+            let mine: Vec<&DurableTarget> = targets
+                .iter()
+                .map(|(_, t)| t)
+                .filter(|t| t.kind() == kind)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let dir = base.join(kind);
+            let (mut opts, connect) = match kind {
+                "jetstream" => {
+                    let (url, connect) = nats_connection(config)?;
+                    let mut opts = DurableOptions::jetstream(url, &dir);
+                    if let SinkOptions::JetStream(js) = &mut opts.sink
+                        && d.create_sinks
+                    {
+                        js.streams = streams(&mine);
                     }
-                },
-                DurableTarget::Kafka(_) => {
-                    return Err(invalid(format!(
-                        "namespace {name:?}: kafka durable sinks are not available yet"
-                    )));
+                    (opts, connect)
+                }
+                _ => {
+                    let brokers = d.kafka_brokers.clone().ok_or_else(|| {
+                        invalid("a kafka durable sink needs [durable] kafka_brokers".into())
+                    })?;
+                    let mut opts = DurableOptions::kafka(brokers, &dir);
+                    if let SinkOptions::Kafka(k) = &mut opts.sink {
+                        k.max_message_bytes = k
+                            .max_message_bytes
+                            .max(spill_options(config, dir.clone()).max_record);
+                        if d.create_sinks {
+                            k.topics = topics(&mine, d.kafka_partitions, d.kafka_replication);
+                        }
+                    }
+                    let connect: NatsConnect = Box::new(default_connect_options);
+                    (opts, connect)
                 }
             };
-            let Some((id, _)) = namespaces
+            opts.spill = spill_options(config, dir);
+            opts.queue_capacity = d.queue_capacity;
+            opts.dead_letter_subject = d.dead_letter.clone();
+            let (client, thread) = crate::sidecar::durable::worker::start(opts, connect)?;
+            workers.threads.push((kind, thread));
+            clients.push((kind, client));
+        }
+        routes.sinks = clients.clone();
+        for (name, target) in targets {
+            let Some(client) = clients
+                .iter()
+                .find(|(k, _)| *k == target.kind())
+                .map(|(_, c)| c.clone())
+            else {
+                continue;
+            };
+            let Some(id) = namespaces
                 .iter()
                 .find(|(_, n, _)| *n == name)
-                .map(|(id, n, o)| (id, (n, o)))
+                .map(|(id, _, _)| id)
             else {
                 continue;
             };
@@ -185,11 +218,55 @@ pub fn spill_options(config: &Config, dir: std::path::PathBuf) -> SpillOptions {
     }
 }
 
+/// The NATS connect options factory the worker calls per connection.
+type NatsConnect = Box<dyn Fn() -> async_nats::ConnectOptions + Send>;
+
+/// The JetStream streams wsedge creates when missing: one per subject
+/// prefix, `WSEDGE_DURABLE_<PREFIX>` over `<prefix>.>`.
+fn streams(targets: &[&DurableTarget]) -> Vec<StreamSpec> {
+    let mut out: Vec<StreamSpec> = Vec::new();
+    for t in targets {
+        if let DurableTarget::Jetstream(subject) = t {
+            let name = format!("WSEDGE_DURABLE_{}", stream_token(subject));
+            if !out.iter().any(|s| s.name == name) {
+                out.push(StreamSpec::new(name, vec![format!("{subject}.>")]));
+            }
+        }
+    }
+    out
+}
+
+/// `subject` as a stream name's part: `A-Z 0-9 _ -` only (a stream name
+/// may not hold `.`, `*`, `>` or spaces), uppercase.
+fn stream_token(subject: &str) -> String {
+    subject
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' => c.to_ascii_uppercase(),
+            _ => '_',
+        })
+        .collect()
+}
+
+/// The Kafka topics wsedge creates when missing.
+fn topics(targets: &[&DurableTarget], partitions: u32, replication: u32) -> Vec<TopicSpec> {
+    let mut out: Vec<TopicSpec> = Vec::new();
+    for t in targets {
+        if let DurableTarget::Kafka(topic) = t
+            && !out.iter().any(|s| &s.name == topic)
+        {
+            out.push(TopicSpec::new(
+                topic.clone(),
+                i32::try_from(partitions).unwrap_or(i32::MAX),
+                i32::try_from(replication).unwrap_or(i32::MAX),
+            ));
+        }
+    }
+    out
+}
+
 /// The JetStream sinks' servers and connect options.
-#[allow(clippy::type_complexity)]
-fn nats_connection(
-    config: &Config,
-) -> io::Result<(String, Box<dyn Fn() -> async_nats::ConnectOptions + Send>)> {
+fn nats_connection(config: &Config) -> io::Result<(String, NatsConnect)> {
     if let Some(url) = &config.durable.nats_url {
         return Ok((url.clone(), Box::new(default_connect_options)));
     }
@@ -288,7 +365,7 @@ pub fn record(event: &PublicationEvent, target: &DurableTarget) -> DurableRecord
         DurableTarget::Jetstream(s) => format!("{s}.{}", channel_token(&event.channel)),
         DurableTarget::Kafka(t) => t.clone(),
     };
-    DurableRecord::new(subject, id, Bytes::from(bytes))
+    DurableRecord::new(subject, id, Bytes::from(bytes)).with_key(event.channel.to_string())
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod kafka_broker;
 pub mod nats_server;
 pub mod notify;
 pub mod raw_json;

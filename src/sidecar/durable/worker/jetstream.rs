@@ -79,7 +79,8 @@ impl Transport for JetStream {
 }
 
 /// Creates each of `streams` that does not exist (file storage, the
-/// duplicate window, a description); one that exists is left as it is.
+/// duplicate window, a description); one that exists is left as it is,
+/// and so is the spec when another stream already takes its subjects.
 async fn create_streams(js: &jetstream::Context, streams: &[StreamSpec]) -> Result<(), String> {
     for spec in streams {
         let config = stream::Config {
@@ -96,9 +97,12 @@ async fn create_streams(js: &jetstream::Context, streams: &[StreamSpec]) -> Resu
         // Looks the stream up first and creates it only on a 404.
         match js.get_or_create_stream(config).await {
             Ok(_) => {}
-            // Created by another node in between.
-            Err(e) if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j) if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
-                {}
+            // Created by another node in between; or the operator's own
+            // stream already takes these subjects (then it is the sink).
+            Err(e)
+                if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NAME_EXIST
+                    || j.error_code() == ErrorCode::STREAM_SUBJECT_OVERLAP) => {}
             Err(e) => return Err(format!("cannot create stream {:?}: {e}", spec.name)),
         }
     }
