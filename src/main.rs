@@ -388,6 +388,14 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
+    // Kept alive for the life of the node; shards get `RpcWorker::client`.
+    let rpc = match wsedge::sidecar::rpc::start(&config, &inboxes, metrics.rpc()) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, "cannot start the rpc worker");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some((routes, _)) = &durable {
         metrics.durable_sinks(routes.sinks());
     }
@@ -405,6 +413,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         stories.as_ref().map(StoryWorker::client),
         cluster.as_ref().map(|(w, s)| (s.clone(), w.client())),
         durable_routes,
+        rpc.as_ref().map(wsedge::sidecar::rpc::RpcWorker::client),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -435,6 +444,22 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
     };
     if config.api_key.is_none() {
         warn!("no api_key configured: every server API call is refused with 401");
+    }
+    // Backend events to users: stopped first at a drain, so its group
+    // hands the partitions to the other nodes.
+    let consuming = match wsedge::sidecar::durable::consume::start(
+        &config,
+        shards.inboxes.clone(),
+        shared.clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot start the durable consumer");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(c) = &consuming {
+        metrics.durable_consumer(c.inbound_metrics.clone(), c.metrics.clone());
     }
     info!(
         client = %shards.local_addr,
@@ -488,6 +513,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
     }
 
     watch.stopping();
+    if let Some(c) = consuming {
+        c.shutdown();
+    }
     shared.draining.store(true, Ordering::Relaxed);
     for (i, inbox) in shards.inboxes.iter().enumerate() {
         // Drain must get through even if an inbox is momentarily full; a
@@ -545,6 +573,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         w.shutdown();
     }
     if let Some(w) = durable_workers {
+        w.shutdown();
+    }
+    if let Some(w) = rpc {
         w.shutdown();
     }
     info!("drained; exiting");

@@ -133,6 +133,7 @@ pub struct Metrics {
     collab: collab::CollabFamilies,
     cluster: cluster::ClusterFamilies,
     durable: durable::DurableFamilies,
+    rpc: rpc::RpcFamilies,
 }
 
 impl Default for Metrics {
@@ -357,6 +358,7 @@ impl Metrics {
             collab: collab::CollabFamilies::register(&mut r),
             cluster: cluster::ClusterFamilies::register(&mut r),
             durable: durable::DurableFamilies::register(&mut r),
+            rpc: rpc::RpcFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -368,6 +370,16 @@ impl Metrics {
         sinks: &[(&'static str, crate::sidecar::durable::worker::DurableClient)],
     ) {
         self.durable.sources.set(sinks);
+    }
+
+    /// Exports the durable consumer's metrics (`wsedge_durable_consumer_*`,
+    /// `wsedge_durable_consumed_total`), read at each scrape.
+    pub fn durable_consumer(
+        &self,
+        inbound: Arc<crate::sidecar::durable::inbound::InboundMetrics>,
+        consume: Arc<crate::sidecar::durable::consume::ConsumeMetrics>,
+    ) {
+        self.durable.sources.set_consumer(inbound, consume);
     }
 
     /// The text exposition of every metric.
@@ -882,6 +894,7 @@ mod cluster;
 mod collab;
 mod durable;
 mod ops;
+mod rpc;
 mod stories;
 mod tls;
 pub use cluster::{

@@ -610,3 +610,188 @@ kafka_partitions = 3
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A record to produce: key, headers, payload.
+type Produced<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+
+/// Produces `records` to `topic` on `bootstrap`.
+fn produce(bootstrap: &str, topic: &str, records: &[Produced<'_>]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    runtime().block_on(async {
+        for (key, headers, payload) in records {
+            let mut h = OwnedHeaders::new();
+            for (k, v) in *headers {
+                let v = v.to_string();
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(&v),
+                });
+            }
+            let mut r = FutureRecord::to(topic).payload(*payload).headers(h);
+            if let Some(k) = key {
+                r = r.key(*k);
+            }
+            p.send(r, Duration::from_secs(10)).await.expect("produced");
+        }
+    });
+}
+
+fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let created = runtime()
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    assert!(created[0].is_ok(), "{created:?}");
+}
+
+#[test]
+fn kafka_notifications_keyed_by_user_reach_that_users_connections_once() {
+    if !KafkaBroker::available() {
+        return;
+    }
+    let kafka = KafkaBroker::start();
+    create_topic(&kafka.bootstrap(), "notifications", 2);
+    let dir = scratch("consume");
+    let config = format!(
+        r##"
+shards = 2
+personal_channel = true
+
+[durable]
+dir = "{}"
+kafka_brokers = "{}"
+
+[[durable.consume]]
+topic = "notifications"
+channel = "#{{key}}"
+"##,
+        dir.display(),
+        kafka.bootstrap()
+    );
+    let path = dir.with_extension("consume.toml");
+    std::fs::write(&path, config).unwrap();
+    let server = Server::start_with(Opts {
+        args: vec!["--config".into(), path.to_str().unwrap().into()],
+        ..Opts::default()
+    });
+    // Two connections of alice (personal channel #alice), one of bob.
+    let mut a1 = RawJson::user(&server, "alice", None);
+    let mut a2 = RawJson::user(&server, "alice", None);
+    let mut b = RawJson::user(&server, "bob", None);
+    produce(
+        &kafka.bootstrap(),
+        "notifications",
+        &[
+            (Some("alice"), &[], r#"{"text":"graded"}"#),
+            // The backend's own id: sent twice, published once.
+            (
+                Some("alice"),
+                &[("idempotency-key", "n-2")],
+                r#"{"text":"due"}"#,
+            ),
+            (
+                Some("alice"),
+                &[("idempotency-key", "n-2")],
+                r#"{"text":"due"}"#,
+            ),
+            (Some("bob"), &[], r#"{"text":"hello bob"}"#),
+            // No key: no channel, ever: dead-lettered, the partition
+            // moves on.
+            (None, &[], r#"{"text":"lost"}"#),
+        ],
+    );
+    // The first group join takes ~23 s on the test broker: a longer wait
+    // than the harness's.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while server.metric("wsedge_durable_consumed_total{result=\"published\"}") < 4.0
+        || server.metric("wsedge_durable_consumed_total{result=\"refused\"}") < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "records not consumed; log:\n{}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for a in [&mut a1, &mut a2] {
+        let pubs = a.pubs_through("#alice", 2);
+        let texts: Vec<&str> = pubs
+            .iter()
+            .map(|p| p["push"]["pub"]["data"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["graded", "due"]);
+        // Nothing more on #alice (other pushes, e.g. the personal
+        // subscription's, may be pending).
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(v)) = a.next_event(until) {
+            assert!(v["push"]["pub"].is_null(), "a publication twice: {v}");
+        }
+    }
+    let pubs = b.pubs_through("#bob", 1);
+    assert_eq!(pubs[0]["push"]["pub"]["data"]["text"], "hello bob");
+    // The unkeyed record went to the dead-letter topic with its reason.
+    let reader = kafka_reader(&kafka.bootstrap(), "wsedge.inbound.dlq", 1);
+    let dead = kafka_read_raw(&reader, 1);
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0]
+            .1
+            .get("wsedge-dlq-reason")
+            .is_some_and(|r| r.contains("key")),
+        "{:?}",
+        dead[0].1
+    );
+    server.wait_for("the offsets committed", || {
+        server.metric("wsedge_durable_consumer_lag") == 0.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// (payload, headers) of every record, until `n` came (then 500 ms more).
+fn kafka_read_raw(c: &BaseConsumer, n: usize) -> Vec<(String, HashMap<String, String>)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    let mut quiet_until = None;
+    loop {
+        if out.len() >= n {
+            let q = *quiet_until.get_or_insert(Instant::now() + Duration::from_millis(500));
+            if Instant::now() > q {
+                return out;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} of {n} records", out.len());
+        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push((
+            String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            headers,
+        ));
+    }
+}

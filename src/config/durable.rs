@@ -94,6 +94,92 @@ pub enum DurableFsync {
     Never,
 }
 
+/// One `[[durable.consume]]` table: a Kafka topic whose records the node
+/// publishes to channels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumeRule {
+    /// The topic (it must exist).
+    pub topic: String,
+    /// The channel each record goes to: text with `{key}` (the record's
+    /// key) and `{header:<name>}` (a header's value) in it, e.g.
+    /// `"#{key}"` (the personal channel of the user the record is keyed
+    /// by) or `"course:{header:course}"`.
+    pub channel: String,
+}
+
+/// A [`ConsumeRule::channel`] template, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelTemplate {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Key,
+    Header(String),
+}
+
+impl ChannelTemplate {
+    /// Parses `s`; the error says what is wrong.
+    pub fn parse(s: &str) -> Result<ChannelTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Text(rest[..open].into()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("channel = {s:?}: a `{{` without its `}}`"))?;
+            let name = &rest[open + 1..open + close];
+            parts.push(match name.strip_prefix("header:") {
+                _ if name == "key" => Part::Key,
+                Some(h) if !h.is_empty() => Part::Header(h.into()),
+                _ => {
+                    return Err(format!(
+                        "channel = {s:?}: `{{{name}}}` is neither `{{key}}` nor `{{header:<name>}}`"
+                    ));
+                }
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.into()));
+        }
+        let t = ChannelTemplate { parts };
+        // With every value a plain word, the result must be a channel.
+        let sample = t.fill(|_| Some("u1".into()), |_| Some("u1".into()));
+        match sample {
+            Ok(c) if crate::engine::channel::is_valid_channel(&c) => Ok(t),
+            _ => Err(format!(
+                "channel = {s:?} does not make a valid channel name (docs/PROTOCOL.md, Channels)"
+            )),
+        }
+    }
+
+    /// The channel for a record: `key` and `header(name)` give the values
+    /// (`None`: missing or not UTF-8). The error names what is missing.
+    pub fn fill(
+        &self,
+        key: impl Fn(()) -> Option<String>,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> Result<String, String> {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.push_str(t),
+                Part::Key => out.push_str(&key(()).ok_or("the record has no UTF-8 key")?),
+                Part::Header(h) => out.push_str(
+                    &header(h).ok_or_else(|| format!("the record has no UTF-8 header {h:?}"))?,
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// The `[durable]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -137,6 +223,12 @@ pub struct DurableConfig {
     /// Replication of a Kafka topic wsedge creates. Default 1 (a single
     /// broker can create it); set 3 on a production cluster.
     pub kafka_replication: u32,
+    /// The consumer group of `consume` (the seed's). Default
+    /// `notification-processors`.
+    pub consume_group: String,
+    /// `[[durable.consume]]`: Kafka topics whose records are published to
+    /// channels. Default none.
+    pub consume: Vec<ConsumeRule>,
     /// Events waiting for the sink's worker, per sink. Default 16,384:
     /// at 50,000 durable events a second a third of a second of slack
     /// while the worker moves a slow broker's load to the spill.
@@ -158,6 +250,8 @@ impl Default for DurableConfig {
             create_sinks: true,
             kafka_partitions: 6,
             kafka_replication: 1,
+            consume_group: "notification-processors".into(),
+            consume: Vec::new(),
             queue_capacity: 16_384,
             dead_letter: "wsedge.durable.dlq".into(),
         }
@@ -232,6 +326,29 @@ impl DurableConfig {
             return Err(
                 "durable kafka_partitions must be 1-10000 and kafka_replication 1-16".into(),
             );
+        }
+        if !self.consume.is_empty() && self.kafka_brokers.is_none() {
+            return Err("[[durable.consume]] needs [durable] kafka_brokers".into());
+        }
+        if self.consume_group.is_empty() || self.consume_group.len() > 249 {
+            return Err("durable consume_group must be 1-249 bytes".into());
+        }
+        for (i, r) in self.consume.iter().enumerate() {
+            if !is_kafka_topic(&r.topic) {
+                return Err(format!(
+                    "[[durable.consume]] #{}: topic = {:?} is not a Kafka topic name",
+                    i + 1,
+                    r.topic
+                ));
+            }
+            ChannelTemplate::parse(&r.channel)
+                .map_err(|e| format!("[[durable.consume]] #{} ({}): {e}", i + 1, r.topic))?;
+            if self.consume[..i].iter().any(|o| o.topic == r.topic) {
+                return Err(format!(
+                    "[[durable.consume]]: topic {:?} is listed twice",
+                    r.topic
+                ));
+            }
         }
         if !(2..=1 << 22).contains(&self.queue_capacity) {
             return Err("durable queue_capacity must be between 2 and 4194304".into());
@@ -330,6 +447,36 @@ mod tests {
         };
         assert_eq!(never.validate(), Ok(()));
         assert_eq!(never.fsync_policy(), FsyncPolicy::Never);
+    }
+
+    #[test]
+    fn channel_templates_fill_from_key_and_headers() {
+        let t = ChannelTemplate::parse("#{key}").unwrap();
+        assert_eq!(
+            t.fill(|_| Some("alice".into()), |_| None),
+            Ok("#alice".into())
+        );
+        assert!(
+            t.fill(|_| None, |_| None)
+                .unwrap_err()
+                .contains("no UTF-8 key")
+        );
+        let t = ChannelTemplate::parse("course:{header:course}-{key}").unwrap();
+        let h = |n: &str| (n == "course").then(|| "bio101".to_owned());
+        assert_eq!(
+            t.fill(|_| Some("u".into()), h),
+            Ok("course:bio101-u".into())
+        );
+        assert!(
+            t.fill(|_| Some("u".into()), |_| None)
+                .unwrap_err()
+                .contains("\"course\"")
+        );
+        let t = ChannelTemplate::parse("news:all").unwrap();
+        assert_eq!(t.fill(|_| None, |_| None), Ok("news:all".into()));
+        for bad in ["#{key", "{user}", "{header:}", "a b{key}", ""] {
+            assert!(ChannelTemplate::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::KindCounters;
+use crate::sidecar::durable::consume::ConsumeMetrics;
+use crate::sidecar::durable::inbound::{InboundMetrics, InboundMetricsSnapshot};
 use crate::sidecar::durable::metrics::DurableMetricsSnapshot;
 use crate::sidecar::durable::worker::DurableClient;
 
@@ -22,13 +24,24 @@ struct SinkLabel {
     sink: String,
 }
 
-/// The sinks whose workers are running, read at each scrape.
+/// The consumer's counters.
+type Consumer = (Arc<InboundMetrics>, Arc<ConsumeMetrics>);
+
+/// The sinks whose workers are running, and the consumer if it runs,
+/// read at each scrape.
 #[derive(Debug, Default, Clone)]
-pub(super) struct SinkSources(Arc<Mutex<Vec<(&'static str, DurableClient)>>>);
+pub(super) struct SinkSources {
+    sinks: Arc<Mutex<Vec<(&'static str, DurableClient)>>>,
+    consumer: Arc<Mutex<Option<Consumer>>>,
+}
 
 impl SinkSources {
     pub(super) fn set(&self, sinks: &[(&'static str, DurableClient)]) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = sinks.to_vec();
+        *self.sinks.lock().unwrap_or_else(|e| e.into_inner()) = sinks.to_vec();
+    }
+
+    pub(super) fn set_consumer(&self, inbound: Arc<InboundMetrics>, consume: Arc<ConsumeMetrics>) {
+        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some((inbound, consume));
     }
 }
 
@@ -136,9 +149,19 @@ const COUNTERS: [Series; 7] = [
 
 impl Collector for SinkCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let consumer = self
+            .0
+            .consumer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(i, c)| (i.snapshot(), c.clone()));
+        if let Some((inbound, consume)) = consumer {
+            encode_consumer(&mut encoder, &inbound, &consume)?;
+        }
         let sinks: Vec<(&'static str, DurableMetricsSnapshot)> = self
             .0
-            .0
+            .sinks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
@@ -178,4 +201,82 @@ impl Collector for SinkCollector {
         }
         Ok(())
     }
+}
+
+/// `{result}` of consumed records.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// The consumer's series.
+fn encode_consumer(
+    encoder: &mut DescriptorEncoder<'_>,
+    inbound: &InboundMetricsSnapshot,
+    consume: &ConsumeMetrics,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::metrics::MetricType;
+    use std::sync::atomic::Ordering;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut family = encoder.encode_descriptor(
+        "durable_consumed",
+        "Records of [[durable.consume]] topics by what became of them: published to their \
+         channel, refused for good (dead-lettered), or retried later (the home could not take \
+         them now)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (result, v) in [
+        ("published", get(&consume.published)),
+        ("refused", get(&consume.refused)),
+        ("retried", get(&consume.retried)),
+    ] {
+        let label = ResultLabel {
+            result: result.into(),
+        };
+        ConstCounter::new(v).encode(family.encode_family(&label)?)?;
+    }
+    let counters = [
+        (
+            "durable_consumer_received",
+            "Records the consumer read from Kafka (not counting hand-overs again)",
+            inbound.received,
+        ),
+        (
+            "durable_consumer_rebalances",
+            "Consumer group rebalances this node took part in",
+            inbound.rebalances,
+        ),
+        (
+            "durable_consumer_commit_failures",
+            "Offset commits that failed (retried at the next interval)",
+            inbound.commit_failures,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(v).encode(m)?;
+    }
+    let gauges = [
+        (
+            "durable_consumer_lag",
+            "Records of the assigned partitions not yet committed (high watermark - committed, summed)",
+            inbound.lag,
+        ),
+        (
+            "durable_consumer_in_flight",
+            "Records handed to the node and not yet settled",
+            inbound.in_flight,
+        ),
+        (
+            "durable_consumer_partitions",
+            "Partitions assigned to this node's consumer",
+            inbound.assigned_partitions,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)?;
+    }
+    Ok(())
 }

@@ -118,6 +118,23 @@ impl Dispatcher {
         self.send(home_shard(channel, self.inboxes.len()), op).await
     }
 
+    /// Publishes `data` on `channel` at its home, as the server API's
+    /// `publish` does (allowed where clients may not publish); the
+    /// publication's offset, or why not.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: PubData,
+        key: Option<Box<str>>,
+    ) -> Result<u64, ApiError> {
+        let pending = self.publish_home(channel, data, key, false, false).await;
+        let v = Self::answer(pending).await?;
+        v["offset"].as_u64().ok_or(ApiError {
+            code: ErrorCode::Internal,
+            detail: Some("a publish answer without an offset".into()),
+        })
+    }
+
     /// `op` on every shard; the answers in shard order.
     async fn everywhere(&self, op: ApiOp) -> Vec<Reply> {
         let mut pending = Vec::with_capacity(self.inboxes.len());
