@@ -133,7 +133,6 @@ pub struct Metrics {
     collab: collab::CollabFamilies,
     cluster: cluster::ClusterFamilies,
     durable: durable::DurableFamilies,
-    rpc: rpc::RpcFamilies,
 }
 
 impl Default for Metrics {
@@ -358,7 +357,6 @@ impl Metrics {
             collab: collab::CollabFamilies::register(&mut r),
             cluster: cluster::ClusterFamilies::register(&mut r),
             durable: durable::DurableFamilies::register(&mut r),
-            rpc: rpc::RpcFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -894,7 +892,6 @@ mod cluster;
 mod collab;
 mod durable;
 mod ops;
-mod rpc;
 mod stories;
 mod tls;
 pub use cluster::{
