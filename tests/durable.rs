@@ -46,6 +46,11 @@ nats_url = "{}"
         dir.display(),
         nats.url()
     );
+    start(dir, test, &config)
+}
+
+/// A node running `config`, written beside `dir` as `<test>.toml`.
+fn start(dir: &Path, test: &str, config: &str) -> Server {
     let path = dir.with_extension(format!("{test}.toml"));
     std::fs::write(&path, config).unwrap();
     Server::start_with(Opts {
@@ -351,12 +356,7 @@ nats_url = "{}"
         dir.display(),
         nats.url()
     );
-    let path = dir.with_extension("ack.toml");
-    std::fs::write(&path, config).unwrap();
-    let server = Server::start_with(Opts {
-        args: vec!["--config".into(), path.to_str().unwrap().into()],
-        ..Opts::default()
-    });
+    let server = start(&dir, "ack", &config);
     server.wait_for("the sink connected", || {
         server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 1.0
     });
@@ -416,12 +416,7 @@ queue_capacity = 64
         dir.display(),
         nats.url()
     );
-    let path = dir.with_extension("full.toml");
-    std::fs::write(&path, config).unwrap();
-    let server = Server::start_with(Opts {
-        args: vec!["--config".into(), path.to_str().unwrap().into()],
-        ..Opts::default()
-    });
+    let server = start(&dir, "full", &config);
     nats.stop();
     server.wait_for("the worker sees the broker down", || {
         server.metric("wsedge_durable_up{sink=\"jetstream\"}") == 0.0
@@ -556,15 +551,10 @@ kafka_partitions = 3
         dir.display(),
         kafka.bootstrap()
     );
-    let path = dir.with_extension("kafka.toml");
-    std::fs::write(&path, config).unwrap();
     // The broker is down when the node starts: events go to the spill,
     // and the topic is created when it comes up.
     kafka.kill();
-    let server = Server::start_with(Opts {
-        args: vec!["--config".into(), path.to_str().unwrap().into()],
-        ..Opts::default()
-    });
+    let server = start(&dir, "kafka", &config);
     let mut c = RawJson::user(&server, "kim", None);
     let channels = ["chat:k1", "chat:k2", "chat:k3", "chat:k4"];
     let down = 2_000u64;
@@ -681,12 +671,7 @@ channel = "#{{key}}"
         dir.display(),
         kafka.bootstrap()
     );
-    let path = dir.with_extension("consume.toml");
-    std::fs::write(&path, config).unwrap();
-    let server = Server::start_with(Opts {
-        args: vec!["--config".into(), path.to_str().unwrap().into()],
-        ..Opts::default()
-    });
+    let server = start(&dir, "consume", &config);
     // Two connections of alice (personal channel #alice), one of bob.
     let mut a1 = RawJson::user(&server, "alice", None);
     let mut a2 = RawJson::user(&server, "alice", None);

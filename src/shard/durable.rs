@@ -109,6 +109,7 @@ impl DurableRoutes {
                 continue;
             }
             let dir = base.join(kind);
+            let spill = spill_options(config, dir.clone());
             let (mut opts, connect) = match kind {
                 "jetstream" => {
                     let (url, connect) = nats_connection(config)?;
@@ -126,9 +127,7 @@ impl DurableRoutes {
                     })?;
                     let mut opts = DurableOptions::kafka(brokers, &dir);
                     if let SinkOptions::Kafka(k) = &mut opts.sink {
-                        k.max_message_bytes = k
-                            .max_message_bytes
-                            .max(spill_options(config, dir.clone()).max_record);
+                        k.max_message_bytes = k.max_message_bytes.max(spill.max_record);
                         if d.create_sinks {
                             k.topics = topics(&mine, d.kafka_partitions, d.kafka_replication);
                         }
@@ -137,7 +136,7 @@ impl DurableRoutes {
                     (opts, connect)
                 }
             };
-            opts.spill = spill_options(config, dir);
+            opts.spill = spill;
             opts.queue_capacity = d.queue_capacity;
             opts.dead_letter_subject = d.dead_letter.clone();
             let (client, thread) = crate::sidecar::durable::worker::start(opts, connect)?;
