@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub mod cluster;
 pub mod collab;
 pub mod durable;
+pub mod rpc;
 
 use crate::auth::AuthConfig;
 use crate::engine::access::AccessConfig;
@@ -26,6 +27,7 @@ use crate::tls::TlsConfig;
 use cluster::ClusterConfig;
 use collab::CollabConfig;
 use durable::{DurableConfig, DurableTarget};
+use rpc::RpcConfig;
 
 /// Which io driver the shard runtimes use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -416,6 +418,9 @@ pub struct Config {
     /// `[durable]`: the spill and connections of the namespaces'
     /// `durable` sinks. Unused without a durable namespace.
     pub durable: DurableConfig,
+    /// `[rpc]`: clients' `rpc` and `send` to backends over NATS. Default:
+    /// on with the cluster's (or the durable sinks') NATS, off without one.
+    pub rpc: RpcConfig,
 }
 
 impl Default for Config {
@@ -466,6 +471,7 @@ impl Default for Config {
             collab: CollabConfig::default(),
             cluster: ClusterConfig::default(),
             durable: DurableConfig::default(),
+            rpc: RpcConfig::default(),
         }
     }
 }
@@ -521,8 +527,8 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The sections whose keys come from `WSEDGE_<SECTION>_<KEY>`.
-const SECTIONS: [&str; 6] = [
-    "auth_", "access_", "tls_", "collab_", "cluster_", "durable_",
+const SECTIONS: [&str; 7] = [
+    "auth_", "access_", "tls_", "collab_", "cluster_", "durable_", "rpc_",
 ];
 
 /// Largest number of shards (home interest sets are 64-bit masks).
@@ -584,7 +590,7 @@ impl Config {
                     !SECTIONS.iter().any(|s| k.starts_with(s))
                 }),
         );
-        for section in ["access", "tls", "collab", "durable"] {
+        for section in ["access", "tls", "collab", "durable", "rpc"] {
             let prefix = format!("WSEDGE_{}_", section.to_ascii_uppercase());
             fig = fig.merge(Env::prefixed(&prefix).map(move |k| format!("{section}.{k}").into()));
         }
@@ -685,6 +691,7 @@ impl Config {
         self.validate_security()?;
         self.cluster.validate().map_err(ConfigError)?;
         self.validate_durable()?;
+        self.validate_rpc().map_err(ConfigError)?;
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .map_err(|e| ConfigError(format!("log_level {:?}: {e}", self.log_level)))?;
         Ok(())
@@ -864,6 +871,7 @@ impl Config {
         }
         shown.cluster = shown.cluster.redacted();
         shown.durable = shown.durable.redacted();
+        shown.rpc = shown.rpc.redacted();
         toml::to_string_pretty(&shown).expect("config serializes")
     }
 }

@@ -6,7 +6,8 @@
 //!   and out of the engine.
 //! - [`bridge`]: cross-thread messages and bounded inboxes.
 //! - [`sidecar`]: threads for slow I/O (admin HTTP, the server API, Redis
-//!   workers, the cluster's NATS transport).
+//!   workers, the cluster's NATS transport, clients' backend calls over
+//!   NATS).
 //! - [`auth`]: JWT verification (connection and subscription tokens) and
 //!   the `[auth]` configuration.
 //! - [`config`], [`metrics`]: configuration and Prometheus metrics.

@@ -388,6 +388,14 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
+    // Kept alive for the life of the node; shards get `RpcWorker::client`.
+    let rpc = match wsedge::sidecar::rpc::start(&config, &inboxes, metrics.rpc()) {
+        Ok(w) => w,
+        Err(e) => {
+            error!(error = %e, "cannot start the rpc worker");
+            return ExitCode::FAILURE;
+        }
+    };
     if let Some((routes, _)) = &durable {
         metrics.durable_sinks(routes.sinks());
     }
@@ -405,6 +413,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         stories.as_ref().map(StoryWorker::client),
         cluster.as_ref().map(|(w, s)| (s.clone(), w.client())),
         durable_routes,
+        rpc.as_ref().map(wsedge::sidecar::rpc::RpcWorker::client),
     ) {
         Ok(s) => s,
         Err(e) => {
@@ -564,6 +573,9 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         w.shutdown();
     }
     if let Some(w) = durable_workers {
+        w.shutdown();
+    }
+    if let Some(w) = rpc {
         w.shutdown();
     }
     info!("drained; exiting");

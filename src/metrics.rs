@@ -133,6 +133,7 @@ pub struct Metrics {
     collab: collab::CollabFamilies,
     cluster: cluster::ClusterFamilies,
     durable: durable::DurableFamilies,
+    rpc: rpc::RpcFamilies,
 }
 
 impl Default for Metrics {
@@ -357,6 +358,7 @@ impl Metrics {
             collab: collab::CollabFamilies::register(&mut r),
             cluster: cluster::ClusterFamilies::register(&mut r),
             durable: durable::DurableFamilies::register(&mut r),
+            rpc: rpc::RpcFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -892,6 +894,7 @@ mod cluster;
 mod collab;
 mod durable;
 mod ops;
+mod rpc;
 mod stories;
 mod tls;
 pub use cluster::{

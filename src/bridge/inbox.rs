@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
-use super::ShardMsg;
+use super::{CallKind, ShardMsg};
+use crate::engine::subs::ConnRef;
 
 /// A bounded multi-producer queue owned by one shard.
 pub struct Inbox {
@@ -20,6 +21,12 @@ pub struct Inbox {
     /// queue so none is ever refused: there are at most as many as events
     /// the sinks hold for waiting publishers.
     confirmations: SegQueue<(u64, bool)>,
+    /// Backend calls whose answer met a full inbox: (connection, command
+    /// id, which command). Apart from the bounded queue so the connection's in-flight
+    /// slot is always freed (and the client answered, 112): there are at
+    /// most as many as calls the RPC sidecar holds (`[rpc]
+    /// queue_capacity`).
+    rpc_lost: SegQueue<(ConnRef, u32, CallKind)>,
     doorbell: OwnedFd,
     rung: AtomicBool,
 }
@@ -36,6 +43,7 @@ impl Inbox {
         Ok(Self {
             queue: ArrayQueue::new(capacity),
             confirmations: SegQueue::new(),
+            rpc_lost: SegQueue::new(),
             // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
             doorbell: unsafe { OwnedFd::from_raw_fd(fd) },
             rung: AtomicBool::new(false),
@@ -60,6 +68,19 @@ impl Inbox {
     /// Owner only: takes the next durable confirmation.
     pub fn pop_confirmation(&self) -> Option<(u64, bool)> {
         self.confirmations.pop()
+    }
+
+    /// Tells the shard that the answer to connection `conn`'s backend
+    /// call `id` (a `kind`) was lost to a full inbox (never refused),
+    /// ringing the doorbell if needed.
+    pub fn rpc_lost(&self, conn: ConnRef, id: u32, kind: CallKind) {
+        self.rpc_lost.push((conn, id, kind));
+        self.ring();
+    }
+
+    /// Owner only: takes the next lost backend call answer.
+    pub fn pop_rpc_lost(&self) -> Option<(ConnRef, u32, CallKind)> {
+        self.rpc_lost.pop()
     }
 
     fn ring(&self) {

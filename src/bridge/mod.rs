@@ -10,11 +10,13 @@ pub use crate::engine::router::MsgKind as ShardMsgKind;
 
 pub mod api;
 mod inbox;
+pub mod rpc;
 pub mod story;
 pub mod ticket;
 
 pub use api::{ApiAnswer, ApiCall, ApiOp};
 pub use inbox::Inbox;
+pub use rpc::{CallKind, RpcAnswer, RpcOutcome};
 pub use story::{
     LockRecord, SectionRecord, StoryChange, StoryLoad, StoryLoadAnswer, StoryRecord,
     StoryStoreError, StoryWrite,
@@ -42,6 +44,8 @@ pub enum ShardMsg {
     /// From the NATS worker: the live set or the link changed; the shard
     /// reads the new state (`shard::cluster::ShardCluster::changes`).
     ClusterChanged,
+    /// From the RPC sidecar: how a connection's `rpc` or `send` ended.
+    Rpc(Box<RpcAnswer>),
 }
 
 impl ShardMsg {
@@ -55,6 +59,7 @@ impl ShardMsg {
             ShardMsg::Drain => ShardMsgKind::Drain,
             ShardMsg::Cluster(_) => ShardMsgKind::Cluster,
             ShardMsg::ClusterChanged => ShardMsgKind::ClusterChanged,
+            ShardMsg::Rpc(_) => ShardMsgKind::Rpc,
         }
     }
 }

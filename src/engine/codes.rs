@@ -73,11 +73,23 @@ pub enum ErrorCode {
     /// sink did not confirm the event (refused it for good, or the spill
     /// could not be synced).
     NotDurable,
+    /// 124: an `rpc`'s responder did not answer within `[rpc] timeout`;
+    /// retry later (the call may or may not have run).
+    RpcTimeout,
+    /// 125: no backend listens on the `rpc`'s subject now; retry later.
+    NoResponders,
+    /// 126: the `rpc`'s responder answered with an error (its
+    /// `Wsedge-Error` header, carried in the message), or its reply was
+    /// too large to forward.
+    RpcError,
+    /// 127: `rpc` and `send` are not available on this node (no NATS
+    /// configured for them).
+    RpcNotConfigured,
 }
 
 impl ErrorCode {
     /// Every code, for documentation tests and metrics.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownChannel,
@@ -102,6 +114,10 @@ impl ErrorCode {
         ErrorCode::StoryLimit,
         ErrorCode::NotCollaborative,
         ErrorCode::NotDurable,
+        ErrorCode::RpcTimeout,
+        ErrorCode::NoResponders,
+        ErrorCode::RpcError,
+        ErrorCode::RpcNotConfigured,
     ];
 
     /// The numeric code on the wire.
@@ -131,6 +147,10 @@ impl ErrorCode {
             ErrorCode::StoryLimit => 121,
             ErrorCode::NotCollaborative => 122,
             ErrorCode::NotDurable => 123,
+            ErrorCode::RpcTimeout => 124,
+            ErrorCode::NoResponders => 125,
+            ErrorCode::RpcError => 126,
+            ErrorCode::RpcNotConfigured => 127,
         }
     }
 
@@ -161,6 +181,10 @@ impl ErrorCode {
             ErrorCode::StoryLimit => "story limit",
             ErrorCode::NotCollaborative => "not a collaborative channel",
             ErrorCode::NotDurable => "published, but the durable sink did not confirm it",
+            ErrorCode::RpcTimeout => "rpc timeout",
+            ErrorCode::NoResponders => "no responders",
+            ErrorCode::RpcError => "rpc error",
+            ErrorCode::RpcNotConfigured => "rpc not configured",
         }
     }
 
@@ -174,6 +198,8 @@ impl ErrorCode {
                 | ErrorCode::TooManyRequests
                 | ErrorCode::TokenExpired
                 | ErrorCode::EditorsFull
+                | ErrorCode::RpcTimeout
+                | ErrorCode::NoResponders
         )
     }
 }
@@ -363,6 +389,23 @@ mod tests {
         assert!(codes.iter().all(|c| (100..200).contains(c)));
         let close: HashSet<u16> = CloseReason::ALL.iter().map(|c| c.code()).collect();
         assert_eq!(close.len(), CloseReason::ALL.len());
+    }
+
+    /// docs/PROTOCOL.md's error table has a row for every code, with the
+    /// same `temporary` answer.
+    #[test]
+    fn protocol_doc_lists_every_error_code() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        for c in ErrorCode::ALL {
+            let prefix = format!("| {} |", c.code());
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&prefix))
+                .unwrap_or_else(|| panic!("docs/PROTOCOL.md has no row for {c:?}"));
+            let temporary = row.split('|').nth(3).map(str::trim);
+            let want = if c.temporary() { "yes" } else { "no" };
+            assert_eq!(temporary, Some(want), "{c:?}: {row}");
+        }
     }
 
     #[test]

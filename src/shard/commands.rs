@@ -458,6 +458,9 @@ impl Shard {
         if let Method::SubRefresh { channel, token } = &method {
             return self.sub_refresh(c, id, channel, token);
         }
+        if let Method::Rpc { .. } | Method::Send { .. } = method {
+            return self.backend_call(c, id, method);
+        }
         let who = self.who(c);
         let mut out = shard_out!(self);
         let r = &mut self.router;
@@ -513,7 +516,9 @@ impl Shard {
                 r.presence_state(now, c, id, &channel, &state, ttl, &who, &mut out)
             }
             Method::Refresh { token } => self.refresh(c, id, &token),
-            Method::SubRefresh { .. } => unreachable!("answered before routing"),
+            Method::SubRefresh { .. } | Method::Rpc { .. } | Method::Send { .. } => {
+                unreachable!("answered before routing")
+            }
             Method::Connect(_) | Method::Ping => {
                 unreachable!("the session answers connect and ping itself")
             }
@@ -607,6 +612,7 @@ impl Shard {
             }
             ShardMsg::Api(call) => self.handle_api(*call),
             ShardMsg::Ticket(answer) => self.on_ticket(*answer),
+            ShardMsg::Rpc(answer) => self.on_rpc_answer(*answer),
             ShardMsg::StoryLoaded(answer) => self.on_story_loaded(*answer),
             ShardMsg::Drain => self.start_drain(),
             ShardMsg::Cluster(m) => {

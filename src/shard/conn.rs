@@ -18,6 +18,9 @@ pub struct Conn {
     pub(crate) write_shut: bool,
     /// Listed in the shard's read backlog (more input may be waiting).
     pub(crate) in_backlog: bool,
+    /// `rpc` calls asked and not yet answered (at most `[rpc]
+    /// max_in_flight`).
+    pub(crate) rpc_in_flight: u16,
     /// Everything the protocol knows: phase, frames, heartbeat, commands,
     /// identity, and the output waiting for the socket.
     pub(crate) session: Session,
@@ -32,6 +35,7 @@ impl Conn {
             dirty: false,
             write_shut: false,
             in_backlog: false,
+            rpc_in_flight: 0,
             session: Session::new(now, cfg),
         }
     }

@@ -369,6 +369,10 @@ impl Shard {
                 .durable_confirmed(Instant::now(), token, ok, &mut out);
             self.apply_closes();
         }
+        // At most one per backend call the node holds.
+        while let Some((c, id, kind)) = self.inbox().pop_rpc_lost() {
+            self.on_rpc_lost(c, id, kind);
+        }
         for _ in 0..INBOX_BATCH {
             let Some(msg) = self.inbox().pop() else {
                 return;

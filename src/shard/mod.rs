@@ -22,6 +22,7 @@
 //!   limit) and `ShardOut`, the shell's side of the channel router
 //!   (`engine::router::Output`).
 //! - `api.rs`: server API calls on the shard, and the user index.
+//! - `rpc.rs`: clients' backend calls (`rpc`, `send`) and their answers.
 //! - `conn.rs`: per-connection state.
 //! - `sys.rs`: the Linux calls (epoll, accept4, read, writev).
 //! - `tls/`: TLS over the raw socket (rustls, then kernel TLS).
@@ -64,6 +65,7 @@ pub mod durable;
 mod held;
 pub mod live;
 mod peers;
+mod rpc;
 mod story;
 pub mod sys;
 pub mod tls;
@@ -193,6 +195,9 @@ pub struct ShardContext {
     )>,
     /// The durable namespaces' sinks, when a namespace is `durable`.
     pub durable: Option<Arc<durable::DurableRoutes>>,
+    /// The backend call worker, when the node has a NATS for `rpc` and
+    /// `send` (none: they answer error 127).
+    pub rpc: Option<crate::sidecar::rpc::RpcClient>,
 }
 
 /// Running shards.
@@ -230,6 +235,7 @@ pub fn start(
         crate::sidecar::cluster::ClusterClient,
     )>,
     durable: Option<Arc<durable::DurableRoutes>>,
+    rpc: Option<crate::sidecar::rpc::RpcClient>,
 ) -> std::io::Result<Shards> {
     let n = inboxes.len();
     let opts = sys::ListenOpts {
@@ -266,6 +272,7 @@ pub fn start(
         stories,
         cluster,
         durable,
+        rpc,
     };
     let cpus = allowed_cpus();
     let mut threads = Vec::with_capacity(n);

@@ -2,14 +2,16 @@
 //! blocking I/O): the admin HTTP server and the server HTTP API, each on
 //! its own thread; the one-time ticket redemption through Redis on its
 //! own; live story state written behind to Redis on its own; the cluster's
-//! NATS transport on its own ([`cluster`]); other broker workers
-//! (JetStream, Kafka) join here.
+//! NATS transport on its own ([`cluster`]); clients' backend calls over
+//! NATS on their own ([`rpc`]); other broker workers (JetStream, Kafka)
+//! join here.
 
 pub mod admin;
 pub mod api;
 pub mod cluster;
 pub mod durable;
 pub mod http;
+pub mod rpc;
 pub mod stories;
 pub mod tickets;
 

@@ -574,11 +574,13 @@ pub enum MsgKind {
     Cluster,
     /// The live set or the NATS link changed (the shell's).
     ClusterChanged,
+    /// A backend call's answer (the shell's, from the RPC sidecar).
+    Rpc,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 22] = [
+    pub const ALL: [MsgKind; 23] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::InterestFailed,
@@ -601,6 +603,7 @@ impl MsgKind {
         MsgKind::Drain,
         MsgKind::Cluster,
         MsgKind::ClusterChanged,
+        MsgKind::Rpc,
     ];
 
     /// Short name for metrics (the `kind` label).
@@ -628,6 +631,7 @@ impl MsgKind {
             MsgKind::Drain => "drain",
             MsgKind::Cluster => "cluster",
             MsgKind::ClusterChanged => "cluster_changed",
+            MsgKind::Rpc => "rpc",
         }
     }
 }

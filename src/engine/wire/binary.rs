@@ -116,8 +116,21 @@ fn method<'a>(cmd: &proto::Command<'a>) -> Result<Method<'a>, ErrorCode> {
             super::presence_state(channel(s.channel())?, state, s.ttl())?
         }
         M::Ping => Method::Ping,
+        M::Rpc => {
+            let r = cmd.method_as_rpc().ok_or(bad)?;
+            let method = r.method().map(Cow::Borrowed).ok_or(bad)?;
+            super::rpc::rpc(method, call_data(r.data()))?
+        }
+        M::Send => Method::Send {
+            data: call_data(cmd.method_as_send().ok_or(bad)?.data()),
+        },
         _ => return collab::method(cmd).unwrap_or(Err(ErrorCode::UnknownMethod)),
     })
+}
+
+/// A backend call's payload: the bytes given, or empty when absent.
+fn call_data(data: Option<Vector<'_, u8>>) -> Data<'_> {
+    Data::Bytes(data.map_or(&[][..], |d| d.bytes()))
 }
 
 /// Decodes the commands of one binary message.
@@ -273,9 +286,16 @@ fn reply_offset<'b>(
             let r = proto::PingResult::create(fbb, &proto::PingResultArgs {});
             (R::Ping, Some(r.as_union_value()), None)
         }
-        ReplyBody::Error(code) => (R::NONE, None, Some(collab::error_offset(fbb, code, None))),
+        ReplyBody::Error(code) => {
+            let e = collab::error_offset(fbb, code, code.message(), None);
+            (R::NONE, None, Some(e))
+        }
+        ReplyBody::ErrorMessage { code, message } => {
+            let e = collab::error_offset(fbb, code, message, None);
+            (R::NONE, None, Some(e))
+        }
         ReplyBody::ErrorDetail(d) => {
-            let e = collab::error_offset(fbb, d.code(), Some(&d));
+            let e = collab::error_offset(fbb, d.code(), d.code().message(), Some(&d));
             (R::NONE, None, Some(e))
         }
         ReplyBody::CollabJoin(r) => some(collab::join_result(fbb, &r)),
@@ -288,6 +308,15 @@ fn reply_offset<'b>(
         ReplyBody::Unlock => some(collab::unlock_result(fbb)),
         ReplyBody::Update { version, duplicate } => {
             some(collab::update_result(fbb, version, duplicate))
+        }
+        ReplyBody::Rpc { data, .. } => {
+            let data = fbb.create_vector(data);
+            let r = proto::RpcResult::create(fbb, &proto::RpcResultArgs { data: Some(data) });
+            (R::Rpc, Some(r.as_union_value()), None)
+        }
+        ReplyBody::Send => {
+            let r = proto::SendResult::create(fbb, &proto::SendResultArgs {});
+            (R::Send, Some(r.as_union_value()), None)
         }
     };
     proto::Reply::create(

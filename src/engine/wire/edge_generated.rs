@@ -101,10 +101,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for CollabRole {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_METHOD: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_METHOD: u8 = 16;
+pub const ENUM_MAX_METHOD: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_METHOD: [Method; 17] = [
+pub const ENUM_VALUES_METHOD: [Method; 19] = [
   Method::NONE,
   Method::Connect,
   Method::Subscribe,
@@ -122,6 +122,8 @@ pub const ENUM_VALUES_METHOD: [Method; 17] = [
   Method::Lock,
   Method::Unlock,
   Method::Update,
+  Method::Rpc,
+  Method::Send,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -146,9 +148,11 @@ impl Method {
   pub const Lock: Self = Self(14);
   pub const Unlock: Self = Self(15);
   pub const Update: Self = Self(16);
+  pub const Rpc: Self = Self(17);
+  pub const Send: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -167,6 +171,8 @@ impl Method {
     Self::Lock,
     Self::Unlock,
     Self::Update,
+    Self::Rpc,
+    Self::Send,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -188,6 +194,8 @@ impl Method {
       Self::Lock => Some("Lock"),
       Self::Unlock => Some("Unlock"),
       Self::Update => Some("Update"),
+      Self::Rpc => Some("Rpc"),
+      Self::Send => Some("Send"),
       _ => None,
     }
   }
@@ -247,10 +255,10 @@ pub struct MethodUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_REPLY_RESULT: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_REPLY_RESULT: u8 = 16;
+pub const ENUM_MAX_REPLY_RESULT: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 17] = [
+pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 19] = [
   ReplyResult::NONE,
   ReplyResult::Connect,
   ReplyResult::Subscribe,
@@ -268,6 +276,8 @@ pub const ENUM_VALUES_REPLY_RESULT: [ReplyResult; 17] = [
   ReplyResult::Lock,
   ReplyResult::Unlock,
   ReplyResult::Update,
+  ReplyResult::Rpc,
+  ReplyResult::Send,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -292,9 +302,11 @@ impl ReplyResult {
   pub const Lock: Self = Self(14);
   pub const Unlock: Self = Self(15);
   pub const Update: Self = Self(16);
+  pub const Rpc: Self = Self(17);
+  pub const Send: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Connect,
@@ -313,6 +325,8 @@ impl ReplyResult {
     Self::Lock,
     Self::Unlock,
     Self::Update,
+    Self::Rpc,
+    Self::Send,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -334,6 +348,8 @@ impl ReplyResult {
       Self::Lock => Some("Lock"),
       Self::Unlock => Some("Unlock"),
       Self::Update => Some("Update"),
+      Self::Rpc => Some("Rpc"),
+      Self::Send => Some("Send"),
       _ => None,
     }
   }
@@ -2649,6 +2665,215 @@ impl ::core::fmt::Debug for UpdateRequest<'_> {
       ds.finish()
   }
 }
+pub enum RpcRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RpcRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RpcRequest<'a> {
+  type Inner = RpcRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RpcRequest<'a> {
+  pub const VT_METHOD: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RpcRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RpcRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RpcRequest<'bldr>> {
+    let mut builder = RpcRequestBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.method { builder.add_method(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn method(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(RpcRequest::VT_METHOD, None)}
+  }
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RpcRequest::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RpcRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("method", Self::VT_METHOD, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RpcRequestArgs<'a> {
+    pub method: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RpcRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RpcRequestArgs {
+      method: None,
+      data: None,
+    }
+  }
+}
+
+pub struct RpcRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RpcRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_method(&mut self, method: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RpcRequest::VT_METHOD, method);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RpcRequest::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RpcRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RpcRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RpcRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RpcRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RpcRequest");
+      ds.field("method", &self.method());
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
+pub enum SendRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SendRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SendRequest<'a> {
+  type Inner = SendRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SendRequest<'a> {
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SendRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SendRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SendRequest<'bldr>> {
+    let mut builder = SendRequestBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SendRequest::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SendRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SendRequestArgs<'a> {
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SendRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SendRequestArgs {
+      data: None,
+    }
+  }
+}
+
+pub struct SendRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SendRequest::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SendRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SendRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SendRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SendRequest");
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
 pub enum CommandOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2947,6 +3172,36 @@ impl<'a> Command<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_rpc(&self) -> Option<RpcRequest<'a>> {
+    if self.method_type() == Method::Rpc {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RpcRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn method_as_send(&self) -> Option<SendRequest<'a>> {
+    if self.method_type() == Method::Send {
+      self.method().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SendRequest::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Command<'_> {
@@ -2974,6 +3229,8 @@ impl ::flatbuffers::Verifiable for Command<'_> {
           Method::Lock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockRequest>>("Method::Lock", pos),
           Method::Unlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnlockRequest>>("Method::Unlock", pos),
           Method::Update => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UpdateRequest>>("Method::Update", pos),
+          Method::Rpc => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RpcRequest>>("Method::Rpc", pos),
+          Method::Send => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SendRequest>>("Method::Send", pos),
           _ => Ok(()),
         }
      })?
@@ -3142,6 +3399,20 @@ impl ::core::fmt::Debug for Command<'_> {
         },
         Method::Update => {
           if let Some(x) = self.method_as_update() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Rpc => {
+          if let Some(x) = self.method_as_rpc() {
+            ds.field("method", &x)
+          } else {
+            ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Method::Send => {
+          if let Some(x) = self.method_as_send() {
             ds.field("method", &x)
           } else {
             ds.field("method", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -5551,6 +5822,180 @@ impl ::core::fmt::Debug for UpdateResult<'_> {
       ds.finish()
   }
 }
+pub enum RpcResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct RpcResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for RpcResult<'a> {
+  type Inner = RpcResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> RpcResult<'a> {
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    RpcResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args RpcResultArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<RpcResult<'bldr>> {
+    let mut builder = RpcResultBuilder::new(_fbb);
+    if let Some(x) = args.data { builder.add_data(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn data(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(RpcResult::VT_DATA, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for RpcResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct RpcResultArgs<'a> {
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for RpcResultArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    RpcResultArgs {
+      data: None,
+    }
+  }
+}
+
+pub struct RpcResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> RpcResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(RpcResult::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> RpcResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    RpcResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<RpcResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for RpcResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("RpcResult");
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
+pub enum SendResultOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SendResult<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SendResult<'a> {
+  type Inner = SendResult<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SendResult<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SendResult { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args SendResultArgs
+  ) -> ::flatbuffers::WIPOffset<SendResult<'bldr>> {
+    let mut builder = SendResultBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for SendResult<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SendResultArgs {
+}
+impl<'a> Default for SendResultArgs {
+  #[inline]
+  fn default() -> Self {
+    SendResultArgs {
+    }
+  }
+}
+
+pub struct SendResultBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SendResultBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SendResultBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SendResultBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SendResult<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SendResult<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SendResult");
+      ds.finish()
+  }
+}
 pub enum ErrorOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -6039,6 +6484,36 @@ impl<'a> Reply<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_rpc(&self) -> Option<RpcResult<'a>> {
+    if self.result_type() == ReplyResult::Rpc {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { RpcResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn result_as_send(&self) -> Option<SendResult<'a>> {
+    if self.result_type() == ReplyResult::Send {
+      self.result().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { SendResult::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Reply<'_> {
@@ -6066,6 +6541,8 @@ impl ::flatbuffers::Verifiable for Reply<'_> {
           ReplyResult::Lock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<LockResult>>("ReplyResult::Lock", pos),
           ReplyResult::Unlock => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnlockResult>>("ReplyResult::Unlock", pos),
           ReplyResult::Update => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UpdateResult>>("ReplyResult::Update", pos),
+          ReplyResult::Rpc => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<RpcResult>>("ReplyResult::Rpc", pos),
+          ReplyResult::Send => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<SendResult>>("ReplyResult::Send", pos),
           _ => Ok(()),
         }
      })?
@@ -6241,6 +6718,20 @@ impl ::core::fmt::Debug for Reply<'_> {
         },
         ReplyResult::Update => {
           if let Some(x) = self.result_as_update() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Rpc => {
+          if let Some(x) = self.result_as_rpc() {
+            ds.field("result", &x)
+          } else {
+            ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        ReplyResult::Send => {
+          if let Some(x) = self.result_as_send() {
             ds.field("result", &x)
           } else {
             ds.field("result", &"InvalidFlatbuffer: Union discriminant does not match value.")

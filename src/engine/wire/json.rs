@@ -131,6 +131,25 @@ struct PublishJson<'a> {
 }
 
 #[derive(Deserialize)]
+struct RpcJson<'a> {
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SendJson<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A backend call's payload: the JSON text given, or empty when absent.
+fn call_data(data: Option<&RawValue>) -> Data<'_> {
+    Data::Json(data.map_or(&[][..], |d| d.get().as_bytes()))
+}
+
+#[derive(Deserialize)]
 struct PositionJson<'a> {
     #[serde(borrow)]
     epoch: Cow<'a, str>,
@@ -230,6 +249,16 @@ fn method<'a>(name: &str, params: &'a RawValue) -> Result<Method<'a>, ErrorCode>
         "ping" => {
             serde_json::from_str::<IgnoredAny>(p).map_err(bad)?;
             Method::Ping
+        }
+        "rpc" => {
+            let r: RpcJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            super::rpc::rpc(r.method, call_data(r.data))?
+        }
+        "send" => {
+            let s: SendJson<'a> = serde_json::from_str(p).map_err(bad)?;
+            Method::Send {
+                data: call_data(s.data),
+            }
         }
         other => return collab::method(other, p).unwrap_or(Err(ErrorCode::UnknownMethod)),
     })
@@ -365,11 +394,15 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
         ReplyBody::PresenceState => out.extend_from_slice(b",\"presence_state\":{}"),
         ReplyBody::Ping => out.extend_from_slice(b",\"ping\":{}"),
         ReplyBody::Error(code) => {
-            push_error_fields(out, code);
+            push_error_fields(out, code, code.message());
+            out.push(b'}');
+        }
+        ReplyBody::ErrorMessage { code, message } => {
+            push_error_fields(out, code, message);
             out.push(b'}');
         }
         ReplyBody::ErrorDetail(detail) => {
-            push_error_fields(out, detail.code());
+            push_error_fields(out, detail.code(), detail.code().message());
             collab::write_error_detail(out, &detail);
             out.push(b'}');
         }
@@ -384,17 +417,23 @@ pub fn write_reply(out: &mut Vec<u8>, id: u32, body: ReplyBody<'_>) {
         ReplyBody::Update { version, duplicate } => {
             collab::write_update_reply(out, version, duplicate)
         }
+        ReplyBody::Rpc { data, is_json } => {
+            out.extend_from_slice(b",\"rpc\":{");
+            push_data_field(out, data, is_json);
+            out.push(b'}');
+        }
+        ReplyBody::Send => out.extend_from_slice(b",\"send\":{}"),
     }
     out.push(b'}');
 }
 
 /// `,"error":{"code":N,"message":…,"temporary":…` — the caller adds any
 /// extra fields and `}`.
-fn push_error_fields(out: &mut Vec<u8>, code: ErrorCode) {
+fn push_error_fields(out: &mut Vec<u8>, code: ErrorCode, message: &str) {
     out.extend_from_slice(b",\"error\":{\"code\":");
     push_u64(out, code.code() as u64);
     out.extend_from_slice(b",\"message\":");
-    push_json_str(out, code.message());
+    push_json_str(out, message);
     out.extend_from_slice(b",\"temporary\":");
     push_bool(out, code.temporary());
 }
@@ -571,12 +610,21 @@ fn push_client_info_fields(out: &mut Vec<u8>, info: &ClientInfo) {
 fn push_publication(out: &mut Vec<u8>, offset: u64, data: &[u8], data_is_json: bool) {
     out.extend_from_slice(b"{\"offset\":");
     push_u64(out, offset);
+    out.push(b',');
+    push_data_field(out, data, data_is_json);
+    out.push(b'}');
+}
+
+/// `"data":…` when `data` is JSON text, else `"b64data":"…"` (standard
+/// base64): how a publication's or a backend reply's bytes reach a JSON
+/// client.
+fn push_data_field(out: &mut Vec<u8>, data: &[u8], data_is_json: bool) {
     if data_is_json {
-        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(b"\"data\":");
         push_raw_json(out, data);
     } else {
         use base64::Engine as _;
-        out.extend_from_slice(b",\"b64data\":\"");
+        out.extend_from_slice(b"\"b64data\":\"");
         let start = out.len();
         let n = base64::encoded_len(data.len(), true).expect("length fits");
         out.resize(start + n, 0);
@@ -585,7 +633,6 @@ fn push_publication(out: &mut Vec<u8>, offset: u64, data: &[u8], data_is_json: b
             .expect("buffer sized exactly");
         out.push(b'"');
     }
-    out.push(b'}');
 }
 
 /// Accumulates JSON objects for one text frame.

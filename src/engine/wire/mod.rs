@@ -10,6 +10,7 @@
 //! - [`binary`]: the FlatBuffers form.
 //! - [`publication`]: encodes a publication once per form.
 //! - [`collab`]: story collaboration's types and story events.
+//! - [`rpc`]: backend calls (`rpc`, `send`) and their parameter rules.
 
 use std::borrow::Cow;
 
@@ -23,6 +24,7 @@ pub mod binary;
 pub mod collab;
 pub mod json;
 pub mod publication;
+pub mod rpc;
 
 #[cfg(test)]
 mod fixtures;
@@ -226,6 +228,19 @@ pub enum Method<'a> {
         /// Deduplicates resends (1..=64 bytes).
         op_id: Cow<'a, str>,
     },
+    /// `rpc {method, data?}`: a request to the backends, answered with
+    /// their reply.
+    Rpc {
+        /// The method: a valid subject suffix ([`rpc::is_valid_rpc_method`]).
+        method: Cow<'a, str>,
+        /// The payload handed to the backend (empty when absent).
+        data: Data<'a>,
+    },
+    /// `send {data?}`: a message to the backends, with no reply.
+    Send {
+        /// The payload handed to the backends (empty when absent).
+        data: Data<'a>,
+    },
 }
 
 impl Method<'_> {
@@ -248,6 +263,8 @@ impl Method<'_> {
             Method::Lock { .. } => "lock",
             Method::Unlock { .. } => "unlock",
             Method::Update { .. } => "update",
+            Method::Rpc { .. } => "rpc",
+            Method::Send { .. } => "send",
         }
     }
 }
@@ -481,6 +498,24 @@ pub enum ReplyBody<'a> {
         /// The `op_id` was seen before: nothing was applied again (sent
         /// only when true).
         duplicate: bool,
+    },
+    /// Result of `rpc`: the backend's reply.
+    Rpc {
+        /// The reply's bytes.
+        data: &'a [u8],
+        /// Whether they are JSON text: JSON clients then get them as
+        /// `data`, else base64 as `b64data` (as publications).
+        is_json: bool,
+    },
+    /// Result of `send`.
+    Send,
+    /// An error whose message is not the catalogue's: a backend's own
+    /// text (126).
+    ErrorMessage {
+        /// The code.
+        code: ErrorCode,
+        /// The message sent in place of [`ErrorCode::message`].
+        message: &'a str,
     },
 }
 

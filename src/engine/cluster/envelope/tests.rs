@@ -431,6 +431,7 @@ fn samples_cover_every_variant() {
                     | MsgKind::Drain
                     | MsgKind::Cluster
                     | MsgKind::ClusterChanged
+                    | MsgKind::Rpc
             )
         })
         .map(|k| k.label())

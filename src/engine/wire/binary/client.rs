@@ -271,5 +271,16 @@ fn request_offset(fbb: &mut Fbb, m: &Method<'_>) -> (proto::Method, WIPOffset<Un
             );
             (M::Update, r.as_union_value())
         }
+        Method::Rpc { method, data } => {
+            let method = Some(fbb.create_string(method));
+            let data = Some(fbb.create_vector(data.as_bytes()));
+            let r = proto::RpcRequest::create(fbb, &proto::RpcRequestArgs { method, data });
+            (M::Rpc, r.as_union_value())
+        }
+        Method::Send { data } => {
+            let data = Some(fbb.create_vector(data.as_bytes()));
+            let r = proto::SendRequest::create(fbb, &proto::SendRequestArgs { data });
+            (M::Send, r.as_union_value())
+        }
     }
 }

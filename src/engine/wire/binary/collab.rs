@@ -191,9 +191,10 @@ pub(super) fn update_result<'b>(
 pub(super) fn error_offset<'b>(
     fbb: &mut FlatBufferBuilder<'b>,
     code: ErrorCode,
+    message: &str,
     detail: Option<&ErrorDetail<'_>>,
 ) -> WIPOffset<proto::Error<'b>> {
-    let message = fbb.create_string(code.message());
+    let message = fbb.create_string(message);
     let (holder, version, data) = match detail {
         None => (None, None, None),
         Some(ErrorDetail::SectionLocked { holder }) => {

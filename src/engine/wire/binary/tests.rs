@@ -555,3 +555,94 @@ fn credentials_round_trip() {
         .unwrap();
     assert!(!r.expires());
 }
+
+#[test]
+fn backend_calls_round_trip() {
+    let methods = [
+        Method::Rpc {
+            method: "rooms.list".into(),
+            data: Data::Bytes(&[0, 255, 1]),
+        },
+        Method::Rpc {
+            method: "m".into(),
+            data: Data::Bytes(b""),
+        },
+        Method::Send {
+            data: Data::Bytes(b"{\"typing\":true}"),
+        },
+    ];
+    for m in methods {
+        let buf = client_frame(&[(1, m.clone())]);
+        assert_eq!(one(&buf), Ok(m));
+    }
+    // Absent data is an empty payload; a missing or bad method is 107.
+    let buf = raw_frame(|fbb| {
+        let method = Some(fbb.create_string("echo"));
+        let r = proto::RpcRequest::create(fbb, &proto::RpcRequestArgs { method, data: None });
+        (proto::Method::Rpc, r.as_union_value())
+    });
+    assert_eq!(
+        one(&buf),
+        Ok(Method::Rpc {
+            method: "echo".into(),
+            data: Data::Bytes(b""),
+        })
+    );
+    let buf = raw_frame(|fbb| {
+        let r = proto::SendRequest::create(fbb, &proto::SendRequestArgs { data: None });
+        (proto::Method::Send, r.as_union_value())
+    });
+    assert_eq!(
+        one(&buf),
+        Ok(Method::Send {
+            data: Data::Bytes(b"")
+        })
+    );
+    for method in [None, Some(""), Some("a..b"), Some("a.*"), Some("a b")] {
+        let buf = raw_frame(|fbb| {
+            let method = method.map(|m| fbb.create_string(m));
+            let r = proto::RpcRequest::create(fbb, &proto::RpcRequestArgs { method, data: None });
+            (proto::Method::Rpc, r.as_union_value())
+        });
+        assert_eq!(one(&buf), Err(ErrorCode::BadRequest), "{method:?}");
+    }
+}
+
+#[test]
+fn backend_call_replies_round_trip() {
+    let mut w = BinaryWriter::default();
+    w.begin();
+    w.reply(
+        1,
+        ReplyBody::Rpc {
+            data: &[0, 255],
+            is_json: false,
+        },
+    );
+    w.reply(2, ReplyBody::Send);
+    w.reply(
+        3,
+        ReplyBody::ErrorMessage {
+            code: ErrorCode::RpcError,
+            message: "400 bad input",
+        },
+    );
+    w.reply(4, ReplyBody::Error(ErrorCode::NoResponders));
+    let payload = w.payload().to_vec();
+    let sf = flatbuffers::root::<proto::ServerFrame>(&payload).unwrap();
+    let msgs = sf.messages().unwrap();
+    let reply = |i: usize| msgs.get(i).reply().unwrap();
+    let rpc = reply(0).result_as_rpc().unwrap();
+    assert_eq!(rpc.data().unwrap().bytes(), &[0, 255]);
+    assert!(reply(1).result_as_send().is_some());
+    let e = reply(2).error().unwrap();
+    assert_eq!(
+        (e.code(), e.message(), e.temporary()),
+        (126, Some("400 bad input"), false)
+    );
+    let e = reply(3).error().unwrap();
+    assert_eq!(
+        (e.code(), e.message(), e.temporary()),
+        (125, Some("no responders"), true)
+    );
+}

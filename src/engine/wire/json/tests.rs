@@ -579,3 +579,83 @@ fn credentials() {
     });
     assert_eq!(v["sub_refresh"], json!({"expires": false}));
 }
+
+#[test]
+fn backend_calls() {
+    assert_eq!(
+        one(r#"{"id":1,"rpc":{"method":"rooms.list","data":{"page":2}}}"#),
+        Ok(Method::Rpc {
+            method: "rooms.list".into(),
+            data: Data::Json(br#"{"page":2}"#),
+        })
+    );
+    // `data` is optional: an empty payload.
+    assert_eq!(
+        one(r#"{"id":1,"rpc":{"method":"ping_backend"}}"#),
+        Ok(Method::Rpc {
+            method: "ping_backend".into(),
+            data: Data::Json(b""),
+        })
+    );
+    assert_eq!(
+        one(r#"{"id":2,"send":{"data":"typing"}}"#),
+        Ok(Method::Send {
+            data: Data::Json(br#""typing""#),
+        })
+    );
+    assert_eq!(
+        one(r#"{"id":2,"send":{}}"#),
+        Ok(Method::Send {
+            data: Data::Json(b""),
+        })
+    );
+    for bad in [
+        r#"{"id":3,"rpc":{"data":1}}"#,
+        r#"{"id":3,"rpc":{"method":1}}"#,
+        r#"{"id":3,"rpc":{"method":""}}"#,
+        r#"{"id":3,"rpc":{"method":"a..b"}}"#,
+        r#"{"id":3,"rpc":{"method":"a.*"}}"#,
+        r#"{"id":3,"rpc":{"method":"a.>"}}"#,
+        r#"{"id":3,"rpc":{"method":"a b"}}"#,
+        r#"{"id":3,"rpc":{"method":".a"}}"#,
+        r#"{"id":3,"rpc":{"method":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}"#,
+        r#"{"id":3,"rpc":[]}"#,
+        r#"{"id":3,"send":1}"#,
+    ] {
+        assert_eq!(one(bad), Err(ErrorCode::BadRequest), "{bad}");
+    }
+}
+
+#[test]
+fn backend_call_replies() {
+    let v = reply_json(ReplyBody::Rpc {
+        data: br#"{"rooms":["a"]}"#,
+        is_json: true,
+    });
+    assert_eq!(v["rpc"], json!({"data": {"rooms": ["a"]}}));
+    // Bytes that are not JSON, as publications: base64.
+    let v = reply_json(ReplyBody::Rpc {
+        data: b"\xff\x00",
+        is_json: false,
+    });
+    assert_eq!(v["rpc"], json!({"b64data": "/wA="}));
+    let v = reply_json(ReplyBody::Rpc {
+        data: b"",
+        is_json: false,
+    });
+    assert_eq!(v["rpc"], json!({"b64data": ""}));
+    assert_eq!(reply_json(ReplyBody::Send)["send"], json!({}));
+    let v = reply_json(ReplyBody::ErrorMessage {
+        code: ErrorCode::RpcError,
+        message: "400 \"bad\" input",
+    });
+    assert_eq!(
+        v["error"],
+        json!({"code": 126, "message": "400 \"bad\" input", "temporary": false})
+    );
+    let v = reply_json(ReplyBody::Error(ErrorCode::RpcTimeout));
+    assert_eq!(
+        v["error"],
+        json!({"code": 124, "message": "rpc timeout", "temporary": true})
+    );
+}
