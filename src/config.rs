@@ -194,6 +194,16 @@ pub struct NamespaceConfig {
     /// spill while the broker is down. Default unset: a durable event
     /// costs a broker write per publication.
     pub durable: Option<String>,
+    /// Keep every presence join and leave for good too, in the same forms
+    /// as `durable` (`"jetstream:<subject>"` | `"kafka:<topic>"`): events
+    /// `presence.join` / `presence.leave`. Needs `presence = true`. A full
+    /// sink does not stop a join: the event is counted as refused.
+    pub durable_presence: Option<String>,
+    /// Send every accepted story update (`story.content.update`) to this
+    /// sink instead of the node's embedded buffer, in the same forms as
+    /// `durable`. Needs `collaboration = true`. While the sink cannot take
+    /// events, updates are refused with 112.
+    pub durable_collab: Option<String>,
 }
 
 impl Default for NamespaceConfig {
@@ -216,6 +226,8 @@ impl Default for NamespaceConfig {
             max_editors: 10,
             history_backend: NamespaceHistoryBackend::Memory,
             durable: None,
+            durable_presence: None,
+            durable_collab: None,
         }
     }
 }
@@ -249,6 +261,47 @@ impl NamespaceConfig {
                 NamespaceHistoryBackend::Jetstream => HistoryBackend::Jetstream,
             },
             durable: self.durable.is_some(),
+            durable_presence: self.durable_presence.is_some(),
+            durable_collab: self.durable_collab.is_some(),
+        }
+    }
+}
+
+/// Which of a namespace's events a durable sink keeps: the key that
+/// names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DurableEvents {
+    /// `durable`: publications.
+    Publications,
+    /// `durable_presence`: presence joins and leaves.
+    Presence,
+    /// `durable_collab`: story updates.
+    Collab,
+}
+
+impl DurableEvents {
+    /// Every kind, in a namespace's key order.
+    pub const ALL: [DurableEvents; 3] = [
+        DurableEvents::Publications,
+        DurableEvents::Presence,
+        DurableEvents::Collab,
+    ];
+
+    /// The namespace key.
+    pub const fn key(self) -> &'static str {
+        match self {
+            DurableEvents::Publications => "durable",
+            DurableEvents::Presence => "durable_presence",
+            DurableEvents::Collab => "durable_collab",
+        }
+    }
+
+    /// Namespace `n`'s value of this key.
+    pub fn key_of(self, n: &NamespaceConfig) -> Option<&str> {
+        match self {
+            DurableEvents::Publications => n.durable.as_deref(),
+            DurableEvents::Presence => n.durable_presence.as_deref(),
+            DurableEvents::Collab => n.durable_collab.as_deref(),
         }
     }
 }
@@ -759,7 +812,21 @@ impl Config {
     fn validate_durable(&self) -> Result<(), ConfigError> {
         let err = |m: String| Err(ConfigError(m));
         self.durable.validate().map_err(ConfigError)?;
-        for (name, target) in self.durable_targets()? {
+        for n in &self.namespace {
+            if n.durable_presence.is_some() && !n.presence {
+                return err(format!(
+                    "namespace {:?}: durable_presence needs presence = true",
+                    n.name
+                ));
+            }
+            if n.durable_collab.is_some() && !n.collaboration {
+                return err(format!(
+                    "namespace {:?}: durable_collab needs collaboration = true",
+                    n.name
+                ));
+            }
+        }
+        for (name, _, target) in self.durable_targets()? {
             match target {
                 DurableTarget::Jetstream(_)
                     if self.durable.nats_url.is_none() && self.cluster.nats_url.is_none() =>
@@ -780,17 +847,26 @@ impl Config {
         Ok(())
     }
 
-    /// Each durable namespace's name and sink, in configuration order.
-    pub fn durable_targets(&self) -> Result<Vec<(&str, DurableTarget)>, ConfigError> {
-        self.namespace
-            .iter()
-            .filter_map(|n| n.durable.as_deref().map(|d| (n.name.as_str(), d)))
-            .map(|(name, d)| {
-                DurableTarget::parse(d)
-                    .map(|t| (name, t))
-                    .map_err(|e| ConfigError(format!("namespace {name:?}: {e}")))
-            })
-            .collect()
+    /// Each durable sink of each namespace: its name, which events go
+    /// there and where, in configuration order.
+    pub fn durable_targets(
+        &self,
+    ) -> Result<Vec<(&str, DurableEvents, DurableTarget)>, ConfigError> {
+        let mut out = Vec::new();
+        for n in &self.namespace {
+            for events in DurableEvents::ALL {
+                let Some(value) = events.key_of(n) else {
+                    continue;
+                };
+                let target = DurableTarget::parse(value).map_err(|e| {
+                    // The parser names the key `durable`.
+                    let e = e.replacen("durable = ", &format!("{} = ", events.key()), 1);
+                    ConfigError(format!("namespace {:?}: {e}", n.name))
+                })?;
+                out.push((n.name.as_str(), events, target));
+            }
+        }
+        Ok(out)
     }
 
     /// The `[auth]`, `[access]` and `[tls]` sections.

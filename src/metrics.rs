@@ -455,6 +455,10 @@ impl Metrics {
             collab: self.collab.shard(&l),
             durable: ["queued", "refused"]
                 .map(|k| kind_counter(&self.durable.publications, &l.shard, k)),
+            durable_presence: ["queued", "refused"]
+                .map(|k| kind_counter(&self.durable.presence, &l.shard, k)),
+            durable_stories: ["queued", "refused"]
+                .map(|k| kind_counter(&self.durable.stories, &l.shard, k)),
             shard: l.shard,
         }
     }
@@ -763,6 +767,10 @@ pub struct ShardMetrics {
     pub collab: CollabShardMetrics,
     /// Durable publications queued, refused.
     durable: [Counter; 2],
+    /// Durable presence events queued, refused.
+    durable_presence: [Counter; 2],
+    /// Story updates queued with, or refused by, a `durable_collab` sink.
+    durable_stories: [Counter; 2],
 }
 
 impl ShardMetrics {
@@ -851,6 +859,17 @@ impl ShardMetrics {
     /// (`queued`), or was refused (its publisher gets 112).
     pub fn durable_publication(&self, queued: bool) {
         self.durable[usize::from(!queued)].inc();
+    }
+
+    /// A durable presence event went to its sink's queue, or was refused.
+    pub fn durable_presence(&self, queued: bool) {
+        self.durable_presence[usize::from(!queued)].inc();
+    }
+
+    /// A story update went to its `durable_collab` sink's queue, or the
+    /// sink had no room (the update is refused).
+    pub fn durable_story(&self, queued: bool) {
+        self.durable_stories[usize::from(!queued)].inc();
     }
 
     /// A durable event went to the sink (`kept`), or pushed out the oldest.

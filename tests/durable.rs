@@ -125,9 +125,14 @@ struct Stored {
 
 /// Every message of the stream, in stream order.
 fn read_stream(nats: &NatsServer) -> Vec<Stored> {
-    let total = stream_count(nats) as usize;
+    read_stream_of(nats, STREAM)
+}
+
+/// Every message of stream `name`, in stream order.
+fn read_stream_of(nats: &NatsServer, name: &str) -> Vec<Stored> {
+    let total = stream_count_of(nats, name) as usize;
     runtime().block_on(async {
-        let s = js(nats).await.get_stream(STREAM).await.unwrap();
+        let s = js(nats).await.get_stream(name).await.unwrap();
         let c = s
             .create_consumer(consumer::pull::OrderedConfig::default())
             .await
@@ -471,6 +476,158 @@ queue_capacity = 64
 
 /// A Kafka consumer of `topic`'s `partitions` from their beginning
 /// (`assign()`: a group's first join takes ~23 s on the test broker).
+/// Waits until stream `name` exists and holds `n` messages.
+fn wait_for_stream(nats: &NatsServer, name: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = runtime().block_on(async {
+            let mut s = js(nats).await.get_stream(name).await.ok()?;
+            Some(s.info().await.ok()?.state.messages)
+        });
+        if c.is_some_and(|c| c >= n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "stream {name} has {c:?} of {n}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn presence_joins_and_leaves_and_story_updates_reach_their_own_sinks() {
+    if !NatsServer::available() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let dir = scratch("presence");
+    let config = format!(
+        r#"
+shards = 2
+max_commands_per_second = 0
+
+[[namespace]]
+name = "room"
+presence = true
+durable_presence = "jetstream:events.presence"
+
+[[namespace]]
+name = "story"
+collaboration = true
+durable_collab = "jetstream:events.stories"
+
+[durable]
+dir = "{}"
+nats_url = "{}"
+"#,
+        dir.display(),
+        nats.url()
+    );
+    let server = start(&dir, "presence", &config);
+    // Presence: two joins, an unsubscribe, a disconnect.
+    let mut alice = RawJson::user(&server, "alice", Some(json!({"name": "Alice"})));
+    let mut bob = RawJson::user(&server, "bob", None);
+    for c in [&mut alice, &mut bob] {
+        let r = c.call("subscribe", json!({"channel": "room:1"}));
+        assert!(r.get("error").is_none(), "{r}");
+    }
+    let r = bob.call("unsubscribe", json!({"channel": "room:1"}));
+    assert!(r.get("error").is_none(), "{r}");
+    alice.close();
+    let presence = "WSEDGE_DURABLE_EVENTS_PRESENCE";
+    wait_for_stream(&nats, presence, 4);
+    let stored = read_stream_of(&nats, presence);
+    let seen: Vec<(String, String, Value)> = stored
+        .iter()
+        .map(|s| {
+            let p = &s.payload;
+            assert_eq!(s.msg_id, p["id"].as_str().unwrap(), "Nats-Msg-Id is the id");
+            assert_eq!(p["channel"], "room:1");
+            assert!(s.subject.starts_with("events.presence."), "{}", s.subject);
+            (
+                p["type"].as_str().unwrap().to_owned(),
+                p["user"].as_str().unwrap().to_owned(),
+                p["reason"].clone(),
+            )
+        })
+        .collect();
+    let s = |x: &str| x.to_owned();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let mut joins = seen[..2].to_vec();
+    joins.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(
+        joins,
+        vec![
+            (s("presence.join"), s("alice"), Value::Null),
+            (s("presence.join"), s("bob"), Value::Null),
+        ]
+    );
+    assert_eq!(
+        seen[2..],
+        [
+            (s("presence.leave"), s("bob"), json!("unsubscribe")),
+            (s("presence.leave"), s("alice"), json!("disconnect")),
+        ]
+    );
+    assert_eq!(
+        server.metric("wsedge_durable_presence_events_total{kind=\"queued\"}"),
+        4.0
+    );
+    let alice_join = stored
+        .iter()
+        .find(|x| x.payload["user"] == "alice")
+        .unwrap();
+    assert_eq!(alice_join.payload["info"], json!({"name": "Alice"}));
+    // Story updates: in version order, with their data.
+    let mut ed = RawJson::user(&server, "carol", None);
+    let r = ed.call(
+        "collab_join",
+        json!({"channel": "story:1", "role": "editor"}),
+    );
+    assert_eq!(r["collab_join"]["role"], "editor", "{r}");
+    let r = ed.call("lock", json!({"channel": "story:1", "section": "intro"}));
+    assert_eq!(r["lock"]["holder"]["user"], "carol", "{r}");
+    for v in 0..3u64 {
+        let r = ed.call(
+            "update",
+            json!({"channel": "story:1", "section": "intro", "base_version": v,
+                   "data": {"text": format!("draft {v}")}, "op_id": format!("op{v}")}),
+        );
+        assert_eq!(r["update"]["version"], v + 1, "{r}");
+    }
+    let stories = "WSEDGE_DURABLE_EVENTS_STORIES";
+    wait_for_stream(&nats, stories, 3);
+    let updates: Vec<(u64, Value, String)> = read_stream_of(&nats, stories)
+        .iter()
+        .map(|s| {
+            let p = &s.payload;
+            assert_eq!(p["type"], "story.content.update");
+            assert_eq!(
+                (p["channel"].as_str(), p["user"].as_str()),
+                (Some("story:1"), Some("carol"))
+            );
+            assert_eq!(s.msg_id, p["id"].as_str().unwrap());
+            (
+                p["version"].as_u64().unwrap(),
+                p["data"].clone(),
+                s.msg_id.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        updates,
+        (0..3u64)
+            .map(|v| (
+                v + 1,
+                json!({"text": format!("draft {v}")}),
+                format!("story:1:intro:{}", v + 1)
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        server.metric("wsedge_durable_story_events_total{kind=\"queued\"}"),
+        3.0
+    );
+}
+
 fn kafka_reader(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)

@@ -758,7 +758,11 @@ fn durable_namespaces_from_file_and_environment_and_their_refusals() {
         assert!(cfg.namespace[0].options().durable);
         assert_eq!(
             cfg.durable_targets().unwrap(),
-            vec![("chat", DurableTarget::Jetstream("events.chat".into()))]
+            vec![(
+                "chat",
+                DurableEvents::Publications,
+                DurableTarget::Jetstream("events.chat".into())
+            )]
         );
         Ok(())
     });
@@ -790,4 +794,69 @@ fn durable_namespaces_from_file_and_environment_and_their_refusals() {
     assert!(e.contains("kafka_partitions"), "{e}");
     let e = invalid(&[], |c| c.durable.max_bytes = 10);
     assert!(e.contains("max_bytes"), "{e}");
+}
+
+#[test]
+fn presence_and_story_sinks_need_their_feature_and_a_valid_target() {
+    let kafka = |c: &mut Config| c.durable.kafka_brokers = Some("127.0.0.1:9092".into());
+    let e = invalid(
+        &[ns("room", |n| {
+            n.durable_presence = Some("kafka:presence".into())
+        })],
+        kafka,
+    );
+    assert!(e.contains("durable_presence needs presence = true"), "{e}");
+    let e = invalid(
+        &[ns("story", |n| {
+            n.durable_collab = Some("kafka:stories".into())
+        })],
+        kafka,
+    );
+    assert!(
+        e.contains("durable_collab needs collaboration = true"),
+        "{e}"
+    );
+    let e = invalid(
+        &[ns("room", |n| {
+            n.presence = true;
+            n.durable_presence = Some("presence".into());
+        })],
+        kafka,
+    );
+    assert!(
+        e.starts_with("namespace \"room\": durable_presence = \"presence\""),
+        "{e}"
+    );
+    let mut c = Config::default();
+    kafka(&mut c);
+    c.namespace.push(ns("room", |n| {
+        n.presence = true;
+        n.collaboration = true;
+        n.durable = Some("kafka:chat".into());
+        n.durable_presence = Some("kafka:presence".into());
+        n.durable_collab = Some("kafka:stories".into());
+    }));
+    c.validate().unwrap();
+    let opts = c.namespace[0].options();
+    assert!(opts.durable && opts.durable_presence && opts.durable_collab);
+    assert_eq!(
+        c.durable_targets().unwrap(),
+        vec![
+            (
+                "room",
+                DurableEvents::Publications,
+                DurableTarget::Kafka("chat".into())
+            ),
+            (
+                "room",
+                DurableEvents::Presence,
+                DurableTarget::Kafka("presence".into())
+            ),
+            (
+                "room",
+                DurableEvents::Collab,
+                DurableTarget::Kafka("stories".into())
+            ),
+        ]
+    );
 }

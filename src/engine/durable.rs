@@ -1,11 +1,14 @@
 //! The durable-events seam: events the backend must keep for good (the
 //! seed's "backend database for permanent storage"), handed to a sink
-//! that a sidecar worker drains to NATS JetStream or Kafka (the durable
-//! events issue). Until that worker exists the node uses [`MemorySink`], a
-//! bounded in-memory buffer, and counts what it holds and drops.
+//! that a sidecar worker drains to NATS JetStream or Kafka
+//! (`crate::sidecar::durable`, routed per namespace by
+//! `crate::shard::durable`). Story updates of a namespace without a
+//! `durable_collab` sink go to [`MemorySink`], a bounded in-memory buffer
+//! that counts what it holds and drops.
 //!
-//! The engine only produces events (the router emits one per accepted
-//! story update); it never waits on a sink.
+//! The engine only produces events (publications of `durable`
+//! namespaces, presence joins and leaves of `durable_presence` ones,
+//! accepted story updates); it never waits on a sink.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -20,6 +23,10 @@ pub enum DurableEvent {
     /// `publication`: a publication of a `durable` namespace, made by its
     /// home before it accepted it.
     Publication(Box<PublicationEvent>),
+    /// `presence.join` / `presence.leave`: a member of a
+    /// `durable_presence` namespace's channel joined or left, made by its
+    /// home.
+    Presence(Box<PresenceChange>),
 }
 
 impl DurableEvent {
@@ -28,6 +35,17 @@ impl DurableEvent {
         match self {
             DurableEvent::StoryContentUpdate(_) => "story.content.update",
             DurableEvent::Publication(_) => "publication",
+            DurableEvent::Presence(p) if p.joined => "presence.join",
+            DurableEvent::Presence(_) => "presence.leave",
+        }
+    }
+
+    /// The channel the event belongs to (a story's channel for an update).
+    pub fn channel(&self) -> &Arc<str> {
+        match self {
+            DurableEvent::StoryContentUpdate(u) => &u.story,
+            DurableEvent::Publication(p) => &p.channel,
+            DurableEvent::Presence(p) => &p.channel,
         }
     }
 }
@@ -63,6 +81,60 @@ impl PublicationEvent {
     }
 }
 
+/// Why a member left a channel's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// It unsubscribed (or was unsubscribed by the server API).
+    Unsubscribe,
+    /// Its connection closed (or its node left the cluster).
+    Disconnect,
+}
+
+impl LeaveReason {
+    /// The reason's name in the event.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Unsubscribe => "unsubscribe",
+            LeaveReason::Disconnect => "disconnect",
+        }
+    }
+}
+
+/// A member joined or left a channel's presence. Its id, unique for
+/// good, is `(channel, client, time, seq)`: a client id names one
+/// connection of one node run, and `seq` counts the home's presence
+/// events, so a client that leaves and joins again within a millisecond
+/// still gets two ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChange {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Joined (true) or left.
+    pub joined: bool,
+    /// Why it left (`None` for a join).
+    pub reason: Option<LeaveReason>,
+    /// The member's user id (empty: anonymous).
+    pub user: Arc<str>,
+    /// The member's client id.
+    pub client: Arc<str>,
+    /// Its connection's application data (JSON text), if any.
+    pub info: Option<Bytes>,
+    /// When the home saw it, Unix milliseconds.
+    pub at_ms: u64,
+    /// The home's count of presence events so far.
+    pub seq: u64,
+}
+
+impl PresenceChange {
+    /// The event's id: `<channel>:<client>:<time>:<seq>`.
+    pub fn id(&self) -> String {
+        format!(
+            "{}:{}:{}:{}",
+            self.channel, self.client, self.at_ms, self.seq
+        )
+    }
+}
+
 /// An accepted story update.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoryUpdate {
@@ -80,6 +152,13 @@ pub struct StoryUpdate {
     pub data: Bytes,
     /// When the home accepted it, Unix milliseconds.
     pub at_ms: u64,
+}
+
+impl StoryUpdate {
+    /// The event's id, unique for good: `<story>:<section>:<version>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}:{}", self.story, self.section, self.version)
+    }
 }
 
 /// Where durable events go. Never blocks: a sink that cannot take an
@@ -173,6 +252,7 @@ mod tests {
             .map(|e| match e {
                 DurableEvent::StoryContentUpdate(u) => u.version,
                 DurableEvent::Publication(p) => p.offset,
+                DurableEvent::Presence(p) => p.seq,
             })
             .collect();
         assert_eq!(versions, vec![2, 3]);

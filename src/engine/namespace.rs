@@ -87,6 +87,15 @@ pub struct NamespaceOptions {
     /// makes the publish fail with 112 instead. The sink itself is the
     /// shell's (`durable = "jetstream:…" | "kafka:…"`, issue 11).
     pub durable: bool,
+    /// Every presence join and leave is also a durable event
+    /// ([`crate::engine::durable::DurableEvent::Presence`]), made by the
+    /// home as the member joins or leaves (`durable_presence`). A sink
+    /// that cannot take one does not stop the join: it is counted.
+    pub durable_presence: bool,
+    /// Accepted story updates go to the namespace's own sink
+    /// (`durable_collab`) instead of the embedded buffer: an update is
+    /// refused with 112 while that sink cannot take events.
+    pub durable_collab: bool,
 }
 
 /// Where a namespace's history is kept (`history_backend`).
@@ -118,6 +127,8 @@ impl Default for NamespaceOptions {
             collab: None,
             history_backend: HistoryBackend::Memory,
             durable: false,
+            durable_presence: false,
+            durable_collab: false,
         }
     }
 }

@@ -49,6 +49,11 @@ impl SinkSources {
 pub(super) struct DurableFamilies {
     /// `{shard, result}`: queued, refused.
     pub(super) publications: KindCounters,
+    /// `{shard, kind}`: presence events queued, refused.
+    pub(super) presence: KindCounters,
+    /// `{shard, kind}`: story updates queued with a `durable_collab` sink,
+    /// refused.
+    pub(super) stories: KindCounters,
     pub(super) sources: SinkSources,
 }
 
@@ -62,10 +67,28 @@ impl DurableFamilies {
              publisher got error 112 and nothing was published)",
             publications.clone(),
         );
+        let presence = KindCounters::default();
+        r.register(
+            "durable_presence_events",
+            "Presence joins and leaves of durable_presence namespaces handed to their sink's queue \
+             at the home (kind queued), or lost because the queue or the spill was full (kind \
+             refused: the join or leave stood, its event was not kept)",
+            presence.clone(),
+        );
+        let stories = KindCounters::default();
+        r.register(
+            "durable_story_events",
+            "Story updates of durable_collab namespaces handed to their sink's queue at the home \
+             (kind queued), or refused because the sink could not take events (kind refused: \
+             the editor got error 112 and the update was not applied)",
+            stories.clone(),
+        );
         let sources = SinkSources::default();
         r.register_collector(Box::new(SinkCollector(sources.clone())));
         Self {
             publications,
+            presence,
+            stories,
             sources,
         }
     }

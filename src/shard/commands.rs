@@ -16,6 +16,7 @@ use super::peers::Peers;
 use super::story::ShardStories;
 use super::write::WriteQueue;
 use crate::bridge::ShardMsg;
+use crate::config::DurableEvents;
 use crate::engine::cluster::members::MemberWrite;
 use crate::engine::codes::{CloseReason, ErrorCode};
 use crate::engine::collab::{DirectedEvent, JoinAs};
@@ -32,6 +33,7 @@ use crate::engine::wire::publication::{LocalPub, PubData, SharedPub};
 use crate::engine::wire::{self, ClientInfo, Command, FrameWriter, Method, ReplyBody};
 use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::metrics::ShardMetrics;
+use crate::sidecar::durable::worker::Refused;
 
 /// Queues a data frame for `c` and lists it for the write pass. `Err`: the
 /// frame would exceed the connection's budget (a slow consumer).
@@ -122,6 +124,21 @@ impl ShardOut<'_> {
         if queue_frame(self.conns, self.dirty, c, frame, self.budget).is_err() {
             // Counted once, by the close.
             self.closes.push((c, CloseReason::SlowConsumer));
+        }
+    }
+}
+
+impl ShardOut<'_> {
+    /// Queues a presence or story event with its namespace's sink;
+    /// `Err(None)` when the namespace has no sink for it.
+    fn emit_to_sink(&self, event: &DurableEvent) -> Result<(), Option<Refused>> {
+        let ns = self
+            .namespaces
+            .resolve(event.channel())
+            .map(|(id, _)| id.index());
+        match (self.durable, ns) {
+            (Some(routes), Some(ns)) => routes.emit_event(ns, event),
+            _ => Err(None),
         }
     }
 }
@@ -279,13 +296,36 @@ impl Output for ShardOut<'_> {
                 self.metrics.durable_publication(taken);
                 taken
             }
-            story @ DurableEvent::StoryContentUpdate(_) => {
-                // The embedded buffer always takes a story event (it drops
-                // the oldest when full, counted).
-                let kept = self.stories.durable(story);
-                self.metrics.durable_event(kept);
-                true
+            DurableEvent::Presence(_) => {
+                let taken = self.emit_to_sink(&event).is_ok();
+                self.metrics.durable_presence(taken);
+                taken
             }
+            DurableEvent::StoryContentUpdate(_) => match self.emit_to_sink(&event) {
+                Ok(()) => {
+                    self.metrics.durable_story(true);
+                    true
+                }
+                Err(Some(_)) => {
+                    self.metrics.durable_story(false);
+                    false
+                }
+                Err(None) => {
+                    // No `durable_collab` sink: the embedded buffer always
+                    // takes it (it drops the oldest when full, counted).
+                    let kept = self.stories.durable(event);
+                    self.metrics.durable_event(kept);
+                    true
+                }
+            },
+        }
+    }
+
+    fn durable_room(&mut self, channel: &Arc<str>) -> bool {
+        let ns = self.namespaces.resolve(channel).map(|(id, _)| id.index());
+        match (self.durable, ns) {
+            (Some(routes), Some(ns)) => routes.has_room(ns, DurableEvents::Collab),
+            _ => false,
         }
     }
 

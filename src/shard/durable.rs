@@ -30,10 +30,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::bridge::Inbox;
-use crate::config::Config;
 use crate::config::durable::DurableTarget;
+use crate::config::{Config, DurableEvents};
 use crate::engine::cluster::subject::channel_token;
-use crate::engine::durable::PublicationEvent;
+use crate::engine::durable::{DurableEvent, PresenceChange, PublicationEvent, StoryUpdate};
 use crate::engine::namespace::Namespaces;
 use crate::engine::wire::epoch_str;
 use crate::sidecar::WorkerThread;
@@ -53,10 +53,40 @@ pub struct Route {
     pub target: DurableTarget,
 }
 
+/// A namespace's sinks, by the events they keep.
+#[derive(Debug, Clone, Default)]
+pub struct NamespaceRoutes {
+    /// `durable`: publications.
+    pub publications: Option<Route>,
+    /// `durable_presence`: presence joins and leaves.
+    pub presence: Option<Route>,
+    /// `durable_collab`: story updates.
+    pub collab: Option<Route>,
+}
+
+impl NamespaceRoutes {
+    /// The route of `events`, if the namespace has one.
+    pub fn get(&self, events: DurableEvents) -> Option<&Route> {
+        match events {
+            DurableEvents::Publications => self.publications.as_ref(),
+            DurableEvents::Presence => self.presence.as_ref(),
+            DurableEvents::Collab => self.collab.as_ref(),
+        }
+    }
+
+    fn slot(&mut self, events: DurableEvents) -> &mut Option<Route> {
+        match events {
+            DurableEvents::Publications => &mut self.publications,
+            DurableEvents::Presence => &mut self.presence,
+            DurableEvents::Collab => &mut self.collab,
+        }
+    }
+}
+
 /// The node's durable sinks, by namespace index.
 #[derive(Debug, Default)]
 pub struct DurableRoutes {
-    by_ns: Vec<Option<Route>>,
+    by_ns: Vec<NamespaceRoutes>,
     /// The workers' clients with their sink kind, for metrics.
     sinks: Vec<(&'static str, DurableClient)>,
 }
@@ -102,7 +132,7 @@ impl DurableRoutes {
         for kind in ["jetstream", "kafka"] {
             let mine: Vec<&DurableTarget> = targets
                 .iter()
-                .map(|(_, t)| t)
+                .map(|(_, _, t)| t)
                 .filter(|t| t.kind() == kind)
                 .collect();
             if mine.is_empty() {
@@ -144,7 +174,7 @@ impl DurableRoutes {
             clients.push((kind, client));
         }
         routes.sinks = clients.clone();
-        for (name, target) in targets {
+        for (name, events, target) in targets {
             let Some(client) = clients
                 .iter()
                 .find(|(k, _)| *k == target.kind())
@@ -161,17 +191,52 @@ impl DurableRoutes {
             };
             let i = id.index();
             if routes.by_ns.len() <= i {
-                routes.by_ns.resize(i + 1, None);
+                routes.by_ns.resize(i + 1, NamespaceRoutes::default());
             }
-            tracing::info!(namespace = name, sink = ?target, "durable: namespace routed");
-            routes.by_ns[i] = Some(Route { client, target });
+            tracing::info!(
+                namespace = name,
+                events = events.key(),
+                sink = ?target,
+                "durable: namespace routed"
+            );
+            *routes.by_ns[i].slot(events) = Some(Route { client, target });
         }
         Ok(Some((routes, workers)))
     }
 
-    /// The route of namespace index `ns`, if it is durable.
+    /// The publications' route of namespace index `ns`, if it is durable.
     pub fn route(&self, ns: usize) -> Option<&Route> {
-        self.by_ns.get(ns).and_then(Option::as_ref)
+        self.route_of(ns, DurableEvents::Publications)
+    }
+
+    /// Namespace index `ns`'s route for `events`, if it has one.
+    pub fn route_of(&self, ns: usize, events: DurableEvents) -> Option<&Route> {
+        self.by_ns.get(ns).and_then(|r| r.get(events))
+    }
+
+    /// Whether namespace `ns`'s sink for `events` can take an event now
+    /// (false also when it has none).
+    pub fn has_room(&self, ns: usize, events: DurableEvents) -> bool {
+        self.route_of(ns, events)
+            .is_some_and(|r| r.client.has_room())
+    }
+
+    /// Queues a presence or story event with namespace `ns`'s sink for
+    /// it. `Err(None)`: the namespace has no such sink (the caller keeps
+    /// a story update in the embedded buffer).
+    pub fn emit_event(&self, ns: usize, event: &DurableEvent) -> Result<(), Option<Refused>> {
+        let (route, record) = match event {
+            DurableEvent::Presence(p) => {
+                let route = self.route_of(ns, DurableEvents::Presence).ok_or(None)?;
+                (route, presence_record(p, &route.target))
+            }
+            DurableEvent::StoryContentUpdate(u) => {
+                let route = self.route_of(ns, DurableEvents::Collab).ok_or(None)?;
+                (route, story_record(u, &route.target))
+            }
+            DurableEvent::Publication(_) => return Err(None),
+        };
+        route.client.emit(record).map_err(Some)
     }
 
     /// The workers' clients, with their sink kind.
@@ -360,11 +425,104 @@ pub fn record(event: &PublicationEvent, target: &DurableTarget) -> DurableRecord
         idempotency_key: event.idempotency_key.as_deref(),
     };
     let bytes = serde_json::to_vec(&payload).expect("a payload serializes");
-    let subject = match target {
-        DurableTarget::Jetstream(s) => format!("{s}.{}", channel_token(&event.channel)),
+    DurableRecord::new(destination(&event.channel, target), id, Bytes::from(bytes))
+        .with_key(event.channel.to_string())
+}
+
+/// The subject (JetStream) or topic (Kafka) of `channel`'s events.
+fn destination(channel: &str, target: &DurableTarget) -> String {
+    match target {
+        DurableTarget::Jetstream(s) => format!("{s}.{}", channel_token(channel)),
         DurableTarget::Kafka(t) => t.clone(),
+    }
+}
+
+/// `info` as raw JSON, when it is valid JSON.
+fn raw_json(bytes: &[u8]) -> Option<&RawValue> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| serde_json::from_str::<&RawValue>(s).ok())
+}
+
+/// The JSON payload of a presence event's record.
+#[derive(Serialize)]
+struct PresencePayload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    channel: &'a str,
+    user: &'a str,
+    client: &'a str,
+    time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a RawValue>,
+}
+
+/// The record of presence event `event` for `target`: keyed by channel,
+/// like a publication's (a channel's joins and leaves in order).
+pub fn presence_record(event: &PresenceChange, target: &DurableTarget) -> DurableRecord {
+    let id = event.id();
+    let payload = PresencePayload {
+        kind: if event.joined {
+            "presence.join"
+        } else {
+            "presence.leave"
+        },
+        id: &id,
+        channel: &event.channel,
+        user: &event.user,
+        client: &event.client,
+        time: event.at_ms,
+        reason: event.reason.map(|r| r.as_str()),
+        info: event.info.as_deref().and_then(raw_json),
     };
-    DurableRecord::new(subject, id, Bytes::from(bytes)).with_key(event.channel.to_string())
+    let bytes = serde_json::to_vec(&payload).expect("a payload serializes");
+    DurableRecord::new(destination(&event.channel, target), id, Bytes::from(bytes))
+        .with_key(event.channel.to_string())
+}
+
+/// The JSON payload of a story update's record.
+#[derive(Serialize)]
+struct StoryPayload<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    channel: &'a str,
+    section: &'a str,
+    version: u64,
+    user: &'a str,
+    client: &'a str,
+    time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    b64data: Option<String>,
+}
+
+/// The record of story update `update` for `target`: keyed by the
+/// story's channel (its updates in version order).
+pub fn story_record(update: &StoryUpdate, target: &DurableTarget) -> DurableRecord {
+    let id = update.id();
+    let json = raw_json(&update.data);
+    let payload = StoryPayload {
+        kind: "story.content.update",
+        id: &id,
+        channel: &update.story,
+        section: &update.section,
+        version: update.version,
+        user: &update.user,
+        client: &update.client,
+        time: update.at_ms,
+        data: json,
+        b64data: json
+            .is_none()
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&update.data)),
+    };
+    let bytes = serde_json::to_vec(&payload).expect("a payload serializes");
+    DurableRecord::new(destination(&update.story, target), id, Bytes::from(bytes))
+        .with_key(update.story.to_string())
 }
 
 #[cfg(test)]

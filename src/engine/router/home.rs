@@ -11,7 +11,7 @@ use super::{
 };
 use crate::engine::codes::ErrorCode;
 use crate::engine::collab::MemberId;
-use crate::engine::durable::{DurableEvent, PublicationEvent};
+use crate::engine::durable::{DurableEvent, LeaveReason, PresenceChange, PublicationEvent};
 use crate::engine::history::{HistoryLimits, HistoryQuery, Recovery};
 use crate::engine::hub::Position;
 use crate::engine::namespace::Priority;
@@ -193,6 +193,35 @@ impl Router {
         taken
     }
 
+    /// A member of a `durable_presence` channel joined (`left: None`) or
+    /// left: its durable event. The join or leave stands either way; a
+    /// sink that cannot take the event counts it (the shell's metric).
+    fn emit_presence(
+        &mut self,
+        now: Instant,
+        channel: &Arc<str>,
+        info: ClientInfo,
+        left: Option<LeaveReason>,
+        out: &mut impl Output,
+    ) {
+        self.presence_seq += 1;
+        let event = PresenceChange {
+            channel: channel.clone(),
+            joined: left.is_none(),
+            reason: left,
+            user: info.user,
+            client: info.client,
+            info: info.info,
+            at_ms: self.unix_ms(self.ms(now)),
+            seq: self.presence_seq,
+        };
+        if out.durable(DurableEvent::Presence(Box::new(event)), None) {
+            self.stats.durable_events += 1;
+        } else {
+            self.stats.durable_events_lost += 1;
+        }
+    }
+
     /// Server API `history` at the channel's home.
     pub fn api_history(
         &mut self,
@@ -332,9 +361,14 @@ impl Router {
                                 from,
                                 conn: reply_to.conn,
                             };
-                            if self.presence.join_from(&channel, *info, emit, Some(origin)) && emit
-                            {
+                            let durable = opts.durable_presence.then(|| (*info).clone());
+                            let added =
+                                self.presence.join_from(&channel, *info, emit, Some(origin));
+                            if added && emit {
                                 self.schedule_presence(now);
+                            }
+                            if let (true, Some(info)) = (added, durable) {
+                                self.emit_presence(now, &channel, info, None, out);
                             }
                             self.mirror_touch(now, &channel, &client);
                             self.note_remote_member(&channel, &client, reply_to.conn, from, true);
@@ -403,6 +437,14 @@ impl Router {
                 self.schedule_presence(now);
             }
             self.mirror_touch(now, channel, &info.client);
+            if opts.durable_presence {
+                let reason = if disconnect {
+                    LeaveReason::Disconnect
+                } else {
+                    LeaveReason::Unsubscribe
+                };
+                self.emit_presence(now, channel, info, Some(reason), out);
+            }
         }
         if opts.collab.is_some() {
             let member = MemberId { shard: from, conn };

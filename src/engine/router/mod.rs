@@ -134,6 +134,10 @@ pub trait Output {
     /// comes back to [`Router::durable_confirmed`] with that token, once,
     /// if it took the event.
     fn durable(&mut self, event: DurableEvent, ack: Option<u64>) -> bool;
+    /// Whether `channel`'s story sink can take an event now (asked before
+    /// a story update of a `durable_collab` namespace is accepted, so a
+    /// full sink refuses the update with 112 rather than losing it).
+    fn durable_room(&mut self, channel: &Arc<str>) -> bool;
     /// Sends `msg`, about `channel`, to shard or node address `to` of
     /// another node (`crate::engine::cluster::nodes::remote_addr`). Gives
     /// the message back when the cluster queue refused it. Only called in
@@ -272,6 +276,13 @@ pub struct RouterStats {
     /// Durable events the sink did not confirm to a waiting publisher
     /// (answered 123).
     pub durable_unconfirmed: u64,
+    /// Presence events of `durable_presence` namespaces, and story updates
+    /// of `durable_collab` ones that passed the room check, the sink could
+    /// not take (the change stood; the event is lost, counted).
+    pub durable_events_lost: u64,
+    /// Story updates of `durable_collab` namespaces refused (112) because
+    /// their sink could not take events.
+    pub durable_collab_refused: u64,
 }
 
 /// The stories a shard is home for, for metrics.
@@ -346,6 +357,9 @@ pub struct Router {
     stats: RouterStats,
     /// Publishers waiting for their event's durable confirmation.
     durable_waits: durable_ack::DurableWaits,
+    /// Presence events of `durable_presence` namespaces made so far (part
+    /// of each event's id).
+    presence_seq: u64,
     /// The cluster state, when the node is in one.
     cluster: Option<Box<cluster::Cluster>>,
     /// Channels whose history is kept in JetStream, when a namespace asks
@@ -422,6 +436,7 @@ impl Router {
             lost: vec![Vec::new(); cfg.shards],
             stats: RouterStats::default(),
             durable_waits: Default::default(),
+            presence_seq: 0,
             cluster: None,
             stored: None,
             mirror: mirror::Mirror::default(),

@@ -206,6 +206,10 @@ impl Output for ShardOut<'_> {
         true
     }
 
+    fn durable_room(&mut self, _channel: &Arc<str>) -> bool {
+        !self.store.refuse_durable
+    }
+
     fn send_remote(&mut self, to: usize, channel: &Arc<str>, msg: Msg) -> Result<(), Msg> {
         let net = self.net.as_mut().expect("remote sends only in a cluster");
         net.send(to, channel, msg)

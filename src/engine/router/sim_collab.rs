@@ -44,6 +44,13 @@ fn namespaces() -> Namespaces {
         [
             ("story", story_ns(ConflictPolicy::Lww)),
             ("strict", story_ns(ConflictPolicy::Reject)),
+            (
+                "kept",
+                NamespaceOptions {
+                    durable_collab: true,
+                    ..story_ns(ConflictPolicy::Lww)
+                },
+            ),
         ],
     )
     .expect("valid namespaces")
@@ -341,7 +348,7 @@ fn lww_alerts_the_overwritten_editor_on_its_own_shard_and_reject_refuses() {
         .iter()
         .filter_map(|e| match e {
             DurableEvent::StoryContentUpdate(u) => Some(u.version),
-            DurableEvent::Publication(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(versions, vec![1, 2]);
@@ -645,4 +652,55 @@ fn a_load_whose_answer_never_comes_is_given_up() {
     sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
     sim.run();
     assert_eq!(sim.store.loads.len(), loads + 1);
+}
+
+#[test]
+fn a_durable_collab_story_refuses_updates_its_sink_cannot_keep() {
+    let mut sim = sim(7);
+    let story = "kept:s1";
+    let ann = sim.connect_as(0, "ann");
+    let bob = sim.connect_as(1, "bob");
+    sim.collab_join(ann, story, JoinAs::Editor, false, None);
+    sim.collab_join(bob, story, JoinAs::Viewer, false, None);
+    sim.run();
+    let update = |sim: &mut Sim, base: u64, data: &str, op: &str| {
+        let op = CollabOp::Update {
+            section: "p1".into(),
+            base_version: base,
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            op_id: op.into(),
+        };
+        let id = sim.collab(ann, story, op);
+        sim.run();
+        sim.reply(ann, id).clone()
+    };
+    assert_eq!(
+        update(&mut sim, 0, r#""one""#, "o1")["update"]["version"],
+        1
+    );
+    // The sink is full: the update is refused (temporary), not applied,
+    // and bob sees nothing.
+    sim.store.refuse_durable = true;
+    let before = sim.seen(bob).len();
+    let r = update(&mut sim, 1, r#""two""#, "o2");
+    assert_eq!(code(&r), 112, "{r:?}");
+    assert_eq!(sim.seen(bob).len(), before);
+    let home = home_shard(story, 2);
+    assert_eq!(sim.routers[home].take_stats().0.durable_collab_refused, 1);
+    // Room again: the same op goes through as version 2.
+    sim.store.refuse_durable = false;
+    assert_eq!(
+        update(&mut sim, 1, r#""two""#, "o2")["update"]["version"],
+        2
+    );
+    let versions: Vec<(String, u64)> = sim
+        .store
+        .durable
+        .iter()
+        .filter_map(|e| match e {
+            DurableEvent::StoryContentUpdate(u) => Some((u.story.to_string(), u.version)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(versions, vec![(story.into(), 1), (story.into(), 2)]);
 }

@@ -60,6 +60,14 @@ fn namespaces() -> Namespaces {
                     ..history.clone()
                 },
             ),
+            (
+                "lobby",
+                NamespaceOptions {
+                    presence: true,
+                    durable_presence: true,
+                    ..Default::default()
+                },
+            ),
         ],
     )
     .expect("valid namespaces")
@@ -490,7 +498,7 @@ fn publication_events(sim: &Sim) -> Vec<(String, String, String, String)> {
                 p.client.to_string(),
                 String::from_utf8_lossy(&p.data.bytes).into_owned(),
             )),
-            DurableEvent::StoryContentUpdate(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -645,4 +653,108 @@ fn durable_ack_outside_a_durable_namespace_and_on_refusal_answers_at_once() {
         u64::from(ErrorCode::Overloaded.code())
     );
     assert!(sim.store.durable_acks.is_empty());
+}
+
+/// The presence events of `durable_presence` channels the routers emitted:
+/// (type, user, client, reason).
+fn presence_events(sim: &Sim) -> Vec<(&'static str, String, String, Option<&'static str>)> {
+    sim.store
+        .durable
+        .iter()
+        .filter_map(|e| match e {
+            DurableEvent::Presence(p) => Some((
+                e.kind(),
+                p.user.to_string(),
+                p.client.to_string(),
+                p.reason.map(|r| r.as_str()),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn durable_presence_keeps_every_join_and_leave_once_at_the_home_and_never_blocks_one() {
+    let mut sim = sim(3, 5);
+    let a = sim.connect_as(0, "ann");
+    let b = sim.connect_as(1, "bob");
+    let c = sim.connect_as(2, "cat");
+    for x in [a, b, c] {
+        sim.subscribe(x, "lobby:1");
+    }
+    // Not a durable_presence namespace: no event.
+    sim.subscribe(a, "room:1");
+    sim.run();
+    let (ann, bob, cat) = (sim.who(a), sim.who(b), sim.who(c));
+    let mut joins = presence_events(&sim);
+    joins.sort_by(|x, y| x.1.cmp(&y.1));
+    assert_eq!(
+        joins,
+        vec![
+            ("presence.join", "ann".into(), ann.client.to_string(), None),
+            ("presence.join", "bob".into(), bob.client.to_string(), None),
+            ("presence.join", "cat".into(), cat.client.to_string(), None),
+        ]
+    );
+    // A second subscribe of a member changes nothing.
+    let again = sim.subscribe(b, "lobby:1");
+    sim.run();
+    assert_eq!(code(sim.reply(b, again)), 105, "already subscribed");
+    assert_eq!(presence_events(&sim).len(), 3);
+    // An unsubscribe and a disconnect leave with their reasons.
+    sim.unsubscribe(b, "lobby:1");
+    sim.run();
+    sim.close(c);
+    sim.run();
+    let events = presence_events(&sim);
+    assert_eq!(
+        events[3..],
+        [
+            (
+                "presence.leave",
+                "bob".into(),
+                bob.client.to_string(),
+                Some("unsubscribe")
+            ),
+            (
+                "presence.leave",
+                "cat".into(),
+                cat.client.to_string(),
+                Some("disconnect")
+            ),
+        ]
+    );
+    // Ids are distinct even for a client that leaves and joins again.
+    sim.subscribe(b, "lobby:1");
+    sim.run();
+    sim.unsubscribe(b, "lobby:1");
+    sim.run();
+    sim.subscribe(b, "lobby:1");
+    sim.run();
+    let ids: std::collections::HashSet<String> = sim
+        .store
+        .durable
+        .iter()
+        .filter_map(|e| match e {
+            DurableEvent::Presence(p) => Some(p.id()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 8);
+    // A full sink loses the event, counted, but not the join.
+    let home = home_shard("lobby:2", 3);
+    sim.store.refuse_durable = true;
+    let id = sim.subscribe(a, "lobby:2");
+    sim.run();
+    assert!(
+        sim.reply(a, id).get("error").is_none(),
+        "{:?}",
+        sim.reply(a, id)
+    );
+    let lost = sim.routers[home].take_stats().0.durable_events_lost;
+    assert_eq!(lost, 1);
+    let id = sim.presence(a, "lobby:2", true);
+    sim.run();
+    assert_eq!(sim.reply(a, id)["presence_stats"]["num_clients"], 1);
+    assert_eq!(presence_events(&sim).len(), 8);
 }

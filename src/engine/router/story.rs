@@ -305,6 +305,16 @@ impl Router {
             };
             return self.wait_for_story(now, channel, msg, out);
         }
+        if matches!(op, CollabOp::Update { .. })
+            && opts.durable_collab
+            && !out.durable_room(&channel)
+        {
+            // Its sink could not keep the update: refuse it (temporary)
+            // rather than apply what would not be kept.
+            self.stats.durable_collab_refused += 1;
+            let answer = Answer::Error(ErrorCode::Overloaded);
+            return self.answer(now, &channel, from, reply_to, answer, out);
+        }
         let ms = self.ms(now);
         let unix = self.unix_ms(ms);
         let mut events = std::mem::take(&mut self.collab_events);
@@ -448,9 +458,11 @@ impl Router {
                 } => {
                     self.stats.story_updates += 1;
                     let event = update_event(&section, version, &data, &by);
-                    // Counted by the shell; a story update is accepted
-                    // either way (its sink is the embedded buffer).
-                    let _ = out.durable(
+                    // Counted by the shell. The embedded buffer always
+                    // takes it; a `durable_collab` sink had room a moment
+                    // ago (checked before the update), so a refusal here
+                    // is another shard's burst filling it in between.
+                    let taken = out.durable(
                         DurableEvent::StoryContentUpdate(StoryUpdate {
                             story: channel.clone(),
                             section: section.clone(),
@@ -462,6 +474,9 @@ impl Router {
                         }),
                         None,
                     );
+                    if !taken {
+                        self.stats.durable_events_lost += 1;
+                    }
                     touched.push(section);
                     event
                 }

@@ -382,6 +382,12 @@ impl DurableClient {
         self.full.load(Ordering::Acquire)
     }
 
+    /// Whether an event would be queued now: the spill has room and the
+    /// queue has a free slot (another thread may take it first).
+    pub fn has_room(&self) -> bool {
+        !self.is_full() && self.tx.capacity() > 0
+    }
+
     fn queue(&self, record: DurableRecord, done: Option<AckSender>) -> Result<(), Refused> {
         let refuse = |r: Refused| {
             DurableMetrics::add(&self.metrics.refused, 1);
