@@ -844,6 +844,15 @@ impl Config {
                 DurableTarget::Jetstream(_) | DurableTarget::Kafka(_) => {}
             }
         }
+        if self.durable.consume.iter().any(|r| r.subject.is_some())
+            && self.durable.nats_url.is_none()
+            && self.cluster.nats_url.is_none()
+        {
+            return err(
+                "[[durable.consume]] subject rules need [durable] nats_url or [cluster] nats_url"
+                    .into(),
+            );
+        }
         Ok(())
     }
 

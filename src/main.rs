@@ -459,7 +459,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
         }
     };
     if let Some(c) = &consuming {
-        metrics.durable_consumer(c.inbound_metrics.clone(), c.metrics.clone());
+        metrics.durable_consumers(&c.sources);
     }
     info!(
         client = %shards.local_addr,

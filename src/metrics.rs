@@ -372,14 +372,11 @@ impl Metrics {
         self.durable.sources.set(sinks);
     }
 
-    /// Exports the durable consumer's metrics (`wsedge_durable_consumer_*`,
-    /// `wsedge_durable_consumed_total`), read at each scrape.
-    pub fn durable_consumer(
-        &self,
-        inbound: Arc<crate::sidecar::durable::inbound::InboundMetrics>,
-        consume: Arc<crate::sidecar::durable::consume::ConsumeMetrics>,
-    ) {
-        self.durable.sources.set_consumer(inbound, consume);
+    /// Exports the durable consumers' metrics (`wsedge_durable_consumer_*`,
+    /// `wsedge_durable_consumed_total`, labelled `source = kafka |
+    /// jetstream`), read at each scrape.
+    pub fn durable_consumers(&self, sources: &[crate::sidecar::durable::consume::ConsumerSource]) {
+        self.durable.sources.set_consumers(sources);
     }
 
     /// The text exposition of every metric.

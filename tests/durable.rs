@@ -937,3 +937,131 @@ fn kafka_read_raw(c: &BaseConsumer, n: usize) -> Vec<(String, HashMap<String, St
         ));
     }
 }
+
+#[test]
+fn jetstream_notifications_by_subject_reach_that_users_connections_once() {
+    if !NatsServer::available() {
+        return;
+    }
+    let nats = NatsServer::start();
+    // The backend's stream; the consumer's two rules share it (one
+    // durable consumer, two filter subjects).
+    let rt = runtime();
+    rt.block_on(async {
+        js(&nats)
+            .await
+            .create_stream(stream::Config {
+                name: "BACKEND".into(),
+                subjects: vec!["notify.>".into(), "course.>".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    });
+    let dir = scratch("consume-js");
+    let config = format!(
+        r##"
+shards = 2
+personal_channel = true
+
+[durable]
+dir = "{}"
+nats_url = "{}"
+
+[[durable.consume]]
+subject = "notify.>"
+channel = "#{{key}}"
+
+[[durable.consume]]
+subject = "course.>"
+channel = "course:{{header:course}}"
+"##,
+        dir.display(),
+        nats.url()
+    );
+    let server = start(&dir, "consume-js", &config);
+    let mut a1 = RawJson::user(&server, "alice", None);
+    let mut a2 = RawJson::user(&server, "alice", None);
+    // The dead letters, read as a backend would.
+    let client = rt.block_on(async_nats::connect(nats.url())).unwrap();
+    let mut dead = rt.block_on(client.subscribe("wsedge.inbound.dlq")).unwrap();
+    rt.block_on(client.flush()).unwrap();
+    let publish = |subject: &str, headers: &[(&str, &str)], payload: &str| {
+        rt.block_on(async {
+            let mut h = async_nats::HeaderMap::new();
+            for (k, v) in headers {
+                h.insert(*k, *v);
+            }
+            let ack = js(&nats)
+                .await
+                .publish_with_headers(subject.to_owned(), h, payload.to_owned().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(!ack.duplicate, "{subject}: stored");
+        })
+    };
+    publish("notify.alice", &[], r#"{"text":"graded"}"#);
+    // The backend's own id: stored twice (two message ids), published
+    // once.
+    let due = r#"{"text":"due"}"#;
+    publish(
+        "notify.alice",
+        &[("idempotency-key", "n-2"), ("Nats-Msg-Id", "x-1")],
+        due,
+    );
+    publish(
+        "notify.alice",
+        &[("idempotency-key", "n-2"), ("Nats-Msg-Id", "x-2")],
+        due,
+    );
+    // No `course` header: no channel, ever: dead-lettered; the messages
+    // after it still come.
+    publish("course.updates", &[], r#"{"text":"lost"}"#);
+    publish("notify.alice", &[], r#"{"text":"next"}"#);
+    for a in [&mut a1, &mut a2] {
+        let pubs = a.pubs_through("#alice", 3);
+        let texts: Vec<&str> = pubs
+            .iter()
+            .map(|p| p["push"]["pub"]["data"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["graded", "due", "next"]);
+        // Nothing more on #alice.
+        let until = Instant::now() + Duration::from_millis(500);
+        while let Ok(Some(v)) = a.next_event(until) {
+            assert!(v["push"]["pub"].is_null(), "a publication twice: {v}");
+        }
+    }
+    let letter = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(20), dead.next()).await })
+        .expect("a dead letter in time")
+        .unwrap();
+    let headers = letter.headers.clone().unwrap();
+    let header = |k: &str| headers.get(k).map(|v| v.as_str().to_owned());
+    assert!(
+        header("Wsedge-Dlq-Reason").is_some_and(|r| r.contains("\"course\"")),
+        "{headers:?}"
+    );
+    assert_eq!(header("Wsedge-Dlq-Stream").as_deref(), Some("BACKEND"));
+    assert_eq!(header("Wsedge-Dlq-Sequence").as_deref(), Some("4"));
+    assert_eq!(&letter.payload[..], br#"{"text":"lost"}"#);
+    // The server has nothing left for the group.
+    let settled = || {
+        rt.block_on(async {
+            let s = js(&nats).await.get_stream("BACKEND").await.unwrap();
+            let i = s.consumer_info("notification-processors").await.unwrap();
+            i.num_pending == 0 && i.num_ack_pending == 0
+        })
+    };
+    server.wait_for("the consumer settled", settled);
+    server.wait_for("the counts and the lag", || {
+        server.metric("wsedge_durable_consumed_total{source=\"jetstream\",result=\"published\"}")
+            == 4.0
+            && server
+                .metric("wsedge_durable_consumed_total{source=\"jetstream\",result=\"refused\"}")
+                == 1.0
+            && server.metric("wsedge_durable_consumer_lag{source=\"jetstream\"}") == 0.0
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,10 @@ use crate::sidecar::durable::spill::FsyncPolicy;
 /// Prefix of the environment variables that set `[durable]` keys.
 pub const ENV_PREFIX: &str = "WSEDGE_DURABLE_";
 
+/// Where records that `[[durable.consume]]` can never publish go: a
+/// Kafka topic for topic rules, a NATS subject for subject rules.
+pub const INBOUND_DEAD_LETTER: &str = "wsedge.inbound.dlq";
+
 /// Where a namespace's durable events go: the parsed `durable` key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DurableTarget {
@@ -94,18 +98,126 @@ pub enum DurableFsync {
     Never,
 }
 
-/// One `[[durable.consume]]` table: a Kafka topic whose records the node
-/// publishes to channels.
+/// One `[[durable.consume]]` table: a Kafka topic (`topic`) or NATS
+/// subjects of a JetStream stream (`subject`) whose records the node
+/// publishes to channels. Exactly one of `topic` and `subject`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumeRule {
-    /// The topic (it must exist).
-    pub topic: String,
-    /// The channel each record goes to: text with `{key}` (the record's
-    /// key) and `{header:<name>}` (a header's value) in it, e.g.
+    /// A Kafka topic (it must exist), read by the consumer group
+    /// `consume_group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// A NATS subject, wildcards allowed (`notify.>`, `users.*.inbox`),
+    /// read from its JetStream stream by the durable pull consumer
+    /// `consume_group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The JetStream stream of a `subject` rule. Default: the stream
+    /// whose subjects take `subject` (the server's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// The channel each record goes to: text with `{key}` (a Kafka
+    /// record's key; a NATS message's last subject token),
+    /// `{header:<name>}` (a header's value) and, for `subject` rules,
+    /// `{subject:<n>}` (the n-th subject token, from 1) in it, e.g.
     /// `"#{key}"` (the personal channel of the user the record is keyed
     /// by) or `"course:{header:course}"`.
     pub channel: String,
+}
+
+/// Where a [`ConsumeRule`] reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumeSource<'a> {
+    /// A Kafka topic.
+    Kafka(&'a str),
+    /// NATS subjects of a JetStream stream (named, or found by subject).
+    Jetstream {
+        /// The subject filter (wildcards allowed).
+        subject: &'a str,
+        /// The stream, when the rule names it.
+        stream: Option<&'a str>,
+    },
+}
+
+impl ConsumeRule {
+    /// Where the rule reads from; the error says what is wrong (both or
+    /// neither of `topic` and `subject`, a `stream` without `subject`).
+    pub fn source(&self) -> Result<ConsumeSource<'_>, String> {
+        match (&self.topic, &self.subject) {
+            (Some(_), Some(_)) => Err("has both topic and subject: give one".into()),
+            (None, None) => Err("needs topic (Kafka) or subject (JetStream)".into()),
+            (Some(_), None) if self.stream.is_some() => {
+                Err("stream goes with subject, not with topic".into())
+            }
+            (Some(t), None) => Ok(ConsumeSource::Kafka(t)),
+            (None, Some(s)) => Ok(ConsumeSource::Jetstream {
+                subject: s,
+                stream: self.stream.as_deref(),
+            }),
+        }
+    }
+
+    /// The topic or subject, for messages.
+    pub fn name(&self) -> &str {
+        self.topic
+            .as_deref()
+            .or(self.subject.as_deref())
+            .unwrap_or("")
+    }
+}
+
+/// Whether `s` is a NATS subject filter: dot-separated tokens of
+/// printable ASCII (no spaces), `*` only as a whole token, `>` only as
+/// the whole last token; at most 255 bytes.
+pub fn is_filter_subject(s: &str) -> bool {
+    if s.is_empty() || s.len() > 255 {
+        return false;
+    }
+    let tokens: Vec<&str> = s.split('.').collect();
+    tokens.iter().enumerate().all(|(i, t)| {
+        !t.is_empty()
+            && t.bytes().all(|b| b.is_ascii_graphic())
+            && (!t.contains('*') || *t == "*")
+            && (!t.contains('>') || (*t == ">" && i == tokens.len() - 1))
+    })
+}
+
+/// Whether subject `subject` (no wildcards) matches `filter`.
+pub fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut f = filter.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (f.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some subject matches both filters `a` and `b`.
+pub fn subjects_collide(a: &str, b: &str) -> bool {
+    let mut a = a.split('.');
+    let mut b = b.split('.');
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `s` is a legal JetStream stream or durable consumer name:
+/// 1-255 printable ASCII bytes without `.`, `*`, `>`, `/`, `\` or spaces.
+pub fn is_jetstream_name(s: &str) -> bool {
+    (1..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\'))
 }
 
 /// A [`ConsumeRule::channel`] template, parsed.
@@ -119,6 +231,8 @@ enum Part {
     Text(String),
     Key,
     Header(String),
+    /// `{subject:<n>}`: the n-th subject token, from 1.
+    Token(usize),
 }
 
 impl ChannelTemplate {
@@ -134,14 +248,25 @@ impl ChannelTemplate {
                 .find('}')
                 .ok_or_else(|| format!("channel = {s:?}: a `{{` without its `}}`"))?;
             let name = &rest[open + 1..open + close];
-            parts.push(match name.strip_prefix("header:") {
-                _ if name == "key" => Part::Key,
-                Some(h) if !h.is_empty() => Part::Header(h.into()),
-                _ => {
-                    return Err(format!(
-                        "channel = {s:?}: `{{{name}}}` is neither `{{key}}` nor `{{header:<name>}}`"
-                    ));
+            parts.push(if name == "key" {
+                Part::Key
+            } else if let Some(h) = name.strip_prefix("header:").filter(|h| !h.is_empty()) {
+                Part::Header(h.into())
+            } else if let Some(n) = name.strip_prefix("subject:") {
+                match n.parse::<usize>() {
+                    Ok(n) if (1..=255).contains(&n) => Part::Token(n),
+                    _ => {
+                        return Err(format!(
+                            "channel = {s:?}: `{{{name}}}`: subject tokens count from 1 \
+                             (`{{subject:1}}` is the first)"
+                        ));
+                    }
                 }
+            } else {
+                return Err(format!(
+                    "channel = {s:?}: `{{{name}}}` is neither `{{key}}`, `{{header:<name>}}` \
+                     nor `{{subject:<n>}}`"
+                ));
             });
             rest = &rest[open + close + 1..];
         }
@@ -150,7 +275,8 @@ impl ChannelTemplate {
         }
         let t = ChannelTemplate { parts };
         // With every value a plain word, the result must be a channel.
-        let sample = t.fill(|_| Some("u1".into()), |_| Some("u1".into()));
+        let word = |_: &str| Some("u1".to_owned());
+        let sample = t.fill(|_| Some("u1".into()), word, |_| Some("u1".into()));
         match sample {
             Ok(c) if crate::engine::channel::is_valid_channel(&c) => Ok(t),
             _ => Err(format!(
@@ -159,12 +285,25 @@ impl ChannelTemplate {
         }
     }
 
-    /// The channel for a record: `key` and `header(name)` give the values
-    /// (`None`: missing or not UTF-8). The error names what is missing.
+    /// The highest `{subject:<n>}` the template uses, if any.
+    pub fn subject_tokens(&self) -> Option<usize> {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Token(n) => Some(*n),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// The channel for a record: `key`, `header(name)` and `token(n)`
+    /// (the n-th subject token, from 1) give the values (`None`: missing
+    /// or not UTF-8). The error names what is missing.
     pub fn fill(
         &self,
         key: impl Fn(()) -> Option<String>,
         header: impl Fn(&str) -> Option<String>,
+        token: impl Fn(usize) -> Option<String>,
     ) -> Result<String, String> {
         let mut out = String::new();
         for p in &self.parts {
@@ -174,6 +313,9 @@ impl ChannelTemplate {
                 Part::Header(h) => out.push_str(
                     &header(h).ok_or_else(|| format!("the record has no UTF-8 header {h:?}"))?,
                 ),
+                Part::Token(n) => out.push_str(&token(*n).ok_or_else(|| {
+                    format!("the record's subject has fewer than {n} tokens ({{subject:{n}}})")
+                })?),
             }
         }
         Ok(out)
@@ -202,7 +344,8 @@ pub struct DurableConfig {
     /// The `interval` policy's period. Default 1s.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
-    /// NATS servers for `jetstream:` sinks. Default: `[cluster] nats_url`
+    /// NATS servers for `jetstream:` sinks and the JetStream consumer of
+    /// `[[durable.consume]]` subjects. Default: `[cluster] nats_url`
     /// (with the cluster's credentials and CA); set it for a single node
     /// or to keep durable traffic on another NATS.
     pub nats_url: Option<String>,
@@ -223,11 +366,13 @@ pub struct DurableConfig {
     /// Replication of a Kafka topic wsedge creates. Default 1 (a single
     /// broker can create it); set 3 on a production cluster.
     pub kafka_replication: u32,
-    /// The consumer group of `consume` (the seed's). Default
-    /// `notification-processors`.
+    /// The consumer group of `consume`'s topics, and the name of the
+    /// JetStream durable consumer of its subjects (then a legal durable
+    /// name: no `.`, `*`, `>`, `/`, `\` or spaces). Default
+    /// `notification-processors` (the seed's).
     pub consume_group: String,
-    /// `[[durable.consume]]`: Kafka topics whose records are published to
-    /// channels. Default none.
+    /// `[[durable.consume]]`: Kafka topics and JetStream subjects whose
+    /// records are published to channels. Default none.
     pub consume: Vec<ConsumeRule>,
     /// Events waiting for the sink's worker, per sink. Default 16,384:
     /// at 50,000 durable events a second a third of a second of slack
@@ -327,29 +472,10 @@ impl DurableConfig {
                 "durable kafka_partitions must be 1-10000 and kafka_replication 1-16".into(),
             );
         }
-        if !self.consume.is_empty() && self.kafka_brokers.is_none() {
-            return Err("[[durable.consume]] needs [durable] kafka_brokers".into());
-        }
         if self.consume_group.is_empty() || self.consume_group.len() > 249 {
             return Err("durable consume_group must be 1-249 bytes".into());
         }
-        for (i, r) in self.consume.iter().enumerate() {
-            if !is_kafka_topic(&r.topic) {
-                return Err(format!(
-                    "[[durable.consume]] #{}: topic = {:?} is not a Kafka topic name",
-                    i + 1,
-                    r.topic
-                ));
-            }
-            ChannelTemplate::parse(&r.channel)
-                .map_err(|e| format!("[[durable.consume]] #{} ({}): {e}", i + 1, r.topic))?;
-            if self.consume[..i].iter().any(|o| o.topic == r.topic) {
-                return Err(format!(
-                    "[[durable.consume]]: topic {:?} is listed twice",
-                    r.topic
-                ));
-            }
-        }
+        self.validate_consume()?;
         if !(2..=1 << 22).contains(&self.queue_capacity) {
             return Err("durable queue_capacity must be between 2 and 4194304".into());
         }
@@ -359,6 +485,85 @@ impl DurableConfig {
                  (`A-Z a-z 0-9 . _ -`, dot-separated)",
                 self.dead_letter
             ));
+        }
+        Ok(())
+    }
+
+    /// The `[[durable.consume]]` rules (the NATS connection of subject
+    /// rules is checked by the caller, which sees `[cluster]`).
+    fn validate_consume(&self) -> Result<(), String> {
+        let mut subjects: Vec<&str> = Vec::new();
+        for (i, r) in self.consume.iter().enumerate() {
+            let at = |e: String| format!("[[durable.consume]] #{} ({}): {e}", i + 1, r.name());
+            let template = ChannelTemplate::parse(&r.channel).map_err(at)?;
+            match r.source().map_err(at)? {
+                ConsumeSource::Kafka(topic) => {
+                    if !is_kafka_topic(topic) {
+                        return Err(at(format!("topic = {topic:?} is not a Kafka topic name")));
+                    }
+                    if self.kafka_brokers.is_none() {
+                        return Err(at("a topic rule needs [durable] kafka_brokers".into()));
+                    }
+                    if template.subject_tokens().is_some() {
+                        return Err(at(
+                            "`{subject:<n>}` is for subject rules; a Kafka record has no subject"
+                                .into(),
+                        ));
+                    }
+                    if self.consume[..i]
+                        .iter()
+                        .any(|o| o.topic.as_deref() == Some(topic))
+                    {
+                        return Err(format!(
+                            "[[durable.consume]]: topic {topic:?} is listed twice"
+                        ));
+                    }
+                }
+                ConsumeSource::Jetstream { subject, stream } => {
+                    if !is_filter_subject(subject) {
+                        return Err(at(format!(
+                            "subject = {subject:?} is not a NATS subject (dot-separated tokens \
+                             of printable characters without spaces; `*` a whole token, `>` \
+                             the whole last one)"
+                        )));
+                    }
+                    if let Some(s) = stream.filter(|s| !is_jetstream_name(s)) {
+                        return Err(at(format!(
+                            "stream = {s:?} is not a JetStream stream name (no `.`, `*`, `>`, \
+                             `/`, `\\` or spaces)"
+                        )));
+                    }
+                    let tokens = subject.split('.').count();
+                    if let Some(n) = template.subject_tokens()
+                        && !subject.ends_with('>')
+                        && n > tokens
+                    {
+                        return Err(at(format!(
+                            "`{{subject:{n}}}`: the subjects of {subject:?} have {tokens} tokens"
+                        )));
+                    }
+                    if subject_matches(subject, INBOUND_DEAD_LETTER) {
+                        return Err(at(format!(
+                            "subject {subject:?} takes the consumer's own dead letters \
+                             ({INBOUND_DEAD_LETTER})"
+                        )));
+                    }
+                    if let Some(o) = subjects.iter().find(|o| subjects_collide(o, subject)) {
+                        return Err(format!(
+                            "[[durable.consume]]: subjects {o:?} and {subject:?} overlap (a \
+                             message must match one rule)"
+                        ));
+                    }
+                    subjects.push(subject);
+                    if !is_jetstream_name(&self.consume_group) {
+                        return Err(format!(
+                            "durable consume_group = {:?} names the JetStream durable consumer \
+                             of subject rules: no `.`, `*`, `>`, `/`, `\\` or spaces",
+                            self.consume_group
+                        ));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -450,33 +655,217 @@ mod tests {
     }
 
     #[test]
-    fn channel_templates_fill_from_key_and_headers() {
+    fn channel_templates_fill_from_key_headers_and_subject_tokens() {
+        let none = |_: usize| None;
         let t = ChannelTemplate::parse("#{key}").unwrap();
+        assert_eq!(t.subject_tokens(), None);
         assert_eq!(
-            t.fill(|_| Some("alice".into()), |_| None),
+            t.fill(|_| Some("alice".into()), |_| None, none),
             Ok("#alice".into())
         );
         assert!(
-            t.fill(|_| None, |_| None)
+            t.fill(|_| None, |_| None, none)
                 .unwrap_err()
                 .contains("no UTF-8 key")
         );
         let t = ChannelTemplate::parse("course:{header:course}-{key}").unwrap();
         let h = |n: &str| (n == "course").then(|| "bio101".to_owned());
         assert_eq!(
-            t.fill(|_| Some("u".into()), h),
+            t.fill(|_| Some("u".into()), h, none),
             Ok("course:bio101-u".into())
         );
         assert!(
-            t.fill(|_| Some("u".into()), |_| None)
+            t.fill(|_| Some("u".into()), |_| None, none)
                 .unwrap_err()
                 .contains("\"course\"")
         );
         let t = ChannelTemplate::parse("news:all").unwrap();
-        assert_eq!(t.fill(|_| None, |_| None), Ok("news:all".into()));
-        for bad in ["#{key", "{user}", "{header:}", "a b{key}", ""] {
+        assert_eq!(t.fill(|_| None, |_| None, none), Ok("news:all".into()));
+        // `{subject:<n>}`: the n-th token, from 1.
+        let t = ChannelTemplate::parse("org:{subject:2}-{subject:4}").unwrap();
+        assert_eq!(t.subject_tokens(), Some(4));
+        let tokens = ["notify", "acme", "users", "alice"];
+        let token = |n: usize| tokens.get(n - 1).map(|t| (*t).to_owned());
+        assert_eq!(
+            t.fill(|_| None, |_| None, token),
+            Ok("org:acme-alice".into())
+        );
+        let short = |n: usize| tokens[..3].get(n - 1).map(|t| (*t).to_owned());
+        let e = t.fill(|_| None, |_| None, short).unwrap_err();
+        assert!(e.contains("fewer than 4 tokens"), "{e}");
+        for bad in [
+            "#{key",
+            "{user}",
+            "{header:}",
+            "a b{key}",
+            "",
+            "#{subject:0}",
+            "#{subject:}",
+            "#{subject:x}",
+            "#{subject:-1}",
+            "#{subject:256}",
+        ] {
             assert!(ChannelTemplate::parse(bad).is_err(), "{bad:?}");
         }
+        let e = ChannelTemplate::parse("#{subject:0}").unwrap_err();
+        assert!(e.contains("count from 1"), "{e}");
+    }
+
+    #[test]
+    fn subjects_match_and_collide_like_nats() {
+        for ok in [
+            "notify.>",
+            "a",
+            "a.*.c",
+            "*",
+            ">",
+            "users.*.inbox",
+            "a-b_c.D9",
+        ] {
+            assert!(is_filter_subject(ok), "{ok}");
+        }
+        for bad in [
+            "", ".a", "a.", "a..b", "a b", "a.>.b", "a.b>", "a*.b", "a.**", "a.\tb", "ä.b",
+        ] {
+            assert!(!is_filter_subject(bad), "{bad:?}");
+        }
+        assert!(!is_filter_subject(&"a".repeat(256)));
+        assert!(subject_matches("notify.>", "notify.alice"));
+        assert!(subject_matches("notify.>", "notify.a.b"));
+        assert!(!subject_matches("notify.>", "notify"));
+        assert!(subject_matches("a.*.c", "a.b.c"));
+        assert!(!subject_matches("a.*.c", "a.b.d"));
+        assert!(!subject_matches("a.*", "a.b.c"));
+        assert!(subject_matches("a.b", "a.b"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(subjects_collide("a.>", "a.b"));
+        assert!(subjects_collide("a.*", "*.b"));
+        assert!(subjects_collide("a.b", "a.b"));
+        assert!(subjects_collide(">", "x.y"));
+        assert!(!subjects_collide("a.*", "a.b.c"));
+        assert!(!subjects_collide("a.>", "b.>"));
+        assert!(!subjects_collide("a.b", "a.c"));
+        for ok in ["notification-processors", "EVENTS", "a_b"] {
+            assert!(is_jetstream_name(ok), "{ok}");
+        }
+        for bad in ["", "a.b", "a*", "a>", "a b", "a/b", "a\\b", "a\tb"] {
+            assert!(!is_jetstream_name(bad), "{bad:?}");
+        }
+    }
+
+    /// A section with these rules, on NATS and Kafka.
+    fn with_rules(rules: &[(&str, &str, Option<&str>, &str)]) -> DurableConfig {
+        DurableConfig {
+            nats_url: Some("nats://127.0.0.1:4222".into()),
+            kafka_brokers: Some("k:9092".into()),
+            consume: rules
+                .iter()
+                .map(|(topic, subject, stream, channel)| ConsumeRule {
+                    topic: (!topic.is_empty()).then(|| (*topic).into()),
+                    subject: (!subject.is_empty()).then(|| (*subject).into()),
+                    stream: stream.map(Into::into),
+                    channel: (*channel).into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn consume_rules_take_a_topic_or_a_subject() {
+        let good = with_rules(&[
+            ("notifications", "", None, "#{key}"),
+            ("", "notify.>", None, "#{key}"),
+            (
+                "",
+                "course.*.updates",
+                Some("COURSES"),
+                "course:{subject:2}",
+            ),
+        ]);
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(
+            good.consume[1].source(),
+            Ok(ConsumeSource::Jetstream {
+                subject: "notify.>",
+                stream: None
+            })
+        );
+        assert_eq!(
+            good.consume[0].source(),
+            Ok(ConsumeSource::Kafka("notifications"))
+        );
+        let refused = [
+            (("t", "s.>", None, "#{key}"), "both topic and subject"),
+            (("", "", None, "#{key}"), "needs topic"),
+            (("t", "", Some("S"), "#{key}"), "stream goes with subject"),
+            (("t", "", None, "#{subject:1}"), "for subject rules"),
+            (("a/b", "", None, "#{key}"), "not a Kafka topic"),
+            (("", "a..b", None, "#{key}"), "not a NATS subject"),
+            (("", "a b", None, "#{key}"), "not a NATS subject"),
+            (("", "a.>.b", None, "#{key}"), "not a NATS subject"),
+            (("", "a.>", Some("A.B"), "#{key}"), "not a JetStream stream"),
+            (("", "a.*", None, "#{subject:3}"), "have 2 tokens"),
+            (("", "wsedge.>", None, "#{key}"), "own dead letters"),
+            (("", ">", None, "#{key}"), "own dead letters"),
+            (("", "a.>", None, "{nope}"), "neither"),
+        ];
+        for (rule, want) in refused {
+            let e = with_rules(&[rule]).validate().unwrap_err();
+            assert!(e.contains(want), "{rule:?}: {e}");
+            assert!(e.contains("#1"), "{rule:?}: the rule is named: {e}");
+        }
+        // `{subject:<n>}` past a `>` may be there.
+        assert_eq!(
+            with_rules(&[("", "a.>", None, "#{subject:5}")]).validate(),
+            Ok(())
+        );
+        let e = with_rules(&[("", "a.>", None, "#{key}"), ("", "a.b", None, "#{key}")])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("overlap"), "{e}");
+        let e = with_rules(&[("t", "", None, "#{key}"), ("t", "", None, "#{key}")])
+            .validate()
+            .unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        // The group names the durable consumer of subject rules.
+        let mut dotted = with_rules(&[("", "a.>", None, "#{key}")]);
+        dotted.consume_group = "team.notifications".into();
+        assert!(dotted.validate().unwrap_err().contains("consume_group"));
+        // A Kafka group may have dots.
+        let mut kafka = with_rules(&[("t", "", None, "#{key}")]);
+        kafka.consume_group = "team.notifications".into();
+        assert_eq!(kafka.validate(), Ok(()));
+        // Topic rules need the brokers; subject rules do not.
+        kafka.kafka_brokers = None;
+        assert!(kafka.validate().unwrap_err().contains("kafka_brokers"));
+        let mut js = with_rules(&[("", "a.>", None, "#{key}")]);
+        js.kafka_brokers = None;
+        assert_eq!(js.validate(), Ok(()));
+    }
+
+    #[test]
+    fn consume_rules_parse_from_toml() {
+        let d: DurableConfig = toml::from_str(
+            r##"
+            [[consume]]
+            subject = "notify.>"
+            stream = "BACKEND"
+            channel = "#{key}"
+
+            [[consume]]
+            topic = "notifications"
+            channel = "#{key}"
+            "##,
+        )
+        .unwrap();
+        assert_eq!(d.consume[0].subject.as_deref(), Some("notify.>"));
+        assert_eq!(d.consume[0].stream.as_deref(), Some("BACKEND"));
+        assert_eq!(d.consume[0].topic, None);
+        assert_eq!(d.consume[1].name(), "notifications");
+        assert!(
+            toml::from_str::<DurableConfig>("[[consume]]\nqueue = \"x\"\nchannel = \"a\"").is_err()
+        );
     }
 
     #[test]

@@ -794,6 +794,28 @@ fn durable_namespaces_from_file_and_environment_and_their_refusals() {
     assert!(e.contains("kafka_partitions"), "{e}");
     let e = invalid(&[], |c| c.durable.max_bytes = 10);
     assert!(e.contains("max_bytes"), "{e}");
+    // Subject rules of [[durable.consume]] need a NATS: [durable]'s or the
+    // cluster's.
+    let rule = crate::config::durable::ConsumeRule {
+        topic: None,
+        subject: Some("notify.>".into()),
+        stream: None,
+        channel: "#{key}".into(),
+    };
+    let e = invalid(&[], |c| c.durable.consume = vec![rule.clone()]);
+    assert!(
+        e.contains("subject rules need [durable] nats_url or [cluster] nats_url"),
+        "{e}"
+    );
+    for nats in [
+        |c: &mut Config| c.durable.nats_url = Some("nats://127.0.0.1:4222".into()),
+        |c: &mut Config| c.cluster.nats_url = Some("nats://127.0.0.1:4222".into()),
+    ] {
+        let mut c = Config::default();
+        c.durable.consume = vec![rule.clone()];
+        nats(&mut c);
+        c.validate().unwrap();
+    }
 }
 
 #[test]

@@ -13,8 +13,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::KindCounters;
-use crate::sidecar::durable::consume::ConsumeMetrics;
-use crate::sidecar::durable::inbound::{InboundMetrics, InboundMetricsSnapshot};
+use crate::sidecar::durable::consume::{ConsumeMetrics, ConsumerSource};
+use crate::sidecar::durable::inbound::InboundMetricsSnapshot;
 use crate::sidecar::durable::metrics::DurableMetricsSnapshot;
 use crate::sidecar::durable::worker::DurableClient;
 
@@ -24,15 +24,12 @@ struct SinkLabel {
     sink: String,
 }
 
-/// The consumer's counters.
-type Consumer = (Arc<InboundMetrics>, Arc<ConsumeMetrics>);
-
-/// The sinks whose workers are running, and the consumer if it runs,
+/// The sinks whose workers are running, and the consumers that run,
 /// read at each scrape.
 #[derive(Debug, Default, Clone)]
 pub(super) struct SinkSources {
     sinks: Arc<Mutex<Vec<(&'static str, DurableClient)>>>,
-    consumer: Arc<Mutex<Option<Consumer>>>,
+    consumers: Arc<Mutex<Vec<ConsumerSource>>>,
 }
 
 impl SinkSources {
@@ -40,8 +37,8 @@ impl SinkSources {
         *self.sinks.lock().unwrap_or_else(|e| e.into_inner()) = sinks.to_vec();
     }
 
-    pub(super) fn set_consumer(&self, inbound: Arc<InboundMetrics>, consume: Arc<ConsumeMetrics>) {
-        *self.consumer.lock().unwrap_or_else(|e| e.into_inner()) = Some((inbound, consume));
+    pub(super) fn set_consumers(&self, consumers: &[ConsumerSource]) {
+        *self.consumers.lock().unwrap_or_else(|e| e.into_inner()) = consumers.to_vec();
     }
 }
 
@@ -172,15 +169,16 @@ const COUNTERS: [Series; 7] = [
 
 impl Collector for SinkCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let consumer = self
+        let consumers: Vec<(&'static str, InboundMetricsSnapshot, Arc<ConsumeMetrics>)> = self
             .0
-            .consumer
+            .consumers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(i, c)| (i.snapshot(), c.clone()));
-        if let Some((inbound, consume)) = consumer {
-            encode_consumer(&mut encoder, &inbound, &consume)?;
+            .iter()
+            .map(|c| (c.kind, c.inbound.snapshot(), c.consumed.clone()))
+            .collect();
+        if !consumers.is_empty() {
+            encode_consumers(&mut encoder, &consumers)?;
         }
         let sinks: Vec<(&'static str, DurableMetricsSnapshot)> = self
             .0
@@ -226,80 +224,132 @@ impl Collector for SinkCollector {
     }
 }
 
-/// `{result}` of consumed records.
+/// `{source, result}` of consumed records.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
+struct ConsumedLabel {
+    source: String,
     result: String,
 }
 
-/// The consumer's series.
-fn encode_consumer(
+/// `{source}` of the consumers' series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+/// A consumer's series: its name, help, type, whether the JetStream
+/// consumer has it too (the rest are Kafka's only), and how it reads a
+/// snapshot.
+type ConsumerSeries = (
+    &'static str,
+    &'static str,
+    prometheus_client::metrics::MetricType,
+    bool,
+    fn(&InboundMetricsSnapshot) -> u64,
+);
+
+const CONSUMER_SERIES: [ConsumerSeries; 6] = {
+    use prometheus_client::metrics::MetricType::{Counter, Gauge};
+    [
+        (
+            "durable_consumer_received",
+            "Records the consumer read from its broker (Kafka: not counting hand-overs again; \
+             JetStream: every delivery, redeliveries included)",
+            Counter,
+            true,
+            |s| s.received,
+        ),
+        (
+            "durable_consumer_rebalances",
+            "Consumer group rebalances this node took part in (Kafka)",
+            Counter,
+            false,
+            |s| s.rebalances,
+        ),
+        (
+            "durable_consumer_commit_failures",
+            "Offset commits that failed (Kafka; retried at the next interval)",
+            Counter,
+            false,
+            |s| s.commit_failures,
+        ),
+        (
+            "durable_consumer_lag",
+            "Records not yet done: Kafka, high watermark - committed over this node's partitions; \
+             JetStream, num_pending + num_ack_pending of the group's durable consumers (the same \
+             on every node)",
+            Gauge,
+            true,
+            |s| s.lag,
+        ),
+        (
+            "durable_consumer_in_flight",
+            "Records handed to the node and not yet settled",
+            Gauge,
+            true,
+            |s| s.in_flight,
+        ),
+        (
+            "durable_consumer_partitions",
+            "Partitions assigned to this node's consumer (Kafka)",
+            Gauge,
+            false,
+            |s| s.assigned_partitions,
+        ),
+    ]
+};
+
+/// The consumers' series, labelled by source (`kafka`, `jetstream`).
+fn encode_consumers(
     encoder: &mut DescriptorEncoder<'_>,
-    inbound: &InboundMetricsSnapshot,
-    consume: &ConsumeMetrics,
+    consumers: &[(&'static str, InboundMetricsSnapshot, Arc<ConsumeMetrics>)],
 ) -> Result<(), std::fmt::Error> {
     use prometheus_client::metrics::MetricType;
     use std::sync::atomic::Ordering;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let mut family = encoder.encode_descriptor(
         "durable_consumed",
-        "Records of [[durable.consume]] topics by what became of them: published to their \
-         channel, refused for good (dead-lettered), or retried later (the home could not take \
-         them now)",
+        "Records of [[durable.consume]] topics and subjects by what became of them: published \
+         to their channel, refused for good (dead-lettered), or retried later (the home could \
+         not take them now)",
         None,
         MetricType::Counter,
     )?;
-    for (result, v) in [
-        ("published", get(&consume.published)),
-        ("refused", get(&consume.refused)),
-        ("retried", get(&consume.retried)),
-    ] {
-        let label = ResultLabel {
-            result: result.into(),
-        };
-        ConstCounter::new(v).encode(family.encode_family(&label)?)?;
+    for (source, _, consume) in consumers {
+        for (result, v) in [
+            ("published", get(&consume.published)),
+            ("refused", get(&consume.refused)),
+            ("retried", get(&consume.retried)),
+        ] {
+            let label = ConsumedLabel {
+                source: (*source).into(),
+                result: result.into(),
+            };
+            ConstCounter::new(v).encode(family.encode_family(&label)?)?;
+        }
     }
-    let counters = [
-        (
-            "durable_consumer_received",
-            "Records the consumer read from Kafka (not counting hand-overs again)",
-            inbound.received,
-        ),
-        (
-            "durable_consumer_rebalances",
-            "Consumer group rebalances this node took part in",
-            inbound.rebalances,
-        ),
-        (
-            "durable_consumer_commit_failures",
-            "Offset commits that failed (retried at the next interval)",
-            inbound.commit_failures,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(v).encode(m)?;
-    }
-    let gauges = [
-        (
-            "durable_consumer_lag",
-            "Records of the assigned partitions not yet committed (high watermark - committed, summed)",
-            inbound.lag,
-        ),
-        (
-            "durable_consumer_in_flight",
-            "Records handed to the node and not yet settled",
-            inbound.in_flight,
-        ),
-        (
-            "durable_consumer_partitions",
-            "Partitions assigned to this node's consumer",
-            inbound.assigned_partitions,
-        ),
-    ];
-    for (name, help, v) in gauges {
-        let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(m)?;
+    for (name, help, kind, jetstream, read) in CONSUMER_SERIES {
+        let mine: Vec<_> = consumers
+            .iter()
+            .filter(|(source, _, _)| jetstream || *source == "kafka")
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for (source, snap, _) in mine {
+            let label = SourceLabel {
+                source: (*source).into(),
+            };
+            let v = read(snap);
+            match kind {
+                MetricType::Counter => {
+                    ConstCounter::new(v).encode(family.encode_family(&label)?)?
+                }
+                _ => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&label)?)?,
+            }
+        }
     }
     Ok(())
 }

@@ -282,8 +282,8 @@ pub fn spill_options(config: &Config, dir: std::path::PathBuf) -> SpillOptions {
     }
 }
 
-/// The NATS connect options factory the worker calls per connection.
-type NatsConnect = Box<dyn Fn() -> async_nats::ConnectOptions + Send>;
+/// The NATS connect options factory a worker calls per connection.
+pub type NatsConnect = Box<dyn Fn() -> async_nats::ConnectOptions + Send>;
 
 /// The JetStream streams wsedge creates when missing: one per subject
 /// prefix, `WSEDGE_DURABLE_<PREFIX>` over `<prefix>.>`.
@@ -329,15 +329,19 @@ fn topics(targets: &[&DurableTarget], partitions: u32, replication: u32) -> Vec<
     out
 }
 
-/// The JetStream sinks' servers and connect options.
-fn nats_connection(config: &Config) -> io::Result<(String, NatsConnect)> {
+/// The servers and connect options of the node's durable NATS traffic
+/// (the JetStream sinks, the JetStream consumer of `[[durable.consume]]`):
+/// `[durable] nats_url`, else `[cluster] nats_url` with the cluster's
+/// credentials and CA.
+pub fn nats_connection(config: &Config) -> io::Result<(String, NatsConnect)> {
     if let Some(url) = &config.durable.nats_url {
         return Ok((url.clone(), Box::new(default_connect_options)));
     }
     let cluster = config.cluster.options().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
-            "a jetstream durable sink needs [durable] nats_url or [cluster] nats_url",
+            "durable NATS traffic (a jetstream sink, [[durable.consume]] subjects) needs \
+             [durable] nats_url or [cluster] nats_url",
         )
     })?;
     let auth = crate::sidecar::cluster::NatsAuth::from_options(&cluster)?;

@@ -53,8 +53,9 @@
 //! [`InboundMetrics`] is their difference summed (a partition without a
 //! committed offset counts from its low watermark).
 //!
-//! Layout: options, the record, metrics, [`start`] and the loop here
-//! (with its per-partition bookkeeping, `Tracker`); tests in
+//! Layout: options, the record, [`start`] and the loop here (with its
+//! per-partition bookkeeping, `Tracker`); the counters in
+//! `inbound/metrics.rs` (the JetStream consumer's too); tests in
 //! `inbound/tests.rs`.
 
 use std::collections::{HashMap, VecDeque};
@@ -62,7 +63,6 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -90,14 +90,17 @@ use super::worker::options::is_kafka_topic;
 use super::worker::transport::clean;
 use crate::sidecar::WorkerThread;
 
+mod metrics;
 #[cfg(test)]
 mod tests;
+
+pub use metrics::{InboundMetrics, InboundMetricsSnapshot};
 
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "notification-processors";
 
 /// The default dead-letter topic of inbound records.
-pub const DEFAULT_INBOUND_DLQ: &str = "wsedge.inbound.dlq";
+pub const DEFAULT_INBOUND_DLQ: &str = crate::config::durable::INBOUND_DEAD_LETTER;
 
 /// Header of an inbound dead letter: the partition it came from.
 pub const DLQ_PARTITION: &str = "wsedge-dlq-partition";
@@ -114,6 +117,20 @@ pub const INBOUND_RESERVED: [&str; 6] = [
     "enable.auto.offset.store",
     "statistics.interval.ms",
 ];
+
+/// Records waiting for the node, by default (both consumers): a few ms
+/// of a busy topic or stream, a bounded amount of memory.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 1_024;
+
+/// Records handed over and not yet answered, at most, by default (both
+/// consumers): the queue and what the homes are working on.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4_096;
+
+/// First pause before a record is handed over again, by default.
+pub const DEFAULT_RETRY_MIN: Duration = Duration::from_millis(50);
+
+/// Longest such pause, by default.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How often librdkafka reports statistics (the lag).
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
@@ -170,12 +187,12 @@ impl InboundOptions {
             brokers: brokers.into(),
             group_id: DEFAULT_GROUP.into(),
             topics: topics.into_iter().map(Into::into).collect(),
-            queue_capacity: 1_024,
-            max_in_flight: 4_096,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             commit_interval: Duration::from_secs(1),
             dead_letter: TopicSpec::new(DEFAULT_INBOUND_DLQ, 1, 1),
-            retry_min: Duration::from_millis(50),
-            retry_max: Duration::from_secs(2),
+            retry_min: DEFAULT_RETRY_MIN,
+            retry_max: DEFAULT_RETRY_MAX,
             timeout: Duration::from_secs(5),
             config: Vec::new(),
         }
@@ -279,82 +296,6 @@ pub type InboundAck = oneshot::Sender<Result<(), String>>;
 
 /// Where the node takes the records from.
 pub type InboundQueue = mpsc::Receiver<(InboundRecord, InboundAck)>;
-
-/// The consumer's counters and gauges (relaxed atomics).
-#[derive(Debug, Default)]
-pub struct InboundMetrics {
-    received: AtomicU64,
-    acknowledged: AtomicU64,
-    dead_lettered: AtomicU64,
-    redelivered: AtomicU64,
-    retries: AtomicU64,
-    commits: AtomicU64,
-    commit_failures: AtomicU64,
-    rebalances: AtomicU64,
-    lag: AtomicU64,
-    in_flight: AtomicU64,
-    assigned_partitions: AtomicU64,
-}
-
-/// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct InboundMetricsSnapshot {
-    /// Counter: records read from Kafka (not counting hand-overs again).
-    pub received: u64,
-    /// Counter: records the node answered `Ok`.
-    pub acknowledged: u64,
-    /// Counter: records answered `Err`, delivered to the dead-letter
-    /// topic.
-    pub dead_lettered: u64,
-    /// Counter: records handed over again (their ack dropped).
-    pub redelivered: u64,
-    /// Counter: dead letters that failed for now and were retried.
-    pub retries: u64,
-    /// Counter: offset commits sent (asynchronous ones are sent again
-    /// at each interval until librdkafka's statistics show the
-    /// coordinator has them).
-    pub commits: u64,
-    /// Counter: offset commits librdkafka refused at once, or
-    /// synchronous ones that failed (retried at the next interval).
-    pub commit_failures: u64,
-    /// Counter: partition assignments and revocations.
-    pub rebalances: u64,
-    /// Gauge: Σ (high watermark − committed offset) over the assigned
-    /// partitions, as of librdkafka's last statistics.
-    pub lag: u64,
-    /// Gauge: records handed over and not yet done.
-    pub in_flight: u64,
-    /// Gauge: partitions assigned to this consumer.
-    pub assigned_partitions: u64,
-}
-
-impl InboundMetrics {
-    /// The counters now.
-    pub fn snapshot(&self) -> InboundMetricsSnapshot {
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        InboundMetricsSnapshot {
-            received: get(&self.received),
-            acknowledged: get(&self.acknowledged),
-            dead_lettered: get(&self.dead_lettered),
-            redelivered: get(&self.redelivered),
-            retries: get(&self.retries),
-            commits: get(&self.commits),
-            commit_failures: get(&self.commit_failures),
-            rebalances: get(&self.rebalances),
-            lag: get(&self.lag),
-            in_flight: get(&self.in_flight),
-            assigned_partitions: get(&self.assigned_partitions),
-        }
-    }
-
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn set(gauge: &AtomicU64, v: u64) {
-        gauge.store(v, Ordering::Relaxed);
-    }
-}
 
 /// A topic and partition.
 type Key = (Arc<str>, i32);
@@ -823,12 +764,7 @@ impl Inbound {
 
     /// The pause before attempt `attempt + 1`, with jitter.
     fn backoff(&self, attempt: u32) -> Duration {
-        let full = self
-            .opts
-            .retry_min
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.opts.retry_max);
-        full.mul_f64(rand::random_range(0.5..=1.0))
+        backoff(self.opts.retry_min, self.opts.retry_max, attempt)
     }
 
     /// Produces `p`'s dead letter; its delivery comes back as an event.
@@ -914,6 +850,14 @@ impl Inbound {
             }
         }
     }
+}
+
+/// The pause before attempt `attempt + 1` of something that failed for
+/// now: `min` doubling to `max`, times a random 0.5–1 (jitter, so records
+/// that failed together do not come back together).
+pub(super) fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let full = min.saturating_mul(1u32 << attempt.min(16)).min(max);
+    full.mul_f64(rand::random_range(0.5..=1.0))
 }
 
 /// Creates the dead-letter topic when missing, retrying (every

@@ -9,12 +9,15 @@
 //! does not), with its client handle and options; [`metrics`], its
 //! counters; [`inbound`], the other direction: a Kafka consumer group
 //! whose records the node publishes, committing what the homes
-//! accepted; [`consume`], the node's side of it: each record published
-//! to the channel its topic's rule names. The engine's side (building
+//! accepted; [`inbound_js`], the same from JetStream subjects (a durable
+//! pull consumer, acknowledging what the homes accepted); [`consume`],
+//! the node's side of both: each record published to the channel its
+//! rule names. The engine's side (building
 //! records at the home, `durable_ack`) lives in the shard.
 
 pub mod consume;
 pub mod inbound;
+pub mod inbound_js;
 pub mod metrics;
 pub mod record;
 pub mod spill;

@@ -183,7 +183,7 @@
 //! (the transports: connections, sinks, a batch in flight, what is
 //! permanent).
 
-mod jetstream;
+pub(super) mod jetstream;
 pub(super) mod kafka;
 pub(super) mod options;
 mod run;

@@ -30,13 +30,13 @@ const NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// Headers of a dead letter.
-pub(super) const DLQ_REASON: &str = "Wsedge-Dlq-Reason";
+pub(in crate::sidecar::durable) const DLQ_REASON: &str = "Wsedge-Dlq-Reason";
 /// The subject the record was for.
-pub(super) const DLQ_SUBJECT: &str = "Wsedge-Dlq-Subject";
+pub(in crate::sidecar::durable) const DLQ_SUBJECT: &str = "Wsedge-Dlq-Subject";
 /// The record's message id.
-pub(super) const DLQ_MSG_ID: &str = "Wsedge-Dlq-Msg-Id";
+pub(in crate::sidecar::durable) const DLQ_MSG_ID: &str = "Wsedge-Dlq-Msg-Id";
 /// The payload's size, when it was left out (too large for the server).
-pub(super) const DLQ_PAYLOAD_BYTES: &str = "Wsedge-Dlq-Payload-Bytes";
+pub(in crate::sidecar::durable) const DLQ_PAYLOAD_BYTES: &str = "Wsedge-Dlq-Payload-Bytes";
 
 /// JetStream errors no retry can cure: the message is over the stream's
 /// `max_msg_size`, or its headers over the server's limit.
