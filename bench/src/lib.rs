@@ -34,6 +34,9 @@
 //! - [`placement`]: wsedge's channel placement (rendezvous hashing) over nodes.
 //! - [`cluster`]: the cluster workloads `cluster-latency` and
 //!   `cluster-storm` (wsedge nodes on NATS).
+//! - [`durable`]: the `durable` workload (wsedge only, issue 11): durable
+//!   namespaces against JetStream and a Kafka-protocol broker (tansu):
+//!   throughput, latency, a broker outage (spill and replay).
 //! - [`floor`]: the kernel floor probe (no server).
 
 #![warn(missing_docs)]
@@ -45,6 +48,7 @@ pub mod cluster;
 pub mod collab;
 pub mod conn;
 pub mod driver;
+pub mod durable;
 pub mod floor;
 pub mod history_memory;
 pub mod ipc;

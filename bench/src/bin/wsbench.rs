@@ -15,6 +15,7 @@
 //! wsbench collab-join    --target wsedge [--sections 200] [--samples 200]
 //! wsbench cluster-latency --target wsedge [--nodes 2] [--local-subs 100] [--remote-subs 100] [--rate 1000]
 //! wsbench cluster-storm   --target wsedge [--conns 19000] [--channels 1000] [--history-backend memory]
+//! wsbench durable     throughput|latency|outage --target wsedge [--variants plain,jetstream,kafka,jetstream-ack]
 //! wsbench floor       [--sockets 9900] [--batch 1,16] [--frame-bytes 130]
 //! ```
 //! T is one of wsedge, tokio-fastws, tokio-tungstenite, node-ws. Each run
@@ -28,6 +29,7 @@ use wsbench::cluster::storm::{self as cluster_storm, ClusterStormArgs};
 use wsbench::collab::join::{self, CollabJoinArgs};
 use wsbench::collab::{self, CollabArgs};
 use wsbench::driver::{self, CompressionArgs, FanoutArgs, IdleArgs};
+use wsbench::durable::{self, DurableArgs};
 use wsbench::floor::{self, FloorArgs};
 use wsbench::history_memory::{self, HistoryMemoryArgs};
 use wsbench::presence::{self, PresenceArgs};
@@ -72,6 +74,8 @@ enum Cmd {
     ClusterLatency(ClusterLatencyArgs),
     /// wsedge only: 3 nodes, the one holding every client is killed; failover and recovery.
     ClusterStorm(ClusterStormArgs),
+    /// wsedge only: durable namespaces (JetStream, Kafka): throughput, latency, broker outage.
+    Durable(DurableArgs),
     /// Kernel floor: cost of one small write to a loopback socket (no server).
     Floor(FloorArgs),
     /// Internal: a worker process driven over stdin/stdout.
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::CollabJoin(a) => join::collab_join(a),
         Cmd::ClusterLatency(a) => latency::cluster_latency(a),
         Cmd::ClusterStorm(a) => cluster_storm::cluster_storm(a),
+        Cmd::Durable(a) => durable::durable(a),
         Cmd::Floor(a) => floor::floor(a),
         Cmd::Worker(a) => worker::run(a),
     };
