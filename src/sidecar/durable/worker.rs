@@ -18,7 +18,8 @@
 //!
 //! - **Direct** (the spill is empty and a connection is up): records are
 //!   taken off the queue into batches (at most [`DurableOptions::batch_max`],
-//!   waiting at most [`DurableOptions::linger`] for more), sent in
+//!   waiting at most [`DurableOptions::linger`] for more, not at all
+//!   when one of them has a waiter), sent in
 //!   order on the one connection and their acknowledgements awaited
 //!   together (pipelined, [`DurableOptions::ack_timeout`]); one batch is in
 //!   flight at a time. All acknowledged: the waiters of
@@ -27,7 +28,11 @@
 //!   (waiters answered once the spill is synced) and the worker switches
 //!   to spill mode. So does a batch still in flight when the queue is
 //!   half full (the broker is slow: the queue fills, then the spill
-//!   takes the load), and a batch due while there is no connection.
+//!   takes the load), and a batch due while there is no connection. A
+//!   batch written to the spill while in flight keeps flying: what it
+//!   lands counts as done there and the replay starts after it (a
+//!   second copy on the same Kafka producer would be a new record to the
+//!   broker, not a retry it drops).
 //! - **Spill**: every record taken off the queue is appended to the spill
 //!   behind what is there; a waiter is answered when a `sync` covers its
 //!   record (the worker syncs at once when a waiter waits, else the
@@ -97,9 +102,9 @@
 //!
 //! # Duplicates
 //!
-//! A record sent again (its acknowledgement lost, a batch in flight when
-//! the spill took over, a replay after a restart) has the same message
-//! id. JetStream stores it once if it arrives within the stream's
+//! A record sent again (its acknowledgement lost, a replay after a crash
+//! or after a stop that could not wait for its batch) has the same
+//! message id. JetStream stores it once if it arrives within the stream's
 //! duplicate window (2 min by default). Kafka's idempotence covers one
 //! producer only: a resend on the next producer (after a failure whose
 //! outcome is unknown: a timeout, a connection lost with the request in
@@ -172,10 +177,12 @@
 //! At start the spill is opened (recovery logged if not clean); records
 //! in it are sent first (spill mode). Records that come before the first
 //! connection is up go to the spill too. On stop the worker takes no
-//! more, writes every record in memory to the spill and syncs it;
-//! records still waiting for room are retried until
-//! [`DurableOptions::shutdown_grace`] ends, then counted `lost` and
-//! logged (only possible when the spill is full at the stop).
+//! more, writes every record in memory to the spill and syncs it, and
+//! waits for the batch in flight (what it lands is not sent again by the
+//! next start); records still waiting for room are retried. Both end
+//! when [`DurableOptions::shutdown_grace`] does: what still waits for
+//! room is then counted `lost` and logged (only possible when the spill
+//! is full at the stop).
 //!
 //! Layout: the API here; `worker/options.rs` (the options and their
 //! checks); `worker/run.rs` (the loop); `worker/transport.rs` (the seam

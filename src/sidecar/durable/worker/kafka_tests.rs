@@ -425,6 +425,61 @@ fn a_broker_killed_mid_stream_leaves_records_in_the_spill_replayed_in_order() {
     thread.shutdown();
 }
 
+/// Emits records from `from` until `n` are accepted or the worker stops;
+/// returns the index after the last accepted one.
+fn flood(client: &DurableClient, from: usize, n: usize) -> usize {
+    let mut i = from;
+    while i < from + n {
+        match client.emit(rec_padded(i, 200)) {
+            Ok(()) => i += 1,
+            Err(Refused::Overloaded) => std::thread::yield_now(),
+            Err(Refused::Stopped) => break,
+            Err(e) => panic!("record {i} refused: {e}"),
+        }
+    }
+    i
+}
+
+#[test]
+fn a_batch_in_flight_when_the_spill_takes_over_or_the_worker_stops_is_stored_once() {
+    let Some(broker) = broker() else {
+        return;
+    };
+    let dir = TempDir::new("kafka-takeover");
+    // A small queue flooded from here: it is half full while a batch is in
+    // flight again and again, so the spill takes over mid-batch.
+    let small_queue = |o: &mut DurableOptions| o.queue_capacity = 64;
+    let (client, thread) = worker(&broker.bootstrap(), dir.path(), small_queue);
+    wait_up(&client);
+    let first = flood(&client, 0, 20_000);
+    assert_eq!(first, 20_000);
+    let m = client.metrics().snapshot();
+    assert!(
+        m.spilled > 0,
+        "the spill never took over from a batch in flight: {m:?}"
+    );
+    // Stopped while records still flow: what is in flight then is awaited,
+    // the rest stays in the spill for the next start.
+    let stopper = {
+        let client = client.clone();
+        std::thread::spawn(move || flood(&client, first, 1_000_000))
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    thread.shutdown();
+    let total = stopper.join().unwrap();
+    let m = client.metrics().snapshot();
+    eprintln!("kafka takeover: {total} accepted; at the stop {m:?}");
+    assert_eq!(m.lost, 0, "{m:?}");
+    let (client, thread) = worker(&broker.bootstrap(), dir.path(), small_queue);
+    eventually("the spill drained", || {
+        let m = client.metrics().snapshot();
+        m.up && m.queued == 0 && m.in_spill_records == 0
+    });
+    let c = consumer(&broker.bootstrap(), TOPIC, PARTITIONS);
+    assert_exactly(&read(&c, total), 0..total);
+    thread.shutdown();
+}
+
 #[test]
 fn records_kafka_refuses_for_good_are_dead_lettered_with_their_reason() {
     let Some(broker) = broker() else {

@@ -54,8 +54,9 @@ pub struct DurableOptions {
     /// within the connection's buffers.
     pub batch_bytes: usize,
     /// Longest a record waits for more to fill its batch. Default 2 ms:
-    /// well under what a `durable_ack` publisher notices, long enough to
-    /// batch a burst.
+    /// long enough to batch a burst. A batch holding a record someone
+    /// waits for (`durable_ack`) does not wait: it goes as soon as no
+    /// batch is in flight.
     pub linger: Duration,
     /// Longest wait for a batch's acknowledgements (and for a flush of
     /// the connection, for Kafka also librdkafka's `message.timeout.ms`

@@ -54,6 +54,12 @@ enum Cargo {
     Direct(Vec<Item>),
     /// The spill's records with these seqs.
     Replay(Vec<Seq>),
+    /// A direct batch written to the spill while in flight (the broker
+    /// was slow, or the worker stops): each record's seq there (`None`:
+    /// not written). What lands counts as done in the spill, so the
+    /// replay does not send it again: a second copy on the same Kafka
+    /// producer would be a new record to the broker, not a retry.
+    Spilled(Vec<Option<Seq>>),
 }
 
 /// The batch in flight.
@@ -211,7 +217,7 @@ impl<T: Transport> Worker<T> {
                 } else {
                     // No connection: the spill takes the batch.
                     let batch = std::mem::take(&mut self.batch);
-                    self.enter_spill(batch);
+                    let _ = self.enter_spill(batch);
                 }
             }
         }
@@ -313,8 +319,9 @@ impl<T: Transport> Worker<T> {
     }
 
     fn finished(&self, now: Instant) -> bool {
-        self.stop_by
-            .is_some_and(|by| (self.queue_closed && self.held.is_empty()) || now >= by)
+        self.stop_by.is_some_and(|by| {
+            (self.queue_closed && self.held.is_empty() && self.flight.is_none()) || now >= by
+        })
     }
 
     /// Records taken off the queue (`n == 0`: it is closed and empty).
@@ -325,14 +332,19 @@ impl<T: Transport> Worker<T> {
         }
         match self.mode {
             Mode::Direct => {
-                if self.batch.is_empty() {
+                // A waiter (`durable_ack`) is not kept waiting for more
+                // records: its batch goes as soon as nothing is in flight
+                // (records arriving meanwhile still batch behind it).
+                if taken.iter().any(|i| i.done.is_some()) {
+                    self.linger_until = Some(Instant::now());
+                } else if self.batch.is_empty() {
                     self.linger_until = Some(Instant::now() + self.opts.linger);
                 }
                 self.batch.append(taken);
             }
             Mode::Spill => {
                 let items = std::mem::take(taken);
-                self.enter_spill(items);
+                let _ = self.enter_spill(items);
             }
         }
     }
@@ -531,6 +543,15 @@ impl<T: Transport> Worker<T> {
                 self.ack_spill(now, landed.failure.is_some());
                 Cargo::Replay(seqs.split_off(n))
             }
+            Cargo::Spilled(mut seqs) => {
+                let n = n.min(seqs.len());
+                if let Some(&last) = seqs[..n].iter().rev().flatten().next() {
+                    self.done_upto = self.done_upto.max(last);
+                    self.peek_spill_head();
+                }
+                self.ack_spill(now, landed.failure.is_some());
+                Cargo::Spilled(seqs.split_off(n))
+            }
         };
         match landed.failure {
             Some(failure) => self.flight_failed(cargo, failure, now),
@@ -561,42 +582,82 @@ impl<T: Transport> Worker<T> {
             }
         }
         if let Cargo::Direct(rest) = cargo {
-            self.enter_spill(rest);
+            let _ = self.enter_spill(rest);
         }
     }
 
     /// Direct mode ends: `first` (the records of a batch not done, or
     /// taken back), then the batch being collected, go to the spill, in
-    /// that order.
-    fn enter_spill(&mut self, first: Vec<Item>) {
-        if self.mode == Mode::Direct {
+    /// that order. Returns the seqs `first`'s records got there.
+    fn enter_spill(&mut self, first: Vec<Item>) -> Vec<Option<Seq>> {
+        let n = first.len();
+        let mut seqs = if self.mode == Mode::Direct {
             self.mode = Mode::Spill;
             self.linger_until = None;
             let rest = std::mem::take(&mut self.batch);
-            self.spill_items(first.into_iter().chain(rest));
+            self.spill_items(first.into_iter().chain(rest))
         } else {
-            self.spill_items(first);
+            self.spill_items(first)
+        };
+        seqs.truncate(n);
+        seqs
+    }
+
+    /// A direct batch in flight goes to the spill, with the batch being
+    /// collected behind it, and keeps flying ([`Cargo::Spilled`]) when
+    /// its records are the first the spill has to send; otherwise it is
+    /// let go (its records may then reach the sink twice, same id).
+    fn spill_in_flight(&mut self) {
+        let Some(Flight {
+            cargo: Cargo::Direct(_),
+            ..
+        }) = &self.flight
+        else {
+            return;
+        };
+        let Some(Flight {
+            cargo: Cargo::Direct(items),
+            landing,
+        }) = self.flight.take()
+        else {
+            unreachable!("checked above")
+        };
+        let first = self.first_unsent();
+        let seqs = self.enter_spill(items);
+        if seqs.iter().flatten().next() == Some(&first) {
+            self.flight = Some(Flight {
+                cargo: Cargo::Spilled(seqs),
+                landing,
+            });
         }
     }
 
     /// Appends `items` in order behind what waits in `held`; answers the
-    /// waiters of those written once a sync covers them.
-    fn spill_items(&mut self, items: impl IntoIterator<Item = Item>) {
+    /// waiters of those written once a sync covers them. Returns each
+    /// item's seq in the spill (`None`: waiting for room, or lost).
+    fn spill_items(&mut self, items: impl IntoIterator<Item = Item>) -> Vec<Option<Seq>> {
         let mut waiters: Vec<AckSender> = Vec::new();
+        let mut seqs = Vec::new();
         for mut item in items {
             if !self.held.is_empty() {
                 self.held.push_back(item);
+                seqs.push(None);
                 continue;
             }
             match self.write(&item) {
-                Ok(()) => {
+                Ok(seq) => {
+                    seqs.push(Some(seq));
                     self.metrics.dequeued(1);
                     DurableMetrics::add(&self.metrics.spilled, 1);
                     self.spill_head_ms.get_or_insert(item.queued_ms);
                     waiters.extend(item.done.take());
                 }
-                Err(Unwritten::Blocked) => self.held.push_back(item),
+                Err(Unwritten::Blocked) => {
+                    self.held.push_back(item);
+                    seqs.push(None);
+                }
                 Err(Unwritten::Lost(reason)) => {
+                    seqs.push(None);
                     tracing::error!(msg_id = %item.record.msg_id, reason, "durable: a record cannot be spilled; lost");
                     self.metrics.dequeued(1);
                     DurableMetrics::add(&self.metrics.lost, 1);
@@ -621,15 +682,16 @@ impl<T: Transport> Worker<T> {
         for w in waiters {
             let _ = w.send(synced.clone());
         }
+        seqs
     }
 
-    fn write(&mut self, item: &Item) -> Result<(), Unwritten> {
+    fn write(&mut self, item: &Item) -> Result<Seq, Unwritten> {
         let bytes = item
             .record
             .encode(item.queued_ms)
             .map_err(|e| Unwritten::Lost(e.to_string()))?;
         match self.spill.append(&bytes) {
-            Ok(_) => Ok(()),
+            Ok(seq) => Ok(seq),
             Err(SpillError::Full) => Err(Unwritten::Blocked),
             Err(SpillError::Io(e)) => {
                 tracing::warn!(error = %e, "durable: a spill write failed; the record waits in memory");
@@ -647,22 +709,18 @@ impl<T: Transport> Worker<T> {
         }
         self.held_retry_at = None;
         let held = std::mem::take(&mut self.held);
-        self.spill_items(held);
+        let _ = self.spill_items(held);
     }
 
     /// The stop: take nothing new; what is in memory goes to the spill.
+    /// A batch in flight is awaited (within the grace) so that what it
+    /// landed is not sent again by the next start.
     fn begin_stop(&mut self, now: Instant) {
         tracing::info!("durable: stopping; writing what is in memory to the spill");
         self.stop_by = Some(now + self.opts.shutdown_grace);
         self.rx.close();
-        let first = match self.flight.take() {
-            Some(Flight {
-                cargo: Cargo::Direct(items),
-                ..
-            }) => items,
-            _ => Vec::new(),
-        };
-        self.enter_spill(first);
+        self.spill_in_flight();
+        let _ = self.enter_spill(Vec::new());
     }
 
     fn housekeeping(&mut self, now: Instant) {
@@ -671,7 +729,8 @@ impl<T: Transport> Worker<T> {
             tracing::warn!(error = %e, "durable: the spill's interval sync failed");
         }
         // A batch in flight while the queue fills: the broker is slow;
-        // the spill takes the load (the batch is sent again from there).
+        // the spill takes the load (what the batch lands counts as done
+        // there; the rest is sent again from there).
         if self.mode == Mode::Direct
             && matches!(
                 self.flight,
@@ -681,13 +740,9 @@ impl<T: Transport> Worker<T> {
                 })
             )
             && self.rx.len() >= self.opts.queue_capacity / 2
-            && let Some(Flight {
-                cargo: Cargo::Direct(items),
-                ..
-            }) = self.flight.take()
         {
             tracing::debug!("durable: the broker is slow; the spill takes over");
-            self.enter_spill(items);
+            self.spill_in_flight();
         }
         self.refresh_gauges();
     }
