@@ -1065,3 +1065,197 @@ channel = "course:{{header:course}}"
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Produces one record with `headers` and `payload` to `partition` of
+/// `topic`.
+fn produce_to(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    headers: &[(&str, &str)],
+    payload: &str,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header {
+            key: k,
+            value: Some(*v),
+        });
+    }
+    let r = FutureRecord::<(), _>::to(topic)
+        .partition(partition)
+        .payload(payload)
+        .headers(h);
+    runtime()
+        .block_on(p.send(r, Duration::from_secs(10)))
+        .expect("produced");
+}
+
+/// Reads `sub`'s pushes for `quiet` and fails on any publication.
+fn assert_no_more_publications(sub: &mut RawJson, quiet: Duration) {
+    let until = Instant::now() + quiet;
+    while let Ok(Some(v)) = sub.next_event(until) {
+        assert!(v["push"]["pub"].is_null(), "a publication too many: {v}");
+    }
+}
+
+#[test]
+fn a_consumer_killed_before_committing_and_restarted_publishes_nothing_twice_to_clients() {
+    if !KafkaBroker::available() || !NatsServer::available() {
+        return;
+    }
+    let nats = NatsServer::start();
+    let kafka = KafkaBroker::start();
+    const TOPIC: &str = "course-updates";
+    create_topic(&kafka.bootstrap(), TOPIC, 2);
+    // A course channel whose home is n1: its idempotency window outlives
+    // n0, the consumer that dies.
+    let live: Vec<std::sync::Arc<str>> = vec!["n0".into(), "n1".into()];
+    let channel = (0..)
+        .map(|i| format!("course:c{i}"))
+        .find(|c| {
+            wsedge::engine::cluster::placement::home_node(c, &live).map(|h| &**h) == Some("n1")
+        })
+        .unwrap();
+    let course = channel.strip_prefix("course:").unwrap().to_owned();
+    // Commits only at a rebalance or a stop: whatever n0 published is
+    // uncommitted when it is killed. A dead member leaves the group after
+    // 6 s.
+    let config = format!(
+        r#"
+max_commands_per_second = 0
+
+[durable]
+kafka_brokers = "{}"
+consume_commit_interval = "1h"
+
+[durable.kafka_consumer_config]
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[[durable.consume]]
+topic = "{TOPIC}"
+channel = "course:{{header:course}}"
+"#,
+        kafka.bootstrap()
+    );
+    let dir = scratch("consume-restart");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, config).unwrap();
+    let node = |name: &str| {
+        Server::start_with(
+            Opts {
+                args: vec!["--config".into(), path.to_str().unwrap().into()],
+                ..Opts::default()
+            }
+            .env("WSEDGE_CLUSTER_NATS_URL", &nats.url())
+            .env("WSEDGE_CLUSTER_NODE_NAME", name)
+            .env("WSEDGE_CLUSTER_CLUSTER_NAME", "consume"),
+        )
+    };
+    let mut nodes = vec![node("n0"), node("n1")];
+    // Group joins are slow on the test broker (~23 s the first time).
+    let long_wait = |s: &Server, what: &str, f: &dyn Fn(&Server) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !f(s) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                s.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let partitions = |s: &Server| s.metric("wsedge_durable_consumer_partitions{source=\"kafka\"}");
+    let published = |s: &Server| {
+        s.metric("wsedge_durable_consumed_total{source=\"kafka\",result=\"published\"}")
+    };
+    for s in &nodes {
+        s.wait_for("both nodes in the cluster", || {
+            s.metric("wsedge_cluster_nodes") == 2.0
+        });
+        long_wait(s, "a partition each", &|s| partitions(s) == 1.0);
+    }
+    let mut sub = RawJson::anon(&nodes[1]);
+    let r = sub.call("subscribe", json!({"channel": channel}));
+    assert!(r.get("error").is_none(), "{r}");
+    let header = [("course", course.as_str())];
+    let mut n = 0;
+    let mut send = |count: usize| {
+        for _ in 0..count {
+            for p in 0..2 {
+                produce_to(
+                    &kafka.bootstrap(),
+                    TOPIC,
+                    p,
+                    &header,
+                    &json!({"n": n}).to_string(),
+                );
+                n += 1;
+            }
+        }
+    };
+    let data_of = |pubs: &[Value]| -> Vec<u64> {
+        let mut v: Vec<u64> = pubs
+            .iter()
+            .map(|p| p["push"]["pub"]["data"]["n"].as_u64().unwrap())
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    // 40 records, 20 per partition: each node publishes its partition's.
+    send(20);
+    assert_eq!(
+        data_of(&sub.pubs_through(&channel, 40)),
+        (0..40).collect::<Vec<_>>()
+    );
+    for s in &nodes {
+        s.wait_for("20 published by each node", || published(s) == 20.0);
+    }
+    let dups_before = nodes[1].metric("wsedge_idempotent_duplicates_total");
+    // n0 dies with its 20 records published and not committed: n1 takes
+    // its partition and reads them again from the start.
+    nodes[0].signal(libc::SIGKILL);
+    assert!(nodes[0].wait_exit(Duration::from_secs(10)).is_some());
+    long_wait(&nodes[1], "n1 owning both partitions", &|s| {
+        partitions(s) == 2.0
+    });
+    long_wait(&nodes[1], "n0's records read again by n1", &|s| {
+        published(s) == 40.0
+    });
+    // They were repeats of idempotency keys at the home: not published.
+    assert_eq!(
+        nodes[1].metric("wsedge_idempotent_duplicates_total") - dups_before,
+        20.0
+    );
+    assert_no_more_publications(&mut sub, Duration::from_secs(1));
+    // n0 comes back: the partitions split again, each from its committed
+    // offset (n1 committed both when they were revoked from it).
+    nodes[0] = node("n0");
+    nodes[0].wait_for("n0 back in the cluster", || {
+        nodes[0].metric("wsedge_cluster_nodes") == 2.0
+    });
+    long_wait(&nodes[0], "n0 with a partition again", &|s| {
+        partitions(s) == 1.0
+    });
+    long_wait(&nodes[1], "n1 with one partition", &|s| {
+        partitions(s) == 1.0
+    });
+    send(5);
+    let pubs = sub.pubs_through(&channel, 50);
+    assert_eq!(data_of(&pubs), (40..50).collect::<Vec<_>>());
+    nodes[0].wait_for("n0 published only the new records", || {
+        published(&nodes[0]) == 5.0
+    });
+    assert_no_more_publications(&mut sub, Duration::from_secs(1));
+    assert_eq!(published(&nodes[0]), 5.0);
+    assert_eq!(published(&nodes[1]), 45.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@
 //! Every key is also settable as `WSEDGE_DURABLE_<KEY>`, e.g.
 //! `WSEDGE_DURABLE_DIR`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -366,6 +367,31 @@ pub struct DurableConfig {
     /// Replication of a Kafka topic wsedge creates. Default 1 (a single
     /// broker can create it); set 3 on a production cluster.
     pub kafka_replication: u32,
+    /// More librdkafka properties for every Kafka client of the node: the
+    /// sinks' producers, the consumer group and its dead-letter
+    /// producer. For what a secured cluster needs: `security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username`, `sasl.password`,
+    /// `ssl.ca.location`, `client.id`, … Values may be strings, numbers
+    /// or booleans. Properties wsedge sets itself for order, idempotence
+    /// and commits (`bootstrap.servers`, `enable.idempotence`, `acks`,
+    /// `group.id`, `enable.auto.commit`, …) are refused. File only (no
+    /// environment variable); values of keys naming a password or secret
+    /// are redacted in `--print-config`. Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_config: BTreeMap<String, String>,
+    /// librdkafka properties for the consumer group only, after
+    /// `kafka_config`: `session.timeout.ms`, `heartbeat.interval.ms`,
+    /// `max.poll.interval.ms`, `fetch.max.bytes`, `auto.offset.reset`
+    /// (`earliest` by default: a new group reads what the topics retain),
+    /// `partition.assignment.strategy`, … Default none.
+    #[serde(deserialize_with = "scalar_map")]
+    pub kafka_consumer_config: BTreeMap<String, String>,
+    /// How often the consumer group commits the offsets of records the
+    /// channels' homes accepted (also at a rebalance and at the stop).
+    /// Default 1s: after a crash about a second of records is read again
+    /// (and published once, by the idempotency window). 100ms to 1h.
+    #[serde(with = "humantime_serde")]
+    pub consume_commit_interval: Duration,
     /// The consumer group of `consume`'s topics, and the name of the
     /// JetStream durable consumer of its subjects (then a legal durable
     /// name: no `.`, `*`, `>`, `/`, `\` or spaces). Default
@@ -395,6 +421,9 @@ impl Default for DurableConfig {
             create_sinks: true,
             kafka_partitions: 6,
             kafka_replication: 1,
+            kafka_config: BTreeMap::new(),
+            kafka_consumer_config: BTreeMap::new(),
+            consume_commit_interval: Duration::from_secs(1),
             consume_group: "notification-processors".into(),
             consume: Vec::new(),
             queue_capacity: 16_384,
@@ -472,6 +501,7 @@ impl DurableConfig {
                 "durable kafka_partitions must be 1-10000 and kafka_replication 1-16".into(),
             );
         }
+        self.validate_kafka_config()?;
         if self.consume_group.is_empty() || self.consume_group.len() > 249 {
             return Err("durable consume_group must be 1-249 bytes".into());
         }
@@ -485,6 +515,44 @@ impl DurableConfig {
                  (`A-Z a-z 0-9 . _ -`, dot-separated)",
                 self.dead_letter
             ));
+        }
+        Ok(())
+    }
+
+    /// `kafka_config`, `kafka_consumer_config`, `consume_commit_interval`.
+    fn validate_kafka_config(&self) -> Result<(), String> {
+        use crate::sidecar::durable::inbound::INBOUND_RESERVED;
+        use crate::sidecar::durable::worker::KAFKA_RESERVED;
+        for (table, map, reserved) in [
+            (
+                "kafka_config",
+                &self.kafka_config,
+                &[&KAFKA_RESERVED[..], &INBOUND_RESERVED[..]][..],
+            ),
+            (
+                "kafka_consumer_config",
+                &self.kafka_consumer_config,
+                &[&INBOUND_RESERVED[..]][..],
+            ),
+        ] {
+            for k in map.keys() {
+                if k.is_empty() || k.contains(char::is_whitespace) {
+                    return Err(format!(
+                        "durable {table}: {k:?} is not a librdkafka property"
+                    ));
+                }
+                if reserved.iter().any(|r| r.contains(&k.as_str())) {
+                    return Err(format!(
+                        "durable {table} may not set {k:?}: wsedge sets it itself \
+                         (order, idempotence, the group, commits)"
+                    ));
+                }
+            }
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+            .contains(&self.consume_commit_interval)
+        {
+            return Err("durable consume_commit_interval must be between 100ms and 1h".into());
         }
         Ok(())
     }
@@ -570,14 +638,61 @@ impl DurableConfig {
 
     /// A copy fit to print: credentials in `nats_url` hidden.
     pub fn redacted(&self) -> Self {
+        let hide = |m: &BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| {
+                    let k_lower = k.to_ascii_lowercase();
+                    let secret = ["password", "secret", "sasl.oauthbearer.config", "sasl.jaas"]
+                        .iter()
+                        .any(|s| k_lower.contains(s));
+                    let v = if secret {
+                        super::REDACTED.into()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        };
         DurableConfig {
             nats_url: self
                 .nats_url
                 .as_deref()
                 .map(crate::sidecar::cluster::redacted_servers),
+            kafka_config: hide(&self.kafka_config),
+            kafka_consumer_config: hide(&self.kafka_consumer_config),
             ..self.clone()
         }
     }
+}
+
+/// A table of librdkafka properties: string, integer, float or boolean
+/// values, kept as the strings librdkafka takes.
+fn scalar_map<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+        Text(String),
+    }
+    let raw = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Bool(b) => b.to_string(),
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Text(t) => t,
+            };
+            (k, v)
+        })
+        .collect())
 }
 
 #[cfg(test)]

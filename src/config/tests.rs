@@ -882,3 +882,81 @@ fn presence_and_story_sinks_need_their_feature_and_a_valid_target() {
         ]
     );
 }
+
+#[test]
+fn kafka_client_properties_come_from_the_file_as_strings_refused_when_wsedge_owns_them() {
+    figment::Jail::expect_with(|jail| {
+        let cfg = load_str(
+            jail,
+            r#"
+            [durable]
+            kafka_brokers = "k1:9092"
+            consume_commit_interval = "250ms"
+
+            [durable.kafka_config]
+            "security.protocol" = "SASL_SSL"
+            "sasl.password" = "hunter2"
+            "socket.keepalive.enable" = true
+
+            [durable.kafka_consumer_config]
+            "session.timeout.ms" = 6000
+            "#,
+        )
+        .unwrap();
+        let d = &cfg.durable;
+        assert_eq!(d.consume_commit_interval, Duration::from_millis(250));
+        assert_eq!(d.kafka_config["security.protocol"], "SASL_SSL");
+        assert_eq!(d.kafka_config["socket.keepalive.enable"], "true");
+        assert_eq!(d.kafka_consumer_config["session.timeout.ms"], "6000");
+        // The password is not printed; the rest is.
+        let shown = cfg.to_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("SASL_SSL"), "{shown}");
+        Ok(())
+    });
+    for (edit, word) in [
+        (
+            (|c: &mut Config| {
+                c.durable
+                    .kafka_config
+                    .insert("enable.idempotence".into(), "false".into());
+            }) as fn(&mut Config),
+            "enable.idempotence",
+        ),
+        (
+            |c| {
+                c.durable
+                    .kafka_config
+                    .insert("group.id".into(), "other".into());
+            },
+            "group.id",
+        ),
+        (
+            |c| {
+                c.durable
+                    .kafka_consumer_config
+                    .insert("enable.auto.commit".into(), "true".into());
+            },
+            "enable.auto.commit",
+        ),
+        (
+            |c| {
+                c.durable.kafka_config.insert("bad key".into(), "x".into());
+            },
+            "bad key",
+        ),
+        (
+            |c| c.durable.consume_commit_interval = Duration::from_millis(10),
+            "consume_commit_interval",
+        ),
+    ] {
+        let e = invalid(&[], edit);
+        assert!(e.contains(word), "{e:?} should say {word:?}");
+    }
+    // A consumer property in the consumer's table is fine.
+    let mut c = Config::default();
+    c.durable
+        .kafka_consumer_config
+        .insert("max.poll.interval.ms".into(), "600000".into());
+    c.validate().unwrap();
+}

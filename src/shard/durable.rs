@@ -158,6 +158,11 @@ impl DurableRoutes {
                     let mut opts = DurableOptions::kafka(brokers, &dir);
                     if let SinkOptions::Kafka(k) = &mut opts.sink {
                         k.max_message_bytes = k.max_message_bytes.max(spill.max_record);
+                        k.config = d
+                            .kafka_config
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
                         if d.create_sinks {
                             k.topics = topics(&mine, d.kafka_partitions, d.kafka_replication);
                         }

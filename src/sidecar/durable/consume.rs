@@ -172,6 +172,17 @@ pub fn start(
         })?;
         let mut opts = InboundOptions::new(brokers, topics.iter().map(|r| r.topic.clone()));
         opts.group_id = d.consume_group.clone();
+        opts.commit_interval = d.consume_commit_interval;
+        opts.config = d
+            .kafka_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        opts.consumer_config = d
+            .kafka_consumer_config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let (queue, inbound, thread) = start_inbound(opts)?;
         consumers.push(thread);
         kafka = Some(queue);

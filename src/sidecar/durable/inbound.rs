@@ -175,6 +175,10 @@ pub struct InboundOptions {
     /// [`INBOUND_RESERVED`] ones are refused. They apply to the
     /// dead-letter producer too. Default none.
     pub config: Vec<(String, String)>,
+    /// librdkafka properties for the consumer only, set after `config`
+    /// (e.g. `session.timeout.ms`, which the producer would warn
+    /// about); the [`INBOUND_RESERVED`] ones are refused. Default none.
+    pub consumer_config: Vec<(String, String)>,
 }
 
 impl InboundOptions {
@@ -195,6 +199,7 @@ impl InboundOptions {
             retry_max: DEFAULT_RETRY_MAX,
             timeout: Duration::from_secs(5),
             config: Vec::new(),
+            consumer_config: Vec::new(),
         }
     }
 
@@ -231,6 +236,7 @@ impl InboundOptions {
         if let Some((k, _)) = self
             .config
             .iter()
+            .chain(&self.consumer_config)
             .find(|(k, _)| INBOUND_RESERVED.contains(&k.trim()))
         {
             return Err(format!("inbound config may not set {k:?}"));
@@ -258,6 +264,9 @@ impl InboundOptions {
                 "statistics.interval.ms",
                 STATS_INTERVAL.as_millis().to_string(),
             );
+        for (k, v) in &self.consumer_config {
+            c.set(k.trim(), v.as_str());
+        }
         c
     }
 
