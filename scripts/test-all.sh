@@ -109,6 +109,18 @@ cargo fmt --manifest-path bench/Cargo.toml -- --check
 cargo clippy --manifest-path bench/Cargo.toml --all-targets -- -D warnings
 cargo test --manifest-path bench/Cargo.toml --lib
 
+# The TypeScript client SDK: type check, unit tests on a fake clock, and
+# end-to-end tests against the release binary built above (they start their
+# own servers on free loopback ports). Node.js 20+ and npm come with the
+# machine; Debian's nodejs (18) lacks the WebSocket the tests use.
+step "TypeScript client (clients/ts): type check, unit and end-to-end tests"
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null ||
+  { echo "clients/ts needs Node.js 20 or later (and npm)"; exit 2; }
+wsedge_bin=$PWD/target/release/wsedge
+[ -x "$wsedge_bin" ] || { echo "no release binary at $wsedge_bin"; exit 2; }
+(cd clients/ts && npm ci --no-audit --no-fund &&
+  WSEDGE_BIN="$wsedge_bin" timeout --foreground 10m npm test)
+
 step "Autobahn conformance: result"
 conformance_rc=0
 wait "$conformance_pid" || conformance_rc=$?

@@ -1,0 +1,709 @@
+import { backoffDelay } from './backoff.js';
+import { Commands } from './commands.js';
+import { Emitter } from './emitter.js';
+import { DisconnectedError, ServerError, TimeoutError, UnauthorizedError } from './errors.js';
+import { MemoryOutboxStorage, Outbox, type OutboxItem } from './outbox.js';
+import type {
+  ClientEvents,
+  ClientOptions,
+  ClientState,
+  DisconnectedEvent,
+  PublishOptions,
+  RpcResult,
+} from './options.js';
+import {
+  closeCodeReconnects,
+  CloseCode,
+  decodeBase64,
+  ErrorCode,
+  LocalCode,
+  type ClientInfo,
+  type ConnectParams,
+  type ConnectResult,
+  type DisconnectPush,
+  type PresenceResult,
+  type PresenceStatsResult,
+  type PublishResult,
+  type RefreshResult,
+  type ServerMessage,
+  type SubscribeResult,
+  type WirePublication,
+  type WireRpcResult,
+} from './protocol.js';
+import {
+  historyOf,
+  Subscription,
+  toPublication,
+  type CommandCallbacks,
+  type HistoryOptions,
+  type HistoryResult,
+  type SubscriptionHost,
+  type SubscriptionOptions,
+} from './subscription.js';
+import { systemClock, systemRandom, type Clock, type Random, type TimerHandle } from './timers.js';
+import { jwtExpiry, refreshDelay } from './token.js';
+import { Transport, type WebSocketConstructor } from './transport.js';
+
+/** Publications the client sends before waiting for answers. */
+const OUTBOX_WINDOW = 32;
+
+interface Waiter {
+  resolve(): void;
+  reject(err: Error): void;
+  timer: TimerHandle;
+}
+
+/**
+ * A wsedge client: one WebSocket in the JSON form, reconnecting with
+ * full-jitter backoff, renewing its token, resubscribing with recovery and
+ * sending offline publications from its outbox.
+ *
+ * ```ts
+ * const client = new Client('wss://edge.example.com/ws', { getToken });
+ * client.connect();
+ * const sub = client.subscribe('chat:room-42', { onPublication: (p) => show(p.data) });
+ * await client.publish('chat:room-42', { text: 'hi' });
+ * ```
+ */
+export class Client extends Emitter<ClientEvents> {
+  /** The server URL (`ws://` or `wss://`, path `/ws` by default). */
+  readonly url: string;
+  private readonly opts: ClientOptions;
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly ctor: WebSocketConstructor;
+  private readonly timeout: number;
+  private readonly minDelay: number;
+  private readonly maxDelay: number;
+  private readonly maxAttempts: number;
+  private readonly refreshRatio: number;
+  private readonly rate: number;
+  private readonly publishRetries: number;
+
+  private _state: ClientState = 'disconnected';
+  private transport: Transport | undefined;
+  /** Bumped at every attempt and every loss: work for an older one is ignored. */
+  private connId = 0;
+  private attempts = 0;
+  private reconnectTimer: TimerHandle | undefined;
+  private pingTimer: TimerHandle | undefined;
+  private pingOutstanding = false;
+  private lastReceived = 0;
+  private refreshTimer: TimerHandle | undefined;
+  private refreshAttempts = 0;
+  private token: string | undefined;
+  private tokenRequired = false;
+  private disconnectPush: DisconnectPush | undefined;
+  private info: ConnectResult | undefined;
+
+  private readonly commands: Commands;
+  private waiters: Waiter[] = [];
+
+  private readonly subs = new Map<string, Subscription>();
+  private readonly host: SubscriptionHost;
+
+  private readonly outbox: Outbox;
+  private publishesInFlight = 0;
+  private flushPauseTimer: TimerHandle | undefined;
+
+  /**
+   * @param url the server's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`
+   * @param options see {@link ClientOptions}
+   */
+  constructor(url: string, options: ClientOptions = {}) {
+    super();
+    this.url = url;
+    this.opts = options;
+    this.clock = options.clock ?? systemClock;
+    this.random = options.random ?? systemRandom;
+    const ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!ctor) {
+      throw new Error('no WebSocket: pass options.WebSocket (on Node 20, or run node with --experimental-websocket)');
+    }
+    this.ctor = ctor;
+    this.timeout = options.timeout ?? 10_000;
+    this.minDelay = options.minReconnectDelay ?? 500;
+    this.maxDelay = Math.max(this.minDelay, options.maxReconnectDelay ?? 20_000);
+    this.maxAttempts = options.maxReconnectAttempts ?? Infinity;
+    this.refreshRatio = options.refreshRatio ?? 0.85;
+    this.rate = options.maxCommandsPerSecond ?? 100;
+    this.publishRetries = options.publishRetries ?? 5;
+    this.token = options.token;
+    this.commands = new Commands(this.clock, this.timeout, this.rate, (method) =>
+      this.lose(LocalCode.timeout, `no reply to ${method}`, true),
+    );
+
+    this.host = {
+      clock: this.clock,
+      random: this.random,
+      minDelay: this.minDelay,
+      maxDelay: this.maxDelay,
+      refreshRatio: this.refreshRatio,
+      isConnected: () => this._state === 'connected',
+      connectionId: () => this.connId,
+      command: (method, params, callbacks) => this.command(method, params, callbacks as CommandCallbacks<unknown>, true),
+      request: (method, params) => this.request(method, params),
+      attach: (sub) => {
+        if (this.subs.has(sub.channel)) return false;
+        this.subs.set(sub.channel, sub);
+        return true;
+      },
+      detach: (sub) => {
+        if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      },
+    };
+
+    this.outbox = new Outbox(
+      options.outboxStorage ?? new MemoryOutboxStorage(),
+      Math.max(1, options.outboxLimit ?? 1000),
+      options.outboxDropPolicy ?? 'drop-oldest',
+      (item, reason) => this.emit('outboxDropped', { entry: item.entry, reason }),
+      (err) => this.reportError(err, 'outbox storage'),
+    );
+    void this.outbox.ready.then(() => this.flushOutbox());
+  }
+
+  /** The current state. */
+  get state(): ClientState {
+    return this._state;
+  }
+
+  /** The last `connect` reply (client id, node, user, …), while connected. */
+  get connection(): ConnectResult | undefined {
+    return this._state === 'connected' ? this.info : undefined;
+  }
+
+  /** Publications waiting in the outbox (unsent or unanswered). */
+  get outboxSize(): number {
+    return this.outbox.size;
+  }
+
+  /** Resolves once the outbox has loaded its stored entries and written everything so far. */
+  outboxFlushed(): Promise<void> {
+    return this.outbox.flushed();
+  }
+
+  /** Starts connecting (and keeps reconnecting until {@link disconnect}). */
+  connect(): void {
+    if (this._state !== 'disconnected') return;
+    this.attempts = 0;
+    this.setState('connecting');
+    this.openTransport();
+  }
+
+  /**
+   * Closes the connection and stops reconnecting. Subscriptions stay and
+   * resubscribe at the next `connect()`; the outbox keeps its publications.
+   */
+  disconnect(): void {
+    if (this._state === 'disconnected') return;
+    this.lose(LocalCode.disconnectCalled, 'disconnect called', false);
+  }
+
+  /**
+   * Subscribes to a channel; the subscription lives until `unsubscribe()`
+   * (or the server refuses or ends it), across reconnects.
+   * Throws if the client already has a subscription to the channel.
+   */
+  subscribe(channel: string, options: SubscriptionOptions = {}): Subscription {
+    const sub = new Subscription(this.host, channel, options);
+    if (!this.host.attach(sub)) throw new Error(`already subscribed to ${channel}`);
+    sub.start();
+    return sub;
+  }
+
+  /** The client's subscription to `channel`, if any. */
+  getSubscription(channel: string): Subscription | undefined {
+    return this.subs.get(channel);
+  }
+
+  /** Every subscription, by channel. */
+  subscriptions(): ReadonlyMap<string, Subscription> {
+    return this.subs;
+  }
+
+  /**
+   * Publishes `data` (any JSON value) to a channel. While the client is not
+   * connected the publication waits in the outbox and is sent, in order,
+   * once it is; it carries an idempotency key so a resend after a lost
+   * answer is published once. Resolves with the publication's offset;
+   * rejects with an {@link OutboxDroppedError} if the outbox dropped it, or
+   * with the {@link ServerError} that refused it.
+   */
+  publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<PublishResult> {
+    const idempotencyKey = options.idempotencyKey ?? this.random.uuid();
+    const p = this.outbox.add({ id: this.random.uuid(), channel, data, idempotencyKey, createdAt: this.clock.now() });
+    this.flushOutbox();
+    return p;
+  }
+
+  /** Drops every publication in the outbox (their promises reject with `cleared`). */
+  clearOutbox(): void {
+    this.outbox.clear();
+  }
+
+  /** The channel's kept publications (namespaces with history). */
+  history(channel: string, options: HistoryOptions = {}): Promise<HistoryResult> {
+    return historyOf(this.host, channel, options);
+  }
+
+  /** Who is in a channel now (namespaces with presence). */
+  presence(channel: string): Promise<PresenceResult> {
+    return this.request<PresenceResult>('presence', { channel });
+  }
+
+  /** How many connections and distinct users are in a channel. */
+  presenceStats(channel: string): Promise<PresenceStatsResult> {
+    return this.request<PresenceStatsResult>('presence_stats', { channel });
+  }
+
+  /**
+   * Sets this connection's presence state in a subscribed channel (e.g.
+   * `typing`, `viewing`, `editing:<section>`; `""` clears it) for `ttl` seconds.
+   */
+  setPresenceState(channel: string, state: string, ttl?: number): Promise<void> {
+    const params: Record<string, unknown> = { channel, state };
+    if (ttl !== undefined) params.ttl = ttl;
+    return this.request<unknown>('presence_state', params).then(() => undefined);
+  }
+
+  /** A backend call: the backends' reply (JSON as `data`, anything else as `bytes`). */
+  async rpc(method: string, data?: unknown): Promise<RpcResult> {
+    const params: Record<string, unknown> = { method };
+    if (data !== undefined) params.data = data;
+    const r = await this.request<WireRpcResult>('rpc', params);
+    if (typeof r.b64data === 'string') return { bytes: decodeBase64(r.b64data) };
+    return { data: r.data };
+  }
+
+  /** A message to the backends, without a reply (resolves once the node has handed it on). */
+  send(data?: unknown): Promise<void> {
+    return this.request<unknown>('send', data === undefined ? {} : { data }).then(() => undefined);
+  }
+
+  /** An application-level round trip. */
+  ping(): Promise<void> {
+    return this.request<unknown>('ping', {}).then(() => undefined);
+  }
+
+  /**
+   * Sends any command and resolves with its result: the escape hatch for
+   * methods this client has no wrapper for yet (e.g. story collaboration).
+   * Waits for the connection while connecting (up to `timeout`); rejects at
+   * once when disconnected.
+   */
+  request<T = unknown>(method: string, params: unknown): Promise<T> {
+    return this.whenConnected().then(
+      () =>
+        new Promise<T>((resolve, reject) => {
+          this.command<T>(method, params, { ok: resolve, fail: reject }, false);
+        }),
+    );
+  }
+
+  // ---------------------------------------------------------------- connection
+
+  private setState(next: ClientState): void {
+    const prev = this._state;
+    if (prev === next) return;
+    this._state = next;
+    this.emit('state', { oldState: prev, newState: next });
+  }
+
+  private openTransport(): void {
+    const id = ++this.connId;
+    this.disconnectPush = undefined;
+    this.connectToken().then(
+      (token) => {
+        if (id !== this.connId || this._state !== 'connecting') return;
+        const transport = new Transport(this.ctor, this.url, {
+          onOpen: () => {
+            if (id === this.connId) this.sendConnect(id, token);
+          },
+          onMessages: (msgs) => {
+            if (id === this.connId) this.dispatch(msgs);
+          },
+          onClose: (code, reason) => {
+            if (id === this.connId) this.onClose(code, reason);
+          },
+          onProtocolError: (err) => {
+            if (id !== this.connId) return;
+            this.reportError(err, 'protocol');
+            this.lose(LocalCode.badProtocol, err.message, true, err);
+          },
+        });
+        this.transport = transport;
+        this.commands.attach(transport);
+      },
+      (err: unknown) => {
+        if (id !== this.connId || this._state !== 'connecting') return;
+        const error = err instanceof Error ? err : new Error(String(err));
+        if (error instanceof UnauthorizedError) {
+          this.lose(LocalCode.unauthorized, error.message, false, error);
+          return;
+        }
+        this.reportError(error, 'getToken');
+        this.lose(LocalCode.unauthorized, `getToken failed: ${error.message}`, true, error);
+      },
+    );
+  }
+
+  /** The token for the next `connect`: the current one, or a new one from `getToken` when needed. */
+  private async connectToken(): Promise<string | undefined> {
+    const getToken = this.opts.getToken;
+    const stale =
+      this.token !== undefined && (jwtExpiry(this.token) ?? Infinity) * 1000 <= this.clock.now();
+    if (!getToken) {
+      if (this.tokenRequired) throw new UnauthorizedError('the token expired and there is no getToken to renew it');
+      return this.token;
+    }
+    if (this.token === undefined || this.tokenRequired || stale) {
+      this.token = await getToken();
+      this.tokenRequired = false;
+    }
+    return this.token === '' ? undefined : this.token;
+  }
+
+  private sendConnect(id: number, token: string | undefined): void {
+    const params: ConnectParams = { name: this.opts.name ?? 'js' };
+    if (this.opts.version !== undefined) params.version = this.opts.version;
+    if (token) params.token = token;
+    if (this.opts.user !== undefined) params.user = this.opts.user;
+    if (this.opts.info !== undefined) params.info = this.opts.info;
+    this.lastReceived = this.clock.now();
+    this.command<ConnectResult>(
+      'connect',
+      params,
+      {
+        ok: (res) => {
+          if (id === this.connId) this.onConnected(res);
+        },
+        fail: (err) => {
+          if (id !== this.connId || !(err instanceof ServerError)) return; // timeouts and losses handled elsewhere
+          let reconnect = err.temporary;
+          if (err.code === ErrorCode.tokenExpired) {
+            this.tokenRequired = true;
+            reconnect = this.opts.getToken !== undefined;
+          }
+          this.reportError(err, 'connect');
+          this.lose(err.code, err.message, reconnect, err);
+        },
+      },
+      true,
+      true,
+    );
+  }
+
+  private onConnected(res: ConnectResult): void {
+    this.info = res;
+    this.attempts = 0;
+    this.refreshAttempts = 0;
+    this.setState('connected');
+    for (const w of this.waiters.splice(0)) {
+      this.clock.clearTimeout(w.timer);
+      w.resolve();
+    }
+    if (res.expires) this.scheduleRefresh(res.ttl);
+    this.armPing();
+    for (const sub of [...this.subs.values()]) sub.connected();
+    this.flushOutbox();
+    this.emit('connected', res);
+  }
+
+  private onClose(code: number, reason: string): void {
+    const push = this.disconnectPush;
+    this.disconnectPush = undefined;
+    const c = push?.code ?? code;
+    const r = push?.reason ?? reason;
+    let reconnect = push ? push.reconnect : closeCodeReconnects(code);
+    if (c === CloseCode.tokenExpired) {
+      this.tokenRequired = true;
+      if (!this.opts.getToken) reconnect = false;
+    }
+    this.lose(c, r, reconnect);
+  }
+
+  /**
+   * The connection (or an attempt) ended: clean up, tell the listeners, and
+   * reconnect with backoff unless told not to or out of attempts.
+   */
+  private lose(code: number, reason: string, reconnect: boolean, error?: Error): void {
+    this.connId++;
+    const t = this.transport;
+    this.transport = undefined;
+    t?.close(reason);
+    this.clearConnectionTimers();
+    this.commands.failAll(new DisconnectedError(`connection lost: ${code} ${reason}`.trim()));
+    this.publishesInFlight = 0;
+    this.outbox.resetInFlight();
+    for (const sub of [...this.subs.values()]) sub.disconnected();
+
+    const willReconnect = reconnect && this.attempts < this.maxAttempts;
+    const event: DisconnectedEvent = { code, reason, reconnect: willReconnect };
+    if (error) event.error = error;
+    if (willReconnect) {
+      const delay = backoffDelay(this.attempts, this.minDelay, this.maxDelay, this.random.random());
+      this.attempts++;
+      this.setState('connecting');
+      this.emit('disconnected', event);
+      this.emit('reconnecting', { attempt: this.attempts, delay });
+      this.reconnectTimer = this.clock.setTimeout(() => {
+        this.reconnectTimer = undefined;
+        if (this._state === 'connecting') this.openTransport();
+      }, delay);
+    } else {
+      this.setState('disconnected');
+      for (const w of this.waiters.splice(0)) {
+        this.clock.clearTimeout(w.timer);
+        w.reject(new DisconnectedError('disconnected'));
+      }
+      this.emit('disconnected', event);
+    }
+  }
+
+  private clearConnectionTimers(): void {
+    for (const t of [this.reconnectTimer, this.pingTimer, this.refreshTimer, this.flushPauseTimer]) {
+      if (t !== undefined) this.clock.clearTimeout(t);
+    }
+    this.reconnectTimer = this.pingTimer = this.refreshTimer = this.flushPauseTimer = undefined;
+    this.pingOutstanding = false;
+  }
+
+  private whenConnected(): Promise<void> {
+    if (this._state === 'connected') return Promise.resolve();
+    if (this._state === 'disconnected') return Promise.reject(new DisconnectedError('not connected'));
+    return new Promise<void>((resolve, reject) => {
+      const w: Waiter = {
+        resolve,
+        reject,
+        timer: this.clock.setTimeout(() => {
+          const i = this.waiters.indexOf(w);
+          if (i >= 0) this.waiters.splice(i, 1);
+          reject(new TimeoutError('connect', this.timeout));
+        }, this.timeout),
+      };
+      this.waiters.push(w);
+    });
+  }
+
+  private reportError(error: unknown, context: string): void {
+    this.emit('error', { error: error instanceof Error ? error : new Error(String(error)), context });
+  }
+
+  // ---------------------------------------------------------------- liveness and credentials
+
+  private pingEvery(): number {
+    if (this.opts.pingInterval !== undefined) return this.opts.pingInterval;
+    const server = this.info?.ping;
+    return typeof server === 'number' && server > 0 ? server * 1000 : 25_000;
+  }
+
+  /** Arms the idle timer: after `pingInterval` without a message, a `ping` command checks the link. */
+  private armPing(): void {
+    const every = this.pingEvery();
+    if (every <= 0) return;
+    if (this.pingTimer !== undefined) this.clock.clearTimeout(this.pingTimer);
+    const wait = Math.max(0, this.lastReceived + every - this.clock.now());
+    this.pingTimer = this.clock.setTimeout(() => {
+      this.pingTimer = undefined;
+      if (this._state !== 'connected') return;
+      if (this.clock.now() - this.lastReceived < every) {
+        this.armPing();
+        return;
+      }
+      if (this.pingOutstanding) return;
+      this.pingOutstanding = true;
+      const id = this.connId;
+      const done = () => {
+        if (id !== this.connId) return;
+        this.pingOutstanding = false;
+        this.armPing();
+      };
+      // No reply within `timeout`: `command` treats the link as dead and reconnects.
+      this.command<unknown>('ping', {}, { ok: done, fail: done }, true);
+    }, wait);
+  }
+
+  private scheduleRefresh(ttl: number | undefined): void {
+    if (this.refreshTimer !== undefined) this.clock.clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    if (!this.opts.getToken) return;
+    const delay = refreshDelay(this.clock.now(), this.refreshRatio, ttl, this.token);
+    if (delay === undefined) return;
+    this.refreshTimer = this.clock.setTimeout(() => {
+      this.refreshTimer = undefined;
+      this.refresh();
+    }, delay);
+  }
+
+  private retryRefresh(): void {
+    const delay = backoffDelay(this.refreshAttempts++, this.minDelay, this.maxDelay, this.random.random());
+    this.refreshTimer = this.clock.setTimeout(() => {
+      this.refreshTimer = undefined;
+      this.refresh();
+    }, delay);
+  }
+
+  private refresh(): void {
+    const getToken = this.opts.getToken;
+    if (!getToken || this._state !== 'connected') return;
+    const id = this.connId;
+    getToken().then(
+      (token) => {
+        if (id !== this.connId || this._state !== 'connected') return;
+        this.token = token;
+        this.command<RefreshResult>(
+          'refresh',
+          { token },
+          {
+            ok: (r) => {
+              if (id !== this.connId) return;
+              this.refreshAttempts = 0;
+              this.emit('refreshed', r);
+              if (r.expires) this.scheduleRefresh(r.ttl);
+            },
+            fail: (err) => {
+              if (id !== this.connId || !(err instanceof ServerError)) return;
+              this.reportError(err, 'refresh');
+              if (err.temporary) this.retryRefresh();
+            },
+          },
+          true,
+        );
+      },
+      (err: unknown) => {
+        if (id !== this.connId) return;
+        const error = err instanceof Error ? err : new Error(String(err));
+        if (error instanceof UnauthorizedError) {
+          this.lose(LocalCode.unauthorized, error.message, false, error);
+          return;
+        }
+        this.reportError(error, 'getToken');
+        this.retryRefresh();
+      },
+    );
+  }
+
+  // ---------------------------------------------------------------- commands
+
+  /**
+   * Sends one command. `internal` commands (connect, subscribe, publish,
+   * ping, refresh) mean a dead link when unanswered: their timeout also
+   * closes the connection, which reconnects. `beforeConnect` lets `connect`
+   * itself through.
+   */
+  private command<T>(method: string, params: unknown, callbacks: CommandCallbacks<T>, internal: boolean, beforeConnect = false): void {
+    if (!this.transport || (this._state !== 'connected' && !beforeConnect)) {
+      callbacks.fail(new DisconnectedError('not connected'));
+      return;
+    }
+    this.commands.send(method, params, callbacks, internal);
+  }
+
+  private dispatch(messages: ServerMessage[]): void {
+    this.lastReceived = this.clock.now();
+    for (const m of messages) {
+      if (m.kind === 'push') {
+        this.onPush(m.channel, m.type, m.body);
+        continue;
+      }
+      this.commands.settle(m);
+    }
+  }
+
+  private onPush(channel: string | undefined, type: string, body: unknown): void {
+    if (type === 'disconnect') {
+      const b = (body ?? {}) as Partial<DisconnectPush>;
+      const code = typeof b.code === 'number' ? b.code : 0;
+      this.disconnectPush = {
+        code,
+        reason: typeof b.reason === 'string' ? b.reason : '',
+        reconnect: typeof b.reconnect === 'boolean' ? b.reconnect : closeCodeReconnects(code),
+      };
+      return;
+    }
+    if (channel === undefined) return;
+    const sub = this.subs.get(channel);
+    if (sub && sub.state === 'subscribed') {
+      sub.push(type, body);
+      return;
+    }
+    const b = (body ?? {}) as Record<string, unknown>;
+    switch (type) {
+      case 'pub':
+        if (typeof b.offset === 'number') this.emit('publication', toPublication(channel, b as unknown as WirePublication, false));
+        return;
+      case 'join':
+      case 'leave':
+        this.emit(type, { channel, info: b.info as ClientInfo });
+        return;
+      case 'state':
+        this.emit('presenceState', { channel, info: b.info as ClientInfo, state: typeof b.state === 'string' ? b.state : '' });
+        return;
+      case 'subscribe': {
+        const r = b as unknown as SubscribeResult;
+        this.emit('serverSubscribed', { channel, epoch: r.epoch, offset: r.offset, recoverable: r.recoverable === true });
+        return;
+      }
+      case 'unsubscribe':
+        this.emit('serverUnsubscribed', { channel });
+        return;
+      default:
+        return; // a push type from a newer server
+    }
+  }
+
+  // ---------------------------------------------------------------- outbox
+
+  /** Sends unsent outbox publications in order, up to {@link OUTBOX_WINDOW} awaiting answers. */
+  private flushOutbox(): void {
+    if (this._state !== 'connected' || !this.outbox.isReady || this.flushPauseTimer !== undefined) return;
+    for (const item of this.outbox.all()) {
+      if (this.publishesInFlight >= OUTBOX_WINDOW) break;
+      if (!item.inFlight) this.sendPublication(item);
+    }
+  }
+
+  private sendPublication(item: OutboxItem): void {
+    item.inFlight = true;
+    this.publishesInFlight++;
+    const id = this.connId;
+    const { channel, data, idempotencyKey } = item.entry;
+    this.command<PublishResult>(
+      'publish',
+      { channel, data, idempotency_key: idempotencyKey },
+      {
+        ok: (r) => {
+          if (id === this.connId) this.publishesInFlight--;
+          item.inFlight = false;
+          if (this.outbox.succeed(item, r)) this.emit('outboxSent', { entry: item.entry, offset: r.offset });
+          this.flushOutbox();
+        },
+        fail: (err) => {
+          if (id === this.connId) this.publishesInFlight--;
+          item.inFlight = false;
+          // Lost connection or no answer: the outcome is unknown; the
+          // same key goes out again after the reconnect.
+          if (err instanceof DisconnectedError || err instanceof TimeoutError) return;
+          if (err instanceof ServerError && err.temporary && item.retries < this.publishRetries) {
+            item.retries++;
+            this.pauseFlush(backoffDelay(item.retries - 1, this.minDelay, this.maxDelay, this.random.random()));
+            return;
+          }
+          if (this.outbox.fail(item, err)) this.emit('outboxFailed', { entry: item.entry, error: err });
+          this.flushOutbox();
+        },
+      },
+      true,
+    );
+  }
+
+  /** Holds the outbox back after a temporary error (overloaded, rate limited), keeping its order. */
+  private pauseFlush(delay: number): void {
+    if (this.flushPauseTimer !== undefined) return;
+    this.flushPauseTimer = this.clock.setTimeout(() => {
+      this.flushPauseTimer = undefined;
+      this.flushOutbox();
+    }, delay);
+  }
+}

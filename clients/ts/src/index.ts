@@ -1,0 +1,51 @@
+/**
+ * @wsedge/client: the TypeScript client of wsedge (JSON wire protocol v1).
+ *
+ * @packageDocumentation
+ */
+export { Client } from './client.js';
+export type {
+  ClientEvents,
+  ClientOptions,
+  ClientState,
+  DisconnectedEvent,
+  PublishOptions,
+  ReconnectingEvent,
+  RpcResult,
+  ServerSubscribedEvent,
+} from './options.js';
+export { Subscription } from './subscription.js';
+export type {
+  HistoryOptions,
+  HistoryResult,
+  PresenceEvent,
+  PresenceStateEvent,
+  Publication,
+  SubscribedEvent,
+  SubscriptionEvents,
+  SubscriptionOptions,
+  SubscriptionState,
+  UnsubscribedEvent,
+} from './subscription.js';
+export { DisconnectedError, OutboxDroppedError, ServerError, TimeoutError, UnauthorizedError } from './errors.js';
+export type { DropReason } from './errors.js';
+export { IndexedDBOutboxStorage, MemoryOutboxStorage } from './outbox.js';
+export type { DropPolicy, IndexedDBOutboxOptions, OutboxEntry, OutboxStorage } from './outbox.js';
+export { CloseCode, closeCodeReconnects, ErrorCode, LocalCode, SUBPROTOCOL } from './protocol.js';
+export type {
+  ClientInfo,
+  ConnectResult,
+  PresenceEntry,
+  PresenceResult,
+  PresenceStatsResult,
+  PublishResult,
+  RefreshResult,
+  StreamPosition,
+} from './protocol.js';
+export { backoffDelay } from './backoff.js';
+export { Emitter } from './emitter.js';
+export type { Listener } from './emitter.js';
+export { systemClock, systemRandom } from './timers.js';
+export type { Clock, Random, TimerHandle } from './timers.js';
+export { jwtExpiry, refreshDelay } from './token.js';
+export type { WebSocketConstructor, WebSocketLike } from './transport.js';
