@@ -3,9 +3,9 @@
 # (flatc for the schema check, the Autobahn harness, redis-server for the
 # ticket tests, nats-server for the cluster tests, a Kafka-protocol broker
 # for the durable sink's tests, promtool for the alert rules, a C/C++
-# toolchain for librdkafka), then runs formatting and lint checks, the
-# unit and end-to-end tests, the deploy/ and systemd unit checks, and the
-# conformance run.
+# toolchain for librdkafka, Chromium for the TypeScript SDK's browser
+# tests), then runs formatting and lint checks, the unit and end-to-end
+# tests, the deploy/ and systemd unit checks, and the conformance run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
@@ -109,13 +109,19 @@ cargo fmt --manifest-path bench/Cargo.toml -- --check
 cargo clippy --manifest-path bench/Cargo.toml --all-targets -- -D warnings
 cargo test --manifest-path bench/Cargo.toml --lib
 
-# The TypeScript client SDK: type check, unit tests on a fake clock, and
+# The TypeScript client SDK: type check, unit tests on a fake clock,
 # end-to-end tests against the release binary built above (they start their
-# own servers on free loopback ports). Node.js 20+ and npm come with the
-# machine; Debian's nodejs (18) lacks the WebSocket the tests use.
-step "TypeScript client (clients/ts): type check, unit and end-to-end tests"
+# own servers on free loopback ports), and browser tests: Debian's Chromium
+# driven by playwright-core (from npm, which downloads no browser; the
+# tests skip, loudly, without /usr/bin/chromium). Node.js 20+ and npm come
+# with the machine; Debian's nodejs (18) lacks the WebSocket the tests use.
+step "TypeScript client (clients/ts): type check, unit, end-to-end and browser tests"
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' 2>/dev/null ||
   { echo "clients/ts needs Node.js 20 or later (and npm)"; exit 2; }
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get install -y chromium >/dev/null 2>&1 || {
+    apt-get update >/dev/null && apt-get install -y chromium >/dev/null; }
+fi
 wsedge_bin=$PWD/target/release/wsedge
 [ -x "$wsedge_bin" ] || { echo "no release binary at $wsedge_bin"; exit 2; }
 (cd clients/ts && npm ci --no-audit --no-fund &&

@@ -51,6 +51,8 @@ export class EdgeServer {
     private readonly child: ChildProcess,
     readonly port: number,
     readonly api: string,
+    /** The admin listener (`/metrics`, `/healthz`), `host:port`. */
+    readonly admin: string,
     private readonly dir: string,
   ) {
     this.exited = new Promise((resolve) => child.once('exit', () => resolve()));
@@ -90,7 +92,7 @@ export class EdgeServer {
       { env, stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let log = '';
-    const api = await new Promise<string>((resolve, reject) => {
+    const [api, admin] = await new Promise<[string, string]>((resolve, reject) => {
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new Error(`wsedge did not start within ${START_TIMEOUT} ms; log:\n${log}`));
@@ -111,12 +113,12 @@ export class EdgeServer {
           const m = /listening .*api=(\S+)/.exec(line);
           if (m) {
             clearTimeout(timer);
-            resolve(m[1] as string);
+            resolve([m[1] as string, /admin=(\S+)/.exec(line)?.[1] ?? '']);
           }
         }
       });
     });
-    const server = new EdgeServer(child, port, api, dir);
+    const server = new EdgeServer(child, port, api, admin, dir);
     server.logText = log;
     child.stderr?.on('data', (chunk: string) => (server.logText += chunk));
     return server;
@@ -132,6 +134,23 @@ export class EdgeServer {
     const json = (await res.json()) as { result?: unknown; error?: unknown };
     if (json.error !== undefined) throw new Error(`api ${method}: ${JSON.stringify(json.error)}`);
     return json.result;
+  }
+
+  /**
+   * The sum over shards of a counter or gauge from `GET /metrics`, over the
+   * series whose labels include every `labels` pair (e.g. `{kind: 'json_deflate'}`).
+   */
+  async metric(name: string, labels: Record<string, string> = {}): Promise<number> {
+    if (!this.admin) throw new Error('the admin address was not in the listening line');
+    const text = await (await fetch(`http://${this.admin}/metrics`)).text();
+    let sum = 0;
+    for (const line of text.split('\n')) {
+      const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+      if (!m || m[1] !== name) continue;
+      const have = m[2] ?? '';
+      if (Object.entries(labels).every(([k, v]) => have.includes(`${k}="${v}"`))) sum += Number(m[3]);
+    }
+    return sum;
   }
 
   /** Kills the process (SIGKILL by default: no drain, no goodbye) and waits for it to exit. */
