@@ -109,6 +109,9 @@ const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
 };
 
+/** A directory's `index.html` for a path ending in `/`. */
+const INDEX = 'index.html';
+
 /** The static server of the test pages. */
 export interface PageServer {
   /** `http://127.0.0.1:<port>` */
@@ -124,7 +127,9 @@ export interface PageServer {
 /**
  * Bundles the React page and serves, on a free loopback port: `/plain.html`
  * and `/react.html`; `/dist/` (the built library); `/pages/` (the plain
- * page's modules as tsc compiled them); `/bundle/` (esbuild's output).
+ * page's modules as tsc compiled them); `/bundle/` (esbuild's output);
+ * `/examples/` and `/clients/ts/dist/` (examples/chat as it is served from
+ * the repository root).
  */
 export async function startPageServer(): Promise<PageServer> {
   const bundleDir = join(ROOT, '.test-build', 'browser-bundle');
@@ -146,6 +151,9 @@ export async function startPageServer(): Promise<PageServer> {
     '/dist/': join(ROOT, 'dist'),
     '/pages/': join(ROOT, '.test-build/test/browser/pages'),
     '/bundle/': bundleDir,
+    // examples/chat as a newcomer serves it from the repository root.
+    '/examples/': resolve(ROOT, '../../examples'),
+    '/clients/ts/dist/': join(ROOT, 'dist'),
   };
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
@@ -158,7 +166,8 @@ export async function startPageServer(): Promise<PageServer> {
     if (path === '/react.html') return send(200, TYPES['.html'] as string, REACT_HTML);
     for (const [prefix, dir] of Object.entries(dirs)) {
       if (!path.startsWith(prefix)) continue;
-      const file = normalize(join(dir, path.slice(prefix.length)));
+      const rest = path.slice(prefix.length);
+      const file = normalize(join(dir, rest.endsWith('/') || rest === '' ? rest + INDEX : rest));
       if (!file.startsWith(dir + sep)) break;
       try {
         return send(200, TYPES[extname(file)] ?? 'application/octet-stream', readFileSync(file));
