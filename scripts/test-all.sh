@@ -91,12 +91,22 @@ echo "log: $conformance_log"
 step "lint"
 cargo clippy --release --all-targets --features test-hooks -- -D warnings
 cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release -p wsedge-client --all-targets -- -D warnings
 
 step "unit and end-to-end tests (release build, real server processes)"
 # Under a limit: a test that hangs fails the suite with a message instead
 # of eating CI's whole time budget.
 timeout --foreground 30m cargo test --release --features test-hooks || {
   rc=$?; [ "$rc" = 124 ] && echo "the tests did not finish within 30 minutes (a hang?)"; exit "$rc"; }
+
+# The Rust client SDK (clients/rust, a workspace member outside the default
+# build): its unit tests, the tests that need no server, and the end-to-end
+# tests against the release binary built above (restarts, outbox, recovery,
+# token refresh). The path is absolute: test binaries run in clients/rust.
+step "Rust client SDK: unit and end-to-end tests against the release wsedge"
+WSEDGE_BIN="$PWD/target/release/wsedge" timeout --foreground 10m \
+  cargo test --release -p wsedge-client || {
+  rc=$?; [ "$rc" = 124 ] && echo "the client tests did not finish within 10 minutes (a hang?)"; exit "$rc"; }
 
 step "deploy/: alert rules and their tests, dashboard queries, systemd unit"
 scripts/check-deploy.sh
