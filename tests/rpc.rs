@@ -233,7 +233,9 @@ fn rpc_round_trips_with_the_callers_user_and_client() {
     assert_eq!(last.client.as_deref(), Some(other.id.as_str()));
 
     assert!(server.metric("wsedge_rpc_requests_total{result=\"ok\"}") >= 4.0);
-    assert_eq!(server.metric("wsedge_rpc_in_flight"), 0.0);
+    server.wait_for("no call in flight", || {
+        server.metric("wsedge_rpc_in_flight") == 0.0
+    });
 }
 
 #[test]
