@@ -607,14 +607,17 @@ impl<T: Transport> Worker<T> {
     /// collected behind it, and keeps flying ([`Cargo::Spilled`]) when
     /// its records are the first the spill has to send; otherwise it is
     /// let go (its records may then reach the sink twice, same id).
-    fn spill_in_flight(&mut self) {
-        let Some(Flight {
-            cargo: Cargo::Direct(_),
-            ..
-        }) = &self.flight
-        else {
-            return;
-        };
+    /// Returns whether there was a direct batch in flight.
+    fn spill_in_flight(&mut self) -> bool {
+        if !matches!(
+            self.flight,
+            Some(Flight {
+                cargo: Cargo::Direct(_),
+                ..
+            })
+        ) {
+            return false;
+        }
         let Some(Flight {
             cargo: Cargo::Direct(items),
             landing,
@@ -630,6 +633,7 @@ impl<T: Transport> Worker<T> {
                 landing,
             });
         }
+        true
     }
 
     /// Appends `items` in order behind what waits in `held`; answers the
@@ -719,7 +723,7 @@ impl<T: Transport> Worker<T> {
         tracing::info!("durable: stopping; writing what is in memory to the spill");
         self.stop_by = Some(now + self.opts.shutdown_grace);
         self.rx.close();
-        self.spill_in_flight();
+        let _ = self.spill_in_flight();
         let _ = self.enter_spill(Vec::new());
     }
 
@@ -732,17 +736,10 @@ impl<T: Transport> Worker<T> {
         // the spill takes the load (what the batch lands counts as done
         // there; the rest is sent again from there).
         if self.mode == Mode::Direct
-            && matches!(
-                self.flight,
-                Some(Flight {
-                    cargo: Cargo::Direct(_),
-                    ..
-                })
-            )
             && self.rx.len() >= self.opts.queue_capacity / 2
+            && self.spill_in_flight()
         {
-            tracing::debug!("durable: the broker is slow; the spill takes over");
-            self.spill_in_flight();
+            tracing::debug!("durable: the broker is slow; the spill took over");
         }
         self.refresh_gauges();
     }
