@@ -30,6 +30,7 @@ import {
   type WirePublication,
   type WireRpcResult,
 } from './protocol.js';
+import { Story, type StoryHost, type StoryOptions } from './story.js';
 import {
   historyOf,
   Subscription,
@@ -101,6 +102,8 @@ export class Client extends Emitter<ClientEvents> {
 
   private readonly subs = new Map<string, Subscription>();
   private readonly host: SubscriptionHost;
+  private readonly stories = new Map<string, Story>();
+  private readonly storyHost: StoryHost;
 
   private readonly outbox: Outbox;
   private publishesInFlight = 0;
@@ -144,12 +147,24 @@ export class Client extends Emitter<ClientEvents> {
       command: (method, params, callbacks) => this.command(method, params, callbacks as CommandCallbacks<unknown>, true),
       request: (method, params) => this.request(method, params),
       attach: (sub) => {
-        if (this.subs.has(sub.channel)) return false;
+        if (this.subs.has(sub.channel) || this.stories.has(sub.channel)) return false;
         this.subs.set(sub.channel, sub);
         return true;
       },
       detach: (sub) => {
         if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
+      },
+    };
+    this.storyHost = {
+      ...this.host,
+      connection: () => this.connection,
+      attach: (story) => {
+        if (this.subs.has(story.channel) || this.stories.has(story.channel)) return false;
+        this.stories.set(story.channel, story);
+        return true;
+      },
+      release: (story) => {
+        if (this.stories.get(story.channel) === story) this.stories.delete(story.channel);
       },
     };
 
@@ -220,6 +235,24 @@ export class Client extends Emitter<ClientEvents> {
   /** Every subscription, by channel. */
   subscriptions(): ReadonlyMap<string, Subscription> {
     return this.subs;
+  }
+
+  /**
+   * Joins a story (a channel of a `collaboration = true` namespace) as an
+   * editor or a viewer; the {@link Story} lives until `leave()` (or a
+   * refusal), re-joining with recovery after every reconnect. Throws if the
+   * client already has a story or a subscription on the channel.
+   */
+  story(channel: string, options: StoryOptions = {}): Story {
+    const story = new Story(this.storyHost, channel, options);
+    if (!this.storyHost.attach(story)) throw new Error(`already subscribed to ${channel} (a subscription or a story)`);
+    story.start();
+    return story;
+  }
+
+  /** The client's story on `channel`, if any. */
+  getStory(channel: string): Story | undefined {
+    return this.stories.get(channel);
   }
 
   /**
@@ -406,6 +439,7 @@ export class Client extends Emitter<ClientEvents> {
     if (res.expires) this.scheduleRefresh(res.ttl);
     this.armPing();
     for (const sub of [...this.subs.values()]) sub.connected();
+    for (const story of [...this.stories.values()]) story.connected();
     this.flushOutbox();
     this.emit('connected', res);
   }
@@ -437,6 +471,7 @@ export class Client extends Emitter<ClientEvents> {
     this.publishesInFlight = 0;
     this.outbox.resetInFlight();
     for (const sub of [...this.subs.values()]) sub.disconnected();
+    for (const story of [...this.stories.values()]) story.disconnected();
 
     const willReconnect = reconnect && this.attempts < this.maxAttempts;
     const event: DisconnectedEvent = { code, reason, reconnect: willReconnect };
@@ -623,6 +658,11 @@ export class Client extends Emitter<ClientEvents> {
       return;
     }
     if (channel === undefined) return;
+    const story = this.stories.get(channel);
+    if (story) {
+      story.push(type, body);
+      return;
+    }
     const sub = this.subs.get(channel);
     if (sub && sub.state === 'subscribed') {
       sub.push(type, body);

@@ -27,6 +27,27 @@ export type {
   SubscriptionState,
   UnsubscribedEvent,
 } from './subscription.js';
+export { NotEditorError, Story } from './story.js';
+export type {
+  Holder,
+  SectionState,
+  StoryConflictEvent,
+  StoryEvents,
+  StoryJoinedEvent,
+  StoryLeftEvent,
+  StoryLockEvent,
+  StoryLockOptions,
+  StoryLockResult,
+  StoryMemberEvent,
+  StoryOptions,
+  StoryRole,
+  StoryRoleEvent,
+  StoryState,
+  StoryUpdateEvent,
+  StoryUpdateOptions,
+  StoryUpdateResult,
+  StoryUpdateSource,
+} from './story.js';
 export { DisconnectedError, OutboxDroppedError, ServerError, TimeoutError, UnauthorizedError } from './errors.js';
 export type { DropReason } from './errors.js';
 export { IndexedDBOutboxStorage, MemoryOutboxStorage } from './outbox.js';

@@ -1,7 +1,7 @@
 /**
  * React bindings of `@wsedge/client` (import from `@wsedge/client/react`):
- * {@link RealtimeProvider}, {@link useRealtime}, {@link useSubscription} and
- * {@link usePresence}. React ≥ 18 is an optional peer dependency: only this
+ * {@link RealtimeProvider}, {@link useRealtime}, {@link useSubscription},
+ * {@link usePresence} and {@link useStory}. React ≥ 18 is an optional peer dependency: only this
  * entry imports it.
  *
  * ```tsx
@@ -31,7 +31,8 @@ import {
 
 import type { Client } from './client.js';
 import type { ClientState } from './options.js';
-import type { PresenceEntry } from './protocol.js';
+import type { ClientInfo, PresenceEntry } from './protocol.js';
+import type { SectionState, Story, StoryConflictEvent, StoryOptions, StoryRole, StoryState } from './story.js';
 import type {
   PresenceEvent,
   PresenceStateEvent,
@@ -429,5 +430,137 @@ export function usePresence(channel: string, options: UsePresenceOptions = {}): 
   const client = useClient();
   const every = Math.max(0, options.refreshInterval ?? 0);
   const store = useMemo(() => new PresenceStore(client, channel, every), [client, channel, every]);
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
+}
+
+// ---------------------------------------------------------------- useStory
+
+/** One channel's {@link Story}, shared by every {@link useStory} of one client that uses the channel. */
+interface SharedStory {
+  readonly story: Story;
+  /** Made by the hooks (they leave it when the last one lets go), or adopted from the application. */
+  readonly owned: boolean;
+  refs: number;
+}
+
+const sharedStories = new WeakMap<Client, Map<string, SharedStory>>();
+
+/** What {@link useStory} returns. */
+export interface StorySnapshot {
+  /** `joining` until the server answers (and again while reconnecting), then `joined`; `left` after a refusal. */
+  state: StoryState;
+  /** This member's role, once the server said it. */
+  role: StoryRole | undefined;
+  /** The place in line (1 = next) while queued. */
+  position: number | undefined;
+  /** Every section known, by id; a new map whenever a section's version, data or lock holder changes. */
+  sections: ReadonlyMap<string, SectionState>;
+  /** The editors, in the order they got their slots. */
+  editors: readonly ClientInfo[];
+  /** How many viewers the story has (see `Story.viewers`). */
+  viewers: number;
+  /** The last `conflict` event since mount (a `rejected` update to rebase, or an `overwritten` version to offer back). */
+  lastConflict: StoryConflictEvent | undefined;
+  /** The last error of the story (a refusal, a temporary one being retried); cleared by the next join. */
+  error: Error | undefined;
+  /** The story, once the component is mounted: call `update`, `lock`, `unlock`, `setRole` on it. */
+  story: Story | undefined;
+}
+
+class StoryStore extends Store<StorySnapshot> {
+  constructor(
+    private readonly client: Client,
+    private readonly channel: string,
+    private readonly options: StoryOptions,
+  ) {
+    const existing = client.getStory(channel);
+    super({
+      state: existing?.state ?? 'joining',
+      role: existing?.role,
+      position: existing?.position,
+      sections: new Map(existing?.sections ?? []),
+      editors: existing?.editors ?? [],
+      viewers: existing?.viewers ?? 0,
+      lastConflict: undefined,
+      error: undefined,
+      story: existing,
+    });
+  }
+
+  protected start(): () => void {
+    let entry = sharedStories.get(this.client)?.get(this.channel);
+    if (!entry) {
+      const existing = this.client.getStory(this.channel);
+      entry = existing ? { story: existing, owned: false, refs: 0 } : { story: this.client.story(this.channel, this.options), owned: true, refs: 0 };
+      let byChannel = sharedStories.get(this.client);
+      if (!byChannel) {
+        byChannel = new Map();
+        sharedStories.set(this.client, byChannel);
+      }
+      byChannel.set(this.channel, entry);
+    } else if (entry.owned && entry.story.state === 'left' && !this.client.getStory(this.channel)) {
+      entry.story.join(); // refused before: a component that mounts tries again
+    }
+    entry.refs++;
+    const shared = entry;
+    const story = shared.story;
+    const sync = () =>
+      this.set({
+        state: story.state,
+        role: story.role,
+        position: story.position,
+        sections: new Map(story.sections),
+        editors: story.editors,
+        viewers: story.viewers,
+        story,
+      });
+    const offs = [
+      story.on('state', sync),
+      story.on('joined', () => {
+        this.snapshot = { ...this.snapshot, error: undefined };
+        sync();
+      }),
+      story.on('role', sync),
+      story.on('position', sync),
+      story.on('update', sync),
+      story.on('lock', sync),
+      story.on('member', sync),
+      story.on('conflict', (lastConflict) => this.set({ lastConflict })),
+      story.on('error', ({ error }) => this.set({ error })),
+    ];
+    sync();
+    return () => {
+      for (const off of offs) off();
+      shared.refs--;
+      if (shared.refs > 0) return;
+      queueMicrotask(() => {
+        if (shared.refs > 0) return;
+        const byChannel = sharedStories.get(this.client);
+        if (byChannel?.get(this.channel) === shared) byChannel.delete(this.channel);
+        if (shared.owned) shared.story.leave();
+      });
+    };
+  }
+}
+
+/**
+ * Joins the story on `channel` while the component is mounted (as an
+ * editor by default: `options` are read when the story is joined) and
+ * leaves it when the last component using it unmounts. Components of one
+ * client share one {@link Story}; one the application joined itself with
+ * `client.story()` is used as it is and never left by the hook. Re-renders
+ * when the story's state, role, place in line, sections, members, last
+ * conflict or error change.
+ *
+ * ```tsx
+ * const { sections, role, story } = useStory('story:42');
+ * <textarea disabled={role !== 'editor'} value={String(sections.get('intro')?.data ?? '')}
+ *   onChange={(e) => void story?.update('intro', e.target.value)} />
+ * ```
+ */
+export function useStory(channel: string, options: StoryOptions = {}): StorySnapshot {
+  const client = useClient();
+  // Options are read once, when the story is joined.
+  const store = useMemo(() => new StoryStore(client, channel, { ...options }), [client, channel]);
   return useSyncExternalStore(store.subscribe, store.getSnapshot, store.getSnapshot);
 }

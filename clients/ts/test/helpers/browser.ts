@@ -125,8 +125,8 @@ export interface PageServer {
 }
 
 /**
- * Bundles the React page and serves, on a free loopback port: `/plain.html`
- * and `/react.html`; `/dist/` (the built library); `/pages/` (the plain
+ * Bundles the React pages and serves, on a free loopback port: `/plain.html`,
+ * `/react.html` and `/story.html` (`useStory`); `/dist/` (the built library); `/pages/` (the plain
  * page's modules as tsc compiled them); `/bundle/` (esbuild's output);
  * `/examples/` and `/clients/ts/dist/` (examples/chat as it is served from
  * the repository root).
@@ -135,8 +135,8 @@ export async function startPageServer(): Promise<PageServer> {
   const bundleDir = join(ROOT, '.test-build', 'browser-bundle');
   mkdirSync(bundleDir, { recursive: true });
   await build({
-    entryPoints: [join(ROOT, 'test/browser/pages/react-page.tsx')],
-    outfile: join(bundleDir, 'react-page.js'),
+    entryPoints: [join(ROOT, 'test/browser/pages/react-page.tsx'), join(ROOT, 'test/browser/pages/story-page.tsx')],
+    outdir: bundleDir,
     bundle: true,
     format: 'esm',
     platform: 'browser',
@@ -164,6 +164,7 @@ export async function startPageServer(): Promise<PageServer> {
     if (path === '/favicon.ico') return send(204, 'image/x-icon', '');
     if (path === '/plain.html') return send(200, TYPES['.html'] as string, PLAIN_HTML);
     if (path === '/react.html') return send(200, TYPES['.html'] as string, REACT_HTML);
+    if (path === '/story.html') return send(200, TYPES['.html'] as string, REACT_HTML.replace('react-page.js', 'story-page.js'));
     for (const [prefix, dir] of Object.entries(dirs)) {
       if (!path.startsWith(prefix)) continue;
       const rest = path.slice(prefix.length);

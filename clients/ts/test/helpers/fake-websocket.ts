@@ -100,12 +100,12 @@ export class FakeSocket implements WebSocketLike {
     return c;
   }
 
-  /** Answers the oldest unanswered `method` command with an error. */
-  replyError(method: string, code: number, temporary: boolean, message = 'error'): SentCommand {
+  /** Answers the oldest unanswered `method` command with an error (with `extra` fields, e.g. 118's `holder`). */
+  replyError(method: string, code: number, temporary: boolean, message = 'error', extra: Record<string, unknown> = {}): SentCommand {
     const c = this.unanswered(method)[0];
     if (!c) throw new Error(`no unanswered ${method}`);
     this.answered.add(c.id);
-    this.receive({ id: c.id, error: { code, message, temporary } });
+    this.receive({ id: c.id, error: { code, message, temporary, ...extra } });
     return c;
   }
 }

@@ -71,7 +71,8 @@ test('the package resolves by its own name, both entries', async () => {
   const core = (await import('@wsedge/client')) as Record<string, unknown>;
   const react = (await import('@wsedge/client/react')) as Record<string, unknown>;
   assert.equal(typeof core.Client, 'function');
-  for (const name of ['RealtimeProvider', 'useClient', 'useRealtime', 'useSubscription', 'usePresence']) {
+  assert.equal(typeof core.Story, 'function');
+  for (const name of ['RealtimeProvider', 'useClient', 'useRealtime', 'useSubscription', 'usePresence', 'useStory']) {
     assert.equal(typeof react[name], 'function', name);
   }
 });
