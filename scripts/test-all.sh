@@ -102,7 +102,8 @@ timeout --foreground 30m cargo test --release --features test-hooks || {
 # The Rust client SDK (clients/rust, a workspace member outside the default
 # build): its unit tests, the tests that need no server, and the end-to-end
 # tests against the release binary built above (restarts, outbox, recovery,
-# token refresh). The path is absolute: test binaries run in clients/rust.
+# token and subscription token refresh, wss:// with a private CA, stories).
+# The path is absolute: test binaries run in clients/rust.
 step "Rust client SDK: unit and end-to-end tests against the release wsedge"
 WSEDGE_BIN="$PWD/target/release/wsedge" timeout --foreground 10m \
   cargo test --release -p wsedge-client || {

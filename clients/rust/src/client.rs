@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::driver::{self, Publish, Request};
+use crate::driver::{self, NewSub, Publish, Request};
 use crate::types::{
     ClientEvent, Data, HistoryOptions, HistoryResult, PresenceResult, PresenceStats, PublishResult,
     State,
@@ -112,7 +112,16 @@ impl Client {
         channel: impl Into<String>,
         options: SubscribeOptions,
     ) -> Result<Subscription, Error> {
-        let channel = channel.into();
+        self.subscribe_with(channel.into(), options, None).await
+    }
+
+    /// [`Client::subscribe`], or with `join` a story membership.
+    pub(crate) async fn subscribe_with(
+        &self,
+        channel: String,
+        options: SubscribeOptions,
+        join: Option<Value>,
+    ) -> Result<Subscription, Error> {
         let id = self.inner.next_sub_id.fetch_add(1, Ordering::Relaxed);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (position_tx, position_rx) = watch::channel(None);
@@ -124,14 +133,15 @@ impl Client {
             position_rx,
             self.inner.requests.downgrade(),
         );
-        self.request(Request::Subscribe {
+        self.request(Request::Subscribe(NewSub {
             channel,
             id,
             options,
+            join,
             events: events_tx,
             position: position_tx,
             reply,
-        })?;
+        }))?;
         answer.await.map_err(|_| Error::Closed)??;
         Ok(subscription)
     }
@@ -167,7 +177,7 @@ impl Client {
 
     /// Sends a command and returns its result object. Made while
     /// connecting, it waits up to [`Options::timeout`] for the connection.
-    async fn call(&self, method: &'static str, params: Value) -> Result<Value, Error> {
+    pub(crate) async fn call(&self, method: &'static str, params: Value) -> Result<Value, Error> {
         let (reply, answer) = oneshot::channel();
         self.request(Request::Call {
             method,

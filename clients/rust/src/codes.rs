@@ -39,6 +39,11 @@ pub const RECONNECT_EXHAUSTED: u16 = 8;
 /// The server sent something this client cannot read (not JSON, an
 /// unexpected reply shape).
 pub const BAD_PROTOCOL: u16 = 9;
+/// TLS failed for good on a `wss://` URL: the server's certificate is not
+/// trusted (an unknown CA, expired, another host's name), or the client's
+/// [`TlsConfig`](crate::TlsConfig) trusts no root. The client does not
+/// reconnect; [`Client::connect`](crate::Client::connect) tries again.
+pub const TLS_FAILED: u16 = 10;
 
 /// Whether the server's close `code` advises reconnecting (with backoff,
 /// and recovering subscriptions).

@@ -72,6 +72,10 @@ pub enum Error {
     Transport(String),
     /// The token provider failed, or gave an empty token (unauthorized).
     Token(String),
+    /// TLS on a `wss://` URL: the server's certificate is not trusted, the
+    /// handshake failed, or a [`TlsConfig`](crate::TlsConfig) could not be
+    /// made (a bad CA PEM).
+    Tls(String),
     /// The server sent something this client cannot read.
     Protocol(String),
     /// The data could not be encoded as JSON.
@@ -91,6 +95,7 @@ impl fmt::Display for Error {
             Error::Closed => f.write_str("client closed"),
             Error::Transport(m) => write!(f, "transport: {m}"),
             Error::Token(m) => write!(f, "token: {m}"),
+            Error::Tls(m) => write!(f, "TLS: {m}"),
             Error::Protocol(m) => write!(f, "protocol: {m}"),
             Error::Encode(m) => write!(f, "encode: {m}"),
         }

@@ -4,11 +4,13 @@
 //! # Layout
 //!
 //! - [`client`](Client) — the public handle; [`subscription`](Subscription)
-//!   — a subscription's handle and events.
+//!   — a subscription's handle and events; [`story`](Story) — a story
+//!   membership (collaboration) over a `collab_join` subscription;
+//!   [`tls`](TlsConfig) — the roots trusted on `wss://`.
 //! - `driver/` — the one background task that owns the socket and all
 //!   state: the connection's life (`mod.rs`), requests and replies
-//!   (`requests.rs`), subscriptions (`subs.rs`), the token refresh
-//!   (`refresh.rs`).
+//!   (`requests.rs`), subscriptions and their token renewal (`subs.rs`),
+//!   the connection token refresh (`refresh.rs`).
 //! - No I/O, unit-tested alone: `wire` (JSON frames in and out),
 //!   `backoff` (full jitter), [`codes`] (close codes' reconnect advice),
 //!   `jwt` (a token's `exp`), `outbox` (bounded, with a drop policy),
@@ -54,15 +56,24 @@ mod jwt;
 mod options;
 mod outbox;
 mod rate;
+mod story;
 mod subscription;
+mod tls;
 mod types;
 mod wire;
 
 pub use client::{Client, Events};
 pub use error::{Error, ServerError};
-pub use options::{Options, SubscribeOptions, TokenError, TokenFuture, TokenProvider};
+pub use options::{
+    Options, SubTokenProvider, SubscribeOptions, TokenError, TokenFuture, TokenProvider,
+};
 pub use outbox::OutboxPolicy;
+pub use story::{
+    Holder, LockGrant, Section, Story, StoryEvent, StoryOptions, StoryRole, StorySnapshot,
+    UpdateResult,
+};
 pub use subscription::{Subscription, SubscriptionEvent, UnsubscribeReason};
+pub use tls::TlsConfig;
 pub use types::{
     ClientEvent, ClientInfo, ConnectInfo, Data, HistoryOptions, HistoryResult, PresenceEntry,
     PresenceResult, PresenceStats, Publication, PublishResult, Push, State, StreamPosition,

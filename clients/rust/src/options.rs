@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::{OutboxPolicy, StreamPosition};
+use crate::{OutboxPolicy, StreamPosition, TlsConfig};
 
 /// The error a token provider may fail with.
 pub type TokenError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,6 +37,40 @@ impl TokenProvider {
 
     pub(crate) fn call(&self) -> TokenFuture {
         (self.0)()
+    }
+}
+
+/// An async callback that gets a subscription token for a channel (from
+/// the application's backend), for namespaces with `subscribe = "token"`:
+/// called with the channel before subscribing when there is no token or it
+/// has expired, after the server answers error 116, and before the token's
+/// `exp` (for the protocol's `sub_refresh`). An empty token means
+/// "unauthorized": the subscription ends with
+/// [`UnsubscribeReason::Unauthorized`](crate::UnsubscribeReason::Unauthorized).
+/// A failure is reported as a
+/// [`SubscriptionEvent::Error`](crate::SubscriptionEvent::Error) with
+/// [`Error::Token`](crate::Error::Token) and retried with backoff.
+#[derive(Clone)]
+pub struct SubTokenProvider(pub(crate) Arc<dyn Fn(String) -> TokenFuture + Send + Sync>);
+
+impl SubTokenProvider {
+    /// Wraps an async closure called with the channel.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, TokenError>> + Send + 'static,
+    {
+        SubTokenProvider(Arc::new(move |channel| Box::pin(f(channel))))
+    }
+
+    pub(crate) fn call(&self, channel: &str) -> TokenFuture {
+        (self.0)(channel.to_owned())
+    }
+}
+
+impl fmt::Debug for SubTokenProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubTokenProvider(..)")
     }
 }
 
@@ -97,6 +131,9 @@ pub struct Options {
     /// (200), so flushing a full outbox never gets error 114 or the 3503
     /// close (see the `rate` module's docs for why half).
     pub max_commands_per_second: u32,
+    /// The certificate authorities trusted on `wss://` URLs. Default
+    /// [`TlsConfig::default`]: the public roots, as a browser would.
+    pub tls: TlsConfig,
 }
 
 impl Default for Options {
@@ -116,6 +153,7 @@ impl Default for Options {
             outbox_capacity: 1000,
             outbox_policy: OutboxPolicy::RejectNew,
             max_commands_per_second: 100,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -143,5 +181,24 @@ pub struct SubscribeOptions {
     /// position the application's state was loaded at). Needs `recover`.
     pub since: Option<StreamPosition>,
     /// A subscription token, for namespaces with `subscribe = "token"`.
+    /// Without a `token_provider` it is sent as is on every subscribe, and
+    /// the server ends the subscription once it expires.
     pub token: Option<String>,
+    /// Gets subscription tokens when `token` is missing or expired, and
+    /// renews them before they expire (`sub_refresh`), so the subscription
+    /// outlives every single token. Default none.
+    pub token_provider: Option<SubTokenProvider>,
+}
+
+impl SubscribeOptions {
+    /// Sets [`SubscribeOptions::token_provider`] from an async closure
+    /// called with the channel.
+    pub fn with_token_provider<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<String, TokenError>> + Send + 'static,
+    {
+        self.token_provider = Some(SubTokenProvider::new(f));
+        self
+    }
 }

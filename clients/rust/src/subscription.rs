@@ -43,8 +43,13 @@ pub enum SubscriptionEvent {
         /// Its state.
         state: String,
     },
-    /// A subscribe failed with a temporary error; it is retried with
-    /// backoff.
+    /// Something failed that the client retries with backoff: a subscribe
+    /// refused with a temporary error, the token provider (an
+    /// [`Error::Token`](crate::Error::Token)), a token renewal
+    /// (`sub_refresh`) refused or unanswered. Also sent just before an
+    /// [`UnsubscribeReason::Unauthorized`] end, and for a renewal the
+    /// server refused for good (the subscription then lasts until the
+    /// current token expires).
     Error(Error),
     /// The subscription ended; no event follows and the stream ends.
     Unsubscribed(UnsubscribeReason),
@@ -62,6 +67,13 @@ pub enum SubscriptionEvent {
 pub enum UnsubscribeReason {
     /// The server unsubscribed this connection (server API).
     Server,
+    /// The server ended the subscription because its token expired
+    /// without a renewal (no token provider, or renewals kept failing:
+    /// the [`SubscriptionEvent::Error`]s before say why).
+    TokenExpired,
+    /// The subscription token provider gave an empty token: the user may
+    /// not subscribe (the client unsubscribed).
+    Unauthorized,
     /// The server refused the subscribe with a permanent error (permission
     /// denied, invalid channel...).
     Refused(ServerError),

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::time::timeout;
 use wsedge_client::{
     Client, ClientEvent, Data, Error, Events, HistoryOptions, Options, OutboxPolicy, State,
-    StreamPosition, SubscribeOptions, Subscription, SubscriptionEvent, codes,
+    StreamPosition, SubscribeOptions, Subscription, SubscriptionEvent, UnsubscribeReason, codes,
 };
 
 /// How long any one expected thing may take.
@@ -407,6 +407,7 @@ async fn publishes_made_while_the_server_is_down_are_sent_once() {
                 recover: true,
                 since: Some(since),
                 token: None,
+                token_provider: None,
             },
         )
         .await
@@ -652,21 +653,37 @@ mode = "jwt"
 hmac_secret = "{SECRET}"
 leeway = "0s"
 refresh_grace = "1s"
+
+[[namespace]]
+name = "private"
+subscribe = "token"
 "#
     )
 }
 
-/// An HS256 token for `sub` expiring in `ttl` seconds.
-fn token(sub: &str, ttl: u64) -> String {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-    let exp = SystemTime::now()
+fn unix_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + ttl;
+}
+
+/// An HS256 token for `sub` expiring in `ttl` seconds.
+fn token(sub: &str, ttl: u64) -> String {
+    sign(&json!({"sub": sub, "exp": unix_now() + ttl}))
+}
+
+/// An HS256 subscription token for `sub` and `channel`, expiring at `exp`.
+fn sub_token(sub: &str, channel: &str, exp: u64) -> String {
+    sign(&json!({"sub": sub, "channel": channel, "exp": exp}))
+}
+
+/// `claims` signed with HS256 and the test secret.
+fn sign(claims: &Value) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     let header = B64.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = B64.encode(json!({"sub": sub, "exp": exp}).to_string());
+    let payload = B64.encode(claims.to_string());
     let signing_input = format!("{header}.{payload}");
     let mac = hmac_sha256(SECRET.as_bytes(), signing_input.as_bytes());
     format!("{signing_input}.{}", B64.encode(mac))
@@ -775,4 +792,197 @@ async fn a_refused_token_is_final() {
         "{ev:?}"
     );
     assert_eq!(client.state(), State::Disconnected);
+}
+
+// ---- subscription tokens ------------------------------------------------
+
+/// A client of user `tess` on the JWT node (a connection token that does
+/// not expire).
+async fn tess(server: &support::Server) -> (Client, Events) {
+    let opts = Options {
+        token: Some(sign(&json!({"sub": "tess"}))),
+        max_reconnect_delay: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
+        ..Options::default()
+    };
+    connected_with(server, opts).await
+}
+
+/// Waits until `calls` reaches `n`.
+async fn calls_reach(calls: &AtomicU32, n: u32) {
+    timeout(WAIT, async {
+        while calls.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the token provider was not called {n} times"));
+}
+
+/// A subscription whose tokens last 3 s each is renewed before each one
+/// expires (`sub_refresh`), and again after a renewal refused with 116 (the
+/// provider handed out an expired token once): it outlives several tokens
+/// and the server's `exp` + 1 s grace, and still receives publications.
+/// Without renewals the server would end it with an `unsubscribe` push at
+/// the first token's `exp` + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_tokens_are_renewed_before_they_expire_and_after_116() {
+    let server = server_or_skip!(&jwt_config());
+    let (client, mut events) = tess(&server).await;
+    let channel = "private:renewed";
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let options = SubscribeOptions::default().with_token_provider(move |channel: String| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            // The second token has expired already: its renewal gets 116.
+            let exp = if n == 2 {
+                unix_now() - 30
+            } else {
+                unix_now() + 3
+            };
+            Ok(sub_token("tess", &channel, exp))
+        }
+    });
+    let mut sub = client.subscribe(channel, options).await.unwrap();
+    let (ev, before) = subscribed(&mut sub).await;
+    assert!(before.is_empty(), "{before:#?}");
+    assert!(matches!(ev, SubscriptionEvent::Subscribed { .. }), "{ev:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // The refused renewal is reported, then renewed with the next token.
+    let (ev, before) = sub_until(&mut sub, "the 116", |e| {
+        matches!(e, SubscriptionEvent::Error(_))
+    })
+    .await;
+    assert!(before.is_empty(), "{before:#?}");
+    assert_eq!(
+        match &ev {
+            SubscriptionEvent::Error(e) => e.code(),
+            _ => None,
+        },
+        Some(116),
+        "{ev:?}"
+    );
+    // Six tokens: well past the first one's exp + grace (and the expired
+    // one's). Each renewal is a sub_refresh the server accepted, or the
+    // next would not have been asked for in time.
+    let started = std::time::Instant::now();
+    calls_reach(&calls, 6).await;
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    client.publish(channel, json!("alive"), None).await.unwrap();
+    let (_, before) = sub_until(
+        &mut sub,
+        "the publication",
+        |e| matches!(e, SubscriptionEvent::Publication(p) if p.data.as_json() == Some(&json!("alive"))),
+    )
+    .await;
+    assert!(before.is_empty(), "no unsubscribe, no error: {before:#?}");
+    let mut seen = Vec::new();
+    while let Ok(Some(ev)) = timeout(Duration::from_millis(1), events.next()).await {
+        seen.push(ev);
+    }
+    assert!(
+        seen.iter().all(|e| matches!(
+            e,
+            ClientEvent::Connecting { .. } | ClientEvent::Connected(_)
+        )),
+        "{seen:#?}"
+    );
+    assert_eq!(client.state(), State::Connected);
+}
+
+/// A renewal that cannot get a token is reported on the subscription
+/// (`Error::Token`, retried), and once the token expires the server ends
+/// the subscription: `Unsubscribed(TokenExpired)`, the connection stays.
+/// A provider that answers with an empty token ends the subscription at
+/// once (`Unauthorized`), and its `unsubscribe` reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_subscription_token_renewals_are_reported() {
+    let server = server_or_skip!(&jwt_config());
+    let (client, _) = tess(&server).await;
+
+    let failing = "private:failing";
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let options = SubscribeOptions::default().with_token_provider(move |channel: String| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if n == 1 {
+                Ok(sub_token("tess", &channel, unix_now() + 2))
+            } else {
+                Err("the token backend is down".into())
+            }
+        }
+    });
+    let mut sub = client.subscribe(failing, options).await.unwrap();
+    subscribed(&mut sub).await;
+    let (ev, _) = sub_until(&mut sub, "the provider's failure", |e| {
+        matches!(e, SubscriptionEvent::Error(_))
+    })
+    .await;
+    assert!(
+        matches!(&ev, SubscriptionEvent::Error(Error::Token(m)) if m.contains("the token backend is down") && m.contains(failing)),
+        "{ev:?}"
+    );
+    let (ev, before) = sub_until(&mut sub, "the end", |e| {
+        matches!(e, SubscriptionEvent::Unsubscribed(_))
+    })
+    .await;
+    assert_eq!(
+        ev,
+        SubscriptionEvent::Unsubscribed(UnsubscribeReason::TokenExpired)
+    );
+    assert!(
+        before
+            .iter()
+            .all(|e| matches!(e, SubscriptionEvent::Error(Error::Token(_)))),
+        "{before:#?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    assert!(
+        timeout(WAIT, sub.next()).await.unwrap().is_none(),
+        "the stream ended"
+    );
+    client.ping().await.unwrap();
+    assert_eq!(client.state(), State::Connected);
+
+    // An empty token on renewal: unauthorized, unsubscribed by the client.
+    let refused = "private:refused";
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let options = SubscribeOptions::default().with_token_provider(move |channel: String| {
+        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            Ok(if n == 1 {
+                sub_token("tess", &channel, unix_now() + 2)
+            } else {
+                String::new()
+            })
+        }
+    });
+    let mut sub = client.subscribe(refused, options).await.unwrap();
+    subscribed(&mut sub).await;
+    let (ev, _) = sub_until(&mut sub, "the end", |e| {
+        matches!(e, SubscriptionEvent::Unsubscribed(_))
+    })
+    .await;
+    assert_eq!(
+        ev,
+        SubscriptionEvent::Unsubscribed(UnsubscribeReason::Unauthorized)
+    );
+    // The client's unsubscribe went out: subscribing again is not 105.
+    let again = SubscribeOptions {
+        token: Some(sub_token("tess", refused, unix_now() + 60)),
+        ..SubscribeOptions::default()
+    };
+    let mut sub = client.subscribe(refused, again).await.unwrap();
+    let (ev, before) = subscribed(&mut sub).await;
+    assert!(before.is_empty(), "{before:#?}");
+    assert!(matches!(ev, SubscriptionEvent::Subscribed { .. }), "{ev:?}");
 }

@@ -8,17 +8,20 @@
 //!
 //! Files: this one has the loop and the connection's life (open, connect,
 //! drop, reconnect, write); `requests.rs` what handles ask for and the
-//! replies to it; `subs.rs` subscriptions; `refresh.rs` the connection
-//! token's refresh.
+//! replies to it; `subs.rs` subscriptions (story memberships too: their
+//! subscribe is `collab_join`) and their token renewal; `refresh.rs` the
+//! connection token's refresh.
 
 mod refresh;
 mod requests;
 mod subs;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_core::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use futures_util::{SinkExt, StreamExt};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,7 +34,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::backoff::Backoff;
 use crate::codes::{self, reconnect_advised};
@@ -39,13 +42,15 @@ use crate::error::{Error, TOKEN_EXPIRED};
 use crate::jwt;
 use crate::outbox::Outbox;
 use crate::rate::RateWindow;
+use crate::tls;
 use crate::types::{ClientEvent, State};
 use crate::wire::{self, Incoming};
 use crate::{Options, TokenProvider};
 
+pub(crate) use requests::{NewSub, Publish, Request};
 use requests::{Pending, PendingKind, Waiting};
-pub(crate) use requests::{Publish, Request};
-use subs::Sub;
+pub(crate) use subs::COLLAB_JOIN;
+use subs::{Sub, SubTokenDone};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -109,6 +114,7 @@ enum Event {
     Opened(Result<Opened, OpenFailed>),
     Frame(Option<Result<Message, tungstenite::Error>>),
     Token(Result<String, Error>),
+    SubToken(SubTokenDone),
     Tick,
 }
 
@@ -157,6 +163,10 @@ pub(crate) struct Driver {
     refresh_at: Option<Instant>,
     refresh_job: Option<BoxFuture<'static, Result<String, Error>>>,
     refresh_attempts: u32,
+    /// The rustls configuration for `wss://`, made at the first attempt.
+    tls: Option<Result<Arc<rustls::ClientConfig>, Error>>,
+    /// Subscription token fetches in flight.
+    sub_jobs: FuturesUnordered<BoxFuture<'static, SubTokenDone>>,
 }
 
 impl Driver {
@@ -198,6 +208,8 @@ impl Driver {
             refresh_at: None,
             refresh_job: None,
             refresh_attempts: 0,
+            tls: None,
+            sub_jobs: FuturesUnordered::new(),
             opts,
         }
     }
@@ -212,6 +224,9 @@ impl Driver {
                 },
                 ev = link_event(&mut self.link) => ev,
                 tok = token_job(&mut self.refresh_job) => Event::Token(tok),
+                Some(done) = self.sub_jobs.next(), if !self.sub_jobs.is_empty() => {
+                    Event::SubToken(done)
+                }
                 () = sleep_until_opt(deadline) => Event::Tick,
             };
             match event {
@@ -222,6 +237,7 @@ impl Driver {
                     self.refresh_job = None;
                     self.on_refresh_token(t);
                 }
+                Event::SubToken(done) => self.on_sub_token(done),
                 Event::Tick => {}
             }
             self.on_timers(Instant::now());
@@ -251,6 +267,7 @@ impl Driver {
             self.timeouts.front().map(|t| t.0),
             self.waiting.front().map(|w| w.deadline),
             self.refresh_at,
+            self.next_sub_refresh(),
             self.sub_retries.iter().map(|r| r.0).min(),
             sending
                 .then(|| self.rate.next_window().map(Instant::from_std))
@@ -290,6 +307,7 @@ impl Driver {
             self.refresh_at = None;
             self.start_refresh();
         }
+        self.sub_refreshes_due(now);
         if self.sub_retries.iter().any(|r| r.0 <= now) {
             let (due, later) = std::mem::take(&mut self.sub_retries)
                 .into_iter()
@@ -325,10 +343,26 @@ impl Driver {
     fn start_opening(&mut self) {
         let provider = self.opts.token_provider.clone();
         let fetch = provider.filter(|_| self.token_needed());
-        let job = open(self.url.clone(), fetch, self.opts.timeout);
+        let tls = self.tls_connector();
+        let job = open(self.url.clone(), fetch, self.opts.timeout, tls);
         self.link = Link::Opening { job: Box::pin(job) };
         self.close_advice = None;
         self.set_state(State::Connecting);
+    }
+
+    /// The TLS connector for a `wss://` URL (made once, then shared by
+    /// every attempt); none for `ws://`.
+    fn tls_connector(&mut self) -> Result<Option<Connector>, Error> {
+        let secure = self
+            .url
+            .get(..6)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss://"));
+        if !secure {
+            return Ok(None);
+        }
+        let tls = &self.opts.tls;
+        let config = self.tls.get_or_insert_with(|| tls.client_config());
+        config.clone().map(|c| Some(Connector::Rustls(c)))
     }
 
     /// Whether to ask the provider for a token before connecting: none
@@ -460,6 +494,7 @@ impl Driver {
                 PendingKind::Connect
                 | PendingKind::Subscribe { .. }
                 | PendingKind::Refresh
+                | PendingKind::SubRefresh { .. }
                 | PendingKind::Ignore => {}
             }
         }
@@ -724,12 +759,19 @@ async fn fetch_token(provider: TokenProvider, limit: Duration) -> Result<String,
 }
 
 /// One connection attempt: a token if asked for, then the WebSocket
-/// upgrade offering the JSON subprotocol, each step within `limit`.
+/// upgrade offering the JSON subprotocol (over TLS with `tls`), each step
+/// within `limit`.
 async fn open(
     url: String,
     provider: Option<TokenProvider>,
     limit: Duration,
+    tls: Result<Option<Connector>, Error>,
 ) -> Result<Opened, OpenFailed> {
+    let connector = tls.map_err(|error| OpenFailed {
+        code: codes::TLS_FAILED,
+        error,
+        reconnect: false,
+    })?;
     let token = match provider {
         None => None,
         Some(p) => match fetch_token(p, limit).await {
@@ -759,16 +801,11 @@ async fn open(
         "Sec-WebSocket-Protocol",
         HeaderValue::from_static(wire::SUBPROTOCOL),
     );
-    let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let connecting =
+        tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector);
     let (ws, response) = match timeout(limit, connecting).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            return Err(OpenFailed {
-                code: codes::CONNECT_FAILED,
-                error: Error::Transport(e.to_string()),
-                reconnect: true,
-            });
-        }
+        Ok(Err(e)) => return Err(open_failed(e)),
         Err(_) => {
             return Err(OpenFailed {
                 code: codes::CONNECT_TIMEOUT,
@@ -791,6 +828,38 @@ async fn open(
         ws: Box::new(ws),
         token,
     })
+}
+
+/// What a failed WebSocket upgrade means: TLS that will not pass (an
+/// untrusted certificate) and a URL the client cannot use are final;
+/// anything else (refused, reset, a 503) is worth another attempt.
+fn open_failed(e: tungstenite::Error) -> OpenFailed {
+    let transport = |error, reconnect| OpenFailed {
+        code: codes::CONNECT_FAILED,
+        error,
+        reconnect,
+    };
+    match e {
+        tungstenite::Error::Io(io) => match tls::classify(&io) {
+            Some(f) => OpenFailed {
+                code: if f.reconnect {
+                    codes::CONNECT_FAILED
+                } else {
+                    codes::TLS_FAILED
+                },
+                error: f.error,
+                reconnect: f.reconnect,
+            },
+            None => transport(Error::Transport(io.to_string()), true),
+        },
+        tungstenite::Error::Tls(t) => OpenFailed {
+            code: codes::TLS_FAILED,
+            error: Error::Tls(t.to_string()),
+            reconnect: false,
+        },
+        tungstenite::Error::Url(u) => transport(Error::Transport(format!("bad URL: {u}")), false),
+        other => transport(Error::Transport(other.to_string()), true),
+    }
 }
 
 /// The next event of the current link (pending when there is no socket

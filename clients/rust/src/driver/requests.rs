@@ -20,14 +20,7 @@ pub(crate) enum Request {
     /// Report events to this listener.
     Listen(mpsc::UnboundedSender<ClientEvent>),
     /// Register a subscription.
-    Subscribe {
-        channel: String,
-        id: u64,
-        options: SubscribeOptions,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
-        position: watch::Sender<Option<StreamPosition>>,
-        reply: oneshot::Sender<Result<(), Error>>,
-    },
+    Subscribe(NewSub),
     /// Drop subscription `id` of `channel`.
     Unsubscribe {
         channel: String,
@@ -42,6 +35,18 @@ pub(crate) enum Request {
         params: Value,
         reply: oneshot::Sender<Result<Value, Error>>,
     },
+}
+
+/// A subscription to register (with `join`: a story membership, whose
+/// subscribe is `collab_join` with these extra params).
+pub(crate) struct NewSub {
+    pub channel: String,
+    pub id: u64,
+    pub options: SubscribeOptions,
+    pub join: Option<Value>,
+    pub events: mpsc::UnboundedSender<SubscriptionEvent>,
+    pub position: watch::Sender<Option<StreamPosition>>,
+    pub reply: oneshot::Sender<Result<(), Error>>,
 }
 
 /// A publish on its way: kept until answered, so a connection lost
@@ -79,6 +84,11 @@ pub(super) enum PendingKind {
     Publish(Publish),
     Call(oneshot::Sender<Result<Value, Error>>),
     Refresh,
+    /// A subscription token's renewal.
+    SubRefresh {
+        channel: String,
+        sub_id: u64,
+    },
     /// Nobody waits (an `unsubscribe`).
     Ignore,
 }
@@ -110,14 +120,7 @@ impl Driver {
                 self.drop_link(codes::DISCONNECT_CALLED, reason, false);
             }
             Request::Listen(l) => self.listeners.push(l),
-            Request::Subscribe {
-                channel,
-                id,
-                options,
-                events,
-                position,
-                reply,
-            } => self.register(channel, id, options, events, position, reply),
+            Request::Subscribe(new) => self.register(new),
             Request::Unsubscribe { channel, id, done } => {
                 self.unregister(&channel, id);
                 if let Some(d) = done {
@@ -187,6 +190,9 @@ impl Driver {
                 let _ = reply.send(result.map_err(Error::Server));
             }
             PendingKind::Refresh => self.on_refresh_reply(result),
+            PendingKind::SubRefresh { channel, sub_id } => {
+                self.on_sub_refresh_reply(&channel, sub_id, result);
+            }
             PendingKind::Ignore => {}
         }
     }
@@ -213,6 +219,9 @@ impl Driver {
             PendingKind::Refresh => {
                 self.emit(ClientEvent::Error(Error::Timeout));
                 self.retry_refresh();
+            }
+            PendingKind::SubRefresh { channel, sub_id } => {
+                self.on_sub_refresh_timeout(&channel, sub_id);
             }
             PendingKind::Ignore => {}
         }

@@ -4,17 +4,75 @@
 //! Each subscription tracks its stream position (epoch, last offset seen)
 //! and resubscribes after every reconnect; with `recover` it asks for what
 //! it missed from there, so its handle sees each publication once.
+//!
+//! A subscription with a token provider (namespaces with `subscribe =
+//! "token"`) gets its token before subscribing when it has none or it
+//! expired (or the server said 116), and renews it with `sub_refresh`
+//! before its `exp`, so the server never ends it (an `unsubscribe` push at
+//! `exp` + `refresh_grace`). At most one token fetch per subscription is in
+//! flight; its result is used for what the subscription needs when it
+//! arrives ([`TokenUse`]).
 
+use std::time::Duration;
+
+use futures_core::future::BoxFuture;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, timeout};
 
-use super::requests::PendingKind;
-use super::{Driver, Link};
-use crate::error::{Error, ServerError};
+use super::requests::{NewSub, PendingKind};
+use super::{Driver, Link, unix_now};
+use crate::error::{Error, ServerError, TOKEN_EXPIRED};
+use crate::jwt;
 use crate::types::{ClientEvent, Publication, Push, StreamPosition};
 use crate::wire;
-use crate::{SubscribeOptions, SubscriptionEvent, UnsubscribeReason};
+use crate::{SubTokenProvider, SubscribeOptions, SubscriptionEvent, UnsubscribeReason};
+
+/// The kind of the internal event that carries a `collab_join` reply to a
+/// story's handle.
+pub(crate) const COLLAB_JOIN: &str = "collab_join";
+
+/// A subscription token fetch that finished.
+pub(super) struct SubTokenDone {
+    channel: String,
+    sub_id: u64,
+    result: Result<String, Error>,
+}
+
+/// What a subscription's token fetch is for (the latest need wins: a
+/// renewal overtaken by a reconnect serves the resubscribe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenUse {
+    /// The next `subscribe`.
+    Subscribe,
+    /// A `sub_refresh` of the current subscription.
+    Refresh,
+}
+
+/// Gets a subscription token within `limit`.
+fn fetch_sub_token(
+    provider: SubTokenProvider,
+    channel: String,
+    sub_id: u64,
+    limit: Duration,
+) -> BoxFuture<'static, SubTokenDone> {
+    Box::pin(async move {
+        let result = match timeout(limit, provider.call(&channel)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => Err(Error::Token(format!(
+                "subscription token for {channel:?}: {e}"
+            ))),
+            Err(_) => Err(Error::Token(format!(
+                "the subscription token provider timed out for {channel:?}"
+            ))),
+        };
+        SubTokenDone {
+            channel,
+            sub_id,
+            result,
+        }
+    })
+}
 
 /// The driver's side of one subscription.
 pub(super) struct Sub {
@@ -26,6 +84,24 @@ pub(super) struct Sub {
     status: SubStatus,
     /// Consecutive temporary failures, for the retry backoff.
     attempts: u32,
+    /// The subscription token (the options', then the provider's).
+    token: Option<String>,
+    /// The server said 116: get a new token before subscribing again.
+    token_stale: bool,
+    /// A token fetch in flight, and what for.
+    fetching: Option<TokenUse>,
+    /// When to renew the token (while subscribed).
+    pub(super) refresh_at: Option<Instant>,
+    /// Consecutive failed renewals, for their backoff.
+    refresh_attempts: u32,
+    /// A story membership: `collab_join` with these params (role, queue)
+    /// instead of `subscribe`, `collab_leave` instead of `unsubscribe`.
+    join: Option<Value>,
+    /// Publications that arrived while the subscribe was unanswered,
+    /// delivered after its reply (those at or before the reply's position
+    /// are dropped). A `collab_join` with commands pipelined behind it can
+    /// be answered after their publications.
+    early: Vec<Publication>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +130,44 @@ impl Sub {
                 .is_some_and(|p| p.offset >= offset)
     }
 
+    /// Whether the next subscribe needs a token from the provider first.
+    fn needs_token(&self) -> bool {
+        self.options.token_provider.is_some()
+            && match &self.token {
+                None => true,
+                Some(_) if self.token_stale => true,
+                Some(t) => jwt::expiry(t).is_some_and(|exp| exp <= unix_now() + 1),
+            }
+    }
+
+    /// Schedules the token's renewal before it expires: `ttl` seconds from
+    /// now by the server's count, else the token's `exp`. Nothing without
+    /// a provider, or for a token that does not expire.
+    fn schedule_refresh(&mut self, ttl: Option<u64>) {
+        self.refresh_at = None;
+        if self.options.token_provider.is_none() {
+            return;
+        }
+        let remaining = match ttl {
+            Some(s) => s,
+            None => match self.token.as_deref().and_then(jwt::expiry) {
+                Some(exp) => exp.saturating_sub(unix_now()),
+                None => return,
+            },
+        };
+        let delay = jwt::refresh_delay(Duration::from_secs(remaining));
+        self.refresh_at = Some(Instant::now() + delay);
+    }
+
+    /// Whether the token's `exp` has passed (why the server would end the
+    /// subscription by itself).
+    fn token_expired(&self) -> bool {
+        self.token
+            .as_deref()
+            .and_then(jwt::expiry)
+            .is_some_and(|exp| exp <= unix_now())
+    }
+
     fn advance(&self, offset: u64) {
         if offset == 0 {
             return;
@@ -69,15 +183,16 @@ impl Sub {
 }
 
 impl Driver {
-    pub(super) fn register(
-        &mut self,
-        channel: String,
-        id: u64,
-        options: SubscribeOptions,
-        events: mpsc::UnboundedSender<SubscriptionEvent>,
-        position: watch::Sender<Option<StreamPosition>>,
-        reply: oneshot::Sender<Result<(), Error>>,
-    ) {
+    pub(super) fn register(&mut self, new: NewSub) {
+        let NewSub {
+            channel,
+            id,
+            options,
+            join,
+            events,
+            position,
+            reply,
+        } = new;
         if self.subs.contains_key(&channel) {
             let _ = reply.send(Err(Error::AlreadySubscribed(channel)));
             return;
@@ -87,11 +202,18 @@ impl Driver {
         }
         let sub = Sub {
             id,
+            token: options.token.clone().filter(|t| !t.is_empty()),
             options,
             events,
             position,
             status: SubStatus::Waiting,
             attempts: 0,
+            token_stale: false,
+            fetching: None,
+            refresh_at: None,
+            refresh_attempts: 0,
+            join,
+            early: Vec::new(),
         };
         self.subs.insert(channel.clone(), sub);
         let _ = reply.send(Ok(()));
@@ -106,26 +228,53 @@ impl Driver {
             return;
         };
         let sent = sub.status != SubStatus::Waiting;
+        let method = if sub.join.is_some() {
+            "collab_leave"
+        } else {
+            "unsubscribe"
+        };
         self.subs.remove(channel);
         // A subscribe sent on this connection is followed by its
         // unsubscribe (in order; its reply is then ignored).
         if sent && matches!(self.link, Link::Open { .. }) {
-            self.enqueue(
-                "unsubscribe",
-                &json!({ "channel": channel }),
-                PendingKind::Ignore,
-            );
+            self.enqueue(method, &json!({ "channel": channel }), PendingKind::Ignore);
         }
     }
 
+    /// Subscribes now, or first gets a token when one is needed (the
+    /// subscribe then goes out when it comes).
     fn send_subscribe(&mut self, channel: &str) {
-        let Some(sub) = self.subs.get(channel) else {
+        let limit = self.opts.timeout;
+        let Some(sub) = self.subs.get_mut(channel) else {
             return;
         };
+        if sub.fetching.is_some() {
+            sub.fetching = Some(TokenUse::Subscribe);
+            sub.status = SubStatus::Waiting;
+            return;
+        }
+        if sub.needs_token() {
+            let provider = sub.options.token_provider.clone().expect("needs_token");
+            sub.fetching = Some(TokenUse::Subscribe);
+            sub.status = SubStatus::Waiting;
+            let job = fetch_sub_token(provider, channel.into(), sub.id, limit);
+            self.sub_jobs.push(job);
+            return;
+        }
         let mut params = json!({ "channel": channel });
-        if let Some(t) = &sub.options.token {
+        if let Some(t) = &sub.token {
             params["token"] = t.clone().into();
         }
+        if let Some(Value::Object(join)) = &sub.join {
+            for (k, v) in join {
+                params[k] = v.clone();
+            }
+        }
+        let method = if sub.join.is_some() {
+            "collab_join"
+        } else {
+            "subscribe"
+        };
         let position = sub.position.borrow().clone();
         let recovering = sub.options.recover && position.is_some();
         if let Some(p) = position.filter(|_| recovering) {
@@ -138,7 +287,7 @@ impl Driver {
             sub_id: sub.id,
             recovering,
         };
-        let id = self.enqueue("subscribe", &params, kind);
+        let id = self.enqueue(method, &params, kind);
         if let Some(sub) = self.subs.get_mut(channel) {
             sub.status = SubStatus::Subscribing(id);
         }
@@ -164,11 +313,168 @@ impl Driver {
         }
     }
 
-    /// The connection dropped: nothing is subscribed any more.
+    /// The connection dropped: nothing is subscribed any more (token
+    /// fetches in flight go on, for the resubscribe).
     pub(super) fn subs_connection_lost(&mut self) {
         for sub in self.subs.values_mut() {
             sub.status = SubStatus::Waiting;
+            sub.refresh_at = None;
+            sub.refresh_attempts = 0;
+            sub.early.clear();
         }
+    }
+
+    /// Renewals that are due: get a new token for each (`sub_refresh`
+    /// follows when it comes).
+    pub(super) fn sub_refreshes_due(&mut self, now: Instant) {
+        let limit = self.opts.timeout;
+        let open = matches!(self.link, Link::Open { .. });
+        for (channel, sub) in &mut self.subs {
+            if sub.refresh_at.is_none_or(|t| t > now) {
+                continue;
+            }
+            sub.refresh_at = None;
+            if !open || sub.status != SubStatus::Subscribed || sub.fetching.is_some() {
+                continue;
+            }
+            let Some(provider) = sub.options.token_provider.clone() else {
+                continue;
+            };
+            sub.fetching = Some(TokenUse::Refresh);
+            let job = fetch_sub_token(provider, channel.clone(), sub.id, limit);
+            self.sub_jobs.push(job);
+        }
+    }
+
+    /// The earliest renewal due.
+    pub(super) fn next_sub_refresh(&self) -> Option<Instant> {
+        self.subs.values().filter_map(|s| s.refresh_at).min()
+    }
+
+    /// A subscription token fetch finished.
+    pub(super) fn on_sub_token(&mut self, done: SubTokenDone) {
+        let SubTokenDone {
+            channel,
+            sub_id,
+            result,
+        } = done;
+        let open = matches!(self.link, Link::Open { .. });
+        let Some(sub) = self.subs.get_mut(&channel).filter(|s| s.id == sub_id) else {
+            return; // unsubscribed meanwhile
+        };
+        let Some(purpose) = sub.fetching.take() else {
+            return;
+        };
+        match result {
+            Ok(t) if t.is_empty() => {
+                let e = Error::Token(format!(
+                    "unauthorized: the token provider gave no token for {channel:?}"
+                ));
+                sub.send(SubscriptionEvent::Error(e));
+                self.end_subscription(&channel, UnsubscribeReason::Unauthorized);
+            }
+            Ok(t) => {
+                sub.token = Some(t.clone());
+                sub.token_stale = false;
+                match purpose {
+                    // Not connected: the resubscribe after the connect
+                    // sends it.
+                    TokenUse::Subscribe if open && sub.status == SubStatus::Waiting => {
+                        self.send_subscribe(&channel);
+                    }
+                    TokenUse::Refresh if open && sub.status == SubStatus::Subscribed => {
+                        let kind = PendingKind::SubRefresh {
+                            channel: channel.clone(),
+                            sub_id,
+                        };
+                        let params = json!({ "channel": channel, "token": t });
+                        self.enqueue("sub_refresh", &params, kind);
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                sub.send(SubscriptionEvent::Error(e));
+                match purpose {
+                    TokenUse::Subscribe => {
+                        let delay = self.backoff.delay(sub.attempts, &mut self.rng);
+                        sub.attempts = sub.attempts.saturating_add(1);
+                        self.sub_retries
+                            .push((Instant::now() + delay, channel, sub_id));
+                    }
+                    TokenUse::Refresh => self.retry_sub_refresh(&channel),
+                }
+            }
+        }
+    }
+
+    /// Tries the renewal again after a backoff delay (while subscribed).
+    fn retry_sub_refresh(&mut self, channel: &str) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if sub.status != SubStatus::Subscribed {
+            return;
+        }
+        let delay = self.backoff.delay(sub.refresh_attempts, &mut self.rng);
+        sub.refresh_attempts = sub.refresh_attempts.saturating_add(1);
+        sub.refresh_at = Some(Instant::now() + delay);
+    }
+
+    /// The `sub_refresh` reply.
+    pub(super) fn on_sub_refresh_reply(
+        &mut self,
+        channel: &str,
+        sub_id: u64,
+        result: Result<Value, ServerError>,
+    ) {
+        let Some(sub) = self.subs.get_mut(channel).filter(|s| s.id == sub_id) else {
+            return;
+        };
+        match result {
+            Ok(v) => {
+                sub.refresh_attempts = 0;
+                if v.get("expires").and_then(Value::as_bool).unwrap_or(false) {
+                    sub.schedule_refresh(v.get("ttl").and_then(Value::as_u64));
+                }
+            }
+            Err(e) => {
+                // 116: the new token had expired too (a slow provider, a
+                // clock ahead): get another one. Other temporary errors:
+                // the same, later. A permanent refusal (103: a token the
+                // server does not accept) is the application's to fix;
+                // the server ends the subscription at the old token's
+                // `exp` (UnsubscribeReason::TokenExpired).
+                let again = e.temporary || e.code == TOKEN_EXPIRED;
+                if e.code == TOKEN_EXPIRED {
+                    sub.token_stale = true;
+                }
+                sub.send(SubscriptionEvent::Error(Error::Server(e)));
+                if again {
+                    self.retry_sub_refresh(channel);
+                }
+            }
+        }
+    }
+
+    /// A `sub_refresh` went unanswered within the command timeout.
+    pub(super) fn on_sub_refresh_timeout(&mut self, channel: &str, sub_id: u64) {
+        let Some(sub) = self.subs.get(channel).filter(|s| s.id == sub_id) else {
+            return;
+        };
+        sub.send(SubscriptionEvent::Error(Error::Timeout));
+        self.retry_sub_refresh(channel);
+    }
+
+    /// Ends a subscription from the client's side: its `unsubscribe` goes
+    /// out if the channel was subscribed, and its handle learns `reason`.
+    fn end_subscription(&mut self, channel: &str, reason: UnsubscribeReason) {
+        let Some(sub) = self.subs.get(channel) else {
+            return;
+        };
+        let (id, events) = (sub.id, sub.events.clone());
+        self.unregister(channel, id);
+        let _ = events.send(SubscriptionEvent::Unsubscribed(reason));
     }
 
     pub(super) fn on_subscribe_reply(
@@ -182,13 +488,24 @@ impl Driver {
             return; // unsubscribed meanwhile (its unsubscribe follows)
         };
         let reply = match result {
-            Ok(v) => wire::subscribe_result(&v).map_err(Error::Protocol),
+            Ok(v) => wire::subscribe_result(&v)
+                .map(|r| (r, v))
+                .map_err(Error::Protocol),
             Err(e) => Err(Error::Server(e)),
         };
         match reply {
-            Ok(r) => {
+            Ok((r, v)) => {
+                if sub.join.is_some() {
+                    // The story's snapshot, for its handle (before the
+                    // events after it).
+                    sub.send(SubscriptionEvent::Other {
+                        kind: COLLAB_JOIN.into(),
+                        body: v,
+                    });
+                }
                 sub.status = SubStatus::Subscribed;
                 sub.attempts = 0;
+                sub.schedule_refresh(None);
                 sub.send(SubscriptionEvent::Subscribed {
                     recovering,
                     recovered: recovering && r.recovered,
@@ -204,9 +521,28 @@ impl Driver {
                     }
                 }
                 sub.position.send_replace(Some(r.position));
+                for p in std::mem::take(&mut sub.early) {
+                    deliver(sub, p);
+                }
             }
-            Err(e) if e.is_temporary() => {
+            // An expired token and a provider for a new one: subscribe
+            // again with it, without troubling the application.
+            Err(Error::Server(e))
+                if e.code == TOKEN_EXPIRED && sub.options.token_provider.is_some() =>
+            {
                 sub.status = SubStatus::Waiting;
+                sub.early.clear();
+                sub.token_stale = true;
+                let delay = self.backoff.delay(sub.attempts, &mut self.rng);
+                sub.attempts = sub.attempts.saturating_add(1);
+                let at = Instant::now() + delay;
+                self.sub_retries.push((at, channel.into(), sub_id));
+            }
+            // 116 without a provider: the same token would be refused
+            // again, so it is final (below).
+            Err(e) if e.is_temporary() && e.code() != Some(TOKEN_EXPIRED) => {
+                sub.status = SubStatus::Waiting;
+                sub.early.clear();
                 let delay = self.backoff.delay(sub.attempts, &mut self.rng);
                 sub.attempts = sub.attempts.saturating_add(1);
                 sub.send(SubscriptionEvent::Error(e));
@@ -249,6 +585,9 @@ impl Driver {
             return;
         };
         match push {
+            Push::Publication(p) if matches!(sub.status, SubStatus::Subscribing(_)) => {
+                sub.early.push(p);
+            }
             Push::Publication(p) => deliver(sub, p),
             Push::Join(info) => sub.send(SubscriptionEvent::Join(info)),
             Push::Leave(info) => sub.send(SubscriptionEvent::Leave(info)),
@@ -268,7 +607,12 @@ impl Driver {
             }
             Push::Unsubscribe => {
                 let sub = self.subs.remove(&channel).expect("looked up above");
-                sub.send(SubscriptionEvent::Unsubscribed(UnsubscribeReason::Server));
+                let reason = if sub.token_expired() {
+                    UnsubscribeReason::TokenExpired
+                } else {
+                    UnsubscribeReason::Server
+                };
+                sub.send(SubscriptionEvent::Unsubscribed(reason));
             }
             Push::Other { kind, body } => sub.send(SubscriptionEvent::Other { kind, body }),
         }
