@@ -50,6 +50,7 @@ pub mod outbox;
 pub mod presence;
 pub mod router;
 pub mod session;
+pub mod sse;
 pub mod subs;
 pub mod timer;
 pub mod wire;
