@@ -361,6 +361,10 @@ pub struct Config {
     /// Default on: browsers offer it, and JSON compresses 3-10x; every
     /// publication is compressed once, whatever the subscriber count.
     pub compression: bool,
+    /// Serve the SSE fallback (server-sent events down, HTTP POSTs up) on
+    /// `<ws_path>/sse` for clients that cannot open a WebSocket. Default
+    /// on: it is the same protocol, limits and auth on the same port.
+    pub sse: bool,
     /// Smallest payload worth compressing, in bytes. Default 256: below
     /// that the deflate block overhead eats most of the gain.
     pub compression_min_size: usize,
@@ -493,6 +497,7 @@ impl Default for Config {
             close_timeout: Duration::from_secs(5),
             outbound_budget: 1024 * 1024,
             compression: true,
+            sse: true,
             compression_min_size: 256,
             compression_level: 1,
             max_commands_per_second: 200,

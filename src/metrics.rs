@@ -59,6 +59,15 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// The counter of `family` for `result` (created at 0 if new).
+pub(crate) fn result_counter(family: &Family<ResultLabel, Counter>, result: &str) -> Counter {
+    family
+        .get_or_create(&ResultLabel {
+            result: result.into(),
+        })
+        .clone()
+}
+
 type Counters = Family<ShardLabel, Counter>;
 type KindCounters = Family<ShardKind, Counter>;
 type Gauges = Family<ShardLabel, Gauge<i64, std::sync::atomic::AtomicI64>>;
@@ -134,6 +143,7 @@ pub struct Metrics {
     cluster: cluster::ClusterFamilies,
     durable: durable::DurableFamilies,
     rpc: rpc::RpcFamilies,
+    sse: sse::SseFamilies,
 }
 
 impl Default for Metrics {
@@ -359,6 +369,7 @@ impl Metrics {
             cluster: cluster::ClusterFamilies::register(&mut r),
             durable: durable::DurableFamilies::register(&mut r),
             rpc: rpc::RpcFamilies::register(&mut r),
+            sse: sse::SseFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -911,6 +922,7 @@ mod collab;
 mod durable;
 mod ops;
 mod rpc;
+mod sse;
 mod stories;
 mod tls;
 pub use cluster::{
@@ -919,6 +931,7 @@ pub use cluster::{
 };
 pub use collab::CollabShardMetrics;
 pub use ops::LivenessMetrics;
+pub use sse::{PostResult, SseMetrics};
 pub use stories::{ErrorLabel, ReasonLabel};
 pub use tls::{TlsHandshake, TlsShardMetrics};
 

@@ -102,6 +102,8 @@ fn handshake_and_command_decoders_survive_random_input() {
         echo_path: None,
         max_head_bytes: 2048,
         deflate: wsedge::engine::ws::deflate::DeflateConfig { enabled: true },
+        sse: true,
+        max_post_body: 65536,
     };
     let samples: [&[u8]; 4] = [
         b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",

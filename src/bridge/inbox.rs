@@ -27,6 +27,11 @@ pub struct Inbox {
     /// most as many as calls the RPC sidecar holds (`[rpc]
     /// queue_capacity`).
     rpc_lost: SegQueue<(ConnRef, u32, CallKind)>,
+    /// How SSE command posts this shard passed to another shard's stream
+    /// ended: (post connection, taken). Apart from the bounded queue so a
+    /// post is always answered: there are at most as many as post
+    /// connections this shard holds.
+    sse_answers: SegQueue<(ConnRef, bool)>,
     doorbell: OwnedFd,
     rung: AtomicBool,
 }
@@ -44,6 +49,7 @@ impl Inbox {
             queue: ArrayQueue::new(capacity),
             confirmations: SegQueue::new(),
             rpc_lost: SegQueue::new(),
+            sse_answers: SegQueue::new(),
             // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
             doorbell: unsafe { OwnedFd::from_raw_fd(fd) },
             rung: AtomicBool::new(false),
@@ -81,6 +87,19 @@ impl Inbox {
     /// Owner only: takes the next lost backend call answer.
     pub fn pop_rpc_lost(&self) -> Option<(ConnRef, u32, CallKind)> {
         self.rpc_lost.pop()
+    }
+
+    /// Tells the shard whether the stream took the SSE command post read
+    /// on its connection `post` (never refused), ringing the doorbell if
+    /// needed.
+    pub fn sse_answered(&self, post: ConnRef, taken: bool) {
+        self.sse_answers.push((post, taken));
+        self.ring();
+    }
+
+    /// Owner only: takes the next SSE command post answer.
+    pub fn pop_sse_answer(&self) -> Option<(ConnRef, bool)> {
+        self.sse_answers.pop()
     }
 
     fn ring(&self) {

@@ -46,6 +46,23 @@ pub enum ShardMsg {
     ClusterChanged,
     /// From the RPC sidecar: how a connection's `rpc` or `send` ended.
     Rpc(Box<RpcAnswer>),
+    /// From another shard: an SSE command post for a stream of this
+    /// shard. The answer goes back through the sender's inbox
+    /// ([`Inbox::sse_answered`]).
+    SsePost(Box<SsePost>),
+}
+
+/// An SSE command post that reached a shard other than its stream's.
+#[derive(Debug)]
+pub struct SsePost {
+    /// The stream session it names.
+    pub target: crate::engine::sse::SessionId,
+    /// The commands (one or more JSON objects, `\n`-separated).
+    pub body: Vec<u8>,
+    /// The shard holding the post's connection.
+    pub from: usize,
+    /// The post's connection there.
+    pub post: crate::engine::subs::ConnRef,
 }
 
 impl ShardMsg {
@@ -60,6 +77,7 @@ impl ShardMsg {
             ShardMsg::Cluster(_) => ShardMsgKind::Cluster,
             ShardMsg::ClusterChanged => ShardMsgKind::ClusterChanged,
             ShardMsg::Rpc(_) => ShardMsgKind::Rpc,
+            ShardMsg::SsePost(_) => ShardMsgKind::SsePost,
         }
     }
 }

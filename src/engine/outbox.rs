@@ -23,6 +23,8 @@ use std::rc::Rc;
 
 use bytes::{Buf, Bytes};
 
+use super::sse;
+
 /// A data-lane frame.
 #[derive(Debug, Clone)]
 pub enum Frame {
@@ -98,6 +100,9 @@ pub struct Outbox {
     /// High-priority frames at the front of `data` (after a frame in
     /// flight, which is not counted).
     high: u32,
+    /// An SSE stream: every frame is rewritten into its event as it is
+    /// queued (see [`Outbox::set_sse`]).
+    sse: bool,
     queued: usize,
 }
 
@@ -108,7 +113,26 @@ impl Default for Outbox {
             data: VecDeque::new(),
             in_flight: InFlight::None,
             high: 0,
+            sse: false,
             queued: 0,
+        }
+    }
+}
+
+/// The SSE form of a server frame: its event as an HTTP chunk (a close
+/// also ends the chunked body), or None for a frame with no SSE form.
+fn sse_form(frame: &[u8]) -> Option<Bytes> {
+    let mut out = Vec::with_capacity(frame.len() + 32);
+    match sse::event_from_frame(frame, &mut out) {
+        Ok(sse::Event::Message | sse::Event::Ping) => Some(out.into()),
+        Ok(sse::Event::Close) => {
+            out.extend_from_slice(sse::LAST_CHUNK);
+            Some(out.into())
+        }
+        Ok(sse::Event::Skipped) => None,
+        Err(e) => {
+            debug_assert!(false, "a frame the SSE form cannot take: {e:?}");
+            None
         }
     }
 }
@@ -128,11 +152,39 @@ impl Outbox {
         self.queued == 0 && self.urgent.is_empty() && self.data.is_empty()
     }
 
+    /// Makes this the outbox of an SSE stream: from now on every frame
+    /// queued (text frames, pings, the close) is rewritten into its
+    /// server-sent event, chunk-framed, and frames with no SSE form
+    /// (pongs, binary) are left out. What is already queued (the stream's
+    /// answer head) stays as it is.
+    pub fn set_sse(&mut self) {
+        self.sse = true;
+    }
+
+    /// Whether this is an SSE stream's outbox.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
+    /// Queues bytes that are already in their wire form, in the urgent
+    /// lane, whatever the outbox's form (an SSE stream's own events).
+    pub fn push_prepared(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.urgent.push(bytes);
+    }
+
     /// Queues a data frame, unless that would put more than `budget` bytes
     /// in the queue. An empty queue always takes one frame, however large,
     /// so a message bigger than the budget can still be sent to a client
     /// that keeps up.
     pub fn push_data(&mut self, frame: Frame, budget: usize) -> Result<(), OverBudget> {
+        let frame = match self.sse {
+            false => frame,
+            true => match sse_form(&frame) {
+                Some(event) => Frame::Owned(event),
+                None => return Ok(()),
+            },
+        };
         if self.queued > 0 && self.queued + frame.len() > budget {
             return Err(OverBudget);
         }
@@ -147,6 +199,13 @@ impl Outbox {
     /// slow consumer, whose normal frames the caller drops (see
     /// [`Outbox::drop_data`]) while this one still goes out.
     pub fn push_high(&mut self, frame: Frame, budget: usize) -> Result<(), OverBudget> {
+        let frame = match self.sse {
+            false => frame,
+            true => match sse_form(&frame) {
+                Some(event) => Frame::Owned(event),
+                None => return Ok(()),
+            },
+        };
         if self.queued > 0 && self.queued + frame.len() > 2 * budget {
             return Err(OverBudget);
         }
@@ -163,7 +222,14 @@ impl Outbox {
     /// the last waiting one (only the latest ping needs an answer), so a
     /// ping flood cannot grow the queue.
     pub fn push_urgent(&mut self, frame: Bytes) {
-        if frame.first() == Some(&PONG_FIRST_BYTE) {
+        let frame = match self.sse {
+            false => frame,
+            true => match sse_form(&frame) {
+                Some(event) => event,
+                None => return,
+            },
+        };
+        if !self.sse && frame.first() == Some(&PONG_FIRST_BYTE) {
             let start = usize::from(self.in_flight == InFlight::Urgent);
             let waiting = &self.urgent[start..];
             let pongs = waiting
@@ -188,6 +254,13 @@ impl Outbox {
     /// close sequence of a connection that is not being dropped as slow
     /// (data already queued still goes out first, in order).
     pub fn push_final(&mut self, frame: Bytes) {
+        let frame = match self.sse {
+            false => frame,
+            true => match sse_form(&frame) {
+                Some(event) => event,
+                None => return,
+            },
+        };
         self.queued += frame.len();
         self.data.push_back(Frame::Owned(frame));
     }

@@ -35,7 +35,7 @@ use crate::engine::ws::frame::{
     DecoderLimits, Event, Fed, Flow, FrameDecoder, Opcode, close_frame, frame_bytes,
 };
 use crate::engine::ws::handshake::{
-    self, Endpoint, HandshakeConfig, Parsed, Reject, UpgradeRequest, WireFormat,
+    self, Endpoint, HandshakeConfig, Parsed, Reject, SsePostHead, UpgradeRequest, WireFormat,
 };
 
 /// An unmasked ping with no payload.
@@ -82,6 +82,33 @@ enum Extra {
     /// A token the upgrade request carried (`bearer.` protocol or
     /// `?token=`), for `connect` to use.
     Token(Box<str>),
+    /// An SSE command post reading its body.
+    Post(PostBody),
+}
+
+/// An SSE command post's body as it arrives.
+#[derive(Debug)]
+struct PostBody {
+    head: SsePostHead,
+    body: Vec<u8>,
+}
+
+/// How an SSE command post's body is coming along (see
+/// [`Session::post_bytes`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Post {
+    /// More bytes are needed.
+    Partial,
+    /// The whole body: for the stream session it names. Bytes after it are
+    /// ignored (the answer closes the connection).
+    Complete {
+        /// The stream session id the path named (not yet checked).
+        session: Box<str>,
+        /// The commands.
+        body: Vec<u8>,
+        /// Header lines the answer must carry (CORS).
+        answer_headers: Box<[u8]>,
+    },
 }
 
 /// Who a client said it is at `connect`.
@@ -396,15 +423,28 @@ impl Session {
                 self.deflate = up.deflate;
                 // Until `connect` completes, its deadline stands in for the
                 // heartbeat. The echo endpoint has no commands: its
-                // heartbeat starts at once.
+                // heartbeat starts at once. A command post has until the
+                // handshake deadline to deliver its body.
                 self.heartbeat = match up.endpoint {
-                    Endpoint::Client => Heartbeat::until(now + cfg.connect_timeout),
+                    Endpoint::Client | Endpoint::SseStream => {
+                        Heartbeat::until(now + cfg.connect_timeout)
+                    }
                     Endpoint::Echo => Heartbeat::start(now, &cfg.heartbeat),
+                    Endpoint::SsePost => self.heartbeat,
                 };
                 if let Some(token) = up.token {
                     self.extra = Some(Box::new(Extra::Token(token)));
                 }
-                self.outbox.push_urgent(Bytes::from(up.response));
+                if let Some(head) = up.post {
+                    let body = Vec::with_capacity(head.body_len.min(64 * 1024));
+                    self.extra = Some(Box::new(Extra::Post(PostBody { head, body })));
+                }
+                if !up.response.is_empty() {
+                    self.outbox.push_urgent(Bytes::from(up.response));
+                }
+                if up.endpoint == Endpoint::SseStream {
+                    self.outbox.set_sse();
+                }
                 Request::Opened(rest)
             }
         }
@@ -429,6 +469,9 @@ impl Session {
     /// waiting for the peer's close); otherwise input is discarded until
     /// the end of the stream.
     pub fn reads_frames(&self) -> bool {
+        if matches!(self.endpoint, Endpoint::SseStream | Endpoint::SsePost) {
+            return false; // no frames: a post's body, or nothing, comes in
+        }
         match self.phase {
             Phase::Open => true,
             Phase::Closing => self.awaiting_peer_close,
@@ -561,6 +604,40 @@ impl Session {
         )
     }
 
+    // ---- SSE command posts ----------------------------------------------------
+
+    /// Body bytes of an SSE command post (`buf`, just read). Nothing once
+    /// the body is complete or for any other connection.
+    pub fn post_bytes(&mut self, buf: &[u8]) -> Post {
+        let Some(Extra::Post(post)) = self.extra.as_deref_mut() else {
+            return Post::Partial;
+        };
+        let want = post.head.body_len - post.body.len();
+        post.body.extend_from_slice(&buf[..buf.len().min(want)]);
+        if post.body.len() < post.head.body_len {
+            return Post::Partial;
+        }
+        let Some(Extra::Post(post)) = self.extra.take().map(|b| *b) else {
+            unreachable!("matched above");
+        };
+        Post::Complete {
+            session: post.head.session,
+            body: post.body,
+            answer_headers: post.head.answer_headers,
+        }
+    }
+
+    /// Answers an SSE command post at `now` (`answer` is the complete HTTP
+    /// response): the answer is written, then the connection closes.
+    pub fn answer_post(&mut self, now: u32, answer: Bytes, cfg: &SessionConfig) {
+        if self.phase != Phase::Open || self.endpoint != Endpoint::SsePost {
+            return;
+        }
+        self.extra = None;
+        self.outbox.push_urgent(answer);
+        self.start_closing(now, false, cfg);
+    }
+
     // ---- closing ---------------------------------------------------------------
 
     /// A server-initiated close at `now`: a `disconnect` push with `text`
@@ -580,12 +657,21 @@ impl Session {
         if self.phase != Phase::Open {
             return false;
         }
+        if self.endpoint == Endpoint::SsePost {
+            // Not a protocol connection: a post still waiting for its body
+            // or its stream is told to come back later.
+            self.extra = None;
+            self.outbox
+                .push_urgent(Bytes::from(Reject::Unavailable.response()));
+            self.start_closing(now, false, cfg);
+            return true;
+        }
         let urgent = reason == CloseReason::SlowConsumer;
         if urgent {
             self.outbox.drop_data();
         }
         let mut frames: [Option<Bytes>; 2] = [None, None];
-        if reason.sends_push() && self.endpoint == Endpoint::Client {
+        if reason.sends_push() && self.endpoint.serves_protocol() {
             pushes.begin(self.format);
             pushes.disconnect_text(reason, text);
             frames[0] = pushes.finish();
@@ -607,7 +693,10 @@ impl Session {
                 | CloseReason::MessageTooBig
                 | CloseReason::UnsupportedData
         );
-        self.start_closing(now, !transport, cfg);
+        // An SSE stream's client never answers a close: the event ends the
+        // body, and the connection ends after it.
+        let await_peer = !transport && self.endpoint != Endpoint::SseStream;
+        self.start_closing(now, await_peer, cfg);
         true
     }
 
@@ -643,7 +732,15 @@ impl Session {
             }
             Phase::Handshake => Timeout::HandshakeExpired,
             Phase::Closing => Timeout::CloseExpired,
-            Phase::Open if !self.connected() && self.endpoint == Endpoint::Client => {
+            // A command post's body did not arrive in time.
+            Phase::Open if self.endpoint == Endpoint::SsePost => {
+                if now < self.deadline() {
+                    Timeout::Wait(self.deadline())
+                } else {
+                    Timeout::HandshakeExpired
+                }
+            }
+            Phase::Open if !self.connected() && self.endpoint.serves_protocol() => {
                 if now < self.heartbeat.deadline() {
                     Timeout::Wait(self.heartbeat.deadline())
                 } else {
@@ -659,6 +756,13 @@ impl Session {
                     HeartbeatAction::Wait(at) => Timeout::Wait(at.min(expires)),
                     HeartbeatAction::Ping(at) => {
                         self.outbox.push_urgent(Bytes::from_static(PING_FRAME));
+                        if self.endpoint == Endpoint::SseStream {
+                            // A keepalive comment no client answers: the
+                            // stream's liveness is the socket's (a write
+                            // that fails, or the output budget).
+                            self.heartbeat.on_pong(&cfg.heartbeat);
+                            return Timeout::Ping(self.heartbeat.deadline().min(expires));
+                        }
                         Timeout::Ping(at.min(expires))
                     }
                     HeartbeatAction::Timeout => Timeout::NoPong,

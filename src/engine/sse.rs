@@ -1,4 +1,4 @@
-//! The SSE fallback's wire (docs/drafts/sse.md), with no I/O: what a
+//! The SSE fallback's wire (docs/PROTOCOL.md, "SSE fallback"), with no I/O: what a
 //! server frame becomes on an event stream, and the session ids that let
 //! a `POST` find its stream.
 //!
@@ -146,10 +146,7 @@ impl SessionId {
     /// path segment.
     pub fn encode(&self) -> String {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.secret);
-        format!(
-            "{}.{}.{}.{secret}",
-            self.shard, self.idx, self.generation
-        )
+        format!("{}.{}.{}.{secret}", self.shard, self.idx, self.generation)
     }
 
     /// Reads an id made by [`SessionId::encode`]; `None` for anything else.
@@ -275,7 +272,11 @@ mod tests {
             secret: *b"0123456789abcdef",
         };
         let s = id.encode();
-        assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)), "{s}");
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "{s}"
+        );
         assert_eq!(SessionId::parse(&s), Some(id));
         assert!(id.matches(&SessionId::parse(&s).unwrap()));
         let mut guess = id;
@@ -284,7 +285,13 @@ mod tests {
         let mut other_gen = id;
         other_gen.generation += 1;
         assert!(!id.matches(&other_gen));
-        for bad in ["", "3.7.9", "3.7.9.MDEy.x", "a.7.9.MDEyMzQ1Njc4OWFiY2RlZg", "3.7.9.short"] {
+        for bad in [
+            "",
+            "3.7.9",
+            "3.7.9.MDEy.x",
+            "a.7.9.MDEyMzQ1Njc4OWFiY2RlZg",
+            "3.7.9.short",
+        ] {
             assert_eq!(SessionId::parse(bad), None, "{bad}");
         }
     }

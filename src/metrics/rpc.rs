@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::{Metrics, ResultLabel};
+use super::{Metrics, ResultLabel, result_counter};
 use crate::sidecar::rpc::RpcMetrics;
 
 /// The registered families.
@@ -60,13 +60,7 @@ impl Metrics {
     /// created now (exported at 0 from the start).
     pub fn rpc(&self) -> RpcMetrics {
         let f = &self.rpc;
-        let series = |family: &Family<ResultLabel, Counter>, result: &str| {
-            family
-                .get_or_create(&ResultLabel {
-                    result: result.into(),
-                })
-                .clone()
-        };
+        let series = result_counter;
         RpcMetrics::from_parts(
             RpcMetrics::REQUEST_RESULTS.map(|r| series(&f.requests, r)),
             RpcMetrics::SEND_RESULTS.map(|r| series(&f.sends, r)),

@@ -478,6 +478,8 @@ mod tests {
             echo_path: None,
             max_head_bytes: 8192,
             deflate: DeflateConfig { enabled: false },
+            sse: true,
+            max_post_body: 65536,
         };
         let Parsed::Upgrade(up) = parse_request(req.as_bytes(), &cfg) else {
             panic!("not an upgrade")

@@ -662,6 +662,7 @@ impl Shard {
             }
             // The turn reads the new state (`cluster_changes`).
             ShardMsg::ClusterChanged => {}
+            ShardMsg::SsePost(post) => self.on_sse_post(*post),
         }
     }
 

@@ -150,6 +150,8 @@ pub struct Shard {
     /// Server API calls answered later (a channel homed on another node,
     /// or kept in JetStream), by their id on the API's pseudo-connection.
     pub(crate) api_waiting: super::api::ApiWaiting,
+    /// SSE fallback streams and the posts passed to other shards.
+    pub(crate) sse: super::sse::ShardSse,
 }
 
 impl Shard {
@@ -167,6 +169,8 @@ impl Shard {
                 deflate: DeflateConfig {
                     enabled: cfg.compression,
                 },
+                sse: cfg.sse,
+                max_post_body: cfg.max_message_size,
             },
             heartbeat: HeartbeatConfig {
                 ping_interval: cfg.ping_interval.as_secs() as u32,
@@ -225,6 +229,7 @@ impl Shard {
             }),
             stories: super::story::ShardStories::new(ctx.stories.clone()),
             api_waiting: Default::default(),
+            sse: super::sse::ShardSse::new(ctx.metrics.sse()),
             closes: Vec::new(),
             users: HashMap::new(),
             sub_expiries: Default::default(),
@@ -372,6 +377,10 @@ impl Shard {
         // At most one per backend call the node holds.
         while let Some((c, id, kind)) = self.inbox().pop_rpc_lost() {
             self.on_rpc_lost(c, id, kind);
+        }
+        // At most one per post this shard passed to another's stream.
+        while let Some((c, taken)) = self.inbox().pop_sse_answer() {
+            self.on_sse_answer(c, taken);
         }
         for _ in 0..INBOX_BATCH {
             let Some(msg) = self.inbox().pop() else {
@@ -535,6 +544,9 @@ impl Shard {
         }
         if !self.delivering.is_empty() {
             self.delivering.remove(&c);
+        }
+        if !self.sse.is_idle() {
+            self.sse_forget(c);
         }
         if phase == Phase::Open {
             self.metrics.close(1006); // gone without a close handshake

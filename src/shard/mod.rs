@@ -66,6 +66,7 @@ mod held;
 pub mod live;
 mod peers;
 mod rpc;
+mod sse;
 mod story;
 pub mod sys;
 pub mod tls;

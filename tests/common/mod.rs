@@ -25,6 +25,7 @@ pub mod nats_server;
 pub mod notify;
 pub mod raw_json;
 pub mod redis_server;
+pub mod sse;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -576,11 +576,14 @@ pub enum MsgKind {
     ClusterChanged,
     /// A backend call's answer (the shell's, from the RPC sidecar).
     Rpc,
+    /// An SSE command post for a stream on the receiving shard (the
+    /// shell's, from the shard that read the post).
+    SsePost,
 }
 
 impl MsgKind {
     /// Every kind; each has a `queue_full` series from the start.
-    pub const ALL: [MsgKind; 23] = [
+    pub const ALL: [MsgKind; 24] = [
         MsgKind::Interest,
         MsgKind::InterestAck,
         MsgKind::InterestFailed,
@@ -604,6 +607,7 @@ impl MsgKind {
         MsgKind::Cluster,
         MsgKind::ClusterChanged,
         MsgKind::Rpc,
+        MsgKind::SsePost,
     ];
 
     /// Short name for metrics (the `kind` label).
@@ -632,6 +636,7 @@ impl MsgKind {
             MsgKind::Cluster => "cluster",
             MsgKind::ClusterChanged => "cluster_changed",
             MsgKind::Rpc => "rpc",
+            MsgKind::SsePost => "sse_post",
         }
     }
 }

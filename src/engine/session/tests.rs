@@ -16,6 +16,8 @@ fn cfg() -> SessionConfig {
             echo_path: None,
             max_head_bytes: 8192,
             deflate: DeflateConfig { enabled: false },
+            sse: true,
+            max_post_body: 65536,
         },
         heartbeat: HeartbeatConfig {
             ping_interval: 25,
@@ -451,4 +453,158 @@ fn the_echo_endpoint_has_a_heartbeat_and_no_connect_deadline() {
     assert_eq!(s.deadline(), 25, "the ping interval, not connect_timeout");
     assert_eq!(s.handle_timeout(10, &c), Timeout::Wait(25));
     assert_eq!(s.handle_timeout(25, &c), Timeout::Ping(35));
+}
+
+const SSE_GET: &[u8] = b"GET /ws/sse HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n";
+
+#[test]
+fn an_sse_stream_writes_events_and_ends_with_the_close_event() {
+    let c = cfg();
+    let mut s = Session::new(0, &c);
+    // Bytes after the head are no frames: they are ignored.
+    let mut req = SSE_GET.to_vec();
+    req.extend_from_slice(b"junk");
+    assert_eq!(
+        s.handle_request(0, &req, &c),
+        Request::Opened(b"junk".to_vec())
+    );
+    assert_eq!(s.endpoint(), Endpoint::SseStream);
+    assert!(!s.reads_frames());
+    assert!(s.outbox.is_sse());
+    let head = String::from_utf8(written(&mut s)).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Transfer-Encoding: chunked\r\n"), "{head}");
+    assert!(
+        head.contains("Access-Control-Allow-Origin: https://a.example\r\n"),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "{head}");
+    // No connect in time: the same deadline as on WebSocket.
+    assert_eq!(s.deadline(), c.connect_timeout);
+    s.accept_connect(1, &c);
+    // Pings are keepalive comments that need no pong: the next one is a
+    // whole interval later, and no pong timeout ever comes.
+    let first = 1 + c.heartbeat.ping_interval;
+    assert_eq!(
+        s.handle_timeout(first, &c),
+        Timeout::Ping(first + c.heartbeat.ping_interval)
+    );
+    assert_eq!(written(&mut s), b"8\r\n: ping\n\n\r\n");
+    let second = first + c.heartbeat.ping_interval;
+    assert_eq!(
+        s.handle_timeout(second + c.heartbeat.pong_timeout, &c),
+        Timeout::Ping(second + c.heartbeat.pong_timeout + c.heartbeat.ping_interval)
+    );
+    written(&mut s);
+    // A close: the disconnect push as a message event, then the close
+    // event and the last chunk, then the write side is shut.
+    let mut pushes = FrameWriter::default();
+    assert!(s.close(100, CloseReason::Disconnected, "bye", &mut pushes, &c));
+    assert!(!s.reads_frames());
+    let out = String::from_utf8(written(&mut s)).unwrap();
+    assert!(out.contains("data: {\"push\":{\"disconnect\""), "{out}");
+    assert!(
+        out.ends_with("event: close\ndata: {\"code\":3006,\"reason\":\"bye\"}\n\n\r\n0\r\n\r\n"),
+        "{out}"
+    );
+    assert!(s.wants_shutdown());
+}
+
+#[test]
+fn an_sse_post_collects_its_body_then_answers_and_closes() {
+    let c = cfg();
+    let mut s = Session::new(0, &c);
+    let head = b"POST /ws/sse/0.1.2.abc HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n";
+    let mut req = head.to_vec();
+    req.extend_from_slice(b"{\"id\":");
+    let Request::Opened(rest) = s.handle_request(0, &req, &c) else {
+        panic!()
+    };
+    assert_eq!(s.endpoint(), Endpoint::SsePost);
+    assert!(s.outbox.is_empty(), "nothing is answered before the body");
+    assert_eq!(s.post_bytes(&rest), Post::Partial);
+    // The body's deadline is the handshake's.
+    assert_eq!(
+        s.handle_timeout(c.handshake_timeout - 1, &c),
+        Timeout::Wait(c.handshake_timeout)
+    );
+    match s.post_bytes(b"1}\nextra") {
+        Post::Complete { session, body, .. } => {
+            assert_eq!(&*session, "0.1.2.abc");
+            assert_eq!(body, b"{\"id\":1}\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.answer_post(
+        1,
+        Bytes::from_static(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        &c,
+    );
+    assert_eq!(written(&mut s), b"HTTP/1.1 204 No Content\r\n\r\n");
+    assert!(s.wants_shutdown());
+
+    // A post that never completes expires; one closed by a drain is told
+    // to come back (503).
+    let mut slow = Session::new(0, &c);
+    slow.handle_request(0, head, &c);
+    assert_eq!(
+        slow.handle_timeout(c.handshake_timeout, &c),
+        Timeout::HandshakeExpired
+    );
+    let mut drained = Session::new(0, &c);
+    drained.handle_request(0, head, &c);
+    let mut pushes = FrameWriter::default();
+    assert!(drained.close(1, CloseReason::Shutdown, "", &mut pushes, &c));
+    let out = String::from_utf8(written(&mut drained)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+}
+
+#[test]
+fn sse_requests_are_checked_like_upgrades() {
+    let c = cfg();
+    let answer = |req: &[u8]| {
+        let mut s = Session::new(0, &c);
+        let r = s.handle_request(0, req, &c);
+        (r, String::from_utf8(written(&mut s)).unwrap())
+    };
+    let cases: [(&[u8], Reject); 6] = [
+        (
+            b"POST /ws/sse HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            Reject::MethodNotAllowed,
+        ),
+        (
+            b"GET /ws/sse/1.2.3.x HTTP/1.1\r\n\r\n",
+            Reject::MethodNotAllowed,
+        ),
+        (b"POST /ws/sse/1.2.3.x HTTP/1.1\r\n\r\n", Reject::BadRequest),
+        (
+            b"POST /ws/sse/1.2.3.x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            Reject::BadRequest,
+        ),
+        (
+            b"POST /ws/sse/1.2.3.x HTTP/1.1\r\nContent-Length: 65537\r\n\r\n",
+            Reject::PayloadTooLarge,
+        ),
+        (b"GET /ws/sse/a/b HTTP/1.1\r\n\r\n", Reject::NotFound),
+    ];
+    for (req, want) in cases {
+        let (r, out) = answer(req);
+        assert_eq!(
+            r,
+            Request::Rejected(want),
+            "{}",
+            String::from_utf8_lossy(req)
+        );
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {} ", want.status())),
+            "{out}"
+        );
+    }
+    let mut off = cfg();
+    off.handshake.sse = false;
+    let mut s = Session::new(0, &off);
+    assert_eq!(
+        s.handle_request(0, SSE_GET, &off),
+        Request::Rejected(Reject::NotFound)
+    );
 }

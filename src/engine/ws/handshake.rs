@@ -33,6 +33,22 @@ pub enum Endpoint {
     Client,
     /// The conformance echo endpoint (off unless configured).
     Echo,
+    /// The SSE fallback's event stream (`GET <client path>/sse`): the wire
+    /// protocol's JSON form as server-sent events (docs/PROTOCOL.md, "SSE
+    /// fallback").
+    SseStream,
+    /// A command post to an event stream (`POST <client path>/sse/<id>`):
+    /// a body of JSON commands for the stream's session, answered with a
+    /// status and closed.
+    SsePost,
+}
+
+impl Endpoint {
+    /// Whether the endpoint speaks the wire protocol (commands, replies,
+    /// pushes): the WebSocket client endpoint and the SSE stream.
+    pub fn serves_protocol(self) -> bool {
+        matches!(self, Endpoint::Client | Endpoint::SseStream)
+    }
 }
 
 /// A successful upgrade.
@@ -59,6 +75,21 @@ pub struct Upgrade {
     /// request order (empty, and not allocated, without the header). Read
     /// only for connections from a trusted proxy.
     pub forwarded_for: Vec<Range<usize>>,
+    /// A command post: the stream session it names and its body length.
+    pub post: Option<SsePostHead>,
+}
+
+/// What the head of a command post (`POST <client path>/sse/<id>`) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsePostHead {
+    /// The stream session id (the path's last segment, not yet checked).
+    pub session: Box<str>,
+    /// The body's length (`Content-Length`), at most the configured
+    /// maximum.
+    pub body_len: usize,
+    /// Header lines the answer carries (CORS for a cross-origin page),
+    /// each ending in CRLF.
+    pub answer_headers: Box<[u8]>,
 }
 
 /// An accepted upgrade with the request head it was parsed from: what the
@@ -126,11 +157,14 @@ pub enum Reject {
     /// 429: the client's address opens connections faster than `[access]`
     /// allows.
     TooManyRequests,
+    /// 413: an SSE command post whose body is larger than
+    /// `max_message_size`.
+    PayloadTooLarge,
 }
 
 impl Reject {
     /// Every refusal, for metrics (each has a series from the start).
-    pub const ALL: [Reject; 8] = [
+    pub const ALL: [Reject; 9] = [
         Reject::BadRequest,
         Reject::NotFound,
         Reject::MethodNotAllowed,
@@ -139,6 +173,7 @@ impl Reject {
         Reject::Unavailable,
         Reject::Forbidden,
         Reject::TooManyRequests,
+        Reject::PayloadTooLarge,
     ];
 
     /// The handshake result an `[access]` refusal counts as (by its HTTP
@@ -163,6 +198,7 @@ impl Reject {
             Reject::Unavailable => 503,
             Reject::Forbidden => 403,
             Reject::TooManyRequests => 429,
+            Reject::PayloadTooLarge => 413,
         }
     }
 
@@ -177,6 +213,7 @@ impl Reject {
             Reject::Unavailable => "unavailable",
             Reject::Forbidden => "forbidden",
             Reject::TooManyRequests => "too_many_requests",
+            Reject::PayloadTooLarge => "payload_too_large",
         }
     }
 
@@ -185,7 +222,11 @@ impl Reject {
         let (reason, body, extra): (&str, &str, &str) = match self {
             Reject::BadRequest => ("Bad Request", "bad websocket upgrade request\n", ""),
             Reject::NotFound => ("Not Found", "not found\n", ""),
-            Reject::MethodNotAllowed => ("Method Not Allowed", "use GET\n", "Allow: GET\r\n"),
+            Reject::MethodNotAllowed => (
+                "Method Not Allowed",
+                "use GET (POST for SSE command posts)\n",
+                "Allow: GET, POST\r\n",
+            ),
             Reject::UpgradeRequired => (
                 "Upgrade Required",
                 "this endpoint speaks WebSocket (version 13) only\n",
@@ -207,6 +248,7 @@ impl Reject {
                 "too many connections, retry later\n",
                 "Retry-After: 1\r\n",
             ),
+            Reject::PayloadTooLarge => ("Payload Too Large", "body too large\n", ""),
         };
         format!(
             "HTTP/1.1 {} {reason}\r\n{extra}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -239,6 +281,10 @@ pub struct HandshakeConfig {
     pub max_head_bytes: usize,
     /// Whether permessage-deflate may be negotiated.
     pub deflate: DeflateConfig,
+    /// Whether the SSE fallback's endpoints (`<client path>/sse`) answer.
+    pub sse: bool,
+    /// Largest SSE command post body, in bytes (`max_message_size`).
+    pub max_post_body: usize,
 }
 
 /// Looks at the request bytes accumulated so far (`buf` holds everything
@@ -311,6 +357,8 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         Endpoint::Client
     } else if cfg.echo_path.as_deref() == Some(path) {
         Endpoint::Echo
+    } else if let Some(sse) = sse_path(path, cfg) {
+        return decide_sse(req, sse, cfg);
     } else {
         return Err(Reject::NotFound);
     };
@@ -371,7 +419,7 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
     response.extend_from_slice(b"\r\n");
     let token = match endpoint {
         Endpoint::Client => request_token(req, query),
-        Endpoint::Echo => None,
+        _ => None,
     };
     Ok(Upgrade {
         endpoint,
@@ -382,6 +430,110 @@ fn decide(req: &httparse::Request<'_, '_>, cfg: &HandshakeConfig) -> Result<Upgr
         token,
         origin: None,
         forwarded_for: Vec::new(),
+        post: None,
+    })
+}
+
+/// Which SSE endpoint a path names: `<client path>/sse` (None) or
+/// `<client path>/sse/<id>` (Some(id)).
+enum SsePath<'a> {
+    Stream,
+    Post(&'a str),
+}
+
+fn sse_path<'a>(path: &'a str, cfg: &HandshakeConfig) -> Option<SsePath<'a>> {
+    if !cfg.sse {
+        return None;
+    }
+    let rest = path.strip_prefix(cfg.client_path.as_str())?;
+    let rest = rest.strip_prefix("/sse")?;
+    match rest {
+        "" => Some(SsePath::Stream),
+        _ => {
+            let id = rest.strip_prefix('/')?;
+            (!id.is_empty() && !id.contains('/')).then_some(SsePath::Post(id))
+        }
+    }
+}
+
+/// The stream's answer head: a chunked `text/event-stream` that no proxy
+/// should buffer or cache.
+const SSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache, no-store\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n";
+
+/// The SSE endpoints. Nothing here is a WebSocket upgrade: the stream is a
+/// GET answered with a never-ending chunked body, a post a POST with a
+/// body of commands. A cross-origin page gets CORS headers naming its
+/// origin (the `[access]` origin allow-list decides, as for WebSocket).
+fn decide_sse(
+    req: &httparse::Request<'_, '_>,
+    which: SsePath<'_>,
+    cfg: &HandshakeConfig,
+) -> Result<Upgrade, Reject> {
+    if req.version != Some(1) {
+        return Err(Reject::BadRequest);
+    }
+    let mut cors = Vec::new();
+    if let Some(origin) = header(req, "origin") {
+        cors.extend_from_slice(b"Access-Control-Allow-Origin: ");
+        cors.extend_from_slice(origin);
+        cors.extend_from_slice(b"\r\nVary: Origin\r\n");
+    }
+    let (endpoint, response, post) = match which {
+        SsePath::Stream => {
+            if req.method != Some("GET") {
+                return Err(Reject::MethodNotAllowed);
+            }
+            let mut response = Vec::with_capacity(SSE_HEAD.len() + cors.len() + 2);
+            response.extend_from_slice(SSE_HEAD);
+            response.extend_from_slice(&cors);
+            response.extend_from_slice(b"\r\n");
+            (Endpoint::SseStream, response, None)
+        }
+        SsePath::Post(id) => {
+            if req.method != Some("POST") {
+                return Err(Reject::MethodNotAllowed);
+            }
+            // A body of known length only: no chunked request bodies.
+            if header(req, "transfer-encoding").is_some() {
+                return Err(Reject::BadRequest);
+            }
+            let mut lengths = req
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+            let len = lengths.next().ok_or(Reject::BadRequest)?.value;
+            if lengths.next().is_some() {
+                return Err(Reject::BadRequest);
+            }
+            let body_len: usize = std::str::from_utf8(len.trim_ascii())
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or(Reject::BadRequest)?;
+            if body_len == 0 {
+                return Err(Reject::BadRequest);
+            }
+            if body_len > cfg.max_post_body {
+                return Err(Reject::PayloadTooLarge);
+            }
+            let post = SsePostHead {
+                session: id.into(),
+                body_len,
+                answer_headers: cors.into_boxed_slice(),
+            };
+            (Endpoint::SsePost, Vec::new(), Some(post))
+        }
+    };
+    Ok(Upgrade {
+        endpoint,
+        format: WireFormat::Json,
+        deflate: None,
+        response,
+        head_len: 0,
+        token: None,
+        origin: None,
+        forwarded_for: Vec::new(),
+        post,
     })
 }
 
@@ -403,6 +555,8 @@ mod tests {
             echo_path: Some("/echo".into()),
             max_head_bytes: 1024,
             deflate: DeflateConfig { enabled: true },
+            sse: true,
+            max_post_body: 100,
         }
     }
 

@@ -74,6 +74,9 @@ impl Shard {
         };
         match conn.session.phase() {
             Phase::Handshake => self.on_handshake_bytes(c, buf),
+            Phase::Open if conn.session.endpoint() == Endpoint::SsePost => {
+                self.on_post_bytes(c, buf)
+            }
             _ if conn.session.reads_frames() => self.feed_frames(c, buf),
             _ => {} // closing: discard until end of stream
         }
@@ -104,10 +107,16 @@ impl Shard {
             Request::Opened(mut rest) => {
                 self.metrics.handshake(HandshakeResult::Ok);
                 let deadline = conn.session.deadline();
+                let endpoint = conn.session.endpoint();
                 self.wheel.schedule(deadline, c);
                 self.mark_dirty(c);
-                if !rest.is_empty() {
-                    self.feed_frames(c, &mut rest);
+                match endpoint {
+                    Endpoint::SseStream => self.sse_opened(c),
+                    Endpoint::SsePost => self.on_post_bytes(c, &rest),
+                    Endpoint::Client | Endpoint::Echo if !rest.is_empty() => {
+                        self.feed_frames(c, &mut rest)
+                    }
+                    Endpoint::Client | Endpoint::Echo => {}
                 }
             }
         }
@@ -173,6 +182,8 @@ impl Shard {
                 self.queue_data(c, frame);
             }
             Endpoint::Client => self.on_client_message(c, text, payload),
+            // No frames are read on these (their bytes take another way).
+            Endpoint::SseStream | Endpoint::SsePost => {}
         }
     }
 

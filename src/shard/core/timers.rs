@@ -103,7 +103,13 @@ impl Shard {
                 }
             }
             Timeout::HandshakeExpired => {
-                self.metrics.handshake(HandshakeResult::Timeout);
+                let post =
+                    self.conn_mut(c).map(|conn| conn.session.endpoint()) == Some(Endpoint::SsePost);
+                if post {
+                    self.sse.metrics.post(crate::metrics::PostResult::Expired);
+                } else {
+                    self.metrics.handshake(HandshakeResult::Timeout);
+                }
                 self.free_conn(c);
             }
             Timeout::NoPong => self.close_conn(c, CloseReason::NoPong),

@@ -432,6 +432,7 @@ fn samples_cover_every_variant() {
                     | MsgKind::Cluster
                     | MsgKind::ClusterChanged
                     | MsgKind::Rpc
+                    | MsgKind::SsePost
             )
         })
         .map(|k| k.label())
