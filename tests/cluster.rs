@@ -862,7 +862,7 @@ fn user_calls_and_channels_through_one_nodes_api_act_on_every_node() {
     nodes[0].wait_for("n2 in n0's live set", || {
         nodes[0].metric("wsedge_cluster_nodes") == 3.0
     });
-    nodes[2].signal(libc::SIGSTOP);
+    nodes[2].stop();
     let r = call(
         0,
         "subscribe",

@@ -422,7 +422,7 @@ fn handshakes_beyond_the_turn_budget_wait_for_the_next_turn() {
     let server = Server::start_with(opts);
     // Stopped, the node cannot read: every ClientHello is waiting when it
     // resumes, so its first turn with them can advance only one.
-    server.signal(libc::SIGSTOP);
+    server.stop();
     let config = client(&[&cert.der], &[b"http/1.1"]);
     let (sent_tx, sent_rx) = std::sync::mpsc::channel();
     let clients: Vec<_> = (0..N)

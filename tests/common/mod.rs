@@ -205,6 +205,16 @@ impl Server {
         }
     }
 
+    /// Sends `SIGSTOP` and returns once every thread of the node is
+    /// stopped: `kill` returns when the signal is queued, and until the
+    /// thread that takes it runs, the others go on (a busy machine showed a
+    /// "stopped" node answering a cluster call).
+    #[allow(dead_code)]
+    pub fn stop(&self) {
+        self.signal(libc::SIGSTOP);
+        wait_stopped(self.child.id());
+    }
+
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let start = Instant::now();
         while start.elapsed() < limit {
@@ -842,4 +852,29 @@ pub fn read_head(s: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Waits until every thread of process `pid` shows state `T` (stopped) in
+/// `/proc/<pid>/task/*/stat`.
+#[allow(dead_code)]
+pub fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process runs");
+        let all_stopped = tasks.filter_map(Result::ok).all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the parenthesised command name.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not stop within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

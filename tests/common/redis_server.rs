@@ -109,6 +109,9 @@ impl RedisServer {
         // preconditions.
         let rc = unsafe { libc::kill(pid, sig) };
         assert_eq!(rc, 0, "kill({pid}, {sig})");
+        if stop {
+            super::wait_stopped(pid as u32);
+        }
     }
 
     /// Whether it answers `PING` within a second.
