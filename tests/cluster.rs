@@ -891,3 +891,94 @@ fn user_calls_and_channels_through_one_nodes_api_act_on_every_node() {
         5.0
     );
 }
+
+/// An SSE stream's commands may be posted to any node: the session id
+/// names the stream's node, and the node that reads a post passes it there
+/// and answers 204 only once the stream took it. Once the stream's node is
+/// gone from the live set, a post for it is 404 (reconnect) at once.
+#[test]
+fn sse_posts_to_any_node_reach_the_stream_and_a_dead_nodes_stream_is_404() {
+    use common::sse::SseStream;
+    let nats = NatsServer::start();
+    let mut nodes = cluster_with(&nats, 2, "sse-posts", &[]);
+    let mut st = SseStream::open(&nodes[0]);
+    assert!(st.session.starts_with("n0."), "{}", st.session);
+
+    // Every command goes through n1.
+    let via = nodes[1].client;
+    let (id, status, head) = st.send_to(via, "connect", json!({"user": "ann"}));
+    assert_eq!(status, 204, "{head}");
+    assert!(st.reply(id)["connect"]["client"].is_string());
+    let (id, status, head) = st.send_to(via, "subscribe", json!({"channel": "chat:sse"}));
+    assert_eq!(status, 204, "{head}");
+    assert!(st.reply(id).get("error").is_none());
+    // Posted one after another through n1, run in that order on n0.
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let (id, status, head) = st.send_to(
+            via,
+            "publish",
+            json!({"channel": "chat:sse", "data": {"n": n}}),
+        );
+        assert_eq!(status, 204, "{head}");
+        ids.push(id);
+    }
+    let mut offsets = Vec::new();
+    let mut pubs = Vec::new();
+    while offsets.len() < ids.len() || pubs.len() < ids.len() {
+        let v = st.recv();
+        if let Some(id) = v["id"].as_u64() {
+            assert!(v.get("error").is_none(), "{v}");
+            assert_eq!(id, u64::from(ids[offsets.len()]), "replies in order");
+            offsets.push(v["publish"]["offset"].as_u64().unwrap());
+        } else if v["push"]["channel"] == "chat:sse" {
+            pubs.push(v["push"]["pub"]["data"]["n"].as_u64().unwrap());
+        }
+    }
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+    assert_eq!(pubs, (0..20).collect::<Vec<u64>>());
+    // A WebSocket client on n1 sees the stream's publications too, and
+    // the stream sees its.
+    let mut ws = RawJson::user(&nodes[1], "bob", None);
+    ws.call("subscribe", json!({"channel": "chat:sse"}));
+    let (_, status, _) = st.send_to(
+        via,
+        "publish",
+        json!({"channel": "chat:sse", "data": {"from": "sse"}}),
+    );
+    assert_eq!(status, 204);
+    ws.wait("the stream's publication", |v| {
+        v["push"]["pub"]["data"]["from"] == "sse"
+    });
+    ws.call(
+        "publish",
+        json!({"channel": "chat:sse", "data": {"from": "ws"}}),
+    );
+    let push = loop {
+        let v = st.recv();
+        if v["push"]["pub"]["data"]["from"] == "ws" {
+            break v;
+        }
+    };
+    assert_eq!(push["push"]["channel"], "chat:sse", "{push}");
+    // The secret is checked on the stream's node: a wrong one is 404
+    // through n1 too.
+    let mut forged = st.session.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let (status, _) = common::sse::post(via, &forged, br#"{"id":99,"ping":{}}"#);
+    assert_eq!(status, 404);
+    let posts = |r: &str| nodes[1].metric(&format!("wsedge_sse_posts_total{{result=\"{r}\"}}"));
+    assert_eq!((posts("ok"), posts("unknown")), (23.0, 1.0));
+    assert_eq!(nodes[1].metric("wsedge_sse_streams"), 0.0);
+    assert_eq!(nodes[0].metric("wsedge_sse_streams"), 1.0);
+
+    // n0 dies: once n1 no longer counts it, a post for its stream is 404.
+    nodes[0].signal(libc::SIGKILL);
+    assert!(nodes[0].wait_exit(Duration::from_secs(10)).is_some());
+    nodes[1].wait_for("n0 to leave the live set", || {
+        nodes[1].metric("wsedge_cluster_nodes") == 1.0
+    });
+    let (_, status, head) = st.send_to(via, "ping", json!({}));
+    assert_eq!(status, 404, "{head}");
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 
 use super::{CallKind, ShardMsg};
+use crate::engine::sse::PostAnswer;
 use crate::engine::subs::ConnRef;
 
 /// A bounded multi-producer queue owned by one shard.
@@ -28,10 +29,10 @@ pub struct Inbox {
     /// queue_capacity`).
     rpc_lost: SegQueue<(ConnRef, u32, CallKind)>,
     /// How SSE command posts this shard passed to another shard's stream
-    /// ended: (post connection, taken). Apart from the bounded queue so a
-    /// post is always answered: there are at most as many as post
-    /// connections this shard holds.
-    sse_answers: SegQueue<(ConnRef, bool)>,
+    /// (on this node or another) ended. Apart from the bounded queue so a
+    /// post is always answered: one answer per post this shard passed on
+    /// (an answer for a post no longer waiting is dropped when popped).
+    sse_answers: SegQueue<(ConnRef, PostAnswer)>,
     doorbell: OwnedFd,
     rung: AtomicBool,
 }
@@ -89,16 +90,15 @@ impl Inbox {
         self.rpc_lost.pop()
     }
 
-    /// Tells the shard whether the stream took the SSE command post read
-    /// on its connection `post` (never refused), ringing the doorbell if
-    /// needed.
-    pub fn sse_answered(&self, post: ConnRef, taken: bool) {
-        self.sse_answers.push((post, taken));
+    /// Tells the shard what became of the SSE command post read on its
+    /// connection `post` (never refused), ringing the doorbell if needed.
+    pub fn sse_answered(&self, post: ConnRef, answer: PostAnswer) {
+        self.sse_answers.push((post, answer));
         self.ring();
     }
 
     /// Owner only: takes the next SSE command post answer.
-    pub fn pop_sse_answer(&self) -> Option<(ConnRef, bool)> {
+    pub fn pop_sse_answer(&self) -> Option<(ConnRef, PostAnswer)> {
         self.sse_answers.pop()
     }
 

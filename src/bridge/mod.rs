@@ -46,9 +46,9 @@ pub enum ShardMsg {
     ClusterChanged,
     /// From the RPC sidecar: how a connection's `rpc` or `send` ended.
     Rpc(Box<RpcAnswer>),
-    /// From another shard: an SSE command post for a stream of this
-    /// shard. The answer goes back through the sender's inbox
-    /// ([`Inbox::sse_answered`]).
+    /// From another shard, or from another node through the cluster sink:
+    /// an SSE command post for a stream of this shard. The answer goes back
+    /// as [`SsePost::reply`] says.
     SsePost(Box<SsePost>),
 }
 
@@ -59,10 +59,30 @@ pub struct SsePost {
     pub target: crate::engine::sse::SessionId,
     /// The commands (one or more JSON objects, `\n`-separated).
     pub body: Vec<u8>,
-    /// The shard holding the post's connection.
-    pub from: usize,
-    /// The post's connection there.
-    pub post: crate::engine::subs::ConnRef,
+    /// Where the answer goes.
+    pub reply: PostReply,
+}
+
+/// Where the answer to an [`SsePost`] goes.
+#[derive(Debug)]
+pub enum PostReply {
+    /// To a shard of this node, through its inbox
+    /// ([`Inbox::sse_answered`]).
+    Shard {
+        /// The shard holding the post's connection.
+        from: usize,
+        /// The post's connection there.
+        post: crate::engine::subs::ConnRef,
+    },
+    /// To another node, in an `AnswerFrame` on its `home.<name>` subject.
+    Node {
+        /// The node holding the post.
+        node: std::sync::Arc<str>,
+        /// Its shard holding the post's connection.
+        shard: u16,
+        /// The post's connection there.
+        post: crate::engine::subs::ConnRef,
+    },
 }
 
 impl ShardMsg {

@@ -129,6 +129,8 @@ fn parse_frame(frame: &[u8]) -> Result<(u8, &[u8]), FrameError> {
 
 /// A stream session's id: where it lives (node-local: shard, slot,
 /// generation) and a random secret that is the capability to post to it.
+/// Its text form names the node too ([`SessionId::encode`]), so a post
+/// that reaches another node of the cluster can be passed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionId {
     /// The shard that holds the stream.
@@ -142,16 +144,24 @@ pub struct SessionId {
 }
 
 impl SessionId {
-    /// `<shard>.<slot>.<generation>.<secret, base64url>`: URL-safe, for a
-    /// path segment.
-    pub fn encode(&self) -> String {
+    /// `<node>.<shard>.<slot>.<generation>.<secret, base64url>`: URL-safe,
+    /// for a path segment (node names are `A-Z a-z 0-9 _ -`).
+    pub fn encode(&self, node: &str) -> String {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.secret);
-        format!("{}.{}.{}.{secret}", self.shard, self.idx, self.generation)
+        format!(
+            "{node}.{}.{}.{}.{secret}",
+            self.shard, self.idx, self.generation
+        )
     }
 
-    /// Reads an id made by [`SessionId::encode`]; `None` for anything else.
-    pub fn parse(s: &str) -> Option<SessionId> {
+    /// Reads an id made by [`SessionId::encode`]: the node's name and the
+    /// id; `None` for anything else.
+    pub fn parse(s: &str) -> Option<(&str, SessionId)> {
         let mut parts = s.split('.');
+        let node = parts.next()?;
+        if !crate::engine::cluster::subject::is_valid_name(node) {
+            return None;
+        }
         let shard = parts.next()?.parse().ok()?;
         let idx = parts.next()?.parse().ok()?;
         let generation = parts.next()?.parse().ok()?;
@@ -163,12 +173,15 @@ impl SessionId {
         if parts.next().is_some() {
             return None;
         }
-        Some(SessionId {
-            shard,
-            idx,
-            generation,
-            secret,
-        })
+        Some((
+            node,
+            SessionId {
+                shard,
+                idx,
+                generation,
+                secret,
+            },
+        ))
     }
 
     /// Whether `other` names this session, the secret compared in
@@ -181,6 +194,39 @@ impl SessionId {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         (self.shard, self.idx, self.generation) == (other.shard, other.idx, other.generation)
             && diff == 0
+    }
+}
+
+/// What became of a post passed to the stream's shard (on this node or
+/// another): the answer travels back to the shard that holds the post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostAnswer {
+    /// The stream took the commands (204).
+    Taken,
+    /// No such stream, or it has ended (404).
+    Unknown,
+    /// The stream's shard could not take it now (503, retry).
+    Busy,
+}
+
+impl PostAnswer {
+    /// Its byte in a cluster frame.
+    pub const fn code(self) -> u8 {
+        match self {
+            PostAnswer::Taken => 0,
+            PostAnswer::Unknown => 1,
+            PostAnswer::Busy => 2,
+        }
+    }
+
+    /// The answer a cluster frame's byte names; `None` for any other byte.
+    pub const fn from_code(b: u8) -> Option<PostAnswer> {
+        match b {
+            0 => Some(PostAnswer::Taken),
+            1 => Some(PostAnswer::Unknown),
+            2 => Some(PostAnswer::Busy),
+            _ => None,
+        }
     }
 }
 
@@ -271,14 +317,15 @@ mod tests {
             generation: 9,
             secret: *b"0123456789abcdef",
         };
-        let s = id.encode();
+        let s = id.encode("edge-1");
+        assert_eq!(&s[..9], "edge-1.3.");
         assert!(
             s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
             "{s}"
         );
-        assert_eq!(SessionId::parse(&s), Some(id));
-        assert!(id.matches(&SessionId::parse(&s).unwrap()));
+        assert_eq!(SessionId::parse(&s), Some(("edge-1", id)));
+        assert!(id.matches(&SessionId::parse(&s).unwrap().1));
         let mut guess = id;
         guess.secret[15] ^= 1;
         assert!(!id.matches(&guess));
@@ -287,12 +334,24 @@ mod tests {
         assert!(!id.matches(&other_gen));
         for bad in [
             "",
-            "3.7.9",
-            "3.7.9.MDEy.x",
-            "a.7.9.MDEyMzQ1Njc4OWFiY2RlZg",
-            "3.7.9.short",
+            "n.3.7.9",
+            "n.3.7.9.MDEy.x",
+            "n.a.7.9.MDEyMzQ1Njc4OWFiY2RlZg",
+            "n.3.7.9.short",
+            // The node-less form of earlier versions.
+            "3.7.9.MDEyMzQ1Njc4OWFiY2RlZg.x",
+            "n!.3.7.9.MDEyMzQ1Njc4OWFiY2RlZg",
+            ".3.7.9.MDEyMzQ1Njc4OWFiY2RlZg",
         ] {
             assert_eq!(SessionId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn post_answers_round_trip_through_their_byte() {
+        for a in [PostAnswer::Taken, PostAnswer::Unknown, PostAnswer::Busy] {
+            assert_eq!(PostAnswer::from_code(a.code()), Some(a));
+        }
+        assert_eq!(PostAnswer::from_code(3), None);
     }
 }

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 
-use crate::bridge::{Inbox, ShardMsg};
+use crate::bridge::{Inbox, PostReply, ShardMsg, SsePost};
 use crate::engine::cluster::envelope::Envelope;
 use crate::engine::cluster::frame::{Delivery, Incoming, SyncMarker, decode_any};
 use crate::engine::cluster::members::MemberWrite;
 use crate::engine::cluster::nodes::{HOME_SHARD, NodeTable, remote_addr, remote_parts};
 use crate::engine::cluster::placement::Placement;
+use crate::engine::cluster::sse::PostFrame;
 use crate::engine::cluster::stored::StoreAnswer;
 use crate::engine::hub::{Position, home_shard};
 use crate::engine::router::{Broadcast, ClusterView, FromNode, Msg};
@@ -128,6 +129,28 @@ impl ShardCluster {
             Ok(()) => Ok(()),
             Err(_) => Err(envelope.msg),
         }
+    }
+
+    /// This node's name in the cluster.
+    pub fn self_node(&self) -> &Arc<str> {
+        &self.shared.self_node
+    }
+
+    /// Whether `node` is in the live set (this node included).
+    pub fn is_live(&self, node: &str) -> bool {
+        self.shared
+            .placement
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.nodes().any(|n| &**n == node))
+    }
+
+    /// Sends a frame to `node`'s `home.<name>` subject; false if the
+    /// worker's queue refused it (full or stopped; counted there).
+    pub fn send_to_node(&self, node: Arc<str>, payload: Bytes) -> bool {
+        self.client
+            .send(ToCluster::ToNode { node, payload })
+            .is_ok()
     }
 
     /// The live set as this node sees it (names, sorted).
@@ -261,17 +284,9 @@ impl ShardSink {
         }
     }
 
-    /// Decodes `payload` into what the router takes; `None` (counted) for
-    /// bytes that are not a valid message from a known node.
-    fn decode(&self, payload: &Bytes) -> Option<FromNode> {
-        let now = Instant::now();
-        let incoming = match decode_any(payload, now) {
-            Ok(i) => i,
-            Err(_) => {
-                self.metrics.decode_error();
-                return None;
-            }
-        };
+    /// What the router takes of a decoded message (received at `now`);
+    /// `None` (counted) for one from an unknown node or not for a router.
+    fn decode(&self, incoming: Incoming, now: Instant) -> Option<FromNode> {
         Some(match incoming {
             Incoming::Delivery(d) => FromNode::Delivery {
                 epoch: d.epoch,
@@ -296,13 +311,58 @@ impl ShardSink {
                     msg: e.msg,
                 }
             }
+            Incoming::SsePost(_) | Incoming::SseAnswer(_) => {
+                self.metrics.decode_error();
+                return None;
+            }
         })
+    }
+}
+
+impl ShardSink {
+    /// An SSE command post from another node for a stream here, to the
+    /// stream's shard (unknown shard: dropped and counted, and the post's
+    /// node answers its client when the post's deadline passes).
+    fn sse_post(&self, frame: PostFrame) -> Result<(), ()> {
+        let Some(inbox) = self.inboxes.get(usize::from(frame.target.shard)) else {
+            self.metrics.decode_error();
+            return Ok(());
+        };
+        inbox
+            .push(ShardMsg::SsePost(Box::new(SsePost {
+                target: frame.target,
+                body: frame.body.to_vec(),
+                reply: PostReply::Node {
+                    node: frame.from_node,
+                    shard: frame.from_shard,
+                    post: frame.post,
+                },
+            })))
+            .map_err(|_| ())
     }
 }
 
 impl ClusterSink for ShardSink {
     fn received(&self, _channel: Option<Arc<str>>, payload: Bytes) -> Result<(), ()> {
-        let Some(m) = self.decode(&payload) else {
+        let now = Instant::now();
+        let incoming = match decode_any(&payload, now) {
+            // The SSE frames go to a shard named in them, not to a
+            // channel's.
+            Ok(Incoming::SsePost(frame)) => return self.sse_post(frame),
+            Ok(Incoming::SseAnswer(a)) => {
+                match self.inboxes.get(usize::from(a.shard)) {
+                    Some(inbox) => inbox.sse_answered(a.post, a.answer),
+                    None => self.metrics.decode_error(),
+                }
+                return Ok(());
+            }
+            Ok(incoming) => incoming,
+            Err(_) => {
+                self.metrics.decode_error();
+                return Ok(());
+            }
+        };
+        let Some(m) = self.decode(incoming, now) else {
             return Ok(());
         };
         let shard = home_shard(m.channel(), self.inboxes.len());

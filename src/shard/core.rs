@@ -229,7 +229,13 @@ impl Shard {
             }),
             stories: super::story::ShardStories::new(ctx.stories.clone()),
             api_waiting: Default::default(),
-            sse: super::sse::ShardSse::new(ctx.metrics.sse()),
+            sse: super::sse::ShardSse::new(
+                match &ctx.cluster {
+                    Some((shared, _)) => shared.self_node.clone(),
+                    None => super::sse::id_node_name(&cfg.node_name),
+                },
+                ctx.metrics.sse(),
+            ),
             closes: Vec::new(),
             users: HashMap::new(),
             sub_expiries: Default::default(),
@@ -379,8 +385,8 @@ impl Shard {
             self.on_rpc_lost(c, id, kind);
         }
         // At most one per post this shard passed to another's stream.
-        while let Some((c, taken)) = self.inbox().pop_sse_answer() {
-            self.on_sse_answer(c, taken);
+        while let Some((c, answer)) = self.inbox().pop_sse_answer() {
+            self.on_sse_answer(c, answer);
         }
         for _ in 0..INBOX_BATCH {
             let Some(msg) = self.inbox().pop() else {

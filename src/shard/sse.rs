@@ -5,23 +5,30 @@
 //!
 //! A post read on the stream's own shard is run at once. A post read on
 //! another shard goes to the stream's shard through its inbox
-//! ([`ShardMsg::SsePost`]), and its `204` waits for the answer
-//! ([`Inbox::sse_answered`]), so a `204` always means "taken, in order":
-//! a client that sends its next post only after the previous `204` has
-//! its commands run in the order it sent them, whichever shards the
-//! posts land on.
+//! ([`ShardMsg::SsePost`]); one read on another node of the cluster (the
+//! session id names the node) goes there on NATS (`PostFrame`), and its
+//! stream's shard answers the same way (`AnswerFrame`). Either way the
+//! `204` waits for the answer ([`Inbox::sse_answered`]), so a `204` always
+//! means "taken, in order": a client that sends its next post only after
+//! the previous `204` has its commands run in the order it sent them,
+//! whichever shards and nodes the posts land on. A post whose answer never
+//! comes (a frame lost with a node) is closed without an answer at its
+//! `handshake_timeout`, as one whose body never came.
 //!
 //! [`Inbox::sse_answered`]: crate::bridge::Inbox::sse_answered
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::core::{Shard, slot_ref};
 
-use crate::bridge::{ShardMsg, SsePost};
+use crate::bridge::{PostReply, ShardMsg, SsePost};
+use crate::engine::cluster::sse::{AnswerFrame, PostFrame};
+use crate::engine::cluster::subject::is_valid_name;
 use crate::engine::session::Post;
-use crate::engine::sse::{self, SessionId};
+use crate::engine::sse::{self, PostAnswer, SessionId};
 use crate::engine::subs::ConnRef;
 use crate::engine::ws::handshake::Endpoint;
 use crate::metrics::{PostResult, SseMetrics};
@@ -33,14 +40,18 @@ pub(crate) struct ShardSse {
     /// Posts waiting for another shard's answer, with the header lines
     /// their answer carries.
     waiting: HashMap<ConnRef, Box<[u8]>>,
+    /// The node's name in session ids: its cluster name, or without a
+    /// cluster the configured `node_name` made a valid name.
+    node: Arc<str>,
     pub(crate) metrics: SseMetrics,
 }
 
 impl ShardSse {
-    pub(crate) fn new(metrics: SseMetrics) -> Self {
+    pub(crate) fn new(node: Arc<str>, metrics: SseMetrics) -> Self {
         Self {
             streams: HashMap::new(),
             waiting: HashMap::new(),
+            node,
             metrics,
         }
     }
@@ -49,6 +60,37 @@ impl ShardSse {
     /// case: nothing to forget when a connection ends).
     pub(crate) fn is_idle(&self) -> bool {
         self.streams.is_empty() && self.waiting.is_empty()
+    }
+}
+
+/// `name` as a node name for session ids (`A-Z a-z 0-9 _ -`, 1-64
+/// bytes): other bytes become `-`.
+pub(crate) fn id_node_name(name: &str) -> Arc<str> {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if out.is_empty() {
+        out.push_str("wsedge");
+    }
+    debug_assert!(is_valid_name(&out));
+    Arc::from(out)
+}
+
+impl From<PostAnswer> for PostResult {
+    fn from(a: PostAnswer) -> Self {
+        match a {
+            PostAnswer::Taken => PostResult::Ok,
+            PostAnswer::Unknown => PostResult::Unknown,
+            PostAnswer::Busy => PostResult::Overloaded,
+        }
     }
 }
 
@@ -91,7 +133,7 @@ impl Shard {
             secret: rand::random(),
         };
         let data = serde_json::json!({
-            "session": id.encode(),
+            "session": id.encode(&self.sse.node),
             "node": self.ctx.config.node_name,
         });
         let mut event = Vec::with_capacity(128);
@@ -136,9 +178,12 @@ impl Shard {
         else {
             return;
         };
-        let Some(target) = SessionId::parse(&session) else {
+        let Some((node, target)) = SessionId::parse(&session) else {
             return self.answer_post(c, PostResult::Unknown, &answer_headers);
         };
+        if node != &*self.sse.node {
+            return self.post_to_node(c, node, target, body, answer_headers);
+        }
         if target.shard as usize == self.id {
             let result = self.run_post(&target, &body);
             return self.answer_post(c, result, &answer_headers);
@@ -149,8 +194,10 @@ impl Shard {
         let msg = ShardMsg::SsePost(Box::new(SsePost {
             target,
             body,
-            from: self.id,
-            post: c,
+            reply: PostReply::Shard {
+                from: self.id,
+                post: c,
+            },
         }));
         match inbox.push(msg) {
             Ok(()) => {
@@ -161,6 +208,34 @@ impl Shard {
                     .queue_full(crate::bridge::ShardMsgKind::SsePost);
                 self.answer_post(c, PostResult::Overloaded, &answer_headers);
             }
+        }
+    }
+
+    /// Post `c` names a stream of another node: passed there if that node
+    /// is live in this node's cluster; otherwise there is no such stream
+    /// (the node is gone, or this node is in no cluster).
+    fn post_to_node(
+        &mut self,
+        c: ConnRef,
+        node: &str,
+        target: SessionId,
+        body: Vec<u8>,
+        answer_headers: Box<[u8]>,
+    ) {
+        let Some(cluster) = self.cluster.as_ref().filter(|cl| cl.is_live(node)) else {
+            return self.answer_post(c, PostResult::Unknown, &answer_headers);
+        };
+        let frame = PostFrame {
+            from_node: cluster.self_node().clone(),
+            from_shard: self.id as u16,
+            post: c,
+            target,
+            body: body.into(),
+        };
+        if cluster.send_to_node(Arc::from(node), frame.encode()) {
+            self.sse.waiting.insert(c, answer_headers);
+        } else {
+            self.answer_post(c, PostResult::Overloaded, &answer_headers);
         }
     }
 
@@ -194,25 +269,44 @@ impl Shard {
         PostResult::Ok
     }
 
-    /// Another shard passed us a post for one of our streams.
+    /// Another shard or node passed us a post for one of our streams.
     pub(crate) fn on_sse_post(&mut self, post: SsePost) {
-        let result = self.run_post(&post.target, &post.body);
-        if let Some(inbox) = self.ctx.inboxes.get(post.from) {
-            inbox.sse_answered(post.post, result == PostResult::Ok);
+        let answer = match self.run_post(&post.target, &post.body) {
+            PostResult::Ok => PostAnswer::Taken,
+            _ => PostAnswer::Unknown,
+        };
+        self.answer_passed_post(post.reply, answer);
+    }
+
+    /// Sends the answer to a post passed to this shard. An answer that
+    /// cannot be sent (the cluster queue is full) leaves the post to its
+    /// deadline.
+    pub(crate) fn answer_passed_post(&mut self, reply: PostReply, answer: PostAnswer) {
+        match reply {
+            PostReply::Shard { from, post } => {
+                if let Some(inbox) = self.ctx.inboxes.get(from) {
+                    inbox.sse_answered(post, answer);
+                }
+            }
+            PostReply::Node { node, shard, post } => {
+                if let Some(cluster) = &self.cluster {
+                    let frame = AnswerFrame {
+                        shard,
+                        post,
+                        answer,
+                    };
+                    let _ = cluster.send_to_node(node, frame.encode());
+                }
+            }
         }
     }
 
     /// The stream's shard answered a post we passed on.
-    pub(super) fn on_sse_answer(&mut self, c: ConnRef, taken: bool) {
+    pub(super) fn on_sse_answer(&mut self, c: ConnRef, answer: PostAnswer) {
         let Some(headers) = self.sse.waiting.remove(&c) else {
             return; // the post's connection is gone
         };
-        let result = if taken {
-            PostResult::Ok
-        } else {
-            PostResult::Unknown
-        };
-        self.answer_post(c, result, &headers);
+        self.answer_post(c, answer.into(), &headers);
     }
 
     /// Answers post `c` and closes it.

@@ -105,9 +105,21 @@ impl SseStream {
         s
     }
 
-    /// The shard holding the stream (the id's first field).
+    /// The shard holding the stream (the id's second field, after the
+    /// node's name).
     pub fn shard(&self) -> usize {
-        self.session.split('.').next().unwrap().parse().unwrap()
+        self.session.split('.').nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Posts one command to `addr` (any node) and returns its id and the
+    /// answer's status and head.
+    #[allow(dead_code)]
+    pub fn send_to(&mut self, addr: SocketAddr, method: &str, params: Value) -> (u32, u16, String) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = serde_json::json!({ "id": id, method: params }).to_string();
+        let (status, head) = post(addr, &self.session, body.as_bytes());
+        (id, status, head)
     }
 
     fn fill(&mut self, deadline: Instant) -> bool {

@@ -7,6 +7,8 @@
 //! | `0x12` | [`Delivery`]            | `ch.<hex>`    | home → interested nodes   |
 //! | `0x14` | [`SyncMarker`]          | `ch.<hex>`    | home → interested nodes   |
 //! | `0x20` | [`Envelope`]            | `home.<name>` | a node → another node     |
+//! | `0x30` | [`PostFrame`]           | `home.<name>` | a post's node → its stream's node |
+//! | `0x31` | [`AnswerFrame`]         | `home.<name>` | the stream's node → the post's node |
 //!
 //! A publication for a channel's interested nodes is a [`Delivery`]: the
 //! hot path, laid out by hand so that its payload is a slice of the
@@ -29,6 +31,8 @@
 //! once) and is not re-checked.
 //!
 //! [`Msg`]: crate::engine::router::Msg
+//! [`PostFrame`]: super::sse::PostFrame
+//! [`AnswerFrame`]: super::sse::AnswerFrame
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,6 +41,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::{DecodeError, PROTOCOL_VERSION, Reader, channel_len, put_channel};
 use super::envelope::{Envelope, KIND_ENVELOPE};
+use super::sse::{AnswerFrame, KIND_SSE_ANSWER, KIND_SSE_POST, PostFrame};
 use crate::engine::hub::Position;
 use crate::engine::wire::publication::{PubData, Publication, PushBody, SharedPub};
 
@@ -84,6 +89,10 @@ pub enum Incoming {
     SyncMarker(SyncMarker),
     /// See [`Envelope`].
     Envelope(Envelope),
+    /// See [`PostFrame`].
+    SsePost(PostFrame),
+    /// See [`AnswerFrame`].
+    SseAnswer(AnswerFrame),
 }
 
 impl Incoming {
@@ -93,6 +102,8 @@ impl Incoming {
             Incoming::Delivery(_) => "delivery",
             Incoming::SyncMarker(_) => "sync_marker",
             Incoming::Envelope(_) => "envelope",
+            Incoming::SsePost(_) => "sse_post",
+            Incoming::SseAnswer(_) => "sse_answer",
         }
     }
 }
@@ -106,6 +117,8 @@ pub fn decode_any(buf: &Bytes, now: Instant) -> Result<Incoming, DecodeError> {
         KIND_DELIVERY => Delivery::decode(r, buf).map(Incoming::Delivery),
         KIND_SYNC_MARKER => SyncMarker::decode(r).map(Incoming::SyncMarker),
         KIND_ENVELOPE => Envelope::decode(buf, now).map(Incoming::Envelope),
+        KIND_SSE_POST => PostFrame::decode(r, buf).map(Incoming::SsePost),
+        KIND_SSE_ANSWER => AnswerFrame::decode(r).map(Incoming::SseAnswer),
         other => Err(DecodeError::Kind(other)),
     }
 }

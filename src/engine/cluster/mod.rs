@@ -44,6 +44,7 @@ pub mod members;
 pub mod membership;
 pub mod nodes;
 pub mod placement;
+pub mod sse;
 pub mod stored;
 pub mod subject;
 

@@ -302,7 +302,7 @@ fn random_bytes_never_panic() {
                 &mut rng,
                 64,
                 0.7,
-                &[KIND_DELIVERY, KIND_SYNC_MARKER, KIND_ENVELOPE],
+                &[KIND_DELIVERY, KIND_SYNC_MARKER, KIND_ENVELOPE, 0x30, 0x31],
             )
         } else {
             let mut v = random_frame(&mut rng).0.to_vec();
@@ -318,6 +318,14 @@ fn random_bytes_never_panic() {
             Ok(Incoming::SyncMarker(m)) => {
                 accepted += 1;
                 assert_eq!(m.encode(), b);
+            }
+            Ok(Incoming::SsePost(p)) => {
+                accepted += 1;
+                assert_eq!(p.encode(), b);
+            }
+            Ok(Incoming::SseAnswer(a)) => {
+                accepted += 1;
+                assert_eq!(a.encode(), b);
             }
             Ok(Incoming::Envelope(_)) | Err(_) => {}
         }
