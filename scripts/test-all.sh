@@ -77,6 +77,7 @@ export EDGE_TEST_KAFKA_BROKER
 step "format, generated code"
 cargo fmt --all -- --check
 scripts/gen-flatbuffers.sh --check
+scripts/gen-flatbuffers-ts.sh --check
 
 step "release build"
 cargo test --release --features test-hooks --no-run

@@ -1,22 +1,27 @@
 import { backoffDelay } from './backoff.js';
+import { jsonCodec, loadBinaryCodec, type Codec, type WireFormat } from './codec.js';
 import { Commands } from './commands.js';
 import { Emitter } from './emitter.js';
 import { DisconnectedError, ServerError, TimeoutError, UnauthorizedError } from './errors.js';
+import { resolveTransports, TransportPolicy, WebSocketProber, type Transports } from './fallback.js';
 import { MemoryOutboxStorage, Outbox, type OutboxItem } from './outbox.js';
 import type {
   ClientEvents,
   ClientOptions,
   ClientState,
+  ConnectedEvent,
   DisconnectedEvent,
   PublishOptions,
   RpcResult,
 } from './options.js';
 import {
+  BINARY_SUBPROTOCOL,
   closeCodeReconnects,
   CloseCode,
   decodeBase64,
   ErrorCode,
   LocalCode,
+  SUBPROTOCOL,
   type ClientInfo,
   type ConnectParams,
   type ConnectResult,
@@ -41,9 +46,10 @@ import {
   type SubscriptionHost,
   type SubscriptionOptions,
 } from './subscription.js';
+import { SseTransport } from './sse.js';
 import { systemClock, systemRandom, type Clock, type Random, type TimerHandle } from './timers.js';
 import { jwtExpiry, refreshDelay } from './token.js';
-import { Transport, type WebSocketConstructor } from './transport.js';
+import { WebSocketTransport, type Transport, type TransportHandlers, type TransportKind } from './transport.js';
 
 /** Publications the client sends before waiting for answers. */
 const OUTBOX_WINDOW = 32;
@@ -55,9 +61,10 @@ interface Waiter {
 }
 
 /**
- * A wsedge client: one WebSocket in the JSON form, reconnecting with
- * full-jitter backoff, renewing its token, resubscribing with recovery and
- * sending offline publications from its outbox.
+ * A wsedge client: one connection (a WebSocket in the JSON or binary form,
+ * or the SSE fallback), reconnecting with full-jitter backoff, renewing its
+ * token, resubscribing with recovery and sending offline publications from
+ * its outbox.
  *
  * ```ts
  * const client = new Client('wss://edge.example.com/ws', { getToken });
@@ -72,7 +79,11 @@ export class Client extends Emitter<ClientEvents> {
   private readonly opts: ClientOptions;
   private readonly clock: Clock;
   private readonly random: Random;
-  private readonly ctor: WebSocketConstructor;
+  private readonly transports: Transports;
+  private readonly format: WireFormat;
+  private readonly policy: TransportPolicy;
+  private readonly prober: WebSocketProber | undefined;
+  private readonly probeInterval: number;
   private readonly timeout: number;
   private readonly minDelay: number;
   private readonly maxDelay: number;
@@ -82,11 +93,18 @@ export class Client extends Emitter<ClientEvents> {
   private readonly publishRetries: number;
 
   private _state: ClientState = 'disconnected';
-  private transport: Transport | undefined;
+  private conn: Transport | undefined;
+  /**
+   * The transport of the current attempt, and whether the server has
+   * answered on it yet (an SSE session event, a WebSocket frame): an attempt
+   * lost before that counts against the transport in the fallback policy.
+   */
+  private attempt: { kind: TransportKind; answered: boolean } | undefined;
   /** Bumped at every attempt and every loss: work for an older one is ignored. */
   private connId = 0;
   private attempts = 0;
   private reconnectTimer: TimerHandle | undefined;
+  private openTimer: TimerHandle | undefined;
   private pingTimer: TimerHandle | undefined;
   private pingOutstanding = false;
   private lastReceived = 0;
@@ -95,7 +113,7 @@ export class Client extends Emitter<ClientEvents> {
   private token: string | undefined;
   private tokenRequired = false;
   private disconnectPush: DisconnectPush | undefined;
-  private info: ConnectResult | undefined;
+  private info: ConnectedEvent | undefined;
 
   private readonly commands: Commands;
   private waiters: Waiter[] = [];
@@ -119,12 +137,18 @@ export class Client extends Emitter<ClientEvents> {
     this.opts = options;
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? systemRandom;
-    const ctor = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!ctor) {
-      throw new Error('no WebSocket: pass options.WebSocket (on Node 20, or run node with --experimental-websocket)');
-    }
-    this.ctor = ctor;
+    this.transports = resolveTransports(options.transports ?? ['websocket', 'sse'], options);
+    this.format = options.format ?? 'json';
+    this.policy = new TransportPolicy(this.transports.allowed, Math.max(1, options.fallbackAfter ?? 2));
     this.timeout = options.timeout ?? 10_000;
+    this.probeInterval = options.webSocketRetryInterval ?? 60_000;
+    const ws = this.transports.WebSocket;
+    this.prober =
+      ws && this.policy.canFallBack && this.probeInterval > 0
+        ? new WebSocketProber(ws, url, this.format === 'binary' ? BINARY_SUBPROTOCOL : SUBPROTOCOL, this.clock, this.timeout, () =>
+            this.leaveSse(),
+          )
+        : undefined;
     this.minDelay = options.minReconnectDelay ?? 500;
     this.maxDelay = Math.max(this.minDelay, options.maxReconnectDelay ?? 20_000);
     this.maxAttempts = options.maxReconnectAttempts ?? Infinity;
@@ -183,9 +207,14 @@ export class Client extends Emitter<ClientEvents> {
     return this._state;
   }
 
-  /** The last `connect` reply (client id, node, user, …), while connected. */
-  get connection(): ConnectResult | undefined {
+  /** The last `connect` reply (client id, node, user, …) and the transport, while connected. */
+  get connection(): ConnectedEvent | undefined {
     return this._state === 'connected' ? this.info : undefined;
+  }
+
+  /** What carries the current connection or attempt (`websocket` or `sse`); undefined between attempts. */
+  get transport(): TransportKind | undefined {
+    return this.conn?.kind;
   }
 
   /** Publications waiting in the outbox (unsent or unanswered). */
@@ -346,27 +375,25 @@ export class Client extends Emitter<ClientEvents> {
   private openTransport(): void {
     const id = ++this.connId;
     this.disconnectPush = undefined;
+    const kind = this.policy.next();
     this.connectToken().then(
       (token) => {
         if (id !== this.connId || this._state !== 'connecting') return;
-        const transport = new Transport(this.ctor, this.url, {
-          onOpen: () => {
-            if (id === this.connId) this.sendConnect(id, token);
-          },
-          onMessages: (msgs) => {
-            if (id === this.connId) this.dispatch(msgs);
-          },
-          onClose: (code, reason) => {
-            if (id === this.connId) this.onClose(code, reason);
-          },
-          onProtocolError: (err) => {
-            if (id !== this.connId) return;
-            this.reportError(err, 'protocol');
-            this.lose(LocalCode.badProtocol, err.message, true, err);
-          },
-        });
-        this.transport = transport;
-        this.commands.attach(transport);
+        if (kind === 'websocket' && this.format === 'binary') {
+          loadBinaryCodec().then(
+            (codec) => {
+              if (id === this.connId && this._state === 'connecting') this.startTransport(id, kind, codec, token);
+            },
+            (err: unknown) => {
+              if (id !== this.connId || this._state !== 'connecting') return;
+              const error = err instanceof Error ? err : new Error(String(err));
+              this.reportError(error, 'binary codec');
+              this.lose(CloseCode.abnormal, `the binary codec did not load: ${error.message}`, true, error);
+            },
+          );
+        } else {
+          this.startTransport(id, kind, jsonCodec, token);
+        }
       },
       (err: unknown) => {
         if (id !== this.connId || this._state !== 'connecting') return;
@@ -379,6 +406,78 @@ export class Client extends Emitter<ClientEvents> {
         this.lose(LocalCode.unauthorized, `getToken failed: ${error.message}`, true, error);
       },
     );
+  }
+
+  /**
+   * Opens attempt `id` over `kind`; gives it `timeout` to open. An attempt
+   * lost before the server answered anything on it counts against `kind`
+   * (see {@link lose}).
+   */
+  private startTransport(id: number, kind: TransportKind, codec: Codec, token: string | undefined): void {
+    const attempt = { kind, answered: false };
+    this.attempt = attempt;
+    const answered = () => {
+      if (attempt.answered) return;
+      attempt.answered = true;
+      this.policy.opened(kind);
+    };
+    const handlers: TransportHandlers = {
+      onOpen: () => {
+        if (id !== this.connId) return;
+        this.clearOpenTimer();
+        if (kind === 'sse') answered(); // the session event came from the server
+        this.sendConnect(id, token);
+      },
+      onMessages: (msgs) => {
+        if (id !== this.connId) return;
+        answered();
+        this.dispatch(msgs);
+      },
+      onClose: (code, reason) => {
+        if (id === this.connId) this.onClose(code, reason);
+      },
+      onProtocolError: (err) => {
+        if (id !== this.connId) return;
+        this.reportError(err, 'protocol');
+        this.lose(LocalCode.badProtocol, err.message, true, err);
+      },
+    };
+    let transport: Transport;
+    try {
+      const { WebSocket: ws, sse } = this.transports;
+      if (kind === 'sse' && sse) {
+        transport = new SseTransport(this.url, { ...sse, clock: this.clock, random: this.random }, handlers);
+      } else if (kind === 'websocket' && ws) {
+        transport = new WebSocketTransport(ws, this.url, codec, handlers);
+      } else {
+        throw new Error(`no ${kind} transport`); // the policy only picks allowed ones
+      }
+    } catch (err) {
+      // A constructor that throws (a bad URL, a page's security policy).
+      const error = err instanceof Error ? err : new Error(String(err));
+      this.reportError(error, kind);
+      this.lose(CloseCode.abnormal, error.message, true, error);
+      return;
+    }
+    this.conn = transport;
+    this.commands.attach(transport);
+    this.openTimer = this.clock.setTimeout(() => {
+      this.openTimer = undefined;
+      if (id !== this.connId) return;
+      this.lose(LocalCode.timeout, `${kind === 'sse' ? 'the SSE session' : 'the WebSocket'} did not open within ${this.timeout} ms`, true);
+    }, this.timeout);
+  }
+
+  private clearOpenTimer(): void {
+    if (this.openTimer !== undefined) this.clock.clearTimeout(this.openTimer);
+    this.openTimer = undefined;
+  }
+
+  /** A WebSocket probe opened while on SSE: reconnect over WebSocket now (subscriptions recover as after any reconnect). */
+  private leaveSse(): void {
+    if (this._state !== 'connected' || this.conn?.kind !== 'sse') return;
+    this.policy.webSocketWorks();
+    this.lose(LocalCode.transportSwitch, 'a WebSocket opened: leaving SSE', true, undefined, true);
   }
 
   /** The token for the next `connect`: the current one, or a new one from `getToken` when needed. */
@@ -428,7 +527,9 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private onConnected(res: ConnectResult): void {
-    this.info = res;
+    const conn = this.conn as Transport;
+    const info: ConnectedEvent = { ...res, transport: conn.kind, format: conn.format };
+    this.info = info;
     this.attempts = 0;
     this.refreshAttempts = 0;
     this.setState('connected');
@@ -441,7 +542,8 @@ export class Client extends Emitter<ClientEvents> {
     for (const sub of [...this.subs.values()]) sub.connected();
     for (const story of [...this.stories.values()]) story.connected();
     this.flushOutbox();
-    this.emit('connected', res);
+    if (conn.kind === 'sse') this.prober?.start(0, this.probeInterval);
+    this.emit('connected', info);
   }
 
   private onClose(code: number, reason: string): void {
@@ -460,12 +562,17 @@ export class Client extends Emitter<ClientEvents> {
   /**
    * The connection (or an attempt) ended: clean up, tell the listeners, and
    * reconnect with backoff unless told not to or out of attempts.
+   * `immediate`: reconnect at once, whatever the attempts (a transport switch).
    */
-  private lose(code: number, reason: string, reconnect: boolean, error?: Error): void {
+  private lose(code: number, reason: string, reconnect: boolean, error?: Error, immediate = false): void {
     this.connId++;
-    const t = this.transport;
-    this.transport = undefined;
+    const t = this.conn;
+    this.conn = undefined;
     t?.close(reason);
+    const attempt = this.attempt;
+    this.attempt = undefined;
+    if (attempt && !attempt.answered && code !== LocalCode.disconnectCalled) this.policy.failed(attempt.kind);
+    this.prober?.stop();
     this.clearConnectionTimers();
     this.commands.failAll(new DisconnectedError(`connection lost: ${code} ${reason}`.trim()));
     this.publishesInFlight = 0;
@@ -473,11 +580,11 @@ export class Client extends Emitter<ClientEvents> {
     for (const sub of [...this.subs.values()]) sub.disconnected();
     for (const story of [...this.stories.values()]) story.disconnected();
 
-    const willReconnect = reconnect && this.attempts < this.maxAttempts;
+    const willReconnect = reconnect && (immediate || this.attempts < this.maxAttempts);
     const event: DisconnectedEvent = { code, reason, reconnect: willReconnect };
     if (error) event.error = error;
     if (willReconnect) {
-      const delay = backoffDelay(this.attempts, this.minDelay, this.maxDelay, this.random.random());
+      const delay = immediate ? 0 : backoffDelay(this.attempts, this.minDelay, this.maxDelay, this.random.random());
       this.attempts++;
       this.setState('connecting');
       this.emit('disconnected', event);
@@ -497,10 +604,10 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private clearConnectionTimers(): void {
-    for (const t of [this.reconnectTimer, this.pingTimer, this.refreshTimer, this.flushPauseTimer]) {
+    for (const t of [this.reconnectTimer, this.openTimer, this.pingTimer, this.refreshTimer, this.flushPauseTimer]) {
       if (t !== undefined) this.clock.clearTimeout(t);
     }
-    this.reconnectTimer = this.pingTimer = this.refreshTimer = this.flushPauseTimer = undefined;
+    this.reconnectTimer = this.openTimer = this.pingTimer = this.refreshTimer = this.flushPauseTimer = undefined;
     this.pingOutstanding = false;
   }
 
@@ -628,7 +735,7 @@ export class Client extends Emitter<ClientEvents> {
    * itself through.
    */
   private command<T>(method: string, params: unknown, callbacks: CommandCallbacks<T>, internal: boolean, beforeConnect = false): void {
-    if (!this.transport || (this._state !== 'connected' && !beforeConnect)) {
+    if (!this.conn || (this._state !== 'connected' && !beforeConnect)) {
       callbacks.fail(new DisconnectedError('not connected'));
       return;
     }

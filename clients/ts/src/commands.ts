@@ -1,5 +1,6 @@
+import type { EncodedCommand } from './codec.js';
 import { DisconnectedError, ServerError, TimeoutError } from './errors.js';
-import { encodeCommand, type ServerMessage } from './protocol.js';
+import type { ServerMessage } from './protocol.js';
 import type { CommandCallbacks } from './subscription.js';
 import type { Clock, TimerHandle } from './timers.js';
 
@@ -7,8 +8,10 @@ import type { Clock, TimerHandle } from './timers.js';
 export interface CommandSink {
   /** Whether frames can be written now. */
   readonly open: boolean;
+  /** Encodes one command in the connection's wire form (throws when it cannot). */
+  encode(id: number, method: string, params: unknown): EncodedCommand;
   /** Writes encoded commands as one frame. */
-  send(lines: string[]): void;
+  send(commands: readonly EncodedCommand[]): void;
 }
 
 interface PendingCommand {
@@ -31,7 +34,7 @@ interface PendingCommand {
 export class Commands {
   private nextId = 1;
   private readonly pending = new Map<number, PendingCommand>();
-  private queue: Array<{ id: number; line: string }> = [];
+  private queue: Array<{ id: number; command: EncodedCommand }> = [];
   private writeScheduled = false;
   private writeTimer: TimerHandle | undefined;
   private readonly sentTimes: number[] = [];
@@ -57,6 +60,7 @@ export class Commands {
   /** Writes go to `sink` from now on (a new connection). */
   attach(sink: CommandSink): void {
     this.sink = sink;
+    this.queue = []; // encoded for the previous connection (empty: `failAll` ran)
   }
 
   /** Queues one command; exactly one of `callbacks` is called later. */
@@ -66,9 +70,16 @@ export class Commands {
       return;
     }
     const id = this.nextId;
+    let command: EncodedCommand;
+    try {
+      command = this.sink.encode(id, method, params);
+    } catch (err) {
+      callbacks.fail(err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
     this.nextId = this.nextId >= 0xffff_fffe ? 1 : this.nextId + 1; // u32, 0xffffffff is the server's
     this.pending.set(id, { method, internal, callbacks: callbacks as CommandCallbacks<unknown> });
-    this.queue.push({ id, line: encodeCommand(id, method, params) });
+    this.queue.push({ id, command });
     if (!this.writeScheduled) {
       this.writeScheduled = true;
       queueMicrotask(() => {
@@ -109,7 +120,7 @@ export class Commands {
     const sink = this.sink;
     if (!sink || !sink.open || this.queue.length === 0) return;
     const now = this.clock.now();
-    let batch: Array<{ id: number; line: string }>;
+    let batch: Array<{ id: number; command: EncodedCommand }>;
     if (this.rate > 0) {
       while (this.sentTimes.length > 0 && (this.sentTimes[0] as number) <= now - 1000) this.sentTimes.shift();
       batch = this.queue.splice(0, Math.max(0, this.rate - this.sentTimes.length));
@@ -118,7 +129,7 @@ export class Commands {
       batch = this.queue.splice(0);
     }
     if (batch.length > 0) {
-      sink.send(batch.map((b) => b.line));
+      sink.send(batch.map((b) => b.command));
       for (const { id } of batch) {
         const p = this.pending.get(id);
         if (p) p.timer = this.clock.setTimeout(() => this.expire(id), this.timeout);

@@ -1,5 +1,6 @@
 /**
- * @wsedge/client: the TypeScript client of wsedge (JSON wire protocol v1).
+ * @wsedge/client: the TypeScript client of wsedge (wire protocol v1, JSON
+ * or FlatBuffers, over WebSocket or the SSE fallback).
  *
  * @packageDocumentation
  */
@@ -8,6 +9,7 @@ export type {
   ClientEvents,
   ClientOptions,
   ClientState,
+  ConnectedEvent,
   DisconnectedEvent,
   PublishOptions,
   ReconnectingEvent,
@@ -52,7 +54,7 @@ export { DisconnectedError, OutboxDroppedError, ServerError, TimeoutError, Unaut
 export type { DropReason } from './errors.js';
 export { IndexedDBOutboxStorage, MemoryOutboxStorage } from './outbox.js';
 export type { DropPolicy, IndexedDBOutboxOptions, OutboxEntry, OutboxStorage } from './outbox.js';
-export { CloseCode, closeCodeReconnects, ErrorCode, LocalCode, SUBPROTOCOL } from './protocol.js';
+export { BINARY_SUBPROTOCOL, CloseCode, closeCodeReconnects, ErrorCode, LocalCode, SUBPROTOCOL } from './protocol.js';
 export type {
   ClientInfo,
   ConnectResult,
@@ -69,4 +71,6 @@ export type { Listener } from './emitter.js';
 export { systemClock, systemRandom } from './timers.js';
 export type { Clock, Random, TimerHandle } from './timers.js';
 export { jwtExpiry, refreshDelay } from './token.js';
-export type { WebSocketConstructor, WebSocketLike } from './transport.js';
+export type { TransportKind, WebSocketConstructor, WebSocketLike } from './transport.js';
+export type { WireFormat } from './codec.js';
+export type { EventSourceConstructor, EventSourceLike, FetchFunction, SseEvent, SsePostInit, SsePostResponse } from './sse.js';

@@ -1,9 +1,11 @@
+import type { WireFormat } from './codec.js';
 import type { DropReason } from './errors.js';
 import type { DropPolicy, OutboxEntry, OutboxStorage } from './outbox.js';
 import type { ConnectResult, RefreshResult } from './protocol.js';
 import type { PresenceEvent, PresenceStateEvent, Publication } from './subscription.js';
+import type { EventSourceConstructor, FetchFunction } from './sse.js';
 import type { Clock, Random } from './timers.js';
-import type { WebSocketConstructor } from './transport.js';
+import type { TransportKind, WebSocketConstructor } from './transport.js';
 
 /** The states of a client. */
 export type ClientState = 'disconnected' | 'connecting' | 'connected';
@@ -27,8 +29,37 @@ export interface ClientOptions {
   user?: string;
   /** Any JSON shown to others in presence (`[auth] mode = "none"` only). */
   info?: unknown;
+  /**
+   * The wire form on WebSocket connections: `json` (default, subprotocol
+   * `edu-matrix-v1.json`) or `binary` (FlatBuffers, `edu-matrix-v1`, loaded
+   * on first use). The API is the same; SSE connections always use JSON.
+   */
+  format?: WireFormat;
+  /**
+   * The transports the client may use (default both). WebSocket always
+   * comes first; `sse` is the fallback for networks that block WebSockets.
+   * `['websocket']` never falls back; `['sse']` never tries a WebSocket.
+   * One the environment lacks (no `WebSocket`, no `EventSource`) is left out.
+   */
+  transports?: TransportKind[];
+  /**
+   * WebSocket attempts in a row that end before the server answered anything
+   * (refused, not open within `timeout`, or open but silent), after which
+   * the client tries SSE (default 2).
+   */
+  fallbackAfter?: number;
+  /**
+   * While on SSE, how often the client checks whether a WebSocket opens
+   * (the first check comes right after connecting); when one does, the
+   * client reconnects over WebSocket and recovers. Default 60 000; 0 = never.
+   */
+  webSocketRetryInterval?: number;
   /** The WebSocket constructor when there is no global one (Node 20 without `--experimental-websocket`: e.g. `ws`). */
   WebSocket?: WebSocketConstructor;
+  /** The EventSource constructor for the SSE fallback when there is no global one (Node: e.g. the `eventsource` package). */
+  EventSource?: EventSourceConstructor;
+  /** The `fetch` the SSE fallback posts commands with (default the global one). */
+  fetch?: FetchFunction;
   /** How long a command may wait for its reply (default 10 000). */
   timeout?: number;
   /** Smallest reconnect delay (default 500). */
@@ -66,6 +97,14 @@ export interface ClientOptions {
   random?: Random;
 }
 
+/** Payload of `connected` events: the `connect` reply, and what carries the connection. */
+export interface ConnectedEvent extends ConnectResult {
+  /** `websocket`, or `sse` after a fallback. */
+  transport: TransportKind;
+  /** The wire form: `binary` only on a WebSocket with `format: 'binary'`. */
+  format: WireFormat;
+}
+
 /** Payload of `disconnected` events: the connection (or an attempt) ended. */
 export interface DisconnectedEvent {
   /** A close code, an error code of the `connect` reply, or a {@link LocalCode}. */
@@ -96,7 +135,7 @@ export interface ServerSubscribedEvent {
 /** Events of a {@link Client}. */
 export interface ClientEvents {
   state: { oldState: ClientState; newState: ClientState };
-  connected: ConnectResult;
+  connected: ConnectedEvent;
   disconnected: DisconnectedEvent;
   reconnecting: ReconnectingEvent;
   /** The connection's credentials were renewed (`refresh`). */

@@ -1,11 +1,16 @@
 /**
- * The JSON form of wsedge's wire protocol v1 (docs/PROTOCOL.md): the
- * subprotocol, the command parameters and results, pushes, error and
- * close codes. Field names here are the contract and follow the server's.
+ * wsedge's wire protocol v1 (docs/PROTOCOL.md) as the client sees it: the
+ * subprotocols, the JSON form's encoding, the command parameters and
+ * results, pushes, error and close codes. Field names here are the
+ * contract and follow the server's JSON form; the binary codec decodes
+ * into the same shapes.
  */
 
 /** The subprotocol of the JSON form: text frames, `\n`-separated objects. */
 export const SUBPROTOCOL = 'edu-matrix-v1.json';
+
+/** The subprotocol of the binary form: binary frames, one FlatBuffers `ClientFrame` / `ServerFrame` each. */
+export const BINARY_SUBPROTOCOL = 'edu-matrix-v1';
 
 /** Command id reserved by the server for subscriptions it makes itself. */
 export const SERVER_COMMAND_ID = 0xffff_ffff;
@@ -77,13 +82,18 @@ export const LocalCode = {
   disconnectCalled: 0,
   /** A command (connect, subscribe, publish, refresh, ping) got no reply in time. */
   timeout: 1,
-  /** The server sent something that is not the JSON protocol. */
+  /** The server sent something that is not the protocol. */
   badProtocol: 2,
   /**
    * `getToken` failed (retried with backoff), threw an {@link UnauthorizedError}
    * or a token expired with no `getToken` to renew it (both final).
    */
   unauthorized: 3,
+  /**
+   * The client left the SSE fallback for a WebSocket that opened (it
+   * reconnects at once, and subscriptions recover).
+   */
+  transportSwitch: 4,
 } as const;
 
 /**
@@ -282,6 +292,15 @@ function classify(value: unknown): ServerMessage {
   if (keys.length !== 1) throw new FrameError(`reply with ${keys.length} results`);
   const method = keys[0] as string;
   return { kind: 'reply', id, method, result: value[method] };
+}
+
+/** Encodes bytes as standard base64 (as the JSON form's `b64data`). */
+export function encodeBase64(bytes: Uint8Array): string {
+  let bin = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(bin);
 }
 
 /** Decodes standard base64 (as `b64data` carries it) to bytes. */

@@ -8,9 +8,16 @@ import { after, before, test } from 'node:test';
 
 import type { Browser, BrowserContext, Page } from 'playwright-core';
 
-import { Client, type Publication, type SubscribedEvent } from '../../src/index.js';
+import { Client, type Publication, type SubscribedEvent, type TransportKind } from '../../src/index.js';
 import { CHROMIUM, launchChromium, skipReason, startPageServer, waitInPage, watchPage, type PageServer } from '../helpers/browser.js';
 import { EdgeServer, freePort, waitFor, WSEDGE_BIN } from '../helpers/server.js';
+
+/**
+ * These tests are about the WebSocket (deflate, origins, outages made with
+ * the page's WebSocket gate, which the SSE fallback would go around):
+ * WebSocket only. test/browser/sse.test.ts covers the fallback.
+ */
+const WS_ONLY: TransportKind[] = ['websocket'];
 
 const skip = skipReason();
 if (skip) process.stderr.write(`\n!!! ${skip}\n\n`);
@@ -86,7 +93,7 @@ function collect(sub: { on(e: 'publication', l: (p: Publication) => void): unkno
 test('in the page: connect, subscribe, publish, receive, with permessage-deflate; another origin is refused', { skip }, async () => {
   const server = await start();
   const { page, errors } = await openPage('a');
-  await page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-a', deadPort: await freePort() });
+  await page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-a', deadPort: await freePort(), transports: WS_ONLY });
   await page.evaluate(() => window.edge.subscribe('chat:room-a'));
   await waitInPage(page, 'subscribed', () => window.edge.log.subscribed['chat:room-a']?.length === 1);
   assert.equal(await page.evaluate(() => window.edge.state()), 'connected');
@@ -129,7 +136,7 @@ test('in the page: connect, subscribe, publish, receive, with permessage-deflate
   // client keeps retrying without ever connecting.
   const refusedBefore = await server.metric('wsedge_connections_refused_total', { kind: 'origin_refused' });
   const other = await openPage('a-other-origin', await (pages as PageServer).anotherOrigin());
-  await other.page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-a2', deadPort: await freePort() });
+  await other.page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-a2', deadPort: await freePort(), transports: WS_ONLY });
   await waitInPage(other.page, 'two refused attempts', () => window.edge.log.disconnected.length >= 2);
   assert.ok((await server.metric('wsedge_connections_refused_total', { kind: 'origin_refused' })) - refusedBefore >= 2);
   const otherLog = await other.page.evaluate(() => window.edge.log);
@@ -146,7 +153,7 @@ test('in the page: the server drops the connection; reconnect with backoff, reco
   const server = await start();
   const bob = nodeClient(server.url, 'bob-b');
   const { page, errors } = await openPage('b');
-  await page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-b', deadPort: await freePort() });
+  await page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-b', deadPort: await freePort(), transports: WS_ONLY });
   await page.evaluate(() => window.edge.subscribe('chat:room-b'));
   await waitInPage(page, 'subscribed', () => window.edge.log.subscribed['chat:room-b']?.length === 1);
   await waitFor('bob connected', () => bob.state === 'connected');
@@ -195,6 +202,36 @@ test('in the page: the server drops the connection; reconnect with backoff, reco
   assert.deepEqual(errors, []);
 });
 
+test('in the page: the binary form, its codec loaded on demand from dist/', { skip }, async () => {
+  const server = await start();
+  const bob = nodeClient(server.url, 'bob-bin');
+  const sub = bob.subscribe('chat:room-bin');
+  const got = collect(sub);
+  await waitFor('bob subscribed', () => sub.state === 'subscribed');
+  const { page, errors } = await openPage('bin');
+  const loaded = () => page.evaluate(() => performance.getEntriesByType('resource').some((e) => e.name.endsWith('/dist/binary-codec.js')));
+  assert.equal(await loaded(), false, 'not loaded by the import of @wsedge/client');
+  await page.evaluate((o) => window.edge.start(o), { url: server.url, user: 'page-bin', deadPort: await freePort(), format: 'binary' as const, transports: WS_ONLY });
+  await page.evaluate(() => window.edge.subscribe('chat:room-bin'));
+  await waitInPage(page, 'subscribed', () => window.edge.log.subscribed['chat:room-bin']?.length === 1);
+  assert.equal(await loaded(), true, 'loaded for the first binary connection');
+  await page.evaluate(() => window.edge.publish('chat:room-bin', { text: 'from the page' }, 'p1'));
+  await bob.publish('chat:room-bin', ['from', 'bob']);
+  await waitInPage(page, 'both publications in the page', () => window.edge.log.publications['chat:room-bin']?.length === 2);
+  await waitFor('both publications at bob', () => got.length === 2);
+  const log = await page.evaluate(() => window.edge.log);
+  assert.deepEqual(log.publications['chat:room-bin'], [
+    { offset: 1, data: { text: 'from the page' }, replayed: false },
+    { offset: 2, data: ['from', 'bob'], replayed: false },
+  ]);
+  assert.deepEqual(
+    got.map((p) => p.data),
+    [{ text: 'from the page' }, ['from', 'bob']],
+  );
+  assert.deepEqual(log.errors, []);
+  assert.deepEqual(errors, []);
+});
+
 test('in the page: server SIGKILLed; publications made offline wait in IndexedDB (across a reload) and are published once after the restart', { skip }, async () => {
   const first = await start();
   const port = first.port;
@@ -204,7 +241,7 @@ test('in the page: server SIGKILLed; publications made offline wait in IndexedDB
   const subscribed: SubscribedEvent[] = [];
   sub.on('subscribed', (e) => subscribed.push(e));
   const { page, errors } = await openPage('c');
-  const start1 = { url: first.url, user: 'page-c', deadPort: await freePort(), outboxDb: 'outbox-c' };
+  const start1 = { url: first.url, user: 'page-c', deadPort: await freePort(), outboxDb: 'outbox-c', transports: WS_ONLY };
   await page.evaluate((o) => window.edge.start(o), start1);
   await waitFor('alice subscribed', () => sub.state === 'subscribed');
   await page.evaluate(() => window.edge.publish('chat:room-c', 'before', 'before'));

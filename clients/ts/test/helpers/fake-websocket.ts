@@ -1,4 +1,5 @@
-import type { WebSocketConstructor, WebSocketLike } from '../../src/index.js';
+import { BINARY_SUBPROTOCOL, type WebSocketConstructor, type WebSocketLike } from '../../src/index.js';
+import { decodeClientFrame, encodeServerFrame } from './fb-frames.js';
 
 /** A command as the client sent it. */
 export interface SentCommand {
@@ -7,16 +8,21 @@ export interface SentCommand {
   params: Record<string, unknown>;
 }
 
-/** A WebSocket the test plays the server for. */
+/**
+ * A WebSocket the test plays the server for, in either wire form: once
+ * accepted with the binary subprotocol, what the test sends goes out as
+ * binary `ServerFrame`s and the client's frames are read as `ClientFrame`s.
+ */
 export class FakeSocket implements WebSocketLike {
   readyState = 0;
   protocol = '';
+  binaryType = 'blob';
   onopen: ((ev: unknown) => void) | null = null;
   onmessage: ((ev: { data: unknown }) => void) | null = null;
   onclose: ((ev: { code: number; reason: string }) => void) | null = null;
   onerror: ((ev: unknown) => void) | null = null;
-  /** Text frames the client sent. */
-  readonly frames: string[] = [];
+  /** Frames the client sent: text (JSON form) or bytes (binary form). */
+  readonly frames: Array<string | Uint8Array> = [];
   /** Set when the client closed the socket. */
   closedByClient: { code: number | undefined; reason: string | undefined } | undefined;
   private answered = new Set<number>();
@@ -26,9 +32,14 @@ export class FakeSocket implements WebSocketLike {
     readonly protocols: string | string[] | undefined,
   ) {}
 
-  send(data: string): void {
+  send(data: string | Uint8Array): void {
     if (this.readyState !== 1) throw new Error('send on a socket that is not open');
-    this.frames.push(data);
+    this.frames.push(typeof data === 'string' ? data : data.slice());
+  }
+
+  /** Whether the connection speaks the binary form (accepted with its subprotocol). */
+  get binary(): boolean {
+    return this.protocol === BINARY_SUBPROTOCOL;
   }
 
   close(code?: number, reason?: string): void {
@@ -38,10 +49,10 @@ export class FakeSocket implements WebSocketLike {
 
   // ---- the test's side ----
 
-  /** Completes the handshake. */
-  accept(): void {
+  /** Completes the handshake, choosing the first subprotocol offered (or `protocol`). */
+  accept(protocol?: string): void {
     this.readyState = 1;
-    this.protocol = Array.isArray(this.protocols) ? (this.protocols[0] ?? '') : (this.protocols ?? '');
+    this.protocol = protocol ?? (Array.isArray(this.protocols) ? (this.protocols[0] ?? '') : (this.protocols ?? ''));
     this.onopen?.({});
   }
 
@@ -57,8 +68,13 @@ export class FakeSocket implements WebSocketLike {
     this.onerror?.({});
   }
 
-  /** The server sends these objects in one frame. */
+  /** The server sends these objects (JSON-form messages) in one frame, in the connection's form. */
   receive(...objects: unknown[]): void {
+    if (this.binary) {
+      const bytes = encodeServerFrame(objects);
+      this.onmessage?.({ data: this.binaryType === 'arraybuffer' ? bytes.buffer : new Blob([bytes]) });
+      return;
+    }
     this.onmessage?.({ data: objects.map((o) => JSON.stringify(o)).join('\n') });
   }
 
@@ -72,6 +88,10 @@ export class FakeSocket implements WebSocketLike {
   commands(): SentCommand[] {
     const out: SentCommand[] = [];
     for (const frame of this.frames) {
+      if (typeof frame !== 'string') {
+        out.push(...decodeClientFrame(frame));
+        continue;
+      }
       for (const line of frame.split('\n')) {
         const obj = JSON.parse(line) as Record<string, unknown>;
         const method = Object.keys(obj).find((k) => k !== 'id') as string;

@@ -4,7 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import type { WebSocketConstructor, WebSocketLike } from '../../src/index.js';
+import type { EventSourceConstructor, EventSourceLike, SseEvent, WebSocketConstructor, WebSocketLike } from '../../src/index.js';
 
 /**
  * The server binary: `$WSEDGE_BIN`, else the repository's release build
@@ -178,6 +178,40 @@ export function gatedWebSocket(deadPort: number): { ctor: WebSocketConstructor; 
     const target = gate.open ? url : url.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${deadPort}`);
     return new Real(target, protocols);
   } as unknown as WebSocketConstructor;
+  return gate;
+}
+
+/** What a {@link gatedEventSource} saw on the streams it opened. */
+export interface EventSourceGate {
+  ctor: EventSourceConstructor;
+  /** Whether streams reach the real URL (else the dead port). */
+  open: boolean;
+  /** The session id of every `session` event, in order. */
+  readonly sessions: string[];
+  /** The body of every `close` event, in order. */
+  readonly closeEvents: { code: number; reason: string }[];
+}
+
+/**
+ * Node's own `EventSource` (global with `node --experimental-eventsource`,
+ * which the test scripts pass), gated like {@link gatedWebSocket}: while
+ * closed, streams go to a port nobody listens on. It records the session
+ * and close events the node sent, before the client sees them.
+ */
+export function gatedEventSource(deadPort: number): EventSourceGate {
+  const Real = (globalThis as { EventSource?: new (url: string) => EventSourceLike }).EventSource;
+  if (!Real) throw new Error('no global EventSource: run node with --experimental-eventsource (Node 20.18+, 22.3+)');
+  const gate: EventSourceGate = { open: true, sessions: [], closeEvents: [], ctor: undefined as unknown as EventSourceConstructor };
+  const json = (ev: SseEvent) => JSON.parse(String(ev.data)) as Record<string, unknown>;
+  gate.ctor = function GatedEventSource(url: string): EventSourceLike {
+    const es = new Real(gate.open ? url : url.replace(/127\.0\.0\.1:\d+/, `127.0.0.1:${deadPort}`));
+    es.addEventListener('session', (ev) => gate.sessions.push(String(json(ev).session)));
+    es.addEventListener('close', (ev) => {
+      const body = json(ev);
+      gate.closeEvents.push({ code: Number(body.code), reason: String(body.reason) });
+    });
+    return es;
+  } as unknown as EventSourceConstructor;
   return gate;
 }
 

@@ -1,5 +1,6 @@
 import { Client, type ClientOptions } from '../../src/index.js';
 import { FakeClock, FakeRandom, settle } from './fake-clock.js';
+import { fakeSse, type FakeEventSource, type SseFake } from './fake-sse.js';
 import { fakeWebSocket, type FakeSocket } from './fake-websocket.js';
 
 /** A client on a fake clock and fake sockets. */
@@ -37,6 +38,32 @@ export async function connected(options: ClientOptions = {}, randoms?: number[])
   h.client.connect();
   const socket = await accept(h);
   return { ...h, socket };
+}
+
+/** A client on a fake clock, fake sockets and a fake SSE server. */
+export interface SseHarness extends Harness {
+  sse: SseFake;
+}
+
+/**
+ * A client that may use the SSE fallback (fake EventSource and fetch; POSTs
+ * answered with `autoStatus` at once, or by the test when null).
+ */
+export function sseHarness(options: ClientOptions = {}, randoms?: number[], autoStatus: number | null = 204): SseHarness {
+  const sse = fakeSse(autoStatus ?? undefined);
+  const h = harness({ EventSource: sse.EventSource, fetch: sse.fetch, ...options }, randoms);
+  return { ...h, sse };
+}
+
+/** Opens the newest event stream's session and answers its `connect`; returns the stream. */
+export async function acceptSse(h: SseHarness, reply: Record<string, unknown> = CONNECT_REPLY): Promise<FakeEventSource> {
+  await settle();
+  const es = h.sse.last();
+  es.session();
+  await settle();
+  h.sse.reply('connect', reply);
+  await settle();
+  return es;
 }
 
 /** Records every event of one kind. */

@@ -3,7 +3,15 @@
  * straight from `dist/` (an import map names it), driven by the tests
  * through `window.edge`.
  */
-import { Client, IndexedDBOutboxStorage, type ClientOptions, type ClientState, type SubscribedEvent } from '@wsedge/client';
+import {
+  Client,
+  IndexedDBOutboxStorage,
+  type ClientOptions,
+  type ClientState,
+  type SubscribedEvent,
+  type TransportKind,
+  type WireFormat,
+} from '@wsedge/client';
 
 import { testWebSocket, type SocketGate } from './socket.js';
 
@@ -17,6 +25,8 @@ export interface SeenPublication {
 /** Everything the page's client reported. */
 export interface PageLog {
   states: ClientState[];
+  /** The transport of every `connected` event. */
+  connected: TransportKind[];
   disconnected: { code: number; reconnect: boolean }[];
   reconnecting: { attempt: number; delay: number }[];
   subscribed: Record<string, SubscribedEvent[]>;
@@ -25,6 +35,8 @@ export interface PageLog {
   outboxSent: { data: unknown; offset: number }[];
   /** Settled `publish()` calls, by the key the test gave: the offset or the error. */
   published: Record<string, number | string>;
+  /** The `session` and `close` events of the client's event streams (with `recordSse`), in order. */
+  sseEvents: { type: string; data: string }[];
   /** Client `error` events and dropped or failed outbox entries. */
   errors: string[];
 }
@@ -39,6 +51,19 @@ export interface StartOptions {
   gateOpen?: boolean;
   /** Keep the outbox in this IndexedDB database (default: in memory). */
   outboxDb?: string;
+  /** The wire form (default JSON). */
+  format?: WireFormat;
+  /** Client options for the SSE fallback (default: the client's). */
+  transports?: TransportKind[];
+  fallbackAfter?: number;
+  webSocketRetryInterval?: number;
+  /**
+   * Leave the client the browser's own `WebSocket` (no gate, no recording;
+   * `gate` stays undefined), as an app would.
+   */
+  nativeWebSocket?: boolean;
+  /** Give the client the browser's `EventSource`, subclassed only to record its `session` and `close` events in `log.sseEvents`. */
+  recordSse?: boolean;
 }
 
 /** What the tests call through `page.evaluate`. */
@@ -48,6 +73,8 @@ export interface PlainPageApi {
   /** Creates and connects the client; resolves once its outbox has loaded. */
   start(options: StartOptions): Promise<void>;
   state(): ClientState | undefined;
+  /** What carries the client's connection now. */
+  transport(): TransportKind | undefined;
   subscribe(channel: string): void;
   /** Publishes without waiting; the outcome lands in `log.published[key]`. */
   publish(channel: string, data: unknown, key: string): void;
@@ -68,12 +95,14 @@ declare global {
 let client: Client | undefined;
 const log: PageLog = {
   states: [],
+  connected: [],
   disconnected: [],
   reconnecting: [],
   subscribed: {},
   publications: {},
   outboxSent: [],
   published: {},
+  sseEvents: [],
   errors: [],
 };
 
@@ -81,13 +110,32 @@ window.edge = {
   log,
   gate: undefined,
   async start(o) {
-    const { ctor, gate } = testWebSocket(o.deadPort, o.gateOpen ?? true);
-    window.edge.gate = gate;
-    const options: ClientOptions = { user: o.user, WebSocket: ctor, minReconnectDelay: 100, maxReconnectDelay: 1000 };
+    const options: ClientOptions = { user: o.user, minReconnectDelay: 100, maxReconnectDelay: 1000 };
+    if (!o.nativeWebSocket) {
+      const { ctor, gate } = testWebSocket(o.deadPort, o.gateOpen ?? true);
+      window.edge.gate = gate;
+      options.WebSocket = ctor;
+    }
     if (o.outboxDb) options.outboxStorage = new IndexedDBOutboxStorage({ dbName: o.outboxDb });
+    if (o.format) options.format = o.format;
+    if (o.recordSse) {
+      class RecordingEventSource extends EventSource {
+        constructor(url: string | URL) {
+          super(url);
+          for (const type of ['session', 'close']) {
+            this.addEventListener(type, (ev) => log.sseEvents.push({ type, data: String((ev as MessageEvent).data) }));
+          }
+        }
+      }
+      options.EventSource = RecordingEventSource;
+    }
+    if (o.transports) options.transports = o.transports;
+    if (o.fallbackAfter !== undefined) options.fallbackAfter = o.fallbackAfter;
+    if (o.webSocketRetryInterval !== undefined) options.webSocketRetryInterval = o.webSocketRetryInterval;
     const c = new Client(o.url, options);
     client = c;
     c.on('state', ({ newState }) => log.states.push(newState));
+    c.on('connected', ({ transport }) => log.connected.push(transport));
     c.on('disconnected', ({ code, reconnect }) => log.disconnected.push({ code, reconnect }));
     c.on('reconnecting', (e) => log.reconnecting.push(e));
     c.on('outboxSent', ({ entry, offset }) => log.outboxSent.push({ data: entry.data, offset }));
@@ -98,6 +146,7 @@ window.edge = {
     await c.outboxFlushed();
   },
   state: () => client?.state,
+  transport: () => client?.transport,
   subscribe(channel) {
     if (!client) throw new Error('start first');
     const subscribed: SubscribedEvent[] = (log.subscribed[channel] = []);

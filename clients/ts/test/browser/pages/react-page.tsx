@@ -39,6 +39,7 @@ const client = new Client(params.get('url') ?? '', {
   user: 'page-react',
   info: { name: 'React page' },
   WebSocket: ctor,
+  transports: ['websocket'], // outages are made with the WebSocket gate, which SSE would go around
   minReconnectDelay: 100,
   maxReconnectDelay: 1000,
 });

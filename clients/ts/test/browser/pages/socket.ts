@@ -16,7 +16,10 @@ export interface SocketGate {
   readonly opened: string[];
 }
 
-/** A recording, gated WebSocket constructor; `deadPort` is a loopback port with no listener. */
+/**
+ * A recording, gated WebSocket constructor; `deadPort` is a loopback port
+ * with no listener.
+ */
 export function testWebSocket(deadPort: number, open = true): { ctor: WebSocketConstructor; gate: SocketGate } {
   const gate: SocketGate = { open, sockets: [], opened: [] };
   class TestWebSocket extends WebSocket {
