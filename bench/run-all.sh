@@ -6,7 +6,7 @@
 #
 #   bench/run-all.sh            # everything
 #   ONLY=fanout bench/run-all.sh  # one workload (idle|fanout|rooms|storm|compression|floor|shards|
-#                                 #   history-memory|recover-storm|presence; remember = those three)
+#                                 #   history-memory|recover-storm|presence|uring; remember = those three)
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,8 +23,9 @@ baselines=(tokio-fastws tokio-tungstenite node-ws bun)
 
 jobs=()
 add() { jobs+=("|$*"); }
-# add_env VAR=VALUE WORKLOAD ARGS...: the same with a server environment
-# variable (run.sh records it in the result line).
+# add_env "VAR=VALUE [VAR=VALUE...]" WORKLOAD ARGS...: the same with server
+# (or wsbench) environment variables (run.sh records WSEDGE_*, MIMALLOC_*
+# and WSBENCH_* in the result line).
 add_env() { jobs+=("$1|${*:2}"); }
 
 want() { [[ -z "$only" || "$only" == "$1" ]]; }
@@ -90,6 +91,19 @@ fi
 if want_remember presence; then
   add presence --target wsedge --subs 5000 --churn 50 --duration 10
   add presence --target wsedge --subs 5000 --churn 50 --duration 10 --join-leave off
+fi
+
+# wsedge's two socket paths side by side (io = "epoll" | "uring"),
+# interleaved, with the server's syscalls counted by perf over the window
+# (fanout) or the connect phase (idle). bench/RESULTS.md "io_uring data path".
+if want uring; then
+  both() { for io in epoll uring; do add_env "WSEDGE_IO=$io $1" "${@:2}"; done; }
+  both WSBENCH_COUNT_SYSCALLS=1 fanout --target wsedge --subs 10000 --duration 5
+  both WSBENCH_COUNT_SYSCALLS=1 fanout --target wsedge --subs 10000 --duration 5 --rate 20
+  both WSBENCH_COUNT_SYSCALLS=1 fanout --target wsedge --subs 1000 --duration 5
+  both WSBENCH_COUNT_SYSCALLS=1 idle --target wsedge --conns 19000
+  both MIMALLOC_ALLOW_THP=0 idle --target wsedge --conns 19000
+  both "" storm --target wsedge --conns 19000 --interval-ms 200
 fi
 
 n=${#jobs[@]}

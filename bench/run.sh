@@ -58,7 +58,7 @@ d["ts"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:
 d["commit"] = commit
 d["cmd"] = cmd
 # Server tuning passed through the environment is part of the configuration.
-env = {k: v for k, v in os.environ.items() if k.startswith(("WSEDGE_", "MIMALLOC_"))}
+env = {k: v for k, v in os.environ.items() if k.startswith(("WSEDGE_", "MIMALLOC_", "WSBENCH_"))}
 if env:
     d["env"] = env
 if noisy == "1":

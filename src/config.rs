@@ -41,6 +41,22 @@ pub enum Driver {
     Epoll,
 }
 
+/// How the shards do their socket I/O (independent of [`Driver`], which
+/// only picks the monoio runtime's own driver).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SocketIo {
+    /// Readiness: the shard's epoll set, `accept4`, `read(2)` into one
+    /// per-shard buffer, one `writev(2)` per connection per turn.
+    #[default]
+    Epoll,
+    /// Completions: a per-shard io_uring with multishot accept, multishot
+    /// recv into a per-shard provided buffer ring, and the write pass as
+    /// send SQEs submitted once per turn (`shard::uring`). TLS connections
+    /// stay on the readiness path.
+    Uring,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -322,6 +338,14 @@ pub struct Config {
     /// io driver. Default `auto`: io_uring where the kernel allows it,
     /// epoll otherwise, so the node starts anywhere.
     pub driver: Driver,
+    /// Socket I/O of the shards. Default `epoll`: readiness and
+    /// `read`/`writev` (measured against `uring` in bench/RESULTS.md, "io_uring
+    /// data path"); `uring` does accepts, reads and writes through a
+    /// per-shard io_uring. Where the kernel lacks what it needs (multishot
+    /// recv and provided buffer rings, Linux 6.0) or forbids io_uring, the
+    /// node exits at start with the reason (exit code 2; `check-config`
+    /// too) rather than falling back to `epoll` on its own.
+    pub io: SocketIo,
     /// WebSocket path for clients. Default `/ws`, as in the design docs.
     pub ws_path: String,
     /// Optional echo endpoint for conformance runs. Default off: it serves
@@ -487,6 +511,7 @@ impl Default for Config {
             admin_listen: "127.0.0.1:9090".parse().expect("valid"),
             shards: 0,
             driver: Driver::Auto,
+            io: SocketIo::Epoll,
             ws_path: "/ws".into(),
             echo_path: None,
             max_message_size: 64 * 1024,
@@ -561,6 +586,9 @@ pub struct Overrides {
     /// `--driver`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub driver: Option<Driver>,
+    /// `--io`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io: Option<SocketIo>,
     /// `--echo-path`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub echo_path: Option<String>,

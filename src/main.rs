@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use wsedge::auth::{AuthMode, JwksRefresher, RefreshOptions, Verifier};
 use wsedge::bridge::ShardMsg;
-use wsedge::config::{Config, Driver, LogFormat, Overrides};
+use wsedge::config::{Config, Driver, LogFormat, Overrides, SocketIo};
 use wsedge::metrics::Metrics;
 use wsedge::service::{LogFilterReload, Notifier, Reloader, Watch};
 use wsedge::shard::auth::Credentials;
@@ -50,6 +50,9 @@ struct Cli {
     /// io driver.
     #[arg(long, global = true, value_enum)]
     driver: Option<Driver>,
+    /// Socket I/O of the shards (readiness or io_uring completions).
+    #[arg(long, global = true, value_enum)]
+    io: Option<SocketIo>,
     /// Enable the echo endpoint at this path (conformance testing).
     #[arg(long, global = true)]
     echo_path: Option<String>,
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         admin_listen: cli.admin_listen,
         shards: cli.shards,
         driver: cli.driver,
+        io: cli.io,
         echo_path: cli.echo_path.clone(),
         max_message_size: cli.max_message_size,
         log_format: cli.log_format,
@@ -138,6 +142,11 @@ fn main() -> ExitCode {
                 && let Err(e) = TlsAcceptorConfig::new(&config.tls)
             {
                 eprintln!("wsedge: invalid configuration: tls: {e}");
+                return ExitCode::from(2);
+            }
+            // So is `io = "uring"` on a kernel that cannot run it.
+            if let Err(e) = uring_check(&config) {
+                eprintln!("wsedge: invalid configuration: {e}");
                 return ExitCode::from(2);
             }
             print!("{}", config.to_toml());
@@ -312,6 +321,17 @@ fn tls_serving(config: &Config, metrics: &Metrics) -> Result<Option<TlsServing>,
     }))
 }
 
+/// `io = "uring"` on plain connections needs a kernel that can run the
+/// shards' rings: probed once, here, so a node that cannot exits at start
+/// with the reason (it does not fall back to `epoll` on its own). With
+/// `[tls]` the shards use epoll whatever `io` says.
+fn uring_check(config: &Config) -> Result<(), std::io::Error> {
+    if config.io != SocketIo::Uring || config.tls.enabled() {
+        return Ok(());
+    }
+    shard::uring_probe()
+}
+
 fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     let log_filter = init_logging(&config);
     let config = Arc::new(config);
@@ -325,6 +345,11 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = uring_check(&config) {
+        error!(error = %e, "cannot start the io_uring data path");
+        eprintln!("wsedge: {e}");
+        return ExitCode::from(2);
+    }
     // Signals are blocked into the iterator before any thread starts.
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,

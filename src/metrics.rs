@@ -144,6 +144,7 @@ pub struct Metrics {
     durable: durable::DurableFamilies,
     rpc: rpc::RpcFamilies,
     sse: sse::SseFamilies,
+    uring: uring::UringFamilies,
 }
 
 impl Default for Metrics {
@@ -370,6 +371,7 @@ impl Metrics {
             durable: durable::DurableFamilies::register(&mut r),
             rpc: rpc::RpcFamilies::register(&mut r),
             sse: sse::SseFamilies::register(&mut r),
+            uring: uring::UringFamilies::register(&mut r),
             registry: r,
         }
     }
@@ -925,6 +927,7 @@ mod rpc;
 mod sse;
 mod stories;
 mod tls;
+mod uring;
 pub use cluster::{
     ApiCall, ApiServed, ClusterDrop, ClusterMetrics, HeartbeatRefusal, KindLabel, OpLabel,
     Received, Sent,
@@ -934,6 +937,7 @@ pub use ops::LivenessMetrics;
 pub use sse::{PostResult, SseMetrics};
 pub use stories::{ErrorLabel, ReasonLabel};
 pub use tls::{TlsHandshake, TlsShardMetrics};
+pub use uring::{URING_EVENTS, UringShardMetrics};
 
 #[cfg(test)]
 mod tests;

@@ -574,6 +574,15 @@ struct IdleResult {
     workers: usize,
     background_busy: (f64, f64),
     kernel_detail: KernelDetail,
+    /// The server's system calls during the connect phase
+    /// (`WSBENCH_COUNT_SYSCALLS=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_syscalls: Option<crate::syscalls::SyscallCounts>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connect_syscalls_per_conn: Option<f64>,
+    /// Kernel memory of the waits (epoll items, io_uring requests) per
+    /// connection; not in `kernel_per_conn`.
+    kernel_wait_per_conn: f64,
 }
 
 /// Runs the `idle` workload and prints its JSON line.
@@ -592,8 +601,10 @@ async fn idle_async(a: IdleArgs) -> Result<()> {
 
     let server_cpu0 = cpu_seconds(server.pid)?;
     let spec = WorkerSpec::plain("idle:", a.channels.max(1), Mode::Subscribe);
+    let counter = crate::syscalls::SyscallCounter::start(server.pid);
     let (mut workers, ready) = connect_all(c, &mut server, a.conns, &spec, "connections").await?;
     let connect_server_cpu_s = cpu_seconds(server.pid)? - server_cpu0;
+    let syscalls = counter.and_then(crate::syscalls::SyscallCounter::stop);
     let mut connect_gen_cpu_s = 0.0;
     for w in &workers {
         connect_gen_cpu_s += cpu_seconds(w.pid)?;
@@ -636,6 +647,12 @@ async fn idle_async(a: IdleArgs) -> Result<()> {
             before: kernel_before,
             after: kernel_after,
         },
+        kernel_wait_per_conn: round(
+            (kernel_after.wait as f64 - kernel_before.wait as f64) / n,
+            1,
+        ),
+        connect_syscalls_per_conn: syscalls.as_ref().map(|s| round(s.total as f64 / n, 2)),
+        connect_syscalls: syscalls,
     };
     print_line(&res)?;
     stop_workers(workers).await;
@@ -1181,6 +1198,14 @@ struct FanoutResult {
     window_offsets: Option<(u64, u64)>,
     workers: usize,
     background_busy: (f64, f64),
+    /// The server's system calls over the window, counted from just after
+    /// its start (`WSBENCH_COUNT_SYSCALLS=1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    syscalls: Option<crate::syscalls::SyscallCounts>,
+    /// `syscalls.total` per push received while they were counted
+    /// (received per second × seconds counted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    syscalls_per_recv: Option<f64>,
 }
 
 /// What distinguishes `compression` from plain `fanout`.
@@ -1278,7 +1303,9 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
 
     tokio::time::sleep_until(to_instant(start_ns)).await;
     let s0 = sample(&server, &pids).await?;
+    let counter = crate::syscalls::SyscallCounter::start(server.pid);
     tokio::time::sleep_until(to_instant(end_ns)).await;
+    let syscalls = counter.and_then(crate::syscalls::SyscallCounter::stop);
     let s1 = sample(&server, &pids).await?;
     let ps = pub_task.await.context("publisher task")??;
     check_alive(&mut server)?;
@@ -1390,6 +1417,11 @@ async fn fanout_async(a: FanoutArgs, x: FanoutExtra) -> Result<()> {
         window_offsets: ps.lo.zip(ps.hi),
         workers: workers.len(),
         background_busy: background,
+        syscalls_per_recv: syscalls.as_ref().map(|s| {
+            let recv = tot.stats.received_during_window as f64 / a.duration * s.secs;
+            round(s.total as f64 / recv.max(1.0), 5)
+        }),
+        syscalls,
     };
     print_line(&res)?;
     stop_workers(workers).await;

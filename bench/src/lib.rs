@@ -61,6 +61,7 @@ pub mod recover_storm;
 pub mod rooms;
 pub mod scan;
 pub mod storm;
+pub mod syscalls;
 pub mod target;
 pub mod tls;
 pub mod worker;

@@ -153,6 +153,14 @@ pub struct KernelMem {
     /// Σ active_objs × objsize over the socket-related slab caches (see
     /// [`SLAB_CACHES`]).
     pub slab: u64,
+    /// What waiting on a socket costs the kernel, not in [`total`]: Σ
+    /// active_objs × objsize over [`WAIT_CACHES`] (an epoll item and its
+    /// wait entry per socket in an epoll set; an io_uring request per
+    /// operation in flight, e.g. a multishot recv per connection; the
+    /// request's poll entry comes from `kmalloc`, not counted).
+    ///
+    /// [`total`]: KernelMem::total
+    pub wait: u64,
 }
 
 impl KernelMem {
@@ -172,6 +180,9 @@ pub const SLAB_CACHES: &[&str] = &[
     "request_sock_TCP",
     "skbuff*",
 ];
+
+/// Slab caches counted in [`KernelMem::wait`].
+pub const WAIT_CACHES: &[&str] = &["eventpoll_epi", "eventpoll_pwq", "io_kiocb"];
 
 fn slab_counted(name: &str) -> bool {
     SLAB_CACHES.iter().any(|p| match p.strip_suffix('*') {
@@ -199,6 +210,7 @@ pub fn kernel_mem() -> Result<KernelMem> {
     }
     let slabinfo = std::fs::read_to_string("/proc/slabinfo").context("reading /proc/slabinfo")?;
     let mut slab = 0u64;
+    let mut wait = 0u64;
     for line in slabinfo.lines().skip(2) {
         let mut it = line.split_whitespace();
         let (Some(name), Some(active), Some(_num), Some(size)) =
@@ -206,15 +218,18 @@ pub fn kernel_mem() -> Result<KernelMem> {
         else {
             continue;
         };
+        let active: u64 = active.parse().unwrap_or(0);
+        let size: u64 = size.parse().unwrap_or(0);
         if slab_counted(name) {
-            let active: u64 = active.parse().unwrap_or(0);
-            let size: u64 = size.parse().unwrap_or(0);
             slab += active * size;
+        } else if WAIT_CACHES.contains(&name) {
+            wait += active * size;
         }
     }
     Ok(KernelMem {
         tcp_mem: tcp_mem.ok_or_else(|| anyhow!("no TCP mem in /proc/net/sockstat"))?,
         slab,
+        wait,
     })
 }
 

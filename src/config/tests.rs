@@ -960,3 +960,30 @@ fn kafka_client_properties_come_from_the_file_as_strings_refused_when_wsedge_own
         .insert("max.poll.interval.ms".into(), "600000".into());
     c.validate().unwrap();
 }
+
+#[test]
+fn socket_io_is_epoll_unless_asked_and_checked_by_name() {
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.io, crate::config::SocketIo::Epoll, "the default");
+        jail.create_file("u.toml", "io = \"uring\"\n")?;
+        let c = Config::load(Some(Path::new("u.toml")), &Overrides::default()).unwrap();
+        assert_eq!(c.io, crate::config::SocketIo::Uring);
+        jail.create_file("bad.toml", "io = \"kqueue\"\n")?;
+        let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+        assert!(e.0.contains("kqueue"), "{e}");
+        jail.set_env("WSEDGE_IO", "epoll");
+        let c = Config::load(Some(Path::new("u.toml")), &Overrides::default()).unwrap();
+        assert_eq!(c.io, crate::config::SocketIo::Epoll, "env beats file");
+        let o = Overrides {
+            io: Some(crate::config::SocketIo::Uring),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(None, &o).unwrap().io,
+            crate::config::SocketIo::Uring
+        );
+        Ok(())
+    });
+}

@@ -4,7 +4,7 @@
 //! a rate limit for the warnings about it.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::conn::TOKEN_LISTENER;
@@ -60,6 +60,10 @@ pub(crate) struct Acceptor {
     last_limit_log: Option<Instant>,
     /// The listener serves TLS (refusals cannot answer in HTTP).
     tls: bool,
+    /// Accepting through the shard's io_uring (`io = "uring"`): the
+    /// listener is not in the epoll set; pausing means not re-arming its
+    /// multishot accept.
+    ring: bool,
 }
 
 impl Acceptor {
@@ -72,7 +76,25 @@ impl Acceptor {
             spare: sys::spare_fd(),
             last_limit_log: None,
             tls,
+            ring: false,
         }
+    }
+
+    /// Accepting on `listener`, which is not in the shard's epoll set: the
+    /// shard's io_uring accepts on it (`io = "uring"`).
+    pub(crate) fn in_ring(listener: OwnedFd, tls: bool) -> Self {
+        Self {
+            ring: true,
+            ..Self::new(listener, tls)
+        }
+    }
+
+    /// The listener to arm a multishot accept on (io_uring): open and not
+    /// paused.
+    pub(crate) fn ring_listener(&self) -> Option<RawFd> {
+        (self.ring && !self.paused)
+            .then(|| self.listener.as_ref().map(|l| l.as_raw_fd()))
+            .flatten()
     }
 
     /// Accepts one pending connection.
@@ -124,7 +146,9 @@ impl Acceptor {
         if let Some(l) = &self.listener
             && !self.paused
         {
-            let _ = epoll.delete(l.as_raw_fd());
+            if !self.ring {
+                let _ = epoll.delete(l.as_raw_fd());
+            }
             self.paused = true;
         }
     }
@@ -137,17 +161,23 @@ impl Acceptor {
         }
         if let Some(l) = &self.listener
             && self.paused
-            && epoll.add(l.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER).is_ok()
+            && (self.ring || epoll.add(l.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER).is_ok())
         {
             self.paused = false;
         }
     }
 
-    /// Closes the listener for good (drain).
-    pub(crate) fn close(&mut self, epoll: &Epoll) {
-        if let Some(l) = self.listener.take() {
-            let _ = epoll.delete(l.as_raw_fd());
+    /// Closes the listener for good (drain). On the io_uring path the
+    /// listener is returned instead of closed: the caller cancels the
+    /// multishot accept, queued by its descriptor number, and closes it
+    /// after that accept's last completion.
+    pub(crate) fn close(&mut self, epoll: &Epoll) -> Option<OwnedFd> {
+        let l = self.listener.take()?;
+        if self.ring {
+            return Some(l);
         }
+        let _ = epoll.delete(l.as_raw_fd());
+        None
     }
 
     /// Whether a resource-limit warning may be logged now: at most once per

@@ -5,11 +5,15 @@
 //!
 //! A loop turn: collect ready sockets from the shard's epoll set (without
 //! blocking), accept, read and decode, run commands, drain the inbox, then
-//! give every connection with pending output exactly one `writev`.
+//! give every connection with pending output exactly one `writev`. With
+//! `io = "uring"` the turn takes the ring's completions instead of ready
+//! sockets (accepted connections, received bytes, finished sends), and the
+//! write pass queues one send per connection, submitted once at the end.
 //!
 //! Layout: this file holds the shard's state, the loop turn, accepting and
 //! closing; `read` the read path (bytes → session → commands), `timers` the
-//! tick, deadlines and the drain, `tls_io` the TLS side table.
+//! tick, deadlines and the drain, `tls_io` the TLS side table, `uring_io`
+//! the io_uring side of the turn.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -28,7 +32,8 @@ use super::conn::{Conn, TOKEN_DOORBELL, TOKEN_LISTENER, conn_ref, token};
 use super::drain::{DRAIN_STEP, Drain};
 use super::peers::Peers;
 use super::sys::{self, CONN_EVENTS, Epoll, LEVEL_IN};
-use super::write::{WriteQueue, write_pass};
+use super::uring::{self, Cqe, RING_EVENTS, TOKEN_RING, Uring};
+use super::write::{WriteQueue, write_pass, write_pass_uring};
 use crate::bridge::Inbox;
 use crate::engine::codes::CloseReason;
 use crate::engine::heartbeat::HeartbeatConfig;
@@ -45,6 +50,7 @@ use crate::metrics::{HandshakeResult, Refusal, ShardMetrics, Stats};
 mod read;
 mod timers;
 mod tls_io;
+mod uring_io;
 pub use tls_io::TlsServing;
 use tls_io::TlsShard;
 
@@ -152,13 +158,27 @@ pub struct Shard {
     pub(crate) api_waiting: super::api::ApiWaiting,
     /// SSE fallback streams and the posts passed to other shards.
     pub(crate) sse: super::sse::ShardSse,
+    /// The io_uring data path (`io = "uring"`, plain connections only).
+    uring: Option<Uring>,
+    /// The turn's completions, copied out of the ring.
+    cqes: Vec<Cqe>,
+    /// The ring's metric handles (with `uring`).
+    uring_metrics: Option<crate::metrics::UringShardMetrics>,
+    /// The `[access]` rules look at the peer's address (the multishot
+    /// accept does not give it; `getpeername` does when needed).
+    needs_peer: bool,
 }
 
 impl Shard {
     /// Builds shard `id` around its listener.
     pub(crate) fn new(id: usize, ctx: ShardContext, listener: OwnedFd) -> std::io::Result<Self> {
         let epoll = Epoll::new()?;
-        epoll.add(listener.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)?;
+        let uring = uring_io::ring_for(id, &ctx)?;
+        match &uring {
+            // The ring accepts; its completions wake the shard.
+            Some(u) => epoll.add(u.eventfd(), RING_EVENTS, TOKEN_RING)?,
+            None => epoll.add(listener.as_raw_fd(), LEVEL_IN, TOKEN_LISTENER)?,
+        }
         epoll.add(ctx.inboxes[id].doorbell_fd(), LEVEL_IN, TOKEN_DOORBELL)?;
         let cfg = &ctx.config;
         let session_cfg = SessionConfig {
@@ -244,7 +264,15 @@ impl Shard {
             session_cfg,
             delivering: HashMap::new(),
             epoll,
-            acceptor: Acceptor::new(listener, tls.is_some()),
+            acceptor: if uring.is_some() {
+                Acceptor::in_ring(listener, tls.is_some())
+            } else {
+                Acceptor::new(listener, tls.is_some())
+            },
+            needs_peer: uring_io::needs_peer(&ctx.config.access),
+            uring_metrics: uring.as_ref().map(|_| ctx.metrics.uring_shard(id)),
+            uring,
+            cqes: Vec::with_capacity(uring::CQE_BATCH),
             // Sized up front (address space only: pages are touched as
             // slots are used), so growth never copies a million slots.
             conns: Slab::with_capacity(per_shard),
@@ -273,6 +301,15 @@ impl Shard {
             tls,
             ctx,
         })
+    }
+
+    /// How the shard does its socket I/O (for the log).
+    pub(crate) fn io_name(&self) -> &'static str {
+        if self.uring.is_some() {
+            "uring"
+        } else {
+            "epoll"
+        }
     }
 
     /// The epoll descriptor the runtime waits on.
@@ -328,6 +365,8 @@ impl Shard {
             match tok {
                 TOKEN_LISTENER => self.accept_ready(),
                 TOKEN_DOORBELL => self.inbox_pending = true,
+                // Completions are looked at every turn (below).
+                TOKEN_RING => {}
                 t => {
                     let c = conn_ref(t);
                     let readable =
@@ -342,6 +381,7 @@ impl Shard {
             }
         }
         self.events = events;
+        let cq_full = self.uring.is_some() && self.uring_complete();
         if self.inbox_pending {
             self.drain_inbox();
         }
@@ -363,7 +403,9 @@ impl Shard {
         self.flush();
         self.retry_owed();
         self.flush_metrics();
-        full || self.inbox_pending
+        full || cq_full
+            || self.inbox_pending
+            || self.uring.as_mut().is_some_and(Uring::has_completions)
             || !self.read_backlog.is_empty()
             || self.tls.as_ref().is_some_and(TlsShard::has_backlog)
             || !self.dirty.is_empty()
@@ -465,7 +507,9 @@ impl Shard {
             self.ctx.shared.release();
             return;
         }
-        if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
+        if let Some(u) = &mut self.uring {
+            u.attach(c, raw);
+        } else if let Err(e) = self.epoll.add(raw, CONN_EVENTS, token(c)) {
             warn!(shard = self.id, error = %e, "epoll_ctl add failed");
             self.access.on_free(idx, None);
             self.conns.remove(idx as usize);
@@ -543,7 +587,11 @@ impl Shard {
         if let Some(user) = user.filter(|u| !u.is_empty()) {
             self.unindex_user(&user, c);
         }
-        self.conns.remove(c.idx as usize);
+        let gone = self.conns.remove(c.idx as usize);
+        if let Some(u) = &mut self.uring {
+            // Kept open by the ring until its operations have completed.
+            u.detach(c, gone.fd);
+        }
         self.tls_free(c.idx);
         if !self.held.is_empty() {
             self.held.forget(c);
@@ -571,11 +619,16 @@ impl Shard {
     pub(crate) fn flush(&mut self) {
         let dead = if self.tls.is_some() {
             self.write_pass_tls()
+        } else if let Some(u) = &mut self.uring {
+            write_pass_uring(&mut self.conns, &mut self.dirty, &mut self.stats, u)
         } else {
             write_pass(&mut self.conns, &mut self.dirty, &mut self.stats)
         };
         for c in dead {
             self.free_conn(c);
+        }
+        if self.uring.is_some() {
+            self.uring_submit();
         }
         if let Some(&(_, upto)) = self.sent_stamps.front()
             && upto <= self.dirty.popped

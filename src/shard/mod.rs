@@ -25,16 +25,33 @@
 //! - `rpc.rs`: clients' backend calls (`rpc`, `send`) and their answers.
 //! - `conn.rs`: per-connection state.
 //! - `sys.rs`: the Linux calls (epoll, accept4, read, writev).
+//! - `uring.rs`: the io_uring data path (`io = "uring"`): the shard's own
+//!   ring, its provided buffer ring, send buffers and per-connection
+//!   operation slots; `core/uring_io.rs` is its side of the loop turn.
 //! - `tls/`: TLS over the raw socket (rustls, then kernel TLS).
 //!
 //! Why the socket path is ours: monoio 0.2.4 offers one-shot io_uring
 //! operations only (no multishot poll/recv, no provided buffers), so an
 //! idle connection awaiting a read costs an in-flight operation, a task
-//! and at least ~5 KB of memory. Instead each shard keeps its client
-//! sockets in its own epoll set; the monoio runtime waits on that one
-//! descriptor (an io_uring poll, or its own epoll on the fallback driver)
-//! together with its timer. Ready sockets are read into one per-shard
-//! buffer and fed to the no-I/O decoder. See docs/ARCHITECTURE.md.
+//! and at least ~5 KB of memory. Instead the shard does its socket I/O
+//! itself, one of two ways (`io` in the configuration):
+//!
+//! - `epoll` (the default): each shard keeps its client sockets in its own
+//!   epoll set; the monoio runtime waits on that one descriptor (an
+//!   io_uring poll, or its own epoll on the fallback driver) together with
+//!   its timer. Ready sockets are read with `read(2)` into one per-shard
+//!   buffer and fed to the no-I/O decoder; each connection with output
+//!   gets one `writev(2)` per turn. One syscall per socket per turn.
+//! - `uring`: each shard owns an io_uring (the `io-uring` crate, beside
+//!   monoio's ring) with a multishot accept on its listener, a multishot
+//!   recv per connection drawing from one provided buffer ring per shard
+//!   (an idle connection parks no buffer), and the write pass as one send
+//!   per connection, all submitted with one `io_uring_enter` per turn. The
+//!   ring's eventfd sits in the same epoll set, so the runtime's wait is
+//!   unchanged. TLS connections stay on the epoll path.
+//!
+//! See docs/ARCHITECTURE.md, and bench/RESULTS.md ("io_uring data path")
+//! for how the two compare.
 
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -70,6 +87,7 @@ mod sse;
 mod story;
 pub mod sys;
 pub mod tls;
+mod uring;
 mod write;
 
 pub use core::TlsServing;
@@ -358,6 +376,13 @@ impl Future for YieldNow {
     }
 }
 
+/// Whether the kernel can run `io = "uring"` (checked once at start and by
+/// `check-config`, so a node that cannot exits with the reason before any
+/// shard starts, rather than from a shard).
+pub fn uring_probe() -> std::io::Result<()> {
+    uring::probe()
+}
+
 async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, listener: OwnedFd) {
     let shared = ctx.shared.clone();
     let mut shard = match core::Shard::new(id, ctx, listener) {
@@ -384,7 +409,13 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
     };
     #[cfg(feature = "test-hooks")]
     live::test_start_delay(id);
-    info!(shard = id, core, driver, "shard started");
+    info!(
+        shard = id,
+        core,
+        driver,
+        io = shard.io_name(),
+        "shard started"
+    );
     shared.started.fetch_add(1, Ordering::Relaxed);
     #[cfg(feature = "test-hooks")]
     let mut stall = live::TestStall::for_shard(id);
@@ -422,6 +453,23 @@ async fn shard_main(id: usize, core: usize, driver: &str, ctx: ShardContext, lis
             }
             _ = monoio::time::sleep(wait) => {}
         }
+    }
+    if let Some(s) = shard.uring_summary() {
+        info!(
+            shard = id,
+            enters = s.enters,
+            sqes = s.sqes,
+            cqes = s.cqes,
+            enobufs = s.enobufs,
+            rearms = s.rearms,
+            cq_overflows = s.cq_overflows,
+            short_sends = s.short_sends,
+            send_errors = s.send_errors,
+            recv_errors = s.recv_errors,
+            accept_errors = s.accept_errors,
+            unexpected = s.unexpected,
+            "io_uring counts"
+        );
     }
     info!(shard = id, "shard stopped");
 }

@@ -1,6 +1,7 @@
 //! Thin, checked wrappers over the Linux calls the shard's socket path
 //! uses: the per-shard epoll readiness set, accept4, read, writev,
-//! shutdown. Each `unsafe` block states why it is sound; the end-to-end
+//! shutdown, getpeername (the io_uring path's own calls are in
+//! `shard::uring`). Each `unsafe` block states why it is sound; the end-to-end
 //! tests exercise every one of them.
 
 use std::io::{self, IoSlice};
@@ -200,6 +201,27 @@ pub fn accept_with_peer(listener: RawFd) -> io::Result<(OwnedFd, Option<IpAddr>)
     Ok((fd, peer_ip(&addr, len)))
 }
 
+/// The peer's IP address of a connected socket (`getpeername`), for
+/// sockets accepted without it (io_uring's multishot accept gives none).
+pub fn peer_of(fd: RawFd) -> Option<IpAddr> {
+    // SAFETY: a zeroed sockaddr_storage is a valid (empty) address buffer.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `addr`, which is
+    // that large, and stores the real length in `len`.
+    let r = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    peer_ip(&addr, len)
+}
+
 /// The IP address in a `sockaddr_storage` the kernel filled with `len`
 /// bytes.
 fn peer_ip(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<IpAddr> {
@@ -362,8 +384,10 @@ mod tests {
         let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         v4.set_nonblocking(true).unwrap();
         let _c = std::net::TcpStream::connect(v4.local_addr().unwrap()).unwrap();
-        let (_fd, peer) = accept_one(&v4);
+        let (fd, peer) = accept_one(&v4);
         assert_eq!(peer, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(peer_of(fd.as_raw_fd()), peer, "getpeername agrees");
+        assert_eq!(peer_of(-1), None);
         // IPv6 where the machine has it (a dual-stack listener sees an
         // IPv4 client as ::ffff:a.b.c.d; the access rules map it back).
         if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {

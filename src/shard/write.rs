@@ -1,5 +1,7 @@
 //! The write pass: every connection with pending output gets one
-//! vectored write per turn, round-robin, within a budget.
+//! vectored write per turn, round-robin, within a budget. With
+//! `io = "uring"` the same pass queues one send per connection on the
+//! shard's ring instead ([`write_pass_uring`]), submitted once per turn.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -9,6 +11,7 @@ use slab::Slab;
 use super::conn::Conn;
 use super::core::slot;
 use super::sys;
+use super::uring::{SendState, Uring};
 use crate::engine::subs::ConnRef;
 use crate::metrics::Stats;
 
@@ -112,4 +115,52 @@ pub(crate) fn write_pass(
         }
     }
     dead
+}
+
+/// The write pass on the io_uring path: the same round-robin and budget as
+/// [`write_pass`], but each connection's write is a send queued on the
+/// shard's ring (submitted with the turn's other entries in one
+/// `io_uring_enter`, see `Shard::flush`). The outbox is copied into a send
+/// buffer the ring owns and consumed at once; a connection with a send in
+/// flight is skipped (its completion lists it again), and the rest of a
+/// short send goes before anything newer. The FIN waits until everything
+/// queued has been written. Failures come back as completions, so no
+/// connection is returned dead here.
+pub(crate) fn write_pass_uring(
+    conns: &mut Slab<Conn>,
+    dirty: &mut WriteQueue,
+    stats: &mut Stats,
+    ring: &mut Uring,
+) -> Vec<ConnRef> {
+    let mut budget = WRITE_BUDGET;
+    while budget > 0 {
+        let Some(c) = dirty.pop() else {
+            break;
+        };
+        let Some(conn) = slot(conns, c) else {
+            continue;
+        };
+        budget -= 1;
+        conn.dirty = false;
+        match ring.send_state(c) {
+            SendState::InFlight => continue,
+            SendState::Remainder => {
+                ring.send_remainder(c);
+                continue;
+            }
+            SendState::Idle => {}
+        }
+        if !conn.session.outbox.is_empty() {
+            let mut iov = [IoSlice::new(&[]); IOV];
+            let k = conn.session.outbox.fill(&mut iov);
+            let n = ring.send_copy(c, &iov[..k]);
+            stats.frames_out += conn.session.outbox.consume(n) as u64;
+            continue;
+        }
+        if conn.session.wants_shutdown() && !conn.write_shut {
+            sys::shutdown_write(conn.raw_fd());
+            conn.write_shut = true;
+        }
+    }
+    Vec::new()
 }

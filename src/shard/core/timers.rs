@@ -76,6 +76,7 @@ impl Shard {
             *total += n;
         }
         self.metrics.flush(&mut self.stats);
+        self.uring_flush_metrics();
     }
 
     /// Handles up to `DEADLINE_BUDGET` due connections.
@@ -132,7 +133,8 @@ impl Shard {
     /// with unread input sends a reset, which discards it).
     pub(super) fn close_deadline(&mut self, c: ConnRef) {
         let now = self.now_tick;
-        let tls_left = self.tls_pending_bytes(c);
+        // Output the TLS layer or the ring holds, not yet in the socket.
+        let tls_left = self.tls_pending_bytes(c) + self.uring_pending_bytes(c);
         let Some(conn) = slot(&mut self.conns, c) else {
             return;
         };
@@ -173,7 +175,8 @@ impl Shard {
         let now = Instant::now();
         let total = self.ctx.config.drain_timeout;
         info!(shard = self.id, connections = self.conns.len(), "draining");
-        self.acceptor.close(&self.epoll);
+        let listener = self.acceptor.close(&self.epoll);
+        self.uring_stop_accepting(listener);
         self.drain = Some(Drain::new(now, total));
         self.next_tick = now;
     }
