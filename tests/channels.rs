@@ -553,6 +553,34 @@ fn a_retried_publish_with_the_same_idempotency_key_is_accepted_once() {
     }
 }
 
+/// A `subscribe` and a `publish` to the same channel in one WebSocket
+/// message: the subscribe reply comes first (it says where the
+/// subscription starts), then the publication, then the publish reply —
+/// also when the channel's home is the connection's own shard, where both
+/// commands take effect at once, within the message.
+#[test]
+fn a_subscribe_pipelined_with_a_publish_is_answered_before_the_publication() {
+    let server = start("pipelined");
+    let mut c = RawJson::anon(&server);
+    for channel in one_per_home("chat:pipelined") {
+        let ctx = format!(
+            "{channel} (home {}, client on shard {})",
+            wsedge::engine::hub::home_shard(&channel, SHARDS),
+            c.shard
+        );
+        let sub = json!({"id": 100, "subscribe": {"channel": channel}});
+        let publish = json!({"id": 101, "publish": {"channel": channel, "data": data(1)}});
+        c.raw.send_text(&format!("{sub}\n{publish}"));
+        let r = c.reply_before_pubs(100, &channel);
+        assert_eq!(r["subscribe"]["offset"], 0, "{ctx}: {r}");
+        let got = c.pubs_through(&channel, 1);
+        assert_eq!(got, vec![pub_push(&channel, 1)], "{ctx}");
+        let r = c.wait("publish reply", |v| v["id"] == 101);
+        assert_eq!(r["publish"]["offset"], 1, "{ctx}: {r}");
+        assert!(c.drain_pushes(&channel, "pub").is_empty(), "{ctx}: once");
+    }
+}
+
 /// High-priority frames jump ahead of normal data already queued for a
 /// connection. That only shows with a backlog, which a test cannot build
 /// reliably end to end; the ordering is unit-tested in

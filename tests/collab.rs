@@ -1,7 +1,10 @@
 //! Live story collaboration end to end against the real binary: ten
 //! editors and a thousand viewers on one story across two shards, the
-//! editor cap and the queue, every documented refusal on the wire, and a
-//! story that survives a crash of its node through a real `redis-server`.
+//! editor cap and the queue (its `queue` pushes, and the slot a
+//! disconnected editor gets back within `lock_grace`), every documented
+//! refusal on the wire, a recovering re-join pipelined with an update, and
+//! a story that survives a crash of its node through a real
+//! `redis-server`.
 //!
 //! Every client is `common::raw_json::RawJson`: bytes off the socket, one
 //! WebSocket frame at a time, each a whole text frame of `\n`-separated
@@ -247,9 +250,11 @@ fn every_story_refusal_gets_its_documented_answer() {
     let r = bob.call("unlock", json!({"channel": "strict:1", "section": "a"}));
     assert_eq!(code(&r), 118, "unlock of another's lock: {r}");
     // A stale base under `reject`: 119 with the current version and data.
+    // The longest op_id the wire takes, the story takes too (one limit).
+    let longest = "a".repeat(64);
     let r = ann.call(
         "update",
-        json!({"channel": "strict:1", "section": "a", "base_version": 0, "data": {"v": 1}, "op_id": "a1"}),
+        json!({"channel": "strict:1", "section": "a", "base_version": 0, "data": {"v": 1}, "op_id": &longest}),
     );
     assert_eq!(r["update"]["version"], 1, "{r}");
     let r = ann.call("unlock", json!({"channel": "strict:1", "section": "a"}));
@@ -264,7 +269,7 @@ fn every_story_refusal_gets_its_documented_answer() {
     // A resent op_id: the first answer, marked, nothing applied again.
     let r = ann.call(
         "update",
-        json!({"channel": "strict:1", "section": "a", "base_version": 0, "data": {"v": 1}, "op_id": "a1"}),
+        json!({"channel": "strict:1", "section": "a", "base_version": 0, "data": {"v": 1}, "op_id": longest}),
     );
     assert_eq!(r["update"], json!({"version": 1, "duplicate": true}), "{r}");
     // The third editor of a two-editor story.
@@ -588,4 +593,187 @@ fn binary_clients_collaborate_with_json_ones() {
     let e = binary_reply(&replies[1]).error().expect("an error");
     assert_eq!(e.code(), 118);
     assert_eq!(e.holder().unwrap().user(), Some("ann"));
+}
+
+/// A channel `{prefix}{i}` homed on `shard` (`same`) or on the other one.
+fn homed(prefix: &str, shard: usize, same: bool) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|c| (wsedge::engine::hub::home_shard(c, 2) == shard) == same)
+        .unwrap()
+}
+
+#[test]
+fn a_reconnecting_editor_gets_its_slot_back_and_the_line_learns_its_places() {
+    // A short grace, so its end comes within a wait.
+    let server = start("held", &[("WSEDGE_COLLAB_LOCK_GRACE", "3s")]);
+    let story = "strict:held"; // max_editors = 2
+    let mut ann = RawJson::user(&server, "ann", None);
+    let mut bob = RawJson::user(&server, "bob", None);
+    let mut carol = RawJson::user(&server, "carol", None);
+    let mut dave = RawJson::user(&server, "dave", None);
+    for c in [&mut ann, &mut bob] {
+        let r = c.call("collab_join", json!({"channel": story, "role": "editor"}));
+        assert_eq!(r["collab_join"]["role"], "editor", "{r}");
+    }
+    let editor_or_queue = json!({"channel": story, "role": "editor", "queue": true});
+    let r = carol.call("collab_join", editor_or_queue.clone());
+    let j = &r["collab_join"];
+    assert_eq!(
+        (
+            j["role"].as_str(),
+            j["position"].as_u64(),
+            j["queued"].as_u64()
+        ),
+        (Some("queued"), Some(1), Some(1)),
+        "{r}"
+    );
+    let r = dave.call("collab_join", editor_or_queue.clone());
+    let j = &r["collab_join"];
+    assert_eq!(
+        (
+            j["role"].as_str(),
+            j["position"].as_u64(),
+            j["queued"].as_u64()
+        ),
+        (Some("queued"), Some(2), Some(2)),
+        "{r}"
+    );
+    let r = ann.call("lock", json!({"channel": story, "section": "p1"}));
+    assert_eq!(r["lock"]["holder"]["user"], "ann", "{r}");
+
+    // Ann's connection vanishes. Her slot and her lock wait for her: the
+    // line neither moves nor hears anything.
+    ann.raw.abort();
+    bob.wait("ann's leave", |v| {
+        v["push"]["pub"]["data"]["story.user.leave"]["user"] == "ann"
+    });
+    // She is back (a new connection, a new client id) and re-joins as a
+    // client does, asking to queue: an editor at once, her lock her own.
+    let mut ann2 = RawJson::user(&server, "ann", None);
+    let r = ann2.call("collab_join", editor_or_queue.clone());
+    let j = &r["collab_join"];
+    assert_eq!(j["role"], "editor", "{r}");
+    assert!(j.get("position").is_none(), "{r}");
+    assert_eq!(j["queued"], 2, "{r}");
+    assert_eq!(
+        j["sections"]["p1"]["holder"],
+        json!({"user": "ann", "client": ann2.id}),
+        "{r}"
+    );
+    let r = ann2.call(
+        "update",
+        json!({"channel": story, "section": "p1", "base_version": 0, "data": "back", "op_id": "a1"}),
+    );
+    assert_eq!(r["update"]["version"], 1, "{r}");
+    for (c, name) in [(&mut carol, "carol"), (&mut dave, "dave")] {
+        for kind in ["promoted", "queue"] {
+            assert!(
+                c.drain_pushes(story, kind).is_empty(),
+                "{name} got a {kind} push while the slot was held"
+            );
+        }
+    }
+    let r = carol.call("lock", json!({"channel": story, "section": "p2"}));
+    assert_eq!(code(&r), 120, "carol still waits: {r}");
+
+    // She vanishes again and stays away: at the end of the grace her lock
+    // is released, carol gets the slot, dave learns he is next.
+    ann2.raw.abort();
+    let p = carol.wait("promoted push", |v| v["push"].get("promoted").is_some());
+    assert_eq!(
+        p,
+        json!({"push": {"channel": story, "promoted": {"role": "editor"}}})
+    );
+    let q = dave.wait("queue push", |v| v["push"].get("queue").is_some());
+    assert_eq!(
+        q,
+        json!({"push": {"channel": story, "queue": {"position": 1}}})
+    );
+    let r = carol.call("lock", json!({"channel": story, "section": "p1"}));
+    assert_eq!(r["lock"]["holder"]["user"], "carol", "the lock lapsed: {r}");
+    assert!(
+        dave.drain_pushes(story, "queue").is_empty(),
+        "one push per move"
+    );
+    // A leave (not a disconnect) frees the slot at once: dave is promoted.
+    let r = bob.call("collab_leave", json!({"channel": story}));
+    assert_eq!(r["collab_leave"], json!({}), "{r}");
+    dave.wait("promoted push", |v| v["push"].get("promoted").is_some());
+}
+
+#[test]
+fn a_recovering_join_pipelined_with_an_update_is_answered_before_the_update_event() {
+    let server = start("pipelined", &[]);
+    // The story homed on the re-joining connection's own shard (where the
+    // home answers at once, within the frame) and on the other one.
+    for same in [true, false] {
+        let mut ann2 = RawJson::user(&server, "ann", None);
+        let prefix = if same {
+            "story:pipelined-here"
+        } else {
+            "story:pipelined-there"
+        };
+        let story = homed(prefix, ann2.shard, same);
+        let ctx = format!(
+            "{story} homed on shard {}",
+            if same { "the same" } else { "the other" }
+        );
+        let mut ann = RawJson::user(&server, "ann", None);
+        let mut bob = RawJson::user(&server, "bob", None);
+        let r = ann.call("collab_join", json!({"channel": story, "role": "editor"}));
+        let (epoch, seen) = (
+            r["collab_join"]["epoch"].as_str().unwrap().to_string(),
+            r["collab_join"]["offset"].as_u64().unwrap(),
+        );
+        bob.call("collab_join", json!({"channel": story, "role": "editor"}));
+        ann.raw.abort();
+        bob.wait("ann's leave", |v| {
+            v["push"]["pub"]["data"]["story.user.leave"]["user"] == "ann"
+        });
+        let r = bob.call(
+            "update",
+            json!({"channel": story, "section": "p0", "base_version": 0, "data": "while away", "op_id": "b1"}),
+        );
+        assert_eq!(r["update"]["version"], 1, "{ctx}: {r}");
+        // The re-join and an update behind it, in one WebSocket message.
+        let join = json!({"id": 100, "collab_join": {"channel": story, "role": "editor",
+            "recover": true, "epoch": epoch, "offset": seen}});
+        let update = json!({"id": 101, "update": {"channel": story, "section": "p1",
+            "base_version": 0, "data": "mine", "op_id": "a1"}});
+        ann2.raw.send_text(&format!("{join}\n{update}"));
+        let r = ann2.reply_before_pubs(100, &story);
+        let j = &r["collab_join"];
+        assert_eq!(j["recovered"], true, "{ctx}: {r}");
+        let at = j["offset"].as_u64().unwrap();
+        let recovered: Vec<u64> = j["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(recovered, (seen + 1..=at).collect::<Vec<_>>(), "{ctx}: {r}");
+        let last = &j["publications"].as_array().unwrap().last().unwrap()["data"];
+        assert_eq!(
+            last["story.user.join"]["client"], ann2.id,
+            "{ctx}: its own join last"
+        );
+        assert_eq!(j["sections"]["p0"]["data"], "while away", "{ctx}");
+        let r = ann2.wait("update reply", |v| v["id"] == 101);
+        assert_eq!(r["update"]["version"], 1, "{ctx}: {r}");
+        // Live from the reply's offset on: the update, once, right after.
+        let mut live = ann2.pubs_through(&story, at + 1);
+        live.extend(ann2.drain_pushes(&story, "pub"));
+        let offsets: Vec<u64> = live
+            .iter()
+            .map(|p| p["push"]["pub"]["offset"].as_u64().unwrap())
+            .collect();
+        assert_eq!(offsets, vec![at + 1], "{ctx}: no gap, no duplicate");
+        let u = &live[0]["push"]["pub"]["data"]["update"];
+        assert_eq!(
+            (u["section"].as_str(), u["data"].as_str()),
+            (Some("p1"), Some("mine")),
+            "{ctx}"
+        );
+    }
 }

@@ -53,9 +53,9 @@ pub struct CollabConfig {
     /// Default 5m.
     #[serde(with = "humantime_serde")]
     pub lock_ttl_max: Duration,
-    /// How long the locks of an editor whose connection dropped stay its
-    /// own, for a reconnect of the same user. Default 10s: a network
-    /// switch or a page reload.
+    /// How long the locks and the editor slot of an editor whose
+    /// connection dropped stay its own, for a reconnect of the same user.
+    /// Default 10s: a network switch or a page reload.
     #[serde(with = "humantime_serde")]
     pub lock_grace: Duration,
     /// `op_id`s remembered per story to deduplicate resends. Default

@@ -126,6 +126,30 @@ impl ShardOut<'_> {
             self.closes.push((c, CloseReason::SlowConsumer));
         }
     }
+
+    /// When `c` is the connection being served, queues the replies batched
+    /// for it so far, so they go out ahead of what is queued for it next.
+    /// A command's effects on this shard are immediate when this shard is
+    /// its channel's home: a publication of the second command of a frame
+    /// (`collab_join` then `update`, `subscribe` then `publish`) would
+    /// otherwise reach the client before the first command's reply, which
+    /// says where the subscription starts.
+    fn flush_current(&mut self, c: ConnRef) {
+        if self.current != Some(c) || self.writer.is_empty() {
+            return;
+        }
+        let Some(conn) = slot(self.conns, c) else {
+            return;
+        };
+        let deflate = conn.session.deflate();
+        let comp = &mut *self.compressor;
+        if let Some(frame) = self
+            .writer
+            .finish_with(|text, p| frame_for(comp, deflate, text, p))
+        {
+            self.queue(c, frame.into());
+        }
+    }
 }
 
 impl ShardOut<'_> {
@@ -178,6 +202,9 @@ impl Output for ShardOut<'_> {
     fn deliver(&mut self, subs: &[Subscriber], frames: &mut LocalPub<'_>, p: &SharedPub) {
         let high = p.high_priority;
         for s in subs {
+            if self.current == Some(s.conn) {
+                self.flush_current(s.conn);
+            }
             // Closing connections get nothing more after their close frame.
             let Some(conn) = slot(self.conns, s.conn).filter(|c| c.session.is_open()) else {
                 continue;
@@ -207,6 +234,7 @@ impl Output for ShardOut<'_> {
     }
 
     fn server_push(&mut self, c: ConnRef, channel: &str, body: ReplyBody<'_>) {
+        self.flush_current(c);
         let Some(conn) = slot(self.conns, c) else {
             return;
         };
@@ -242,6 +270,7 @@ impl Output for ShardOut<'_> {
     }
 
     fn collab_push(&mut self, c: ConnRef, channel: &str, event: &DirectedEvent) {
+        self.flush_current(c);
         let Some(conn) = slot(self.conns, c).filter(|c| c.session.is_open()) else {
             return;
         };
@@ -257,6 +286,9 @@ impl Output for ShardOut<'_> {
             } => self
                 .push_writer
                 .conflict(channel, section, *version, overwritten, by),
+            DirectedEvent::Queue { position } => self
+                .push_writer
+                .queue_position(channel, u32::try_from(*position).unwrap_or(u32::MAX)),
         }
         let comp = &mut *self.compressor;
         if let Some(frame) = self

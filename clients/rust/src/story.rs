@@ -127,6 +127,8 @@ pub struct StorySnapshot {
     pub editors: Vec<ClientInfo>,
     /// How many viewers (exact).
     pub viewers: u64,
+    /// How many members wait in line for an editor slot.
+    pub queued: u64,
     /// Every section, by id.
     pub sections: BTreeMap<String, Section>,
     /// The story channel's position the snapshot was taken at; the events
@@ -214,6 +216,9 @@ pub enum StoryEvent {
     },
     /// This connection, in line, is now an editor.
     Promoted,
+    /// This connection, in line, has a new place (1 = next): someone ahead
+    /// left the line or was promoted. Also in [`Story::queue_position`].
+    QueuePosition(u64),
     /// Under `conflict = "lww"`: `by`'s update (now `version`) replaced the
     /// data this connection wrote (`overwritten`) before they had seen it.
     Conflict {
@@ -315,6 +320,7 @@ impl Client {
                 queue_position: None,
                 editors: Vec::new(),
                 viewers: 0,
+                queued: 0,
                 sections: BTreeMap::new(),
                 position: StreamPosition {
                     epoch: String::new(),
@@ -365,7 +371,8 @@ impl Story {
         self.role
     }
 
-    /// In line for an editor slot: the place at the last join.
+    /// In line for an editor slot: the place now (1 = next), as the last
+    /// join answered it and the events read since moved it.
     pub fn queue_position(&self) -> Option<u64> {
         self.queue_position
     }
@@ -519,6 +526,17 @@ impl Story {
                 self.role = StoryRole::Editor;
                 self.queue_position = None;
                 Some(StoryEvent::Promoted)
+            }
+            SubscriptionEvent::Other { kind, body } if kind == "queue" => {
+                match queue_place(&body) {
+                    Ok(place) if self.role == StoryRole::Queued => {
+                        self.queue_position = Some(place);
+                        Some(StoryEvent::QueuePosition(place))
+                    }
+                    // A place for a line this connection has left since.
+                    Ok(_) => None,
+                    Err(e) => Some(StoryEvent::Error(Error::Protocol(e))),
+                }
             }
             SubscriptionEvent::Other { kind, body } if kind == "conflict" => {
                 Some(conflict(&body).unwrap_or_else(|e| StoryEvent::Error(Error::Protocol(e))))
@@ -693,6 +711,7 @@ fn snapshot(v: &Value) -> Result<StorySnapshot, String> {
         queue_position: v.get("position").and_then(Value::as_u64),
         editors,
         viewers: v.get("viewers").and_then(Value::as_u64).unwrap_or(0),
+        queued: v.get("queued").and_then(Value::as_u64).unwrap_or(0),
         sections,
         position: StreamPosition {
             epoch: str_of(v, "epoch")?,
@@ -709,6 +728,11 @@ fn lock_grant(v: &Value) -> Result<LockGrant, String> {
             .ok_or_else(|| format!("no holder in {v:.200}"))?,
         expires: u64_of(v, "expires")?,
     })
+}
+
+/// The `queue` push: the new place in line.
+fn queue_place(v: &Value) -> Result<u64, String> {
+    u64_of(v, "position")
 }
 
 /// The `conflict` push.
@@ -785,7 +809,7 @@ mod tests {
         let v = json!({
             "role": "queued", "position": 2,
             "editors": [{"user": "ann", "client": "c1", "info": {"n": 1}}],
-            "viewers": 3,
+            "viewers": 3, "queued": 4,
             "sections": {
                 "intro": {"version": 4, "data": {"t": "hi"}, "holder": {"user": "ann", "client": "c1"}},
                 "p2": {"version": 1, "data": "x"}
@@ -796,7 +820,7 @@ mod tests {
         assert_eq!(s.role, StoryRole::Queued);
         assert_eq!(s.queue_position, Some(2));
         assert_eq!(s.editors[0].user, "ann");
-        assert_eq!(s.viewers, 3);
+        assert_eq!((s.viewers, s.queued), (3, 4));
         assert_eq!(s.sections["intro"].version, 4);
         assert_eq!(
             s.sections["intro"].holder,
@@ -812,6 +836,17 @@ mod tests {
         r["recovered"] = true.into();
         assert_eq!(snapshot(&r).unwrap().recovered, Some(true));
         assert!(snapshot(&json!({"role": "boss", "offset": 1, "epoch": "e"})).is_err());
+        // An older server's reply, without `queued`.
+        let mut old = v.clone();
+        old.as_object_mut().unwrap().remove("queued");
+        assert_eq!(snapshot(&old).unwrap().queued, 0);
+    }
+
+    #[test]
+    fn reads_the_queue_push() {
+        assert_eq!(queue_place(&json!({"position": 3})), Ok(3));
+        assert!(queue_place(&json!({"position": "first"})).is_err());
+        assert!(queue_place(&json!({})).is_err());
     }
 
     #[test]

@@ -118,6 +118,8 @@ export interface StoryJoinedEvent {
   role: StoryRole;
   /** The place in line (1 = next), when queued. */
   position?: number;
+  /** How many members wait in line for an editor slot (absent from an older server). */
+  queued?: number;
   /** The story channel's position the snapshot was taken at. */
   epoch: string;
   offset: number;
@@ -223,7 +225,7 @@ export interface StoryEvents {
   role: StoryRoleEvent;
   /** A queued member became an editor. */
   promoted: { channel: string };
-  /** The place in line changed. */
+  /** The place in line changed (the server's `queue` push, or a re-join's answer). */
   position: { channel: string; position: number };
   update: StoryUpdateEvent;
   lock: StoryLockEvent;
@@ -266,6 +268,7 @@ interface WireJoinResult {
   position?: number;
   editors?: ClientInfo[];
   viewers?: number;
+  queued?: number;
   sections?: Record<string, WireSection>;
   epoch: string;
   offset: number;
@@ -282,9 +285,6 @@ interface WireUpdateEvent {
 
 /** Error codes an update is resent after, with its op_id. */
 const TEMPORARY = new Set<number>([ErrorCode.internal, ErrorCode.overloaded, ErrorCode.shuttingDown, ErrorCode.tooManyRequests]);
-
-/** Membership events wait this long before the place in line is asked again (they come in bursts). */
-const POSITION_REFRESH_DELAY = 100;
 
 interface PendingUpdate {
   readonly section: string;
@@ -370,7 +370,6 @@ export class Story extends Emitter<StoryEvents> {
   /** Update events ahead of a gap in their section's versions, by section and version. */
   private readonly held = new Map<string, Map<number, WireUpdateEvent>>();
   private gapTimer: TimerHandle | undefined;
-  private positionTimer: TimerHandle | undefined;
   private readonly wanted = new Map<string, WantedLock>();
   /** Sections `unlock()`ed while not joined: released if this story holds them after the re-join. */
   private readonly unlockOnJoin = new Set<string>();
@@ -651,6 +650,10 @@ export class Story extends Emitter<StoryEvents> {
       case 'promoted':
         this.setRoleFromServer('editor', undefined);
         return;
+      case 'queue':
+        // A new place in line; one for a line this member has left since is stale.
+        if (this._role === 'queued' && typeof b.position === 'number') this.setRoleFromServer('queued', b.position);
+        return;
       case 'conflict':
         this.emit('conflict', {
           kind: 'overwritten',
@@ -744,6 +747,7 @@ export class Story extends Emitter<StoryEvents> {
       replayed,
     };
     if (res.position !== undefined) event.position = res.position;
+    if (typeof res.queued === 'number') event.queued = res.queued;
     this.setState('joined');
     this.setRoleFromServer(res.role, res.position);
     if (this._state !== 'joined') return; // a listener left
@@ -972,17 +976,6 @@ export class Story extends Emitter<StoryEvents> {
       else if (before === 'viewer' || before === undefined) this._viewers = Math.max(0, this._viewers - 1);
     }
     this.emit('member', event);
-    // Someone ahead in line may have moved (a newcomer to the line is behind): ask for the place again.
-    const mine = this.host.connection()?.client === m.client;
-    if (this._role === 'queued' && !mine && event.role !== 'queued') this.schedulePositionRefresh();
-  }
-
-  private schedulePositionRefresh(): void {
-    if (this.positionTimer !== undefined) return;
-    this.positionTimer = this.host.clock.setTimeout(() => {
-      this.positionTimer = undefined;
-      if (this._role === 'queued') this.refresh();
-    }, POSITION_REFRESH_DELAY);
   }
 
   /**
@@ -1215,8 +1208,8 @@ export class Story extends Emitter<StoryEvents> {
 
   private clearTimers(): void {
     this.clearJoinRetry();
-    for (const t of [this.gapTimer, this.positionTimer]) if (t !== undefined) this.host.clock.clearTimeout(t);
-    this.gapTimer = this.positionTimer = undefined;
+    if (this.gapTimer !== undefined) this.host.clock.clearTimeout(this.gapTimer);
+    this.gapTimer = undefined;
     for (const w of this.wanted.values()) {
       if (w.timer !== undefined) this.host.clock.clearTimeout(w.timer);
       w.timer = undefined;

@@ -43,9 +43,11 @@ pub struct CollabConfig {
     /// The longest `ttl` a `lock` may ask for; longer ones are cut to this
     /// (default 300 s).
     pub lock_ttl_max: Duration,
-    /// How long a disconnected holder's locks survive for a reconnect of
-    /// the same user (default 10 s: a network switch or a page reload,
-    /// like Ably Spaces' 15 s before an abrupt disconnect becomes a leave).
+    /// How long a disconnected editor's locks, and its editor slot, stay
+    /// its own for a reconnect of the same user (default 10 s: a network
+    /// switch or a page reload, like Ably Spaces' 15 s before an abrupt
+    /// disconnect becomes a leave). The slot is held so the user returns
+    /// to its locks as an editor, not to the back of the line.
     pub lock_grace: Duration,
     /// What an update from a stale `base_version` does (default LWW).
     pub conflict: ConflictPolicy,

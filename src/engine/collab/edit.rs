@@ -17,6 +17,11 @@
 //! with the current version and data); ahead of it is refused with the
 //! current version and data. Versions stay below 2^53 so that JavaScript
 //! clients read them exactly.
+//!
+//! Ids are bounded by the wire's constants, the one definition of each
+//! limit ([`MAX_SECTION_ID`], [`MAX_OP_ID`]): the wire refuses longer ones
+//! first (107), and the story checks again because it keeps them in
+//! memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +33,10 @@ use super::locks::Lock;
 use super::story::{Section, Writer};
 use super::{CollabError, CollabEvent, ConflictPolicy, DirectedEvent, MemberId, Role, Story};
 use crate::engine::wire::ClientInfo;
+use crate::engine::wire::collab::{MAX_OP_ID, MAX_SECTION_ID};
 
 /// The largest version a section reaches (2^53 - 1, exact in JavaScript).
 pub const MAX_VERSION: u64 = (1 << 53) - 1;
-
-/// The longest section id or `op_id`, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
 
 /// A granted or renewed lock.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,10 +59,15 @@ pub struct UpdateOk {
     pub duplicate: bool,
 }
 
-/// Whether `id` is a valid section id: 1..=128 bytes, no control
-/// characters.
+/// Whether `id` is a valid section id: 1..=[`MAX_SECTION_ID`] bytes, no
+/// control characters.
 pub fn valid_section_id(id: &str) -> bool {
-    (1..=MAX_ID_BYTES).contains(&id.len()) && !id.chars().any(char::is_control)
+    (1..=MAX_SECTION_ID).contains(&id.len()) && !id.chars().any(char::is_control)
+}
+
+/// Whether `op_id` is a valid `op_id`: 1..=[`MAX_OP_ID`] bytes.
+pub fn valid_op_id(op_id: &str) -> bool {
+    (1..=MAX_OP_ID).contains(&op_id.len())
 }
 
 impl Story {
@@ -156,7 +164,8 @@ impl Story {
     }
 
     /// `update`: `member` writes `data` to `section` on top of
-    /// `base_version`. `op_id` (1..=128 bytes) makes a resend harmless.
+    /// `base_version`. `op_id` (1..=[`MAX_OP_ID`] bytes, required as on
+    /// the wire) makes a resend harmless.
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
@@ -164,7 +173,7 @@ impl Story {
         section: &str,
         base_version: u64,
         data: Bytes,
-        op_id: Option<&str>,
+        op_id: &str,
         now_ms: u64,
         events: &mut Vec<CollabEvent>,
     ) -> Result<UpdateOk, CollabError> {
@@ -173,20 +182,18 @@ impl Story {
         if !valid_section_id(section) {
             return Err(CollabError::BadSection);
         }
-        if let Some(op) = op_id {
-            if !(1..=MAX_ID_BYTES).contains(&op.len()) {
-                return Err(CollabError::BadOpId);
-            }
-            if let Some(a) = self.ops.get(&who, op) {
-                return if &*a.section == section {
-                    Ok(UpdateOk {
-                        version: a.version,
-                        duplicate: true,
-                    })
-                } else {
-                    Err(CollabError::OpIdReused)
-                };
-            }
+        if !valid_op_id(op_id) {
+            return Err(CollabError::BadOpId);
+        }
+        if let Some(a) = self.ops.get(&who, op_id) {
+            return if &*a.section == section {
+                Ok(UpdateOk {
+                    version: a.version,
+                    duplicate: true,
+                })
+            } else {
+                Err(CollabError::OpIdReused)
+            };
         }
         let current = self.sections.get(section);
         if let Some(l) = current.and_then(|s| s.lock.as_ref())
@@ -261,16 +268,14 @@ impl Story {
                 },
             });
         }
-        if let Some(op) = op_id {
-            self.ops.record(
-                &who,
-                op,
-                Applied {
-                    section: id,
-                    version,
-                },
-            );
-        }
+        self.ops.record(
+            &who,
+            op_id,
+            Applied {
+                section: id,
+                version,
+            },
+        );
         Ok(UpdateOk {
             version,
             duplicate: false,
@@ -278,9 +283,20 @@ impl Story {
     }
 
     /// Releases the locks that lapsed by `now_ms` (ttl or grace), with a
-    /// `Lock` event each. Returns how many. Every other call does this
-    /// first, so the caller needs it only at [`Story::next_deadline`].
+    /// `Lock` event each, then the editor slots held past their grace
+    /// (promoting the first in line). Returns how many locks. Every other
+    /// call does this first, so the caller needs it only at
+    /// [`Story::next_deadline`].
     pub fn tick(&mut self, now_ms: u64, events: &mut Vec<CollabEvent>) -> usize {
+        let released = self.lapse(now_ms, events);
+        self.announce_queue(events);
+        self.settle();
+        released
+    }
+
+    /// [`Story::tick`] without telling the line of its moves: for calls
+    /// that change membership after it and tell the line at their end.
+    pub(super) fn lapse(&mut self, now_ms: u64, events: &mut Vec<CollabEvent>) -> usize {
         let mut released = 0;
         while let Some((at, generation, _)) = self.timers.peek() {
             if at > now_ms {
@@ -297,6 +313,7 @@ impl Story {
                 released += 1;
             }
         }
+        self.release_held(now_ms, events);
         self.settle();
         released
     }

@@ -14,10 +14,12 @@ pub enum CollabError {
     NotMember,
     /// The member is a viewer or queued: only editors lock and update.
     NotEditor,
-    /// A section id is empty, longer than 128 bytes, or holds a control
-    /// character.
+    /// A section id is empty, longer than
+    /// [`MAX_SECTION_ID`](crate::engine::wire::collab::MAX_SECTION_ID)
+    /// bytes, or holds a control character.
     BadSection,
-    /// An `op_id` is empty or longer than 128 bytes.
+    /// An `op_id` is empty or longer than
+    /// [`MAX_OP_ID`](crate::engine::wire::collab::MAX_OP_ID) bytes.
     BadOpId,
     /// A lock `ttl` of zero.
     BadTtl,

@@ -2,8 +2,9 @@
 //! values, for writing it behind to Redis and reloading it after the home
 //! restarts or moves.
 //!
-//! Members and the `op_id` window are not exported: connections do not
-//! survive a restart, and resends after one are not deduplicated. Lock
+//! Members (and the editor slots held for disconnected ones) and the
+//! `op_id` window are not exported: connections do not survive a restart,
+//! and resends after one are not deduplicated. Lock
 //! expiries are exported as time remaining, since the shard clock starts
 //! again with the process. An imported lock has no member: it is in grace
 //! (until `now + lock_grace`, or its own expiry if sooner) and goes to the

@@ -20,7 +20,8 @@
 //! Layout:
 //! - [`config`]: [`CollabConfig`] and the conflict policy.
 //! - [`error`]: [`CollabError`], each with its wire [`ErrorCode`](crate::engine::codes::ErrorCode).
-//! - `story`: [`Story`] membership (join, leave, disconnect, queue).
+//! - `story`: [`Story`] membership (join, leave, disconnect, the queue,
+//!   editor slots held through a disconnect).
 //! - `edit`: locks and versioned updates on a [`Story`], and its timers.
 //! - `locks`: a lock and the heap of lock deadlines.
 //! - `dedupe`: the per-story window of recent `op_id`s.
@@ -168,5 +169,11 @@ pub enum DirectedEvent {
         overwritten: Bytes,
         /// Who replaced it.
         by: ClientInfo,
+    },
+    /// The member waits in line and its place changed (someone ahead left
+    /// the line or was promoted): the `queue` push.
+    Queue {
+        /// Its place now (1 = next), as in the join's answer.
+        position: usize,
     },
 }

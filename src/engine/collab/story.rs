@@ -12,16 +12,25 @@
 //!   (a client retrying a lost reply); `viewer` from editor gives the slot
 //!   up (its locks are released at once); `editor` from viewer is a new
 //!   request for a slot. The `Join` event carries the new role.
-//! - When a slot frees (leave, disconnect, editor to viewer) the first in
-//!   line becomes an editor: a `Join` with the editor role for everyone
-//!   and a `Promoted` push for it.
-//! - Leave releases the member's locks at once. Disconnect puts them in
-//!   grace: they lapse after `lock_grace` unless a connection of the same
-//!   (non-anonymous) user becomes an editor first, which takes them over
-//!   with a `Lock` event naming the new connection (the holder's client id
-//!   changed, and everyone's view of the holder should stay exact).
+//! - When a slot frees (leave, editor to viewer, a held slot lapsing) the
+//!   first in line becomes an editor: a `Join` with the editor role for
+//!   everyone and a `Promoted` push for it.
+//! - Queued members whose place in line changed (someone ahead left the
+//!   line or was promoted) get a `Queue` push with the new place, once per
+//!   call; a member's own join answers its first place.
+//! - Leave releases the member's locks at once. Disconnect of an editor
+//!   puts its locks in grace and, for a named (non-anonymous) user, holds
+//!   its editor slot too: for `lock_grace` neither goes to anyone else.
+//!   The first connection of the same user to become an editor within it
+//!   (a reconnect re-joining, whatever its client id: the protocol names
+//!   the returning client by its user only) takes the held slot ahead of
+//!   the line, and the locks, with a `Lock` event naming the new
+//!   connection (the holder's client id changed, and everyone's view of
+//!   the holder should stay exact). When the grace lapses without it, the
+//!   locks are released and the slot goes to the first in line. An
+//!   anonymous editor's slot is not held (nobody could claim it back).
 //! - Every call first releases what has lapsed by `now_ms`, so no call
-//!   ever sees an expired lock.
+//!   ever sees an expired lock or held slot.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -101,6 +110,14 @@ pub struct JoinOk {
     pub sections: Vec<SectionView>,
 }
 
+/// The editor slot of an editor whose connection closed, kept for the
+/// same user until `until` (its disconnect plus `lock_grace`).
+#[derive(Debug, Clone)]
+pub(super) struct HeldSlot {
+    pub user: Arc<str>,
+    pub until: u64,
+}
+
 /// One live story: members, sections, locks. See the module docs for the
 /// rules; time is the `now_ms` argument of each call.
 #[derive(Debug)]
@@ -109,7 +126,13 @@ pub struct Story {
     pub(super) members: HashMap<MemberId, Member>,
     /// Editors in the order they got their slots.
     pub(super) editors: Vec<MemberId>,
+    /// Slots of disconnected editors, held for their users: they count
+    /// against `max_editors` like the editors. At most `max_editors`.
+    pub(super) held: Vec<HeldSlot>,
     pub(super) queue: VecDeque<MemberId>,
+    /// The first index in `queue` whose member moved up during the current
+    /// call (`Queue` pushes for it and everyone behind at the end).
+    pub(super) queue_moved: Option<usize>,
     pub(super) viewers: usize,
     pub(super) sections: BTreeMap<Arc<str>, Section>,
     /// Bytes of section data in all.
@@ -131,7 +154,9 @@ impl Story {
             cfg,
             members: HashMap::new(),
             editors: Vec::new(),
+            held: Vec::new(),
             queue: VecDeque::new(),
+            queue_moved: None,
             viewers: 0,
             sections: BTreeMap::new(),
             bytes: 0,
@@ -155,7 +180,26 @@ impl Story {
         now_ms: u64,
         events: &mut Vec<CollabEvent>,
     ) -> Result<JoinOk, CollabError> {
-        self.tick(now_ms, events);
+        self.lapse(now_ms, events);
+        let joined = self.join_now(member, who, role, queue, now_ms, events);
+        // Moves in line are told once, at the end of the call (also when
+        // the join is refused: the leading lapse may have moved the line).
+        self.announce_queue(events);
+        self.settle();
+        joined?;
+        Ok(self.snapshot(member).expect("the member just joined"))
+    }
+
+    /// The membership change of [`Story::join`], after the lapse.
+    fn join_now(
+        &mut self,
+        member: MemberId,
+        who: &ClientInfo,
+        role: JoinAs,
+        queue: bool,
+        now_ms: u64,
+        events: &mut Vec<CollabEvent>,
+    ) -> Result<(), CollabError> {
         let current = self.members.get(&member).map(|m| m.role);
         match (current, role) {
             (None, JoinAs::Viewer) => {
@@ -174,7 +218,7 @@ impl Story {
                 });
             }
             (None, JoinAs::Editor) => {
-                let role = self.editor_role_for_newcomer(queue)?;
+                let role = self.editor_role_for(who, queue)?;
                 self.members.insert(
                     member,
                     Member {
@@ -199,14 +243,13 @@ impl Story {
                 self.promote(now_ms, events);
             }
             (Some(Role::Viewer), JoinAs::Editor) => {
-                let role = self.editor_role_for_newcomer(queue)?;
+                let role = self.editor_role_for(who, queue)?;
                 self.viewers -= 1;
                 self.set_role(member, role);
                 self.seat(member, role, now_ms, events);
             }
         }
-        self.settle();
-        Ok(self.snapshot(member).expect("the member just joined"))
+        Ok(())
     }
 
     /// `collab_leave`: `member` leaves; its locks are released at once and
@@ -216,8 +259,9 @@ impl Story {
         self.depart(member, false, now_ms, events)
     }
 
-    /// `member`'s connection closed: like [`Story::leave`], but its locks
-    /// stay for `lock_grace` in case the same user comes back as an editor.
+    /// `member`'s connection closed: like [`Story::leave`], but an editor's
+    /// locks, and (for a named user) its slot, stay for `lock_grace` in
+    /// case the same user comes back as an editor.
     pub fn disconnect(
         &mut self,
         member: MemberId,
@@ -280,6 +324,11 @@ impl Story {
         self.queue.len()
     }
 
+    /// Editor slots held for disconnected editors (in grace).
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
     /// Sections (written or locked).
     pub fn section_count(&self) -> usize {
         self.sections.len()
@@ -322,16 +371,33 @@ impl Story {
             .is_some_and(|t| now_ms >= t.saturating_add(self.cfg.idle_evict_ms()))
     }
 
-    /// When [`Story::tick`] next has work (a lock lapsing), if ever.
+    /// When [`Story::tick`] next has work (a lock or a held slot
+    /// lapsing), if ever.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.timers.peek().map(|(at, _, _)| at)
+        let lock = self.timers.peek().map(|(at, _, _)| at);
+        let slot = self.held.iter().map(|h| h.until).min();
+        match (lock, slot) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- membership internals ---------------------------------------------
 
-    /// The role a member asking for an editor slot gets, or why not.
-    fn editor_role_for_newcomer(&self, queue: bool) -> Result<Role, CollabError> {
-        if self.editors.len() < self.cfg.max_editors {
+    /// Whether an editor slot is free: neither an editor's nor held.
+    fn slot_free(&self) -> bool {
+        self.editors.len() + self.held.len() < self.cfg.max_editors
+    }
+
+    /// The role `who`, asking for an editor slot, gets, or why not. A slot
+    /// held for its user is its own (taken here), ahead of the line.
+    fn editor_role_for(&mut self, who: &ClientInfo, queue: bool) -> Result<Role, CollabError> {
+        if !who.user.is_empty()
+            && let Some(i) = self.held.iter().position(|h| h.user == who.user)
+        {
+            self.held.swap_remove(i);
+            Ok(Role::Editor)
+        } else if self.slot_free() {
             Ok(Role::Editor)
         } else if !queue {
             Err(CollabError::EditorsFull)
@@ -353,6 +419,9 @@ impl Story {
                 self.reclaim(member, now_ms, events);
             }
             _ => {
+                // Moves announced first: the newcomer's place is in its
+                // answer, not in a push.
+                self.announce_queue(events);
                 self.queue.push_back(member);
                 events.push(CollabEvent::Join { who, role });
             }
@@ -377,6 +446,28 @@ impl Story {
     fn unqueue(&mut self, member: MemberId) {
         if let Some(i) = self.queue.iter().position(|m| *m == member) {
             self.queue.remove(i);
+            self.queue_moved_from(i);
+        }
+    }
+
+    /// Everyone in line from index `i` on moved up.
+    fn queue_moved_from(&mut self, i: usize) {
+        self.queue_moved = Some(self.queue_moved.map_or(i, |m| m.min(i)));
+    }
+
+    /// A `Queue` push to each member in line whose place changed since the
+    /// last announcement. Every public call ends with it (after its last
+    /// change to the line), so a push goes only to a member still in line,
+    /// with its final place.
+    pub(super) fn announce_queue(&mut self, events: &mut Vec<CollabEvent>) {
+        let Some(from) = self.queue_moved.take() else {
+            return;
+        };
+        for (i, m) in self.queue.iter().enumerate().skip(from) {
+            events.push(CollabEvent::Directed {
+                to: *m,
+                event: DirectedEvent::Queue { position: i + 1 },
+            });
         }
     }
 
@@ -387,8 +478,10 @@ impl Story {
         now_ms: u64,
         events: &mut Vec<CollabEvent>,
     ) -> bool {
-        self.tick(now_ms, events);
+        self.lapse(now_ms, events);
         let Some(m) = self.members.remove(&member) else {
+            self.announce_queue(events);
+            self.settle();
             return false;
         };
         match m.role {
@@ -396,6 +489,12 @@ impl Story {
                 self.editors.retain(|e| *e != member);
                 if grace {
                     self.grace_member_locks(member, now_ms);
+                    if !m.who.user.is_empty() {
+                        self.held.push(HeldSlot {
+                            user: m.who.user.clone(),
+                            until: now_ms.saturating_add(self.cfg.lock_grace_ms()),
+                        });
+                    }
                 } else {
                     self.release_member_locks(member, events);
                 }
@@ -413,16 +512,28 @@ impl Story {
         if self.members.is_empty() {
             self.empty_since = Some(now_ms);
         }
+        self.announce_queue(events);
         self.settle();
         true
     }
 
+    /// Gives up the held slots that lapsed by `now_ms` (their users did
+    /// not come back within the grace) and fills them from the line.
+    pub(super) fn release_held(&mut self, now_ms: u64, events: &mut Vec<CollabEvent>) {
+        let before = self.held.len();
+        self.held.retain(|h| h.until > now_ms);
+        if self.held.len() < before {
+            self.promote(now_ms, events);
+        }
+    }
+
     /// Fills free editor slots from the front of the line.
     fn promote(&mut self, now_ms: u64, events: &mut Vec<CollabEvent>) {
-        while self.editors.len() < self.cfg.max_editors {
+        while self.slot_free() {
             let Some(next) = self.queue.pop_front() else {
                 break;
             };
+            self.queue_moved_from(0);
             self.set_role(next, Role::Editor);
             self.editors.push(next);
             events.push(CollabEvent::Join {

@@ -32,7 +32,7 @@
 //! channel's home too: `collab_join` is a subscription through the home
 //! that also joins the story; `lock`, `unlock` and `update` are requests to
 //! the home; story events are publications on the channel, with offsets
-//! and history, and the pushes for one member (`promoted`, `conflict`) go
+//! and history, and the pushes for one member (`promoted`, `conflict`, `queue`) go
 //! to that member's shard.
 //!
 //! Layout:
@@ -114,7 +114,7 @@ pub trait Output {
     /// it. Gives the message back when it was refused, which only a
     /// [`Msg::refusable`] message may be (queues full).
     fn send(&mut self, to: usize, msg: Msg) -> Result<(), Msg>;
-    /// Pushes `event` (`promoted`, `conflict`) to local connection `conn`,
+    /// Pushes `event` (`promoted`, `conflict`, `queue`) to local connection `conn`,
     /// a member of the story `channel`.
     fn collab_push(&mut self, conn: ConnRef, channel: &str, event: &DirectedEvent);
     /// A story this shard is home for changed (only called when the

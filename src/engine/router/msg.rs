@@ -146,6 +146,7 @@ pub fn joined_reply<'a>(
         role: join.role.into(),
         position: join.position.map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
         viewers: u32::try_from(join.viewers).unwrap_or(u32::MAX),
+        queued: u32::try_from(join.queued).unwrap_or(u32::MAX),
         epoch: position.epoch,
         offset: position.offset,
         story: join,
@@ -341,7 +342,7 @@ pub enum Msg {
         reply_to: ReplyTo,
     },
     /// Story home → a member's shard: a push for that member alone
-    /// (`promoted`, `conflict`).
+    /// (`promoted`, `conflict`, `queue`).
     CollabPush {
         /// The member's connection.
         conn: ConnRef,

@@ -168,6 +168,7 @@ impl Output for ShardOut<'_> {
                 overwritten,
                 by,
             } => w.conflict(channel, section, *version, overwritten, by),
+            DirectedEvent::Queue { position } => w.queue_position(channel, *position as u32),
         }
         let payload = w.finish_with(|_, p| p.to_vec()).expect("one push");
         let c = SimConn {

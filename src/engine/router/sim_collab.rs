@@ -160,13 +160,18 @@ impl Sim {
             .collect()
     }
 
-    /// The pushes for `c` alone (`promoted`, `conflict`).
+    /// The pushes for `c` alone (`promoted`, `conflict`, `queue`).
     pub fn directed(&self, c: SimConn) -> Vec<Value> {
         self.seen(c)
             .iter()
             .filter_map(|s| match s {
-                Seen::Push(v) if v["push"]["promoted"].is_object() => Some(v.clone()),
-                Seen::Push(v) if v["push"]["conflict"].is_object() => Some(v.clone()),
+                Seen::Push(v)
+                    if ["promoted", "conflict", "queue"]
+                        .iter()
+                        .any(|k| v["push"][k].is_object()) =>
+                {
+                    Some(v.clone())
+                }
                 _ => None,
             })
             .collect()
@@ -433,6 +438,80 @@ fn a_disconnected_editors_locks_wait_for_the_same_user_then_lapse() {
     let id = sim.lock(bob, STORY, "p1");
     sim.run();
     assert_eq!(sim.reply(bob, id)["lock"]["holder"]["user"], "bob");
+}
+
+#[test]
+fn a_reconnecting_editor_keeps_its_slot_and_the_line_learns_its_places() {
+    for seed in 0..4 {
+        let mut sim = sim(seed);
+        let home = home_shard(STORY, 2);
+        let ann = sim.connect_as(home, "ann");
+        let bob = sim.connect_as(1 - home, "bob");
+        let carol = sim.connect_as(1 - home, "carol");
+        let dave = sim.connect_as(home, "dave");
+        sim.collab_join(ann, STORY, JoinAs::Editor, false, None);
+        sim.collab_join(bob, STORY, JoinAs::Editor, false, None);
+        sim.run();
+        let c = sim.collab_join(carol, STORY, JoinAs::Editor, true, None);
+        sim.run();
+        let d = sim.collab_join(dave, STORY, JoinAs::Editor, true, None);
+        sim.run();
+        let rc = &sim.reply(carol, c)["collab_join"];
+        assert_eq!(
+            (rc["position"].as_u64(), rc["queued"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let rd = &sim.reply(dave, d)["collab_join"];
+        assert_eq!(
+            (rd["position"].as_u64(), rd["queued"].as_u64()),
+            (Some(2), Some(2))
+        );
+        sim.lock(ann, STORY, "p1");
+        sim.run();
+        // Ann's connection drops: her slot is held with her lock.
+        sim.close(ann);
+        sim.run();
+        sim.advance(Duration::from_secs(3));
+        assert!(
+            sim.directed(carol).is_empty(),
+            "seed {seed}: nobody promoted"
+        );
+        assert!(sim.directed(dave).is_empty(), "seed {seed}: nobody moved");
+        // She reconnects on the other shard and re-joins asking to queue:
+        // an editor at once, her lock her own.
+        let ann2 = sim.connect_as(1 - home, "ann");
+        let j = sim.collab_join(ann2, STORY, JoinAs::Editor, true, None);
+        sim.run();
+        let r = &sim.reply(ann2, j)["collab_join"];
+        assert_eq!(r["role"], "editor", "seed {seed}: {r}");
+        assert_eq!(r["queued"], 2);
+        assert_eq!(r["sections"]["p1"]["holder"]["user"], "ann");
+        let id = sim.update(ann2, "p1", 0, "1", "a1");
+        sim.run();
+        assert_eq!(sim.reply(ann2, id)["update"]["version"], 1, "seed {seed}");
+        assert!(sim.directed(carol).is_empty() && sim.directed(dave).is_empty());
+        // She drops again for good: after the grace her lock goes, carol
+        // gets the slot, dave learns he is next.
+        sim.close(ann2);
+        sim.run();
+        sim.advance(Duration::from_secs(9));
+        assert!(
+            sim.directed(carol).is_empty(),
+            "seed {seed}: still in grace"
+        );
+        sim.advance(Duration::from_secs(2));
+        assert_eq!(
+            sim.directed(carol),
+            vec![json!({"push": {"channel": STORY, "promoted": {"role": "editor"}}})]
+        );
+        assert_eq!(
+            sim.directed(dave),
+            vec![json!({"push": {"channel": STORY, "queue": {"position": 1}}})]
+        );
+        let id = sim.lock(carol, STORY, "p1");
+        sim.run();
+        assert_eq!(sim.reply(carol, id)["lock"]["holder"]["user"], "carol");
+    }
 }
 
 #[test]

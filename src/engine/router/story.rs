@@ -344,7 +344,7 @@ impl Router {
                         &section,
                         base_version,
                         data,
-                        Some(&op_id),
+                        &op_id,
                         ms,
                         &mut events,
                     )

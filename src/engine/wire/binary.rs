@@ -605,6 +605,12 @@ impl BinaryWriter {
         self.messages.push(msg);
     }
 
+    /// Adds a `queue` push (story collaboration).
+    pub fn queue_position(&mut self, channel: &str, position: u32) {
+        let msg = collab::queue_push(&mut self.fbb, channel, position);
+        self.messages.push(msg);
+    }
+
     /// Adds a `conflict` push (story collaboration).
     pub fn conflict(
         &mut self,

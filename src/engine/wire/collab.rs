@@ -1,8 +1,8 @@
 //! The wire forms of story collaboration (issue 9): the protocol-neutral
 //! types of the `collab_join`, `collab_leave`, `lock`, `unlock` and
 //! `update` commands, their replies, the errors that carry extra fields
-//! (118 section locked, 119 version conflict), the `promoted` and
-//! `conflict` pushes, and the broadcast story events.
+//! (118 section locked, 119 version conflict), the `promoted`, `conflict`
+//! and `queue` pushes, and the broadcast story events.
 //!
 //! Story events (`update`, `lock`, `story.user.join`, `story.user.leave`)
 //! are ordinary channel publications, so they get offsets, history and
@@ -25,10 +25,14 @@ use super::{ClientInfo, FrameWriter, Method, json};
 use crate::engine::codes::ErrorCode;
 use crate::engine::ws::handshake::WireFormat;
 
-/// Longest section id accepted, in bytes (ids are 1..=128 bytes).
+/// Longest section id accepted, in bytes (ids are 1..=128 bytes). The one
+/// definition of the limit: the story model (`engine::collab`) checks ids
+/// against it too.
 pub const MAX_SECTION_ID: usize = 128;
 
-/// Longest `op_id` accepted, in bytes (ids are 1..=64 bytes).
+/// Longest `op_id` accepted, in bytes (ids are 1..=64 bytes). The one
+/// definition of the limit: the story model (`engine::collab`) checks
+/// `op_id`s against it too.
 pub const MAX_OP_ID: usize = 64;
 
 /// Event key of an accepted update (the seed's `story.content.update`).
@@ -58,7 +62,8 @@ pub enum MemberRole {
     /// A viewer.
     Viewer,
     /// Asked to edit with `queue: true` while the editors were full: waits
-    /// for a slot (a `promoted` push says when it has one).
+    /// for a slot (`queue` pushes say when its place changes, a `promoted`
+    /// push when it has one).
     Queued,
 }
 
@@ -224,6 +229,8 @@ pub struct CollabJoinReply<'a> {
     pub position: Option<u32>,
     /// How many viewers the story has.
     pub viewers: u32,
+    /// How many members wait in line for an editor slot.
+    pub queued: u32,
     /// The story channel's position: publications (story events) after
     /// `offset` in `epoch` follow the reply, as after `subscribe`.
     pub epoch: u64,
@@ -274,7 +281,7 @@ impl ErrorDetail<'_> {
 
 // Parameter rules shared by both forms.
 
-/// A section id: 1..=128 bytes.
+/// A section id: 1..=[`MAX_SECTION_ID`] bytes.
 fn section(s: Cow<'_, str>) -> Result<Cow<'_, str>, ErrorCode> {
     if (1..=MAX_SECTION_ID).contains(&s.len()) {
         Ok(s)
@@ -330,7 +337,7 @@ pub(super) fn unlock<'a>(
 }
 
 /// `update`: `data` is JSON text (each form checks that); `op_id` is
-/// 1..=64 bytes.
+/// 1..=[`MAX_OP_ID`] bytes.
 pub(super) fn update<'a>(
     channel: Cow<'a, str>,
     section_id: Cow<'a, str>,
@@ -403,6 +410,18 @@ impl FrameWriter {
         match self.format {
             WireFormat::Json => json::collab::write_promoted(self.json.next_object(), channel),
             WireFormat::Binary => self.binary.promoted(channel),
+        }
+    }
+
+    /// Adds a `queue` push: this connection waits in line for an editor
+    /// slot of the story `channel`, now at `position` (1 = next).
+    pub fn queue_position(&mut self, channel: &str, position: u32) {
+        self.count += 1;
+        match self.format {
+            WireFormat::Json => {
+                json::collab::write_queue(self.json.next_object(), channel, position)
+            }
+            WireFormat::Binary => self.binary.queue_position(channel, position),
         }
     }
 

@@ -409,10 +409,10 @@ pub struct ReplyResultUnionTableOffset {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_PUSH_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_PUSH_BODY: u8 = 9;
+pub const ENUM_MAX_PUSH_BODY: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_PUSH_BODY: [PushBody; 10] = [
+pub const ENUM_VALUES_PUSH_BODY: [PushBody; 11] = [
   PushBody::NONE,
   PushBody::Pub,
   PushBody::Disconnect,
@@ -423,6 +423,7 @@ pub const ENUM_VALUES_PUSH_BODY: [PushBody; 10] = [
   PushBody::Unsubscribe,
   PushBody::Promoted,
   PushBody::Conflict,
+  PushBody::Queue,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -440,9 +441,10 @@ impl PushBody {
   pub const Unsubscribe: Self = Self(7);
   pub const Promoted: Self = Self(8);
   pub const Conflict: Self = Self(9);
+  pub const Queue: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Pub,
@@ -454,6 +456,7 @@ impl PushBody {
     Self::Unsubscribe,
     Self::Promoted,
     Self::Conflict,
+    Self::Queue,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -468,6 +471,7 @@ impl PushBody {
       Self::Unsubscribe => Some("Unsubscribe"),
       Self::Promoted => Some("Promoted"),
       Self::Conflict => Some("Conflict"),
+      Self::Queue => Some("Queue"),
       _ => None,
     }
   }
@@ -5216,6 +5220,7 @@ impl<'a> CollabJoinResult<'a> {
   pub const VT_EPOCH: ::flatbuffers::VOffsetT = 16;
   pub const VT_RECOVERED: ::flatbuffers::VOffsetT = 18;
   pub const VT_PUBLICATIONS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_QUEUED: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -5228,6 +5233,7 @@ impl<'a> CollabJoinResult<'a> {
   ) -> ::flatbuffers::WIPOffset<CollabJoinResult<'bldr>> {
     let mut builder = CollabJoinResultBuilder::new(_fbb);
     builder.add_offset(args.offset);
+    builder.add_queued(args.queued);
     if let Some(x) = args.publications { builder.add_publications(x); }
     if let Some(x) = args.epoch { builder.add_epoch(x); }
     if let Some(x) = args.sections { builder.add_sections(x); }
@@ -5303,6 +5309,13 @@ impl<'a> CollabJoinResult<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication>>>>(CollabJoinResult::VT_PUBLICATIONS, None)}
   }
+  #[inline]
+  pub fn queued(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(CollabJoinResult::VT_QUEUED, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for CollabJoinResult<'_> {
@@ -5320,6 +5333,7 @@ impl ::flatbuffers::Verifiable for CollabJoinResult<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("epoch", Self::VT_EPOCH, false)?
      .visit_field::<bool>("recovered", Self::VT_RECOVERED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Publication>>>>("publications", Self::VT_PUBLICATIONS, false)?
+     .visit_field::<u32>("queued", Self::VT_QUEUED, false)?
      .finish();
     Ok(())
   }
@@ -5334,6 +5348,7 @@ pub struct CollabJoinResultArgs<'a> {
     pub epoch: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub recovered: bool,
     pub publications: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Publication<'a>>>>>,
+    pub queued: u32,
 }
 impl<'a> Default for CollabJoinResultArgs<'a> {
   #[inline]
@@ -5348,6 +5363,7 @@ impl<'a> Default for CollabJoinResultArgs<'a> {
       epoch: None,
       recovered: false,
       publications: None,
+      queued: 0,
     }
   }
 }
@@ -5394,6 +5410,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CollabJoinResultBuilder<'a, '
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(CollabJoinResult::VT_PUBLICATIONS, publications);
   }
   #[inline]
+  pub fn add_queued(&mut self, queued: u32) {
+    self.fbb_.push_slot::<u32>(CollabJoinResult::VT_QUEUED, queued, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CollabJoinResultBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     CollabJoinResultBuilder {
@@ -5420,6 +5440,7 @@ impl ::core::fmt::Debug for CollabJoinResult<'_> {
       ds.field("epoch", &self.epoch());
       ds.field("recovered", &self.recovered());
       ds.field("publications", &self.publications());
+      ds.field("queued", &self.queued());
       ds.finish()
   }
 }
@@ -7537,6 +7558,102 @@ impl ::core::fmt::Debug for Conflict<'_> {
       ds.finish()
   }
 }
+pub enum QueueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Queue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Queue<'a> {
+  type Inner = Queue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Queue<'a> {
+  pub const VT_POSITION: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Queue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args QueueArgs
+  ) -> ::flatbuffers::WIPOffset<Queue<'bldr>> {
+    let mut builder = QueueBuilder::new(_fbb);
+    builder.add_position(args.position);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn position(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Queue::VT_POSITION, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Queue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("position", Self::VT_POSITION, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct QueueArgs {
+    pub position: u32,
+}
+impl<'a> Default for QueueArgs {
+  #[inline]
+  fn default() -> Self {
+    QueueArgs {
+      position: 0,
+    }
+  }
+}
+
+pub struct QueueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> QueueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_position(&mut self, position: u32) {
+    self.fbb_.push_slot::<u32>(Queue::VT_POSITION, position, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> QueueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    QueueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Queue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Queue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Queue");
+      ds.field("position", &self.position());
+      ds.finish()
+  }
+}
 pub enum PushOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -7730,6 +7847,21 @@ impl<'a> Push<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_queue(&self) -> Option<Queue<'a>> {
+    if self.body_type() == PushBody::Queue {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { Queue::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Push<'_> {
@@ -7750,6 +7882,7 @@ impl ::flatbuffers::Verifiable for Push<'_> {
           PushBody::Unsubscribe => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<UnsubscribeResult>>("PushBody::Unsubscribe", pos),
           PushBody::Promoted => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Promoted>>("PushBody::Promoted", pos),
           PushBody::Conflict => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Conflict>>("PushBody::Conflict", pos),
+          PushBody::Queue => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Queue>>("PushBody::Queue", pos),
           _ => Ok(()),
         }
      })?
@@ -7869,6 +8002,13 @@ impl ::core::fmt::Debug for Push<'_> {
         },
         PushBody::Conflict => {
           if let Some(x) = self.body_as_conflict() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        PushBody::Queue => {
+          if let Some(x) = self.body_as_queue() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

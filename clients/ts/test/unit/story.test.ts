@@ -93,17 +93,19 @@ test('join as an editor: the snapshot becomes sections, lock holders and editors
   h.client.disconnect();
 });
 
-test('queued: the place in line follows the members ahead, then promotion sends the updates made meanwhile', async () => {
+test('queued: the place in line follows the `queue` pushes, then promotion sends the updates made meanwhile', async () => {
   const h = await connected();
   const story = h.client.story(CH);
   const roles = record<StoryRoleEvent>((l) => story.on('role', l));
   const positions = record<{ position: number }>((l) => story.on('position', l));
+  const joined = record<StoryJoinedEvent>((l) => story.on('joined', l));
   let promoted = 0;
   story.on('promoted', () => promoted++);
   await settle();
-  h.socket.reply('collab_join', joinReply(5, { role: 'queued', position: 2, editors: [BOB] }));
+  h.socket.reply('collab_join', joinReply(5, { role: 'queued', position: 2, queued: 2, editors: [BOB] }));
   assert.equal(story.role, 'queued');
   assert.equal(story.position, 2);
+  assert.equal(joined[0]?.queued, 2);
   assert.deepEqual(roles, [{ channel: CH, role: 'queued', previous: undefined, position: 2 }]);
 
   // An update made while in line waits for the editor slot.
@@ -111,15 +113,17 @@ test('queued: the place in line follows the members ahead, then promotion sends 
   await settle();
   assert.equal(h.socket.sent('update').length, 0);
 
-  // Someone ahead leaves the line: the story asks for its place again (a join with the same role).
-  h.socket.receive(pub(6, { 'story.user.leave': { user: 'cy', client: 'c.1.2' } }));
-  await h.clock.advance(100);
-  const again = h.socket.sent('collab_join');
-  assert.equal(again.length, 2);
-  assert.deepEqual(again[1]?.params, { channel: CH, role: 'editor', queue: true });
-  h.socket.reply('collab_join', joinReply(6, { role: 'queued', position: 1, editors: [BOB] }));
+  // Someone ahead leaves the line: the server pushes the new place.
+  h.socket.receive(pub(6, { 'story.user.leave': { user: 'cy', client: 'c.1.2' } }), {
+    push: { channel: CH, queue: { position: 1 } },
+  });
   assert.equal(story.position, 1);
   assert.deepEqual(positions.map((p) => p.position), [1]);
+  // The same place again is no change; nothing asks the server for it.
+  h.socket.receive({ push: { channel: CH, queue: { position: 1 } } });
+  assert.deepEqual(positions.map((p) => p.position), [1]);
+  await h.clock.advance(1000);
+  assert.equal(h.socket.sent('collab_join').length, 1, 'no re-join to learn the place');
 
   // The editor leaves: this member is promoted.
   h.socket.receive(
@@ -139,7 +143,11 @@ test('queued: the place in line follows the members ahead, then promotion sends 
   replyAfter(h.socket, 'update', { version: 1 }, updateEvent(9, 'intro', 1, 'draft', ME));
   assert.deepEqual(await done, { section: 'intro', version: 1, duplicate: false, opId: 'uuid-1' });
   await h.clock.advance(1000);
-  assert.equal(h.socket.sent('collab_join').length, 2, 'no position refresh once an editor');
+  // A `queue` push after the promotion (a stale one) changes nothing.
+  h.socket.receive({ push: { channel: CH, queue: { position: 1 } } });
+  assert.equal(story.position, undefined);
+  assert.equal(story.role, 'editor');
+  assert.equal(h.socket.sent('collab_join').length, 1);
   h.client.disconnect();
 });
 

@@ -330,6 +330,11 @@ fn samples(now: Instant) -> Vec<Msg> {
                 by: who(2),
             }),
         },
+        Msg::CollabPush {
+            conn: reply_to(10).conn,
+            channel: ch("story:1"),
+            event: Box::new(DirectedEvent::Queue { position: 4 }),
+        },
         Msg::SetState {
             channel: ch("chat:a"),
             client: ch("c1"),

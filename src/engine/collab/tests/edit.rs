@@ -10,6 +10,7 @@ use crate::engine::collab::{
     CollabError, ConflictPolicy, DirectedEvent, JoinAs, LockExport, SectionExport, StoryExport,
     UpdateOk,
 };
+use crate::engine::wire::collab::{MAX_OP_ID, MAX_SECTION_ID};
 
 fn cfg() -> CollabConfig {
     CollabConfig::default()
@@ -59,11 +60,11 @@ fn two_editors_locking_in_the_same_tick_first_wins() {
     assert_eq!(s.lock_count(), 3);
     // Updates to a section another holds are refused; the holder's pass.
     assert_eq!(
-        s.update(m(1), "p1", 0, data("x"), None, 1_001, &mut ev),
+        s.update(m(1), "p1", 0, data("x"), "op1", 1_001, &mut ev),
         Err(CollabError::SectionLocked { holder: who(0) })
     );
     assert_eq!(
-        s.update(m(0), "p1", 0, data("x"), None, 1_001, &mut ev),
+        s.update(m(0), "p1", 0, data("x"), "op2", 1_001, &mut ev),
         ok(1)
     );
     // Unlock: only the holder; a free section is a harmless retry.
@@ -112,7 +113,8 @@ fn renewal_extends_silently_and_ttl_is_bounded() {
 fn a_lapsed_ttl_releases_the_lock() {
     let mut s = with_editors(cfg(), 2);
     let mut ev = Vec::new();
-    s.update(m(0), "p", 0, data("a"), None, 0, &mut ev).unwrap();
+    s.update(m(0), "p", 0, data("a"), "op3", 0, &mut ev)
+        .unwrap();
     s.lock(m(0), "p", None, 0, &mut ev).unwrap();
     s.lock(m(0), "fresh", None, 100, &mut ev).unwrap();
     assert_eq!(s.next_deadline(), Some(TTL));
@@ -161,7 +163,7 @@ fn grace_gives_the_locks_back_to_the_same_user_only() {
         Err(CollabError::SectionLocked { .. })
     ));
     assert!(matches!(
-        s.update(m(1), "a", 0, data("x"), None, 2_000, &mut ev),
+        s.update(m(1), "a", 0, data("x"), "op4", 2_000, &mut ev),
         Err(CollabError::SectionLocked { .. })
     ));
     // Another user joining takes nothing.
@@ -198,7 +200,7 @@ fn grace_gives_the_locks_back_to_the_same_user_only() {
     // Its original ttl still runs (30 s from 0), not the grace.
     assert_eq!(s.next_deadline(), Some(TTL));
     assert_eq!(
-        s.update(member_gen(0, 2), "a", 0, data("x"), None, 6_000, &mut ev),
+        s.update(member_gen(0, 2), "a", 0, data("x"), "op5", 6_000, &mut ev),
         ok(1)
     );
     check_invariants(&s, 6_000);
@@ -235,12 +237,21 @@ fn grace_is_taken_over_only_on_becoming_editor() {
     let mut ev = Vec::new();
     s.lock(m(0), "a", None, 0, &mut ev).unwrap();
     s.disconnect(m(0), 0, &mut ev);
-    s.join(m(2), &who(2), JoinAs::Editor, false, 0, &mut ev)
-        .unwrap(); // takes the slot
-    // u0 comes back as a viewer: no locks; then queued: none yet.
+    // u0's slot is held with its lock: another user may only queue.
+    assert_eq!(
+        s.join(m(2), &who(2), JoinAs::Editor, false, 0, &mut ev),
+        Err(CollabError::EditorsFull)
+    );
+    s.join(m(2), &who(2), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    assert_eq!(s.role(m(2)), Some(Role::Queued));
+    // u0 comes back as a viewer: no lock, and the slot stays held.
     let back = member_gen(0, 2);
+    ev.clear();
     s.join(back, &who(0), JoinAs::Viewer, false, 100, &mut ev)
         .unwrap();
+    assert!(lock_events(&ev).is_empty());
+    assert_eq!(s.held_count(), 1);
     assert!(
         s.snapshot(back).unwrap().sections[0]
             .lock
@@ -249,20 +260,141 @@ fn grace_is_taken_over_only_on_becoming_editor() {
             .holder
             == who(0)
     );
+    // Asking for an editor slot: its held slot at once, ahead of the line,
+    // and the lock is its own again.
     ev.clear();
-    s.join(back, &who(0), JoinAs::Editor, true, 200, &mut ev)
+    let joined = s
+        .join(back, &who(0), JoinAs::Editor, true, 200, &mut ev)
         .unwrap();
-    assert_eq!(s.role(back), Some(Role::Queued));
-    assert!(lock_events(&ev).is_empty());
-    // Promotion makes it an editor, and the lock is its own again.
-    ev.clear();
-    s.leave(m(1), 300, &mut ev);
+    assert_eq!((joined.role, joined.position), (Role::Editor, None));
     assert_eq!(lock_events(&ev), vec![("a".into(), Some("c0".into()))]);
+    assert_eq!(s.held_count(), 0);
+    assert_eq!(s.role(m(2)), Some(Role::Queued), "the line waits on");
     assert_eq!(
-        s.update(back, "a", 0, data("mine"), None, 400, &mut ev),
+        s.update(back, "a", 0, data("mine"), "op-mine", 400, &mut ev),
         ok(1)
     );
     check_invariants(&s, 400);
+}
+
+#[test]
+fn a_reconnecting_editor_gets_its_slot_and_locks_back_ahead_of_the_line() {
+    let c = CollabConfig {
+        max_editors: 2,
+        ..cfg()
+    };
+    let mut s = with_editors(c, 2);
+    let mut ev = Vec::new();
+    s.lock(m(0), "a", None, 0, &mut ev).unwrap();
+    s.lock(m(0), "b", None, 0, &mut ev).unwrap();
+    s.join(m(2), &who(2), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    s.join(m(3), &who(3), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    // u0's connection drops: it leaves, but its slot and locks wait for
+    // it. Nobody is promoted, nobody in line moves.
+    ev.clear();
+    s.disconnect(m(0), 1_000, &mut ev);
+    assert_eq!(
+        ev,
+        vec![CollabEvent::Leave {
+            who: who(0),
+            role: Role::Editor
+        }]
+    );
+    assert_eq!((s.editor_count(), s.held_count()), (1, 1));
+    assert_eq!(s.snapshot(m(2)).unwrap().position, Some(1));
+    assert_eq!(
+        s.lock(m(2), "c", None, 2_000, &mut ev),
+        Err(CollabError::NotEditor),
+        "the first in line is still waiting"
+    );
+    // It reconnects (a new connection and client id, the same user) and
+    // re-joins asking to queue, as a client does: an editor at once, with
+    // both locks, before anyone in line.
+    let again = member_gen(0, 2);
+    let back = who_of("u0", "c0-again");
+    ev.clear();
+    let joined = s
+        .join(again, &back, JoinAs::Editor, true, 5_000, &mut ev)
+        .unwrap();
+    assert_eq!(
+        (joined.role, joined.position, joined.queued),
+        (Role::Editor, None, 2)
+    );
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Join {
+                who: back.clone(),
+                role: Role::Editor
+            },
+            CollabEvent::Lock {
+                section: "a".into(),
+                holder: Some(back.clone())
+            },
+            CollabEvent::Lock {
+                section: "b".into(),
+                holder: Some(back.clone())
+            },
+        ],
+        "no promotion, no move in line"
+    );
+    assert_eq!(s.held_count(), 0);
+    assert_eq!(
+        s.update(again, "a", 0, data("x"), "op-a", 6_000, &mut ev),
+        ok(1)
+    );
+    check_invariants(&s, 6_000);
+
+    // It drops again and this time stays away: at the end of the grace its
+    // locks are released, then its slot goes to the first in line, who is
+    // told (and the second learns its new place).
+    s.disconnect(again, 7_000, &mut ev);
+    ev.clear();
+    assert_eq!(s.tick(7_000 + GRACE - 1, &mut ev), 0);
+    assert!(ev.is_empty());
+    assert_eq!(s.tick(7_000 + GRACE, &mut ev), 2);
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Lock {
+                section: "a".into(),
+                holder: None
+            },
+            CollabEvent::Lock {
+                section: "b".into(),
+                holder: None
+            },
+            CollabEvent::Join {
+                who: who(2),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(2),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+            CollabEvent::Directed {
+                to: m(3),
+                event: DirectedEvent::Queue { position: 1 },
+            },
+        ]
+    );
+    // The promoted editor is not blocked on the lapsed locks.
+    s.lock(m(2), "a", None, 7_000 + GRACE, &mut ev).unwrap();
+    // u0 coming back now is one more in line.
+    let late = s
+        .join(
+            member_gen(0, 3),
+            &who(0),
+            JoinAs::Editor,
+            true,
+            20_000,
+            &mut ev,
+        )
+        .unwrap();
+    assert_eq!((late.role, late.position), (Role::Queued, Some(2)));
+    check_invariants(&s, 20_000);
 }
 
 #[test]
@@ -292,7 +424,7 @@ fn anonymous_locks_are_not_taken_over() {
 fn leave_releases_at_once() {
     let mut s = with_editors(cfg(), 2);
     let mut ev = Vec::new();
-    s.update(m(0), "kept", 0, data("a"), None, 0, &mut ev)
+    s.update(m(0), "kept", 0, data("a"), "op7", 0, &mut ev)
         .unwrap();
     s.lock(m(0), "kept", None, 0, &mut ev).unwrap();
     s.lock(m(0), "blank", None, 0, &mut ev).unwrap();
@@ -333,13 +465,19 @@ fn lww_alerts_the_member_whose_version_was_overwritten() {
     let mut s = with_editors(cfg(), 3);
     let mut ev = Vec::new();
     assert_eq!(
-        s.update(m(0), "p", 0, data("zero"), None, 0, &mut ev),
+        s.update(m(0), "p", 0, data("zero"), "op8", 0, &mut ev),
         ok(1)
     );
-    assert_eq!(s.update(m(1), "p", 1, data("one"), None, 1, &mut ev), ok(2));
+    assert_eq!(
+        s.update(m(1), "p", 1, data("one"), "op9", 1, &mut ev),
+        ok(2)
+    );
     ev.clear();
     // Editor 2 saw only version 1 and overwrites editor 1's version 2.
-    assert_eq!(s.update(m(2), "p", 1, data("two"), None, 2, &mut ev), ok(3));
+    assert_eq!(
+        s.update(m(2), "p", 1, data("two"), "op10", 2, &mut ev),
+        ok(3)
+    );
     assert_eq!(
         ev,
         vec![
@@ -363,7 +501,7 @@ fn lww_alerts_the_member_whose_version_was_overwritten() {
     // No alert when you overwrite your own version.
     ev.clear();
     assert_eq!(
-        s.update(m(2), "p", 1, data("three"), None, 3, &mut ev),
+        s.update(m(2), "p", 1, data("three"), "op11", 3, &mut ev),
         ok(4)
     );
     assert_eq!(ev.len(), 1, "{ev:?}");
@@ -371,7 +509,7 @@ fn lww_alerts_the_member_whose_version_was_overwritten() {
     s.leave(m(2), 4, &mut ev);
     ev.clear();
     assert_eq!(
-        s.update(m(0), "p", 2, data("four"), None, 5, &mut ev),
+        s.update(m(0), "p", 2, data("four"), "op12", 5, &mut ev),
         ok(5)
     );
     assert_eq!(ev.len(), 1, "{ev:?}");
@@ -380,7 +518,7 @@ fn lww_alerts_the_member_whose_version_was_overwritten() {
         .unwrap();
     ev.clear();
     assert_eq!(
-        s.update(m(1), "p", 0, data("five"), None, 7, &mut ev),
+        s.update(m(1), "p", 0, data("five"), "op13", 7, &mut ev),
         ok(6)
     );
     assert!(matches!(
@@ -399,10 +537,11 @@ fn reject_mode_answers_the_current_version_and_data() {
     };
     let mut s = with_editors(c, 2);
     let mut ev = Vec::new();
-    s.update(m(0), "p", 0, data("a"), None, 0, &mut ev).unwrap();
+    s.update(m(0), "p", 0, data("a"), "op14", 0, &mut ev)
+        .unwrap();
     ev.clear();
     let err = s
-        .update(m(1), "p", 0, data("b"), Some("op"), 1, &mut ev)
+        .update(m(1), "p", 0, data("b"), "op", 1, &mut ev)
         .unwrap_err();
     assert_eq!(
         err,
@@ -416,13 +555,10 @@ fn reject_mode_answers_the_current_version_and_data() {
     assert_eq!(s.version("p"), 1);
     // The client rebases and resends with the same op_id: it was not
     // recorded, so it applies.
-    assert_eq!(
-        s.update(m(1), "p", 1, data("b"), Some("op"), 2, &mut ev),
-        ok(2)
-    );
+    assert_eq!(s.update(m(1), "p", 1, data("b"), "op", 2, &mut ev), ok(2));
     // A base ahead of the section is refused in both modes.
     assert_eq!(
-        s.update(m(1), "p", 7, data("c"), None, 3, &mut ev),
+        s.update(m(1), "p", 7, data("c"), "op15", 3, &mut ev),
         Err(CollabError::BadVersion {
             version: 2,
             data: data("b")
@@ -439,23 +575,14 @@ fn op_id_dedupe_answers_the_original_and_sends_nothing() {
     };
     let mut s = with_editors(c, 2);
     let mut ev = Vec::new();
-    assert_eq!(
-        s.update(m(0), "p", 0, data("a"), Some("op-1"), 0, &mut ev),
-        ok(1)
-    );
-    assert_eq!(
-        s.update(m(1), "p", 1, data("b"), Some("op-1"), 1, &mut ev),
-        ok(2)
-    );
+    assert_eq!(s.update(m(0), "p", 0, data("a"), "op-1", 0, &mut ev), ok(1));
+    assert_eq!(s.update(m(1), "p", 1, data("b"), "op-1", 1, &mut ev), ok(2));
     ev.clear();
     let dup = Ok(UpdateOk {
         version: 1,
         duplicate: true,
     });
-    assert_eq!(
-        s.update(m(0), "p", 0, data("a"), Some("op-1"), 2, &mut ev),
-        dup
-    );
+    assert_eq!(s.update(m(0), "p", 0, data("a"), "op-1", 2, &mut ev), dup);
     assert!(ev.is_empty());
     assert_eq!(s.version("p"), 2);
     // After a reconnect, the same user's resend is still recognised, even
@@ -472,36 +599,39 @@ fn op_id_dedupe_answers_the_original_and_sends_nothing() {
     )
     .unwrap();
     ev.clear();
-    assert_eq!(
-        s.update(again, "p", 0, data("a"), Some("op-1"), 5, &mut ev),
-        dup
-    );
+    assert_eq!(s.update(again, "p", 0, data("a"), "op-1", 5, &mut ev), dup);
     assert!(ev.is_empty());
     // The same op_id for another section is a client bug.
     assert_eq!(
-        s.update(again, "q", 0, data("a"), Some("op-1"), 6, &mut ev),
+        s.update(again, "q", 0, data("a"), "op-1", 6, &mut ev),
         Err(CollabError::OpIdReused)
     );
     // Bad op_ids.
     assert_eq!(
-        s.update(again, "q", 0, data("a"), Some(""), 6, &mut ev),
+        s.update(again, "q", 0, data("a"), "", 6, &mut ev),
         Err(CollabError::BadOpId)
     );
-    let long = "x".repeat(129);
+    // The wire's limit (64 bytes), the one constant for both.
+    let long = "x".repeat(MAX_OP_ID + 1);
     assert_eq!(
-        s.update(again, "q", 0, data("a"), Some(&long), 6, &mut ev),
+        s.update(again, "q", 0, data("a"), &long, 6, &mut ev),
         Err(CollabError::BadOpId)
     );
     // The window holds 2: a third op_id forgets the oldest (u0's op-1).
     assert_eq!(
-        s.update(again, "q", 0, data("a"), Some("op-2"), 7, &mut ev),
+        s.update(again, "q", 0, data("a"), "op-2", 7, &mut ev),
         ok(1)
     );
     assert_eq!(
-        s.update(again, "p", 0, data("a"), Some("op-1"), 8, &mut ev),
+        s.update(again, "p", 0, data("a"), "op-1", 8, &mut ev),
         ok(3)
     );
-    check_invariants(&s, 8);
+    let longest = "x".repeat(MAX_OP_ID);
+    assert_eq!(
+        s.update(again, "p", 3, data("a"), &longest, 9, &mut ev),
+        ok(4)
+    );
+    check_invariants(&s, 9);
 }
 
 #[test]
@@ -512,17 +642,11 @@ fn anonymous_op_ids_are_per_connection() {
         .unwrap();
     s.join(m(1), &who_of("", "a2"), JoinAs::Editor, false, 0, &mut ev)
         .unwrap();
-    assert_eq!(
-        s.update(m(0), "p", 0, data("x"), Some("1"), 0, &mut ev),
-        ok(1)
-    );
+    assert_eq!(s.update(m(0), "p", 0, data("x"), "1", 0, &mut ev), ok(1));
     // Another anonymous client's "1" is not a duplicate.
+    assert_eq!(s.update(m(1), "p", 1, data("y"), "1", 1, &mut ev), ok(2));
     assert_eq!(
-        s.update(m(1), "p", 1, data("y"), Some("1"), 1, &mut ev),
-        ok(2)
-    );
-    assert_eq!(
-        s.update(m(1), "p", 1, data("y"), Some("1"), 2, &mut ev),
+        s.update(m(1), "p", 1, data("y"), "1", 2, &mut ev),
         Ok(UpdateOk {
             version: 2,
             duplicate: true
@@ -538,7 +662,7 @@ fn concurrent_updates_apply_in_call_order() {
     // accepted (LWW), each exactly one version above the previous, and the
     // events come out in the same order.
     for i in 0..5 {
-        let got = s.update(m(i), "p", 0, data(&i.to_string()), None, 100, &mut ev);
+        let got = s.update(m(i), "p", 0, data(&i.to_string()), "op16", 100, &mut ev);
         assert_eq!(got, ok(u64::from(i) + 1));
     }
     let versions: Vec<(u64, Arc<str>)> = ev
@@ -579,23 +703,23 @@ fn bounds_are_enforced_and_change_nothing() {
     s.join(m(1), &who(1), JoinAs::Viewer, false, 0, &mut ev)
         .unwrap();
     let b = |n: usize| Bytes::from(vec![b'x'; n]);
-    assert_eq!(s.update(m(0), "a", 0, b(8), None, 0, &mut ev), ok(1));
+    assert_eq!(s.update(m(0), "a", 0, b(8), "op17", 0, &mut ev), ok(1));
     assert_eq!(
-        s.update(m(0), "b", 0, b(9), None, 0, &mut ev),
+        s.update(m(0), "b", 0, b(9), "op18", 0, &mut ev),
         Err(CollabError::TooLarge)
     );
     // 8 + 5 > 12 in the story.
     assert_eq!(
-        s.update(m(0), "b", 0, b(5), None, 0, &mut ev),
+        s.update(m(0), "b", 0, b(5), "op19", 0, &mut ev),
         Err(CollabError::TooLarge)
     );
-    assert_eq!(s.update(m(0), "b", 0, b(4), None, 0, &mut ev), ok(1));
+    assert_eq!(s.update(m(0), "b", 0, b(4), "op20", 0, &mut ev), ok(1));
     // Replacing data counts the difference.
-    assert_eq!(s.update(m(0), "a", 1, b(2), None, 0, &mut ev), ok(2));
+    assert_eq!(s.update(m(0), "a", 1, b(2), "op21", 0, &mut ev), ok(2));
     assert_eq!(s.bytes(), 6);
     // A third section, by update or by lock.
     assert_eq!(
-        s.update(m(0), "c", 0, b(1), None, 0, &mut ev),
+        s.update(m(0), "c", 0, b(1), "op22", 0, &mut ev),
         Err(CollabError::TooManySections)
     );
     assert_eq!(
@@ -603,13 +727,13 @@ fn bounds_are_enforced_and_change_nothing() {
         Err(CollabError::TooManySections)
     );
     // Section ids.
-    for bad in ["", "a\nb", "\u{7f}", &"s".repeat(129)] {
+    for bad in ["", "a\nb", "\u{7f}", &"s".repeat(MAX_SECTION_ID + 1)] {
         assert_eq!(
             s.lock(m(0), bad, None, 0, &mut ev),
             Err(CollabError::BadSection)
         );
         assert_eq!(
-            s.update(m(0), bad, 0, b(1), None, 0, &mut ev),
+            s.update(m(0), bad, 0, b(1), "op23", 0, &mut ev),
             Err(CollabError::BadSection)
         );
         assert_eq!(
@@ -618,13 +742,13 @@ fn bounds_are_enforced_and_change_nothing() {
         );
     }
     assert_eq!(
-        s.lock(m(0), &"s".repeat(128), None, 0, &mut ev),
+        s.lock(m(0), &"s".repeat(MAX_SECTION_ID), None, 0, &mut ev),
         Err(CollabError::TooManySections)
     );
     assert!(super::super::edit::valid_section_id("photo: été 3"));
     // Who may edit.
     assert_eq!(
-        s.update(m(1), "a", 2, b(1), None, 0, &mut ev),
+        s.update(m(1), "a", 2, b(1), "op24", 0, &mut ev),
         Err(CollabError::NotEditor)
     );
     assert_eq!(
@@ -633,7 +757,7 @@ fn bounds_are_enforced_and_change_nothing() {
     );
     assert_eq!(s.unlock(m(1), "a", 0, &mut ev), Err(CollabError::NotEditor));
     assert_eq!(
-        s.update(m(9), "a", 2, b(1), None, 0, &mut ev),
+        s.update(m(9), "a", 2, b(1), "op25", 0, &mut ev),
         Err(CollabError::NotMember)
     );
     assert_eq!(
@@ -651,11 +775,11 @@ fn bounds_are_enforced_and_change_nothing() {
 fn export_import_round_trip() {
     let mut s = with_editors(cfg(), 2);
     let mut ev = Vec::new();
-    s.update(m(0), "a", 0, data("a1"), None, 0, &mut ev)
+    s.update(m(0), "a", 0, data("a1"), "op26", 0, &mut ev)
         .unwrap();
-    s.update(m(1), "a", 1, data("a2"), None, 0, &mut ev)
+    s.update(m(1), "a", 1, data("a2"), "op27", 0, &mut ev)
         .unwrap();
-    s.update(m(1), "b", 0, data("b1"), None, 0, &mut ev)
+    s.update(m(1), "b", 0, data("b1"), "op28", 0, &mut ev)
         .unwrap();
     s.lock(m(0), "b", None, 1_000, &mut ev).unwrap();
     s.lock(m(1), "z", Some(Duration::from_secs(100)), 1_000, &mut ev)
@@ -725,7 +849,7 @@ fn export_import_round_trip() {
     assert_eq!(lock_events(&ev), vec![("z".into(), None)]);
     // Versions continue from the import.
     assert_eq!(
-        r.update(m(7), "a", 2, data("a3"), None, 100, &mut ev),
+        r.update(m(7), "a", 2, data("a3"), "op29", 100, &mut ev),
         ok(3)
     );
     check_invariants(r, 100);

@@ -1,17 +1,20 @@
 //! Seeded random operation sequences (joins, role changes, leaves,
 //! disconnects, locks, unlocks, updates with fresh, stale, future and
-//! resent bases, ticks) over 15 connection slots of 6 users and 8
-//! sections, under tight limits so every refusal happens. After every
-//! operation the story's structure is checked ([`check_invariants`]), and
-//! a client-side model built only from the broadcast events must agree
-//! with the story: same members and roles, same queue, same versions and
-//! data, same lock holders. Along the way: never two holders of a section
-//! (a holder changes only through a release, or a takeover by the same
-//! user after its connection closed), versions only ever +1 per accepted
-//! non-duplicate update and each `Update` event's version is the
-//! section's, queued members promoted in line order, conflict alerts
-//! exactly when a live other member's version was overwritten, and
-//! resends answered from an exact model of the op_id window.
+//! resent bases, bad op_ids, ticks) over 15 connection slots of 6 users
+//! and 8 sections, under tight limits so every refusal happens. After
+//! every operation the story's structure is checked
+//! ([`check_invariants`]), and a client-side model built only from the
+//! broadcast events must agree with the story: same members and roles,
+//! same queue, same versions and data, same lock holders. Along the way:
+//! never two holders of a section (a holder changes only through a
+//! release, or a takeover by the same user after its connection closed),
+//! versions only ever +1 per accepted non-duplicate update and each
+//! `Update` event's version is the section's, queued members promoted in
+//! line order, every queued member's place known from its join answer and
+//! its `Queue` pushes (each a change), a user whose editor slot is held
+//! getting it back at once, conflict alerts exactly when a live other
+//! member's version was overwritten, and resends answered from an exact
+//! model of the op_id window.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -22,6 +25,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 use crate::engine::collab::{CollabError, ConflictPolicy, DirectedEvent, JoinAs, UpdateOk};
+use crate::engine::wire::collab::MAX_OP_ID;
 
 const SEEDS: u64 = 200;
 const OPS: usize = 2_000;
@@ -65,6 +69,9 @@ struct Model {
     queue: VecDeque<Arc<str>>,
     sections: HashMap<Arc<str>, (u64, Bytes)>,
     holders: HashMap<Arc<str>, ClientInfo>,
+    /// The place in line each queued client was last told (its join's
+    /// answer, then its `Queue` pushes).
+    places: HashMap<Arc<str>, usize>,
 }
 
 /// The op_id window as the contract describes it: the last `cap`
@@ -108,6 +115,10 @@ struct Run {
     step: usize,
     /// The slot disconnected last, to come back soon (within the grace).
     last_gone: Option<u32>,
+    /// A join's answered place in line, noted after the step's events.
+    answered_place: Option<(Arc<str>, usize)>,
+    /// Whether the step's join got its user's held slot back.
+    slot_back: bool,
     /// How often each path was taken, across seeds.
     seen: HashMap<&'static str, usize>,
 }
@@ -129,6 +140,8 @@ impl Run {
     fn step(&mut self) {
         self.now += self.rng.random_range(0..700);
         self.events.clear();
+        self.slot_back = false;
+        let held_before = self.story.held_count();
         let slot = self.rng.random_range(0..SLOTS);
         let section = SECTIONS[self.rng.random_range(0..SECTIONS.len())];
         match self.rng.random_range(0..100) {
@@ -166,6 +179,15 @@ impl Run {
             }
         }
         self.apply_events();
+        if let Some((client, place)) = self.answered_place.take() {
+            self.model.places.insert(client, place);
+        }
+        let held_after = self.story.held_count();
+        if self.slot_back {
+            *self.seen.entry("slot_back").or_default() += 1;
+        } else if held_after < held_before {
+            *self.seen.entry("slot_lapsed").or_default() += 1;
+        }
         check_invariants(&self.story, self.now);
         self.compare();
     }
@@ -189,6 +211,14 @@ impl Run {
         let queue = self.rng.random_bool(0.5);
         let (member, who) = (self.member(slot), self.who(slot));
         let before = self.story.role(member);
+        // A slot held for this user (and not lapsing now) is its own.
+        let held = !who.user.is_empty()
+            && self
+                .story
+                .held
+                .iter()
+                .any(|h| h.user == who.user && h.until > self.now);
+        let held_before = self.story.held_count();
         match self
             .story
             .join(member, &who, role, queue, self.now, &mut self.events)
@@ -202,6 +232,21 @@ impl Run {
                     self.ctx()
                 );
                 assert_eq!(ok.sections.len(), self.story.section_count());
+                assert_eq!(ok.queued, self.story.queued_count(), "{}", self.ctx());
+                if let Some(place) = ok.position {
+                    self.answered_place = Some((who.client.clone(), place));
+                }
+                let asked = role == JoinAs::Editor && matches!(before, None | Some(Role::Viewer));
+                if held && asked {
+                    assert_eq!(
+                        ok.role,
+                        Role::Editor,
+                        "held slot not given back {}",
+                        self.ctx()
+                    );
+                    assert!(self.story.held_count() < held_before, "{}", self.ctx());
+                    self.slot_back = true;
+                }
             }
             Err(e) => {
                 assert!(
@@ -287,6 +332,10 @@ impl Run {
     }
 
     fn update(&mut self, slot: u32, section: &str) {
+        // What lapsed by now goes first (the update's own leading tick
+        // then finds nothing), so every event after this is the update's.
+        self.story.tick(self.now, &mut self.events);
+        let first = self.events.len();
         let member = self.member(slot);
         let who = self.who(slot);
         let current = self.story.version(section);
@@ -297,34 +346,29 @@ impl Run {
         };
         let len = self.rng.random_range(0..20);
         let data = Bytes::from(format!("{:0>len$}", self.step % 1000, len = len));
-        let op = self
-            .rng
-            .random_bool(0.8)
-            .then(|| format!("op{}", self.rng.random_range(0..40)));
+        let op = match self.rng.random_range(0..50) {
+            0 => String::new(),
+            1 => "o".repeat(MAX_OP_ID + 1),
+            _ => format!("op{}", self.rng.random_range(0..40)),
+        };
         // What the contract predicts, read before the call.
         let prev = self.story.sections.get(section).map(|s| {
             let writer = s.writer.as_ref().and_then(|w| w.member);
             (s.data.clone(), writer)
         });
-        let key = op.as_deref().map(|o| OpModel::key(&who, o));
-        let remembered = key.as_ref().and_then(|k| self.ops.applied.get(k).cloned());
+        let key = OpModel::key(&who, &op);
+        let remembered = self.ops.applied.get(&key).cloned();
         let prior = self.live_lock(section);
         let result = self.story.update(
             member,
             section,
             base,
             data.clone(),
-            op.as_deref(),
+            &op,
             self.now,
             &mut self.events,
         );
-        // The leading tick may release lapsed locks; anything else comes
-        // from the update itself.
-        let own: Vec<&CollabEvent> = self
-            .events
-            .iter()
-            .filter(|e| !matches!(e, CollabEvent::Lock { holder: None, .. }))
-            .collect();
+        let own: Vec<&CollabEvent> = self.events[first..].iter().collect();
         match result {
             Ok(UpdateOk {
                 version,
@@ -376,9 +420,7 @@ impl Run {
                 }
                 let own: Vec<CollabEvent> = own.into_iter().cloned().collect();
                 assert_eq!(own, expected, "{}", self.ctx());
-                if let Some(k) = key {
-                    self.ops.record(k, section.into(), version);
-                }
+                self.ops.record(key, section.into(), version);
             }
             Err(e) => {
                 assert!(own.is_empty(), "a refusal sent events {}", self.ctx());
@@ -435,6 +477,10 @@ impl Run {
                     event: DirectedEvent::Conflict { .. },
                     ..
                 } => "conflict",
+                CollabEvent::Directed {
+                    event: DirectedEvent::Queue { .. },
+                    ..
+                } => "queue",
                 CollabEvent::Directed { .. } => "promoted",
                 CollabEvent::Lock {
                     holder: Some(_), ..
@@ -514,18 +560,37 @@ impl Run {
                     assert_eq!(self.story.version(section), *version, "{ctx}");
                 }
                 CollabEvent::Directed { to, event } => {
-                    let target = self.story.members.get(to).expect("directed to a member");
+                    // A member promoted as the call's held slot lapsed may
+                    // be gone by its end (its own leave or disconnect).
+                    let target = match self.story.members.get(to) {
+                        Some(t) => t.who.clone(),
+                        None => {
+                            assert!(
+                                matches!(event, DirectedEvent::Promoted { .. }),
+                                "{event:?} to a non-member {ctx}"
+                            );
+                            let (slot, generation) = (to.conn.idx, to.conn.generation);
+                            who_of(&user_of(slot), &format!("c{slot}-{generation}"))
+                        }
+                    };
                     match event {
                         DirectedEvent::Promoted { role } => {
                             assert_eq!(*role, Role::Editor);
                             assert_eq!(
                                 last_editor_join.as_ref(),
-                                Some(&target.who.client),
+                                Some(&target.client),
                                 "promoted without its join {ctx}"
                             );
                         }
                         DirectedEvent::Conflict { by, .. } => {
-                            assert_ne!(by.client, target.who.client, "alert to oneself {ctx}");
+                            assert_ne!(by.client, target.client, "alert to oneself {ctx}");
+                        }
+                        DirectedEvent::Queue { position } => {
+                            let client = &target.client;
+                            let at = m.queue.iter().position(|c| c == client);
+                            assert_eq!(at.map(|i| i + 1), Some(*position), "wrong place {ctx}");
+                            let told = m.places.insert(client.clone(), *position);
+                            assert_ne!(told, Some(*position), "a place that did not change {ctx}");
                         }
                     }
                 }
@@ -548,6 +613,10 @@ impl Run {
             .map(|q| s.members[q].who.client.clone())
             .collect();
         assert_eq!(queue, Vec::from(m.queue.clone()), "{ctx}");
+        // Every queued member knows its place: none moved untold.
+        for (i, c) in queue.iter().enumerate() {
+            assert_eq!(m.places.get(c), Some(&(i + 1)), "place of {c} {ctx}");
+        }
         for (id, sec) in &s.sections {
             let (v, d) = m.sections.get(id).cloned().unwrap_or((0, Bytes::new()));
             assert_eq!((sec.version, &sec.data), (v, &d), "{id} {ctx}");
@@ -585,6 +654,8 @@ fn random_sequences_keep_the_invariants() {
             seed,
             step: 0,
             last_gone: None,
+            answered_place: None,
+            slot_back: false,
             seen,
         };
         for step in 0..OPS {
@@ -616,6 +687,10 @@ fn random_sequences_keep_the_invariants() {
         "bad_version",
         "too_many_sections",
         "too_large",
+        "bad_op_id",
+        "queue",
+        "slot_back",
+        "slot_lapsed",
     ];
     for p in paths {
         assert!(seen.get(p).copied().unwrap_or(0) >= 50, "{p}: {seen:?}");

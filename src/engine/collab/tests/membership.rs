@@ -96,12 +96,27 @@ fn viewers_are_unlimited_and_do_not_take_slots() {
     check_invariants(&s, 0);
 }
 
+/// The `Queue` pushes in `events`: (member index, position).
+fn queue_pushes(events: &[CollabEvent]) -> Vec<(u32, usize)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            CollabEvent::Directed {
+                to,
+                event: DirectedEvent::Queue { position },
+            } => Some((to.conn.idx, *position)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn queue_promotes_in_order_on_leave_and_on_disconnect() {
+fn queue_promotes_in_order_on_leave_and_after_a_disconnect_grace() {
     let c = CollabConfig {
         max_editors: 2,
         ..cfg()
     };
+    let grace = c.lock_grace.as_millis() as u64;
     let mut s = story(c);
     let mut ev = Vec::new();
     join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
@@ -111,7 +126,7 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     }
     assert_eq!(s.snapshot(m(4)).unwrap().position, Some(3));
 
-    // Leave: the first in line gets the slot.
+    // Leave: the first in line gets the slot; the others move up, told.
     assert!(s.leave(m(0), 10, &mut ev));
     assert_eq!(
         ev,
@@ -128,6 +143,14 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
                 to: m(2),
                 event: DirectedEvent::Promoted { role: Role::Editor },
             },
+            CollabEvent::Directed {
+                to: m(3),
+                event: DirectedEvent::Queue { position: 1 },
+            },
+            CollabEvent::Directed {
+                to: m(4),
+                event: DirectedEvent::Queue { position: 2 },
+            },
         ]
     );
     assert_eq!(s.role(m(2)), Some(Role::Editor));
@@ -135,16 +158,28 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     assert_eq!(s.snapshot(m(4)).unwrap().position, Some(2));
     check_invariants(&s, 10);
 
-    // Disconnect does the same.
+    // Disconnect holds the slot for its user through the grace: nobody is
+    // promoted, nobody moves.
     ev.clear();
     assert!(s.disconnect(m(1), 20, &mut ev));
     assert_eq!(
         ev,
+        vec![CollabEvent::Leave {
+            who: who(1),
+            role: Role::Editor
+        }]
+    );
+    assert_eq!((s.editor_count(), s.held_count()), (1, 1));
+    assert_eq!(s.next_deadline(), Some(20 + grace));
+    check_invariants(&s, 20);
+    ev.clear();
+    assert_eq!(s.tick(20 + grace - 1, &mut ev), 0);
+    assert!(ev.is_empty());
+    // The grace lapses: the slot goes to the first in line.
+    s.tick(20 + grace, &mut ev);
+    assert_eq!(
+        ev,
         vec![
-            CollabEvent::Leave {
-                who: who(1),
-                role: Role::Editor
-            },
             CollabEvent::Join {
                 who: who(3),
                 role: Role::Editor
@@ -153,11 +188,17 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
                 to: m(3),
                 event: DirectedEvent::Promoted { role: Role::Editor },
             },
+            CollabEvent::Directed {
+                to: m(4),
+                event: DirectedEvent::Queue { position: 1 },
+            },
         ]
     );
+    assert_eq!((s.held_count(), s.next_deadline()), (0, None));
     // A queued member leaving frees nothing and promotes nobody.
+    let now = 30 + grace;
     ev.clear();
-    assert!(s.leave(m(4), 30, &mut ev));
+    assert!(s.leave(m(4), now, &mut ev));
     assert_eq!(
         ev,
         vec![CollabEvent::Leave {
@@ -167,10 +208,128 @@ fn queue_promotes_in_order_on_leave_and_on_disconnect() {
     );
     // Leaving twice is harmless.
     ev.clear();
-    assert!(!s.leave(m(4), 31, &mut ev));
-    assert!(!s.disconnect(m(0), 31, &mut ev));
+    assert!(!s.leave(m(4), now + 1, &mut ev));
+    assert!(!s.disconnect(m(0), now + 1, &mut ev));
     assert!(ev.is_empty());
-    check_invariants(&s, 31);
+    check_invariants(&s, now + 1);
+}
+
+#[test]
+fn queue_pushes_go_to_those_who_moved_once_per_call() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
+    for i in 1..6 {
+        let ok = s
+            .join(m(i), &who(i), JoinAs::Editor, true, 0, &mut ev)
+            .unwrap();
+        assert_eq!((ok.position, ok.queued), (Some(i as usize), i as usize));
+    }
+    assert!(queue_pushes(&ev).is_empty(), "a newcomer moves nobody");
+    // The middle of the line leaves: only those behind it move.
+    ev.clear();
+    s.leave(m(3), 1, &mut ev);
+    assert_eq!(queue_pushes(&ev), vec![(4, 3), (5, 4)]);
+    // The last in line settles for viewing: nobody moves.
+    ev.clear();
+    s.join(m(5), &who(5), JoinAs::Viewer, false, 2, &mut ev)
+        .unwrap();
+    assert_eq!(queue_pushes(&ev), vec![]);
+    // Asking again for the same place moves nobody either.
+    ev.clear();
+    let ok = s
+        .join(m(4), &who(4), JoinAs::Editor, true, 3, &mut ev)
+        .unwrap();
+    assert_eq!(
+        (ok.role, ok.position, ok.queued),
+        (Role::Queued, Some(3), 3)
+    );
+    assert!(ev.is_empty());
+    // The editor steps down: the first in line is promoted (a `promoted`
+    // push, not a `queue` one), the rest move up by one, told once each.
+    ev.clear();
+    s.join(m(0), &who(0), JoinAs::Viewer, false, 4, &mut ev)
+        .unwrap();
+    assert_eq!(queue_pushes(&ev), vec![(2, 1), (4, 2)]);
+    assert!(ev.contains(&CollabEvent::Directed {
+        to: m(1),
+        event: DirectedEvent::Promoted { role: Role::Editor },
+    }));
+    // A disconnect from the front: one push each, with the final place.
+    ev.clear();
+    s.disconnect(m(2), 5, &mut ev);
+    assert_eq!(queue_pushes(&ev), vec![(4, 1)]);
+    check_invariants(&s, 5);
+}
+
+#[test]
+fn an_anonymous_editors_slot_is_not_held() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    s.join(m(0), &who_of("", "anon"), JoinAs::Editor, false, 0, &mut ev)
+        .unwrap();
+    join(&mut s, 1, JoinAs::Editor, true, 0).unwrap();
+    ev.clear();
+    s.disconnect(m(0), 10, &mut ev);
+    assert_eq!(s.held_count(), 0);
+    assert_eq!(s.role(m(1)), Some(Role::Editor), "promoted at once");
+    assert!(ev.contains(&CollabEvent::Directed {
+        to: m(1),
+        event: DirectedEvent::Promoted { role: Role::Editor },
+    }));
+    check_invariants(&s, 10);
+}
+
+#[test]
+fn a_held_slot_lapsing_during_a_refused_join_still_promotes_and_tells() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let grace = c.lock_grace.as_millis() as u64;
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    join(&mut s, 0, JoinAs::Editor, false, 0).unwrap();
+    join(&mut s, 1, JoinAs::Editor, true, 0).unwrap();
+    join(&mut s, 2, JoinAs::Editor, true, 0).unwrap();
+    s.disconnect(m(0), 0, &mut ev);
+    // The slot is u0's: another user is refused, and nobody moves.
+    ev.clear();
+    assert_eq!(
+        join(&mut s, 9, JoinAs::Editor, false, grace - 1),
+        Err(CollabError::EditorsFull)
+    );
+    // At the grace, the refused join's leading tick promotes and tells.
+    assert_eq!(
+        s.join(m(9), &who(9), JoinAs::Editor, false, grace, &mut ev),
+        Err(CollabError::EditorsFull)
+    );
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Join {
+                who: who(1),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(1),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+            CollabEvent::Directed {
+                to: m(2),
+                event: DirectedEvent::Queue { position: 1 },
+            },
+        ]
+    );
+    check_invariants(&s, grace);
 }
 
 #[test]

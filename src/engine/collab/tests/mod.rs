@@ -81,7 +81,16 @@ pub(super) fn check_invariants(s: &Story, now_ms: u64) {
         .filter(|m| m.role == Role::Queued)
         .count();
     assert_eq!(editors, s.editors.len(), "editor list");
-    assert!(s.editors.len() <= cfg.max_editors, "editors over the cap");
+    assert!(
+        s.editors.len() + s.held.len() <= cfg.max_editors,
+        "editors and held slots over the cap"
+    );
+    // Held slots: named users only, in their grace.
+    for h in &s.held {
+        assert!(!h.user.is_empty(), "a slot held for an anonymous user");
+        assert!(h.until > now_ms, "a lapsed slot is still held");
+        assert!(h.until <= now_ms + cfg.lock_grace.as_millis() as u64);
+    }
     assert_eq!(viewers, s.viewers, "viewer count");
     assert_eq!(queued, s.queue.len(), "queue length");
     assert!(s.queue.len() <= cfg.queue_max, "queue over its cap");
@@ -91,14 +100,15 @@ pub(super) fn check_invariants(s: &Story, now_ms: u64) {
     for q in &s.queue {
         assert_eq!(s.members[q].role, Role::Queued);
     }
-    // Nobody waits while a slot is free.
+    // Nobody waits while a slot is free (neither an editor's nor held).
     if !s.queue.is_empty() {
         assert_eq!(
-            s.editors.len(),
+            s.editors.len() + s.held.len(),
             cfg.max_editors,
             "a slot is free with a queue"
         );
     }
+    assert!(s.queue_moved.is_none(), "a move in line not announced");
     assert_eq!(s.members.is_empty(), s.empty_since.is_some(), "empty_since");
     // Sections, bytes and locks.
     assert!(
@@ -141,6 +151,7 @@ pub(super) fn check_invariants(s: &Story, now_ms: u64) {
         .sections
         .values()
         .filter_map(|sec| sec.lock.as_ref().map(|l| l.deadline()))
+        .chain(s.held.iter().map(|h| h.until))
         .min();
     assert_eq!(s.next_deadline(), next, "next deadline");
     assert!(s.timers.len() <= 2 * s.locks + 64, "timer heap unbounded");

@@ -67,7 +67,7 @@ fn idle_stories_are_evicted_by_the_tick() {
             "p",
             0,
             bytes::Bytes::from_static(b"1"),
-            None,
+            "op1",
             0,
             &mut ev,
         )
@@ -164,4 +164,57 @@ fn insert_replaces_and_remove_forgets() {
     assert_eq!(story.lock_count(), 1);
     assert_eq!((t.len(), t.locks(), t.next_deadline()), (0, 0, None));
     assert!(t.remove("s:a").is_none());
+}
+
+#[test]
+fn a_held_editor_slot_is_due_in_the_table_and_promotes_when_it_lapses() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let grace = c.lock_grace.as_millis() as u64;
+    let mut t = Stories::new(c);
+    let mut ev = Vec::new();
+    {
+        let mut s = t.open(&ch("s:a"), 0).unwrap();
+        s.join(m(0), &who(0), JoinAs::Editor, false, 0, &mut ev)
+            .unwrap();
+        s.join(m(1), &who(1), JoinAs::Editor, true, 0, &mut ev)
+            .unwrap();
+        s.join(m(2), &who(2), JoinAs::Editor, true, 0, &mut ev)
+            .unwrap();
+        // No locks: the held slot alone is the story's deadline.
+        s.disconnect(m(0), 100, &mut ev);
+    }
+    assert_eq!(t.next_deadline(), Some(100 + grace));
+    let mut out = Vec::new();
+    t.tick(100 + grace - 1, &mut out);
+    assert!(out.is_empty());
+    t.tick(100 + grace, &mut out);
+    let events: Vec<CollabEvent> = out
+        .into_iter()
+        .map(|(c, e)| {
+            assert_eq!(&*c, "s:a");
+            e
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            CollabEvent::Join {
+                who: who(1),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(1),
+                event: crate::engine::collab::DirectedEvent::Promoted { role: Role::Editor },
+            },
+            CollabEvent::Directed {
+                to: m(2),
+                event: crate::engine::collab::DirectedEvent::Queue { position: 1 },
+            },
+        ]
+    );
+    assert_eq!(t.next_deadline(), None);
+    assert_eq!(t.get("s:a").unwrap().held_count(), 0);
 }

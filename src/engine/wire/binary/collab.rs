@@ -139,6 +139,7 @@ pub(super) fn join_result<'b>(
             epoch: Some(epoch),
             recovered: r.recovering && r.recovered,
             publications,
+            queued: r.queued,
         },
     );
     (proto::ReplyResult::CollabJoin, t.as_union_value())
@@ -233,6 +234,21 @@ pub(super) fn promoted_push<'b>(
         Some(channel),
         proto::PushBody::Promoted,
         p.as_union_value(),
+    )
+}
+
+/// A `queue` push message.
+pub(super) fn queue_push<'b>(
+    fbb: &mut FlatBufferBuilder<'b>,
+    channel: &str,
+    position: u32,
+) -> WIPOffset<proto::ServerMessage<'b>> {
+    let q = proto::Queue::create(fbb, &proto::QueueArgs { position });
+    push_message(
+        fbb,
+        Some(channel),
+        proto::PushBody::Queue,
+        q.as_union_value(),
     )
 }
 

@@ -80,6 +80,7 @@ fn join_reply(story: &dyn StorySnapshot, role: MemberRole, position: Option<u32>
         role,
         position,
         viewers: 1000,
+        queued: position.unwrap_or(0) + 3,
         epoch: 0xab,
         offset: 41,
         story,
@@ -101,6 +102,7 @@ fn join_recovery<'a>(
         role: MemberRole::Editor,
         position: None,
         viewers: 2,
+        queued: 0,
         epoch: 0xab,
         offset: 9,
         story,
@@ -175,6 +177,7 @@ fn collab_join_reply_json() {
         ])
     );
     assert_eq!(j["viewers"], 1000);
+    assert_eq!(j["queued"], 3);
     assert_eq!(j["offset"], 41);
     assert_eq!(j["epoch"], "00000000000000ab");
     assert!(j.get("recovered").is_none() && j.get("publications").is_none());
@@ -189,6 +192,7 @@ fn collab_join_reply_json() {
     let v = reply_json(join_reply(&story, MemberRole::Queued, Some(2)));
     assert_eq!(v["collab_join"]["role"], "queued");
     assert_eq!(v["collab_join"]["position"], 2);
+    assert_eq!(v["collab_join"]["queued"], 5);
     let empty = StorySnapshotBuf::default();
     let v = reply_json(join_reply(&empty, MemberRole::Viewer, None));
     assert_eq!(v["collab_join"]["role"], "viewer");
@@ -204,7 +208,7 @@ fn collab_join_reply_binary() {
         let j = r.result_as_collab_join().unwrap();
         assert_eq!(j.role(), proto::CollabRole::Editor);
         assert_eq!(j.position(), None);
-        assert_eq!((j.viewers(), j.offset()), (1000, 41));
+        assert_eq!((j.viewers(), j.queued(), j.offset()), (1000, 3, 41));
         assert_eq!(j.epoch(), Some("00000000000000ab"));
         assert!(!j.recovered() && j.publications().is_none());
         let editors = j.editors().unwrap();
@@ -235,7 +239,7 @@ fn collab_join_reply_binary() {
     with_reply_bin(join_reply(&story, MemberRole::Queued, Some(4)), |r| {
         let j = r.result_as_collab_join().unwrap();
         assert_eq!(j.role(), proto::CollabRole::Queued);
-        assert_eq!(j.position(), Some(4));
+        assert_eq!((j.position(), j.queued()), (Some(4), 7));
     });
 }
 
@@ -278,7 +282,7 @@ fn collab_join_recovery_json_golden() {
         std::str::from_utf8(&out).unwrap(),
         concat!(
             r#"{"id":9,"collab_join":{"role":"editor","editors":[{"user":"ann","client":"a.1"}],"#,
-            r#""viewers":2,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
+            r#""viewers":2,"queued":0,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
             r#""epoch":"00000000000000ab","offset":9,"recovered":true,"#,
             r#""publications":[{"offset":7,"data":{"text":"hi"}},{"offset":8,"b64data":"/wA="}]}}"#,
         )
@@ -289,7 +293,7 @@ fn collab_join_recovery_json_golden() {
         std::str::from_utf8(&out).unwrap(),
         concat!(
             r#"{"id":9,"collab_join":{"role":"editor","editors":[{"user":"ann","client":"a.1"}],"#,
-            r#""viewers":2,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
+            r#""viewers":2,"queued":0,"sections":{"title":{"version":3,"data":{"t":1}}},"#,
             r#""epoch":"00000000000000ab","offset":9}}"#,
         )
     );
@@ -513,6 +517,7 @@ fn pushes_both_forms() {
     w.begin(WireFormat::Json);
     w.promoted("story:1");
     w.conflict("story:1", "title", 6, br#"{"text":"mine"}"#, &ann);
+    w.queue_position("story:1", 3);
     let frame = w.finish().unwrap();
     let text = std::str::from_utf8(ws_payload(&frame)).unwrap();
     let lines: Vec<Value> = text
@@ -526,16 +531,21 @@ fn pushes_both_forms() {
             json!({"push":{"channel":"story:1","conflict":{
                 "section":"title","version":6,"overwritten":{"text":"mine"},
                 "by":{"user":"ann","client":"a.1","info":{"name":"Ann"}}}}}),
+            json!({"push":{"channel":"story:1","queue":{"position":3}}}),
         ]
     );
 
     w.begin(WireFormat::Binary);
     w.promoted("story:1");
     w.conflict("story:1", "title", 6, br#"{"text":"mine"}"#, &ann);
+    w.queue_position("story:1", 3);
     let frame = w.finish().unwrap();
     let sf = flatbuffers::root::<proto::ServerFrame>(ws_payload(&frame)).unwrap();
     let msgs = sf.messages().unwrap();
-    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs.len(), 3);
+    let q = msgs.get(2).push_().unwrap();
+    assert_eq!(q.channel(), Some("story:1"));
+    assert_eq!(q.body_as_queue().unwrap().position(), 3);
     let p = msgs.get(0).push_().unwrap();
     assert_eq!(p.channel(), Some("story:1"));
     assert_eq!(

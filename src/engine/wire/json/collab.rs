@@ -135,6 +135,8 @@ pub(super) fn write_join_reply(out: &mut Vec<u8>, r: &CollabJoinReply<'_>) {
     });
     out.extend_from_slice(b"],\"viewers\":");
     push_u64(out, r.viewers.into());
+    out.extend_from_slice(b",\"queued\":");
+    push_u64(out, r.queued.into());
     out.extend_from_slice(b",\"sections\":{");
     push_sections(out, r.story);
     out.extend_from_slice(b"},");
@@ -215,6 +217,14 @@ pub(in crate::engine::wire) fn write_promoted(out: &mut Vec<u8>, channel: &str) 
     push_head(out, channel);
     out.extend_from_slice(b",\"promoted\":{\"role\":");
     push_role(out, MemberRole::Editor);
+    out.extend_from_slice(b"}}}");
+}
+
+/// A `queue` push object.
+pub(in crate::engine::wire) fn write_queue(out: &mut Vec<u8>, channel: &str, position: u32) {
+    push_head(out, channel);
+    out.extend_from_slice(b",\"queue\":{\"position\":");
+    push_u64(out, position.into());
     out.extend_from_slice(b"}}}");
 }
 
