@@ -294,6 +294,7 @@ function collabJoinResult(r: fb.CollabJoinResult): Record<string, unknown> {
   if (position !== null) out.position = position;
   out.editors = list(r.editorsLength(), (i) => r.editors(i), clientInfo);
   out.viewers = r.viewers();
+  out.queued = r.queued();
   out.sections = sections;
   out.epoch = text(r.epoch());
   out.offset = num(r.offset());
@@ -412,6 +413,7 @@ const pushes: Partial<Record<fb.PushBody, [string, (p: fb.Push) => unknown]>> = 
   [fb.PushBody.Subscribe]: ['subscribe', (p) => subscribeResult(p.body(new fb.SubscribeResult()) as fb.SubscribeResult)],
   [fb.PushBody.Unsubscribe]: ['unsubscribe', () => ({})],
   [fb.PushBody.Promoted]: ['promoted', (p) => ({ role: role((p.body(new fb.Promoted()) as fb.Promoted).role()) })],
+  [fb.PushBody.Queue]: ['queue', (p) => ({ position: (p.body(new fb.Queue()) as fb.Queue).position() })],
   [fb.PushBody.Conflict]: [
     'conflict',
     (p) => {

@@ -269,6 +269,7 @@ const results: Record<string, [fb.ReplyResult, (b: Builder, r: Obj) => number]> 
         epoch,
         r.recovered === true,
         pubs,
+        Number(r.queued ?? 0),
       );
     },
   ],
@@ -310,6 +311,7 @@ const pushes: Record<string, [fb.PushBody, (b: Builder, body: Obj) => number]> =
   subscribe: [fb.PushBody.Subscribe, subscribeResult],
   unsubscribe: [fb.PushBody.Unsubscribe, (b) => fb.UnsubscribeResult.createUnsubscribeResult(b)],
   promoted: [fb.PushBody.Promoted, (b, p) => fb.Promoted.createPromoted(b, role(p.role))],
+  queue: [fb.PushBody.Queue, (b, q) => fb.Queue.createQueue(b, Number(q.position ?? 0))],
   conflict: [
     fb.PushBody.Conflict,
     (b, c) => {

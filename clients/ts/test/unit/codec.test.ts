@@ -141,6 +141,7 @@ const SERVER_MESSAGES: Array<[string, Record<string, unknown>]> = [
         position: 2,
         editors: [ANN, ANON],
         viewers: 3,
+        queued: 2,
         sections: { intro: { version: 4, data: { text: 'x' }, holder: { user: 'ann', client: ANN.client } }, outro: { version: 1, data: 'y' } },
         epoch: '9d3c1f0a7b2e4c55',
         offset: 9,
@@ -151,7 +152,7 @@ const SERVER_MESSAGES: Array<[string, Record<string, unknown>]> = [
     'collab_join (recovering)',
     {
       id: 14,
-      collab_join: { role: 'editor', editors: [], viewers: 0, sections: {}, epoch: '9d3c1f0a7b2e4c55', offset: 9, recovered: false, publications: [] },
+      collab_join: { role: 'editor', editors: [], viewers: 0, queued: 0, sections: {}, epoch: '9d3c1f0a7b2e4c55', offset: 9, recovered: false, publications: [] },
     },
   ],
   ['collab_leave', { id: 15, collab_leave: {} }],
@@ -175,6 +176,7 @@ const SERVER_MESSAGES: Array<[string, Record<string, unknown>]> = [
   ],
   ['unsubscribe push', { push: { channel: '#ann', unsubscribe: {} } }],
   ['promoted push', { push: { channel: 'story:1', promoted: { role: 'editor' } } }],
+  ['queue push', { push: { channel: 'story:1', queue: { position: 1 } } }],
   ['conflict push', { push: { channel: 'story:1', conflict: { section: 'intro', version: 6, overwritten: { text: 'mine' }, by: ANN } } }],
 ];
 

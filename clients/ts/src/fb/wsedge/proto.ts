@@ -39,6 +39,7 @@ export { PublishRequest } from './proto/publish-request.js';
 export { PublishResult } from './proto/publish-result.js';
 export { Push } from './proto/push.js';
 export { PushBody } from './proto/push-body.js';
+export { Queue } from './proto/queue.js';
 export { RefreshRequest } from './proto/refresh-request.js';
 export { RefreshResult } from './proto/refresh-result.js';
 export { Reply } from './proto/reply.js';

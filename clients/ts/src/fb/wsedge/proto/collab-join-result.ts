@@ -90,8 +90,13 @@ publicationsLength():number {
   return offset ? this.bb!.__vector_len(this.bb_pos + offset) : 0;
 }
 
+queued():number {
+  const offset = this.bb!.__offset(this.bb_pos, 22);
+  return offset ? this.bb!.readUint32(this.bb_pos + offset) : 0;
+}
+
 static startCollabJoinResult(builder:flatbuffers.Builder) {
-  builder.startObject(9);
+  builder.startObject(10);
 }
 
 static addRole(builder:flatbuffers.Builder, role:CollabRole) {
@@ -166,12 +171,16 @@ static startPublicationsVector(builder:flatbuffers.Builder, numElems:number) {
   builder.startVector(4, numElems, 4);
 }
 
+static addQueued(builder:flatbuffers.Builder, queued:number) {
+  builder.addFieldInt32(9, queued, 0);
+}
+
 static endCollabJoinResult(builder:flatbuffers.Builder):flatbuffers.Offset {
   const offset = builder.endObject();
   return offset;
 }
 
-static createCollabJoinResult(builder:flatbuffers.Builder, role:CollabRole, position:number|null, editorsOffset:flatbuffers.Offset, viewers:number, sectionsOffset:flatbuffers.Offset, offset:bigint, epochOffset:flatbuffers.Offset, recovered:boolean, publicationsOffset:flatbuffers.Offset):flatbuffers.Offset {
+static createCollabJoinResult(builder:flatbuffers.Builder, role:CollabRole, position:number|null, editorsOffset:flatbuffers.Offset, viewers:number, sectionsOffset:flatbuffers.Offset, offset:bigint, epochOffset:flatbuffers.Offset, recovered:boolean, publicationsOffset:flatbuffers.Offset, queued:number):flatbuffers.Offset {
   CollabJoinResult.startCollabJoinResult(builder);
   CollabJoinResult.addRole(builder, role);
   if (position !== null)
@@ -183,6 +192,7 @@ static createCollabJoinResult(builder:flatbuffers.Builder, role:CollabRole, posi
   CollabJoinResult.addEpoch(builder, epochOffset);
   CollabJoinResult.addRecovered(builder, recovered);
   CollabJoinResult.addPublications(builder, publicationsOffset);
+  CollabJoinResult.addQueued(builder, queued);
   return CollabJoinResult.endCollabJoinResult(builder);
 }
 }

@@ -8,6 +8,7 @@ import { Join } from '../../wsedge/proto/join.js';
 import { Leave } from '../../wsedge/proto/leave.js';
 import { Promoted } from '../../wsedge/proto/promoted.js';
 import { Publication } from '../../wsedge/proto/publication.js';
+import { Queue } from '../../wsedge/proto/queue.js';
 import { State } from '../../wsedge/proto/state.js';
 import { SubscribeResult } from '../../wsedge/proto/subscribe-result.js';
 import { UnsubscribeResult } from '../../wsedge/proto/unsubscribe-result.js';
@@ -23,13 +24,14 @@ export enum PushBody {
   Subscribe = 6,
   Unsubscribe = 7,
   Promoted = 8,
-  Conflict = 9
+  Conflict = 9,
+  Queue = 10
 }
 
 export function unionToPushBody(
   type: PushBody,
-  accessor: (obj:Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult) => Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult|null
-): Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult|null {
+  accessor: (obj:Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult) => Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult|null
+): Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult|null {
   switch(PushBody[type]) {
     case 'NONE': return null; 
     case 'Pub': return accessor(new Publication())! as Publication;
@@ -41,15 +43,16 @@ export function unionToPushBody(
     case 'Unsubscribe': return accessor(new UnsubscribeResult())! as UnsubscribeResult;
     case 'Promoted': return accessor(new Promoted())! as Promoted;
     case 'Conflict': return accessor(new Conflict())! as Conflict;
+    case 'Queue': return accessor(new Queue())! as Queue;
     default: return null;
   }
 }
 
 export function unionListToPushBody(
   type: PushBody, 
-  accessor: (index: number, obj:Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult) => Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult|null, 
+  accessor: (index: number, obj:Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult) => Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult|null, 
   index: number
-): Conflict|Disconnect|Join|Leave|Promoted|Publication|State|SubscribeResult|UnsubscribeResult|null {
+): Conflict|Disconnect|Join|Leave|Promoted|Publication|Queue|State|SubscribeResult|UnsubscribeResult|null {
   switch(PushBody[type]) {
     case 'NONE': return null; 
     case 'Pub': return accessor(index, new Publication())! as Publication;
@@ -61,6 +64,7 @@ export function unionListToPushBody(
     case 'Unsubscribe': return accessor(index, new UnsubscribeResult())! as UnsubscribeResult;
     case 'Promoted': return accessor(index, new Promoted())! as Promoted;
     case 'Conflict': return accessor(index, new Conflict())! as Conflict;
+    case 'Queue': return accessor(index, new Queue())! as Queue;
     default: return null;
   }
 }
