@@ -126,6 +126,9 @@ export class Client extends Emitter<ClientEvents> {
   private readonly outbox: Outbox;
   private publishesInFlight = 0;
   private flushPauseTimer: TimerHandle | undefined;
+  /** A switch from SSE to WebSocket waits for the commands in flight (see `leaveSse`). */
+  private switchWaiting = false;
+  private switchTimer: TimerHandle | undefined;
 
   /**
    * @param url the server's WebSocket URL, e.g. `ws://127.0.0.1:8080/ws`
@@ -473,10 +476,31 @@ export class Client extends Emitter<ClientEvents> {
     this.openTimer = undefined;
   }
 
-  /** A WebSocket probe opened while on SSE: reconnect over WebSocket now (subscriptions recover as after any reconnect). */
+  /**
+   * A WebSocket probe opened while on SSE: reconnect over WebSocket
+   * (subscriptions recover as after any reconnect). The switch is the
+   * client's own choice, so it does not cut commands short: it waits until
+   * every command sent over SSE is answered (or, with commands never
+   * pausing, at most the command timeout).
+   */
   private leaveSse(): void {
     if (this._state !== 'connected' || this.conn?.kind !== 'sse') return;
     this.policy.webSocketWorks();
+    if (this.commands.size > 0) {
+      if (this.switchWaiting) return;
+      this.switchWaiting = true;
+      this.switchTimer = this.clock.setTimeout(() => {
+        this.switchTimer = undefined;
+        this.switchNow();
+      }, this.timeout);
+      return;
+    }
+    this.switchNow();
+  }
+
+  /** Leaves SSE for WebSocket at once (see {@link leaveSse}). */
+  private switchNow(): void {
+    if (this._state !== 'connected' || this.conn?.kind !== 'sse') return;
     this.lose(LocalCode.transportSwitch, 'a WebSocket opened: leaving SSE', true, undefined, true);
   }
 
@@ -604,10 +628,11 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private clearConnectionTimers(): void {
-    for (const t of [this.reconnectTimer, this.openTimer, this.pingTimer, this.refreshTimer, this.flushPauseTimer]) {
+    for (const t of [this.reconnectTimer, this.openTimer, this.pingTimer, this.refreshTimer, this.flushPauseTimer, this.switchTimer]) {
       if (t !== undefined) this.clock.clearTimeout(t);
     }
-    this.reconnectTimer = this.openTimer = this.pingTimer = this.refreshTimer = this.flushPauseTimer = undefined;
+    this.reconnectTimer = this.openTimer = this.pingTimer = this.refreshTimer = this.flushPauseTimer = this.switchTimer = undefined;
+    this.switchWaiting = false;
     this.pingOutstanding = false;
   }
 
@@ -751,6 +776,8 @@ export class Client extends Emitter<ClientEvents> {
       }
       this.commands.settle(m);
     }
+    // A switch to WebSocket waits for the commands in flight (leaveSse).
+    if (this.switchWaiting && this.commands.size === 0) this.switchNow();
   }
 
   private onPush(channel: string | undefined, type: string, body: unknown): void {

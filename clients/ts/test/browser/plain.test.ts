@@ -216,6 +216,8 @@ test('in the page: the binary form, its codec loaded on demand from dist/', { sk
   await waitInPage(page, 'subscribed', () => window.edge.log.subscribed['chat:room-bin']?.length === 1);
   assert.equal(await loaded(), true, 'loaded for the first binary connection');
   await page.evaluate(() => window.edge.publish('chat:room-bin', { text: 'from the page' }, 'p1'));
+  // The page's publish goes through its outbox (IndexedDB first): wait for it before bob's, so the order is known.
+  await waitFor("the page's publication at bob", () => got.length === 1);
   await bob.publish('chat:room-bin', ['from', 'bob']);
   await waitInPage(page, 'both publications in the page', () => window.edge.log.publications['chat:room-bin']?.length === 2);
   await waitFor('both publications at bob', () => got.length === 2);

@@ -40,7 +40,11 @@ after(async () => {
 });
 
 function client(url: string, options: ClientOptions = {}): Client {
-  const c = new Client(url, { minReconnectDelay: 100, maxReconnectDelay: 1000, ...options });
+  // WebSocket only: these tests cut and gate the WebSocket path, and with the
+  // SSE fallback allowed a client would reconnect around the gate (or over SSE
+  // while the restarted node comes up, then move back). The fallback has its
+  // own tests (sse.test.ts, unit/fallback.test.ts).
+  const c = new Client(url, { minReconnectDelay: 100, maxReconnectDelay: 1000, transports: ['websocket'], ...options });
   c.on('error', () => {}); // asserted where it matters
   clients.push(c);
   return c;

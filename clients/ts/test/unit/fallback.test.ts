@@ -212,6 +212,38 @@ test('fallback: while on SSE a probe WebSocket opens; the client moves to WebSoc
   h.client.disconnect();
 });
 
+test('fallback: a probe that opens while a publish is in flight over SSE waits for its reply, then switches', async () => {
+  const h = sseHarness({ fallbackAfter: 1, webSocketRetryInterval: 5_000, pingInterval: 0 }, [0]);
+  const lost = record<DisconnectedEvent>((l) => h.client.on('disconnected', l));
+  h.client.connect();
+  await settle();
+  h.ws.last().refuse();
+  await h.clock.advance(500);
+  const es = await acceptSse(h);
+  lost.length = 0; // the refused WebSocket
+  await h.clock.advance(0);
+  h.ws.last().refuse(); // the first probe fails
+  const published = h.client.publish('chat:a', 'x');
+  await settle();
+  assert.equal(h.sse.sent('publish').length, 1, 'the publish went over SSE');
+
+  await h.clock.advance(5_000); // within the command timeout (10 s)
+  h.ws.last().accept(); // the next probe opens while the publish waits for its reply
+  await settle();
+  assert.equal(lost.length, 0, 'no loss yet');
+  assert.equal(es.closed, false, 'SSE stays until the publish is answered');
+  assert.equal(lost.length, 0);
+  h.sse.reply('publish', { offset: 7 });
+  assert.deepEqual(await published, { offset: 7 }, 'the publish is answered, not cut short');
+  await settle();
+  assert.ok(es.closed, 'then the SSE session is closed');
+  assert.equal(lost.at(-1)?.code, LocalCode.transportSwitch);
+  await h.clock.advance(0);
+  await accept(h);
+  assert.equal(h.client.transport, 'websocket');
+  h.client.disconnect();
+});
+
 test('fallback: a probe that hangs is dropped after `timeout`; probes stop when the SSE connection ends', async () => {
   const h = sseHarness({ fallbackAfter: 1, webSocketRetryInterval: 10_000, timeout: 2000, pingInterval: 0 }, [0]);
   h.client.connect();
