@@ -7,6 +7,7 @@ spread between runs stays visible. Lines with "error" are listed apart;
 
     python3 bench/summarize.py            # all workloads
     python3 bench/summarize.py fanout     # one
+    python3 bench/summarize.py --since 2026-12-04T16:30:00Z   # one run-all only
 """
 
 import json
@@ -15,6 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Only lines whose "ts" is at or after this (ISO 8601 UTC, as run.sh writes
+# it): the runs of one bench/run-all.sh, without older ones.
+SINCE = ""
 TARGETS = ["wsedge", "tokio-fastws", "tokio-tungstenite", "node-ws", "bun"]
 
 
@@ -27,6 +31,8 @@ def load(workload):
         if not line.strip():
             continue
         d = json.loads(line)
+        if SINCE and d.get("ts", "") < SINCE:
+            continue
         (bad if "error" in d else ok).append(d)
     return ok, bad
 
@@ -274,6 +280,116 @@ def storm():
     errors(bad)
 
 
+def _ratio_table(workload, title, key, describe, metrics):
+    """wsedge against the best baseline of each configuration, run by run.
+
+    For each metric the best baseline is the one with the best median
+    over its runs among those that lost nothing; the ratio is wsedge's
+    run i over that baseline's run i (both ran in the same bench/run-all.sh,
+    one configuration after the other). Lines with a server environment
+    (WSEDGE_IO, MIMALLOC_*) are left out: they have no baseline twin.
+    """
+    rows, _ = load(workload)
+    rows = [r for r in rows if not r.get("env") and r.get("shards", 1) == 1]
+    if not rows:
+        return
+    lines = []
+    for k, v in sorted(grouped(rows, key).items(), key=lambda kv: str(kv[0])):
+        by_target = grouped(v, lambda r: r["target"])
+        if "wsedge" not in by_target:
+            continue
+        ws = by_target["wsedge"]
+        for name, f, lower in metrics:
+            best = None
+            for t, rs in by_target.items():
+                if t == "wsedge" or any(r.get("losses", 0) for r in rs):
+                    continue
+                vals = sorted(x for x in (f(r) for r in rs) if x is not None)
+                if not vals:
+                    continue
+                med = vals[len(vals) // 2]
+                if best is None or (med < best[1] if lower else med > best[1]):
+                    best = (t, med, rs)
+            if best is None:
+                continue
+            t, _, rs = best
+            pairs = [
+                fmt(f(a) / f(b), 2)
+                for a, b in zip(ws, rs)
+                if f(a) is not None and f(b)
+            ]
+            lines.append(
+                [
+                    describe(k),
+                    name,
+                    cell(ws, f, 2 if abs(f(ws[0]) or 0) < 10 else 0),
+                    t,
+                    cell(rs, f, 2 if abs(f(rs[0]) or 0) < 10 else 0),
+                    " / ".join(pairs),
+                ]
+            )
+    print(f"### {title}: wsedge against the best baseline\n")
+    table(["configuration", "metric", "wsedge", "best baseline", "its value", "wsedge ÷ best"], lines)
+
+
+def ratios():
+    """The "vs best baseline" tables of RESULTS.md (lower is better unless said)."""
+    recv = lambda r: r.get("recv_per_s", r["delivered_per_s"])  # noqa: E731
+    _ratio_table(
+        "fanout",
+        "fan-out",
+        lambda r: (r["subs"], str(r["rate"])),
+        lambda k: f"{k[0]:,} subs, {k[1]} pubs/s",
+        [
+            ("server ns / delivery", cpu_per_delivery, True),
+            ("received / s (higher is better)", recv, False),
+            ("p99 ms", lambda r: r["lat_p99_us"] / 1000, True),
+        ],
+    )
+    _ratio_table(
+        "idle",
+        "idle",
+        lambda r: r["conns"],
+        lambda k: f"{k:,} connections",
+        [
+            ("server RSS / conn (B)", lambda r: r["rss_per_conn"], True),
+            ("server CPU / conn (µs)", lambda r: r["connect_server_cpu_s"] * 1e6 / r["conns"], True),
+            ("connects / s (higher is better)", lambda r: r["connect_rate"], False),
+        ],
+    )
+    _ratio_table(
+        "rooms",
+        "rooms",
+        lambda r: r.get("conns", 0),
+        lambda k: f"{k:,} conns in rooms",
+        [
+            ("server ns / delivery", lambda r: r["server_cpu_per_msg_ns"], True),
+            ("p99 ms", lambda r: r["lat_p99_us"] / 1000, True),
+            ("p99.9 ms", lambda r: r["lat_p999_us"] / 1000, True),
+        ],
+    )
+    _ratio_table(
+        "storm",
+        "storm",
+        lambda r: r["interval_ms"],
+        lambda k: f"19,000, publishing every {k} ms",
+        [
+            ("all resubscribed (s)", lambda r: r["t_all_subscribed_ms"] / 1000, True),
+            ("all receiving (s)", lambda r: r["t_all_receiving_ms"] / 1000, True),
+        ],
+    )
+    _ratio_table(
+        "compression",
+        "compression",
+        lambda r: (r.get("deflate", ""), str(r["rate"])),
+        lambda k: f"deflate {k[0]}, {k[1]} pubs/s",
+        [
+            ("server ns / delivery", cpu_per_delivery, True),
+            ("p99 ms", lambda r: r["lat_p99_us"] / 1000, True),
+        ],
+    )
+
+
 def errors(bad):
     for d in bad:
         print(f"- failed run: `{d.get('cmd', '?')}`: {d.get('error')}")
@@ -282,7 +398,13 @@ def errors(bad):
 
 
 def main():
-    which = sys.argv[1:] or ["floor", "idle", "fanout", "rooms", "storm", "compression"]
+    global SINCE
+    args = sys.argv[1:]
+    if "--since" in args:
+        i = args.index("--since")
+        SINCE = args[i + 1]
+        del args[i : i + 2]
+    which = args or ["floor", "idle", "fanout", "rooms", "storm", "compression"]
     for w in which:
         if w in ("fanout", "compression"):
             fanout(w)
