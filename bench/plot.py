@@ -8,6 +8,7 @@ lines with "error", "noisy" or a server "env" are skipped.
     python3 bench/plot.py             # re-executes itself inside bench/.venv,
                                       # creating it (pip install matplotlib) if needed
     python3 bench/plot.py --png DIR   # also PNG copies in DIR
+    python3 bench/plot.py --since 2026-12-04T16:30:00Z   # one run-all's lines only
 """
 
 import json
@@ -59,6 +60,10 @@ def ensure_venv():
     os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
 
 
+# Only lines whose "ts" is at or after this (--since, ISO 8601 UTC).
+SINCE = sys.argv[sys.argv.index("--since") + 1] if "--since" in sys.argv else ""
+
+
 def load():
     """All good result lines, by workload."""
     out = defaultdict(list)
@@ -74,6 +79,8 @@ def load():
             # Runs with a non-default server environment (e.g.
             # MIMALLOC_ALLOW_THP=0) are diagnostics: tables only.
             if "error" in d or d.get("noisy") or d.get("env"):
+                continue
+            if SINCE and d.get("ts", "") < SINCE:
                 continue
             out[d.get("workload", f.stem)].append(d)
     return out

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the full benchmark matrix (each configuration RUNS=2 times, through
-# run.sh) and appends to bench/results/*.jsonl. About 20 minutes on the
+# run.sh) and appends to bench/results/*.jsonl. About 23 minutes on the
 # 2-core machine. Installs what it needs (setup.sh) and builds wsedge and
 # the bench first. Progress on stderr.
 #
