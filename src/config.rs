@@ -55,6 +55,32 @@ pub enum SocketIo {
     /// send SQEs submitted once per turn (`shard::uring`). TLS connections
     /// stay on the readiness path.
     Uring,
+    /// `Uring` when the kernel can run the shards' rings (probed once at
+    /// start), else `Epoll`; the log says which and why. Resolved before
+    /// the shards start ([`SocketIo::resolve`]): they only see the two
+    /// paths.
+    Auto,
+}
+
+impl SocketIo {
+    /// The path the shards take: `Auto` becomes `Uring` if `probe` says
+    /// the kernel can run it, else `Epoll` with the probe's error.
+    /// `Uring` stays `Uring` (the caller refuses to start if it cannot
+    /// run). With TLS on, the shards use epoll whatever `io` says.
+    pub fn resolve(
+        self,
+        tls: bool,
+        probe: impl FnOnce() -> std::io::Result<()>,
+    ) -> (SocketIo, Option<std::io::Error>) {
+        match self {
+            SocketIo::Auto if tls => (SocketIo::Epoll, None),
+            SocketIo::Auto => match probe() {
+                Ok(()) => (SocketIo::Uring, None),
+                Err(e) => (SocketIo::Epoll, Some(e)),
+            },
+            other => (other, None),
+        }
+    }
 }
 
 /// Log output format.

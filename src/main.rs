@@ -144,10 +144,20 @@ fn main() -> ExitCode {
                 eprintln!("wsedge: invalid configuration: tls: {e}");
                 return ExitCode::from(2);
             }
-            // So is `io = "uring"` on a kernel that cannot run it.
+            // So is `io = "uring"` on a kernel that cannot run it;
+            // `io = "auto"` is valid either way, and the check says which.
             if let Err(e) = uring_check(&config) {
                 eprintln!("wsedge: invalid configuration: {e}");
                 return ExitCode::from(2);
+            }
+            if config.io == SocketIo::Auto {
+                match SocketIo::Auto.resolve(config.tls.enabled(), uring_probe) {
+                    (SocketIo::Uring, _) => eprintln!("wsedge: io = \"auto\" will use io_uring"),
+                    (_, Some(e)) => {
+                        eprintln!("wsedge: io = \"auto\" will use epoll (io_uring: {e})")
+                    }
+                    _ => eprintln!("wsedge: io = \"auto\" will use epoll (TLS)"),
+                }
             }
             print!("{}", config.to_toml());
             eprintln!("wsedge: configuration is valid");
@@ -329,11 +339,47 @@ fn uring_check(config: &Config) -> Result<(), std::io::Error> {
     if config.io != SocketIo::Uring || config.tls.enabled() {
         return Ok(());
     }
+    uring_probe()
+}
+
+/// The kernel's answer to "can the shards run io_uring rings?".
+/// Test-only (feature `test-hooks`): `EDGE_TEST_URING_UNAVAILABLE=1`
+/// answers no, as a kernel with `kernel.io_uring_disabled` would.
+fn uring_probe() -> Result<(), std::io::Error> {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os("EDGE_TEST_URING_UNAVAILABLE").is_some() {
+        return Err(std::io::Error::other(
+            "io_uring unavailable (EDGE_TEST_URING_UNAVAILABLE)",
+        ));
+    }
     shard::uring_probe()
 }
 
-fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
+/// Turns `io = "auto"` into the path the shards take, saying which in the
+/// log; `epoll` and `uring` pass unchanged.
+fn resolve_io(config: &mut Config) {
+    let asked = config.io;
+    let (io, why_not) = asked.resolve(config.tls.enabled(), uring_probe);
+    config.io = io;
+    if asked != SocketIo::Auto {
+        return;
+    }
+    match why_not {
+        None if io == SocketIo::Uring => info!("io auto: the shards use io_uring"),
+        None => info!("io auto: TLS is on, the shards use epoll"),
+        Some(e) => warn!(
+            reason = %e,
+            "io auto: io_uring is unavailable here, the shards use epoll"
+        ),
+    }
+}
+
+fn run(mut config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode {
     let log_filter = init_logging(&config);
+    // SIGHUP compares the file with this (`io = "auto"` as written, not
+    // the path it resolved to: else every reload would report `io` changed).
+    let as_configured = config.clone();
+    resolve_io(&mut config);
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::new());
     let shared = Arc::new(Shared::new(&config));
@@ -499,7 +545,7 @@ fn run(config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitCode 
     let mut reloader = Reloader::new(
         file,
         overrides,
-        (*config).clone(),
+        as_configured,
         Some(log_filter),
         shared.clone(),
         metrics.clone(),

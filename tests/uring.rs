@@ -198,3 +198,86 @@ fn uring_serves_the_sse_fallback() {
         assert_eq!(n, 0.0, "{kind}");
     }
 }
+
+/// `io = "auto"` on this machine (whose kernel runs the rings, as the
+/// rest of this file shows): both shards on io_uring, said in the log,
+/// and the ring is what moves the bytes.
+#[tokio::test]
+async fn auto_takes_uring_where_the_kernel_runs_it() {
+    let server = Server::start_with(Opts::default().arg("--io").arg("auto"));
+    server.wait_for("both shards on io_uring", || {
+        server.log.lock().unwrap().matches("io=\"uring\"").count() == 2
+    });
+    assert!(
+        server
+            .log
+            .lock()
+            .unwrap()
+            .contains("io auto: the shards use io_uring"),
+        "{}",
+        server.log.lock().unwrap()
+    );
+    let mut a = JsonClient::connect(&server).await;
+    a.call("subscribe", json!({"channel": "auto"})).await;
+    a.call("publish", json!({"channel": "auto", "data": 1}))
+        .await;
+    assert_eq!(a.push().await["push"]["pub"]["data"], json!(1));
+    assert!(server.metric("wsedge_uring_enters_total") > 0.0);
+    // A reload compares the configuration as written (`auto`), not the
+    // path it resolved to: nothing is reported as waiting for a restart.
+    server.signal(libc::SIGHUP);
+    server.wait_for("the reload", || {
+        server.metric("wsedge_config_reloads_total{result=\"ok\"}") == 1.0
+    });
+    assert_eq!(server.metric("wsedge_config_restart_pending"), 0.0);
+}
+
+/// Where io_uring is unavailable (simulated: the probe answers no, as
+/// with `kernel.io_uring_disabled`), `auto` runs on epoll and says why,
+/// while `uring` refuses to start (exit 2) rather than run something else.
+#[cfg(feature = "test-hooks")]
+#[tokio::test]
+async fn auto_falls_back_to_epoll_where_io_uring_is_unavailable_and_uring_refuses() {
+    let server = Server::start_with(
+        Opts::default()
+            .arg("--io")
+            .arg("auto")
+            .env("EDGE_TEST_URING_UNAVAILABLE", "1"),
+    );
+    server.wait_for("both shards on epoll", || {
+        server.log.lock().unwrap().matches("io=\"epoll\"").count() == 2
+    });
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("io_uring is unavailable here, the shards use epoll"),
+        "{log}"
+    );
+    assert!(
+        log.contains("EDGE_TEST_URING_UNAVAILABLE"),
+        "the reason is logged: {log}"
+    );
+    let mut a = JsonClient::connect(&server).await;
+    a.call("subscribe", json!({"channel": "auto"})).await;
+    a.call("publish", json!({"channel": "auto", "data": 2}))
+        .await;
+    assert_eq!(a.push().await["push"]["pub"]["data"], json!(2));
+    assert_eq!(server.metric("wsedge_uring_enters_total"), 0.0);
+
+    let (code, err) = common::run_expecting_exit(
+        std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
+            .args(["--io", "uring", "--listen", "127.0.0.1:0"])
+            .env("EDGE_TEST_URING_UNAVAILABLE", "1"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("io_uring unavailable"), "{err}");
+    // check-config says what `auto` would do.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wsedge"))
+        .args(["--io", "auto", "check-config"])
+        .env("EDGE_TEST_URING_UNAVAILABLE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("io = \"auto\" will use epoll"), "{err}");
+}

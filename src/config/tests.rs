@@ -984,6 +984,31 @@ fn socket_io_is_epoll_unless_asked_and_checked_by_name() {
             Config::load(None, &o).unwrap().io,
             crate::config::SocketIo::Uring
         );
+        jail.create_file("a.toml", "io = \"auto\"\n")?;
+        jail.set_env("WSEDGE_IO", "auto");
+        let c = Config::load(Some(Path::new("a.toml")), &Overrides::default()).unwrap();
+        assert_eq!(c.io, crate::config::SocketIo::Auto);
         Ok(())
     });
+}
+
+#[test]
+fn auto_io_takes_uring_when_the_probe_passes_and_epoll_otherwise() {
+    use crate::config::SocketIo;
+    let no = || Err(std::io::Error::other("io_uring disabled"));
+    let yes = || Ok(());
+    assert_eq!(SocketIo::Auto.resolve(false, yes).0, SocketIo::Uring);
+    let (io, why) = SocketIo::Auto.resolve(false, no);
+    assert_eq!(io, SocketIo::Epoll);
+    assert_eq!(why.unwrap().to_string(), "io_uring disabled");
+    let (io, why) = SocketIo::Auto.resolve(true, || panic!("TLS never probes"));
+    assert_eq!(
+        (io, why.is_none()),
+        (SocketIo::Epoll, true),
+        "TLS nodes use epoll"
+    );
+    // `uring` and `epoll` are what they say; `uring` is never downgraded
+    // here (the node refuses to start instead).
+    assert_eq!(SocketIo::Uring.resolve(false, no).0, SocketIo::Uring);
+    assert_eq!(SocketIo::Epoll.resolve(false, yes).0, SocketIo::Epoll);
 }
