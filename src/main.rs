@@ -492,6 +492,14 @@ fn run(mut config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitC
             return ExitCode::FAILURE;
         }
     };
+    // Before the admin server: its per-shard series exist from the first
+    // scrape that can see the node ready.
+    let mut watch = Watch::new(
+        shared.clone(),
+        &metrics,
+        Notifier::from_env(),
+        Instant::now(),
+    );
     let admin_addr = match admin::start(admin_listener, metrics.clone(), shared.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -550,12 +558,6 @@ fn run(mut config: Config, file: Option<PathBuf>, overrides: Overrides) -> ExitC
         shared.clone(),
         metrics.clone(),
         tls,
-    );
-    let mut watch = Watch::new(
-        shared.clone(),
-        &metrics,
-        Notifier::from_env(),
-        Instant::now(),
     );
 
     // Run until a signal, or until a shard dies (then exit non-zero so the
