@@ -557,12 +557,17 @@ fn a_retried_publish_with_the_same_idempotency_key_is_accepted_once() {
 /// message: the subscribe reply comes first (it says where the
 /// subscription starts), then the publication, then the publish reply —
 /// also when the channel's home is the connection's own shard, where both
-/// commands take effect at once, within the message.
+/// commands take effect at once, within the message, and when the channel
+/// is high-priority (its publications jump queued publications, never the
+/// connection's own replies).
 #[test]
 fn a_subscribe_pipelined_with_a_publish_is_answered_before_the_publication() {
     let server = start("pipelined");
     let mut c = RawJson::anon(&server);
-    for channel in one_per_home("chat:pipelined") {
+    let channels = one_per_home("chat:pipelined")
+        .into_iter()
+        .chain(one_per_home("alert:pipelined"));
+    for channel in channels {
         let ctx = format!(
             "{channel} (home {}, client on shard {})",
             wsedge::engine::hub::home_shard(&channel, SHARDS),

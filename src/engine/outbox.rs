@@ -9,10 +9,14 @@
 //! wait behind data that is being dropped.
 //!
 //! Within the data lane, *high-priority* frames (publications of a
-//! `priority = "high"` namespace) go ahead of the normal frames already
-//! queued — after the frame in flight and earlier high-priority frames —
-//! and survive [`Outbox::drop_data`], so a slow consumer being dropped
-//! still gets the critical updates before its `disconnect`.
+//! `priority = "high"` namespace) go ahead of the normal publications
+//! already queued — after the frame in flight, earlier high-priority
+//! frames, and the connection's own frames ([`Outbox::push_own`]: replies,
+//! pushes, a recovery's replayed publications), which no publication may
+//! overtake: a reply says where a subscription starts — and survive
+//! [`Outbox::drop_data`], with everything queued ahead of them, so a slow
+//! consumer being dropped still gets the critical updates before its
+//! `disconnect`.
 //!
 //! An empty outbox owns no heap memory.
 
@@ -94,12 +98,19 @@ pub struct OverBudget;
 /// A connection's queued output.
 #[derive(Debug)]
 pub struct Outbox {
-    urgent: Vec<Bytes>,
+    /// Boxed: the lane is rarely used (pongs, closes), and a box keeps
+    /// every connection's outbox 16 bytes smaller than a `Vec` would.
+    #[allow(clippy::box_collection)] // the size of the field is the point
+    urgent: Option<Box<Vec<Bytes>>>,
     data: VecDeque<Frame>,
     in_flight: InFlight,
     /// High-priority frames at the front of `data` (after a frame in
-    /// flight, which is not counted).
+    /// flight, which is not counted), with any frames a high-priority one
+    /// was queued behind.
     high: u32,
+    /// The index in `data` just past its last own frame (0: none); a
+    /// high-priority frame goes no further forward.
+    own_end: usize,
     /// An SSE stream: every frame is rewritten into its event as it is
     /// queued (see [`Outbox::set_sse`]).
     sse: bool,
@@ -109,10 +120,11 @@ pub struct Outbox {
 impl Default for Outbox {
     fn default() -> Self {
         Self {
-            urgent: Vec::new(),
+            urgent: None,
             data: VecDeque::new(),
             in_flight: InFlight::None,
             high: 0,
+            own_end: 0,
             sse: false,
             queued: 0,
         }
@@ -149,7 +161,17 @@ impl Outbox {
 
     /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.queued == 0 && self.urgent.is_empty() && self.data.is_empty()
+        self.queued == 0 && self.urgent().is_empty() && self.data.is_empty()
+    }
+
+    /// The urgent lane's frames.
+    fn urgent(&self) -> &[Bytes] {
+        self.urgent.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    /// The urgent lane, to add to.
+    fn urgent_mut(&mut self) -> &mut Vec<Bytes> {
+        self.urgent.get_or_insert_with(Box::default)
     }
 
     /// Makes this the outbox of an SSE stream: from now on every frame
@@ -170,7 +192,7 @@ impl Outbox {
     /// lane, whatever the outbox's form (an SSE stream's own events).
     pub fn push_prepared(&mut self, bytes: Bytes) {
         self.queued += bytes.len();
-        self.urgent.push(bytes);
+        self.urgent_mut().push(bytes);
     }
 
     /// Queues a data frame, unless that would put more than `budget` bytes
@@ -193,8 +215,21 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a high-priority data frame ahead of the normal frames
-    /// already queued (never inside the frame in flight). It is queued even
+    /// Queues a frame of this connection's own (a reply, a push, a
+    /// replayed publication) like [`Outbox::push_data`]; no high-priority
+    /// frame queued after it will go ahead of it.
+    pub fn push_own(&mut self, frame: Frame, budget: usize) -> Result<(), OverBudget> {
+        let before = self.data.len();
+        self.push_data(frame, budget)?;
+        if self.data.len() > before {
+            self.own_end = self.data.len();
+        }
+        Ok(())
+    }
+
+    /// Queues a high-priority data frame ahead of the normal publications
+    /// already queued (never inside the frame in flight, never ahead of an
+    /// own frame: see the module docs). It is queued even
     /// past the budget, up to twice it; `Err` then says the connection is a
     /// slow consumer, whose normal frames the caller drops (see
     /// [`Outbox::drop_data`]) while this one still goes out.
@@ -210,10 +245,11 @@ impl Outbox {
             return Err(OverBudget);
         }
         let over = self.queued > 0 && self.queued + frame.len() > budget;
-        let at = usize::from(self.in_flight == InFlight::Data) + self.high as usize;
+        let in_flight = usize::from(self.in_flight == InFlight::Data);
+        let at = (in_flight + self.high as usize).max(self.own_end);
         self.queued += frame.len();
         self.data.insert(at, frame);
-        self.high += 1;
+        self.high = u32::try_from(at + 1 - in_flight).unwrap_or(u32::MAX);
         if over { Err(OverBudget) } else { Ok(()) }
     }
 
@@ -231,7 +267,7 @@ impl Outbox {
         };
         if !self.sse && frame.first() == Some(&PONG_FIRST_BYTE) {
             let start = usize::from(self.in_flight == InFlight::Urgent);
-            let waiting = &self.urgent[start..];
+            let waiting = &self.urgent()[start..];
             let pongs = waiting
                 .iter()
                 .filter(|f| f.first() == Some(&PONG_FIRST_BYTE))
@@ -241,13 +277,14 @@ impl Outbox {
                     .iter()
                     .rposition(|f| f.first() == Some(&PONG_FIRST_BYTE))
             {
-                let old = std::mem::replace(&mut self.urgent[start + i], frame);
-                self.queued = self.queued - old.len() + self.urgent[start + i].len();
+                let added = frame.len();
+                let old = std::mem::replace(&mut self.urgent_mut()[start + i], frame);
+                self.queued = self.queued - old.len() + added;
                 return;
             }
         }
         self.queued += frame.len();
-        self.urgent.push(frame);
+        self.urgent_mut().push(frame);
     }
 
     /// Queues a frame after all queued data, regardless of the budget: the
@@ -263,6 +300,7 @@ impl Outbox {
         };
         self.queued += frame.len();
         self.data.push_back(Frame::Owned(frame));
+        self.own_end = self.data.len();
     }
 
     /// Drops every queued normal data frame; keeps one already partly
@@ -272,6 +310,7 @@ impl Outbox {
         let keep = usize::from(self.in_flight == InFlight::Data) + self.high as usize;
         let dropped: usize = self.data.iter().skip(keep).map(|f| f.len()).sum();
         self.data.truncate(keep);
+        self.own_end = self.own_end.min(keep);
         self.queued -= dropped;
         dropped
     }
@@ -293,7 +332,7 @@ impl Outbox {
         if data_first && let Some(f) = self.data.front() {
             push(f);
         }
-        for f in &self.urgent {
+        for f in self.urgent() {
             if !push(f) {
                 return n;
             }
@@ -322,18 +361,19 @@ impl Outbox {
             );
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
+                self.own_end = self.own_end.saturating_sub(1);
                 done += 1;
             }
         }
-        while n > 0 && !self.urgent.is_empty() {
+        while n > 0 && !self.urgent().is_empty() {
             n = Self::eat(
-                self.urgent.first_mut(),
+                self.urgent.as_mut().and_then(|u| u.first_mut()),
                 n,
                 &mut self.in_flight,
                 InFlight::Urgent,
             );
             if self.in_flight == InFlight::None {
-                self.urgent.remove(0);
+                self.urgent_mut().remove(0);
                 done += 1;
             }
         }
@@ -349,12 +389,13 @@ impl Outbox {
             self.high = self.high.saturating_sub(1);
             if self.in_flight == InFlight::None {
                 self.data.pop_front();
+                self.own_end = self.own_end.saturating_sub(1);
                 done += 1;
             }
         }
         if self.is_empty() {
             // Give the memory back: idle connections hold no buffers.
-            self.urgent = Vec::new();
+            self.urgent = None;
             self.data = VecDeque::new();
         }
         done
@@ -519,6 +560,52 @@ mod priority {
         want.extend([9; 10]);
         want.extend([8; 10]);
         assert_eq!(write_all(&mut o, 7), want);
+    }
+    #[test]
+    fn high_priority_never_overtakes_the_connections_own_frames() {
+        let mut o = Outbox::default();
+        o.push_data(f(b"P1"), 100).unwrap();
+        // A subscribe reply, then a high-priority publication of that
+        // channel in the same turn: the reply stays first.
+        o.push_own(f(b"R1"), 100).unwrap();
+        o.push_data(f(b"P2"), 100).unwrap();
+        o.push_high(f(b"H1"), 100).unwrap();
+        o.push_high(f(b"H2"), 100).unwrap();
+        assert_eq!(write_all(&mut o, 3), b"P1R1H1H2P2".to_vec());
+        // Written out, nothing pins the front: high goes first again.
+        o.push_data(f(b"P3"), 100).unwrap();
+        o.push_high(f(b"H3"), 100).unwrap();
+        assert_eq!(write_all(&mut o, 100), b"H3P3".to_vec());
+        // With a frame in flight and own frames behind it.
+        o.push_own(f(b"AAAA"), 100).unwrap();
+        let mut iov = [IoSlice::new(&[]); 8];
+        o.fill(&mut iov);
+        o.consume(2);
+        o.push_data(f(b"P4"), 100).unwrap();
+        o.push_own(f(b"R2"), 100).unwrap();
+        o.push_high(f(b"H4"), 100).unwrap();
+        o.push_data(f(b"P5"), 100).unwrap();
+        o.push_high(f(b"H5"), 100).unwrap();
+        assert_eq!(write_all(&mut o, 5), b"AAP4R2H4H5P5".to_vec());
+    }
+
+    #[test]
+    fn a_dropped_slow_consumer_keeps_what_a_high_frame_was_queued_behind() {
+        let mut o = Outbox::default();
+        o.push_data(f(&[1; 10]), 30).unwrap();
+        o.push_own(f(&[2; 10]), 30).unwrap();
+        o.push_data(f(&[3; 5]), 30).unwrap();
+        assert_eq!(o.push_high(f(&[9; 10]), 30), Err(OverBudget));
+        // The high frame and everything ahead of it stay, in order.
+        assert_eq!(o.drop_data(), 5);
+        let mut want = vec![1u8; 10];
+        want.extend([2; 10]);
+        want.extend([9; 10]);
+        assert_eq!(write_all(&mut o, 7), want);
+        // Nothing is pinned once the queue is written.
+        o.push_data(f(b"P"), 30).unwrap();
+        o.push_high(f(b"H"), 30).unwrap();
+        assert_eq!(write_all(&mut o, 7), b"HP".to_vec());
     }
 }
 

@@ -35,7 +35,8 @@ use crate::engine::ws::deflate::{Compressor, frame_for};
 use crate::metrics::ShardMetrics;
 use crate::sidecar::durable::worker::Refused;
 
-/// Queues a data frame for `c` and lists it for the write pass. `Err`: the
+/// Queues a frame of `c`'s own (a reply, a push: no publication overtakes
+/// it) and lists `c` for the write pass. `Err`: the
 /// frame would exceed the connection's budget (a slow consumer).
 pub(crate) fn queue_frame(
     conns: &mut Slab<Conn>,
@@ -50,7 +51,7 @@ pub(crate) fn queue_frame(
     if !conn.session.is_open() {
         return Ok(());
     }
-    conn.session.outbox.push_data(frame, budget)?;
+    conn.session.outbox.push_own(frame, budget)?;
     if !conn.dirty {
         conn.dirty = true;
         dirty.push(c);
