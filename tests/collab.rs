@@ -702,6 +702,49 @@ fn a_reconnecting_editor_gets_its_slot_back_and_the_line_learns_its_places() {
     dave.wait("promoted push", |v| v["push"].get("promoted").is_some());
 }
 
+/// Ann edits in one tab and waits in line in a second; the first tab's
+/// connection drops: the second is promoted at once, ahead of carol who
+/// queued earlier, and holds ann's lock.
+#[test]
+fn a_second_tab_waiting_in_line_inherits_its_users_held_slot() {
+    let server = start("second-tab", &[]);
+    let story = "strict:tabs"; // max_editors = 2
+    let mut ann = RawJson::user(&server, "ann", None);
+    let mut bob = RawJson::user(&server, "bob", None);
+    let mut carol = RawJson::user(&server, "carol", None);
+    let mut ann_tab2 = RawJson::user(&server, "ann", None);
+    for c in [&mut ann, &mut bob] {
+        let r = c.call("collab_join", json!({"channel": story, "role": "editor"}));
+        assert_eq!(r["collab_join"]["role"], "editor", "{r}");
+    }
+    let editor_or_queue = json!({"channel": story, "role": "editor", "queue": true});
+    let r = carol.call("collab_join", editor_or_queue.clone());
+    assert_eq!(r["collab_join"]["position"], 1, "{r}");
+    let r = ann_tab2.call("collab_join", editor_or_queue);
+    assert_eq!(r["collab_join"]["position"], 2, "{r}");
+    let r = ann.call("lock", json!({"channel": story, "section": "p1"}));
+    assert_eq!(r["lock"]["holder"]["client"], ann.id, "{r}");
+
+    ann.raw.abort();
+    let p = ann_tab2.wait("promoted push", |v| v["push"].get("promoted").is_some());
+    assert_eq!(
+        p,
+        json!({"push": {"channel": story, "promoted": {"role": "editor"}}})
+    );
+    let r = ann_tab2.call(
+        "update",
+        json!({"channel": story, "section": "p1", "base_version": 0, "data": "tab 2", "op_id": "t2"}),
+    );
+    assert_eq!(r["update"]["version"], 1, "{r}");
+    let r = ann_tab2.call("unlock", json!({"channel": story, "section": "p1"}));
+    assert_eq!(r["unlock"], json!({}), "the lock is the second tab's: {r}");
+    // Carol neither moved nor was promoted; she is still first in line.
+    let r = carol.call("lock", json!({"channel": story, "section": "p2"}));
+    assert_eq!(code(&r), 120, "carol still waits: {r}");
+    assert!(carol.drain_pushes(story, "promoted").is_empty());
+    assert!(carol.drain_pushes(story, "queue").is_empty());
+}
+
 #[test]
 fn a_recovering_join_pipelined_with_an_update_is_answered_before_the_update_event() {
     let server = start("pipelined", &[]);

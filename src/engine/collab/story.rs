@@ -28,7 +28,12 @@
 //!   connection (the holder's client id changed, and everyone's view of
 //!   the holder should stay exact). When the grace lapses without it, the
 //!   locks are released and the slot goes to the first in line. An
-//!   anonymous editor's slot is not held (nobody could claim it back).
+//!   anonymous editor's slot is not held (nobody could claim it back). A
+//!   connection of the same user already waiting in line (a second tab)
+//!   takes the slot, and the locks, at once, ahead of the line.
+//! - A story with a held slot is not empty: it is not evicted from memory
+//!   (idle, or to make room) until the slot is taken or lapses, since a
+//!   held slot is not part of what the store keeps.
 //! - Every call first releases what has lapsed by `now_ms`, so no call
 //!   ever sees an expired lock or held slot.
 
@@ -484,6 +489,8 @@ impl Story {
             self.settle();
             return false;
         };
+        // A connection of the same user in line, to take the held slot.
+        let mut heir = None;
         match m.role {
             Role::Editor => {
                 self.editors.retain(|e| *e != member);
@@ -495,6 +502,9 @@ impl Story {
                             until: now_ms.saturating_add(self.cfg.lock_grace_ms()),
                         });
                     }
+                    // After the departure's own events (below), so the
+                    // line reads leave, then join as editor.
+                    heir = self.heir_in_line(&m.who.user);
                 } else {
                     self.release_member_locks(member, events);
                 }
@@ -506,12 +516,15 @@ impl Story {
             who: m.who,
             role: m.role,
         });
+        if let Some(heir) = heir {
+            self.held.pop();
+            self.unqueue(heir);
+            self.make_editor(heir, now_ms, events);
+        }
         if m.role == Role::Editor {
             self.promote(now_ms, events);
         }
-        if self.members.is_empty() {
-            self.empty_since = Some(now_ms);
-        }
+        self.mark_if_empty(now_ms);
         self.announce_queue(events);
         self.settle();
         true
@@ -524,7 +537,26 @@ impl Story {
         self.held.retain(|h| h.until > now_ms);
         if self.held.len() < before {
             self.promote(now_ms, events);
+            self.mark_if_empty(now_ms);
         }
+    }
+
+    /// Starts the empty clock if nobody is a member and no slot is held.
+    fn mark_if_empty(&mut self, now_ms: u64) {
+        if self.members.is_empty() && self.held.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(now_ms);
+        }
+    }
+
+    /// The first member in line whose user is `user` (named users only).
+    fn heir_in_line(&self, user: &str) -> Option<MemberId> {
+        if user.is_empty() {
+            return None;
+        }
+        self.queue
+            .iter()
+            .copied()
+            .find(|m| &*self.members[m].who.user == user)
     }
 
     /// Fills free editor slots from the front of the line.
@@ -534,18 +566,24 @@ impl Story {
                 break;
             };
             self.queue_moved_from(0);
-            self.set_role(next, Role::Editor);
-            self.editors.push(next);
-            events.push(CollabEvent::Join {
-                who: self.members[&next].who.clone(),
-                role: Role::Editor,
-            });
-            events.push(CollabEvent::Directed {
-                to: next,
-                event: DirectedEvent::Promoted { role: Role::Editor },
-            });
-            self.reclaim(next, now_ms, events);
+            self.make_editor(next, now_ms, events);
         }
+    }
+
+    /// `member`, just taken out of the line, becomes an editor: a `Join`
+    /// for everyone, `Promoted` for it, and its user's locks in grace.
+    fn make_editor(&mut self, member: MemberId, now_ms: u64, events: &mut Vec<CollabEvent>) {
+        self.set_role(member, Role::Editor);
+        self.editors.push(member);
+        events.push(CollabEvent::Join {
+            who: self.members[&member].who.clone(),
+            role: Role::Editor,
+        });
+        events.push(CollabEvent::Directed {
+            to: member,
+            event: DirectedEvent::Promoted { role: Role::Editor },
+        });
+        self.reclaim(member, now_ms, events);
     }
 
     /// Releases every lock `member` holds (it left or became a viewer).

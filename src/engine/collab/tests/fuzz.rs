@@ -72,6 +72,8 @@ struct Model {
     /// The place in line each queued client was last told (its join's
     /// answer, then its `Queue` pushes).
     places: HashMap<Arc<str>, usize>,
+    /// Each member's user, by client.
+    users: HashMap<Arc<str>, Arc<str>>,
 }
 
 /// The op_id window as the contract describes it: the last `cap`
@@ -492,17 +494,34 @@ impl Run {
             *self.seen.entry(path).or_default() += 1;
         }
         let mut last_editor_join: Option<Arc<str>> = None;
+        // The user of the editor whose connection closed in the event just
+        // before: its first connection in line inherits the slot.
+        let mut heir_of: Option<Arc<str>> = None;
         for e in &self.events {
             let m = &mut self.model;
+            let closing = heir_of.take();
             match e {
                 CollabEvent::Join { who, role } => {
+                    m.users.insert(who.client.clone(), who.user.clone());
                     let queued = m.queue.iter().position(|c| *c == who.client);
                     match (role, queued) {
                         (Role::Queued, None) => m.queue.push_back(who.client.clone()),
                         (Role::Queued, Some(_)) => panic!("queued twice {ctx}"),
                         (Role::Editor, Some(i)) => {
-                            assert_eq!(i, 0, "promoted out of line order {ctx}");
-                            m.queue.pop_front();
+                            let first_of_user = m
+                                .queue
+                                .iter()
+                                .position(|c| m.users.get(c) == Some(&who.user));
+                            if i != 0 || closing.as_ref() == Some(&who.user) {
+                                *self.seen.entry("inherit").or_default() += 1;
+                                assert!(
+                                    !who.user.is_empty()
+                                        && closing.as_ref() == Some(&who.user)
+                                        && first_of_user == Some(i),
+                                    "promoted out of line order {ctx}"
+                                );
+                            }
+                            m.queue.remove(i);
                         }
                         (_, Some(i)) => {
                             m.queue.remove(i);
@@ -512,12 +531,16 @@ impl Run {
                     last_editor_join = (*role == Role::Editor).then(|| who.client.clone());
                     m.roles.insert(who.client.clone(), *role);
                 }
-                CollabEvent::Leave { who, .. } => {
+                CollabEvent::Leave { who, role } => {
                     assert!(
                         m.roles.remove(&who.client).is_some(),
                         "leave of a stranger {ctx}"
                     );
+                    m.users.remove(&who.client);
                     m.queue.retain(|c| *c != who.client);
+                    if *role == Role::Editor && !who.user.is_empty() {
+                        heir_of = Some(who.user.clone());
+                    }
                     last_editor_join = None;
                 }
                 CollabEvent::Lock { section, holder } => match holder {
@@ -691,6 +714,7 @@ fn random_sequences_keep_the_invariants() {
         "queue",
         "slot_back",
         "slot_lapsed",
+        "inherit",
     ];
     for p in paths {
         assert!(seen.get(p).copied().unwrap_or(0) >= 50, "{p}: {seen:?}");

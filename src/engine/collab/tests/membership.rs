@@ -457,6 +457,103 @@ fn joining_again_changes_the_role() {
     check_invariants(&s, 7);
 }
 
+/// Ann edits in one tab and waits in line in another; the editing tab's
+/// connection closes: the slot held for ann goes to her waiting tab at
+/// once, ahead of the line, with her locks.
+#[test]
+fn a_queued_tab_of_the_same_user_takes_the_held_slot_and_its_locks() {
+    let c = CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    };
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    let tab1 = who_of("ann", "tab1");
+    let tab2 = who_of("ann", "tab2");
+    s.join(m(0), &tab1, JoinAs::Editor, false, 0, &mut ev)
+        .unwrap();
+    s.join(m(1), &who(1), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    let ok = s
+        .join(m(2), &tab2, JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    assert_eq!((ok.role, ok.position), (Role::Queued, Some(2)));
+    s.lock(m(0), "intro", None, 1, &mut ev).unwrap();
+    ev.clear();
+    assert!(s.disconnect(m(0), 10, &mut ev));
+    assert_eq!(
+        ev,
+        vec![
+            CollabEvent::Leave {
+                who: tab1.clone(),
+                role: Role::Editor
+            },
+            CollabEvent::Join {
+                who: tab2.clone(),
+                role: Role::Editor
+            },
+            CollabEvent::Directed {
+                to: m(2),
+                event: DirectedEvent::Promoted { role: Role::Editor },
+            },
+            CollabEvent::Lock {
+                section: "intro".into(),
+                holder: Some(tab2.clone()),
+            },
+        ],
+        "u1, first in line, neither moves nor gets the slot"
+    );
+    assert_eq!(s.role(m(2)), Some(Role::Editor));
+    assert_eq!(s.role(m(1)), Some(Role::Queued));
+    assert_eq!(s.snapshot(m(1)).unwrap().position, Some(1));
+    assert_eq!((s.editor_count(), s.held_count()), (1, 0));
+    check_invariants(&s, 10);
+    // An anonymous editor's slot is not held, so nothing is inherited:
+    // the first in line gets it.
+    let mut s = story(CollabConfig {
+        max_editors: 1,
+        ..cfg()
+    });
+    let anon = who_of("", "a1");
+    s.join(m(0), &anon, JoinAs::Editor, false, 0, &mut ev)
+        .unwrap();
+    s.join(m(1), &who(1), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    s.join(m(2), &who_of("", "a2"), JoinAs::Editor, true, 0, &mut ev)
+        .unwrap();
+    s.disconnect(m(0), 10, &mut ev);
+    assert_eq!(s.role(m(1)), Some(Role::Editor));
+    assert_eq!(s.role(m(2)), Some(Role::Queued));
+    check_invariants(&s, 10);
+}
+
+/// A story whose last member left with its slot held is not empty until
+/// the slot lapses: idle eviction would drop the slot (it is not stored).
+#[test]
+fn a_held_slot_keeps_the_story_from_going_idle() {
+    let c = cfg();
+    let grace = c.lock_grace.as_millis() as u64;
+    let idle = c.idle_evict.as_millis() as u64;
+    let mut s = story(c);
+    let mut ev = Vec::new();
+    join(&mut s, 0, JoinAs::Editor, false, 100).unwrap();
+    s.disconnect(m(0), 200, &mut ev);
+    assert_eq!(s.member_count(), 0);
+    assert_eq!(s.empty_since(), None, "a slot is held");
+    assert!(!s.is_idle(200 + grace - 1 + idle));
+    check_invariants(&s, 200);
+    // The user comes back within the grace: the slot is taken.
+    join(&mut s, 0, JoinAs::Editor, false, 300).unwrap();
+    assert_eq!((s.held_count(), s.empty_since()), (0, None));
+    // Away again, and the grace lapses: the empty clock starts then.
+    s.disconnect(m(0), 400, &mut ev);
+    s.tick(400 + grace, &mut ev);
+    assert_eq!(s.empty_since(), Some(400 + grace));
+    assert!(!s.is_idle(400 + grace + idle - 1));
+    assert!(s.is_idle(400 + grace + idle));
+    check_invariants(&s, 400 + grace);
+}
+
 #[test]
 fn idleness_follows_the_last_member() {
     let mut s = story(cfg());

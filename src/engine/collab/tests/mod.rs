@@ -109,7 +109,19 @@ pub(super) fn check_invariants(s: &Story, now_ms: u64) {
         );
     }
     assert!(s.queue_moved.is_none(), "a move in line not announced");
-    assert_eq!(s.members.is_empty(), s.empty_since.is_some(), "empty_since");
+    assert_eq!(
+        s.members.is_empty() && s.held.is_empty(),
+        s.empty_since.is_some(),
+        "empty_since"
+    );
+    // A slot held for a user never leaves that user's connection in line.
+    for q in &s.queue {
+        let user = &s.members[q].who.user;
+        assert!(
+            !s.held.iter().any(|h| &h.user == user),
+            "{user:?} waits in line beside its own held slot"
+        );
+    }
     // Sections, bytes and locks.
     assert!(
         s.sections.len() <= cfg.max_sections,

@@ -53,6 +53,42 @@ fn cap_evicts_the_longest_empty_story_else_refuses() {
     assert_eq!((t.len(), t.evictions()), (3, 1));
 }
 
+/// A story with no members but an editor slot held is not evicted to make
+/// room: the held slot would be lost (it is not part of what the store
+/// keeps). Once the slot lapses it is.
+#[test]
+fn a_story_holding_a_slot_is_not_evicted_to_make_room() {
+    let c = cfg();
+    let grace = c.lock_grace.as_millis() as u64;
+    let mut t = Stories::new(c);
+    let mut ev = Vec::new();
+    for (i, name) in ["s:a", "s:b", "s:c"].iter().enumerate() {
+        let mut s = t.open(&ch(name), 0).unwrap();
+        s.join(
+            m(i as u32),
+            &who(i as u32),
+            JoinAs::Editor,
+            false,
+            0,
+            &mut ev,
+        )
+        .unwrap();
+    }
+    t.get_mut("s:a").unwrap().disconnect(m(0), 10, &mut ev);
+    assert_eq!(t.members(), 2);
+    assert_eq!(
+        t.open(&ch("s:d"), 20).unwrap_err(),
+        CollabError::TooManyStories
+    );
+    assert_eq!(t.get("s:a").unwrap().held_count(), 1);
+    let mut out = Vec::new();
+    t.tick(10 + grace, &mut out);
+    assert_eq!(t.get("s:a").unwrap().held_count(), 0);
+    t.open(&ch("s:d"), 20 + grace).unwrap();
+    assert!(t.get("s:a").is_none(), "evicted once its slot lapsed");
+    assert_eq!(t.evictions(), 1);
+}
+
 #[test]
 fn idle_stories_are_evicted_by_the_tick() {
     let mut t = Stories::new(cfg());
