@@ -496,15 +496,15 @@ impl Story {
                 self.editors.retain(|e| *e != member);
                 if grace {
                     self.grace_member_locks(member, now_ms);
-                    if !m.who.user.is_empty() {
+                    // The heir is seated after the departure's own events
+                    // (below), so the line reads leave, then join as editor.
+                    heir = self.heir_in_line(&m.who.user);
+                    if heir.is_none() && !m.who.user.is_empty() {
                         self.held.push(HeldSlot {
                             user: m.who.user.clone(),
                             until: now_ms.saturating_add(self.cfg.lock_grace_ms()),
                         });
                     }
-                    // After the departure's own events (below), so the
-                    // line reads leave, then join as editor.
-                    heir = self.heir_in_line(&m.who.user);
                 } else {
                     self.release_member_locks(member, events);
                 }
@@ -517,7 +517,6 @@ impl Story {
             role: m.role,
         });
         if let Some(heir) = heir {
-            self.held.pop();
             self.unqueue(heir);
             self.make_editor(heir, now_ms, events);
         }
